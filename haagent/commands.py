@@ -1,0 +1,241 @@
+"""Replicated commands and their versioned JSON wire format.
+
+Every command is conditional: it names the generation, heartbeat sequence or failure epoch it
+was decided on, and `apply` refuses it when the state moved on. pysyncobj may lose completion
+callbacks and re-send queued commands to a new leader, so the same command can be applied twice
+or late; conditions make that harmless (DESIGN.md rule 7).
+
+Wire format: one JSON object ``{"v": PROTOCOL_VERSION, "type": "<name>", ...fields}``, UTF-8.
+An agent refuses to decode a version it does not know rather than guess; see `decode`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from haagent.codec import DecodeError, from_json, to_json
+from haagent.model import (
+    DesiredState,
+    FailureEvidence,
+    FenceMethod,
+    GuestSpec,
+    NodeRole,
+)
+
+PROTOCOL_VERSION = 1
+"""Version of the command format this agent writes and fully understands."""
+
+SUPPORTED_VERSIONS = frozenset({1})
+
+
+class CommandError(ValueError):
+    """A replicated command could not be decoded (bad JSON, unknown type or version)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base of all replicated commands. `type_name` is the wire tag."""
+
+    type_name: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class Join(Command):
+    """A node's agent (re)joins. `clean` asserts no protected domain runs on it: required to
+    rejoin after being declared failed, so a returning node can never resume a guest that may
+    have moved."""
+
+    type_name: ClassVar[str] = "join"
+    node: str
+    incarnation: str
+    role: NodeRole
+    clean: bool
+    at: float
+
+
+@dataclass(frozen=True)
+class Leave(Command):
+    """Clean shutdown: accepted only when none of the node's guests is starting or running."""
+
+    type_name: ClassVar[str] = "leave"
+    node: str
+    incarnation: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Heartbeat(Command):
+    """Accepted only from the current incarnation of an `up` node; its commit renews the
+    sender's lease (the sender measures the lease on its own monotonic clock)."""
+
+    type_name: ClassVar[str] = "heartbeat"
+    node: str
+    incarnation: str
+
+
+@dataclass(frozen=True)
+class DeclareFailed(Command):
+    """Leader: `node` sent no heartbeat for too long. Refused if any heartbeat newer than
+    `seq` was committed in between, so a slow leader can never declare a live node failed."""
+
+    type_name: ClassVar[str] = "declare_failed"
+    node: str
+    seq: int
+    evidence: FailureEvidence
+
+
+@dataclass(frozen=True)
+class FenceStarted(Command):
+    """Leader: about to run the fence agents against `node`. Committing this first proves the
+    leader is current before it powers anything off."""
+
+    type_name: ClassVar[str] = "fence_started"
+    node: str
+    epoch: int
+    leader: str
+    at: float
+
+
+@dataclass(frozen=True)
+class FenceResult(Command):
+    """Outcome of a fence attempt (or of the watchdog deadline passing) for failure `epoch`."""
+
+    type_name: ClassVar[str] = "fence_result"
+    node: str
+    epoch: int
+    ok: bool
+    method: FenceMethod
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True)
+class DefineGuest(Command):
+    """Leader: register a protected guest from the config, or update its spec."""
+
+    type_name: ClassVar[str] = "define_guest"
+    spec: GuestSpec
+    at: float
+
+
+@dataclass(frozen=True)
+class SetDesired(Command):
+    """Admin: enable (running) or disable (stopped) a guest."""
+
+    type_name: ClassVar[str] = "set_desired"
+    guest: str
+    desired: DesiredState
+    by: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Assignment:
+    guest: str
+    node: str
+    expected_generation: int
+
+
+@dataclass(frozen=True)
+class AssignGuests(Command):
+    """Leader: give guests new owners. Each item applies only if the guest is still at
+    `expected_generation` and is safe to move (no owner, owner fenced or gone, or stopped).
+    Batched so that recovering a whole node is one commit."""
+
+    type_name: ClassVar[str] = "assign_guests"
+    assignments: tuple[Assignment, ...]
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class GuestStarting(Command):
+    """Owner: intends to start the guest at `generation`. The start happens only after this
+    commits (DESIGN.md rule 1: ownership is committed, not assumed)."""
+
+    type_name: ClassVar[str] = "guest_starting"
+    guest: str
+    node: str
+    generation: int
+    at: float
+
+
+@dataclass(frozen=True)
+class GuestRunning(Command):
+    type_name: ClassVar[str] = "guest_running"
+    guest: str
+    node: str
+    generation: int
+    at: float
+
+
+@dataclass(frozen=True)
+class GuestStopped(Command):
+    """Owner: the guest is confirmed not running. `failed` counts a crash or failed start;
+    `give_up` (decided by the owner from its configured limit) puts the guest in `error`."""
+
+    type_name: ClassVar[str] = "guest_stopped"
+    guest: str
+    node: str
+    generation: int
+    failed: bool
+    give_up: bool
+    reason: str
+    at: float
+
+
+COMMAND_TYPES: dict[str, type[Command]] = {
+    cls.type_name: cls
+    for cls in (
+        Join,
+        Leave,
+        Heartbeat,
+        DeclareFailed,
+        FenceStarted,
+        FenceResult,
+        DefineGuest,
+        SetDesired,
+        AssignGuests,
+        GuestStarting,
+        GuestRunning,
+        GuestStopped,
+    )
+}
+
+
+def encode(command: Command) -> bytes:
+    """Serialise a command for the Raft log."""
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": command.type_name}
+    body.update(to_json(command))
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(payload: bytes) -> Command:
+    """Parse a command from the log. Raises CommandError with a readable reason.
+
+    A command from a newer agent (unknown version or type) is refused, never half-understood:
+    applying it differently from the nodes that understand it would split the state.
+    """
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CommandError(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise CommandError("not a JSON object")
+    version = body.pop("v", None)
+    type_name = body.pop("type", None)
+    if version not in SUPPORTED_VERSIONS:
+        raise CommandError(
+            f"command version {version!r} is not supported by this agent "
+            f"(supports {sorted(SUPPORTED_VERSIONS)}); upgrade this node"
+        )
+    cls = COMMAND_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise CommandError(f"unknown command type {type_name!r}; upgrade this node")
+    try:
+        command: Command = from_json(cls, body)
+    except DecodeError as exc:
+        raise CommandError(f"bad {type_name} command: {exc}") from None
+    return command

@@ -1,0 +1,262 @@
+"""The consensus adapter: one replicated state machine on pysyncobj.
+
+Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
+- `password` is always set (pysyncobj unpickles whatever reaches its port; with a password the
+  link is encrypted and authenticated) and `bindAddress` is always this node's own address
+  (the default binds every interface).
+- `leaderFallbackTimeout` is lowered to the election timeout (default 30 s: an isolated leader
+  would believe it leads for half a minute), `connectionRetryTime` is 0.2 s (a restarted node
+  otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), the tick is
+  10 ms (50 ms ticks cause split votes with short timeouts), batching is off (~1 ms commits).
+- Every proposal has a timeout; a timeout, a leader change or a lost callback is an UNKNOWN
+  outcome, never a failure we act on. Commands are conditional, so a late apply is harmless.
+- Commands are versioned JSON (`haagent.commands`). Snapshots use our own JSON serializer, so
+  our state is never pickled; the journal holds the JSON command bytes.
+- A committed command this agent cannot decode (written by a newer agent) freezes the local
+  state machine and is reported as `incompatible`: applying it differently from the other nodes
+  would split the state. The node then loses its lease and stops its guests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+from haagent.codec import DecodeError, from_json, to_json
+from haagent.commands import Command, CommandError, Heartbeat, Join, decode, encode
+from haagent.model import ClusterState
+from haagent.ports import ConsensusView, HeartbeatSeen, Outcome, OutcomeKind
+from haagent.statemachine import apply
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+
+_FAIL_NAMES = {
+    FAIL_REASON.QUEUE_FULL: "queue full",
+    FAIL_REASON.MISSING_LEADER: "no leader",
+    FAIL_REASON.DISCARDED: "discarded",
+    FAIL_REASON.NOT_LEADER: "not leader",
+    FAIL_REASON.LEADER_CHANGED: "leader changed",
+    FAIL_REASON.REQUEST_DENIED: "request denied",
+    FAIL_REASON.UNKNOWN_OUTCOME: "unknown outcome",
+}
+
+
+class _ReplicatedLog(SyncObj):
+    """The pysyncobj object. Its only replicated method carries our JSON command bytes."""
+
+    def __init__(
+        self,
+        self_address: str,
+        other_addresses: list[str],
+        conf: SyncObjConf,
+        on_apply: Callable[[bytes], tuple[str, str]],
+    ) -> None:
+        self._haagent_on_apply = on_apply
+        super().__init__(self_address, other_addresses, conf)
+
+    @replicated
+    def submit(self, payload: bytes) -> tuple[str, str]:
+        return self._haagent_on_apply(payload)
+
+
+class RaftConsensus:
+    """`Consensus` port on pysyncobj. Thread model: pysyncobj's tick thread applies commands
+    and calls back; the asyncio side reads `view()` and awaits `propose()`."""
+
+    def __init__(
+        self,
+        node: str,
+        addresses: Mapping[str, str],
+        secret: str,
+        data_dir: Path,
+        election_timeout_min_s: float = 0.3,
+        election_timeout_max_s: float = 0.6,
+        wake: Callable[[], None] | None = None,
+        persist: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node = node
+        self._addresses = dict(addresses)
+        self._names = {addr: name for name, addr in addresses.items()}
+        self._secret = secret
+        self._data_dir = data_dir
+        self._election = (election_timeout_min_s, election_timeout_max_s)
+        self._wake = wake or (lambda: None)
+        self._persist = persist
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = ClusterState()
+        self._heartbeats: dict[str, HeartbeatSeen] = {}
+        self._incompatible: str | None = None
+        self._sync: _ReplicatedLog | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the Raft port and start the tick thread. Replays the journal if present."""
+        min_s, max_s = self._election
+        kwargs: dict[str, Any] = {}
+        if self._persist:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            kwargs.update(
+                journalFile=str(self._data_dir / "raft.journal"),
+                fullDumpFile=str(self._data_dir / "raft.snapshot.json"),
+                serializer=self._write_snapshot,
+                deserializer=self._read_snapshot,
+            )
+        me = self._addresses[self.node]
+        conf = SyncObjConf(
+            password=self._secret,
+            bindAddress=me,
+            raftMinTimeout=min_s,
+            raftMaxTimeout=max_s,
+            appendEntriesPeriod=min(0.05, min_s / 4),
+            autoTickPeriod=0.01,
+            appendEntriesUseBatch=False,
+            connectionRetryTime=0.2,
+            connectionTimeout=max(max_s * 2, 1.0),
+            leaderFallbackTimeout=min_s,
+            commandsWaitLeader=True,
+            dynamicMembershipChange=False,
+            logCompactionMinEntries=5000,
+            logCompactionMinTime=300,
+            onStateChanged=lambda old, new: self._wake(),
+            **kwargs,
+        )
+        others = [addr for name, addr in sorted(self._addresses.items()) if name != self.node]
+        self._sync = _ReplicatedLog(me, others, conf, self._on_apply)
+
+    def stop(self) -> None:
+        if self._sync is not None:
+            self._sync.destroy()
+            self._sync = None
+
+    # -- the replicated state machine (runs in pysyncobj's tick thread) ---------------------
+
+    def _on_apply(self, payload: bytes) -> tuple[str, str]:
+        if self._incompatible is not None:
+            return ("incompatible", self._incompatible)
+        try:
+            command = decode(payload)
+        except CommandError as exc:
+            with self._lock:
+                self._incompatible = str(exc)
+            log.critical("cannot apply a committed command, local state frozen: %s", exc)
+            self._wake()
+            return ("incompatible", str(exc))
+        with self._lock:
+            new_state, result = apply(self._state, command)
+            self._state = new_state
+            if result.accepted and isinstance(command, Heartbeat | Join):
+                seq = new_state.node(command.node).heartbeat_seq
+                self._heartbeats[command.node] = HeartbeatSeen(seq, self._clock())
+        self._wake()
+        return ("accepted" if result.accepted else "refused", result.detail)
+
+    def _write_snapshot(self, file_name: str, data: Any) -> None:
+        """pysyncobj's snapshot hook (tick thread, so consistent with the applied state)."""
+        entry_1, entry_0, cluster = data
+        with self._lock:
+            state_json = to_json(self._state)
+        doc = {
+            "format": SNAPSHOT_FORMAT,
+            "state": state_json,
+            "entries": [_entry_to_json(entry_1), _entry_to_json(entry_0)],
+            "cluster": sorted(str(getattr(n, "address", n)) for n in cluster),
+        }
+        with open(file_name, "w") as f:
+            json.dump(doc, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read_snapshot(self, file_name: str) -> tuple[Any, Any, Any]:
+        with open(file_name) as f:
+            doc = json.load(f)
+        if doc.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"{file_name}: unsupported snapshot format {doc.get('format')!r}")
+        try:
+            state = from_json(ClusterState, doc["state"], "state")
+        except DecodeError as exc:
+            raise ValueError(f"{file_name}: {exc}") from None
+        with self._lock:
+            self._state = state
+        entry_1, entry_0 = (_entry_from_json(e) for e in doc["entries"])
+        return entry_1, entry_0, list(doc["cluster"])
+
+    # -- the Consensus port ----------------------------------------------------------------
+
+    def view(self) -> ConsensusView:
+        sync = self._sync
+        with self._lock:
+            state, heartbeats, incompatible = (
+                self._state,
+                dict(self._heartbeats),
+                self._incompatible,
+            )
+        if sync is None:
+            return ConsensusView(state=state, heartbeats=heartbeats, incompatible=incompatible)
+        leader_node = sync._getLeader()
+        leader = None
+        if leader_node is not None:
+            address = getattr(leader_node, "address", str(leader_node))
+            leader = self._names.get(address, address)
+        return ConsensusView(
+            state=state,
+            leader=leader,
+            is_leader=sync._isLeader(),
+            term=sync.raftCurrentTerm,
+            has_quorum=bool(sync.hasQuorum),
+            heartbeats=heartbeats,
+            commit_index=sync.raftCommitIndex,
+            incompatible=incompatible,
+        )
+
+    async def propose(self, command: Command, timeout_s: float) -> Outcome:
+        sync = self._sync
+        if sync is None:
+            return Outcome(OutcomeKind.UNKNOWN, "consensus stopped")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+
+        def settle(outcome: Outcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        def callback(result: Any, error: int) -> None:
+            # Runs in pysyncobj's tick thread.
+            if error == FAIL_REASON.SUCCESS and isinstance(result, tuple) and len(result) == 2:
+                kind = {"accepted": OutcomeKind.ACCEPTED, "refused": OutcomeKind.REFUSED}.get(
+                    result[0], OutcomeKind.UNKNOWN
+                )
+                outcome = Outcome(kind, str(result[1]))
+            else:
+                outcome = Outcome(OutcomeKind.UNKNOWN, _FAIL_NAMES.get(error, f"error {error}"))
+            loop.call_soon_threadsafe(settle, outcome)
+
+        sync.submit(encode(command), callback=callback)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            return Outcome(OutcomeKind.UNKNOWN, f"no answer within {timeout_s}s")
+
+
+def _entry_to_json(entry: Any) -> list[Any]:
+    command, idx, term = entry
+    return [base64.b64encode(bytes(command)).decode(), int(idx), int(term)]
+
+
+def _entry_from_json(data: Any) -> tuple[bytes, int, int]:
+    command, idx, term = data
+    return base64.b64decode(command), int(idx), int(term)

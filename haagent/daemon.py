@@ -1,0 +1,319 @@
+"""The imperative shell: one asyncio loop around the AgentCore.
+
+Each pass: observe the local hypervisor, read the consensus view, `core.tick`, then hand the
+proposals to consensus and the actions to the adapters as tasks with timeouts. Results go back
+into the core and wake the loop. Events (libvirt lifecycle, Raft apply, finished tasks) only
+wake the loop; the loop is level-triggered, so a lost event costs at most one tick.
+
+A pass that decided something logs one line with its reason; idle passes are silent, or the
+log would carry twenty identical lines a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from haagent.agent import (
+    Action,
+    ActionResult,
+    AgentCore,
+    DestroyDomain,
+    LocalView,
+    Proposal,
+    RunFence,
+    StartGuest,
+    StopGuest,
+)
+from haagent.api import build_app, serve
+from haagent.config import Config
+from haagent.consensus import RaftConsensus
+from haagent.fencing.levels import AgentFencer
+from haagent.fencing.sdnotify import SystemdNotifier
+from haagent.fencing.watchdog import open_watchdog
+from haagent.metrics import AgentMetrics
+from haagent.model import NodeRole
+from haagent.ports import DomainObservation, Fencer, Hypervisor, HypervisorError, Watchdog
+from haagent.resources.libvirt_guests import LibvirtHypervisor
+from haagent.status import build_status
+
+log = logging.getLogger("haagent")
+
+PET_INTERVAL_S = 0.2
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config.agent_settings()
+        self.pid = os.getpid()
+        self.incarnation = f"{self.pid}-{uuid.uuid4().hex[:8]}"
+        self.started_at = time.monotonic()
+        self.core = AgentCore(self.settings, self.incarnation, self.started_at)
+        self.core.set_wall_offset(time.time() - time.monotonic())
+        self.metrics = AgentMetrics(config.node)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop_requested = False
+        self._last_pass = time.monotonic()
+        self._last_pet = -1.0
+        self._last_notify = -1.0
+        self._local: Mapping[str, DomainObservation] | None = None
+        self._local_error: str | None = None
+        self._lease_valid = False
+        self.hypervisor: Hypervisor | None = None
+        self.fencer: Fencer = AgentFencer()
+        self.watchdog: Watchdog | None = None
+        self.notifier = SystemdNotifier.from_env()
+        self.consensus: RaftConsensus | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        cfg = self.config
+        wake_threadsafe = lambda: loop.call_soon_threadsafe(self._wake.set)  # noqa: E731
+        if cfg.me.role is NodeRole.HYPERVISOR:
+            assert cfg.libvirt_uri is not None
+            hv = LibvirtHypervisor(cfg.libvirt_uri)
+            await hv.open()
+            hv.set_listener(self._wake.set)
+            self.hypervisor = hv
+        self.watchdog = open_watchdog(
+            cfg.watchdog_device, cfg.me.watchdog_timeout_s, str(cfg.watchdog_standin)
+        )
+        self.consensus = RaftConsensus(
+            cfg.node,
+            {n.name: n.address for n in cfg.nodes.values()},
+            cfg.secret,
+            cfg.data_dir / "raft",
+            cfg.timing.election_timeout_min_s,
+            cfg.timing.election_timeout_max_s,
+            wake=wake_threadsafe,
+        )
+        app = build_app(cfg.api_token, self.status, self.health, self.metrics.render)
+        runner = await serve(app, cfg.api_listen)
+        self.consensus.start()
+        log.info(
+            "started node=%s incarnation=%s cluster=%s api=%s",
+            cfg.node,
+            self.incarnation,
+            cfg.cluster,
+            cfg.api_listen,
+        )
+        self.notifier.ready()
+        try:
+            await self._loop()
+        finally:
+            await self._shutdown(runner)
+        return 0
+
+    def request_stop(self) -> None:
+        """SIGTERM: leave the cluster cleanly (hand guests over), then exit."""
+        if not self._stop_requested:
+            log.info("stop requested: stopping guests and leaving the cluster")
+            self.notifier.stopping()
+            self._stop_requested = True
+            self.core.begin_leave()
+            self._wake.set()
+
+    async def _shutdown(self, runner: Any) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await runner.cleanup()
+        if self.consensus is not None:
+            self.consensus.stop()
+        nothing_runs = self._local is not None and not any(
+            d.running for d in self._local.values() if d.name in self._protected_domains()
+        )
+        if self.watchdog is not None and nothing_runs:
+            self.watchdog.close()
+        if self.hypervisor is not None:
+            close = getattr(self.hypervisor, "close", None)
+            if close is not None:
+                await close()
+        log.info("stopped")
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        tick_s = min(0.05, self.settings.heartbeat_s / 2)
+        leave_deadline: float | None = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), tick_s)
+            self._wake.clear()
+            step_left = await self._pass()
+            if self._stop_requested:
+                now = time.monotonic()
+                if leave_deadline is None:
+                    leave_deadline = now + self.settings.shutdown_timeout_s + 5
+                if step_left:
+                    log.info("left the cluster cleanly")
+                    return
+                if now > leave_deadline:
+                    log.error("could not leave cleanly in time; exiting (the cluster will fence)")
+                    return
+
+    async def _pass(self) -> bool:
+        assert self.consensus is not None
+        await self._observe()
+        now = time.monotonic()
+        view = self.consensus.view()
+        local = LocalView(self._local, now)
+        step = self.core.tick(now, view, local)
+        self._last_pass = now
+        self._lease_valid = step.lease_valid
+        self.metrics.loop_passes.inc()
+        for proposal in step.proposals:
+            self._spawn(self._run_proposal(proposal))
+        for action in step.actions:
+            self._spawn(self._run_action(action))
+        if step.reason:
+            log.info("pass: %s", step.reason)
+        self._feed_watchdogs(now, step.pet_watchdog)
+        running = None
+        if self._local is not None:
+            protected = self._protected_domains()
+            running = sum(1 for d in self._local.values() if d.running and d.name in protected)
+        self.metrics.update(view, now, self.core.lease_until, running)
+        return step.left
+
+    async def _observe(self) -> None:
+        if self.hypervisor is None:
+            self._local, self._local_error = {}, None
+            return
+        try:
+            self._local = await asyncio.wait_for(self.hypervisor.domains(), 5.0)
+            self._local_error = None
+        except (HypervisorError, TimeoutError) as exc:
+            self._local, self._local_error = None, str(exc) or type(exc).__name__
+            log.warning("cannot observe the hypervisor: %s", self._local_error)
+
+    def _feed_watchdogs(self, now: float, pet: bool) -> None:
+        if pet and self.watchdog is not None and now - self._last_pet >= PET_INTERVAL_S:
+            self.watchdog.pet()
+            self._last_pet = now
+        interval = self.notifier.watchdog_interval_s
+        if interval is not None and now - self._last_notify >= min(interval, 1.0):
+            # systemd's watchdog watches the loop itself, not the lease: a fresh loop is alive.
+            self.notifier.watchdog()
+            self._last_notify = now
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_proposal(self, proposal: Proposal) -> None:
+        assert self.consensus is not None
+        outcome = await self.consensus.propose(proposal.command, proposal.timeout_s)
+        for ev in self.core.proposal_done(proposal.key, outcome, time.monotonic()):
+            log.info("%s", ev)
+        self._wake.set()
+
+    async def _run_action(self, action: Action) -> None:
+        try:
+            result = await self._execute(action)
+        except Exception as exc:  # An adapter bug must not kill the loop.
+            log.exception("action %s failed unexpectedly", action.key)
+            result = ActionResult(False, f"unexpected error: {exc}")
+        for ev in self.core.action_done(action.key, result, time.monotonic()):
+            log.info("%s", ev)
+        self._wake.set()
+
+    async def _execute(self, action: Action) -> ActionResult:
+        s = self.settings
+        if isinstance(action, RunFence):
+            levels = self.config.fence_levels(action.node)
+            outcome = await self.fencer.fence(action.node, levels, s.fence_timeout_s)
+            result_label = "ok" if outcome.ok else "failed"
+            self.metrics.fence_operations.labels(action.node, result_label).inc()
+            log.warning(
+                "fence %s: %s (%s)", action.node, "OK" if outcome.ok else "FAILED", outcome.detail
+            )
+            return ActionResult(outcome.ok, outcome.detail, outcome)
+        hv = self.hypervisor
+        if hv is None:
+            return ActionResult(False, "no hypervisor on this node")
+        try:
+            if isinstance(action, StartGuest):
+                xml = self.config.guest_xml(action.guest)
+                await asyncio.wait_for(
+                    hv.start(action.domain, xml, s.cluster, s.node, action.generation),
+                    s.start_timeout_s,
+                )
+                log.info("started %s at generation %d", action.guest, action.generation)
+            elif isinstance(action, StopGuest):
+                await asyncio.wait_for(
+                    hv.stop(action.domain, action.timeout_s), action.timeout_s + 10
+                )
+            elif isinstance(action, DestroyDomain):
+                t0 = time.monotonic()
+                await asyncio.wait_for(hv.destroy(action.domain), max(s.stop_grace_s, 10.0))
+                took = time.monotonic() - t0
+                level = logging.WARNING if took <= s.stop_grace_s else logging.ERROR
+                log.log(level, "destroyed %s in %.3fs: %s", action.domain, took, action.reason)
+        except (HypervisorError, TimeoutError) as exc:
+            return ActionResult(False, str(exc) or "timed out")
+        return ActionResult(True)
+
+    # -- status surface --------------------------------------------------------------------
+
+    def _protected_domains(self) -> set[str]:
+        names = {spec.domain for spec in self.settings.guests}
+        if self.consensus is not None:
+            names |= {g.spec.domain for g in self.consensus.view().state.guests.values()}
+        return names
+
+    def health(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        age = now - self._last_pass
+        if age > max(1.0, 10 * min(0.05, self.settings.heartbeat_s / 2)):
+            return False, f"reconcile loop stale ({age:.2f}s since the last pass)"
+        if not self.core.lease_valid(now):
+            return False, "no valid lease (not in contact with a majority)"
+        return True, "lease valid, loop fresh"
+
+    async def status(self) -> dict[str, Any]:
+        assert self.consensus is not None
+        local: Mapping[str, DomainObservation] | None = {}
+        error = None
+        if self.hypervisor is not None:
+            # Observed now, not from the last pass: this is what an admin or a test trusts.
+            try:
+                local = await asyncio.wait_for(self.hypervisor.domains(), 5.0)
+            except (HypervisorError, TimeoutError) as exc:
+                local, error = None, str(exc) or type(exc).__name__
+        now = time.monotonic()
+        return build_status(
+            node=self.config.node,
+            cluster=self.config.cluster,
+            pid=self.pid,
+            incarnation=self.incarnation,
+            view=self.consensus.view(),
+            now=now,
+            lease_until=self.core.lease_until,
+            loop_age_s=now - self._last_pass,
+            local=local,
+            local_error=error,
+        )
+
+
+def run_daemon(config: Config) -> int:
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format=f"%(asctime)s {config.node} %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return asyncio.run(Daemon(config).run())

@@ -1,0 +1,165 @@
+"""The replicated cluster model: what every node agrees on through Raft.
+
+Everything here is pure data: frozen dataclasses and string enums, no I/O, no clocks.
+The state is small on purpose (node -> liveness/fencing, guest -> owner/generation), because
+pysyncobj ships it whole in snapshots and every node applies every command.
+
+Timestamps named ``*_at`` are wall-clock seconds supplied by the proposer of a command. They are
+for humans (status output) only; no decision ever compares them, because wall clocks of
+different hosts disagree. Decisions use each node's own monotonic clock, held outside this state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+
+class NodeRole(StrEnum):
+    """A hypervisor runs guests; a witness only votes (two hypervisors + a witness = quorum)."""
+
+    HYPERVISOR = "hypervisor"
+    WITNESS = "witness"
+
+
+class NodeState(StrEnum):
+    """Liveness of a node as agreed by the cluster.
+
+    down    configured but not joined (never started, or left cleanly with its guests stopped)
+    up      joined; its heartbeats are accepted and extend its lease
+    failed  declared failed by the leader; heartbeats are refused; its guests stay put
+    fenced  a fence confirmed power-off (or the watchdog deadline passed): its guests may move
+    """
+
+    DOWN = "down"
+    UP = "up"
+    FAILED = "failed"
+    FENCED = "fenced"
+
+
+class GuestState(StrEnum):
+    """What the owner last committed about a guest.
+
+    stopped   not running at its owner (or no owner yet); safe to (re)assign
+    starting  the owner committed its intent to start at the current generation
+    running   the owner confirmed the domain runs
+    stopping  the owner is stopping it (admin disable, release)
+    error     start failed too often; needs an admin (alerting state)
+    """
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    ERROR = "error"
+
+
+class DesiredState(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class StorageKind(StrEnum):
+    """How a guest's disks reach its hosts. Only shared storage exists so far."""
+
+    SHARED = "shared"
+
+
+class FenceMethod(StrEnum):
+    AGENT = "agent"
+    WATCHDOG = "watchdog"
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """A protected guest as configured by the admin."""
+
+    name: str
+    domain: str
+    memory_mib: int
+    priority: int = 0
+    preferred_nodes: tuple[str, ...] = ()
+    allowed_nodes: tuple[str, ...] = ()  # empty: every hypervisor
+    storage: StorageKind = StorageKind.SHARED
+
+    def allows(self, node: str) -> bool:
+        return not self.allowed_nodes or node in self.allowed_nodes
+
+
+@dataclass(frozen=True)
+class FailureEvidence:
+    """Why the leader declared a node failed: what it missed and for how long."""
+
+    declared_by: str
+    last_heartbeat_seq: int
+    silent_s: float  # seconds the declarer had not applied a heartbeat of the node (its clock)
+    detail: str
+    declared_at: float  # wall clock, display only
+
+
+@dataclass(frozen=True)
+class FenceRecord:
+    """Progress of fencing a failed node, for one failure epoch."""
+
+    attempts: int = 0
+    in_progress_by: str | None = None  # leader that committed the start of the current attempt
+    last_result: str = ""  # "ok", "failed", or "" while none finished
+    last_detail: str = ""
+    method: FenceMethod | None = None
+    confirmed_at: float | None = None  # wall clock, display only
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    role: NodeRole = NodeRole.HYPERVISOR
+    state: NodeState = NodeState.DOWN
+    incarnation: str = ""  # random id of the agent process that joined last
+    heartbeat_seq: int = 0  # grows with every accepted heartbeat
+    failure_epoch: int = 0  # grows with every declaration; fence commands carry it
+    evidence: FailureEvidence | None = None
+    fence: FenceRecord = field(default_factory=FenceRecord)
+    reason: str = ""
+    changed_at: float = 0.0  # wall clock, display only
+
+
+@dataclass(frozen=True)
+class GuestRecord:
+    spec: GuestSpec
+    owner: str | None = None
+    generation: int = 0  # fencing token: grows on every change of owner
+    desired: DesiredState = DesiredState.RUNNING
+    state: GuestState = GuestState.STOPPED
+    failures: int = 0  # failed starts/crashes at the current owner
+    reason: str = ""
+    changed_at: float = 0.0  # wall clock, display only
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """The whole replicated state. Treat the dicts as read-only: `apply` builds new ones."""
+
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    guests: dict[str, GuestRecord] = field(default_factory=dict)
+    applied: int = 0  # commands applied (accepted or not); a cheap change counter
+
+    def node(self, name: str) -> NodeRecord:
+        """The node's record; nodes that never joined read as `down`."""
+        return self.nodes.get(name) or NodeRecord(name=name)
+
+    def guests_of(self, node: str) -> list[GuestRecord]:
+        return [g for g in self.guests.values() if g.owner == node]
+
+    def with_node(self, record: NodeRecord) -> ClusterState:
+        nodes = dict(self.nodes)
+        nodes[record.name] = record
+        return replace(self, nodes=nodes)
+
+    def with_guest(self, record: GuestRecord) -> ClusterState:
+        guests = dict(self.guests)
+        guests[record.name] = record
+        return replace(self, guests=guests)

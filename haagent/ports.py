@@ -1,0 +1,168 @@
+"""Ports: the small interfaces between the pure core and the outside world.
+
+The daemon plugs real adapters into them (pysyncobj, libvirt-python, fence-agents, the
+watchdog device); the simulator plugs in fakes. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from haagent.commands import Command
+from haagent.model import ClusterState
+
+# --- consensus -------------------------------------------------------------------------------
+
+
+class OutcomeKind(StrEnum):
+    ACCEPTED = "accepted"  # committed and applied; the state machine accepted it
+    REFUSED = "refused"  # committed and applied; the state machine refused it (state moved on)
+    UNKNOWN = "unknown"  # timeout, leader change, queue full...: it may still apply later
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    detail: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.kind is OutcomeKind.ACCEPTED
+
+
+@dataclass(frozen=True)
+class HeartbeatSeen:
+    """When this node applied the latest heartbeat (or join) of another node.
+
+    `at` is this node's own monotonic clock at apply time. Apply happens after the sender sent
+    it, so measuring silence from here is conservative: it can only overestimate the sender's
+    remaining lease, never underestimate it.
+    """
+
+    seq: int
+    at: float
+
+
+@dataclass(frozen=True)
+class ConsensusView:
+    """What the local replica knows right now. `state` may be stale; only a commit proves
+    freshness (see the lease)."""
+
+    state: ClusterState
+    leader: str | None = None
+    is_leader: bool = False  # a hint: an isolated leader believes it leads for a while
+    term: int = 0
+    has_quorum: bool = False  # a hint: counts TCP connections, not recent answers
+    heartbeats: Mapping[str, HeartbeatSeen] = field(default_factory=dict)
+    commit_index: int = 0
+    incompatible: str | None = None  # a committed command this agent cannot decode
+
+
+class Consensus(Protocol):
+    def view(self) -> ConsensusView: ...
+
+    async def propose(self, command: Command, timeout_s: float) -> Outcome:
+        """Submit a command; wait at most `timeout_s`. Never raises for operating errors."""
+        ...
+
+
+# --- hypervisor ------------------------------------------------------------------------------
+
+
+class HypervisorError(RuntimeError):
+    """An expected failure of a hypervisor operation (libvirt error, timeout)."""
+
+
+@dataclass(frozen=True)
+class DomainObservation:
+    """One domain as the local hypervisor reports it.
+
+    `running` is True for every active state (running, paused, blocked...): for safety, a
+    paused domain still holds its disks. `owner`/`generation`/`cluster` come from the haagent
+    metadata written into the domain at start; None when absent.
+    """
+
+    name: str
+    running: bool
+    owner: str | None = None
+    generation: int | None = None
+    cluster: str | None = None
+
+
+class Hypervisor(Protocol):
+    async def domains(self) -> Mapping[str, DomainObservation]:
+        """All domains defined or running on this host, by domain name."""
+        ...
+
+    async def start(
+        self, domain: str, xml: str | None, cluster: str, node: str, generation: int
+    ) -> None:
+        """Define the domain from `xml` if it is not defined, write the ownership metadata
+        (cluster, node, generation) and start it. Raises HypervisorError."""
+        ...
+
+    async def stop(self, domain: str, timeout_s: float) -> None:
+        """Graceful shutdown; destroy if it is still running after `timeout_s`."""
+        ...
+
+    async def destroy(self, domain: str) -> None:
+        """Hard power-off. Succeeds if the domain is not running."""
+        ...
+
+    def set_listener(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from the event loop) on any lifecycle event."""
+        ...
+
+
+# --- fencing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FenceDevice:
+    """One stock fence agent invocation: `agent` (e.g. fence_ipmilan) and its stdin params."""
+
+    name: str
+    agent: str
+    params: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class FenceOutcome:
+    ok: bool
+    detail: str
+    level: int | None = None  # 1-based level that succeeded
+    duration_s: float = 0.0
+
+
+class Fencer(Protocol):
+    async def fence(
+        self, node: str, levels: Sequence[Sequence[FenceDevice]], timeout_s: float
+    ) -> FenceOutcome:
+        """Power `node` off through the levels in order (all devices of a level must succeed,
+        each confirmed by `status`). Never raises for operating errors."""
+        ...
+
+
+# --- watchdog --------------------------------------------------------------------------------
+
+
+class Watchdog(Protocol):
+    timeout_s: float
+
+    def pet(self) -> None: ...
+
+    def close(self) -> None:
+        """Disarm cleanly (only on a clean shutdown with no guest running)."""
+        ...
+
+
+# --- clock -----------------------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def wall(self) -> float: ...

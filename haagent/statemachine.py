@@ -1,0 +1,324 @@
+"""`apply(state, command)`: the one replicated state machine.
+
+Pure and deterministic: every node applies the same committed commands in the same order and
+must reach the same state, so nothing here may read a clock, the environment or a config file.
+A refused command leaves the state unchanged except for the `applied` counter; the refusal is
+returned to the proposer as a `Result`, never raised.
+
+The safety rules of DESIGN.md that live here:
+- ownership changes only when the guest is safe to move (`_movable`): no owner, owner fenced,
+  owner left cleanly, or the owner itself confirmed the guest stopped. A merely *failed* owner's
+  guests stay put until a fence is committed (rule 4).
+- every change of owner bumps the generation (rule 1), and every owner report names the
+  generation it is about, so a stale or duplicated report is refused (rule 7).
+- heartbeats, declarations and fence results are conditional on sequence numbers and epochs,
+  so a declaration can never overtake a heartbeat that was committed before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from haagent.commands import (
+    AssignGuests,
+    Command,
+    DeclareFailed,
+    DefineGuest,
+    FenceResult,
+    FenceStarted,
+    GuestRunning,
+    GuestStarting,
+    GuestStopped,
+    Heartbeat,
+    Join,
+    Leave,
+    SetDesired,
+)
+from haagent.model import (
+    ClusterState,
+    DesiredState,
+    FenceRecord,
+    GuestRecord,
+    GuestState,
+    NodeRole,
+    NodeState,
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What applying a command did. `accepted` False means the state did not change."""
+
+    accepted: bool
+    detail: str = ""
+
+
+OK = Result(True)
+
+
+def apply(state: ClusterState, command: Command) -> tuple[ClusterState, Result]:
+    """Apply one committed command. Never raises for a well-typed command."""
+    handler = _HANDLERS[type(command)]
+    new_state, result = handler(state, command)
+    return replace(new_state, applied=state.applied + 1), result
+
+
+def _refuse(state: ClusterState, detail: str) -> tuple[ClusterState, Result]:
+    return state, Result(False, detail)
+
+
+def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
+    rec = state.node(c.node)
+    if rec.state in (NodeState.FAILED, NodeState.FENCED) and not c.clean:
+        return _refuse(
+            state,
+            f"{c.node} is {rec.state}: stop every protected guest before rejoining",
+        )
+    if rec.state is NodeState.UP and rec.incarnation == c.incarnation and rec.role is c.role:
+        return state, Result(True, "already joined")
+    reason = "joined" if rec.state is NodeState.DOWN else f"rejoined (was {rec.state})"
+    fence = rec.fence if rec.state is NodeState.UP else FenceRecord()
+    evidence = rec.evidence if rec.state is NodeState.UP else None
+    # A join counts as a heartbeat: bumping the sequence makes any declaration decided before
+    # it (conditional on the old sequence) fail, so a rejoining node is never declared failed
+    # on evidence older than its join.
+    new = replace(
+        rec,
+        role=c.role,
+        state=NodeState.UP,
+        incarnation=c.incarnation,
+        heartbeat_seq=rec.heartbeat_seq + 1,
+        evidence=evidence,
+        fence=fence,
+        reason=reason,
+        changed_at=c.at,
+    )
+    return state.with_node(new), OK
+
+
+def _leave(state: ClusterState, c: Leave) -> tuple[ClusterState, Result]:
+    rec = state.node(c.node)
+    if rec.state is not NodeState.UP or rec.incarnation != c.incarnation:
+        return _refuse(state, f"{c.node} is {rec.state} (incarnation {rec.incarnation!r})")
+    busy = [
+        g.name
+        for g in state.guests_of(c.node)
+        if g.state in (GuestState.STARTING, GuestState.RUNNING, GuestState.STOPPING)
+    ]
+    if busy:
+        return _refuse(state, f"guests still active on {c.node}: {', '.join(sorted(busy))}")
+    new = replace(rec, state=NodeState.DOWN, reason="left cleanly", changed_at=c.at)
+    return state.with_node(new), OK
+
+
+def _heartbeat(state: ClusterState, c: Heartbeat) -> tuple[ClusterState, Result]:
+    rec = state.node(c.node)
+    if rec.state is not NodeState.UP:
+        return _refuse(state, f"{c.node} is {rec.state}")
+    if rec.incarnation != c.incarnation:
+        return _refuse(state, f"stale incarnation {c.incarnation!r} (current {rec.incarnation!r})")
+    return state.with_node(replace(rec, heartbeat_seq=rec.heartbeat_seq + 1)), OK
+
+
+def _declare_failed(state: ClusterState, c: DeclareFailed) -> tuple[ClusterState, Result]:
+    rec = state.node(c.node)
+    if rec.state is not NodeState.UP:
+        return _refuse(state, f"{c.node} is {rec.state}")
+    if rec.heartbeat_seq != c.seq:
+        return _refuse(state, f"{c.node} sent heartbeat {rec.heartbeat_seq} after {c.seq}")
+    new = replace(
+        rec,
+        state=NodeState.FAILED,
+        failure_epoch=rec.failure_epoch + 1,
+        evidence=c.evidence,
+        fence=FenceRecord(),
+        reason=c.evidence.detail,
+        changed_at=c.evidence.declared_at,
+    )
+    return state.with_node(new), OK
+
+
+def _fence_started(state: ClusterState, c: FenceStarted) -> tuple[ClusterState, Result]:
+    rec = state.node(c.node)
+    if rec.state is not NodeState.FAILED or rec.failure_epoch != c.epoch:
+        return _refuse(state, f"{c.node} is {rec.state} epoch {rec.failure_epoch}, not {c.epoch}")
+    fence = replace(rec.fence, attempts=rec.fence.attempts + 1, in_progress_by=c.leader)
+    return state.with_node(replace(rec, fence=fence)), OK
+
+
+def _fence_result(state: ClusterState, c: FenceResult) -> tuple[ClusterState, Result]:
+    rec = state.node(c.node)
+    if rec.state is not NodeState.FAILED or rec.failure_epoch != c.epoch:
+        return _refuse(state, f"{c.node} is {rec.state} epoch {rec.failure_epoch}, not {c.epoch}")
+    if c.ok:
+        fence = replace(
+            rec.fence,
+            in_progress_by=None,
+            last_result="ok",
+            last_detail=c.detail,
+            method=c.method,
+            confirmed_at=c.at,
+        )
+        new = replace(
+            rec, state=NodeState.FENCED, fence=fence, reason=f"fenced: {c.detail}", changed_at=c.at
+        )
+    else:
+        fence = replace(
+            rec.fence,
+            in_progress_by=None,
+            last_result="failed",
+            last_detail=c.detail,
+            method=c.method,
+        )
+        new = replace(rec, fence=fence)
+    return state.with_node(new), OK
+
+
+def _define_guest(state: ClusterState, c: DefineGuest) -> tuple[ClusterState, Result]:
+    current = state.guests.get(c.spec.name)
+    if current is None:
+        record = GuestRecord(spec=c.spec, reason="defined", changed_at=c.at)
+        return state.with_guest(record), OK
+    if current.spec == c.spec:
+        return state, Result(True, "unchanged")
+    return state.with_guest(replace(current, spec=c.spec)), OK
+
+
+def _set_desired(state: ClusterState, c: SetDesired) -> tuple[ClusterState, Result]:
+    current = state.guests.get(c.guest)
+    if current is None:
+        return _refuse(state, f"unknown guest {c.guest!r}")
+    # Disabling or enabling is also how an admin clears the error state: it resets the count.
+    new_state = GuestState.STOPPED if current.state is GuestState.ERROR else current.state
+    record = replace(
+        current,
+        desired=c.desired,
+        state=new_state,
+        failures=0,
+        reason=f"{'enabled' if c.desired is DesiredState.RUNNING else 'disabled'} by {c.by}",
+        changed_at=c.at,
+    )
+    return state.with_guest(record), OK
+
+
+def movable(state: ClusterState, guest: GuestRecord) -> bool:
+    """May this guest get a new owner without risking two running copies?
+
+    Yes when it has no owner, when its owner is fenced or left cleanly (a clean leave requires
+    all its guests stopped), or when the owner itself committed that the guest is stopped. A
+    failed-but-unfenced owner keeps its guests: it might still be running them (rule 4).
+    """
+    if guest.owner is None:
+        return True
+    owner_state = state.node(guest.owner).state
+    if owner_state in (NodeState.FENCED, NodeState.DOWN):
+        return True
+    return owner_state is NodeState.UP and guest.state in (GuestState.STOPPED, GuestState.ERROR)
+
+
+def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]:
+    refused: list[str] = []
+    applied = 0
+    for a in c.assignments:
+        guest = state.guests.get(a.guest)
+        target = state.node(a.node)
+        why = ""
+        if guest is None:
+            why = "unknown guest"
+        elif guest.generation != a.expected_generation:
+            why = f"generation is {guest.generation}, not {a.expected_generation}"
+        elif target.state is not NodeState.UP or target.role is not NodeRole.HYPERVISOR:
+            why = f"{a.node} is not an up hypervisor"
+        elif not guest.spec.allows(a.node):
+            why = f"{a.node} is not allowed"
+        elif not movable(state, guest):
+            why = (
+                f"owner {guest.owner} is {state.node(guest.owner or '').state}, guest {guest.state}"
+            )
+        if why or guest is None:
+            refused.append(f"{a.guest}->{a.node}: {why}")
+            continue
+        previous = f" from {guest.owner}" if guest.owner else ""
+        state = state.with_guest(
+            replace(
+                guest,
+                owner=a.node,
+                generation=guest.generation + 1,
+                state=GuestState.STOPPED,
+                failures=0,
+                reason=f"{c.reason}{previous}",
+                changed_at=c.at,
+            )
+        )
+        applied += 1
+    if applied == 0:
+        return _refuse(state, "; ".join(refused))
+    return state, Result(True, "; ".join(refused))
+
+
+def _owner_check(state: ClusterState, guest_name: str, node: str, generation: int) -> str:
+    guest = state.guests.get(guest_name)
+    if guest is None:
+        return f"unknown guest {guest_name!r}"
+    if guest.owner != node or guest.generation != generation:
+        return f"{guest_name} is owned by {guest.owner} at generation {guest.generation}"
+    if state.node(node).state is not NodeState.UP:
+        return f"{node} is {state.node(node).state}"
+    return ""
+
+
+def _guest_starting(state: ClusterState, c: GuestStarting) -> tuple[ClusterState, Result]:
+    why = _owner_check(state, c.guest, c.node, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    if guest.desired is not DesiredState.RUNNING:
+        return _refuse(state, f"{c.guest} is disabled")
+    if guest.state not in (GuestState.STOPPED, GuestState.STARTING):
+        return _refuse(state, f"{c.guest} is {guest.state}")
+    record = replace(
+        guest, state=GuestState.STARTING, reason=f"starting on {c.node}", changed_at=c.at
+    )
+    return state.with_guest(record), OK
+
+
+def _guest_running(state: ClusterState, c: GuestRunning) -> tuple[ClusterState, Result]:
+    why = _owner_check(state, c.guest, c.node, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    if guest.state is GuestState.RUNNING:
+        return state, Result(True, "already running")
+    record = replace(
+        guest, state=GuestState.RUNNING, reason=f"running on {c.node}", changed_at=c.at
+    )
+    return state.with_guest(record), OK
+
+
+def _guest_stopped(state: ClusterState, c: GuestStopped) -> tuple[ClusterState, Result]:
+    why = _owner_check(state, c.guest, c.node, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    failures = guest.failures + 1 if c.failed else guest.failures
+    new_state = GuestState.ERROR if c.give_up else GuestState.STOPPED
+    record = replace(guest, state=new_state, failures=failures, reason=c.reason, changed_at=c.at)
+    return state.with_guest(record), OK
+
+
+_HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState, Result]]] = {
+    Join: _join,
+    Leave: _leave,
+    Heartbeat: _heartbeat,
+    DeclareFailed: _declare_failed,
+    FenceStarted: _fence_started,
+    FenceResult: _fence_result,
+    DefineGuest: _define_guest,
+    SetDesired: _set_desired,
+    AssignGuests: _assign,
+    GuestStarting: _guest_starting,
+    GuestRunning: _guest_running,
+    GuestStopped: _guest_stopped,
+}

@@ -1,0 +1,142 @@
+"""The status document served at GET /v1/status and printed by `haagent status`.
+
+Built from the consensus view (committed state, possibly stale), this node's own monotonic
+measurements and a fresh observation of the local hypervisor. Pure: the caller passes `now`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from haagent.codec import to_json
+from haagent.ports import ConsensusView, DomainObservation
+
+STATUS_VERSION = 1
+
+
+def build_status(
+    *,
+    node: str,
+    cluster: str,
+    pid: int,
+    incarnation: str,
+    view: ConsensusView,
+    now: float,
+    lease_until: float,
+    loop_age_s: float,
+    local: Mapping[str, DomainObservation] | None,
+    local_error: str | None = None,
+) -> dict[str, Any]:
+    state = view.state
+    nodes: dict[str, Any] = {}
+    for name, rec in sorted(state.nodes.items()):
+        seen = view.heartbeats.get(name)
+        nodes[name] = {
+            "state": rec.state.value,
+            "role": rec.role.value,
+            "incarnation": rec.incarnation,
+            "heartbeat_seq": rec.heartbeat_seq,
+            "since_heartbeat_s": None if seen is None else round(max(0.0, now - seen.at), 3),
+            "failure_epoch": rec.failure_epoch,
+            "failure": to_json(rec.evidence) if rec.evidence else None,
+            "fence": to_json(rec.fence),
+            "reason": rec.reason,
+            "changed_at": rec.changed_at,
+        }
+    guests: dict[str, Any] = {}
+    for name, g in sorted(state.guests.items()):
+        guests[name] = {
+            "domain": g.spec.domain,
+            "owner": g.owner,
+            "generation": g.generation,
+            "desired": g.desired.value,
+            "state": g.state.value,
+            "failures": g.failures,
+            "last_transition": {"at": g.changed_at, "reason": g.reason},
+            "memory_mib": g.spec.memory_mib,
+            "priority": g.spec.priority,
+        }
+    local_doc: dict[str, Any] | None = None
+    if local is not None:
+        protected = {g.spec.domain for g in state.guests.values()}
+        local_doc = {
+            d.name: {"running": d.running, "owner": d.owner, "generation": d.generation}
+            for d in sorted(local.values(), key=lambda d: d.name)
+            if d.name in protected and d.running
+        }
+    return {
+        "version": STATUS_VERSION,
+        "cluster": cluster,
+        "node": node,
+        "pid": pid,
+        "incarnation": incarnation,
+        "leader": view.leader,
+        "term": view.term,
+        "quorum": now < lease_until,
+        "raft_has_quorum_hint": view.has_quorum,
+        "lease_remaining_s": round(max(0.0, lease_until - now), 3),
+        "loop_age_s": round(loop_age_s, 3),
+        "incompatible": view.incompatible,
+        "commit_index": view.commit_index,
+        "nodes": nodes,
+        "guests": guests,
+        "local": local_doc,
+        "local_error": local_error,
+    }
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """The status document as tables, for humans."""
+    lines = [
+        f"cluster {doc['cluster']}  node {doc['node']} (pid {doc['pid']})  "
+        f"leader {doc['leader'] or '-'}  term {doc['term']}  "
+        f"quorum {'yes' if doc['quorum'] else 'NO'}  lease {doc['lease_remaining_s']:.2f}s",
+    ]
+    if doc.get("incompatible"):
+        lines.append(f"INCOMPATIBLE: {doc['incompatible']}")
+    rows = [["NODE", "STATE", "ROLE", "LAST HEARTBEAT", "FENCE", "REASON"]]
+    for name, n in doc["nodes"].items():
+        since = n["since_heartbeat_s"]
+        fence = n["fence"]
+        fence_s = "-"
+        if fence["attempts"] or fence["last_result"]:
+            fence_s = f"{fence['last_result'] or 'running'} ({fence['attempts']} tries)"
+        rows.append(
+            [
+                name,
+                n["state"],
+                n["role"],
+                "-" if since is None else f"{since:.2f}s ago",
+                fence_s,
+                n["reason"],
+            ]
+        )
+    lines += ["", _table(rows)]
+    rows = [["GUEST", "OWNER", "GEN", "DESIRED", "STATE", "LAST TRANSITION"]]
+    for name, g in doc["guests"].items():
+        rows.append(
+            [
+                name,
+                g["owner"] or "-",
+                str(g["generation"]),
+                g["desired"],
+                g["state"],
+                g["last_transition"]["reason"],
+            ]
+        )
+    lines += ["", _table(rows)]
+    local = doc.get("local")
+    if local is None:
+        lines += ["", f"local hypervisor: cannot observe ({doc.get('local_error')})"]
+    else:
+        running = ", ".join(f"{k} (gen {v['generation']})" for k, v in local.items()) or "none"
+        lines += ["", f"running here: {running}"]
+    return "\n".join(lines)
