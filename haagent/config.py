@@ -89,6 +89,7 @@ class Config:
     api_token: str = field(repr=False)
     watchdog_device: str | None
     watchdog_standin: Path
+    watchdog_standin_ok: bool
     timing: Timing
     max_concurrent_starts: int
     max_start_failures: int
@@ -319,6 +320,11 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     api_token = _secret(local_t, "api_token", base)
     watchdog_device = local_t.string("watchdog_device") if local_t.has("watchdog_device") else None
     standin = base / local_t.string("watchdog_standin", str(data_dir / "watchdog.standin"))
+    standin_ok = local_t.raw("watchdog_standin_ok")
+    if standin_ok is None:
+        standin_ok = False
+    elif not isinstance(standin_ok, bool):
+        raise local_t.error("watchdog_standin_ok", "must be true or false")
     log_level = local_t.string("log_level", "info")
     if log_level not in ("debug", "info", "warning", "error"):
         raise local_t.error("log_level", "must be one of debug, info, warning, error")
@@ -338,6 +344,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         api_token=api_token,
         watchdog_device=watchdog_device,
         watchdog_standin=standin,
+        watchdog_standin_ok=standin_ok,
         timing=timing,
         max_concurrent_starts=max_starts,
         max_start_failures=max_failures,

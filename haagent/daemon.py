@@ -37,9 +37,9 @@ from haagent.config import Config
 from haagent.consensus import RaftConsensus
 from haagent.fencing.levels import AgentFencer
 from haagent.fencing.sdnotify import SystemdNotifier
-from haagent.fencing.watchdog import open_watchdog
+from haagent.fencing.watchdog import DeviceWatchdog, WatchdogError, open_watchdog
 from haagent.metrics import AgentMetrics
-from haagent.model import NodeRole
+from haagent.model import FenceMethod, NodeRole
 from haagent.ports import DomainObservation, Fencer, Hypervisor, HypervisorError, Watchdog
 from haagent.resources.libvirt_guests import LibvirtHypervisor
 from haagent.status import build_status
@@ -47,6 +47,10 @@ from haagent.status import build_status
 log = logging.getLogger("haagent")
 
 PET_INTERVAL_S = 0.2
+
+
+class StartupError(RuntimeError):
+    """The agent cannot start safely (an operating problem, not a bug)."""
 
 
 class Daemon:
@@ -88,9 +92,25 @@ class Daemon:
             await hv.open()
             hv.set_listener(self._wake.set)
             self.hypervisor = hv
-        self.watchdog = open_watchdog(
-            cfg.watchdog_device, cfg.me.watchdog_timeout_s, str(cfg.watchdog_standin)
-        )
+        try:
+            watchdog = open_watchdog(
+                cfg.watchdog_device, cfg.me.watchdog_timeout_s, str(cfg.watchdog_standin)
+            )
+        except WatchdogError as exc:
+            raise StartupError(f"watchdog: {exc}") from None
+        if (
+            cfg.me.fence_method is FenceMethod.WATCHDOG
+            and not isinstance(watchdog, DeviceWatchdog)
+            and not cfg.watchdog_standin_ok
+        ):
+            # The others will recover this node's guests once its watchdog "must" have reset
+            # it; without a real device nothing would, so refuse rather than pretend.
+            raise StartupError(
+                f'{cfg.node} is fenced by "watchdog" but {cfg.watchdog_device or "no device"} '
+                "is not usable; set [local] watchdog_device, or watchdog_standin_ok = true "
+                "in a lab"
+            )
+        self.watchdog = watchdog
         self.consensus = RaftConsensus(
             cfg.node,
             {n.name: n.address for n in cfg.nodes.values()},
@@ -316,4 +336,8 @@ def run_daemon(config: Config) -> int:
         format=f"%(asctime)s {config.node} %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    return asyncio.run(Daemon(config).run())
+    try:
+        return asyncio.run(Daemon(config).run())
+    except StartupError as exc:
+        log.critical("cannot start: %s", exc)
+        return 1

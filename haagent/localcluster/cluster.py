@@ -109,6 +109,8 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
         f"api_listen = {_toml_value(me.api_listen)}",
         f"api_token = {_toml_value(plan.token)}",
     ]
+    if me.fence == "watchdog":
+        lines.append("watchdog_standin_ok = true  # no /dev/watchdog here: a lab only")
     lines += [f"{k} = {_toml_value(v)}" for k, v in plan.extra_local.items()]
     if plan.timing:
         lines += ["", "[timing]"] + [f"{k} = {_toml_value(v)}" for k, v in plan.timing.items()]

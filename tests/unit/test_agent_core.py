@@ -1,0 +1,432 @@
+"""AgentCore.tick: the decisions of one node, driven with handcrafted views.
+
+Each test names the DESIGN.md safety rule it guards. The state in each view is built by
+applying real commands, so it is a state the cluster can actually reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from haagent.agent import (
+    ActionResult,
+    AgentCore,
+    AgentSettings,
+    DestroyDomain,
+    LocalView,
+    NodeSettings,
+    RunFence,
+    StartGuest,
+    Step,
+)
+from haagent.commands import (
+    AssignGuests,
+    Assignment,
+    Command,
+    DeclareFailed,
+    DefineGuest,
+    FenceResult,
+    FenceStarted,
+    GuestRunning,
+    GuestStarting,
+    GuestStopped,
+    Heartbeat,
+    Join,
+)
+from haagent.model import (
+    ClusterState,
+    FailureEvidence,
+    FenceMethod,
+    GuestSpec,
+    NodeRole,
+    NodeState,
+)
+from haagent.ports import (
+    ConsensusView,
+    DomainObservation,
+    FenceOutcome,
+    HeartbeatSeen,
+    Outcome,
+    OutcomeKind,
+)
+from haagent.statemachine import apply
+
+SPEC = GuestSpec("g", "dom-g", 256)
+ACCEPTED = Outcome(OutcomeKind.ACCEPTED)
+NODES = {
+    n: NodeSettings(NodeRole.HYPERVISOR, 1024, FenceMethod.AGENT, 5.0) for n in ("n1", "n2", "n3")
+}
+
+
+def settings(node: str = "n1", **kw: object) -> AgentSettings:
+    base: dict[str, object] = {
+        "cluster": "c",
+        "node": node,
+        "nodes": NODES,
+        "guests": (SPEC,),
+        "initial_placement_wait_s": 0.0,
+    }
+    base.update(kw)
+    return AgentSettings(**base)  # type: ignore[arg-type]
+
+
+def build(*commands: Command, state: ClusterState | None = None) -> ClusterState:
+    state = state or ClusterState()
+    for c in commands:
+        state, result = apply(state, c)
+        assert result.accepted, (c, result)
+    return state
+
+
+def joined(*nodes: str) -> ClusterState:
+    return build(
+        *(Join(n, f"{n}-inc", NodeRole.HYPERVISOR, True, 0.0) for n in nodes),
+        DefineGuest(SPEC, 0.0),
+    )
+
+
+def view(
+    state: ClusterState, leader: bool = False, seen: dict[str, float] | None = None
+) -> ConsensusView:
+    heartbeats = {
+        n: HeartbeatSeen(state.node(n).heartbeat_seq, at) for n, at in (seen or {}).items()
+    }
+    return ConsensusView(
+        state=state, is_leader=leader, leader="n1" if leader else None, heartbeats=heartbeats
+    )
+
+
+def local(now: float, *running: DomainObservation) -> LocalView:
+    return LocalView({d.name: d for d in running}, now)
+
+
+def core(node: str = "n1", **kw: object) -> AgentCore:
+    return AgentCore(settings(node, **kw), f"{node}-inc", started_at=0.0)
+
+
+def with_lease(c: AgentCore, state: ClusterState, now: float) -> None:
+    """Make `c` hold a lease until now + lease_s by committing a heartbeat sent now."""
+    step = c.tick(now, view(state), local(now))
+    hb = [p for p in step.proposals if isinstance(p.command, Heartbeat)]
+    assert hb, step
+    c.proposal_done(hb[0].key, ACCEPTED, now + 0.01)
+
+
+def commands(step: Step) -> list[Command]:
+    return [p.command for p in step.proposals]
+
+
+def of(kind: type, items: Iterable[object]) -> list[object]:
+    return [x for x in items if isinstance(x, kind)]
+
+
+# --- rule 2: leases come from committed heartbeats, measured from the send -----------------
+
+
+def test_lease_is_extended_only_by_an_accepted_heartbeat_from_its_send_time() -> None:
+    c = core()
+    state = joined("n1", "n2", "n3")
+    step = c.tick(10.0, view(state), local(10.0))
+    (hb,) = [p for p in step.proposals if isinstance(p.command, Heartbeat)]
+    assert not c.lease_valid(10.0)
+    c.proposal_done(hb.key, ACCEPTED, 10.5)  # the answer came late...
+    assert c.lease_until == 10.0 + c.settings.lease_s  # ...the lease still counts from the send
+
+    c2 = core()
+    step = c2.tick(10.0, view(state), local(10.0))
+    for p in step.proposals:
+        c2.proposal_done(p.key, Outcome(OutcomeKind.UNKNOWN, "timeout"), 10.1)
+    assert not c2.lease_valid(10.1)
+
+
+# --- rule 1: a start only after the committed intent at the current generation ---------------
+
+
+def test_start_needs_a_committed_intent_at_the_current_generation() -> None:
+    c = core()
+    state = build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0), state=joined("n1", "n2", "n3")
+    )
+    with_lease(c, state, 10.0)
+    step = c.tick(10.05, view(state), local(10.05))
+    assert not of(StartGuest, step.actions)
+    (intent,) = [x for x in commands(step) if isinstance(x, GuestStarting)]
+    assert intent.generation == 1
+    c.proposal_done(f"starting:{SPEC.name}", ACCEPTED, 10.06)
+
+    state = build(intent, state=state)
+    step = c.tick(10.07, view(state), local(10.07))
+    (start,) = of(StartGuest, step.actions)
+    assert start == StartGuest("g", "dom-g", 1)
+
+
+def test_no_start_without_a_valid_lease() -> None:
+    c = core()
+    state = build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
+        GuestStarting("g", "n1", 1, 0.0),
+        state=joined("n1", "n2", "n3"),
+    )
+    step = c.tick(5.0, view(state), local(5.0))
+    assert not of(StartGuest, step.actions)
+    assert not [x for x in commands(step) if isinstance(x, GuestStarting)]
+
+
+def test_a_guest_owned_elsewhere_is_destroyed_here() -> None:
+    c = core("n2")
+    state = build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0), state=joined("n1", "n2", "n3")
+    )
+    with_lease(c, state, 10.0)
+    stale = DomainObservation("dom-g", True, owner="n2", generation=0)
+    step = c.tick(10.05, view(state), local(10.05, stale))
+    (destroy,) = of(DestroyDomain, step.actions)
+    assert destroy.domain == "dom-g" and "owned by n1" in destroy.reason
+
+
+def test_an_instance_newer_than_our_view_is_left_alone() -> None:
+    c = core("n2")
+    state = build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0), state=joined("n1", "n2", "n3")
+    )
+    with_lease(c, state, 10.0)
+    newer = DomainObservation("dom-g", True, owner="n2", generation=5)
+    step = c.tick(10.05, view(state), local(10.05, newer))
+    assert not of(DestroyDomain, step.actions)
+
+
+# --- rule 3: lost lease => self-fence -------------------------------------------------------
+
+
+def running_on_n1() -> ClusterState:
+    return build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
+        GuestStarting("g", "n1", 1, 0.0),
+        GuestRunning("g", "n1", 1, 0.0),
+        state=joined("n1", "n2", "n3"),
+    )
+
+
+def test_lost_lease_destroys_every_protected_domain_and_stops_the_watchdog() -> None:
+    c = core()
+    state = running_on_n1()
+    with_lease(c, state, 10.0)
+    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    unprotected = DomainObservation("other", True)
+    step = c.tick(10.5, view(state), local(10.5, mine, unprotected))
+    assert step.lease_valid and step.pet_watchdog and not of(DestroyDomain, step.actions)
+
+    expiry = c.lease_until
+    step = c.tick(expiry, view(state), local(expiry, mine, unprotected))
+    assert not step.lease_valid
+    assert [a.domain for a in of(DestroyDomain, step.actions)] == ["dom-g"]  # type: ignore[attr-defined]
+    assert not step.pet_watchdog
+    # Once nothing protected runs, petting resumes: no reboot loop for a host that is empty.
+    step = c.tick(expiry + 0.1, view(state), local(expiry + 0.1, unprotected))
+    assert step.pet_watchdog
+
+
+def test_a_failed_observation_never_keeps_the_watchdog_quiet() -> None:
+    c = core()
+    state = running_on_n1()
+    step = c.tick(5.0, view(state), LocalView(None, 5.0))
+    assert not step.pet_watchdog
+
+
+def test_a_new_agent_waits_one_lease_for_its_first_commit_before_destroying() -> None:
+    c = core()
+    state = running_on_n1()
+    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    step = c.tick(0.5, view(state), local(0.5, mine))
+    assert not of(DestroyDomain, step.actions)
+    step = c.tick(c.settings.lease_s + 0.01, view(state), local(1.1, mine))
+    assert of(DestroyDomain, step.actions)
+
+
+# --- failure detection ----------------------------------------------------------------------
+
+
+def test_leader_declares_failure_only_after_the_timeout_conditional_on_the_sequence() -> None:
+    c = core()
+    state = joined("n1", "n2", "n3")
+    with_lease(c, state, 10.0)
+    seen = {"n2": 9.0, "n3": 10.0}
+    t = 9.0 + c.settings.failure_timeout_s - 0.001
+    step = c.tick(t, view(state, leader=True, seen=seen), local(t))
+    assert not [x for x in commands(step) if isinstance(x, DeclareFailed)]
+    step = c.tick(t + 0.002, view(state, leader=True, seen=seen), local(t))
+    (declare,) = [x for x in commands(step) if isinstance(x, DeclareFailed)]
+    assert declare.node == "n2" and declare.seq == state.node("n2").heartbeat_seq
+    assert declare.evidence.silent_s > c.settings.failure_timeout_s
+
+
+def test_a_leader_without_a_lease_decides_nothing() -> None:
+    c = core()
+    state = joined("n1", "n2", "n3")
+    step = c.tick(100.0, view(state, leader=True, seen={"n2": 0.0, "n3": 0.0}), local(100.0))
+    assert not [x for x in commands(step) if isinstance(x, DeclareFailed | AssignGuests)]
+
+
+def test_silence_of_a_node_never_applied_here_counts_from_first_sight() -> None:
+    c = core()
+    state = joined("n1", "n2", "n3")
+    with_lease(c, state, 100.0)
+    step = c.tick(100.05, view(state, leader=True, seen={"n3": 100.0}), local(100.05))
+    assert not [x for x in commands(step) if isinstance(x, DeclareFailed)]
+
+
+# --- rule 4: fence before recover -----------------------------------------------------------
+
+
+def failed_n2(state: ClusterState) -> ClusterState:
+    seq = state.node("n2").heartbeat_seq
+    return build(
+        DeclareFailed("n2", seq, FailureEvidence("n1", seq, 2.0, "silent", 0.0)), state=state
+    )
+
+
+def test_fencing_commits_its_start_runs_the_agent_and_commits_the_result() -> None:
+    c = core()
+    state = failed_n2(
+        build(
+            AssignGuests((Assignment("g", "n2", 0),), "placed", 0.0),
+            GuestStarting("g", "n2", 1, 0.0),
+            GuestRunning("g", "n2", 1, 0.0),
+            state=joined("n1", "n2", "n3"),
+        )
+    )
+    with_lease(c, state, 10.0)
+    seen = {"n3": 10.0}
+    step = c.tick(10.01, view(state, leader=True, seen=seen), local(10.01))
+    assert not of(RunFence, step.actions)  # not before its start is committed
+    (started,) = [x for x in commands(step) if isinstance(x, FenceStarted)]
+    assert not [x for x in commands(step) if isinstance(x, AssignGuests)]  # guest stays put
+    c.proposal_done("fence_started:n2", ACCEPTED, 10.02)
+    state = build(started, state=state)
+
+    step = c.tick(10.03, view(state, leader=True, seen=seen), local(10.03))
+    (fence,) = of(RunFence, step.actions)
+    assert not [x for x in commands(step) if isinstance(x, AssignGuests)]
+
+    c.action_done(
+        fence.key,
+        ActionResult(
+            False,
+            "bmc timeout",  # type: ignore[attr-defined]
+            FenceOutcome(False, "bmc timeout"),
+        ),
+        10.5,
+    )
+    step = c.tick(10.51, view(state, leader=True, seen=seen), local(10.51))
+    (result,) = [x for x in commands(step) if isinstance(x, FenceResult)]
+    assert not result.ok
+    c.proposal_done("fence_result:n2", ACCEPTED, 10.52)
+    state = build(result, state=state)
+    # Backed off: no new attempt at once, and still no recovery.
+    step = c.tick(10.6, view(state, leader=True, seen=seen), local(10.6))
+    assert not commands(step) or all(
+        not isinstance(x, FenceStarted | AssignGuests) for x in commands(step)
+    )
+    retry_at = 10.5 + c.settings.fence_retry_initial_s + 0.01
+    with_lease(c, state, retry_at - 0.1)
+    step = c.tick(
+        retry_at,
+        view(state, leader=True, seen=seen),
+        local(11.6),
+    )
+    assert [x for x in commands(step) if isinstance(x, FenceStarted)]
+
+
+def test_recovery_follows_a_committed_fence() -> None:
+    c = core()
+    state = failed_n2(
+        build(
+            AssignGuests((Assignment("g", "n2", 0),), "placed", 0.0),
+            GuestStarting("g", "n2", 1, 0.0),
+            GuestRunning("g", "n2", 1, 0.0),
+            state=joined("n1", "n2", "n3"),
+        )
+    )
+    epoch = state.node("n2").failure_epoch
+    state = build(
+        FenceStarted("n2", epoch, "n1", 0.0),
+        FenceResult("n2", epoch, True, FenceMethod.AGENT, "off", 0.0),
+        state=state,
+    )
+    with_lease(c, state, 10.0)
+    step = c.tick(10.01, view(state, leader=True, seen={"n3": 10.0}), local(10.01))
+    (assign,) = [x for x in commands(step) if isinstance(x, AssignGuests)]
+    (item,) = assign.assignments
+    assert item.guest == "g" and item.node in ("n1", "n3") and item.expected_generation == 1
+
+
+def test_watchdog_fencing_waits_for_lease_plus_timeout_plus_margin() -> None:
+    nodes = dict(NODES)
+    nodes["n2"] = NodeSettings(NodeRole.HYPERVISOR, 1024, FenceMethod.WATCHDOG, 5.0)
+    c = core(nodes=nodes)
+    state = failed_n2(joined("n1", "n2", "n3"))
+    s = c.settings
+    last_seen = 10.0
+    deadline = last_seen + s.lease_s + 5.0 + s.watchdog_margin_s
+    with_lease(c, state, deadline - 0.5)
+    seen = {"n2": last_seen, "n3": deadline - 0.5}
+    step = c.tick(deadline - 0.01, view(state, leader=True, seen=seen), local(19.0))
+    assert not [x for x in commands(step) if isinstance(x, FenceResult)]
+    assert not of(RunFence, step.actions)
+    step = c.tick(deadline + 0.01, view(state, leader=True, seen=seen), local(deadline))
+    (result,) = [x for x in commands(step) if isinstance(x, FenceResult)]
+    assert result.ok and result.method is FenceMethod.WATCHDOG
+
+
+# --- crash handling and leave ---------------------------------------------------------------
+
+
+def test_a_crashed_guest_is_reported_then_restarted_and_given_up_after_the_limit() -> None:
+    c = core(max_start_failures=2)
+    state = running_on_n1()
+    with_lease(c, state, 10.0)
+    step = c.tick(10.01, view(state), local(10.01))
+    (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert stopped.failed and not stopped.give_up
+    c.proposal_done("stopped:g", ACCEPTED, 10.02)
+    state = build(stopped, state=state)
+    assert state.guests["g"].failures == 1
+    state = build(GuestStarting("g", "n1", 1, 0.0), GuestRunning("g", "n1", 1, 0.0), state=state)
+    step = c.tick(10.03, view(state), local(10.03))
+    (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert stopped.give_up
+
+
+def test_leaving_stops_guests_then_commits_leave() -> None:
+    c = core()
+    state = running_on_n1()
+    with_lease(c, state, 10.0)
+    c.begin_leave()
+    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    step = c.tick(10.01, view(state), local(10.01, mine))
+    assert [a.key for a in step.actions] == ["stop:g"]
+    assert not [p for p in step.proposals if p.key.startswith("leave:")]
+    step = c.tick(10.02, view(state), local(10.02))
+    (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert not stopped.failed
+    state = build(stopped, state=state)
+    step = c.tick(10.03, view(state), local(10.03))
+    (leave,) = [p for p in step.proposals if p.key.startswith("leave:")]
+    c.proposal_done(leave.key, ACCEPTED, 10.04)
+    assert c.tick(10.05, view(state), local(10.05)).left
+
+
+def test_rejoin_after_being_failed_waits_until_nothing_protected_runs() -> None:
+    c = AgentCore(settings(), "n1-new", started_at=0.0)
+    state = build(
+        DeclareFailed("n1", 1, FailureEvidence("n2", 1, 2.0, "silent", 0.0)),
+        state=running_on_n1(),
+    )
+    assert state.node("n1").state is NodeState.FAILED
+    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    step = c.tick(5.0, view(state), local(5.0, mine))
+    assert not [x for x in commands(step) if isinstance(x, Join)]
+    assert of(DestroyDomain, step.actions)
+    step = c.tick(5.1, view(state), local(5.1))
+    (join,) = [x for x in commands(step) if isinstance(x, Join)]
+    assert join.clean

@@ -1,0 +1,229 @@
+"""Config files: the shipped examples load, and every mistake gets file + key + reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haagent.config import ConfigError, load_config
+from haagent.model import FenceMethod, NodeRole
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
+
+VALID = """
+[cluster]
+name = "prod"
+secret = "0123456789abcdef"
+
+[local]
+node = "n1"
+data_dir = "state"
+libvirt_uri = "qemu:///system"
+api_listen = "127.0.0.1:8400"
+api_token = "token-token-token"
+
+[nodes.n1]
+address = "10.0.0.1:7400"
+memory_mib = 4096
+fence = [["ipmi-n1"], ["pdu-a", "pdu-b"]]
+
+[nodes.n2]
+address = "10.0.0.2:7400"
+memory_mib = 4096
+fence = "watchdog"
+watchdog_timeout_s = 5
+
+[nodes.w]
+address = "10.0.0.3:7400"
+role = "witness"
+
+[fence_devices.ipmi-n1]
+agent = "fence_ipmilan"
+params = { ip = "10.1.0.1", username = "admin", password = "pw", lanplus = true, cipher = 3 }
+
+[fence_devices.pdu-a]
+agent = "fence_apc"
+params = { ip = "10.1.0.9", plug = 1 }
+
+[fence_devices.pdu-b]
+agent = "fence_apc"
+params = { ip = "10.1.0.10", plug = 1 }
+
+[guests.web]
+memory_mib = 1024
+priority = 5
+preferred_nodes = ["n1"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*/*.toml")), ids=lambda p: p.name)
+def test_shipped_examples_are_valid(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.node == path.stem
+    assert cfg.agent_settings().node == cfg.node
+
+
+def test_a_full_config_parses(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, VALID))
+    assert cfg.data_dir == tmp_path / "state"
+    assert cfg.nodes["w"].role is NodeRole.WITNESS
+    assert cfg.nodes["n2"].fence_method is FenceMethod.WATCHDOG
+    levels = cfg.fence_levels("n1")
+    assert [[d.name for d in level] for level in levels] == [["ipmi-n1"], ["pdu-a", "pdu-b"]]
+    assert levels[0][0].params["lanplus"] == "1" and levels[0][0].params["cipher"] == "3"
+    assert cfg.guests["web"].spec.domain == "web"
+
+
+def mutate(old: str, new: str) -> str:
+    assert old in VALID, old
+    return VALID.replace(old, new)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (mutate('secret = "0123456789abcdef"\n', ""), "cluster.secret", "missing"),
+        (mutate('secret = "0123456789abcdef"', 'secret = "short"'), "cluster.secret", "too short"),
+        (mutate('name = "prod"', 'name = "bad name"'), "cluster.name", "must match"),
+        (mutate("[local]", "[local]\nlease_s = 3"), "local.lease_s", "unknown key"),
+        (VALID + "\n[timing]\nlease = 2\n", "timing.lease", "unknown key"),
+        (
+            VALID + "\n[timing]\nlease_s = 2\nfailure_timeout_s = 2.1\n",
+            "timing.failure_timeout_s",
+            "must exceed lease_s + stop_grace_s",
+        ),
+        (VALID + "\n[timing]\nheartbeat_s = 0.5\n", "timing.lease_s", "at least 3 x heartbeat_s"),
+        (VALID + '\n[timing]\nlease_s = "1"\n', "timing.lease_s", "must be a number"),
+        (VALID + "\n[timing]\nstop_grace_s = -1\n", "timing.stop_grace_s", "greater than 0"),
+        (mutate('node = "n1"', 'node = "n9"'), "local.node", "not one of [nodes]"),
+        (mutate('libvirt_uri = "qemu:///system"\n', ""), "local.libvirt_uri", "required"),
+        (
+            mutate('api_listen = "127.0.0.1:8400"', 'api_listen = "8400"'),
+            "local.api_listen",
+            "host:port",
+        ),
+        (
+            mutate('api_token = "token-token-token"', 'api_token_file = "missing"'),
+            "local.api_token_file",
+            "cannot read",
+        ),
+        (
+            mutate('address = "10.0.0.2:7400"', 'address = "10.0.0.1:7400"'),
+            "nodes.n2.address",
+            "also the address of n1",
+        ),
+        (
+            mutate('fence = [["ipmi-n1"], ["pdu-a", "pdu-b"]]', 'fence = [["nope"]]'),
+            "nodes.n1.fence",
+            "unknown fence device 'nope'",
+        ),
+        (
+            mutate('fence = [["ipmi-n1"], ["pdu-a", "pdu-b"]]\n', ""),
+            "nodes.n1.fence",
+            "must be fenceable",
+        ),
+        (
+            mutate('fence = [["ipmi-n1"], ["pdu-a", "pdu-b"]]', "fence = [[]]"),
+            "nodes.n1.fence",
+            "level 1 must be a non-empty list",
+        ),
+        (
+            mutate('role = "witness"', 'role = "witness"\nmemory_mib = 5'),
+            "nodes.w.memory_mib",
+            "runs no guests",
+        ),
+        (mutate('role = "witness"', 'role = "arbiter"'), "nodes.w.role", "hypervisor or witness"),
+        (
+            mutate('memory_mib = 4096\nfence = "watchdog"', 'fence = "watchdog"'),
+            "nodes.n2.memory_mib",
+            "required on a hypervisor",
+        ),
+        (
+            mutate(
+                'agent = "fence_apc"\nparams = { ip = "10.1.0.9", plug = 1 }',
+                'agent = "rm -rf"\nparams = {}',
+            ),
+            "fence_devices.pdu-a.agent",
+            "fence_* agent name",
+        ),
+        (
+            mutate(
+                "plug = 1 }\n\n[fence_devices.pdu-b]", 'action = "on" }\n\n[fence_devices.pdu-b]'
+            ),
+            "fence_devices.pdu-a.params.action",
+            "set by haagent",
+        ),
+        (
+            mutate('preferred_nodes = ["n1"]', 'preferred_nodes = ["w"]'),
+            "guests.web.preferred_nodes",
+            "not a hypervisor",
+        ),
+        (mutate("memory_mib = 1024\npriority", "priority"), "guests.web.memory_mib", "missing"),
+        (
+            mutate("priority = 5", 'priority = 5\nstorage = "drbd"'),
+            "guests.web.storage",
+            "unsupported storage kind",
+        ),
+        (
+            mutate("priority = 5", 'priority = 5\nxml = "nope.xml"'),
+            "guests.web.xml",
+            "no such file",
+        ),
+        (
+            mutate('[nodes.w]\naddress = "10.0.0.3:7400"\nrole = "witness"\n', ""),
+            "nodes",
+            "add a witness",
+        ),
+    ],
+)
+def test_mistakes_name_the_key_and_the_problem(
+    tmp_path: Path, text: str, key: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.file == str(path)
+    assert err.value.key == key, str(err.value)
+    assert message in err.value.message, str(err.value)
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[cluster\nname="))
+
+
+def test_the_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, mutate("[local]", "[local]\nlease_s = 3"))
+    for args in (["check-config", str(path)], ["run", "--config", str(path)]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "haagent", *args], capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 2, proc
+        assert "Traceback" not in proc.stderr
+        assert (
+            proc.stderr.strip() == f"haagent: invalid config: {path}: local.lease_s: "
+            "unknown key (check the spelling; see the README)"
+        )
+
+
+def test_the_cli_rejects_bad_arguments_with_exit_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "haagent", "status", "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "haagent", "status"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "give --config" in proc.stderr

@@ -1,0 +1,242 @@
+"""`apply`: each safety rule that lives in the state machine, and what it must refuse."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from haagent.commands import (
+    AssignGuests,
+    Assignment,
+    Command,
+    DeclareFailed,
+    DefineGuest,
+    FenceResult,
+    FenceStarted,
+    GuestRunning,
+    GuestStarting,
+    GuestStopped,
+    Heartbeat,
+    Join,
+    Leave,
+    SetDesired,
+)
+from haagent.model import (
+    ClusterState,
+    DesiredState,
+    FailureEvidence,
+    FenceMethod,
+    GuestSpec,
+    GuestState,
+    NodeRole,
+    NodeState,
+)
+from haagent.statemachine import Result, apply
+
+SPEC = GuestSpec("g", "g", 256)
+
+
+def run(state: ClusterState, *commands: Command) -> tuple[ClusterState, list[Result]]:
+    results = []
+    for c in commands:
+        state, r = apply(state, c)
+        results.append(r)
+    return state, results
+
+
+def evidence(seq: int) -> FailureEvidence:
+    return FailureEvidence("n1", seq, 2.0, "silent", 0.0)
+
+
+def cluster(*nodes: str) -> ClusterState:
+    state = ClusterState()
+    for n in nodes:
+        state, (r,) = run(state, Join(n, f"{n}-1", NodeRole.HYPERVISOR, True, 0.0))
+        assert r.accepted
+    return state
+
+
+def with_guest_on(state: ClusterState, node: str, running: bool = True) -> ClusterState:
+    state, results = run(
+        state,
+        DefineGuest(SPEC, 0.0),
+        AssignGuests((Assignment("g", node, 0),), "placed", 0.0),
+        GuestStarting("g", node, 1, 0.0),
+    )
+    assert all(r.accepted for r in results)
+    if running:
+        state, (r,) = run(state, GuestRunning("g", node, 1, 0.0))
+        assert r.accepted
+    return state
+
+
+def fail(state: ClusterState, node: str) -> ClusterState:
+    seq = state.node(node).heartbeat_seq
+    state, (r,) = run(state, DeclareFailed(node, seq, evidence(seq)))
+    assert r.accepted, r
+    return state
+
+
+# --- rule 1: ownership is committed; generation is a fencing token ----------------------------
+
+
+def test_assignment_bumps_the_generation_and_needs_the_expected_one() -> None:
+    state = with_guest_on(cluster("n1", "n2"), "n1", running=False)
+    assert state.guests["g"].generation == 1
+    # A stale plan (made at generation 0) cannot move it.
+    state2, (r,) = run(state, AssignGuests((Assignment("g", "n2", 0),), "x", 0.0))
+    assert not r.accepted and "generation is 1" in r.detail
+    assert state2.guests["g"].owner == "n1"
+
+
+def test_owner_reports_must_name_the_current_owner_and_generation() -> None:
+    state = with_guest_on(cluster("n1", "n2"), "n1", running=False)
+    for c in (
+        GuestStarting("g", "n2", 1, 0.0),
+        GuestStarting("g", "n1", 0, 0.0),
+        GuestRunning("g", "n2", 1, 0.0),
+        GuestStopped("g", "n1", 2, False, False, "x", 0.0),
+    ):
+        _, (r,) = run(state, c)
+        assert not r.accepted, c
+
+
+def test_starting_requires_the_guest_wanted_and_stopped_or_starting() -> None:
+    state = with_guest_on(cluster("n1"), "n1")  # running
+    _, (r,) = run(state, GuestStarting("g", "n1", 1, 0.0))
+    assert not r.accepted
+    state, _ = run(state, SetDesired("g", DesiredState.STOPPED, "admin", 0.0))
+    state, _ = run(state, GuestStopped("g", "n1", 1, False, False, "stopped", 0.0))
+    _, (r,) = run(state, GuestStarting("g", "n1", 1, 0.0))
+    assert not r.accepted and "disabled" in r.detail
+
+
+# --- rule 4: fence before recover ----------------------------------------------------------
+
+
+def test_guests_of_a_failed_node_do_not_move_until_it_is_fenced() -> None:
+    state = fail(with_guest_on(cluster("n1", "n2", "n3"), "n1"), "n1")
+    move = AssignGuests((Assignment("g", "n2", 1),), "recover", 0.0)
+    _, (r,) = run(state, move)
+    assert not r.accepted and "n1 is failed" in r.detail
+
+    # A failed fence changes nothing.
+    epoch = state.node("n1").failure_epoch
+    state, _ = run(
+        state,
+        FenceStarted("n1", epoch, "n2", 0.0),
+        FenceResult("n1", epoch, False, FenceMethod.AGENT, "timeout", 0.0),
+    )
+    assert state.node("n1").state is NodeState.FAILED
+    _, (r,) = run(state, move)
+    assert not r.accepted
+
+    state, (r,) = run(state, FenceResult("n1", epoch, True, FenceMethod.AGENT, "off", 0.0))
+    assert r.accepted and state.node("n1").state is NodeState.FENCED
+    state, (r,) = run(state, move)
+    assert r.accepted
+    assert state.guests["g"].owner == "n2" and state.guests["g"].generation == 2
+
+
+def test_even_a_stopped_guest_of_a_failed_node_waits_for_the_fence() -> None:
+    state = with_guest_on(cluster("n1", "n2", "n3"), "n1", running=False)
+    state, (r,) = run(state, GuestStopped("g", "n1", 1, False, False, "x", 0.0))
+    assert r.accepted
+    state = fail(state, "n1")
+    _, (r,) = run(state, AssignGuests((Assignment("g", "n2", 1),), "recover", 0.0))
+    assert not r.accepted
+
+
+def test_fence_results_are_bound_to_the_failure_epoch() -> None:
+    state = fail(cluster("n1", "n2", "n3"), "n1")
+    old_epoch = state.node("n1").failure_epoch
+    state, (r,) = run(state, Join("n1", "n1-2", NodeRole.HYPERVISOR, True, 0.0))
+    assert r.accepted
+    state = fail(state, "n1")
+    # The result of fencing the earlier failure must not count for the new one.
+    state, (r,) = run(state, FenceResult("n1", old_epoch, True, FenceMethod.AGENT, "off", 0.0))
+    assert not r.accepted and state.node("n1").state is NodeState.FAILED
+
+
+def test_a_failed_node_cannot_report_its_guests_stopped() -> None:
+    state = fail(with_guest_on(cluster("n1", "n2", "n3"), "n1"), "n1")
+    _, (r,) = run(state, GuestStopped("g", "n1", 1, False, False, "stopped", 0.0))
+    assert not r.accepted
+
+
+# --- failure detection ------------------------------------------------------------------
+
+
+def test_declaration_loses_against_a_newer_heartbeat() -> None:
+    state = cluster("n1", "n2", "n3")
+    seq = state.node("n2").heartbeat_seq
+    state, results = run(state, Heartbeat("n2", "n2-1"), DeclareFailed("n2", seq, evidence(seq)))
+    assert results[0].accepted and not results[1].accepted
+    assert state.node("n2").state is NodeState.UP
+
+
+def test_a_declaration_decided_before_a_rejoin_cannot_take_effect_after_it() -> None:
+    state = cluster("n1", "n2", "n3")
+    seq = state.node("n2").heartbeat_seq
+    state, results = run(
+        state,
+        Join("n2", "n2-restarted", NodeRole.HYPERVISOR, False, 0.0),
+        DeclareFailed("n2", seq, evidence(seq)),
+    )
+    assert results[0].accepted and not results[1].accepted
+
+
+def test_heartbeats_of_a_failed_node_or_an_old_incarnation_are_refused() -> None:
+    state = cluster("n1", "n2", "n3")
+    _, (r,) = run(state, Heartbeat("n2", "not-the-current-one"))
+    assert not r.accepted
+    state = fail(state, "n2")
+    _, (r,) = run(state, Heartbeat("n2", "n2-1"))
+    assert not r.accepted and "failed" in r.detail
+
+
+def test_a_failed_node_rejoins_only_clean() -> None:
+    state = fail(cluster("n1", "n2", "n3"), "n2")
+    _, (r,) = run(state, Join("n2", "n2-2", NodeRole.HYPERVISOR, False, 0.0))
+    assert not r.accepted and "stop every protected guest" in r.detail
+    state, (r,) = run(state, Join("n2", "n2-2", NodeRole.HYPERVISOR, True, 0.0))
+    assert r.accepted and state.node("n2").state is NodeState.UP
+    assert state.node("n2").evidence is None
+
+
+# --- leave, admin, spec -----------------------------------------------------------------
+
+
+def test_leave_needs_every_guest_stopped_and_then_frees_them() -> None:
+    state = with_guest_on(cluster("n1", "n2", "n3"), "n1")
+    _, (r,) = run(state, Leave("n1", "n1-1", 0.0))
+    assert not r.accepted and "g" in r.detail
+    state, _ = run(state, GuestStopped("g", "n1", 1, False, False, "leaving", 0.0))
+    state, (r,) = run(state, Leave("n1", "n1-1", 0.0))
+    assert r.accepted and state.node("n1").state is NodeState.DOWN
+    state, (r,) = run(state, AssignGuests((Assignment("g", "n2", 1),), "placed", 0.0))
+    assert r.accepted
+
+
+def test_give_up_puts_the_guest_in_error_and_an_admin_clears_it() -> None:
+    state = with_guest_on(cluster("n1", "n2"), "n1", running=False)
+    state, (r,) = run(state, GuestStopped("g", "n1", 1, True, True, "start failed", 0.0))
+    assert r.accepted and state.guests["g"].state is GuestState.ERROR
+    state, _ = run(state, SetDesired("g", DesiredState.RUNNING, "admin", 0.0))
+    assert state.guests["g"].state is GuestState.STOPPED and state.guests["g"].failures == 0
+
+
+def test_assignment_respects_allowed_nodes_and_roles() -> None:
+    state = cluster("n1", "n2")
+    state, _ = run(state, Join("w", "w-1", NodeRole.WITNESS, True, 0.0))
+    state, _ = run(state, DefineGuest(replace(SPEC, allowed_nodes=("n1",)), 0.0))
+    for node in ("n2", "w", "nowhere"):
+        _, (r,) = run(state, AssignGuests((Assignment("g", node, 0),), "x", 0.0))
+        assert not r.accepted, node
+
+
+def test_refused_commands_leave_the_state_unchanged_but_count() -> None:
+    state = cluster("n1")
+    new, (r,) = run(state, Heartbeat("n9", "x"))
+    assert not r.accepted
+    assert replace(new, applied=state.applied) == state
+    assert new.applied == state.applied + 1
