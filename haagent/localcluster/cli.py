@@ -118,7 +118,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print()
         print(f"powering {result['victim']} back on through its BMC (ipmitool chassis power on)")
         power_on(cluster, result["victim"])
-        wait_for(f"{result['victim']} to rejoin", lambda: _rejoined(cluster, result["victim"]), 30)
+        wait_for(f"{result['victim']} to rejoin", lambda: cluster.rejoined(result["victim"]), 30)
         print(f"{result['victim']} rejoined; the guest stays where it is (no second copy):")
         print(format_status(cluster.any_status()))
     except ClusterError as exc:
@@ -128,11 +128,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             cluster.stop()
             print(f"\ncluster stopped (logs in {args.dir}/logs)")
     return 0
-
-
-def _rejoined(cluster: LocalCluster, node: str) -> bool | None:
-    doc = cluster.any_status()
-    return True if doc["nodes"].get(node, {}).get("state") == "up" else None
 
 
 def power_on(cluster: LocalCluster, node: str) -> None:
@@ -200,6 +195,8 @@ def run_failover(
                 d = cluster.status(node, timeout_s=1.0)
             except (OSError, ValueError):
                 continue
+            if not d["quorum"]:
+                continue  # no lease: its view may be stale
             v = d["nodes"].get(victim, {})
             if v.get("state") in ("failed", "fenced"):
                 timeline.setdefault("declared_failed", now)
