@@ -1,0 +1,789 @@
+"""Libvirt guests: the `Hypervisor` port over libvirt-python.
+
+One `LibvirtHypervisor` holds one libvirt connection (`qemu:///system`, `xen:///system`, the
+in-process `test:///default` driver, or a private daemon's `qemu:///system?socket=...`).
+
+Contracts worth knowing before using it:
+
+* Every blocking libvirt call runs in a worker thread (`asyncio.to_thread`) under a deadline of
+  `call_timeout_s`. A libvirt error or a missed deadline becomes `HypervisorError`. After a
+  missed deadline the outcome is *unknown*: the worker thread cannot be cancelled and the call
+  may still complete later. Callers must re-observe (`domains()`), never assume.
+* Ownership travels with the guest: `start` writes `<haagent:owner cluster= node= generation=/>`
+  (namespace `OWNER_NS`) into the domain's persistent config before starting it, so the running
+  instance carries the generation (the fencing token) it was started under. `domains()` reads
+  it back; a foreign domain without (or with garbage) metadata reports owner None.
+* Lifecycle events only *wake* the reconcile loop (level-triggered design): the listener gets
+  no payload; the loop calls `domains()` to learn what changed. A dead connection also wakes it.
+* A dead connection (libvirtd restarted, socket closed, keepalive expired) is detected through
+  libvirt's close callback (and by `isAlive()` after a failed call) and replaced on the next
+  call; the failed call itself raises `HypervisorError`.
+
+Libvirt's event loop is process-global: `virEventRegisterImpl` may run once per process
+(libvirt-python 12.8 raises "Event loop is already registered" on a second call). We register
+libvirtaio's asyncio implementation once, on the loop that first opens a connection, as a
+thread-safe subclass (`libvirtaio.virEventRegisterAsyncIOImpl()` would register the stock
+class, which cannot be swapped afterwards). Stock libvirtaio is not thread-safe, while
+libvirt calls into the event implementation from whichever thread runs a libvirt call (here the
+`to_thread` workers): e.g. `create()` queues a lifecycle event and re-arms a timer from the
+worker, and every remote RPC toggles the socket watch from the calling thread. With
+`PYTHONASYNCIODEBUG=1` stock libvirtaio fails with "Non-thread-safe operation invoked on an event
+loop other than the current one" and the event never arrives. Without debug mode it creates the
+timer task from the foreign thread without waking the loop, and the event is only dispatched
+because the completion of that same `to_thread` call happens to wake it.
+`_ThreadSafeEventImpl` therefore marshals every operation that touches the asyncio loop onto the
+loop thread, in call order, without ever blocking the calling thread (blocking would deadlock:
+libvirt holds its client lock while calling us, and the loop thread may be waiting for that lock
+inside a libvirt callback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import libvirt
+import libvirtaio
+
+from haagent.ports import DomainObservation, HypervisorError
+
+__all__ = [
+    "OWNER_NS",
+    "OWNER_PREFIX",
+    "LibvirtHypervisor",
+    "LifecycleEvent",
+    "Owner",
+    "format_owner",
+    "parse_owner",
+]
+
+log = logging.getLogger(__name__)
+
+OWNER_NS = "https://haagent.dev/xmlns/owner/1"
+OWNER_PREFIX = "haagent"
+_OWNER_TAG = "owner"
+
+_T = TypeVar("_T")
+
+# A poll interval while waiting for a graceful shutdown; short enough that `stop` returns soon
+# after the guest is down, long enough not to hammer libvirtd.
+_STOP_POLL_S = 0.2
+
+# How long `close()` waits for libvirt's deferred frees (socket, timers) to run on the loop.
+_SETTLE_S = 2.0
+
+_EVENT_NAMES = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "DEFINED",
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "UNDEFINED",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "STARTED",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "SUSPENDED",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "RESUMED",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "STOPPED",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "SHUTDOWN",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "PMSUSPENDED",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "CRASHED",
+}
+
+# libvirt's VIR_CONNECT_CLOSE_REASON_* values.
+_CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "closed by client"}
+
+
+# --- ownership metadata ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ownership record haagent writes into a domain when it starts it."""
+
+    cluster: str
+    node: str
+    generation: int
+
+
+_GENERATION_RE = re.compile(r"[0-9]{1,30}")
+
+
+def format_owner(owner: Owner) -> str:
+    """The metadata element for `owner`, without namespace: libvirt adds the namespace and the
+    prefix given to `setMetadata`. ElementTree escapes the attribute values."""
+    element = ET.Element(
+        _OWNER_TAG,
+        {"cluster": owner.cluster, "node": owner.node, "generation": str(owner.generation)},
+    )
+    return ET.tostring(element, encoding="unicode")
+
+
+def parse_owner(text: str) -> Owner | None:
+    """Parse what `virDomain.metadata()` returned; None for anything that is not a complete,
+    well-formed owner record.
+
+    All or nothing: a record with a usable node but a garbled generation is not trusted at all,
+    because the generation is the fencing token that makes the node's claim meaningful. Libvirt
+    returns the element without its namespace (`<owner .../>`), but a namespaced tag is accepted
+    too.
+    """
+    try:
+        element = ET.fromstring(text)
+    except ET.ParseError:
+        return None
+    if element.tag not in (_OWNER_TAG, f"{{{OWNER_NS}}}{_OWNER_TAG}"):
+        return None
+    cluster = element.get("cluster")
+    node = element.get("node")
+    generation = element.get("generation")
+    if not cluster or not node or generation is None:
+        return None
+    if _GENERATION_RE.fullmatch(generation) is None:
+        return None
+    return Owner(cluster=cluster, node=node, generation=int(generation))
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def _error_code(error: libvirt.libvirtError) -> int | None:
+    return error.get_error_code()
+
+
+def _describe(error: libvirt.libvirtError) -> str:
+    message = error.get_error_message() or str(error)
+    return f"libvirt error code {_error_code(error)}: {message}"
+
+
+def _ignore_libvirt_error(_ctx: Any, _error: Any) -> None:
+    """Libvirt's default handler prints every error to stderr, including the expected ones
+    (no such domain, no metadata); errors reach us as exceptions anyway."""
+
+
+def _silence_libvirt_stderr() -> None:
+    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+
+
+# --- event loop integration ------------------------------------------------------------------
+
+
+class _ThreadSafeEventImpl(libvirtaio.virEventAsyncIOImpl):
+    """libvirtaio's asyncio event implementation, safe to call from any thread.
+
+    Libvirt calls the six `_add/_update/_remove_handle/timeout` hooks from whichever thread runs
+    a libvirt call. Called on the loop thread, an operation runs at once (after any queued
+    ones, to keep the order). Called from another thread, its bookkeeping that must return a
+    value (the watch/timer id) happens at once and everything that touches the asyncio loop is
+    queued and handed to the loop with `call_soon_threadsafe`. While the bound loop is closed
+    (between two `asyncio.run`s), operations are parked until `rebind`. Nothing here ever blocks
+    the calling thread, and no libvirt function is called while `_lock` is held.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._lock = threading.Lock()
+        self._queue: list[Callable[[], None]] = []
+        self._loop_thread = threading.get_ident()
+        self._ff_tasks: set[asyncio.Task[None]] = set()
+
+    # Binding to a loop.
+
+    def rebind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Move to `loop` (called on that loop's thread; the old loop must not be running).
+
+        Only legal while nothing is registered on the old loop: its handles and timers died
+        with it. Operations parked since the old loop closed (a libvirt client used between
+        two loops, e.g. a test's raw connection) are replayed here, in order.
+        """
+        if not self.is_idle():
+            raise RuntimeError(
+                "libvirt's event implementation still has handles or timers on another event "
+                "loop; close every LibvirtHypervisor before opening one on a new loop"
+            )
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+        self._flush()
+
+    async def settle(self, timeout_s: float) -> None:
+        """Let queued operations and deferred frees run, so that libvirt releases what a closed
+        connection held (its socket is only closed by the free callback). Returns early once
+        nothing is queued; other open connections keep their handles and do not delay it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                queued = bool(self._queue)
+            if not queued and not self._ff_tasks:
+                return
+            await asyncio.sleep(0.005)
+
+    # Marshalling.
+
+    def _on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def _submit(self, operation: Callable[[], None]) -> None:
+        closed = self.loop.is_closed()
+        if self._on_loop_thread() and not closed:
+            self._flush()
+            self._execute(operation)
+            return
+        with self._lock:
+            self._queue.append(operation)
+            first = len(self._queue) == 1
+        if first and not closed:
+            # A loop that closed in the meantime refuses; the operation stays parked until
+            # `rebind` replays it on the next loop.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            operations, self._queue = self._queue, []
+        for operation in operations:
+            self._execute(operation)
+
+    def _execute(self, operation: Callable[[], None]) -> None:
+        try:
+            operation()
+        except Exception:
+            # An exception must not propagate into libvirt's C code; libvirtaio raises
+            # KeyError for an update of a watch that libvirt already removed.
+            log.exception("libvirt event loop operation failed")
+
+    # The six hooks libvirt calls.
+
+    def _add_handle(
+        self, fd: int, event: int, cb: Callable[[int, int, int, Any], None], opaque: Any
+    ) -> int:
+        callback = libvirtaio.FDCallback(self, cb, opaque, descriptor=None, event=event)
+
+        def add() -> None:
+            descriptor = self.descriptors[fd]
+            callback.descriptor = descriptor
+            self.callbacks[callback.iden] = callback
+            descriptor.add_handle(callback)
+            self._pending_inc()
+
+        self._submit(add)
+        return callback.iden
+
+    def _update_handle(self, watch: int, event: int) -> None:
+        self._submit(functools.partial(super()._update_handle, watch, event))
+
+    def _remove_handle(self, watch: int) -> int:
+        self._submit(functools.partial(self._remove_quietly, super()._remove_handle, watch))
+        return 0
+
+    def _add_timeout(self, timeout: int, cb: Callable[[int, Any], None], opaque: Any) -> int:
+        callback = libvirtaio.TimeoutCallback(self, cb, opaque)
+
+        def add() -> None:
+            self.callbacks[callback.iden] = callback
+            callback.update(timeout=timeout)
+            self._pending_inc()
+
+        self._submit(add)
+        return callback.iden
+
+    def _update_timeout(self, timer: int, timeout: int) -> None:
+        self._submit(functools.partial(super()._update_timeout, timer, timeout))
+
+    def _remove_timeout(self, timer: int) -> int:
+        self._submit(functools.partial(self._remove_quietly, super()._remove_timeout, timer))
+        return 0
+
+    @staticmethod
+    def _remove_quietly(remove: Callable[[int], int], iden: int) -> None:
+        # Libvirt ignores the status of a removal; a queued operation has nowhere to return it.
+        remove(iden)
+
+    # Free callbacks: counted so that `settle` knows when libvirt got its objects back.
+
+    def schedule_ff_callback(self, iden: int, opaque: Any) -> None:
+        # Always called on the loop thread: removals run there (see `_submit`). The task is
+        # kept referenced until it ran: asyncio holds only weak references to tasks.
+        task = self.loop.create_task(self._free(opaque))
+        self._ff_tasks.add(task)
+        task.add_done_callback(self._ff_tasks.discard)
+
+    async def _free(self, opaque: Any) -> None:
+        # What libvirtaio's free callback does.
+        libvirt.virEventInvokeFreeCallback(opaque)
+        self._pending_dec()
+
+
+_event_impl: _ThreadSafeEventImpl | None = None
+_event_impl_lock = threading.Lock()
+
+
+def _bind_event_impl() -> _ThreadSafeEventImpl:
+    """Register the asyncio event implementation once per process, on the running loop.
+
+    Must run on the loop thread before the first connection is opened: libvirt only delivers
+    events (and close callbacks, and keepalives) through the implementation that was registered
+    when the connection was made. A later loop (a second `asyncio.run` in tests, a restarted
+    daemon loop) takes the implementation over only when the previous loop left it idle.
+    """
+    global _event_impl
+    loop = asyncio.get_running_loop()
+    with _event_impl_lock:
+        if _event_impl is None:
+            existing = libvirtaio.getCurrentImpl()
+            if existing is not None:
+                raise RuntimeError(
+                    "another libvirtaio event implementation is already registered in this "
+                    "process; libvirt accepts only one"
+                )
+            _event_impl = _ThreadSafeEventImpl(loop)
+            _event_impl.register()
+        elif _event_impl.loop is not loop:
+            if _event_impl.loop.is_running():
+                raise RuntimeError(
+                    "libvirt events are bound to another running event loop; one process "
+                    "can serve libvirt events on one loop only"
+                )
+            _event_impl.rebind(loop)
+        return _event_impl
+
+
+# --- the adapter -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """The last lifecycle event seen, for logs and tests (the listener itself gets none)."""
+
+    domain: str
+    event: str  # DEFINED, STARTED, STOPPED... (libvirt's VIR_DOMAIN_EVENT_* without prefix)
+    detail: int  # libvirt's per-event detail code, e.g. STOPPED/1 = destroyed, 5 = failed
+    at: float  # time.monotonic() when the loop received it
+
+
+def _domain_name_from_xml(xml: str) -> str:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise HypervisorError(f"invalid domain XML: {exc}") from exc
+    name = root.findtext("name")
+    if root.tag != "domain" or not name:
+        raise HypervisorError("invalid domain XML: expected <domain> with a <name>")
+    return name.strip()
+
+
+def _lookup(conn: libvirt.virConnect, domain: str) -> libvirt.virDomain | None:
+    try:
+        return conn.lookupByName(domain)
+    except libvirt.libvirtError as exc:
+        if _error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def _is_active(dom: libvirt.virDomain) -> bool:
+    """True while the domain is in any active state; False once it is gone (a transient
+    domain disappears when it stops)."""
+    try:
+        return dom.isActive() == 1
+    except libvirt.libvirtError as exc:
+        if _error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise
+
+
+def _read_owner(dom: libvirt.virDomain) -> Owner | None:
+    """The owner record of the running instance if active, of the persistent config if not
+    (`VIR_DOMAIN_AFFECT_CURRENT`). Missing or unusable metadata is None, never an error: the
+    host may run domains haagent has never seen."""
+    try:
+        text = dom.metadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, libvirt.VIR_DOMAIN_AFFECT_CURRENT
+        )
+    except libvirt.libvirtError as exc:
+        if _error_code(exc) in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_SUPPORT):
+            return None
+        raise
+    owner = parse_owner(text)
+    if owner is None:
+        log.debug("domain %s: unusable haagent metadata %r", dom.name(), text)
+    return owner
+
+
+class LibvirtHypervisor:
+    """The `Hypervisor` port (see haagent.ports) for one libvirt connection.
+
+    Call `open()` on the event loop that will receive lifecycle events, `close()` when done.
+    `uri` is a libvirt URI; `call_timeout_s` bounds every libvirt call (and `open`);
+    `keepalive_interval_s`/`keepalive_count` let libvirt declare a silent remote daemon dead
+    after about interval * (count + 1) seconds (ignored by drivers without keepalive, such as
+    `test:///`).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        call_timeout_s: float = 30.0,
+        keepalive_interval_s: int = 5,
+        keepalive_count: int = 3,
+    ) -> None:
+        self.uri = uri
+        self.call_timeout_s = call_timeout_s
+        self._keepalive_interval_s = keepalive_interval_s
+        self._keepalive_count = keepalive_count
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._impl: _ThreadSafeEventImpl | None = None
+        self._conn: libvirt.virConnect | None = None
+        self._event_callback_id: int | None = None
+        # Bumped for every new connection: callbacks of an older connection carry an older
+        # epoch and are ignored, so a late close callback cannot condemn its successor.
+        self._epoch = 0
+        self._dead = False
+        self._closed = False
+        self._reconnect_lock = asyncio.Lock()
+        self._wake: Callable[[], None] | None = None
+        self._last_event: LifecycleEvent | None = None
+
+    # --- lifecycle of the adapter -------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect. Raises HypervisorError when libvirt is unreachable; the adapter then stays
+        usable and connects on the next call."""
+        if self._loop is not None:
+            raise RuntimeError("LibvirtHypervisor.open() called twice")
+        _silence_libvirt_stderr()
+        self._loop = asyncio.get_running_loop()
+        self._impl = _bind_event_impl()
+        await self._connection()
+
+    async def close(self) -> None:
+        """Drop the connection and wait (briefly) until libvirt has released its event handles,
+        so that the event loop can end cleanly. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._dispose(conn)
+        if self._impl is not None:
+            await self._impl.settle(_SETTLE_S)
+
+    def alive(self) -> bool:
+        """True if the connection is open and libvirt believes it is usable (no I/O)."""
+        conn = self._conn
+        if conn is None or self._dead or self._closed:
+            return False
+        try:
+            return conn.isAlive() == 1
+        except libvirt.libvirtError:
+            return False
+
+    def set_listener(self, wake: Callable[[], None]) -> None:
+        """`wake()` runs on the event loop after any lifecycle event and after the connection
+        died. It receives nothing: the caller re-observes with `domains()`."""
+        self._wake = wake
+
+    @property
+    def last_event(self) -> LifecycleEvent | None:
+        return self._last_event
+
+    # --- the Hypervisor port ------------------------------------------------------------------
+
+    async def domains(self) -> Mapping[str, DomainObservation]:
+        """Every domain the connection knows (defined or running), by name, in one snapshot.
+
+        A domain that vanishes while it is being read (a transient domain that stopped) is left
+        out. Any other libvirt failure fails the whole snapshot rather than returning a partial
+        view that could make a running guest look absent.
+        """
+
+        def snapshot(conn: libvirt.virConnect) -> dict[str, DomainObservation]:
+            observed: dict[str, DomainObservation] = {}
+            for dom in conn.listAllDomains(0):
+                try:
+                    name = dom.name()
+                    running = dom.isActive() == 1
+                    owner = _read_owner(dom)
+                except libvirt.libvirtError as exc:
+                    if _error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue
+                    raise
+                observed[name] = DomainObservation(
+                    name=name,
+                    running=running,
+                    owner=owner.node if owner else None,
+                    generation=owner.generation if owner else None,
+                    cluster=owner.cluster if owner else None,
+                )
+            return observed
+
+        return await self._call("list domains", snapshot)
+
+    async def start(
+        self, domain: str, xml: str | None, cluster: str, node: str, generation: int
+    ) -> None:
+        """Define `domain` from `xml` unless a domain of that name exists (an existing
+        definition is never replaced), write the owner record into its persistent config and
+        start it.
+
+        Idempotent: if the domain already runs under exactly this owner record (cluster, node,
+        generation) it succeeds without touching it. If it runs under any other record, or
+        without one, it raises: a running instance with another generation belongs to another
+        ownership epoch, and only a stop/destroy decided by the core may end it.
+        """
+        if generation < 0:
+            raise ValueError("generation must be >= 0")
+        wanted = Owner(cluster=cluster, node=node, generation=generation)
+        if xml is not None:
+            xml_name = _domain_name_from_xml(xml)
+            if xml_name != domain:
+                raise HypervisorError(f"domain XML names {xml_name!r}, expected {domain!r}")
+
+        def start(conn: libvirt.virConnect) -> None:
+            dom = _lookup(conn, domain)
+            if dom is None:
+                if xml is None:
+                    raise HypervisorError(f"domain {domain!r} is not defined and no XML given")
+                dom = conn.defineXML(xml)
+            if _is_active(dom):
+                current = _read_owner(dom)
+                if current == wanted:
+                    return
+                raise HypervisorError(
+                    f"domain {domain!r} is already running under {current or 'no owner record'}"
+                    f", refusing to claim it for {wanted}"
+                )
+            # The domain is inactive, so its persistent config is what `create()` will run.
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                format_owner(wanted),
+                OWNER_PREFIX,
+                OWNER_NS,
+                libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+            )
+            dom.create()
+
+        await self._call(f"start {domain}", start)
+
+    async def stop(self, domain: str, timeout_s: float) -> None:
+        """Ask the guest to shut down (ACPI); destroy it if it is still active after
+        `timeout_s`. Succeeds at once if the domain is not running or not defined."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+
+        def request_shutdown(conn: libvirt.virConnect) -> bool:
+            dom = _lookup(conn, domain)
+            if dom is None or not _is_active(dom):
+                return False
+            try:
+                dom.shutdown()
+            except libvirt.libvirtError as exc:
+                # It stopped between the check and the request: done.
+                if _error_code(exc) == libvirt.VIR_ERR_OPERATION_INVALID and not _is_active(dom):
+                    return False
+                raise
+            return True
+
+        def active(conn: libvirt.virConnect) -> bool:
+            dom = _lookup(conn, domain)
+            return dom is not None and _is_active(dom)
+
+        if not await self._call(f"shutdown {domain}", request_shutdown):
+            return
+        while True:
+            if not await self._call(f"state of {domain}", active):
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(_STOP_POLL_S, remaining))
+        log.info("domain %s still active %.1f s after shutdown; destroying", domain, timeout_s)
+        await self.destroy(domain)
+
+    async def destroy(self, domain: str) -> None:
+        """Hard power-off. Succeeds if the domain is not running or not defined; the
+        definition (and its owner record) stays.
+
+        "Domain is not running" from libvirt counts as success once the domain is inactive:
+        besides the plain race with the guest stopping by itself, libvirtd 9.0 answers so when
+        a destroy lands while a restarted libvirtd is still re-attaching to the running QEMU
+        (the guest is killed, the domain ends shut off with reason "daemon", and no STOPPED
+        event is sent).
+        """
+
+        def destroy(conn: libvirt.virConnect) -> None:
+            dom = _lookup(conn, domain)
+            if dom is None or not _is_active(dom):
+                return
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:
+                code = _error_code(exc)
+                gone = code in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN)
+                if gone and not _is_active(dom):
+                    return
+                raise
+
+        await self._call(f"destroy {domain}", destroy)
+
+    async def capacity_mib(self) -> int:
+        """The host's memory in MiB (libvirt's node info)."""
+
+        def memory(conn: libvirt.virConnect) -> int:
+            return int(conn.getInfo()[1])
+
+        return await self._call("node info", memory)
+
+    # --- connection handling ------------------------------------------------------------------
+
+    async def _call(self, what: str, operation: Callable[[libvirt.virConnect], _T]) -> _T:
+        """Run `operation(conn)` in a worker thread under the call deadline."""
+        conn = await self._connection()
+        epoch = self._epoch
+
+        def guarded() -> _T:
+            try:
+                return operation(conn)
+            except libvirt.libvirtError:
+                # A failed RPC on a dead socket may arrive before the close callback does.
+                try:
+                    alive = conn.isAlive() == 1
+                except libvirt.libvirtError:
+                    alive = False
+                if not alive:
+                    self._mark_dead(epoch)
+                raise
+
+        return await self._run(what, guarded)
+
+    async def _run(self, what: str, blocking: Callable[[], _T]) -> _T:
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                return await asyncio.to_thread(blocking)
+        except TimeoutError:
+            raise HypervisorError(
+                f"{what} on {self.uri}: no answer from libvirt within {self.call_timeout_s} s "
+                "(outcome unknown)"
+            ) from None
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"{what} on {self.uri}: {_describe(exc)}") from exc
+
+    async def _connection(self) -> libvirt.virConnect:
+        if self._loop is None or self._closed:
+            raise RuntimeError("LibvirtHypervisor is not open")
+        conn = self._conn
+        if conn is not None and not self._dead:
+            return conn
+        async with self._reconnect_lock:
+            conn = self._conn
+            if conn is not None and not self._dead:
+                return conn
+            if conn is not None:
+                log.warning("libvirt connection to %s is dead; reconnecting", self.uri)
+                self._conn = None
+                await self._dispose(conn)
+            conn = await self._connect()
+            self._conn = conn
+            self._dead = False
+            return conn
+
+    async def _connect(self) -> libvirt.virConnect:
+        self._epoch += 1
+        epoch = self._epoch
+        # An open that completes after its deadline is not leaked: nobody holds the result,
+        # and libvirt-python's virConnect.__del__ closes the connection.
+        conn = await self._run(f"open {self.uri}", functools.partial(libvirt.open, self.uri))
+
+        def subscribe() -> int:
+            conn.registerCloseCallback(self._on_close, epoch)
+            try:
+                conn.setKeepAlive(self._keepalive_interval_s, self._keepalive_count)
+            except libvirt.libvirtError as exc:
+                if _error_code(exc) not in (
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                    libvirt.VIR_ERR_INVALID_ARG,
+                ):
+                    raise
+            return conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, epoch
+            )
+
+        try:
+            self._event_callback_id = await self._run(f"subscribe to {self.uri}", subscribe)
+        except BaseException:
+            self._event_callback_id = None
+            await self._dispose(conn)
+            raise
+        return conn
+
+    async def _dispose(self, conn: libvirt.virConnect) -> None:
+        """Unsubscribe and close, best effort: a dead connection fails all of these."""
+        callback_id, self._event_callback_id = self._event_callback_id, None
+
+        def dispose() -> None:
+            if callback_id is not None:
+                try:
+                    conn.domainEventDeregisterAny(callback_id)
+                except libvirt.libvirtError as exc:
+                    log.debug("deregistering lifecycle events: %s", _describe(exc))
+            try:
+                conn.unregisterCloseCallback()
+            except libvirt.libvirtError as exc:
+                log.debug("unregistering close callback: %s", _describe(exc))
+            try:
+                conn.close()
+            except libvirt.libvirtError as exc:
+                log.debug("closing connection: %s", _describe(exc))
+
+        try:
+            await self._run(f"close {self.uri}", dispose)
+        except HypervisorError as exc:
+            log.warning("%s", exc)
+
+    # --- callbacks from libvirt ---------------------------------------------------------------
+
+    def _on_lifecycle(
+        self,
+        _conn: libvirt.virConnect,
+        dom: libvirt.virDomain,
+        event: int,
+        detail: int,
+        epoch: Any,
+    ) -> None:
+        if epoch != self._epoch:
+            return
+        name = dom.name()
+        self._last_event = LifecycleEvent(
+            domain=name,
+            event=_EVENT_NAMES.get(event, str(event)),
+            detail=detail,
+            at=time.monotonic(),
+        )
+        log.debug("libvirt event: %s %s/%d", name, self._last_event.event, detail)
+        self._notify()
+
+    def _on_close(self, _conn: libvirt.virConnect, reason: int, epoch: Any) -> None:
+        # May run on a worker thread (an RPC noticed EOF) or on the loop.
+        why = _CLOSE_REASONS.get(reason, str(reason))
+        log.warning("libvirt connection to %s closed (%s)", self.uri, why)
+        self._mark_dead(epoch)
+
+    def _mark_dead(self, epoch: Any) -> None:
+        if epoch != self._epoch or self._closed:
+            return
+        if not self._dead:
+            self._dead = True
+            self._notify()
+
+    def _notify(self) -> None:
+        loop = self._loop
+        if self._wake is None or loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._deliver_wake)
+
+    def _deliver_wake(self) -> None:
+        if self._wake is not None and not self._closed:
+            self._wake()
