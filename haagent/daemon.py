@@ -85,7 +85,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         cfg = self.config
-        wake_threadsafe = lambda: loop.call_soon_threadsafe(self._wake.set)  # noqa: E731
+
+        def wake_threadsafe() -> None:
+            loop.call_soon_threadsafe(self._wake.set)
+
         if cfg.me.role is NodeRole.HYPERVISOR:
             assert cfg.libvirt_uri is not None
             hv = LibvirtHypervisor(cfg.libvirt_uri)

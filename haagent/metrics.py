@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from haagent.model import ClusterState, GuestState, NodeState
-from haagent.ports import ConsensusView
+from haagent.ports import ConsensusView, HeartbeatSeen
 
 FAILOVER_BUCKETS_S = (0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
 
@@ -130,16 +130,16 @@ class FailoverTracker:
         self._failed: set[str] = set()
 
     def observe(
-        self, state: ClusterState, heartbeats: Mapping[str, object], now: float
+        self, state: ClusterState, heartbeats: Mapping[str, HeartbeatSeen], now: float
     ) -> list[float]:
         for name, rec in state.nodes.items():
             if rec.state in (NodeState.FAILED, NodeState.FENCED):
                 if name not in self._failed:
                     self._failed.add(name)
                     seen = heartbeats.get(name)
-                    start = getattr(seen, "at", now)
-                    for guest in state.guests_of(name):
-                        self._pending.setdefault(guest.name, start)
+                    start = seen.at if seen is not None else now
+                    for owned in state.guests_of(name):
+                        self._pending.setdefault(owned.name, start)
             else:
                 self._failed.discard(name)
         done: list[float] = []

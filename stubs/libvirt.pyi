@@ -1,6 +1,5 @@
 # Minimal type stubs for libvirt-python: only the names haagent uses.
 # The names mirror libvirt's own API, hence the naming rules are off.
-# ruff: noqa: N801, N802, N803
 from collections.abc import Callable
 from typing import Any
 

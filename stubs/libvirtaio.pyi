@@ -1,6 +1,5 @@
 # Minimal type stubs for libvirtaio (shipped with libvirt-python): only the names haagent uses.
 # The names mirror libvirt's own API, hence the naming rules are off.
-# ruff: noqa: N801, N802
 import asyncio
 import logging
 from collections.abc import Callable

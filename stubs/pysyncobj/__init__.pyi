@@ -1,11 +1,9 @@
 # Minimal type stubs for the parts of pysyncobj 0.3.17 haagent uses (the library has no hints).
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from pysyncobj.config import FAIL_REASON as FAIL_REASON
 from pysyncobj.config import SyncObjConf as SyncObjConf
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 class SyncObjException(Exception):
     errorCode: Any
@@ -46,4 +44,5 @@ class SyncObj:
     @property
     def hasQuorum(self) -> bool: ...
 
-def replicated(func: _F) -> _F: ...
+# A replicated method also takes the keyword arguments callback=, sync= and timeout=.
+def replicated(func: Callable[..., Any]) -> Callable[..., Any]: ...

@@ -201,29 +201,30 @@ def test_not_toml(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[cluster\nname="))
 
 
+def haagent_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "haagent", *args],
+        check=False,  # the exit status is what the tests check
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_the_cli_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, mutate("[local]", "[local]\nlease_s = 3"))
     for args in (["check-config", str(path)], ["run", "--config", str(path)]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "haagent", *args], capture_output=True, text=True, timeout=60
-        )
+        proc = haagent_cli(*args)
         assert proc.returncode == 2, proc
         assert "Traceback" not in proc.stderr
-        assert (
-            proc.stderr.strip() == f"haagent: invalid config: {path}: local.lease_s: "
+        assert proc.stderr.strip() == (
+            f"haagent: invalid config: {path}: local.lease_s: "
             "unknown key (check the spelling; see the README)"
         )
 
 
 def test_the_cli_rejects_bad_arguments_with_exit_2() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "haagent", "status", "--bogus"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = haagent_cli("status", "--bogus")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "haagent", "status"], capture_output=True, text=True, timeout=60
-    )
+    proc = haagent_cli("status")
     assert proc.returncode == 2 and "give --config" in proc.stderr
