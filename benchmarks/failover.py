@@ -71,8 +71,10 @@ def one_failover(cluster: LocalCluster, fence: str) -> float:
 
 def failovers(fence: str, runs: int) -> list[float]:
     plan = local_plan(3, fence=fence, guests=(GuestPlan(GUEST, 256),))
-    with tempfile.TemporaryDirectory(prefix="haagent-bench-") as d, \
-            running_cluster(Path(d), plan) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="haagent-bench-") as d,
+        running_cluster(Path(d), plan) as cluster,
+    ):
         return [one_failover(cluster, fence) for _ in range(runs)]
 
 
@@ -90,8 +92,10 @@ def rss_mib(pid: int) -> float:
 
 def idle_cost(seconds: float) -> dict[str, Any]:
     plan = local_plan(3, fence="dummy", guests=(GuestPlan(GUEST, 256),))
-    with tempfile.TemporaryDirectory(prefix="haagent-bench-") as d, \
-            running_cluster(Path(d), plan) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="haagent-bench-") as d,
+        running_cluster(Path(d), plan) as cluster,
+    ):
         time.sleep(2)  # settle after start-up
         pids = {n: cluster.agent_pid(n) for n in cluster.nodes()}
         leader = cluster.any_status()["leader"]
@@ -112,8 +116,10 @@ def saturation(seconds: float) -> dict[str, Any]:
     """Run two busy loops per core for `seconds` and count fences and lost leases."""
     plan = local_plan(3, fence="dummy", guests=(GuestPlan(GUEST, 256),))
     hogs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="haagent-bench-") as d, \
-            running_cluster(Path(d), plan) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="haagent-bench-") as d,
+        running_cluster(Path(d), plan) as cluster,
+    ):
         start = cluster.any_status()
         epochs_before = {n: v["failure_epoch"] for n, v in start["nodes"].items()}
         term_before = start["term"]
@@ -136,8 +142,9 @@ def saturation(seconds: float) -> dict[str, Any]:
                 h.wait()
         end_doc = cluster.any_status()
         return {
-            "fences": sum(v["failure_epoch"] - epochs_before[n]
-                          for n, v in end_doc["nodes"].items()),
+            "fences": sum(
+                v["failure_epoch"] - epochs_before[n] for n, v in end_doc["nodes"].items()
+            ),
             "term_changes": end_doc["term"] - term_before,
             "lease_loss_samples": lease_losses,
             "hogs": len(hogs),
@@ -145,37 +152,52 @@ def saturation(seconds: float) -> dict[str, Any]:
 
 
 def summary(name: str, values: list[float]) -> str:
-    return (f"{name}: runs {len(values)}  median {statistics.median(values):.2f} s  "
-            f"max {max(values):.2f} s  min {min(values):.2f} s  "
-            f"all [{', '.join(f'{v:.2f}' for v in values)}]")
+    return (
+        f"{name}: runs {len(values)}  median {statistics.median(values):.2f} s  "
+        f"max {max(values):.2f} s  min {min(values):.2f} s  "
+        f"all [{', '.join(f'{v:.2f}' for v in values)}]"
+    )
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--idle-seconds", type=float, default=30.0)
     p.add_argument("--saturation-seconds", type=float, default=60.0)
     p.add_argument("--skip-saturation", action="store_true")
     args = p.parse_args()
 
-    print(f"machine: {os.cpu_count()} cores; default timing profile "
-          "(heartbeat 0.1 s, lease 1.0 s, failure timeout 1.4 s, stop grace 0.3 s)")
+    print(
+        f"machine: {os.cpu_count()} cores; default timing profile "
+        "(heartbeat 0.1 s, lease 1.0 s, failure timeout 1.4 s, stop grace 0.3 s)"
+    )
     for fence in ("dummy", "ipmi"):
         label = "fence_dummy" if fence == "dummy" else "fence_ipmilan + ipmi_sim"
-        print(summary(f"SIGKILL owner -> guest running on a survivor, {label}",
-                      failovers(fence, args.runs)), flush=True)
+        print(
+            summary(
+                f"SIGKILL owner -> guest running on a survivor, {label}",
+                failovers(fence, args.runs),
+            ),
+            flush=True,
+        )
     idle = idle_cost(args.idle_seconds)
     for node, figures in sorted(idle.items()):
-        print(f"idle agent {node}{' (leader)' if figures['leader'] else ''}: "
-              f"{figures['cpu_percent']:.1f} % of one core, RSS {figures['rss_mib']:.1f} MiB "
-              f"(over {args.idle_seconds:.0f} s)", flush=True)
+        print(
+            f"idle agent {node}{' (leader)' if figures['leader'] else ''}: "
+            f"{figures['cpu_percent']:.1f} % of one core, RSS {figures['rss_mib']:.1f} MiB "
+            f"(over {args.idle_seconds:.0f} s)",
+            flush=True,
+        )
     if not args.skip_saturation:
         sat = saturation(args.saturation_seconds)
-        print(f"saturation ({sat['hogs']} busy loops on {os.cpu_count()} cores, "
-              f"{args.saturation_seconds:.0f} s): nodes declared failed/fenced {sat['fences']}, "
-              f"Raft term changes {sat['term_changes']}, "
-              f"status samples without lease {sat['lease_loss_samples']}")
+        print(
+            f"saturation ({sat['hogs']} busy loops on {os.cpu_count()} cores, "
+            f"{args.saturation_seconds:.0f} s): nodes declared failed/fenced {sat['fences']}, "
+            f"Raft term changes {sat['term_changes']}, "
+            f"status samples without lease {sat['lease_loss_samples']}"
+        )
     return 0
 
 
