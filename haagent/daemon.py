@@ -47,6 +47,7 @@ from haagent.status import build_status
 log = logging.getLogger("haagent")
 
 PET_INTERVAL_S = 0.2
+OBSERVE_INTERVAL_S = 1.0
 
 
 class StartupError(RuntimeError):
@@ -71,6 +72,8 @@ class Daemon:
         self._last_notify = -1.0
         self._local: Mapping[str, DomainObservation] | None = None
         self._local_error: str | None = None
+        self._observed_at = -1.0
+        self._observe_due = True
         self._lease_valid = False
         self.hypervisor: Hypervisor | None = None
         self.fencer: Fencer = AgentFencer()
@@ -93,7 +96,7 @@ class Daemon:
             assert cfg.libvirt_uri is not None
             hv = LibvirtHypervisor(cfg.libvirt_uri)
             await hv.open()
-            hv.set_listener(self._wake.set)
+            hv.set_listener(self._hypervisor_event)
             self.hypervisor = hv
         try:
             watchdog = open_watchdog(
@@ -193,7 +196,7 @@ class Daemon:
         await self._observe()
         now = time.monotonic()
         view = self.consensus.view()
-        local = LocalView(self._local, now)
+        local = LocalView(self._local, self._observed_at)
         step = self.core.tick(now, view, local)
         self._last_pass = now
         self._lease_valid = step.lease_valid
@@ -212,10 +215,23 @@ class Daemon:
         self.metrics.update(view, now, self.core.lease_until, running)
         return step.left
 
+    def _hypervisor_event(self) -> None:
+        self._observe_due = True
+        self._wake.set()
+
     async def _observe(self) -> None:
+        """Refresh the view of the local hypervisor when something may have changed there (a
+        lifecycle event, one of our own actions finished) and at least every
+        OBSERVE_INTERVAL_S: listing every domain's metadata is one RPC per domain, too much
+        for every 50 ms pass on a host with hundreds of guests."""
         if self.hypervisor is None:
             self._local, self._local_error = {}, None
             return
+        now = time.monotonic()
+        if not self._observe_due and now - self._observed_at < OBSERVE_INTERVAL_S:
+            return
+        self._observe_due = False
+        self._observed_at = now
         try:
             self._local = await asyncio.wait_for(self.hypervisor.domains(), 5.0)
             self._local_error = None
@@ -253,6 +269,7 @@ class Daemon:
             result = ActionResult(False, f"unexpected error: {exc}")
         for ev in self.core.action_done(action.key, result, time.monotonic()):
             log.info("%s", ev)
+        self._observe_due = True
         self._wake.set()
 
     async def _execute(self, action: Action) -> ActionResult:
