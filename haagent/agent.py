@@ -721,8 +721,7 @@ class AgentCore:
                     )
                 continue
             if guest.state is GuestState.RUNNING:
-                events.append(event("guest_lost", guest=guest.name, generation=guest.generation))
-                self._propose(
+                if self._propose(
                     proposals,
                     self._stopped(
                         guest.name,
@@ -733,7 +732,10 @@ class AgentCore:
                         failures=guest.failures,
                     ),
                     now,
-                )
+                ):
+                    events.append(
+                        event("guest_lost", guest=guest.name, generation=guest.generation)
+                    )
             elif guest.state is GuestState.STOPPED:
                 self._propose(
                     proposals,

@@ -40,7 +40,14 @@ from haagent.fencing.sdnotify import SystemdNotifier
 from haagent.fencing.watchdog import DeviceWatchdog, WatchdogError, open_watchdog
 from haagent.metrics import AgentMetrics
 from haagent.model import FenceMethod, NodeRole
-from haagent.ports import DomainObservation, Fencer, Hypervisor, HypervisorError, Watchdog
+from haagent.ports import (
+    DomainObservation,
+    FenceOutcome,
+    Fencer,
+    Hypervisor,
+    HypervisorError,
+    Watchdog,
+)
 from haagent.resources.libvirt_guests import LibvirtHypervisor
 from haagent.status import build_status
 
@@ -276,7 +283,15 @@ class Daemon:
         s = self.settings
         if isinstance(action, RunFence):
             levels = self.config.fence_levels(action.node)
-            outcome = await self.fencer.fence(action.node, levels, s.fence_timeout_s)
+            try:
+                # The fencer bounds itself; this outer deadline only guards against a bug
+                # there leaving the node's fencing "in flight" forever.
+                outcome = await asyncio.wait_for(
+                    self.fencer.fence(action.node, levels, s.fence_timeout_s),
+                    s.fence_timeout_s + 10,
+                )
+            except TimeoutError:
+                outcome = FenceOutcome(False, f"fencer did not return in {s.fence_timeout_s}s")
             result_label = "ok" if outcome.ok else "failed"
             self.metrics.fence_operations.labels(action.node, result_label).inc()
             log.warning(

@@ -36,6 +36,8 @@ from haagent.localcluster.bmc import SimulatedBmc
 
 T = TypeVar("T")
 
+_CMDLINE_RETRIES = 200  # x 1 ms: how long an empty /proc/PID/cmdline counts as "in execve"
+
 RUN_ENV = "HAAGENT_LOCAL_RUN"
 """Environment variable naming the run folder, set for every agent (and so its children)."""
 
@@ -398,12 +400,22 @@ class LocalCluster:
         (its command line names the folder) — a recycled pid is never ours."""
         try:
             pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            stat = Path(f"/proc/{pid}/stat").read_text()
         except (OSError, ValueError):
             return None
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return None  # a zombie: dead, not yet reaped (PID 1 here reaps late)
+        # /proc/PID/cmdline reads empty for a moment while the process is inside execve(), and
+        # an agent execs up to three times as it starts (`ip netns exec`, `setsid`, python):
+        # an empty read means "look again", not "gone".
+        for _ in range(_CMDLINE_RETRIES):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return None
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                return None  # a zombie: dead, not yet reaped (PID 1 here reaps late)
+            if cmdline:
+                break
+            time.sleep(0.001)
         return pid if str(self.run_dir).encode() in cmdline else None
 
     def signal_agent(self, node: str, sig: signal.Signals) -> int:

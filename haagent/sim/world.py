@@ -1,0 +1,694 @@
+"""A deterministic simulated cluster: N real agent cores, every port faked.
+
+`World` runs the daemon's own `AgentCore` and `apply` — imported, not copied — against fakes,
+each named as one:
+
+- FakeClock: each node's monotonic clock runs at its own rate (drift) from its own origin; the
+  wall clock (display only) can jump.
+- FakeRaft: one committed log. A proposal commits only if its proposer can talk to a leader
+  that can talk to a majority; it can be delayed, dropped, or applied after the proposer gave
+  up on it (pysyncobj re-sends queued commands to a new leader). Nodes cut off from the leader
+  apply nothing until they are reconnected. An isolated old leader keeps believing it leads for
+  the election timeout, as pysyncobj's `leaderFallbackTimeout` does.
+- FakeHypervisor: the domains each host runs; power loss empties it.
+- FakeFencer: per target, a script of outcomes (ok powers the target off; fail; hang).
+- FakeWatchdog: a host whose agent stops petting for its timeout is reset (powered off).
+- FakeNetwork: blocked directed links; partitions; one-way drops.
+
+Same seed, same run: all randomness comes from one `random.Random(seed)`, events at equal
+times run in insertion order, and nothing iterates an unordered set.
+
+After every step the invariants of `haagent.sim.invariants` are checked; a violation records
+the seed and the trace so far.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from haagent.agent import (
+    Action,
+    ActionResult,
+    AgentCore,
+    AgentSettings,
+    DestroyDomain,
+    LocalView,
+    NodeSettings,
+    Proposal,
+    RunFence,
+    StartGuest,
+    StopGuest,
+)
+from haagent.commands import Command, DefineGuest, Heartbeat, Join, SetDesired
+from haagent.model import ClusterState, DesiredState, FenceMethod, GuestSpec, NodeRole
+from haagent.ports import (
+    ConsensusView,
+    DomainObservation,
+    FenceOutcome,
+    HeartbeatSeen,
+    Outcome,
+    OutcomeKind,
+)
+from haagent.statemachine import apply
+
+TraceValue = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    t: float
+    node: str | None
+    name: str
+    data: tuple[tuple[str, TraceValue], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"t": round(self.t, 3), "event": self.name}
+        if self.node is not None:
+            out["at"] = self.node
+        out.update(self.data)
+        return out
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Knobs of the fakes (not of the agent, whose settings come from `AgentSettings`)."""
+
+    tick_s: float = 0.05  # the daemon's loop period
+    commit_delay_s: tuple[float, float] = (0.001, 0.004)
+    apply_delay_s: tuple[float, float] = (0.0005, 0.002)
+    election_timeout_s: tuple[float, float] = (0.3, 0.6)
+    start_s: float = 0.05
+    destroy_s: float = 0.02
+    stop_s: float = 0.3
+    fence_s: float = 0.1
+    boot_s: float = 3.0  # power on -> agent running
+    drift_ppm: float = 100.0  # max clock rate error per node, drawn per seed
+    drop_probability: float = 0.0  # proposals (or their answers) lost in the network
+    keep_guests_on_agent_restart: bool = True  # like libvirtd: guests outlive the agent
+    hardware_watchdog: bool = True
+    heal_bound_s: float = 30.0  # after the last fault heals, every wanted guest runs by then
+
+
+@dataclass
+class _Node:
+    name: str
+    role: NodeRole
+    rate: float
+    origin: float
+    wall_offset: float
+    powered: bool = True
+    hung: bool = False
+    agent: AgentCore | None = None
+    generation_of_agent: int = 0
+    domains: dict[str, DomainObservation] = field(default_factory=dict)
+    fence_script: list[str] = field(default_factory=list)
+    start_failures: dict[str, int] = field(default_factory=dict)
+    last_pet: float | None = None
+    next_tick: float = 0.0
+    # The Raft replica (its journal survives restarts and power loss).
+    applied: int = 0
+    state: ClusterState = field(default_factory=ClusterState)
+    heartbeats: dict[str, HeartbeatSeen] = field(default_factory=dict)
+    believes_leader_until: float = -math.inf
+    resumed_at: float = -math.inf  # local clock: when a hung agent last continued
+    # Results that arrived while the agent was hung.
+    deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    def local(self, t: float) -> float:
+        return self.origin + t * self.rate
+
+
+@dataclass(order=True)
+class _Scheduled:
+    t: float
+    seq: int
+    fn: Callable[[], None] = field(compare=False)
+
+
+@dataclass
+class _Pending:
+    """A proposal on its way. Like pysyncobj's command queue, it waits for a leader and may
+    commit after its proposer stopped waiting (`answered` with UNKNOWN)."""
+
+    node: str
+    agent_gen: int
+    key: str
+    command: Command
+    answered: bool = False
+    dropped: bool = False
+    index: int | None = None  # log index once committed
+
+    @property
+    def done(self) -> bool:
+        return self.dropped or (self.index is not None and self.answered)
+
+
+class World:
+    """One simulated cluster. Drive it with `run_until` and the fault methods."""
+
+    def __init__(
+        self,
+        seed: int,
+        nodes: Mapping[str, NodeSettings],
+        guests: Iterable[GuestSpec],
+        settings: Mapping[str, Any] | None = None,
+        options: SimOptions | None = None,
+        cluster: str = "sim",
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.options = options or SimOptions()
+        self.now = 0.0
+        self.cluster = cluster
+        self._queue: list[_Scheduled] = []
+        self._seq = itertools.count()
+        self.trace: list[TraceEvent] = []
+        self.violations: list[str] = []
+        self.log: list[Command] = []
+        self.committed_state = ClusterState()  # the state at the end of the log
+        self.leader: str | None = None
+        self.term = 0
+        self._election_at: float | None = None
+        self.blocked: set[tuple[str, str]] = set()
+        self.node_settings = dict(nodes)
+        self.guest_specs = tuple(guests)
+        self._settings_overrides = dict(settings or {})
+        self._pending: list[_Pending] = []
+        self._observers: list[Callable[[World], None]] = []
+        self.last_fault_at = 0.0
+        self.faults_active = 0
+        o = self.options
+        self.nodes: dict[str, _Node] = {}
+        for name in sorted(nodes):
+            drift = self.rng.uniform(-o.drift_ppm, o.drift_ppm) * 1e-6
+            node = _Node(
+                name=name,
+                role=nodes[name].role,
+                rate=1.0 + drift,
+                origin=self.rng.uniform(100.0, 10_000.0),
+                wall_offset=1.7e9 + self.rng.uniform(0, 1000),
+            )
+            node.next_tick = self.rng.uniform(0, o.tick_s)
+            self.nodes[name] = node
+            self._start_agent(node)
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def agent_settings(self, node: str) -> AgentSettings:
+        base: dict[str, Any] = {
+            "cluster": self.cluster,
+            "node": node,
+            "nodes": self.node_settings,
+            "guests": self.guest_specs,
+        }
+        base.update(self._settings_overrides)
+        return AgentSettings(**base)
+
+    # -- the event loop -----------------------------------------------------------------------
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, _Scheduled(t, next(self._seq), fn))
+
+    def run_until(self, t_end: float) -> None:
+        """Advance simulated time to `t_end`, processing every event and tick on the way."""
+        while True:
+            next_tick = min((n.next_tick for n in self.nodes.values()), default=math.inf)
+            next_event = self._queue[0].t if self._queue else math.inf
+            t = min(next_tick, next_event)
+            if t > t_end:
+                self.now = float(t_end)
+                return
+            self.now = max(self.now, t)
+            while self._queue and self._queue[0].t <= self.now:
+                heapq.heappop(self._queue).fn()
+            self._raft_housekeeping()
+            self._watchdogs()
+            for node in self.nodes.values():
+                if node.next_tick <= self.now:
+                    node.next_tick = self.now + self.options.tick_s / node.rate
+                    self._tick(node)
+            for observer in self._observers:
+                observer(self)
+
+    def observe(self, fn: Callable[[World], None]) -> None:
+        """Call `fn(world)` after every step (the invariant checker uses this)."""
+        self._observers.append(fn)
+
+    def record(
+        self,
+        at: str | None,
+        name: str,
+        data: Mapping[str, TraceValue] | None = None,
+        **more: TraceValue,
+    ) -> None:
+        """Append a trace event; `at` is the node it happened on (None: the cluster)."""
+        items = dict(data or {})
+        items.update(more)
+        self.trace.append(TraceEvent(self.now, at, name, tuple(sorted(items.items()))))
+
+    # -- agents -------------------------------------------------------------------------------
+
+    def _start_agent(self, node: _Node) -> None:
+        node.generation_of_agent += 1
+        incarnation = f"{node.name}-{node.generation_of_agent}"
+        core = AgentCore(self.agent_settings(node.name), incarnation, node.local(self.now))
+        core.set_wall_offset(node.wall_offset)
+        node.agent = core
+        node.hung = False
+        node.deferred.clear()
+        node.last_pet = None
+
+    def _alive(self, node: _Node) -> bool:
+        return node.powered and node.agent is not None and not node.hung
+
+    def _tick(self, node: _Node) -> None:
+        if not self._alive(node):
+            return
+        assert node.agent is not None
+        local_now = node.local(self.now)
+        view = self._view(node)
+        domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
+        step = node.agent.tick(local_now, view, LocalView(domains, local_now))
+        for ev in step.events:
+            self.record(node.name, ev.name, dict(ev.data))
+        if step.pet_watchdog:
+            node.last_pet = self.now
+        for proposal in step.proposals:
+            self._propose(node, proposal)
+        for action in step.actions:
+            self._act(node, action)
+
+    def _deliver(self, node: _Node, agent_gen: int, fn: Callable[[], None]) -> None:
+        """Hand a result to the agent that asked, if it still exists (after a hang, later)."""
+        if not node.powered or node.agent is None or node.generation_of_agent != agent_gen:
+            return
+        if node.hung:
+            node.deferred.append(fn)
+        else:
+            fn()
+
+    # -- fake raft ----------------------------------------------------------------------------
+
+    def linked(self, a: str, b: str) -> bool:
+        """A Raft conversation needs both directions (one TCP connection per pair)."""
+        if a == b:
+            return self._raft_up(self.nodes[a])
+        na, nb = self.nodes[a], self.nodes[b]
+        return (
+            self._raft_up(na)
+            and self._raft_up(nb)
+            and (a, b) not in self.blocked
+            and (b, a) not in self.blocked
+        )
+
+    def _raft_up(self, node: _Node) -> bool:
+        # A hung agent is a stopped process: its Raft thread is stopped too.
+        return node.powered and node.agent is not None and not node.hung
+
+    def _majority(self, node: str) -> bool:
+        reach = sum(1 for other in self.nodes if self.linked(node, other))
+        return reach * 2 > len(self.nodes)
+
+    def _raft_housekeeping(self) -> None:
+        if self.leader is not None and not self._majority(self.leader):
+            old = self.nodes[self.leader]
+            old.believes_leader_until = self.now + self.options.election_timeout_s[0]
+            self.record(self.leader, "raft_leader_lost", term=self.term)
+            self.leader = None
+        if self.leader is None:
+            if self._election_at is None:
+                lo, hi = self.options.election_timeout_s
+                self._election_at = self.now + self.rng.uniform(lo, hi)
+            elif self.now >= self._election_at:
+                self._election_at = None
+                candidates = [n for n in self.nodes if self._majority(n)]
+                if candidates:
+                    best = max(self.nodes[n].applied for n in candidates)
+                    ready = [n for n in candidates if self.nodes[n].applied == best]
+                    self.leader = self.rng.choice(ready)
+                    self.term += 1
+                    self.record(self.leader, "raft_leader", term=self.term)
+                    for pending in list(self._pending):
+                        self._try_commit(pending)
+        # Followers in contact with the leader catch up with the log.
+        if self.leader is not None:
+            for node in self.nodes.values():
+                if node.applied < len(self.log) and self.linked(self.leader, node.name):
+                    self._apply_up_to(node, len(self.log))
+
+    def _view(self, node: _Node) -> ConsensusView:
+        is_leader = node.name == self.leader or self.now < node.believes_leader_until
+        leader = self.leader if self.leader and self.linked(node.name, self.leader) else None
+        if node.name != self.leader and self.now < node.believes_leader_until:
+            leader = node.name
+        return ConsensusView(
+            state=node.state,
+            leader=leader,
+            is_leader=is_leader,
+            term=self.term,
+            has_quorum=self._majority(node.name),
+            heartbeats=dict(node.heartbeats),
+            commit_index=node.applied,
+        )
+
+    def _propose(self, node: _Node, proposal: Proposal) -> None:
+        pending = _Pending(node.name, node.generation_of_agent, proposal.key, proposal.command)
+        self._pending.append(pending)
+        self.at(self.now + proposal.timeout_s / node.rate, lambda: self._expire(pending))
+        if self.rng.random() < self.options.drop_probability:
+            pending.dropped = True  # lost on the way: the proposer will time out
+            return
+        lo, hi = self.options.commit_delay_s
+        self.at(self.now + self.rng.uniform(lo, hi), lambda: self._try_commit(pending))
+
+    def _try_commit(self, pending: _Pending) -> None:
+        if pending.index is not None or pending.dropped:
+            return
+        leader = self.leader
+        if leader is None or not self.linked(pending.node, leader) or not self._majority(leader):
+            return  # stays queued until a leader is reachable (pysyncobj commandsWaitLeader)
+        self.log.append(pending.command)
+        pending.index = len(self.log)
+        self.committed_state, result = apply(self.committed_state, pending.command)
+        if not isinstance(pending.command, Heartbeat):
+            self.record(
+                None,
+                "commit",
+                type=pending.command.type_name,
+                by=pending.node,
+                accepted=result.accepted,
+                detail=_short(pending.command, result.detail),
+            )
+        lo, hi = self.options.apply_delay_s
+        index = pending.index
+        for node in self.nodes.values():
+            if self.linked(leader, node.name):
+                self.at(self.now + self.rng.uniform(lo, hi), self._applier(node, index))
+        self._pending = [p for p in self._pending if not p.done]
+
+    def _applier(self, node: _Node, index: int) -> Callable[[], None]:
+        return lambda: self._apply_up_to(node, index)
+
+    def _apply_up_to(self, node: _Node, index: int) -> None:
+        while node.applied < min(index, len(self.log)):
+            command = self.log[node.applied]
+            node.state, result = apply(node.state, command)
+            node.applied += 1
+            if result.accepted and isinstance(command, Heartbeat | Join):
+                node.heartbeats[command.node] = HeartbeatSeen(
+                    node.state.node(command.node).heartbeat_seq, node.local(self.now)
+                )
+            self._settle_applied(node, node.applied, result.accepted, result.detail)
+
+    def _settle_applied(self, node: _Node, index: int, accepted: bool, detail: str) -> None:
+        """The proposer learns the outcome when it applies its own entry (as in pysyncobj)."""
+        for pending in self._pending:
+            if pending.index != index or pending.node != node.name or pending.answered:
+                continue
+            if self.rng.random() < self.options.drop_probability:
+                continue  # the answer is lost: the proposer times out (unknown outcome)
+            pending.answered = True
+            kind = OutcomeKind.ACCEPTED if accepted else OutcomeKind.REFUSED
+            self._outcome(pending, Outcome(kind, detail))
+
+    def _expire(self, pending: _Pending) -> None:
+        if pending.answered:
+            return
+        pending.answered = True
+        self._outcome(pending, Outcome(OutcomeKind.UNKNOWN, "timeout"))
+
+    def _outcome(self, pending: _Pending, outcome: Outcome) -> None:
+        if pending.agent_gen < 0:
+            return  # an admin command: nobody waits
+        node = self.nodes[pending.node]
+
+        def give() -> None:
+            assert node.agent is not None
+            for ev in node.agent.proposal_done(pending.key, outcome, node.local(self.now)):
+                self.record(node.name, ev.name, dict(ev.data))
+
+        self._deliver(node, pending.agent_gen, give)
+
+    # -- fake hypervisors and fence devices ---------------------------------------------------
+
+    def _act(self, node: _Node, action: Action) -> None:
+        o = self.options
+        gen = node.generation_of_agent
+        if isinstance(action, StartGuest):
+            self.at(self.now + o.start_s, lambda: self._finish_start(node, gen, action))
+        elif isinstance(action, DestroyDomain):
+            self.at(
+                self.now + o.destroy_s,
+                lambda: self._finish_stop(node, gen, action.key, action.domain, "destroyed"),
+            )
+        elif isinstance(action, StopGuest):
+            self.at(
+                self.now + o.stop_s,
+                lambda: self._finish_stop(node, gen, action.key, action.domain, "stopped"),
+            )
+        elif isinstance(action, RunFence):
+            self._fence(node, gen, action)
+
+    def _finish_start(self, node: _Node, gen: int, action: StartGuest) -> None:
+        if not node.powered:
+            return
+        failures = node.start_failures.get(action.guest, 0)
+        current = node.domains.get(action.domain)
+        if failures > 0:
+            node.start_failures[action.guest] = failures - 1
+            result = ActionResult(False, "simulated start failure")
+        elif current is not None and current.running and current.generation != action.generation:
+            result = ActionResult(False, "already running with another generation")
+        else:
+            node.domains[action.domain] = DomainObservation(
+                action.domain,
+                True,
+                owner=node.name,
+                generation=action.generation,
+                cluster=self.cluster,
+            )
+            self.record(
+                node.name, "domain_started", domain=action.domain, generation=action.generation
+            )
+            result = ActionResult(True)
+        self._action_result(node, gen, action.key, result)
+
+    def _finish_stop(self, node: _Node, gen: int, key: str, domain: str, how: str) -> None:
+        if not node.powered:
+            return
+        if domain in node.domains and node.domains[domain].running:
+            node.domains[domain] = replace(node.domains[domain], running=False)
+            self.record(node.name, f"domain_{how}", domain=domain)
+        self._action_result(node, gen, key, ActionResult(True))
+
+    def _action_result(self, node: _Node, gen: int, key: str, result: ActionResult) -> None:
+        def give() -> None:
+            assert node.agent is not None
+            for ev in node.agent.action_done(key, result, node.local(self.now)):
+                self.record(node.name, ev.name, dict(ev.data))
+
+        self._deliver(node, gen, give)
+
+    def _fence(self, node: _Node, gen: int, action: RunFence) -> None:
+        target = self.nodes[action.node]
+        outcome = target.fence_script.pop(0) if target.fence_script else "ok"
+        settings = self.agent_settings(node.name)
+        if outcome == "hang":
+            delay, ok, detail = settings.fence_timeout_s, False, "fence agent timed out"
+        elif outcome == "fail":
+            delay, ok, detail = self.options.fence_s, False, "simulated fence failure"
+        else:
+            delay, ok, detail = self.options.fence_s, True, "simulated power off"
+
+        def finish() -> None:
+            if ok:
+                self._power_off(target, reason=f"fenced by {node.name}")
+            self.record(node.name, "fence_device", target=action.node, ok=ok)
+            self._action_result(
+                node, gen, action.key, ActionResult(ok, detail, FenceOutcome(ok, detail, 1, delay))
+            )
+
+        self.at(self.now + delay, finish)
+
+    def _watchdogs(self) -> None:
+        if not self.options.hardware_watchdog:
+            return
+        for node in self.nodes.values():
+            if not node.powered or node.last_pet is None or node.role is NodeRole.WITNESS:
+                continue
+            timeout = self.node_settings[node.name].watchdog_timeout_s
+            if self.now - node.last_pet > timeout:
+                self._power_off(node, reason="watchdog expired")
+
+    # -- faults (the scenario vocabulary) -----------------------------------------------------
+
+    def _fault(self, name: str, node: str | None = None, **data: TraceValue) -> None:
+        self.last_fault_at = self.now
+        self.record(node, name, data)
+
+    def _power_off(self, node: _Node, reason: str) -> None:
+        if not node.powered:
+            return
+        node.powered = False
+        node.agent = None
+        node.hung = False
+        node.domains.clear()
+        node.last_pet = None
+        node.believes_leader_until = -math.inf
+        self.record(node.name, "power_off", reason=reason)
+
+    def power_off(self, node: str) -> None:
+        self._fault("fault_power_off", node)
+        self._power_off(self.nodes[node], reason="fault")
+
+    def power_on(self, node: str) -> None:
+        self._fault("fault_power_on", node)
+        n = self.nodes[node]
+        if n.powered:
+            return
+
+        def boot() -> None:
+            if n.powered:
+                return
+            n.powered = True
+            n.next_tick = self.now
+            self._start_agent(n)
+            self.record(node, "agent_started", incarnation=f"{node}-{n.generation_of_agent}")
+
+        self.at(self.now + self.options.boot_s, boot)
+
+    def cut(self, node: str) -> None:
+        """Unplug every network cable of `node` (Raft traffic in both directions)."""
+        self._fault("fault_cut", node)
+        for other in self.nodes:
+            if other != node:
+                self.blocked |= {(node, other), (other, node)}
+
+    def heal(self, node: str | None = None) -> None:
+        """Reconnect `node`, or everything."""
+        self._fault("fault_heal", node)
+        if node is None:
+            self.blocked.clear()
+        else:
+            self.blocked = {(a, b) for a, b in self.blocked if node not in (a, b)}
+
+    def partition(self, groups: list[list[str]]) -> None:
+        self._fault("fault_partition", None, groups="|".join(",".join(g) for g in groups))
+        for i, a_group in enumerate(groups):
+            for b_group in groups[i + 1 :]:
+                for a in a_group:
+                    for b in b_group:
+                        self.blocked |= {(a, b), (b, a)}
+
+    def drop(self, src: str, dst: str) -> None:
+        """One-way loss: `src` cannot reach `dst` (a TCP-based link then fails both ways)."""
+        self._fault("fault_drop", src, to=dst)
+        self.blocked.add((src, dst))
+
+    def crash_guest(self, guest: str) -> None:
+        spec = next(g for g in self.guest_specs if g.name == guest)
+        for node in self.nodes.values():
+            obs = node.domains.get(spec.domain)
+            if obs is not None and obs.running:
+                node.domains[spec.domain] = replace(obs, running=False)
+                self._fault("fault_guest_crash", node.name, guest=guest)
+
+    def fail_starts(self, node: str, guest: str, times: int) -> None:
+        self._fault("fault_start_failures", node, guest=guest, times=times)
+        self.nodes[node].start_failures[guest] = times
+
+    def fence_script(self, node: str, outcomes: list[str]) -> None:
+        """The next fence attempts against `node` go like this ("ok", "fail", "hang")."""
+        self._fault("fault_fence_script", node, outcomes=",".join(outcomes))
+        self.nodes[node].fence_script = list(outcomes)
+
+    def clock_jump(self, node: str, seconds: float) -> None:
+        """The wall clock of `node` jumps; its monotonic clock does not (as on Linux)."""
+        self._fault("fault_clock_jump", node, seconds=seconds)
+        n = self.nodes[node]
+        n.wall_offset += seconds
+        if n.agent is not None:
+            n.agent.set_wall_offset(n.wall_offset)
+
+    def hang(self, node: str) -> None:
+        """The agent process stops (SIGSTOP): no loop, no Raft, no watchdog pets."""
+        self._fault("fault_hang", node)
+        self.nodes[node].hung = True
+
+    def resume(self, node: str) -> None:
+        self._fault("fault_resume", node)
+        n = self.nodes[node]
+        if n.powered and n.hung:
+            n.hung = False
+            n.resumed_at = n.local(self.now)
+            n.next_tick = self.now
+            for fn in list(n.deferred):
+                fn()
+            n.deferred.clear()
+
+    def restart_agent(self, node: str) -> None:
+        """kill -9 and restart of the agent. Guests survive (libvirtd) unless configured."""
+        self._fault("fault_agent_restart", node)
+        n = self.nodes[node]
+        if not n.powered:
+            return
+        if not self.options.keep_guests_on_agent_restart:
+            n.domains.clear()
+        n.next_tick = self.now
+        self._start_agent(n)
+
+    def admin(self, command: Command, via: str | None = None) -> None:
+        """An admin command, proposed through `via` (default: the leader)."""
+        name = via or self.leader or sorted(self.nodes)[0]
+        self._fault("fault_admin", name, type=command.type_name)
+        node = self.nodes[name]
+        if not self._raft_up(node):
+            return
+        pending = _Pending(name, -1, f"admin:{len(self.log)}", command, answered=True)
+        self._pending.append(pending)
+        self.at(self.now + 0.002, lambda: self._try_commit(pending))
+
+    def disable(self, guest: str) -> None:
+        self.admin(SetDesired(guest, DesiredState.STOPPED, "admin", 0.0))
+
+    def enable(self, guest: str) -> None:
+        self.admin(SetDesired(guest, DesiredState.RUNNING, "admin", 0.0))
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def running(self, guest: str) -> list[str]:
+        """Hosts whose hypervisor runs the guest's domain right now (powered or not hung)."""
+        spec = next(g for g in self.guest_specs if g.name == guest)
+        return [
+            n.name
+            for n in self.nodes.values()
+            if n.powered and spec.domain in n.domains and n.domains[spec.domain].running
+        ]
+
+
+def _short(command: Command, detail: str) -> str:
+    if isinstance(command, DefineGuest):
+        return command.spec.name
+    return detail[:120]
+
+
+def default_nodes(
+    names: Iterable[str],
+    memory_mib: int = 4096,
+    fence: FenceMethod = FenceMethod.AGENT,
+    witness: Iterable[str] = (),
+    watchdog_timeout_s: float = 5.0,
+) -> dict[str, NodeSettings]:
+    witnesses = set(witness)
+    return {
+        n: NodeSettings(NodeRole.WITNESS)
+        if n in witnesses
+        else NodeSettings(NodeRole.HYPERVISOR, memory_mib, fence, watchdog_timeout_s)
+        for n in names
+    }
