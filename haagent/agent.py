@@ -36,6 +36,7 @@ from haagent.commands import (
     DefineGuest,
     FenceResult,
     FenceStarted,
+    GuestError,
     GuestRunning,
     GuestStarting,
     GuestStopped,
@@ -54,7 +55,7 @@ from haagent.model import (
     NodeRole,
     NodeState,
 )
-from haagent.placement import plan
+from haagent.placement import Unplaced, plan
 from haagent.ports import ConsensusView, DomainObservation, FenceOutcome, Outcome, OutcomeKind
 
 # --- settings ------------------------------------------------------------------------------
@@ -91,6 +92,7 @@ class AgentSettings:
     shutdown_timeout_s: float = 60.0
     max_concurrent_starts: int = 4
     max_start_failures: int = 3
+    max_relocations: int = 2
     initial_placement_wait_s: float = 5.0
 
     @property
@@ -507,7 +509,8 @@ class AgentCore:
 
         exclude = frozenset({s.node}) if self._m.leaving else frozenset()
         result = plan(state, s.capacity_mib, s.max_concurrent_starts, exclude)
-        placements = result.placements
+        errors = self._give_up_on(now, state, result.unplaced, proposals, events)
+        placements = tuple(p for p in result.placements if p.guest not in errors)
         if self._cold_start(now, state):
             # At cold start, guests that never had an owner wait a moment for every hypervisor
             # to join, or the first node up would take them all regardless of preferences.
@@ -536,6 +539,40 @@ class AgentCore:
             if self._m.unplaced.get(guest) != why:
                 events.append(event("unplaced", guest=guest, why=why))
         self._m.unplaced = unplaced
+
+    def _give_up_on(
+        self,
+        now: float,
+        state: ClusterState,
+        unplaced: tuple[Unplaced, ...],
+        proposals: list[Proposal],
+        events: list[Event],
+    ) -> set[str]:
+        """A guest that failed on more than `max_relocations` + 1 nodes, or on every node it
+        may run on, goes to the error state: an admin has to look (and disable/enable it).
+        Returns the guests put in error, which are not placed."""
+        s = self.settings
+        hopeless = {u.guest for u in unplaced if u.hopeless}
+        errors: set[str] = set()
+        for guest in state.guests.values():
+            too_many = len(guest.failed_nodes) > s.max_relocations
+            if not (guest.name in hopeless or too_many) or guest.state is not GuestState.STOPPED:
+                continue
+            if guest.desired is not DesiredState.RUNNING:
+                continue
+            errors.add(guest.name)
+            reason = f"error: failed on {', '.join(guest.failed_nodes)}"
+            if self._propose(
+                proposals,
+                Proposal(
+                    f"error:{guest.name}",
+                    GuestError(guest.name, guest.generation, reason, self._wall(now)),
+                    s.commit_timeout_s,
+                ),
+                now,
+            ):
+                events.append(event("guest_error", guest=guest.name, reason=reason))
+        return errors
 
     def _cold_start(self, now: float, state: ClusterState) -> bool:
         if now >= self.started_at + self.settings.initial_placement_wait_s:
@@ -653,6 +690,13 @@ class AgentCore:
         s = self.settings
         assert local.domains is not None
         protected = self._protected(state)
+        # Guests are handed over (stopped here, placed elsewhere) when the node leaves or an
+        # admin put it in maintenance.
+        drain = ""
+        if self._m.leaving:
+            drain = "node leaving"
+        elif state.node(s.node).maintenance:
+            drain = "node in maintenance"
         for domain, obs in sorted(local.domains.items()):
             if not obs.running or domain not in protected:
                 continue
@@ -675,12 +719,11 @@ class AgentCore:
                     events,
                 )
                 continue
-            if guest.desired is DesiredState.STOPPED or self._m.leaving:
+            if guest.desired is DesiredState.STOPPED or drain:
                 stop = StopGuest(guest.name, domain, guest.generation, s.shutdown_timeout_s)
                 if stop.key not in self._m.actions:
                     actions.append(stop)
-                    why = "node leaving" if self._m.leaving else "disabled"
-                    events.append(event("stop", guest=guest.name, reason=why))
+                    events.append(event("stop", guest=guest.name, reason=drain or "disabled"))
             elif obs.generation is not None and obs.generation > guest.generation:
                 continue
             elif guest.state is not GuestState.RUNNING:
@@ -704,7 +747,7 @@ class AgentCore:
             start = StartGuest(guest.name, guest.spec.domain, guest.generation)
             if start.key in self._m.actions:
                 continue
-            if guest.desired is DesiredState.STOPPED or self._m.leaving:
+            if guest.desired is DesiredState.STOPPED or drain:
                 if guest.state in (GuestState.RUNNING, GuestState.STARTING):
                     self._propose(
                         proposals,
@@ -713,13 +756,13 @@ class AgentCore:
                             guest.generation,
                             now,
                             failed=False,
-                            reason="stopped (node leaving)"
-                            if self._m.leaving
-                            else "stopped (disabled)",
+                            reason=f"stopped ({drain or 'disabled'})",
                         ),
                         now,
                     )
                 continue
+            if s.node in guest.failed_nodes:
+                continue  # this node gave up on it: the leader moves it elsewhere
             if guest.state is GuestState.RUNNING:
                 if self._propose(
                     proposals,

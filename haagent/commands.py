@@ -132,6 +132,29 @@ class SetDesired(Command):
 
 
 @dataclass(frozen=True)
+class SetMaintenance(Command):
+    """Admin: a node in maintenance hosts no guests: its own are stopped and placed elsewhere,
+    none are placed on it. It stays a voter and keeps its lease."""
+
+    type_name: ClassVar[str] = "set_maintenance"
+    node: str
+    on: bool
+    by: str
+    at: float
+
+
+@dataclass(frozen=True)
+class GuestError(Command):
+    """Leader: the guest failed on too many nodes; stop trying until an admin acts."""
+
+    type_name: ClassVar[str] = "guest_error"
+    guest: str
+    generation: int
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
 class Assignment:
     guest: str
     node: str
@@ -174,7 +197,8 @@ class GuestRunning(Command):
 @dataclass(frozen=True)
 class GuestStopped(Command):
     """Owner: the guest is confirmed not running. `failed` counts a crash or failed start;
-    `give_up` (decided by the owner from its configured limit) puts the guest in `error`."""
+    `give_up` (decided by the owner from its configured limit) records that this node gave up
+    on it, so the leader moves it elsewhere (and to `error` when too many gave up)."""
 
     type_name: ClassVar[str] = "guest_stopped"
     guest: str
@@ -201,6 +225,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         GuestStarting,
         GuestRunning,
         GuestStopped,
+        SetMaintenance,
+        GuestError,
     )
 }
 

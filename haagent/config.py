@@ -93,6 +93,7 @@ class Config:
     timing: Timing
     max_concurrent_starts: int
     max_start_failures: int
+    max_relocations: int
     nodes: Mapping[str, NodeConfig]
     fence_devices: Mapping[str, FenceDevice] = field(repr=False)
     guests: Mapping[str, GuestConfig]
@@ -130,6 +131,7 @@ class Config:
             shutdown_timeout_s=t.shutdown_timeout_s,
             max_concurrent_starts=self.max_concurrent_starts,
             max_start_failures=self.max_start_failures,
+            max_relocations=self.max_relocations,
             initial_placement_wait_s=t.initial_placement_wait_s,
         )
 
@@ -298,6 +300,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     placement_t = root.table("placement")
     max_starts = placement_t.integer("max_concurrent_starts", 4, minimum=1)
     max_failures = placement_t.integer("max_start_failures", 3, minimum=1)
+    max_relocations = placement_t.integer("max_relocations", 2, minimum=0)
     placement_t.done()
 
     devices = _fence_devices(root.table("fence_devices"))
@@ -348,6 +351,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         timing=timing,
         max_concurrent_starts=max_starts,
         max_start_failures=max_failures,
+        max_relocations=max_relocations,
         nodes=nodes,
         fence_devices=devices,
         guests=guests,
@@ -505,6 +509,9 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
                     raise gt.error(key, f"{n!r} is not a hypervisor in [nodes]")
         if allowed and not set(preferred) <= set(allowed):
             raise gt.error("preferred_nodes", "every preferred node must also be allowed")
+        group = gt.string("anti_affinity", "")
+        if group:
+            _check_name(gt, "anti_affinity", group, "anti-affinity group")
         storage_s = gt.string("storage", "shared")
         try:
             storage = StorageKind(storage_s)
@@ -526,6 +533,7 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
             preferred_nodes=preferred,
             allowed_nodes=allowed,
             storage=storage,
+            anti_affinity=group,
         )
         guests[name] = GuestConfig(spec, xml_path)
     return guests

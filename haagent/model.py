@@ -43,8 +43,8 @@ class GuestState(StrEnum):
     stopped   not running at its owner (or no owner yet); safe to (re)assign
     starting  the owner committed its intent to start at the current generation
     running   the owner confirmed the domain runs
-    stopping  the owner is stopping it (admin disable, release)
-    error     start failed too often; needs an admin (alerting state)
+    stopping  reserved for a stop in progress (not committed by this version)
+    error     it failed on too many nodes; needs an admin (disable/enable clears it)
     """
 
     STOPPED = "stopped"
@@ -81,6 +81,7 @@ class GuestSpec:
     preferred_nodes: tuple[str, ...] = ()
     allowed_nodes: tuple[str, ...] = ()  # empty: every hypervisor
     storage: StorageKind = StorageKind.SHARED
+    anti_affinity: str = ""  # guests sharing a non-empty group never share a node
 
     def allows(self, node: str) -> bool:
         return not self.allowed_nodes or node in self.allowed_nodes
@@ -119,6 +120,7 @@ class NodeRecord:
     failure_epoch: int = 0  # grows with every declaration; fence commands carry it
     evidence: FailureEvidence | None = None
     fence: FenceRecord = field(default_factory=FenceRecord)
+    maintenance: bool = False  # admin: host no guests (its guests are stopped and moved)
     reason: str = ""
     changed_at: float = 0.0  # wall clock, display only
 
@@ -131,6 +133,7 @@ class GuestRecord:
     desired: DesiredState = DesiredState.RUNNING
     state: GuestState = GuestState.STOPPED
     failures: int = 0  # failed starts/crashes at the current owner
+    failed_nodes: tuple[str, ...] = ()  # owners that gave up on it (it moves on, then errors)
     reason: str = ""
     changed_at: float = 0.0  # wall clock, display only
 

@@ -1,14 +1,17 @@
-"""Where orphaned guests go: allowed/preferred nodes, memory, priority, boot-storm limit.
+"""Where orphaned guests go: allowed/preferred nodes, memory, priority, anti-affinity, and a
+per-node start limit.
 
 Pure functions over the committed state. The leader calls `plan` on every pass; the result is
 proposed as one `AssignGuests` command, and `apply` re-checks each item, so a plan made on a
-slightly stale state is harmless.
+slightly stale state is harmless. The cost is one pass over the guests plus, per guest to
+place, one pass over the nodes: a 64-node, 10 000-guest cluster plans a whole failed node's
+guests in milliseconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from haagent.model import ClusterState, DesiredState, GuestRecord, GuestState, NodeRole, NodeState
 from haagent.statemachine import movable
@@ -25,6 +28,7 @@ class Placement:
 class Unplaced:
     guest: str
     why: str
+    hopeless: bool = False  # every allowed node already gave up on it
 
 
 @dataclass(frozen=True)
@@ -34,31 +38,39 @@ class Plan:
 
 
 def needs_owner(state: ClusterState, guest: GuestRecord) -> bool:
-    """A wanted guest whose owner cannot run it and that is safe to move."""
+    """A wanted guest whose owner cannot or will not run it, and that is safe to move."""
     if guest.desired is not DesiredState.RUNNING or guest.state is GuestState.ERROR:
         return False
     if not movable(state, guest):
         return False
-    return guest.owner is None or state.node(guest.owner).state is not NodeState.UP
+    if guest.owner is None:
+        return True
+    owner = state.node(guest.owner)
+    return owner.state is not NodeState.UP or owner.maintenance or guest.owner in guest.failed_nodes
+
+
+def occupies(guest: GuestRecord) -> bool:
+    """Does the guest hold its owner's memory (and anti-affinity slot)?"""
+    return guest.desired is DesiredState.RUNNING or guest.state is not GuestState.STOPPED
+
+
+def is_pending_start(guest: GuestRecord) -> bool:
+    return guest.desired is DesiredState.RUNNING and guest.state in (
+        GuestState.STOPPED,
+        GuestState.STARTING,
+    )
+
+
+@dataclass
+class _Load:
+    free_mib: int
+    starts: int = 0
+    groups: set[str] = field(default_factory=set)
 
 
 def committed_mib(state: ClusterState, node: str) -> int:
     """Memory the node's owned guests need: every guest it owns that is wanted or not stopped."""
-    return sum(
-        g.spec.memory_mib
-        for g in state.guests_of(node)
-        if g.desired is DesiredState.RUNNING or g.state is not GuestState.STOPPED
-    )
-
-
-def pending_starts(state: ClusterState, node: str) -> int:
-    """Guests assigned to the node and wanted, but not yet confirmed running."""
-    return sum(
-        1
-        for g in state.guests_of(node)
-        if g.desired is DesiredState.RUNNING
-        and g.state in (GuestState.STOPPED, GuestState.STARTING)
-    )
+    return sum(g.spec.memory_mib for g in state.guests_of(node) if occupies(g))
 
 
 def plan(
@@ -70,47 +82,83 @@ def plan(
     """Choose owners for the guests that need one.
 
     Order: priority (high first), then name, so the result is deterministic. A node takes a
-    guest if it is an up hypervisor, allowed by the guest, has the memory left, and has fewer
-    than `max_concurrent_starts` starts pending (so one failover is not a boot storm; the rest
-    are placed on later passes as starts complete). Among fitting nodes the guest's preferred
-    nodes win in their listed order, then the node with the most free memory, then the name.
-    Nodes in `exclude` are never chosen (e.g. nodes being drained).
+    guest if it is an up hypervisor out of maintenance and not in `exclude`, is allowed by the
+    guest, has not given up on it before, has the memory left, hosts no guest of the same
+    anti-affinity group, and has fewer than `max_concurrent_starts` starts pending (so one
+    failover is not a boot storm: the rest are placed on later passes as starts complete).
+    Among fitting nodes the guest's preferred nodes win in their listed order, then the node
+    with the most free memory, then the name.
     """
-    free: dict[str, int] = {}
-    starts: dict[str, int] = {}
-    for name, rec in state.nodes.items():
-        if rec.state is NodeState.UP and rec.role is NodeRole.HYPERVISOR and name not in exclude:
-            free[name] = capacity_mib.get(name, 0) - committed_mib(state, name)
-            starts[name] = pending_starts(state, name)
-    orphans = sorted(
-        (g for g in state.guests.values() if needs_owner(state, g)),
-        key=lambda g: (-g.spec.priority, g.name),
-    )
+    load: dict[str, _Load] = {
+        name: _Load(capacity_mib.get(name, 0))
+        for name, rec in state.nodes.items()
+        if rec.state is NodeState.UP
+        and rec.role is NodeRole.HYPERVISOR
+        and not rec.maintenance
+        and name not in exclude
+    }
+    orphans: list[GuestRecord] = []
+    for g in state.guests.values():
+        if g.owner in load and occupies(g):
+            slot = load[g.owner]
+            slot.free_mib -= g.spec.memory_mib
+            if is_pending_start(g):
+                slot.starts += 1
+            if g.spec.anti_affinity:
+                slot.groups.add(g.spec.anti_affinity)
+        if needs_owner(state, g):
+            orphans.append(g)
+    orphans.sort(key=lambda g: (-g.spec.priority, g.name))
+
     placements: list[Placement] = []
     unplaced: list[Unplaced] = []
     for guest in orphans:
-        allowed = [n for n in free if guest.spec.allows(n)]
+        spec = guest.spec
+        allowed = [n for n in load if spec.allows(n)]
         if not allowed:
             unplaced.append(Unplaced(guest.name, "no allowed node is up"))
             continue
-        fitting = [n for n in allowed if free[n] >= guest.spec.memory_mib]
-        if not fitting:
-            best = max(free[n] for n in allowed)
+        untried = [n for n in allowed if n not in guest.failed_nodes]
+        if not untried:
             unplaced.append(
                 Unplaced(
                     guest.name,
-                    f"needs {guest.spec.memory_mib} MiB, "
-                    f"most free on an allowed node is {best} MiB",
+                    f"failed on {', '.join(guest.failed_nodes)}; no other node allowed",
+                    hopeless=True,
                 )
             )
             continue
-        ready = [n for n in fitting if starts[n] < max_concurrent_starts]
+        fitting = [n for n in untried if load[n].free_mib >= spec.memory_mib]
+        if not fitting:
+            best = max(load[n].free_mib for n in untried)
+            unplaced.append(
+                Unplaced(
+                    guest.name,
+                    f"needs {spec.memory_mib} MiB, most free on an allowed node is {best} MiB",
+                )
+            )
+            continue
+        if spec.anti_affinity:
+            fitting = [n for n in fitting if spec.anti_affinity not in load[n].groups]
+            if not fitting:
+                unplaced.append(
+                    Unplaced(
+                        guest.name,
+                        f"anti-affinity: every node with room hosts a guest of group "
+                        f"{spec.anti_affinity!r}",
+                    )
+                )
+                continue
+        ready = [n for n in fitting if load[n].starts < max_concurrent_starts]
         if not ready:
             unplaced.append(Unplaced(guest.name, "waiting: start limit reached on fitting nodes"))
             continue
-        node = min(ready, key=lambda n: (_preference(guest, n), -free[n], n))
-        free[node] -= guest.spec.memory_mib
-        starts[node] += 1
+        node = min(ready, key=lambda n: (_preference(guest, n), -load[n].free_mib, n))
+        slot = load[node]
+        slot.free_mib -= spec.memory_mib
+        slot.starts += 1
+        if spec.anti_affinity:
+            slot.groups.add(spec.anti_affinity)
         placements.append(Placement(guest.name, node, guest.generation))
     return Plan(tuple(placements), tuple(unplaced))
 

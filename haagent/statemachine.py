@@ -28,6 +28,7 @@ from haagent.commands import (
     DefineGuest,
     FenceResult,
     FenceStarted,
+    GuestError,
     GuestRunning,
     GuestStarting,
     GuestStopped,
@@ -35,6 +36,7 @@ from haagent.commands import (
     Join,
     Leave,
     SetDesired,
+    SetMaintenance,
 )
 from haagent.model import (
     ClusterState,
@@ -190,13 +192,15 @@ def _set_desired(state: ClusterState, c: SetDesired) -> tuple[ClusterState, Resu
     current = state.guests.get(c.guest)
     if current is None:
         return _refuse(state, f"unknown guest {c.guest!r}")
-    # Disabling or enabling is also how an admin clears the error state: it resets the count.
+    # Disabling or enabling is also how an admin clears the error state: it resets the count
+    # and forgets the nodes that gave up on it.
     new_state = GuestState.STOPPED if current.state is GuestState.ERROR else current.state
     record = replace(
         current,
         desired=c.desired,
         state=new_state,
         failures=0,
+        failed_nodes=(),
         reason=f"{'enabled' if c.desired is DesiredState.RUNNING else 'disabled'} by {c.by}",
         changed_at=c.at,
     )
@@ -231,6 +235,8 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
             why = f"generation is {guest.generation}, not {a.expected_generation}"
         elif target.state is not NodeState.UP or target.role is not NodeRole.HYPERVISOR:
             why = f"{a.node} is not an up hypervisor"
+        elif target.maintenance:
+            why = f"{a.node} is in maintenance"
         elif not guest.spec.allows(a.node):
             why = f"{a.node} is not allowed"
         elif not movable(state, guest):
@@ -303,9 +309,39 @@ def _guest_stopped(state: ClusterState, c: GuestStopped) -> tuple[ClusterState, 
         return _refuse(state, why)
     guest = state.guests[c.guest]
     failures = guest.failures + 1 if c.failed else guest.failures
-    new_state = GuestState.ERROR if c.give_up else GuestState.STOPPED
-    record = replace(guest, state=new_state, failures=failures, reason=c.reason, changed_at=c.at)
+    failed_nodes = guest.failed_nodes
+    if c.give_up:
+        # This owner gave up: the leader moves it on (or puts it in error).
+        failures = 0
+        if c.node not in failed_nodes:
+            failed_nodes = (*failed_nodes, c.node)
+    record = replace(
+        guest,
+        state=GuestState.STOPPED,
+        failures=failures,
+        failed_nodes=failed_nodes,
+        reason=c.reason,
+        changed_at=c.at,
+    )
     return state.with_guest(record), OK
+
+
+def _guest_error(state: ClusterState, c: GuestError) -> tuple[ClusterState, Result]:
+    guest = state.guests.get(c.guest)
+    if guest is None:
+        return _refuse(state, f"unknown guest {c.guest!r}")
+    if guest.generation != c.generation or guest.state is not GuestState.STOPPED:
+        return _refuse(state, f"{c.guest} is {guest.state} at generation {guest.generation}")
+    record = replace(guest, state=GuestState.ERROR, reason=c.reason, changed_at=c.at)
+    return state.with_guest(record), OK
+
+
+def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterState, Result]:
+    if c.node not in state.nodes:
+        return _refuse(state, f"unknown node {c.node!r} (it never joined)")
+    rec = state.nodes[c.node]
+    reason = f"maintenance {'on' if c.on else 'off'} by {c.by}"
+    return state.with_node(replace(rec, maintenance=c.on, reason=reason, changed_at=c.at)), OK
 
 
 _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState, Result]]] = {
@@ -321,4 +357,6 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     GuestStarting: _guest_starting,
     GuestRunning: _guest_running,
     GuestStopped: _guest_stopped,
+    GuestError: _guest_error,
+    SetMaintenance: _set_maintenance,
 }

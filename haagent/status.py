@@ -39,6 +39,7 @@ def build_status(
             "heartbeat_seq": rec.heartbeat_seq,
             "since_heartbeat_s": None if seen is None else round(max(0.0, now - seen.at), 3),
             "failure_epoch": rec.failure_epoch,
+            "maintenance": rec.maintenance,
             "failure": to_json(rec.evidence) if rec.evidence else None,
             "fence": to_json(rec.fence),
             "reason": rec.reason,
@@ -53,6 +54,7 @@ def build_status(
             "desired": g.desired.value,
             "state": g.state.value,
             "failures": g.failures,
+            "failed_nodes": list(g.failed_nodes),
             "last_transition": {"at": g.changed_at, "reason": g.reason},
             "memory_mib": g.spec.memory_mib,
             "priority": g.spec.priority,
@@ -112,7 +114,7 @@ def format_status(doc: dict[str, Any]) -> str:
         rows.append(
             [
                 name,
-                n["state"],
+                n["state"] + (" (maintenance)" if n.get("maintenance") else ""),
                 n["role"],
                 "-" if since is None else f"{since:.2f}s ago",
                 fence_s,

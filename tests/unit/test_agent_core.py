@@ -27,11 +27,13 @@ from haagent.commands import (
     DefineGuest,
     FenceResult,
     FenceStarted,
+    GuestError,
     GuestRunning,
     GuestStarting,
     GuestStopped,
     Heartbeat,
     Join,
+    SetMaintenance,
 )
 from haagent.model import (
     ClusterState,
@@ -381,8 +383,8 @@ def test_watchdog_fencing_waits_for_lease_plus_timeout_plus_margin() -> None:
 # --- crash handling and leave ---------------------------------------------------------------
 
 
-def test_a_crashed_guest_is_reported_then_restarted_and_given_up_after_the_limit() -> None:
-    c = core(max_start_failures=2)
+def test_a_crashed_guest_is_restarted_then_given_up_then_moved_then_in_error() -> None:
+    c = core(max_start_failures=2, max_relocations=1)
     state = running_on_n1()
     with_lease(c, state, 10.0)
     step = c.tick(10.01, view(state), local(10.01))
@@ -391,10 +393,52 @@ def test_a_crashed_guest_is_reported_then_restarted_and_given_up_after_the_limit
     c.proposal_done("stopped:g", ACCEPTED, 10.02)
     state = build(stopped, state=state)
     assert state.guests["g"].failures == 1
-    state = build(GuestStarting("g", "n1", 1, 0.0), GuestRunning("g", "n1", 1, 0.0), state=state)
+    # Restarted locally first.
     step = c.tick(10.03, view(state), local(10.03))
+    assert [x for x in commands(step) if isinstance(x, GuestStarting)]
+    c.proposal_done("starting:g", ACCEPTED, 10.04)
+    state = build(GuestStarting("g", "n1", 1, 0.0), GuestRunning("g", "n1", 1, 0.0), state=state)
+    step = c.tick(10.05, view(state), local(10.05))
     (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
-    assert stopped.give_up
+    assert stopped.give_up  # the second failure here: this node gives up
+    c.proposal_done("stopped:g", ACCEPTED, 10.06)
+    state = build(stopped, state=state)
+    # It does not start it again; as leader it moves it to another node.
+    step = c.tick(10.07, view(state, leader=True, seen={"n2": 10.0, "n3": 10.0}), local(10.07))
+    assert not [x for x in commands(step) if isinstance(x, GuestStarting)]
+    (assign,) = [x for x in commands(step) if isinstance(x, AssignGuests)]
+    assert assign.assignments[0].node != "n1"
+    c.proposal_done("assign", ACCEPTED, 10.08)
+    moved = build(assign, state=state)
+    owner = moved.guests["g"].owner
+    assert owner is not None
+    # The new owner gives up too: more than max_relocations nodes failed -> error.
+    moved = build(
+        GuestStarting("g", owner, 2, 0.0),
+        GuestStopped("g", owner, 2, True, True, "start failed", 0.0),
+        state=moved,
+    )
+    with_lease(c, moved, 10.1)
+    step = c.tick(10.11, view(moved, leader=True, seen={"n2": 10.1, "n3": 10.1}), local(10.11))
+    (error,) = [x for x in commands(step) if isinstance(x, GuestError)]
+    assert error.generation == 2 and "n1" in error.reason
+
+
+def test_maintenance_drains_the_node() -> None:
+    c = core()
+    state = build(SetMaintenance("n1", True, "admin", 0.0), state=running_on_n1())
+    with_lease(c, state, 10.0)
+    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    step = c.tick(10.01, view(state), local(10.01, mine))
+    assert [a.key for a in step.actions] == ["stop:g"]
+    step = c.tick(10.02, view(state), local(10.02))
+    (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert not stopped.failed and "maintenance" in stopped.reason
+    state = build(stopped, state=state)
+    step = c.tick(10.03, view(state, leader=True, seen={"n2": 10.0, "n3": 10.0}), local(10.03))
+    assert not [x for x in commands(step) if isinstance(x, GuestStarting)]
+    (assign,) = [x for x in commands(step) if isinstance(x, AssignGuests)]
+    assert assign.assignments[0].node in ("n2", "n3")
 
 
 def test_leaving_stops_guests_then_commits_leave() -> None:

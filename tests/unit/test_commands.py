@@ -15,6 +15,7 @@ from haagent.commands import (
     DefineGuest,
     FenceResult,
     FenceStarted,
+    GuestError,
     GuestRunning,
     GuestStarting,
     GuestStopped,
@@ -22,6 +23,7 @@ from haagent.commands import (
     Join,
     Leave,
     SetDesired,
+    SetMaintenance,
     decode,
     encode,
 )
@@ -40,6 +42,8 @@ EXAMPLES = [
     SetDesired("g", DesiredState.STOPPED, "admin", 9.0),
     GuestStarting("g", "n1", 3, 10.0),
     GuestRunning("g", "n1", 3, 11.0),
+    SetMaintenance("n1", True, "admin", 12.0),
+    GuestError("g", 3, "failed on n1, n2, n3", 13.0),
 ]
 
 

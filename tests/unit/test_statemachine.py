@@ -12,6 +12,7 @@ from haagent.commands import (
     DefineGuest,
     FenceResult,
     FenceStarted,
+    GuestError,
     GuestRunning,
     GuestStarting,
     GuestStopped,
@@ -19,6 +20,7 @@ from haagent.commands import (
     Join,
     Leave,
     SetDesired,
+    SetMaintenance,
 )
 from haagent.model import (
     ClusterState,
@@ -217,12 +219,37 @@ def test_leave_needs_every_guest_stopped_and_then_frees_them() -> None:
     assert r.accepted
 
 
-def test_give_up_puts_the_guest_in_error_and_an_admin_clears_it() -> None:
+def test_giving_up_frees_the_guest_to_move_and_an_error_waits_for_an_admin() -> None:
     state = with_guest_on(cluster("n1", "n2"), "n1", running=False)
     state, (r,) = run(state, GuestStopped("g", "n1", 1, True, True, "start failed", 0.0))
+    assert r.accepted
+    g = state.guests["g"]
+    assert g.state is GuestState.STOPPED and g.failed_nodes == ("n1",) and g.failures == 0
+    state, (r,) = run(state, AssignGuests((Assignment("g", "n2", 1),), "relocate", 0.0))
+    assert r.accepted
+    # An error is only declared on a guest that is not running, at its generation.
+    _, (r,) = run(state, GuestError("g", 1, "failed everywhere", 0.0))
+    assert not r.accepted
+    state, (r,) = run(state, GuestError("g", 2, "failed everywhere", 0.0))
     assert r.accepted and state.guests["g"].state is GuestState.ERROR
+    _, (r,) = run(state, GuestStarting("g", "n2", 2, 0.0))
+    assert not r.accepted
     state, _ = run(state, SetDesired("g", DesiredState.RUNNING, "admin", 0.0))
-    assert state.guests["g"].state is GuestState.STOPPED and state.guests["g"].failures == 0
+    g = state.guests["g"]
+    assert g.state is GuestState.STOPPED and g.failures == 0 and g.failed_nodes == ()
+
+
+def test_maintenance_refuses_new_guests_and_survives_a_rejoin() -> None:
+    state = cluster("n1", "n2")
+    _, (r,) = run(state, SetMaintenance("n9", True, "admin", 0.0))
+    assert not r.accepted and "never joined" in r.detail
+    state, (r,) = run(state, SetMaintenance("n2", True, "admin", 0.0))
+    assert r.accepted
+    state, _ = run(state, DefineGuest(SPEC, 0.0))
+    _, (r,) = run(state, AssignGuests((Assignment("g", "n2", 0),), "x", 0.0))
+    assert not r.accepted and "maintenance" in r.detail
+    state, _ = run(state, Join("n2", "n2-2", NodeRole.HYPERVISOR, True, 0.0))
+    assert state.node("n2").maintenance
 
 
 def test_assignment_respects_allowed_nodes_and_roles() -> None:

@@ -17,6 +17,7 @@ from haagent.commands import (
     DefineGuest,
     FenceResult,
     FenceStarted,
+    GuestError,
     GuestRunning,
     GuestStarting,
     GuestStopped,
@@ -24,6 +25,7 @@ from haagent.commands import (
     Join,
     Leave,
     SetDesired,
+    SetMaintenance,
     decode,
     encode,
 )
@@ -70,6 +72,8 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(GuestStarting, GUESTS, NODES, SMALL, T),
     st.builds(GuestRunning, GUESTS, NODES, SMALL, T),
     st.builds(GuestStopped, GUESTS, NODES, SMALL, st.booleans(), st.booleans(), st.just("x"), T),
+    st.builds(SetMaintenance, NODES, st.booleans(), st.just("admin"), T),
+    st.builds(GuestError, GUESTS, SMALL, st.just("x"), T),
 )
 
 
@@ -103,6 +107,9 @@ def test_invariants_hold_after_every_command(sequence: list[Command]) -> None:
                 # Rule 4: ownership moves only from a safe state; never off a failed owner.
                 assert movable_before(state, name), (command, old)
                 assert g.state is GuestState.STOPPED
+            # Never onto a node in maintenance.
+            if g.owner != old.owner and g.owner is not None:
+                assert not state.node(g.owner).maintenance
             # Only the owner, at its generation, moves a guest to starting/running.
             if g.state in (GuestState.STARTING, GuestState.RUNNING) and g.state != old.state:
                 assert isinstance(command, GuestStarting | GuestRunning)
