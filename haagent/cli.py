@@ -3,6 +3,9 @@
     haagent run --config FILE            run the agent (what systemd starts)
     haagent check-config FILE...         validate config files, exit 2 on the first error
     haagent status [--config FILE | --url URL --token T] [--json]
+    haagent guest enable|disable NAME [--config FILE | --url URL --token T]
+    haagent node maintenance NAME on|off [--config FILE | --url URL --token T]
+    haagent simulate --config FILE --fail NODE[,NODE] [--offline] [--json]   what-if
     haagent local up|down|demo|status    a 3-node cluster on this machine (see README)
 
 Exit codes: 0 success, 1 operation failed (e.g. the agent is unreachable), 2 bad usage or an
@@ -24,6 +27,7 @@ from haagent import __version__
 from haagent.config import ConfigError, load_config
 from haagent.localcluster.cli import add_local_parser
 from haagent.status import format_status
+from haagent.whatif import planned_state, what_if
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`haagent status | head`): not an error worth a traceback.
+        sys.stderr.close()
+        return 0
 
 
 class CliError(Exception):
@@ -74,8 +82,134 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON document")
     status.set_defaults(func=_cmd_status)
 
+    guest = sub.add_parser("guest", help="enable or disable a protected guest")
+    guest.add_argument("action", choices=["enable", "disable"])
+    guest.add_argument("name", help="guest name")
+    _agent_args(guest)
+    guest.set_defaults(func=_cmd_guest)
+
+    node = sub.add_parser("node", help="put a node in maintenance (drain it) or take it out")
+    node.add_argument("action", choices=["maintenance"])
+    node.add_argument("name", help="node name")
+    node.add_argument("state", choices=["on", "off"])
+    _agent_args(node)
+    node.set_defaults(func=_cmd_node)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="what-if for a config (--config --fail), or the simulator (--swarm, --scenario)",
+    )
+    sim.add_argument("--config", "-c", type=Path, help="a node's config (what-if mode)")
+    sim.add_argument("--fail", help="what-if: nodes to fail, comma-separated, e.g. node3")
+    sim.add_argument(
+        "--offline",
+        action="store_true",
+        help="what-if from the config alone, without asking the running agent",
+    )
+    sim.add_argument("--json", action="store_true", help="print JSON")
+    sim.set_defaults(func=_cmd_simulate)
+
     add_local_parser(sub)
     return p
+
+
+def _agent_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, help="read URL and token from this config")
+    p.add_argument("--url", help="agent API, e.g. http://127.0.0.1:8401 or unix:/path")
+    p.add_argument("--token", help="API token (default: from --config)")
+
+
+def _agent(args: argparse.Namespace) -> tuple[str, str]:
+    url, token = args.url, args.token
+    if args.config is not None:
+        cfg = load_config(args.config)
+        url = url or api_url(cfg.api_listen)
+        token = token or cfg.api_token
+    if not url or not token:
+        raise CliError("give --config FILE, or --url and --token", EXIT_USAGE)
+    return url, token
+
+
+def _report_outcome(doc: dict[str, Any], what: str) -> int:
+    outcome = doc.get("outcome")
+    if outcome == "accepted":
+        print(f"{what}: done")
+        return 0
+    if outcome == "refused":
+        raise CliError(f"{what}: refused: {doc.get('detail')}")
+    raise CliError(f"{what}: unknown outcome ({doc.get('detail')}); check `haagent status`")
+
+
+def _cmd_guest(args: argparse.Namespace) -> int:
+    url, token = _agent(args)
+    doc = asyncio.run(request_json(url, "POST", f"/v1/guests/{args.name}/{args.action}", token))
+    return _report_outcome(doc, f"{args.action} {args.name}")
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    url, token = _agent(args)
+    path = f"/v1/nodes/{args.name}/maintenance"
+    doc = asyncio.run(request_json(url, "POST", path, token, body={"on": args.state == "on"}))
+    return _report_outcome(doc, f"maintenance {args.state} for {args.name}")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.config is None or not args.fail:
+        raise CliError("what-if needs --config FILE and --fail NODE[,NODE]", EXIT_USAGE)
+    cfg = load_config(args.config)
+    fail = [n.strip() for n in args.fail.split(",") if n.strip()]
+    unknown = [n for n in fail if n not in cfg.nodes]
+    if unknown:
+        raise CliError(
+            f"--fail: unknown node(s) {', '.join(unknown)}; nodes: {', '.join(sorted(cfg.nodes))}",
+            EXIT_USAGE,
+        )
+    doc: dict[str, Any] | None = None
+    source = "computed from the config (every node up, guests where the leader would put them)"
+    if not args.offline:
+        try:
+            doc = asyncio.run(
+                request_json(
+                    api_url(cfg.api_listen),
+                    "GET",
+                    f"/v1/whatif?fail={','.join(fail)}",
+                    cfg.api_token,
+                    timeout_s=3.0,
+                )
+            )
+            source = f"live state from the agent at {cfg.api_listen}"
+            if not doc.get("view_fresh", True):
+                source += " (its view may be stale: it holds no lease)"
+        except CliError as exc:
+            print(f"haagent: {exc}; computing from the config instead", file=sys.stderr)
+    if doc is None:
+        settings = cfg.agent_settings()
+        state = planned_state(
+            {n: c.role for n, c in cfg.nodes.items()}, settings.guests, settings.capacity_mib
+        )
+        doc = what_if(state, settings.capacity_mib, fail, cfg.nodes).to_json()
+    if args.json:
+        print(json.dumps({"source": source, **doc}, indent=1, sort_keys=True))
+    else:
+        print(format_whatif(doc, source))
+    return 0
+
+
+def format_whatif(doc: dict[str, Any], source: str) -> str:
+    lines = [f"what if {', '.join(doc['fail'])} failed now ({source}):"]
+    if not doc["quorum_kept"]:
+        lines.append("  the survivors would have no Raft majority: no guest would be recovered")
+    for guest, move in doc["moves"].items():
+        lines.append(f"  {guest}: {move['from']} -> {move['to']}")
+    for guest, why in doc["unplaced"].items():
+        lines.append(f"  {guest}: would NOT run: {why}")
+    if not doc["moves"] and not doc["unplaced"]:
+        lines.append("  no guest would have to move")
+    lines.append(
+        f"the cluster tolerates {doc['tolerated_node_failures']} node failure(s) now: "
+        f"{doc['tolerated_detail']}"
+    )
+    return "\n".join(lines)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -121,6 +255,19 @@ def fetch_status(url: str, token: str, timeout_s: float = 5.0) -> dict[str, Any]
 
 
 async def fetch_json(url: str, path: str, token: str | None, timeout_s: float) -> dict[str, Any]:
+    return await request_json(url, "GET", path, token, timeout_s=timeout_s)
+
+
+async def request_json(
+    url: str,
+    method: str,
+    path: str,
+    token: str | None,
+    body: Any = None,
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
+    """One request to an agent; raises CliError with a readable reason. Admin actions answer
+    409 (refused) or 503 (unknown outcome) with an `outcome` document: those are returned."""
     connector: aiohttp.BaseConnector | None = None
     base = url
     if url.startswith("unix:"):
@@ -132,14 +279,14 @@ async def fetch_json(url: str, path: str, token: str | None, timeout_s: float) -
             aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as session,
-            session.get(base.rstrip("/") + path, headers=headers) as resp,
+            session.request(method, base.rstrip("/") + path, headers=headers, json=body) as resp,
         ):
-            body = await resp.json(content_type=None)
-            if resp.status != 200 and path != "/v1/health":
-                raise CliError(f"{url}{path}: HTTP {resp.status}: {body.get('error', body)}")
-            if not isinstance(body, dict):
+            answer = await resp.json(content_type=None)
+            if not isinstance(answer, dict):
                 raise CliError(f"{url}{path}: unexpected answer")
-            return body
+            if resp.status != 200 and "outcome" not in answer:
+                raise CliError(f"{url}{path}: HTTP {resp.status}: {answer.get('error', answer)}")
+            return answer
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise CliError(f"cannot reach the agent at {url}: {exc or type(exc).__name__}") from None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -32,29 +33,34 @@ from haagent.agent import (
     StartGuest,
     StopGuest,
 )
-from haagent.api import build_app, serve
+from haagent.api import ApiError, build_app, serve
+from haagent.commands import SetDesired, SetMaintenance
 from haagent.config import Config
 from haagent.consensus import RaftConsensus
 from haagent.fencing.levels import AgentFencer
 from haagent.fencing.sdnotify import SystemdNotifier
 from haagent.fencing.watchdog import DeviceWatchdog, WatchdogError, open_watchdog
 from haagent.metrics import AgentMetrics
-from haagent.model import FenceMethod, NodeRole
+from haagent.model import DesiredState, FenceMethod, NodeRole
 from haagent.ports import (
+    ConsensusView,
     DomainObservation,
     FenceOutcome,
     Fencer,
     Hypervisor,
     HypervisorError,
+    Outcome,
     Watchdog,
 )
 from haagent.resources.libvirt_guests import LibvirtHypervisor
 from haagent.status import build_status
+from haagent.whatif import tolerated_failures, what_if
 
 log = logging.getLogger("haagent")
 
 PET_INTERVAL_S = 0.2
 OBSERVE_INTERVAL_S = 1.0
+TOLERANCE_INTERVAL_S = 5.0
 
 
 class StartupError(RuntimeError):
@@ -70,7 +76,7 @@ class Daemon:
         self.started_at = time.monotonic()
         self.core = AgentCore(self.settings, self.incarnation, self.started_at)
         self.core.set_wall_offset(time.time() - time.monotonic())
-        self.metrics = AgentMetrics(config.node)
+        self.agent_metrics = AgentMetrics(config.node)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop_requested = False
@@ -81,6 +87,7 @@ class Daemon:
         self._local_error: str | None = None
         self._observed_at = -1.0
         self._observe_due = True
+        self._tolerance_at = -math.inf
         self._lease_valid = False
         self.hypervisor: Hypervisor | None = None
         self.fencer: Fencer = AgentFencer()
@@ -133,7 +140,7 @@ class Daemon:
             cfg.timing.election_timeout_max_s,
             wake=wake_threadsafe,
         )
-        app = build_app(cfg.api_token, self.status, self.health, self.metrics.render)
+        app = build_app(cfg.api_token, self)
         runner = await serve(app, cfg.api_listen)
         self.consensus.start()
         log.info(
@@ -207,7 +214,7 @@ class Daemon:
         step = self.core.tick(now, view, local)
         self._last_pass = now
         self._lease_valid = step.lease_valid
-        self.metrics.loop_passes.inc()
+        self.agent_metrics.loop_passes.inc()
         for proposal in step.proposals:
             self._spawn(self._run_proposal(proposal))
         for action in step.actions:
@@ -219,12 +226,22 @@ class Daemon:
         if self._local is not None:
             protected = self._protected_domains()
             running = sum(1 for d in self._local.values() if d.running and d.name in protected)
-        self.metrics.update(view, now, self.core.lease_until, running)
+        self.agent_metrics.update(view, now, self.core.lease_until, running)
+        self._update_tolerance(now, view)
         return step.left
 
     def _hypervisor_event(self) -> None:
         self._observe_due = True
         self._wake.set()
+
+    def _update_tolerance(self, now: float, view: ConsensusView) -> None:
+        """Refresh the tolerated-failures gauge every few seconds (it may try many
+        combinations of failed nodes), only from a fresh view."""
+        if now - self._tolerance_at < TOLERANCE_INTERVAL_S or not self.core.lease_valid(now):
+            return
+        self._tolerance_at = now
+        tolerated, _ = tolerated_failures(view.state, self.settings.capacity_mib, self.config.nodes)
+        self.agent_metrics.tolerated_failures.set(tolerated)
 
     async def _observe(self) -> None:
         """Refresh the view of the local hypervisor when something may have changed there (a
@@ -293,7 +310,7 @@ class Daemon:
             except TimeoutError:
                 outcome = FenceOutcome(False, f"fencer did not return in {s.fence_timeout_s}s")
             result_label = "ok" if outcome.ok else "failed"
-            self.metrics.fence_operations.labels(action.node, result_label).inc()
+            self.agent_metrics.fence_operations.labels(action.node, result_label).inc()
             log.warning(
                 "fence %s: %s (%s)", action.node, "OK" if outcome.ok else "FAILED", outcome.detail
             )
@@ -330,6 +347,41 @@ class Daemon:
         if self.consensus is not None:
             names |= {g.spec.domain for g in self.consensus.view().state.guests.values()}
         return names
+
+    def metrics(self) -> bytes:
+        return self.agent_metrics.render()
+
+    def whatif(self, fail: list[str]) -> dict[str, Any]:
+        unknown = [n for n in fail if n not in self.config.nodes]
+        if unknown:
+            raise ApiError(
+                400,
+                f"unknown node(s) {', '.join(unknown)}; "
+                f"nodes: {', '.join(sorted(self.config.nodes))}",
+            )
+        assert self.consensus is not None
+        view = self.consensus.view()
+        result = what_if(view.state, self.settings.capacity_mib, fail, self.config.nodes)
+        doc = result.to_json()
+        doc["view_fresh"] = self.core.lease_valid(time.monotonic())
+        return doc
+
+    async def set_desired(self, guest: str, running: bool) -> Outcome:
+        assert self.consensus is not None
+        if guest not in self.consensus.view().state.guests:
+            raise ApiError(404, f"unknown guest {guest!r}")
+        desired = DesiredState.RUNNING if running else DesiredState.STOPPED
+        command = SetDesired(guest, desired, f"api@{self.config.node}", time.time())
+        log.info("admin: %s %s", "enable" if running else "disable", guest)
+        return await self.consensus.propose(command, self.settings.commit_timeout_s)
+
+    async def set_maintenance(self, node: str, on: bool) -> Outcome:
+        assert self.consensus is not None
+        if node not in self.config.nodes:
+            raise ApiError(404, f"unknown node {node!r}")
+        command = SetMaintenance(node, on, f"api@{self.config.node}", time.time())
+        log.info("admin: maintenance %s %s", "on" if on else "off", node)
+        return await self.consensus.propose(command, self.settings.commit_timeout_s)
 
     def health(self) -> tuple[bool, str]:
         now = time.monotonic()

@@ -81,6 +81,12 @@ class AgentMetrics:
             buckets=FAILOVER_BUCKETS_S,
             registry=r,
         )
+        self.tolerated_failures = Gauge(
+            "haagent_tolerated_node_failures",
+            "How many hypervisors may fail now with every wanted guest still running "
+            "(Raft majority, memory and placement rules; see GET /v1/whatif).",
+            registry=r,
+        )
         self.loop_passes = Counter(
             "haagent_reconcile_passes", "Reconcile passes of this agent's loop.", registry=r
         )

@@ -133,3 +133,75 @@ def test_failover_is_counted_and_health_fails_without_a_majority(cluster: LocalC
 
     body = wait_for("health 503", unhealthy, 10)
     assert "no valid lease" in json.loads(body)["reason"]
+
+
+def post(
+    c: LocalCluster, node: str, path: str, body: object | None = None, token: str | None = None
+) -> tuple[int, dict[str, object]]:
+    host, _, port = c.api_listen(node).rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {token or c.token(node)}"}
+        data = None if body is None else json.dumps(body)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request("POST", path, body=data, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_admin_actions_and_whatif_through_the_api(cluster: LocalCluster) -> None:
+    owner = cluster.any_status()["guests"]["g1"]["owner"]
+    via = next(n for n in cluster.nodes() if n != owner)  # any agent forwards to the leader
+
+    status, doc = post(cluster, via, "/v1/guests/g1/disable")
+    assert status == 200 and doc["outcome"] == "accepted"
+    wait_for(
+        "g1 stopped",
+        lambda: (
+            True
+            if cluster.status(owner)["local"] == {}
+            and cluster.any_status()["guests"]["g1"]["state"] == "stopped"
+            else None
+        ),
+        20,
+    )
+    status, doc = post(cluster, via, "/v1/guests/g1/enable")
+    assert status == 200
+    wait_for(
+        "g1 running",
+        lambda: True if cluster.any_status()["guests"]["g1"]["state"] == "running" else None,
+        20,
+    )
+
+    owner = cluster.any_status()["guests"]["g1"]["owner"]
+    status, doc = post(cluster, via, f"/v1/nodes/{owner}/maintenance", {"on": True})
+    assert status == 200
+
+    def moved() -> str | None:
+        g = cluster.any_status()["guests"]["g1"]
+        return g["owner"] if g["owner"] != owner and g["state"] == "running" else None
+
+    new_owner = wait_for("g1 drained off the node in maintenance", moved, 20)
+    assert cluster.any_status()["nodes"][owner]["maintenance"] is True
+
+    status, _, body = get(cluster, via, f"/v1/whatif?fail={new_owner}", token=cluster.token(via))
+    doc = json.loads(body)
+    assert status == 200 and doc["quorum_kept"] is True
+    # The node in maintenance takes nothing, so g1 could only go to the third node.
+    third = next(n for n in cluster.nodes() if n not in (owner, new_owner))
+    assert doc["moves"] == {"g1": {"from": new_owner, "to": third}}
+    status, doc = post(cluster, via, f"/v1/nodes/{owner}/maintenance", {"on": False})
+    assert status == 200
+
+    # Bad requests get clear errors, not tracebacks.
+    assert post(cluster, via, "/v1/guests/nope/disable")[0] == 404
+    assert post(cluster, via, "/v1/guests/g1/reboot")[0] == 404
+    assert post(cluster, via, "/v1/nodes/n9/maintenance", {"on": True})[0] == 404
+    code, doc = post(cluster, via, f"/v1/nodes/{owner}/maintenance", {"on": "yes"})
+    assert code == 400 and "body must be" in str(doc["error"])
+    assert post(cluster, via, "/v1/guests/g1/disable", token="wrong-token-123")[0] == 401
+    status, _, body = get(cluster, via, "/v1/whatif?fail=n9", token=cluster.token(via))
+    assert status == 400 and "unknown node" in body
