@@ -139,8 +139,10 @@ class RaftConsensus:
         self._sync = _ReplicatedLog(me, others, conf, self._on_apply)
 
     def stop(self) -> None:
+        """Stop Raft and wait until its thread is gone: after this returns the replica no
+        longer votes or acknowledges anything (pysyncobj's plain destroy() only asks)."""
         if self._sync is not None:
-            self._sync.destroy()
+            self._sync.destroy_synchronous()
             self._sync = None
 
     # -- the replicated state machine (runs in pysyncobj's tick thread) ---------------------

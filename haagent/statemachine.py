@@ -64,7 +64,7 @@ def apply(state: ClusterState, command: Command) -> tuple[ClusterState, Result]:
     """Apply one committed command. Never raises for a well-typed command."""
     handler = _HANDLERS[type(command)]
     new_state, result = handler(state, command)
-    return replace(new_state, applied=state.applied + 1), result
+    return new_state.with_applied(state.applied + 1), result
 
 
 def _refuse(state: ClusterState, detail: str) -> tuple[ClusterState, Result]:
@@ -224,9 +224,9 @@ def movable(state: ClusterState, guest: GuestRecord) -> bool:
 
 def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]:
     refused: list[str] = []
-    applied = 0
+    changed: dict[str, GuestRecord] = {}
     for a in c.assignments:
-        guest = state.guests.get(a.guest)
+        guest = changed.get(a.guest) or state.guests.get(a.guest)
         target = state.node(a.node)
         why = ""
         if guest is None:
@@ -247,21 +247,18 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
             refused.append(f"{a.guest}->{a.node}: {why}")
             continue
         previous = f" from {guest.owner}" if guest.owner else ""
-        state = state.with_guest(
-            replace(
-                guest,
-                owner=a.node,
-                generation=guest.generation + 1,
-                state=GuestState.STOPPED,
-                failures=0,
-                reason=f"{c.reason}{previous}",
-                changed_at=c.at,
-            )
+        changed[a.guest] = replace(
+            guest,
+            owner=a.node,
+            generation=guest.generation + 1,
+            state=GuestState.STOPPED,
+            failures=0,
+            reason=f"{c.reason}{previous}",
+            changed_at=c.at,
         )
-        applied += 1
-    if applied == 0:
+    if not changed:
         return _refuse(state, "; ".join(refused))
-    return state, Result(True, "; ".join(refused))
+    return state.with_guests(list(changed.values())), Result(True, "; ".join(refused))
 
 
 def _owner_check(state: ClusterState, guest_name: str, node: str, generation: int) -> str:
