@@ -43,6 +43,8 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    ReplicaOutdated,
+    ReplicaUpToDate,
 )
 from haagent.model import (
     ClusterState,
@@ -54,9 +56,19 @@ from haagent.model import (
     GuestState,
     NodeRole,
     NodeState,
+    StorageKind,
 )
 from haagent.placement import Unplaced, plan
-from haagent.ports import ConsensusView, DomainObservation, FenceOutcome, Outcome, OutcomeKind
+from haagent.ports import (
+    ConsensusView,
+    DiskState,
+    DomainObservation,
+    FenceOutcome,
+    Outcome,
+    OutcomeKind,
+    ReplicaObservation,
+    ReplicaRole,
+)
 
 # --- settings ------------------------------------------------------------------------------
 
@@ -145,6 +157,31 @@ class DestroyDomain:
 
 
 @dataclass(frozen=True)
+class PromoteReplica:
+    """Make this host's side of the guest's DRBD resource Primary (before starting it)."""
+
+    guest: str
+    resource: str
+    generation: int
+
+    @property
+    def key(self) -> str:
+        return f"promote:{self.resource}"
+
+
+@dataclass(frozen=True)
+class DemoteReplica:
+    """Make this host's side Secondary again (the guest is not running here any more)."""
+
+    resource: str
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"demote:{self.resource}"
+
+
+@dataclass(frozen=True)
 class RunFence:
     node: str
     epoch: int
@@ -154,7 +191,7 @@ class RunFence:
         return f"fence:{self.node}"
 
 
-Action = StartGuest | StopGuest | DestroyDomain | RunFence
+Action = StartGuest | StopGuest | DestroyDomain | RunFence | PromoteReplica | DemoteReplica
 
 
 @dataclass(frozen=True)
@@ -193,6 +230,7 @@ class LocalView:
 
     domains: Mapping[str, DomainObservation] | None
     observed_at: float
+    replicas: Mapping[str, ReplicaObservation] = field(default_factory=dict)  # by resource
 
 
 @dataclass(frozen=True)
@@ -231,6 +269,7 @@ class _Memory:
     unplaced: dict[str, str] = field(default_factory=dict)
     leaving: bool = False
     left: bool = False
+    waiting: dict[str, str] = field(default_factory=dict)  # guest -> why its start waits
     # (guests map, node states) of the last plan that had nothing to do.
     idle_plan: tuple[Mapping[str, GuestRecord], tuple[object, ...]] | None = None
 
@@ -762,12 +801,15 @@ class AgentCore:
                     now,
                 )
 
+        self._demote_unused(state, local, lease_valid, drain, actions, events)
         if not lease_valid:
             return
         for guest in state.guests_of(s.node):
             seen = local.domains.get(guest.spec.domain)
             if seen is not None and seen.running:
                 self._m.started.pop(guest.name, None)
+                if guest.spec.storage is StorageKind.DRBD:
+                    self._track_peer(now, guest, local, proposals, events)
                 continue
             start = StartGuest(guest.name, guest.spec.domain, guest.generation)
             if start.key in self._m.actions:
@@ -832,9 +874,159 @@ class AgentCore:
                             now,
                         )
                     continue
+                if guest.spec.storage is StorageKind.DRBD and not self._replica_ready(
+                    now, state, guest, local, proposals, actions, events
+                ):
+                    continue
                 self._m.started.pop(guest.name, None)
                 actions.append(start)
                 events.append(event("start", guest=guest.name, generation=guest.generation))
+
+    # -- DRBD: data before compute ---------------------------------------------------------
+
+    def _replica_ready(
+        self,
+        now: float,
+        state: ClusterState,
+        guest: GuestRecord,
+        local: LocalView,
+        proposals: list[Proposal],
+        actions: list[Action],
+        events: list[Event],
+    ) -> bool:
+        """May the guest start here now? Promotes the local replica first when it is safe.
+
+        DESIGN rule 5: promote only an UpToDate replica that is not known to be outdated,
+        and only while the peer is connected as Secondary, or is fenced, or is known outdated
+        (then it cannot be Primary with newer data). A split brain is never resolved here.
+        """
+        s = self.settings
+        rep = local.replicas.get(guest.spec.resource)
+        peer = guest.spec.peer_of(s.node)
+        if rep is not None and rep.role is ReplicaRole.PRIMARY and not rep.split_brain:
+            self._m.waiting.pop(guest.name, None)
+            return True
+        give_up = ""
+        wait = ""
+        if rep is None or peer is None:
+            give_up = f"no DRBD resource {guest.spec.resource!r} on this host"
+        elif rep.split_brain:
+            wait = "DRBD split brain: an admin must resolve it (never automatic)"
+        elif s.node in guest.outdated_nodes:
+            give_up = "this replica is known to be outdated"
+        elif rep.disk is not DiskState.UP_TO_DATE:
+            if rep.disk in (DiskState.OUTDATED, DiskState.INCONSISTENT, DiskState.DISKLESS):
+                give_up = f"local replica is {rep.disk}"
+            else:
+                wait = f"local replica is {rep.disk}, not known to be current"
+        elif rep.connected and rep.peer_role is ReplicaRole.PRIMARY:
+            wait = f"the replica on {peer} is still Primary"
+        elif not rep.connected and not (
+            state.node(peer).state is NodeState.FENCED or peer in guest.outdated_nodes
+        ):
+            wait = f"{peer} is unreachable and neither fenced nor known outdated"
+        if give_up:
+            self._m.waiting.pop(guest.name, None)
+            self._propose(
+                proposals,
+                self._stopped(
+                    guest.name,
+                    guest.generation,
+                    now,
+                    failed=True,
+                    reason=f"cannot start here: {give_up}",
+                    failures=s.max_start_failures,
+                ),
+                now,
+            )
+            return False
+        if wait:
+            if self._m.waiting.get(guest.name) != wait:
+                self._m.waiting[guest.name] = wait
+                events.append(event("start_waits", guest=guest.name, why=wait))
+            return False
+        promote = PromoteReplica(guest.name, guest.spec.resource, guest.generation)
+        if promote.key not in self._m.actions:
+            actions.append(promote)
+            events.append(
+                event(
+                    "promote",
+                    guest=guest.name,
+                    resource=guest.spec.resource,
+                    generation=guest.generation,
+                )
+            )
+        return False
+
+    def _track_peer(
+        self,
+        now: float,
+        guest: GuestRecord,
+        local: LocalView,
+        proposals: list[Proposal],
+        events: list[Event],
+    ) -> None:
+        """As the Primary: commit that a disconnected peer is outdated (what a fence-peer
+        handler does before I/O resumes), and that a resynchronised one is current again."""
+        s = self.settings
+        rep = local.replicas.get(guest.spec.resource)
+        peer = guest.spec.peer_of(s.node)
+        if rep is None or peer is None or rep.role is not ReplicaRole.PRIMARY:
+            return
+        if not rep.connected and peer not in guest.outdated_nodes:
+            command: Command = ReplicaOutdated(
+                guest.name, peer, s.node, guest.generation, self._wall(now)
+            )
+            if self._propose(
+                proposals, Proposal(f"outdated:{guest.name}", command, s.commit_timeout_s), now
+            ):
+                events.append(event("peer_outdated", guest=guest.name, peer=peer))
+        elif (
+            rep.connected and rep.peer_disk is DiskState.UP_TO_DATE and peer in guest.outdated_nodes
+        ):
+            command = ReplicaUpToDate(guest.name, peer, s.node, guest.generation, self._wall(now))
+            self._propose(
+                proposals, Proposal(f"uptodate:{guest.name}", command, s.commit_timeout_s), now
+            )
+
+    def _demote_unused(
+        self,
+        state: ClusterState,
+        local: LocalView,
+        lease_valid: bool,
+        drain: str,
+        actions: list[Action],
+        events: list[Event],
+    ) -> None:
+        """A Primary replica whose guest does not run here and is not about to start here is
+        demoted, so the other host can be promoted."""
+        if not local.replicas or local.domains is None:
+            return
+        by_resource = {
+            g.spec.resource: g for g in state.guests.values() if g.spec.storage is StorageKind.DRBD
+        }
+        for resource, rep in sorted(local.replicas.items()):
+            if rep.role is not ReplicaRole.PRIMARY:
+                continue
+            guest = by_resource.get(resource)
+            if guest is None:
+                continue  # not ours to manage
+            domain = local.domains.get(guest.spec.domain)
+            if domain is not None and domain.running:
+                continue  # stop or destroy it first; demote on a later pass
+            keep = (
+                lease_valid
+                and not drain
+                and guest.owner == self.settings.node
+                and guest.desired is DesiredState.RUNNING
+                and guest.state in (GuestState.STARTING, GuestState.RUNNING)
+            )
+            if keep:
+                continue
+            action = DemoteReplica(resource, "guest not running here")
+            if action.key not in self._m.actions:
+                actions.append(action)
+                events.append(event("demote", resource=resource))
 
     def _destroy(
         self, domain: str, reason: str, actions: list[Action], events: list[Event]

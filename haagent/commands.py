@@ -155,6 +155,33 @@ class GuestError(Command):
 
 
 @dataclass(frozen=True)
+class ReplicaOutdated(Command):
+    """Owner (the DRBD primary): it lost its peer and is about to write without it, so the
+    peer's replica is behind from now on and must never be promoted. What a DRBD fence-peer
+    handler does; committed through Raft so that every node knows it before a failover.
+    Applies only from the owner at its generation, about the guest's other replica host."""
+
+    type_name: ClassVar[str] = "replica_outdated"
+    guest: str
+    node: str
+    by: str
+    generation: int
+    at: float
+
+
+@dataclass(frozen=True)
+class ReplicaUpToDate(Command):
+    """Owner: the peer replica resynchronised and is UpToDate again."""
+
+    type_name: ClassVar[str] = "replica_up_to_date"
+    guest: str
+    node: str
+    by: str
+    generation: int
+    at: float
+
+
+@dataclass(frozen=True)
 class Assignment:
     guest: str
     node: str
@@ -227,6 +254,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         GuestStopped,
         SetMaintenance,
         GuestError,
+        ReplicaOutdated,
+        ReplicaUpToDate,
     )
 }
 

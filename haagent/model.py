@@ -61,9 +61,15 @@ class DesiredState(StrEnum):
 
 
 class StorageKind(StrEnum):
-    """How a guest's disks reach its hosts. Only shared storage exists so far."""
+    """How a guest's disks reach its hosts.
+
+    shared  every allowed host sees the same disks (iSCSI, NFS, ...)
+    drbd    one DRBD resource replicated between exactly two hosts (`replica_nodes`); the
+            guest runs where the replica is promoted (DESIGN rule 5: data before compute)
+    """
 
     SHARED = "shared"
+    DRBD = "drbd"
 
 
 class FenceMethod(StrEnum):
@@ -83,9 +89,18 @@ class GuestSpec:
     allowed_nodes: tuple[str, ...] = ()  # empty: every hypervisor
     storage: StorageKind = StorageKind.SHARED
     anti_affinity: str = ""  # guests sharing a non-empty group never share a node
+    replica_nodes: tuple[str, ...] = ()  # drbd: the two hosts holding the replicas
+    resource: str = ""  # drbd: the DRBD resource name
 
     def allows(self, node: str) -> bool:
+        if self.storage is StorageKind.DRBD and node not in self.replica_nodes:
+            return False
         return not self.allowed_nodes or node in self.allowed_nodes
+
+    def peer_of(self, node: str) -> str | None:
+        """The other replica host of a drbd guest."""
+        others = [n for n in self.replica_nodes if n != node]
+        return others[0] if len(others) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,7 @@ class GuestRecord:
     state: GuestState = GuestState.STOPPED
     failures: int = 0  # failed starts/crashes at the current owner
     failed_nodes: tuple[str, ...] = ()  # owners that gave up on it (it moves on, then errors)
+    outdated_nodes: tuple[str, ...] = ()  # drbd: replicas known to be behind (never promoted)
     reason: str = ""
     changed_at: float = 0.0  # wall clock, display only
 

@@ -128,6 +128,12 @@ def plan(
                 )
             )
             continue
+        # Data before compute: a replica known to be behind is never promoted.
+        untried = [n for n in untried if n not in guest.outdated_nodes]
+        if not untried:
+            outdated = ", ".join(guest.outdated_nodes)
+            unplaced.append(Unplaced(guest.name, f"only outdated replicas are up ({outdated})"))
+            continue
         fitting = [n for n in untried if load[n].free_mib >= spec.memory_mib]
         if not fitting:
             best = max(load[n].free_mib for n in untried)

@@ -117,6 +117,49 @@ class Hypervisor(Protocol):
         ...
 
 
+# --- replicated disks (DRBD) ----------------------------------------------------------------
+
+
+class ReplicaRole(StrEnum):
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
+class DiskState(StrEnum):
+    """DRBD's disk states that matter for a promotion decision."""
+
+    UP_TO_DATE = "uptodate"
+    CONSISTENT = "consistent"  # maybe current, maybe not: never promoted
+    OUTDATED = "outdated"
+    INCONSISTENT = "inconsistent"  # resync target
+    DISKLESS = "diskless"
+
+
+@dataclass(frozen=True)
+class ReplicaObservation:
+    """This host's side of one DRBD resource, as `drbdsetup events2` reports it."""
+
+    resource: str
+    role: ReplicaRole
+    disk: DiskState
+    connected: bool
+    peer_role: ReplicaRole | None = None  # known only while connected
+    peer_disk: DiskState | None = None
+    split_brain: bool = False
+
+
+class Replicas(Protocol):
+    async def observe(self) -> Mapping[str, ReplicaObservation]:
+        """Every DRBD resource on this host, by resource name."""
+        ...
+
+    async def promote(self, resource: str) -> None:
+        """Make this side Primary. DRBD itself refuses while the peer is Primary."""
+        ...
+
+    async def demote(self, resource: str) -> None: ...
+
+
 # --- fencing ---------------------------------------------------------------------------------
 
 

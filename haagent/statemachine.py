@@ -35,6 +35,8 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    ReplicaOutdated,
+    ReplicaUpToDate,
     SetDesired,
     SetMaintenance,
 )
@@ -333,6 +335,23 @@ def _guest_error(state: ClusterState, c: GuestError) -> tuple[ClusterState, Resu
     return state.with_guest(record), OK
 
 
+def _replica(
+    state: ClusterState, c: ReplicaOutdated | ReplicaUpToDate
+) -> tuple[ClusterState, Result]:
+    why = _owner_check(state, c.guest, c.by, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    if guest.spec.peer_of(c.by) != c.node:
+        return _refuse(state, f"{c.node} holds no replica of {c.guest} next to {c.by}")
+    outdated = tuple(n for n in guest.outdated_nodes if n != c.node)
+    if isinstance(c, ReplicaOutdated):
+        outdated = (*outdated, c.node)
+    if outdated == guest.outdated_nodes:
+        return state, Result(True, "unchanged")
+    return state.with_guest(replace(guest, outdated_nodes=outdated)), OK
+
+
 def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterState, Result]:
     if c.node not in state.nodes:
         return _refuse(state, f"unknown node {c.node!r} (it never joined)")
@@ -356,4 +375,6 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     GuestStopped: _guest_stopped,
     GuestError: _guest_error,
     SetMaintenance: _set_maintenance,
+    ReplicaOutdated: _replica,
+    ReplicaUpToDate: _replica,
 }

@@ -22,6 +22,8 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    ReplicaOutdated,
+    ReplicaUpToDate,
     SetDesired,
     SetMaintenance,
     decode,
@@ -44,6 +46,8 @@ EXAMPLES = [
     GuestRunning("g", "n1", 3, 11.0),
     SetMaintenance("n1", True, "admin", 12.0),
     GuestError("g", 3, "failed on n1, n2, n3", 13.0),
+    ReplicaOutdated("g", "n2", "n1", 3, 14.0),
+    ReplicaUpToDate("g", "n2", "n1", 3, 15.0),
 ]
 
 

@@ -171,7 +171,12 @@ def mutate(old: str, new: str) -> str:
         (
             mutate("priority = 5", 'priority = 5\nstorage = "drbd"'),
             "guests.web.storage",
-            "unsupported storage kind",
+            "drbd is implemented in the simulator only",
+        ),
+        (
+            mutate("priority = 5", 'priority = 5\nstorage = "nfs"'),
+            "guests.web.storage",
+            "unsupported storage kind 'nfs'",
         ),
         (
             mutate("priority = 5", 'priority = 5\nxml = "nope.xml"'),
