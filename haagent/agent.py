@@ -150,6 +150,7 @@ class DestroyDomain:
 
     domain: str
     reason: str
+    generation: int | None = None  # of the instance destroyed, when its metadata says
 
     @property
     def key(self) -> str:
@@ -270,6 +271,11 @@ class _Memory:
     leaving: bool = False
     left: bool = False
     waiting: dict[str, str] = field(default_factory=dict)  # guest -> why its start waits
+    start_failed: dict[str, tuple[int, str]] = field(default_factory=dict)  # guest -> gen, why
+    # Instances this agent stopped or destroyed itself (domain -> generation): not crashes.
+    stopped_here: dict[str, int] = field(default_factory=dict)
+    # Instances this agent process has seen running (guest -> generation).
+    seen_running: dict[str, int] = field(default_factory=dict)
     # (guests map, node states) of the last plan that had nothing to do.
     idle_plan: tuple[Mapping[str, GuestRecord], tuple[object, ...]] | None = None
 
@@ -327,16 +333,15 @@ class AgentCore:
             if result.ok:
                 self._m.started[action.guest] = (action.generation, now)
             else:
+                # Reported (and counted against the limit) by the next pass, which knows the
+                # guest's failure count; until then it is not started again.
                 events.append(event("start_failed", guest=action.guest, detail=result.detail))
-                self._m.queued.append(
-                    self._stopped(
-                        action.guest,
-                        action.generation,
-                        now,
-                        failed=True,
-                        reason=f"start failed: {result.detail}",
-                    )
-                )
+                self._m.start_failed[action.guest] = (action.generation, result.detail)
+        elif isinstance(action, StopGuest | DestroyDomain):
+            if not result.ok:
+                events.append(event("stop_failed", key=key, detail=result.detail))
+            elif action.generation is not None:
+                self._m.stopped_here[action.domain] = action.generation
         elif isinstance(action, RunFence):
             outcome = result.fence or FenceOutcome(ok=False, detail=result.detail)
             if outcome.ok:
@@ -366,8 +371,6 @@ class AgentCore:
                     self.settings.commit_timeout_s,
                 )
             )
-        elif isinstance(action, StopGuest | DestroyDomain) and not result.ok:
-            events.append(event("stop_failed", key=key, detail=result.detail))
         return events
 
     def begin_leave(self) -> None:
@@ -555,23 +558,34 @@ class AgentCore:
             elif rec.state is NodeState.FAILED:
                 self._fence(now, name, view, proposals, actions, events)
 
-        self._place(now, state, proposals, events)
+        self._place(now, view, proposals, events)
 
     def _place(
-        self, now: float, state: ClusterState, proposals: list[Proposal], events: list[Event]
+        self, now: float, view: ConsensusView, proposals: list[Proposal], events: list[Event]
     ) -> None:
         s = self.settings
+        state = view.state
         cold = self._cold_start(now, state)
         # Placement depends only on the guests and on the nodes' states, not on heartbeats:
         # skip re-planning while neither changed since a plan that had nothing to do (on a
         # 10 000-guest cluster a plan costs ~15 ms, and the loop runs every 50 ms).
-        nodes_basis = tuple(
-            (n, r.state, r.role, r.maintenance) for n, r in sorted(state.nodes.items())
+        # A node silent for longer than a lease cannot start anything now (it is about to lose
+        # its lease, or already has): do not hand it guests until it is heard from again.
+        silent = frozenset(
+            n
+            for n, r in state.nodes.items()
+            if n != s.node
+            and r.state is NodeState.UP
+            and now - self._silence_start(n, r.heartbeat_seq, view, now) > s.lease_s
+        )
+        nodes_basis = (
+            tuple((n, r.state, r.role, r.maintenance) for n, r in sorted(state.nodes.items())),
+            silent,
         )
         last = self._m.idle_plan
         if not cold and last is not None and last[0] is state.guests and last[1] == nodes_basis:
             return
-        exclude = frozenset({s.node}) if self._m.leaving else frozenset()
+        exclude = silent | {s.node} if self._m.leaving else silent
         result = plan(state, s.capacity_mib, s.max_concurrent_starts, exclude)
         errors = self._give_up_on(now, state, result.unplaced, proposals, events)
         placements = tuple(p for p in result.placements if p.guest not in errors)
@@ -618,7 +632,13 @@ class AgentCore:
         may run on, goes to the error state: an admin has to look (and disable/enable it).
         Returns the guests put in error, which are not placed."""
         s = self.settings
-        hopeless = {u.guest for u in unplaced if u.hopeless}
+        # A guest that a node gave up on and that cannot go anywhere else now is not left
+        # stopped without a word: the error state alerts (waiting for a start slot is fine).
+        hopeless = {
+            u.guest
+            for u in unplaced
+            if u.hopeless or (state.guests[u.guest].failed_nodes and not u.waiting)
+        }
         errors: set[str] = set()
         for guest in state.guests.values():
             too_many = len(guest.failed_nodes) > s.max_relocations
@@ -768,10 +788,12 @@ class AgentCore:
             if not lease_valid:
                 if self._in_startup_grace(now):
                     continue
-                self._destroy(domain, "no valid lease", actions, events)
+                self._destroy(domain, "no valid lease", actions, events, obs.generation)
                 continue
             if guest is None:
                 continue  # not yet registered by the leader: nobody owns it yet
+            if obs.generation is not None:
+                self._m.seen_running[guest.name] = obs.generation
             if guest.owner != s.node:
                 if obs.generation is not None and obs.generation > guest.generation:
                     continue  # our view is older than the instance: wait for it to catch up
@@ -790,7 +812,7 @@ class AgentCore:
                     events.append(event("stop", guest=guest.name, reason=drain or "disabled"))
             elif obs.generation is not None and obs.generation > guest.generation:
                 continue
-            elif guest.state is not GuestState.RUNNING:
+            elif guest.state is GuestState.STARTING:
                 self._propose(
                     proposals,
                     Proposal(
@@ -799,6 +821,16 @@ class AgentCore:
                         s.commit_timeout_s,
                     ),
                     now,
+                )
+            elif guest.state is not GuestState.RUNNING:
+                # Running with no committed start (the state says stopped): it may be moved
+                # at any moment, so it must not run. It is started again the proper way.
+                self._destroy(
+                    domain,
+                    f"running while {guest.state} (no committed start)",
+                    actions,
+                    events,
+                    obs.generation,
                 )
 
         self._demote_unused(state, local, lease_valid, drain, actions, events)
@@ -831,21 +863,30 @@ class AgentCore:
             if s.node in guest.failed_nodes:
                 continue  # this node gave up on it: the leader moves it elsewhere
             if guest.state is GuestState.RUNNING:
+                # Only an instance this agent saw running and did not stop itself has crashed:
+                # its own stops and self-fencing destroys are not the guest's fault, and a new
+                # agent process cannot tell a crash from its host having restarted.
+                gen = guest.generation
+                if self._m.stopped_here.get(guest.spec.domain) == gen:
+                    crashed, why = False, "stopped by this node"
+                elif self._m.seen_running.get(guest.name) != gen:
+                    crashed, why = False, "not running when this agent started (host restart?)"
+                else:
+                    crashed, why = True, "crashed"
                 if self._propose(
                     proposals,
                     self._stopped(
                         guest.name,
-                        guest.generation,
+                        gen,
                         now,
-                        failed=True,
-                        reason="not running (crashed, or its host restarted)",
+                        failed=crashed,
+                        reason=f"not running: {why}",
                         failures=guest.failures,
                     ),
                     now,
                 ):
-                    events.append(
-                        event("guest_lost", guest=guest.name, generation=guest.generation)
-                    )
+                    name = "guest_lost" if crashed else "guest_not_running"
+                    events.append(event(name, guest=guest.name, generation=gen, why=why))
             elif guest.state is GuestState.STOPPED:
                 self._propose(
                     proposals,
@@ -857,6 +898,21 @@ class AgentCore:
                     now,
                 )
             elif guest.state is GuestState.STARTING:
+                failed = self._m.start_failed.get(guest.name)
+                if failed is not None and failed[0] == guest.generation:
+                    self._propose(
+                        proposals,
+                        self._stopped(
+                            guest.name,
+                            guest.generation,
+                            now,
+                            failed=True,
+                            reason=f"start failed: {failed[1]}",
+                            failures=guest.failures,
+                        ),
+                        now,
+                    )
+                    continue
                 started = self._m.started.get(guest.name)
                 if started is not None and started[0] == guest.generation:
                     if local.observed_at > started[1]:
@@ -1029,9 +1085,14 @@ class AgentCore:
                 events.append(event("demote", resource=resource))
 
     def _destroy(
-        self, domain: str, reason: str, actions: list[Action], events: list[Event]
+        self,
+        domain: str,
+        reason: str,
+        actions: list[Action],
+        events: list[Event],
+        generation: int | None = None,
     ) -> None:
-        action = DestroyDomain(domain, reason)
+        action = DestroyDomain(domain, reason, generation)
         if action.key in self._m.actions:
             return
         actions.append(action)

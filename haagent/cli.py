@@ -6,6 +6,8 @@
     haagent guest enable|disable NAME [--config FILE | --url URL --token T]
     haagent node maintenance NAME on|off [--config FILE | --url URL --token T]
     haagent simulate --config FILE --fail NODE[,NODE] [--offline] [--json]   what-if
+    haagent simulate --swarm --seeds N [--start S] [--workers W] [--verbose]
+    haagent simulate --scenario FILE [--seed N] [--trace]
     haagent local up|down|demo|status    a 3-node cluster on this machine (see README)
 
 Exit codes: 0 success, 1 operation failed (e.g. the agent is unreachable), 2 bad usage or an
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -107,6 +110,24 @@ def _parser() -> argparse.ArgumentParser:
         help="what-if from the config alone, without asking the running agent",
     )
     sim.add_argument("--json", action="store_true", help="print JSON")
+    sim.add_argument(
+        "--swarm",
+        action="store_true",
+        help="simulator: run random fault schedules and check the invariants",
+    )
+    sim.add_argument("--seeds", type=int, default=100, help="swarm: how many seeds")
+    sim.add_argument("--start", type=int, default=0, help="swarm: first seed")
+    sim.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="swarm: worker processes"
+    )
+    sim.add_argument(
+        "--verbose",
+        action="store_true",
+        help="swarm: print each seed's schedule and trace (to replay one)",
+    )
+    sim.add_argument("--scenario", type=Path, help="simulator: run one scenario file")
+    sim.add_argument("--seed", type=int, help="scenario: override its seed")
+    sim.add_argument("--trace", action="store_true", help="scenario: print the trace")
     sim.set_defaults(func=_cmd_simulate)
 
     add_local_parser(sub)
@@ -154,6 +175,15 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.swarm or args.scenario is not None:
+        if args.swarm and args.scenario is not None:
+            raise CliError("give --swarm or --scenario, not both", EXIT_USAGE)
+        from haagent.sim.scenario import run_scenario_cli
+        from haagent.sim.swarm import swarm_cli
+
+        if args.swarm:
+            return swarm_cli(args.seeds, args.start, args.workers, args.verbose)
+        return run_scenario_cli(args.scenario, args.seed, args.trace)
     if args.config is None or not args.fail:
         raise CliError("what-if needs --config FILE and --fail NODE[,NODE]", EXIT_USAGE)
     cfg = load_config(args.config)

@@ -202,8 +202,10 @@ class AssignGuests(Command):
 
 @dataclass(frozen=True)
 class GuestStarting(Command):
-    """Owner: intends to start the guest at `generation`. The start happens only after this
-    commits (DESIGN.md rule 1: ownership is committed, not assumed)."""
+    """Owner: intends to start the stopped guest it owns at `generation`. Applying it moves
+    the guest to generation + 1, the generation of this start, written into the domain and
+    named by every later report about it. The start happens only after this commits
+    (DESIGN.md rule 1: ownership is committed, not assumed)."""
 
     type_name: ClassVar[str] = "guest_starting"
     guest: str

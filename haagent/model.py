@@ -42,7 +42,7 @@ class GuestState(StrEnum):
     """What the owner last committed about a guest.
 
     stopped   not running at its owner (or no owner yet); safe to (re)assign
-    starting  the owner committed its intent to start at the current generation
+    starting  the owner committed its intent to start (which gave it a new generation)
     running   the owner confirmed the domain runs
     stopping  reserved for a stop in progress (not committed by this version)
     error     it failed on too many nodes; needs an admin (disable/enable clears it)
@@ -145,7 +145,7 @@ class NodeRecord:
 class GuestRecord:
     spec: GuestSpec
     owner: str | None = None
-    generation: int = 0  # fencing token: grows on every change of owner
+    generation: int = 0  # fencing token: grows on every change of owner and every start
     desired: DesiredState = DesiredState.RUNNING
     state: GuestState = GuestState.STOPPED
     failures: int = 0  # failed starts/crashes at the current owner

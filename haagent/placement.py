@@ -29,6 +29,7 @@ class Unplaced:
     guest: str
     why: str
     hopeless: bool = False  # every allowed node already gave up on it
+    waiting: bool = False  # only the start limit holds it back: placed on a later pass
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,9 @@ def plan(
                 continue
         ready = [n for n in fitting if load[n].starts < max_concurrent_starts]
         if not ready:
-            unplaced.append(Unplaced(guest.name, "waiting: start limit reached on fitting nodes"))
+            unplaced.append(
+                Unplaced(guest.name, "waiting: start limit reached on fitting nodes", waiting=True)
+            )
             continue
         node = min(ready, key=lambda n: (_preference(guest, n), -load[n].free_mib, n))
         slot = load[node]

@@ -9,8 +9,8 @@ The safety rules of DESIGN.md that live here:
 - ownership changes only when the guest is safe to move (`_movable`): no owner, owner fenced,
   owner left cleanly, or the owner itself confirmed the guest stopped. A merely *failed* owner's
   guests stay put until a fence is committed (rule 4).
-- every change of owner bumps the generation (rule 1), and every owner report names the
-  generation it is about, so a stale or duplicated report is refused (rule 7).
+- every change of owner and every start bumps the generation (rule 1), and every owner
+  report names the generation it is about, so a stale or duplicated report is refused (rule 7).
 - heartbeats, declarations and fence results are conditional on sequence numbers and epochs,
   so a declaration can never overtake a heartbeat that was committed before it.
 """
@@ -46,6 +46,7 @@ from haagent.model import (
     FenceRecord,
     GuestRecord,
     GuestState,
+    NodeRecord,
     NodeRole,
     NodeState,
 )
@@ -144,18 +145,28 @@ def _declare_failed(state: ClusterState, c: DeclareFailed) -> tuple[ClusterState
     return state.with_node(new), OK
 
 
+def _fence_check(rec: NodeRecord, epoch: int) -> str:
+    if rec.state is not NodeState.FAILED:
+        return f"{rec.name} is {rec.state}, not failed"
+    if rec.failure_epoch != epoch:
+        return f"{rec.name} failed again since (failure {rec.failure_epoch}, not {epoch})"
+    return ""
+
+
 def _fence_started(state: ClusterState, c: FenceStarted) -> tuple[ClusterState, Result]:
     rec = state.node(c.node)
-    if rec.state is not NodeState.FAILED or rec.failure_epoch != c.epoch:
-        return _refuse(state, f"{c.node} is {rec.state} epoch {rec.failure_epoch}, not {c.epoch}")
+    why = _fence_check(rec, c.epoch)
+    if why:
+        return _refuse(state, why)
     fence = replace(rec.fence, attempts=rec.fence.attempts + 1, in_progress_by=c.leader)
     return state.with_node(replace(rec, fence=fence)), OK
 
 
 def _fence_result(state: ClusterState, c: FenceResult) -> tuple[ClusterState, Result]:
     rec = state.node(c.node)
-    if rec.state is not NodeState.FAILED or rec.failure_epoch != c.epoch:
-        return _refuse(state, f"{c.node} is {rec.state} epoch {rec.failure_epoch}, not {c.epoch}")
+    why = _fence_check(rec, c.epoch)
+    if why:
+        return _refuse(state, why)
     if c.ok:
         fence = replace(
             rec.fence,
@@ -281,10 +292,17 @@ def _guest_starting(state: ClusterState, c: GuestStarting) -> tuple[ClusterState
     guest = state.guests[c.guest]
     if guest.desired is not DesiredState.RUNNING:
         return _refuse(state, f"{c.guest} is disabled")
-    if guest.state not in (GuestState.STOPPED, GuestState.STARTING):
+    if guest.state is not GuestState.STOPPED:
         return _refuse(state, f"{c.guest} is {guest.state}")
+    # Every start gets its own generation, not only every change of owner: the reports about
+    # one start (running, stopped) name it, so a report about an earlier start that pysyncobj
+    # delivers again later is refused instead of undoing what happened since.
     record = replace(
-        guest, state=GuestState.STARTING, reason=f"starting on {c.node}", changed_at=c.at
+        guest,
+        state=GuestState.STARTING,
+        generation=guest.generation + 1,
+        reason=f"starting on {c.node}",
+        changed_at=c.at,
     )
     return state.with_guest(record), OK
 
@@ -296,6 +314,10 @@ def _guest_running(state: ClusterState, c: GuestRunning) -> tuple[ClusterState, 
     guest = state.guests[c.guest]
     if guest.state is GuestState.RUNNING:
         return state, Result(True, "already running")
+    if guest.state is not GuestState.STARTING:
+        # Only a committed start can be running: a late copy of a report about an earlier
+        # start (same generation, before the next start) must not undo a stop.
+        return _refuse(state, f"{c.guest} is {guest.state}, not starting")
     record = replace(
         guest, state=GuestState.RUNNING, reason=f"running on {c.node}", changed_at=c.at
     )

@@ -1,10 +1,24 @@
-"""Suite-wide rules: a skipped test fails the run (a test skipped in CI is not a test)."""
+"""Suite-wide rules: a skipped test fails the run (a test skipped in CI is not a test).
+
+Options: `--regen-traces` rewrites the expected traces of the simulator scenarios
+(tests/scenarios/*.trace) instead of diffing them; `HAAGENT_REGEN_TRACES=1` does the same.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 _skipped: list[str] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regen-traces",
+        action="store_true",
+        default=False,
+        help="rewrite tests/scenarios/*.trace from the simulator instead of diffing them "
+        "(same as HAAGENT_REGEN_TRACES=1)",
+    )
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

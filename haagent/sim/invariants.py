@@ -7,42 +7,60 @@ reasoning shows up as a physical violation.
 1. Never two running copies of a guest.
 2. Every recovery is preceded by a committed successful fence of the previous owner (or, for a
    node fenced by watchdog, its lease + watchdog timeout + margin has elapsed since its last
-   committed heartbeat), unless that owner had committed the guest stopped.
-3. Generations never decrease, grow on every change of owner, and no host starts a guest at a
-   generation older than one already started.
+   accepted heartbeat), unless that owner had committed the guest stopped or left cleanly.
+3. Generations never decrease and grow on every change of owner; no host starts a guest at a
+   generation older than one already started, and no host starts a guest without a committed
+   `GuestStarting` for that host and generation (ownership is committed, not assumed).
 4. A node whose agent runs (not hung) but holds no valid lease runs no protected guest after
    lease + stop grace (for a new agent process that never held one: its start + lease + grace;
    for an agent that was stopped: its resume + grace).
-5. After every fault healed, every wanted guest runs again within a stated bound.
+5. After every fault healed, every wanted guest runs again, exactly once and where the
+   committed state says, within a stated bound (`check_healed`).
+
+The checker replays the committed log through the real `apply` itself, one command at a time,
+so a transition hidden between two steps (assigned and started within one step) is still seen.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
-from haagent.commands import Heartbeat, Join
+from haagent.commands import AssignGuests, GuestStarting, Heartbeat, Join
 from haagent.model import ClusterState, DesiredState, FenceMethod, GuestState, NodeState
-from haagent.sim.world import World
+from haagent.sim.world import TraceEvent, World
+from haagent.statemachine import apply
 
 EPSILON_S = 1e-6
+
+QUIET_EVENTS = frozenset({"lease_acquired"})
+"""Events left out of a shortened trace: they say nothing about a violation."""
 
 
 @dataclass
 class InvariantChecker:
     world: World
     violations: list[str] = field(default_factory=list)
-    _last_state: ClusterState = field(default_factory=ClusterState)
+    first_violation_index: int | None = None  # len(world.trace) when the first one was seen
+    first_violation_t: float | None = None
+    _state: ClusterState = field(default_factory=ClusterState)
     _log_seen: int = 0
     _heartbeat_at: dict[str, float] = field(default_factory=dict)  # true time of last commit
     _max_started: dict[str, int] = field(default_factory=dict)
+    _starting: set[tuple[str, str, int]] = field(default_factory=set)  # (domain, node, gen)
     _trace_seen: int = 0
+    _physical_seen: int = -1
+    _protected: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        self._protected = frozenset(g.domain for g in self.world.guest_specs)
         self.world.observe(self)
 
     def __call__(self, world: World) -> None:
-        self._two_copies(world)
+        if self._physical_seen != world.physical_version:
+            self._physical_seen = world.physical_version
+            self._two_copies(world)
         self._commits(world)
         self._starts(world)
         self._leases(world)
@@ -50,6 +68,9 @@ class InvariantChecker:
     def fail(self, message: str) -> None:
         text = f"t={self.world.now:.3f}s seed={self.world.seed}: {message}"
         if text not in self.violations:
+            if not self.violations:
+                self.first_violation_index = len(self.world.trace)
+                self.first_violation_t = self.world.now
             self.violations.append(text)
 
     # 1 --------------------------------------------------------------------------------------
@@ -63,32 +84,43 @@ class InvariantChecker:
     # 2 and 3 (committed side) ------------------------------------------------------------
 
     def _commits(self, world: World) -> None:
-        if self._log_seen == len(world.log):
-            return
-        for command in world.log[self._log_seen :]:
+        log = world.log
+        while self._log_seen < len(log):
+            command = log[self._log_seen]
+            self._log_seen += 1
+            before = self._state
+            after, result = apply(before, command)
+            self._state = after
+            if not result.accepted:
+                continue
             if isinstance(command, Heartbeat | Join):
                 self._heartbeat_at[command.node] = world.now
-        self._log_seen = len(world.log)
-        before, after = self._last_state, world.committed_state
-        for name, g in after.guests.items():
-            old = before.guests.get(name)
-            if old is None:
-                continue
-            if g.generation < old.generation:
-                self.fail(f"generation of {name} went back {old.generation} -> {g.generation}")
-            if g.owner != old.owner:
-                if g.generation <= old.generation:
-                    self.fail(f"{name} changed owner without a new generation")
-                self._recovery(world, before, name)
-        self._last_state = after
+            elif isinstance(command, GuestStarting):
+                # The start runs at the generation the committed intent gave it.
+                started = after.guests[command.guest]
+                self._starting.add((started.spec.domain, command.node, started.generation))
+            elif isinstance(command, AssignGuests):
+                for a in command.assignments:
+                    old, new = before.guests.get(a.guest), after.guests.get(a.guest)
+                    if old is None or new is None or old.owner == new.owner:
+                        continue
+                    if new.generation <= old.generation:
+                        self.fail(f"{a.guest} changed owner without a new generation")
+                    self._recovery(world, before, a.guest)
+            for name, g in after.guests.items():
+                old_g = before.guests.get(name)
+                if old_g is not None and g.generation < old_g.generation:
+                    self.fail(
+                        f"generation of {name} went back {old_g.generation} -> {g.generation}"
+                    )
 
     def _recovery(self, world: World, before: ClusterState, guest: str) -> None:
         old = before.guests[guest]
         if old.owner is None or old.state in (GuestState.STOPPED, GuestState.ERROR):
-            return  # nobody may run it: no fence needed
+            return  # its owner committed that it does not run it: no fence needed
         owner = before.node(old.owner)
         if owner.state is NodeState.DOWN:
-            return
+            return  # left cleanly, which requires every guest stopped
         if owner.state is not NodeState.FENCED or owner.fence.last_result != "ok":
             self.fail(
                 f"{guest} moved off {old.owner} ({owner.state}) while it was {old.state} "
@@ -110,34 +142,41 @@ class InvariantChecker:
     # 3 (physical side) ------------------------------------------------------------------
 
     def _starts(self, world: World) -> None:
-        for ev in world.trace[self._trace_seen :]:
+        trace = world.trace
+        for index in range(self._trace_seen, len(trace)):
+            ev = trace[index]
             if ev.name != "domain_started":
                 continue
             data = dict(ev.data)
             domain, gen = str(data["domain"]), data["generation"]
-            assert isinstance(gen, int)
+            assert isinstance(gen, int) and ev.node is not None
             if gen < self._max_started.get(domain, 0):
                 self.fail(
                     f"{ev.node} started {domain} at generation {gen}, older than "
                     f"{self._max_started[domain]}"
                 )
+            if (domain, ev.node, gen) not in self._starting:
+                self.fail(
+                    f"{ev.node} started {domain} at generation {gen} without a committed "
+                    "guest_starting"
+                )
             self._max_started[domain] = max(gen, self._max_started.get(domain, 0))
-        self._trace_seen = len(world.trace)
+        self._trace_seen = len(trace)
 
     # 4 --------------------------------------------------------------------------------------
 
     def _leases(self, world: World) -> None:
-        protected = {g.domain for g in world.guest_specs}
+        protected = self._protected
         for node in world.nodes.values():
-            if not node.powered or node.hung or node.agent is None:
-                continue
-            if not any(d.running and name in protected for name, d in node.domains.items()):
+            if not node.powered or node.hung or node.agent is None or not node.domains:
                 continue
             agent = node.agent
-            s = agent.settings
             local_now = node.local(world.now)
             if agent.lease_valid(local_now):
                 continue
+            if not any(d.running and name in protected for name, d in node.domains.items()):
+                continue
+            s = agent.settings
             since = (
                 agent.lease_until
                 if agent.lease_until > -math.inf
@@ -154,21 +193,86 @@ class InvariantChecker:
 
     # 5 --------------------------------------------------------------------------------------
 
-    def check_healed(self, healed_at: float, bound_s: float) -> None:
-        """Call at the end of a run whose faults all healed at `healed_at`."""
+    def unhealed(self) -> list[str]:
+        """What is not healed right now: every enabled guest (not in error) must run exactly
+        once, on its committed owner, and be committed running."""
         world = self.world
-        if world.now < healed_at + bound_s:
-            raise ValueError("run the world until healed_at + bound_s first")
         state = world.committed_state
+        problems: list[str] = []
         for spec in world.guest_specs:
             g = state.guests.get(spec.name)
             if g is None:
-                self.fail(f"{spec.name} was never registered")
+                problems.append(f"{spec.name} was never registered")
                 continue
             if g.desired is not DesiredState.RUNNING or g.state is GuestState.ERROR:
                 continue
-            if len(world.running(spec.name)) != 1:
-                self.fail(
-                    f"{spec.name} not running {bound_s:.0f}s after every fault healed "
-                    f"(committed: {g.state} on {g.owner})"
+            hosts = world.running(spec.name)
+            if hosts != [g.owner] or g.state is not GuestState.RUNNING:
+                text = (
+                    f"{spec.name} runs on {', '.join(hosts) or 'no node'} (committed: {g.state}"
+                    f" on {g.owner} at generation {g.generation}: {g.reason})"
                 )
+                if g.failed_nodes:
+                    text += f"; gave up on it: {', '.join(g.failed_nodes)}"
+                why = self._last_unplaced(spec.name)
+                if why:
+                    text += f"; last unplaced: {why}"
+                problems.append(text)
+        return problems
+
+    def _last_unplaced(self, guest: str) -> str:
+        for ev in reversed(self.world.trace):
+            if ev.name == "unplaced":
+                data = dict(ev.data)
+                if data.get("guest") == guest:
+                    return str(data.get("why"))
+            elif ev.name == "assign" and dict(ev.data).get("guest") == guest:
+                return ""
+        return ""
+
+    def check_healed(self, healed_at: float, bound_s: float) -> None:
+        """Call at the end of a run whose faults all healed at `healed_at`, once the world ran
+        until `healed_at + bound_s`."""
+        if self.world.now < healed_at + bound_s:
+            raise ValueError("run the world until healed_at + bound_s first")
+        for problem in self.unhealed():
+            self.fail(f"not healed {bound_s:g}s after the last fault: {problem}")
+
+    # reporting ------------------------------------------------------------------------------
+
+    def report(self, keep_last: int = 40) -> str:
+        """The violations, the seed, and a shortened trace up to the first violation: every
+        fault, and the last `keep_last` other events before it."""
+        if not self.violations:
+            return f"seed {self.world.seed}: no violation"
+        upto = self.first_violation_index
+        lines = [f"seed {self.world.seed}: {len(self.violations)} invariant violation(s):"]
+        lines += [f"  {v}" for v in self.violations]
+        lines.append("shortened trace (every fault, then the events just before the first):")
+        lines += [f"  {line}" for line in shorten_trace(self.world.trace, upto, keep_last)]
+        return "\n".join(lines)
+
+
+def shorten_trace(
+    trace: list[TraceEvent], upto: int | None = None, keep_last: int = 40
+) -> list[str]:
+    """JSON lines: the faults of `trace[:upto]`, plus its last `keep_last` other events."""
+    events = trace[: len(trace) if upto is None else upto]
+    others = [
+        i
+        for i, e in enumerate(events)
+        if not e.name.startswith("fault_") and e.name not in QUIET_EVENTS
+    ]
+    window = others[-keep_last:]
+    keep = set(window) | {i for i, e in enumerate(events) if e.name.startswith("fault_")}
+    out: list[str] = []
+    skipped = 0
+    for i, e in enumerate(events):
+        if i not in keep:
+            skipped += 1
+            continue
+        if skipped:
+            out.append(f"... {skipped} events")
+            skipped = 0
+        out.append(json.dumps(e.to_json(), sort_keys=True))
+    return out

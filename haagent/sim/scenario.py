@@ -9,43 +9,90 @@ first comment block is the scenario's description. Everything else is one statem
     memory n1=2048 n2=2048              per-node guest memory
     fence watchdog n2                   fencing method of some nodes (default: agent)
     watchdog_timeout 5                  seconds, all nodes
-    guest g1 memory=256 priority=10 prefer=n1,n2 allow=n1,n2
+    guest g1 memory=256 priority=10 prefer=n1,n2 allow=n1,n2 group=db
     set lease_s=1.0 failure_timeout_s=1.4    agent settings (AgentSettings fields)
     option drop_probability=0.01        simulator knobs (SimOptions fields)
     at 5 power_off n1                   a fault at t = 5 s (simulated), see FAULTS
+    at 4 expect running g1 on n1        an expectation checked at t = 4 s
     heal_bound 30                       seconds after the last fault for everything to run
     run 40                              simulate until t = 40 s (default: last fault + bound)
-    expect running g1 on n2|n3          checked at the end
-    expect stopped g1
-    expect state g1 error
-    expect node n1 fenced
+    expect running g1 on n2|n3          checked at the end, see EXPECTATIONS
 
-Faults: power_off N, power_on N, cut N, heal [N], partition A,B|C, drop A B, crash G,
-fail_starts N G COUNT, fence_script N ok|fail|hang[,...], clock_jump N SECONDS, hang N,
-resume N, restart N, disable G, enable G.
+Faults (N a node, G a guest; `@leader` names the Raft leader at that moment, and in a
+partition `*` stands for every node not named in another group):
 
-`run_scenario` returns the trace (structured events) and the invariant violations.
+    power_off N | power_on N | cut N | heal [N] | partition A,B|C | drop A B (A cannot reach B)
+    crash G | fail_starts N G COUNT | fence_script N ATTEMPT[,ATTEMPT...] | clock_jump N SECONDS
+    hang N | resume N | restart N (the agent, kill -9) | shutdown N (clean leave, agent exits)
+    disable G | enable G | maintenance N on|off
+    resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
+    pysyncobj re-sends a queued command; TYPE as in the trace, e.g. guest_running)
+
+A fence ATTEMPT is `ok`, `fail` or `hang`, or fencing levels joined by `/` (`fail/ok`: level 1
+fails, level 2 powers the node off).
+
+Expectations:
+
+    running G [on A|B]      runs on exactly one node (one of those)
+    stopped G               runs nowhere
+    state G STATE           committed guest state (stopped, starting, running, error)
+    owner G N|-             committed owner
+    desired G running|stopped
+    generation G NUMBER
+    failed_nodes G A,B|-    the nodes that gave up on it, in order
+    node N STATE            committed node state (down, up, failed, fenced)
+    maintenance N [on|off]
+    powered N [on|off]
+    event NAME [k=v ...]    the trace holds such an event (k=v match its fields; `at` is the
+                            node; `after=T` matches events at T seconds or later)
+    no_event NAME [k=v ...]
+    events COUNT NAME [k=v ...]
+    before "NAME k=v" "NAME k=v"   the first match of the first comes before that of the second
+
+`run_scenario` returns the trace and the invariant violations. The trace is structured events
+(`TraceEvent`, one JSON object a line in NAME.trace), never log prose: the faults (`fault_*`),
+every commit but heartbeats (`commit` with type, proposer, accepted), the agents' decision
+events (`join`, `declare_failed`, `fence`, `assign`, `start`, `destroy`, `guest_lost`, ...) and
+what physically happened (`raft_leader`, `domain_started`, `domain_destroyed`, `power_off`,
+`fence_device`, `agent_started`, ...).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from haagent.agent import AgentSettings, NodeSettings
-from haagent.model import FenceMethod, GuestSpec, GuestState, NodeRole
+from haagent.commands import COMMAND_TYPES
+from haagent.model import DesiredState, FenceMethod, GuestSpec, GuestState, NodeRole, NodeState
 from haagent.sim.invariants import InvariantChecker
-from haagent.sim.world import SimOptions, TraceEvent, World
+from haagent.sim.world import FENCE_STEPS, SimOptions, TraceEvent, TraceValue, World
 
 DEFAULT_MEMORY_MIB = 4096
+DEFAULT_SETTINGS: dict[str, Any] = {"initial_placement_wait_s": 2.0}
+"""Agent settings every scenario starts from (a short cold-start wait keeps traces short)."""
+
+LEADER = "@leader"
 
 
 class ScenarioError(ValueError):
     """A scenario file is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """A fault (or a timed expectation, verb `expect`) at simulated time `t`."""
+
+    t: float
+    verb: str
+    args: tuple[str, ...]
+    line: int = 0
 
 
 @dataclass
@@ -61,10 +108,11 @@ class Scenario:
     guests: list[GuestSpec] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-    faults: list[tuple[float, str, list[str], int]] = field(default_factory=list)  # + line no
+    faults: list[Step] = field(default_factory=list)
+    checks: list[Step] = field(default_factory=list)  # timed expectations
     heal_bound_s: float = 30.0
     run_s: float | None = None
-    expectations: list[tuple[list[str], int]] = field(default_factory=list)
+    expectations: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
 
     def node_settings(self) -> dict[str, NodeSettings]:
         out: dict[str, NodeSettings] = {}
@@ -80,11 +128,84 @@ class Scenario:
         return out
 
     @property
+    def last_fault_s(self) -> float:
+        return max((f.t for f in self.faults), default=0.0)
+
+    @property
     def end_s(self) -> float:
+        """When the run stops: `run`, but never before the heal bound has passed."""
+        bound = self.last_fault_s + self.heal_bound_s
+        return bound if self.run_s is None else max(self.run_s, bound)
+
+    def to_text(self) -> str:
+        """The scenario as a file that `parse_scenario` reads back to an equal scenario."""
+        out = [f"# {line}" for line in _wrap(self.description)] if self.description else []
+        out.append(f"seed {self.seed}")
+        out.append("nodes " + " ".join(self.nodes))
+        if self.witnesses:
+            out.append("witness " + " ".join(self.witnesses))
+        if self.memory:
+            out.append("memory " + " ".join(f"{n}={m}" for n, m in self.memory.items()))
+        for method in FenceMethod:
+            named = [n for n, m in self.fence.items() if m is method]
+            if named:
+                out.append(f"fence {method.value} " + " ".join(named))
+        out.append(f"watchdog_timeout {_num(self.watchdog_timeout_s)}")
+        out += [_guest_line(g) for g in self.guests]
+        if self.settings:
+            out.append("set " + " ".join(f"{k}={_text(v)}" for k, v in self.settings.items()))
+        if self.options:
+            out.append("option " + " ".join(f"{k}={_text(v)}" for k, v in self.options.items()))
+        steps = sorted([*self.faults, *self.checks], key=lambda s: (s.t, s.line))
+        for s in steps:
+            out.append(shlex.join(["at", _num(s.t), s.verb, *s.args]))
+        out.append(f"heal_bound {_num(self.heal_bound_s)}")
         if self.run_s is not None:
-            return self.run_s
-        last = max((t for t, *_ in self.faults), default=0.0)
-        return last + self.heal_bound_s
+            out.append(f"run {_num(self.run_s)}")
+        out += [shlex.join(["expect", *args]) for args, _ in self.expectations]
+        return "\n".join(out) + "\n"
+
+
+def _wrap(text: str, width: int = 96) -> list[str]:
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    return [*lines, current] if current else lines
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, tuple):
+        return ",".join(_text(x) for x in v)
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _guest_line(g: GuestSpec) -> str:
+    parts = [f"guest {g.name}"]
+    if g.domain != g.name:
+        parts.append(f"domain={g.domain}")
+    parts.append(f"memory={g.memory_mib}")
+    if g.priority:
+        parts.append(f"priority={g.priority}")
+    if g.preferred_nodes:
+        parts.append("prefer=" + ",".join(g.preferred_nodes))
+    if g.allowed_nodes:
+        parts.append("allow=" + ",".join(g.allowed_nodes))
+    if g.anti_affinity:
+        parts.append(f"group={g.anti_affinity}")
+    return " ".join(parts)
 
 
 _SETTING_FIELDS = {f.name for f in fields(AgentSettings)} - {"cluster", "node", "nodes", "guests"}
@@ -103,8 +224,11 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "hang": (1, 1),
     "resume": (1, 1),
     "restart": (1, 1),
+    "shutdown": (1, 1),
     "disable": (1, 1),
     "enable": (1, 1),
+    "maintenance": (2, 2),
+    "resend": (2, 2),
 }
 
 NODE_ARGS: dict[str, tuple[int, ...]] = {
@@ -119,12 +243,32 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "hang": (0,),
     "resume": (0,),
     "restart": (0,),
+    "shutdown": (0,),
+    "maintenance": (0,),
+    "resend": (0,),
 }
 GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "crash": (0,),
     "disable": (0,),
     "enable": (0,),
     "fail_starts": (1,),
+}
+
+EXPECTATIONS: dict[str, tuple[int, int]] = {  # kind -> (min args, max args) after the kind
+    "running": (1, 3),
+    "stopped": (1, 1),
+    "state": (2, 2),
+    "owner": (2, 2),
+    "desired": (2, 2),
+    "generation": (2, 2),
+    "failed_nodes": (2, 2),
+    "node": (2, 2),
+    "maintenance": (1, 2),
+    "powered": (1, 2),
+    "event": (1, 99),
+    "no_event": (1, 99),
+    "events": (2, 99),
+    "before": (2, 2),
 }
 
 
@@ -163,29 +307,62 @@ def parse_scenario(text: str, name: str = "scenario") -> Scenario:
                 description.append(line.lstrip("#").strip())
             continue
         in_header = False
-        words = shlex.split(line, comments=True)
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise ScenarioError(f"{where}: {exc}") from None
         verb, args = words[0], words[1:]
         try:
             _statement(sc, verb, args, where, number)
-        except (IndexError, KeyError) as exc:
+        except (IndexError, KeyError, ValueError) as exc:
+            if isinstance(exc, ScenarioError):
+                raise
             raise ScenarioError(f"{where}: malformed {verb!r} statement ({exc})") from None
     sc.description = " ".join(description)
+    _validate(sc)
+    return sc
+
+
+def _validate(sc: Scenario) -> None:
+    name = sc.name
     if not sc.nodes:
         raise ScenarioError(f"{name}: no `nodes` line")
     nodes = set(sc.nodes) | set(sc.witnesses)
+    if len(nodes) != len(sc.nodes) + len(sc.witnesses):
+        raise ScenarioError(f"{name}: a node is named twice")
     guests = {g.name for g in sc.guests}
-    for _t, verb, args, number in sc.faults:
-        named_nodes = [args[i] for i in NODE_ARGS.get(verb, ()) if i < len(args)]
-        if verb == "partition":
-            named_nodes = [n for group in args[0].split("|") for n in group.split(",")]
-        named_guests = [args[i] for i in GUEST_ARGS.get(verb, ())]
+    for node in [*sc.memory, *sc.fence]:
+        if node not in sc.nodes:
+            raise ScenarioError(f"{name}: {node!r} is not a hypervisor")
+    for g in sc.guests:
+        for node in (*g.preferred_nodes, *g.allowed_nodes):
+            if node not in sc.nodes:
+                raise ScenarioError(f"{name}: guest {g.name}: {node!r} is not a hypervisor")
+    if not sc.options.get("hardware_watchdog", True) and FenceMethod.WATCHDOG in sc.fence.values():
+        raise ScenarioError(f"{name}: watchdog fencing needs option hardware_watchdog=true")
+    for step in sc.faults:
+        where = f"{name}:{step.line}"
+        named_nodes = [step.args[i] for i in NODE_ARGS.get(step.verb, ()) if i < len(step.args)]
+        if step.verb == "partition":
+            named_nodes = [
+                n for group in step.args[0].split("|") for n in group.split(",") if n != "*"
+            ]
         for node in named_nodes:
-            if node not in nodes:
-                raise ScenarioError(f"{name}:{number}: unknown node {node!r}")
-        for guest in named_guests:
+            if node not in nodes and node != LEADER:
+                raise ScenarioError(f"{where}: unknown node {node!r}")
+        for guest in [step.args[i] for i in GUEST_ARGS.get(step.verb, ())]:
             if guest not in guests:
-                raise ScenarioError(f"{name}:{number}: unknown guest {guest!r}")
-    return sc
+                raise ScenarioError(f"{where}: unknown guest {guest!r}")
+        if step.verb == "fence_script":
+            for attempt in step.args[1].split(","):
+                if any(s not in FENCE_STEPS for s in attempt.split("/")):
+                    raise ScenarioError(f"{where}: bad fence attempt {attempt!r}")
+        if step.verb == "resend" and step.args[1] not in COMMAND_TYPES:
+            raise ScenarioError(f"{where}: unknown command type {step.args[1]!r}")
+        if step.verb == "maintenance" and step.args[1] not in ("on", "off"):
+            raise ScenarioError(f"{where}: maintenance takes on|off")
+        if step.verb in ("fail_starts", "clock_jump"):
+            _number(step.args[-1], where)
 
 
 def _statement(sc: Scenario, verb: str, args: list[str], where: str, number: int) -> None:
@@ -217,21 +394,59 @@ def _statement(sc: Scenario, verb: str, args: list[str], where: str, number: int
             target[key] = _value(value)
     elif verb == "at":
         t = _number(args[0], where)
-        fault, fargs = args[1], args[2:]
-        if fault not in FAULTS:
-            raise ScenarioError(f"{where}: unknown fault {fault!r} (known: {', '.join(FAULTS)})")
-        lo, hi = FAULTS[fault]
-        if not lo <= len(fargs) <= hi:
-            raise ScenarioError(f"{where}: {fault} takes {lo}..{hi} arguments")
-        sc.faults.append((t, fault, fargs, number))
+        what, rest = args[1], tuple(args[2:])
+        if what == "expect":
+            _check_expectation(rest, where)
+            sc.checks.append(Step(t, what, rest, number))
+            return
+        if what not in FAULTS:
+            raise ScenarioError(f"{where}: unknown fault {what!r} (known: {', '.join(FAULTS)})")
+        lo, hi = FAULTS[what]
+        if not lo <= len(rest) <= hi:
+            raise ScenarioError(f"{where}: {what} takes {lo}..{hi} arguments")
+        sc.faults.append(Step(t, what, rest, number))
     elif verb == "heal_bound":
         sc.heal_bound_s = _number(args[0], where)
     elif verb == "run":
         sc.run_s = _number(args[0], where)
     elif verb == "expect":
-        sc.expectations.append((args, number))
+        _check_expectation(tuple(args), where)
+        sc.expectations.append((tuple(args), number))
     else:
         raise ScenarioError(f"{where}: unknown statement {verb!r}")
+
+
+def _check_expectation(args: tuple[str, ...], where: str) -> None:
+    if not args or args[0] not in EXPECTATIONS:
+        known = ", ".join(EXPECTATIONS)
+        raise ScenarioError(f"{where}: unknown expectation {args[:1]} (known: {known})")
+    lo, hi = EXPECTATIONS[args[0]]
+    if not lo <= len(args) - 1 <= hi:
+        raise ScenarioError(f"{where}: expect {args[0]} takes {lo}..{hi} arguments")
+    if args[0] == "running" and len(args) > 2 and (len(args) != 4 or args[2] != "on"):
+        raise ScenarioError(f"{where}: expect running G [on A|B]")
+    kind = args[0]
+    enums: dict[str, type[GuestState | DesiredState | NodeState]] = {
+        "state": GuestState,
+        "desired": DesiredState,
+        "node": NodeState,
+    }
+    if kind in enums:
+        try:
+            enums[kind](args[2])
+        except ValueError:
+            known = ", ".join(v.value for v in enums[kind])
+            raise ScenarioError(
+                f"{where}: expect {kind}: {args[2]!r} is not one of {known}"
+            ) from None
+    if kind in ("maintenance", "powered") and args[2:] and args[2] not in ("on", "off"):
+        raise ScenarioError(f"{where}: expect {kind} N [on|off]")
+    if kind == "events":
+        int(args[1])
+    if kind == "before":
+        for pattern in args[1:]:
+            if not shlex.split(pattern):
+                raise ScenarioError(f"{where}: expect before: empty event pattern")
 
 
 def _guest(args: list[str], where: str) -> GuestSpec:
@@ -241,12 +456,16 @@ def _guest(args: list[str], where: str) -> GuestSpec:
         key, _, value = a.partition("=")
         if key == "memory":
             kw["memory_mib"] = int(value)
+        elif key == "domain":
+            kw["domain"] = value
         elif key == "priority":
             kw["priority"] = int(value)
         elif key == "prefer":
             kw["preferred_nodes"] = tuple(value.split(","))
         elif key == "allow":
             kw["allowed_nodes"] = tuple(value.split(","))
+        elif key == "group":
+            kw["anti_affinity"] = value
         else:
             raise ScenarioError(f"{where}: unknown guest attribute {key!r}")
     return GuestSpec(**kw)
@@ -256,6 +475,7 @@ def _guest(args: list[str], where: str) -> GuestSpec:
 class ScenarioResult:
     scenario: Scenario
     world: World
+    checker: InvariantChecker
     violations: list[str]
     failed_expectations: list[str]
 
@@ -266,78 +486,205 @@ class ScenarioResult:
     def trace_lines(self) -> list[str]:
         return [json.dumps(e.to_json(), sort_keys=True) for e in self.world.trace]
 
+    def trace_text(self) -> str:
+        return trace_to_text(self.world.trace)
+
 
 def build_world(sc: Scenario, seed: int | None = None) -> World:
     return World(
         seed if seed is not None else sc.seed,
         sc.node_settings(),
         sc.guests,
-        settings={"initial_placement_wait_s": 2.0, **sc.settings},
+        settings={**DEFAULT_SETTINGS, **sc.settings},
         options=SimOptions(**sc.options),
     )
 
 
-def apply_fault(world: World, fault: str, args: list[str]) -> None:
+def _resolve(world: World, node: str) -> str | None:
+    if node == LEADER:
+        return world.leader
+    return node
+
+
+def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
+    """Run one fault of the vocabulary against `world` (node aliases resolved now)."""
+    nodes = [_resolve(world, args[i]) for i in NODE_ARGS.get(fault, ()) if i < len(args)]
+    if any(n is None for n in nodes):
+        world.record(None, "fault_skipped", fault=fault, why="no leader")
+        return
+    a = [str(x) for x in args]
+    for i, n in zip(NODE_ARGS.get(fault, ()), nodes, strict=False):
+        a[i] = str(n)
     actions: dict[str, Callable[[], None]] = {
-        "power_off": lambda: world.power_off(args[0]),
-        "power_on": lambda: world.power_on(args[0]),
-        "cut": lambda: world.cut(args[0]),
-        "heal": lambda: world.heal(args[0] if args else None),
-        "partition": lambda: world.partition([g.split(",") for g in args[0].split("|")]),
-        "drop": lambda: world.drop(args[0], args[1]),
-        "crash": lambda: world.crash_guest(args[0]),
-        "fail_starts": lambda: world.fail_starts(args[0], args[1], int(args[2])),
-        "fence_script": lambda: world.fence_script(args[0], args[1].split(",")),
-        "clock_jump": lambda: world.clock_jump(args[0], float(args[1])),
-        "hang": lambda: world.hang(args[0]),
-        "resume": lambda: world.resume(args[0]),
-        "restart": lambda: world.restart_agent(args[0]),
-        "disable": lambda: world.disable(args[0]),
-        "enable": lambda: world.enable(args[0]),
+        "power_off": lambda: world.power_off(a[0]),
+        "power_on": lambda: world.power_on(a[0]),
+        "cut": lambda: world.cut(a[0]),
+        "heal": lambda: world.heal(a[0] if a else None),
+        "partition": lambda: world.partition(_groups(world, a[0])),
+        "drop": lambda: world.drop(a[0], a[1]),
+        "crash": lambda: world.crash_guest(a[0]),
+        "fail_starts": lambda: world.fail_starts(a[0], a[1], int(a[2])),
+        "fence_script": lambda: world.fence_script(a[0], a[1].split(",")),
+        "clock_jump": lambda: world.clock_jump(a[0], float(a[1])),
+        "hang": lambda: world.hang(a[0]),
+        "resume": lambda: world.resume(a[0]),
+        "restart": lambda: world.restart_agent(a[0]),
+        "shutdown": lambda: world.shutdown(a[0]),
+        "disable": lambda: world.disable(a[0]),
+        "enable": lambda: world.enable(a[0]),
+        "maintenance": lambda: world.maintenance(a[0], a[1] == "on"),
+        "resend": lambda: world.resend(a[0], a[1]),
     }
     actions[fault]()
 
 
-def run_scenario(sc: Scenario, seed: int | None = None) -> ScenarioResult:
+def _groups(world: World, text: str) -> list[list[str]]:
+    groups = [[str(_resolve(world, n) or "") for n in g.split(",")] for g in text.split("|")]
+    named = {n for g in groups for n in g}
+    rest = [n for n in world.nodes if n not in named]
+    return [[m for n in g for m in (rest if n == "*" else [n]) if m] for g in groups]
+
+
+def run_scenario(
+    sc: Scenario, seed: int | None = None, settle_s: float | None = None
+) -> ScenarioResult:
+    """Run `sc` (with its seed, or `seed`); check invariants after every step, the timed
+    expectations on time, then the heal bound and the final expectations.
+
+    With `settle_s`, the run ends early once every wanted guest has run where the committed
+    state says for `settle_s` seconds after the last fault (the swarm saves time this way);
+    otherwise it runs until `sc.end_s`.
+    """
     world = build_world(sc, seed)
     checker = InvariantChecker(world)
-    for t, fault, args, _ in sorted(sc.faults, key=lambda f: (f[0], f[3])):
-        world.run_until(t)
-        apply_fault(world, fault, args)
-    last = max((t for t, *_ in sc.faults), default=0.0)
-    world.run_until(max(sc.end_s, last + sc.heal_bound_s))
-    checker.check_healed(last, sc.heal_bound_s)
-    failed = [
-        f"{sc.name}:{n}: {msg}" for args, n in sc.expectations if (msg := _expectation(world, args))
+    failed: list[str] = []
+    steps = sorted([*sc.faults, *sc.checks], key=lambda s: (s.t, s.line))
+    for step in steps:
+        world.run_until(step.t)
+        if step.verb == "expect":
+            msg = expectation(world, step.args)
+            if msg:
+                failed.append(f"{sc.name}:{step.line}: at {step.t:g}s: {msg}")
+        else:
+            apply_fault(world, step.verb, step.args)
+    last = sc.last_fault_s
+    if settle_s is None:
+        world.run_until(sc.end_s)
+        checker.check_healed(last, sc.heal_bound_s)
+    else:
+        _run_until_settled(world, checker, last, sc.heal_bound_s, settle_s)
+    failed += [
+        f"{sc.name}:{n}: {msg}" for args, n in sc.expectations if (msg := expectation(world, args))
     ]
-    return ScenarioResult(sc, world, checker.violations, failed)
+    return ScenarioResult(sc, world, checker, checker.violations, failed)
 
 
-def _expectation(world: World, args: list[str]) -> str:
-    """'' when the expectation holds, else what is wrong."""
-    kind = args[0]
+def _run_until_settled(
+    world: World, checker: InvariantChecker, last: float, bound_s: float, settle_s: float
+) -> None:
+    healed_since: float | None = None
+    t = max(world.now, last)
+    while t < last + bound_s:
+        t = min(t + 1.0, last + bound_s)
+        world.run_until(t)
+        if checker.unhealed():
+            healed_since = None
+        elif healed_since is None:
+            healed_since = t
+        elif t - healed_since >= settle_s:
+            return
+    checker.check_healed(last, bound_s)
+
+
+# -- expectations -------------------------------------------------------------------------------
+
+
+def expectation(world: World, args: Sequence[str]) -> str:
+    """'' when the expectation holds in `world` now, else what is wrong."""
+    kind, rest = args[0], list(args[1:])
     state = world.committed_state
-    if kind == "running":
-        guest, hosts = args[1], set(args[3].split("|")) if len(args) > 3 else None
+    if kind in ("running", "stopped"):
+        guest = rest[0]
         where = world.running(guest)
+        if kind == "stopped":
+            return f"expected {guest} stopped, runs on {where}" if where else ""
+        hosts = set(rest[2].split("|")) if len(rest) > 2 else None
         if len(where) != 1 or (hosts is not None and where[0] not in hosts):
             return (
-                f"expected {guest} running on {args[3] if hosts else 'one node'}, runs on {where}"
+                f"expected {guest} running on {rest[2] if hosts else 'one node'}, runs on {where}"
             )
-    elif kind == "stopped":
-        if world.running(args[1]):
-            return f"expected {args[1]} stopped, runs on {world.running(args[1])}"
-    elif kind == "state":
-        g = state.guests.get(args[1])
-        if g is None or g.state is not GuestState(args[2]):
-            return f"expected {args[1]} in state {args[2]}, is {g.state if g else None}"
-    elif kind == "node":
-        rec = state.node(args[1])
-        if rec.state.value != args[2]:
-            return f"expected node {args[1]} {args[2]}, is {rec.state}"
-    else:
-        return f"unknown expectation {kind!r}"
-    return ""
+        return ""
+    if kind in ("state", "owner", "desired", "generation", "failed_nodes"):
+        g = state.guests.get(rest[0])
+        if g is None:
+            return f"guest {rest[0]} is not registered"
+        actual = {
+            "state": g.state.value,
+            "owner": g.owner or "-",
+            "desired": g.desired.value,
+            "generation": str(g.generation),
+            "failed_nodes": ",".join(g.failed_nodes) or "-",
+        }[kind]
+        return "" if actual == rest[1] else f"expected {kind} of {rest[0]} {rest[1]}, is {actual}"
+    if kind == "node":
+        rec = state.node(rest[0])
+        return (
+            ""
+            if rec.state.value == rest[1]
+            else f"expected node {rest[0]} {rest[1]}, is {rec.state}"
+        )
+    if kind in ("maintenance", "powered"):
+        want = (rest[1] if len(rest) > 1 else "on") == "on"
+        is_on = state.node(rest[0]).maintenance if kind == "maintenance" else world.powered(rest[0])
+        if is_on != want:
+            return f"expected {kind} {'on' if want else 'off'} for {rest[0]}"
+        return ""
+    if kind in ("event", "no_event", "events"):
+        count = None
+        if kind == "events":
+            count, rest = int(rest[0]), rest[1:]
+        found = [e for e in world.trace if _matches(e, rest)]
+        pattern = " ".join(rest)
+        if kind == "event" and not found:
+            return f"expected an event {pattern}, there is none"
+        if kind == "no_event" and found:
+            return f"expected no event {pattern}, found: {_event_text(found[0])}"
+        if count is not None and len(found) != count:
+            return f"expected {count} events {pattern}, found {len(found)}"
+        return ""
+    if kind == "before":
+        first, second = (shlex.split(p) for p in rest)
+        a = next((i for i, e in enumerate(world.trace) if _matches(e, first)), None)
+        b = next((i for i, e in enumerate(world.trace) if _matches(e, second)), None)
+        if a is None or b is None:
+            seen = f"found: {a is not None}, {b is not None}"
+            return f"expected both {rest[0]!r} and {rest[1]!r} ({seen})"
+        return "" if a < b else f"expected {rest[0]!r} before {rest[1]!r}"
+    return f"unknown expectation {kind!r}"
+
+
+def _render(v: TraceValue) -> str:
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    return str(v)
+
+
+def _matches(event: TraceEvent, pattern: Sequence[str]) -> bool:
+    if event.name != pattern[0]:
+        return False
+    data = event.to_json()
+    for item in pattern[1:]:
+        key, _, value = item.partition("=")
+        if key == "after":
+            if event.t < float(value):
+                return False
+        elif key not in data or _render(data[key]) != value:
+            return False
+    return True
+
+
+def _event_text(event: TraceEvent) -> str:
+    return json.dumps(event.to_json(), sort_keys=True)
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -346,3 +693,57 @@ def load_scenario(path: Path) -> Scenario:
 
 def trace_to_text(events: list[TraceEvent]) -> str:
     return "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in events)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def scenario_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="haagent simulate --scenario",
+        description="Run one scenario file in the deterministic simulator.",
+    )
+    p.add_argument("--scenario", required=True, type=Path, help="a .scn file")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--trace", action="store_true", help="print the trace (JSON lines)")
+    return p
+
+
+def scenario_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """`haagent simulate --scenario FILE [--seed N] [--trace]`.
+
+    `argv` holds the arguments after `simulate` (the `--scenario FILE` option included).
+    Exit status: 0 when no invariant is violated and every expectation holds, 1 otherwise,
+    2 for a missing or malformed scenario file.
+    """
+    args = scenario_parser().parse_args(argv)
+    return run_scenario_cli(args.scenario, args.seed, args.trace, out)
+
+
+def run_scenario_cli(
+    path: Path, seed: int | None = None, trace: bool = False, out: TextIO | None = None
+) -> int:
+    """The body of `scenario_main`, for a caller that parsed the options itself."""
+    out = out or sys.stdout
+    try:
+        sc = load_scenario(path)
+    except (OSError, ScenarioError) as exc:
+        print(f"haagent: {exc}", file=sys.stderr)
+        return 2
+    result = run_scenario(sc, seed)
+    if trace:
+        out.write(result.trace_text())
+    used = seed if seed is not None else sc.seed
+    print(f"scenario {sc.name} (seed {used}): {sc.description}", file=out)
+    if result.violations:
+        print(result.checker.report(), file=out)
+    for msg in result.failed_expectations:
+        print(f"expectation failed: {msg}", file=out)
+    verdict = "ok" if result.ok else "FAILED"
+    print(
+        f"{verdict}: {len(result.world.trace)} events, {len(result.violations)} violations, "
+        f"{len(result.failed_expectations)} failed expectations, "
+        f"{result.world.now:g}s simulated",
+        file=out,
+    )
+    return 0 if result.ok else 1

@@ -7,23 +7,35 @@ each named as one:
   wall clock (display only) can jump.
 - FakeRaft: one committed log. A proposal commits only if its proposer can talk to a leader
   that can talk to a majority; it can be delayed, dropped, or applied after the proposer gave
-  up on it (pysyncobj re-sends queued commands to a new leader). Nodes cut off from the leader
-  apply nothing until they are reconnected. An isolated old leader keeps believing it leads for
-  the election timeout, as pysyncobj's `leaderFallbackTimeout` does.
-- FakeHypervisor: the domains each host runs; power loss empties it.
-- FakeFencer: per target, a script of outcomes (ok powers the target off; fail; hang).
-- FakeWatchdog: a host whose agent stops petting for its timeout is reset (powered off).
+  up on it, or commit twice (pysyncobj re-sends queued commands to a new leader:
+  `SimOptions.duplicate_probability`). Each node applies a committed
+  entry after a delay (`SimOptions.apply_delay_s`), so local reads are stale; nodes cut off
+  from the leader apply nothing until they are reconnected. An isolated old leader keeps
+  believing it leads for a while (`SimOptions.stale_leader_s`), as pysyncobj's
+  `leaderFallbackTimeout` makes it do.
+- FakeHypervisor: the domains each host runs; power loss empties it; starts can be scripted
+  to fail; an action in flight survives the agent that asked (libvirtd finishes it) but not a
+  power cycle. A host powered on is powered at once (a fence can switch it off while it boots)
+  and starts its agent after `boot_s`.
+- FakeFencer: per target, a script of attempts; an attempt tries fencing levels in order
+  (`fail/ok`: level 1 fails, level 2 powers the target off), a level may also hang until the
+  fence timeout.
+- FakeWatchdog: a host whose agent stops petting for its timeout is reset (powered off),
+  unless the simulated hosts have no hardware watchdog (`SimOptions.hardware_watchdog`).
 - FakeNetwork: blocked directed links; partitions; one-way drops.
+- FakeAdmin: admin commands (disable, enable, maintenance) go through the leader, or any
+  running agent, and are retried every second until they commit, in the order given.
 
 Same seed, same run: all randomness comes from one `random.Random(seed)`, events at equal
 times run in insertion order, and nothing iterates an unordered set.
 
-After every step the invariants of `haagent.sim.invariants` are checked; a violation records
-the seed and the trace so far.
+After every step the observers (the invariant checker of `haagent.sim.invariants`) run.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import heapq
 import itertools
 import math
@@ -45,7 +57,14 @@ from haagent.agent import (
     StartGuest,
     StopGuest,
 )
-from haagent.commands import Command, DefineGuest, Heartbeat, Join, SetDesired
+from haagent.commands import (
+    Command,
+    DefineGuest,
+    Heartbeat,
+    Join,
+    SetDesired,
+    SetMaintenance,
+)
 from haagent.model import ClusterState, DesiredState, FenceMethod, GuestSpec, NodeRole
 from haagent.ports import (
     ConsensusView,
@@ -59,9 +78,14 @@ from haagent.statemachine import apply
 
 TraceValue = str | int | float | bool | None
 
+FENCE_STEPS = ("ok", "fail", "hang")
+"""What one fencing level of a FakeFencer attempt does."""
+
 
 @dataclass(frozen=True)
 class TraceEvent:
+    """One structured event of a run: a fault, a commit, an agent decision, a physical fact."""
+
     t: float
     node: str | None
     name: str
@@ -83,15 +107,17 @@ class SimOptions:
     commit_delay_s: tuple[float, float] = (0.001, 0.004)
     apply_delay_s: tuple[float, float] = (0.0005, 0.002)
     election_timeout_s: tuple[float, float] = (0.3, 0.6)
+    stale_leader_s: float | None = None  # an isolated leader's belief; None: election min
     start_s: float = 0.05
     destroy_s: float = 0.02
     stop_s: float = 0.3
-    fence_s: float = 0.1
+    fence_s: float = 0.1  # one fencing level that answers
     boot_s: float = 3.0  # power on -> agent running
     drift_ppm: float = 100.0  # max clock rate error per node, drawn per seed
     drop_probability: float = 0.0  # proposals (or their answers) lost in the network
+    duplicate_probability: float = 0.0  # a committed proposal commits again, up to 3 s later
     keep_guests_on_agent_restart: bool = True  # like libvirtd: guests outlive the agent
-    hardware_watchdog: bool = True
+    hardware_watchdog: bool = True  # every hypervisor has one (required for watchdog fencing)
     heal_bound_s: float = 30.0  # after the last fault heals, every wanted guest runs by then
 
 
@@ -103,6 +129,8 @@ class _Node:
     origin: float
     wall_offset: float
     powered: bool = True
+    booting: bool = False  # powered, agent not started yet
+    boot_count: int = 0
     hung: bool = False
     agent: AgentCore | None = None
     generation_of_agent: int = 0
@@ -117,6 +145,7 @@ class _Node:
     heartbeats: dict[str, HeartbeatSeen] = field(default_factory=dict)
     believes_leader_until: float = -math.inf
     resumed_at: float = -math.inf  # local clock: when a hung agent last continued
+    start_after_exit: bool = False  # a start was asked while the agent was leaving
     # Results that arrived while the agent was hung.
     deferred: list[Callable[[], None]] = field(default_factory=list)
 
@@ -143,6 +172,7 @@ class _Pending:
     answered: bool = False
     dropped: bool = False
     index: int | None = None  # log index once committed
+    duplicate: bool = False  # a second copy of a command that already committed
 
     @property
     def done(self) -> bool:
@@ -150,7 +180,12 @@ class _Pending:
 
 
 class World:
-    """One simulated cluster. Drive it with `run_until` and the fault methods."""
+    """One simulated cluster. Drive it with `run_until` and the fault methods.
+
+    `physical_version` grows whenever what a fake hypervisor runs may have changed, and
+    `topology_version` whenever who can talk to whom may have changed (power, hang, agent
+    restart, network): observers use them to skip work on steps where nothing changed.
+    """
 
     def __init__(
         self,
@@ -169,8 +204,9 @@ class World:
         self._queue: list[_Scheduled] = []
         self._seq = itertools.count()
         self.trace: list[TraceEvent] = []
-        self.violations: list[str] = []
         self.log: list[Command] = []
+        self._commit_at: list[float] = []  # when each log entry committed (non-decreasing)
+        self._log_by: list[str] = []  # who proposed each log entry
         self.committed_state = ClusterState()  # the state at the end of the log
         self.leader: str | None = None
         self.term = 0
@@ -178,12 +214,26 @@ class World:
         self.blocked: set[tuple[str, str]] = set()
         self.node_settings = dict(nodes)
         self.guest_specs = tuple(guests)
+        self.spec_by_name = {g.name: g for g in self.guest_specs}
         self._settings_overrides = dict(settings or {})
         self._pending: list[_Pending] = []
+        self._admin_queue: list[_Pending] = []
         self._observers: list[Callable[[World], None]] = []
         self.last_fault_at = 0.0
-        self.faults_active = 0
+        self.physical_version = 0
+        self.topology_version = 0
+        self._majority_cache: dict[str, bool] = {}
+        self._majority_version = -1
         o = self.options
+        if not o.hardware_watchdog:
+            by_watchdog = sorted(
+                n for n, ns in nodes.items() if ns.fence_method is FenceMethod.WATCHDOG
+            )
+            if by_watchdog:
+                raise ValueError(
+                    f"watchdog fencing of {', '.join(by_watchdog)} needs hardware_watchdog"
+                )
+        self._settings_cache: dict[str, AgentSettings] = {}
         self.nodes: dict[str, _Node] = {}
         for name in sorted(nodes):
             drift = self.rng.uniform(-o.drift_ppm, o.drift_ppm) * 1e-6
@@ -201,6 +251,9 @@ class World:
     # -- settings -----------------------------------------------------------------------------
 
     def agent_settings(self, node: str) -> AgentSettings:
+        cached = self._settings_cache.get(node)
+        if cached is not None:
+            return cached
         base: dict[str, Any] = {
             "cluster": self.cluster,
             "node": node,
@@ -208,7 +261,9 @@ class World:
             "guests": self.guest_specs,
         }
         base.update(self._settings_overrides)
-        return AgentSettings(**base)
+        settings = AgentSettings(**base)
+        self._settings_cache[node] = settings
+        return settings
 
     # -- the event loop -----------------------------------------------------------------------
 
@@ -217,19 +272,20 @@ class World:
 
     def run_until(self, t_end: float) -> None:
         """Advance simulated time to `t_end`, processing every event and tick on the way."""
+        nodes = list(self.nodes.values())
+        queue = self._queue
         while True:
-            next_tick = min((n.next_tick for n in self.nodes.values()), default=math.inf)
-            next_event = self._queue[0].t if self._queue else math.inf
-            t = min(next_tick, next_event)
+            next_tick = min(n.next_tick for n in nodes)
+            t = min(next_tick, queue[0].t) if queue else next_tick
             if t > t_end:
                 self.now = float(t_end)
                 return
             self.now = max(self.now, t)
-            while self._queue and self._queue[0].t <= self.now:
-                heapq.heappop(self._queue).fn()
+            while queue and queue[0].t <= self.now:
+                heapq.heappop(queue).fn()
             self._raft_housekeeping()
             self._watchdogs()
-            for node in self.nodes.values():
+            for node in nodes:
                 if node.next_tick <= self.now:
                     node.next_tick = self.now + self.options.tick_s / node.rate
                     self._tick(node)
@@ -263,6 +319,8 @@ class World:
         node.hung = False
         node.deferred.clear()
         node.last_pet = None
+        node.start_after_exit = False
+        self.topology_version += 1
 
     def _alive(self, node: _Node) -> bool:
         return node.powered and node.agent is not None and not node.hung
@@ -283,6 +341,28 @@ class World:
             self._propose(node, proposal)
         for action in step.actions:
             self._act(node, action)
+        if step.left:
+            self._agent_exits(node)
+
+    def _agent_exits(self, node: _Node) -> None:
+        """A clean shutdown completed: the process exits. It disarms the watchdog only when
+        no protected domain runs (as the daemon does); otherwise the watchdog stays armed."""
+        protected = {g.domain for g in self.guest_specs}
+        if not any(d.running and name in protected for name, d in node.domains.items()):
+            node.last_pet = None
+        node.agent = None
+        self.topology_version += 1
+        self.record(node.name, "agent_exited")
+        if node.start_after_exit:
+            self._restart_after_exit(node)
+
+    def _restart_after_exit(self, node: _Node) -> None:
+        node.start_after_exit = False
+        node.next_tick = self.now
+        self._start_agent(node)
+        self.record(
+            node.name, "agent_started", incarnation=f"{node.name}-{node.generation_of_agent}"
+        )
 
     def _deliver(self, node: _Node, agent_gen: int, fn: Callable[[], None]) -> None:
         """Hand a result to the agent that asked, if it still exists (after a hang, later)."""
@@ -312,13 +392,24 @@ class World:
         return node.powered and node.agent is not None and not node.hung
 
     def _majority(self, node: str) -> bool:
-        reach = sum(1 for other in self.nodes if self.linked(node, other))
-        return reach * 2 > len(self.nodes)
+        if self._majority_version != self.topology_version:
+            self._majority_cache.clear()
+            self._majority_version = self.topology_version
+        cached = self._majority_cache.get(node)
+        if cached is None:
+            reach = sum(1 for other in self.nodes if self.linked(node, other))
+            cached = reach * 2 > len(self.nodes)
+            self._majority_cache[node] = cached
+        return cached
 
     def _raft_housekeeping(self) -> None:
         if self.leader is not None and not self._majority(self.leader):
             old = self.nodes[self.leader]
-            old.believes_leader_until = self.now + self.options.election_timeout_s[0]
+            stale = self.options.stale_leader_s
+            if stale is None:
+                stale = self.options.election_timeout_s[0]
+            if self._raft_up(old):
+                old.believes_leader_until = self.now + stale
             self.record(self.leader, "raft_leader_lost", term=self.term)
             self.leader = None
         if self.leader is None:
@@ -333,19 +424,25 @@ class World:
                     ready = [n for n in candidates if self.nodes[n].applied == best]
                     self.leader = self.rng.choice(ready)
                     self.term += 1
+                    self.nodes[self.leader].believes_leader_until = -math.inf
                     self.record(self.leader, "raft_leader", term=self.term)
                     for pending in list(self._pending):
                         self._try_commit(pending)
-        # Followers in contact with the leader catch up with the log.
-        if self.leader is not None:
+        # Followers in contact with the leader catch up with the log: with what was committed
+        # at least the longest apply delay ago (newer entries arrive by their own appliers, so
+        # a follower can lag behind by up to that delay: local reads are stale).
+        if self.leader is not None and self.log:
+            horizon = self.now - self.options.apply_delay_s[1]
+            settled = bisect.bisect_right(self._commit_at, horizon)
             for node in self.nodes.values():
-                if node.applied < len(self.log) and self.linked(self.leader, node.name):
-                    self._apply_up_to(node, len(self.log))
+                if node.applied < settled and self.linked(self.leader, node.name):
+                    self._apply_up_to(node, settled)
 
     def _view(self, node: _Node) -> ConsensusView:
-        is_leader = node.name == self.leader or self.now < node.believes_leader_until
+        stale = self.now < node.believes_leader_until
+        is_leader = node.name == self.leader or stale
         leader = self.leader if self.leader and self.linked(node.name, self.leader) else None
-        if node.name != self.leader and self.now < node.believes_leader_until:
+        if node.name != self.leader and stale:
             leader = node.name
         return ConsensusView(
             state=node.state,
@@ -374,17 +471,28 @@ class World:
         if leader is None or not self.linked(pending.node, leader) or not self._majority(leader):
             return  # stays queued until a leader is reachable (pysyncobj commandsWaitLeader)
         self.log.append(pending.command)
+        self._commit_at.append(self.now)
+        self._log_by.append(pending.node)
         pending.index = len(self.log)
         self.committed_state, result = apply(self.committed_state, pending.command)
         if not isinstance(pending.command, Heartbeat):
+            extra: dict[str, TraceValue] = {"duplicate": True} if pending.duplicate else {}
             self.record(
                 None,
                 "commit",
+                extra,
                 type=pending.command.type_name,
                 by=pending.node,
                 accepted=result.accepted,
                 detail=_short(pending.command, result.detail),
             )
+        p = self.options.duplicate_probability
+        if p and not pending.duplicate and pending.agent_gen >= 0 and self.rng.random() < p:
+            # pysyncobj re-sent it to a new leader after its first copy committed: the same
+            # command commits once more, later. Nobody waits for this copy.
+            copy = _Pending(pending.node, -1, pending.key, pending.command, True, duplicate=True)
+            self._pending.append(copy)
+            self.at(self.now + self.rng.uniform(0.05, 3.0), lambda: self._try_commit(copy))
         lo, hi = self.options.apply_delay_s
         index = pending.index
         for node in self.nodes.values():
@@ -438,31 +546,34 @@ class World:
     # -- fake hypervisors and fence devices ---------------------------------------------------
 
     def _act(self, node: _Node, action: Action) -> None:
+        """Hand an action to the FakeHypervisor or FakeFencer. An action in flight survives
+        its agent (libvirtd finishes a start) but not a power cycle of its host."""
         o = self.options
-        gen = node.generation_of_agent
+        gen, life = node.generation_of_agent, node.boot_count
         if isinstance(action, StartGuest):
-            self.at(self.now + o.start_s, lambda: self._finish_start(node, gen, action))
+            self.at(self.now + o.start_s, lambda: self._finish_start(node, gen, life, action))
         elif isinstance(action, DestroyDomain):
             self.at(
                 self.now + o.destroy_s,
-                lambda: self._finish_stop(node, gen, action.key, action.domain, "destroyed"),
+                lambda: self._finish_stop(node, gen, life, action.key, action.domain, "destroyed"),
             )
         elif isinstance(action, StopGuest):
             self.at(
                 self.now + o.stop_s,
-                lambda: self._finish_stop(node, gen, action.key, action.domain, "stopped"),
+                lambda: self._finish_stop(node, gen, life, action.key, action.domain, "stopped"),
             )
         elif isinstance(action, RunFence):
-            self._fence(node, gen, action)
+            self._fence(node, gen, life, action)
 
-    def _finish_start(self, node: _Node, gen: int, action: StartGuest) -> None:
-        if not node.powered:
+    def _finish_start(self, node: _Node, gen: int, life: int, action: StartGuest) -> None:
+        if not node.powered or node.boot_count != life:
             return
         failures = node.start_failures.get(action.guest, 0)
         current = node.domains.get(action.domain)
         if failures > 0:
             node.start_failures[action.guest] = failures - 1
             result = ActionResult(False, "simulated start failure")
+            self.record(node.name, "domain_start_failed", domain=action.domain)
         elif current is not None and current.running and current.generation != action.generation:
             result = ActionResult(False, "already running with another generation")
         else:
@@ -473,17 +584,21 @@ class World:
                 generation=action.generation,
                 cluster=self.cluster,
             )
+            self.physical_version += 1
             self.record(
                 node.name, "domain_started", domain=action.domain, generation=action.generation
             )
             result = ActionResult(True)
         self._action_result(node, gen, action.key, result)
 
-    def _finish_stop(self, node: _Node, gen: int, key: str, domain: str, how: str) -> None:
-        if not node.powered:
+    def _finish_stop(
+        self, node: _Node, gen: int, life: int, key: str, domain: str, how: str
+    ) -> None:
+        if not node.powered or node.boot_count != life:
             return
         if domain in node.domains and node.domains[domain].running:
             node.domains[domain] = replace(node.domains[domain], running=False)
+            self.physical_version += 1
             self.record(node.name, f"domain_{how}", domain=domain)
         self._action_result(node, gen, key, ActionResult(True))
 
@@ -495,32 +610,49 @@ class World:
 
         self._deliver(node, gen, give)
 
-    def _fence(self, node: _Node, gen: int, action: RunFence) -> None:
+    def _fence(self, node: _Node, gen: int, life: int, action: RunFence) -> None:
+        """FakeFencer: one attempt goes through the levels of the target's next script entry."""
         target = self.nodes[action.node]
-        outcome = target.fence_script.pop(0) if target.fence_script else "ok"
-        settings = self.agent_settings(node.name)
-        if outcome == "hang":
-            delay, ok, detail = settings.fence_timeout_s, False, "fence agent timed out"
-        elif outcome == "fail":
-            delay, ok, detail = self.options.fence_s, False, "simulated fence failure"
+        script = target.fence_script.pop(0) if target.fence_script else "ok"
+        timeout_s = self.agent_settings(node.name).fence_timeout_s
+        elapsed, ok, level = 0.0, False, None
+        notes: list[str] = []
+        for index, step in enumerate(script.split("/"), start=1):
+            if step == "hang":
+                elapsed = timeout_s
+                notes.append(f"level {index}: timed out after {timeout_s:g}s")
+                break
+            elapsed += self.options.fence_s
+            if step == "ok":
+                ok, level = True, index
+                break
+            notes.append(f"level {index}: simulated fence failure")
+        if ok:
+            detail = f"simulated power off by level {level}"
+            if notes:
+                detail += f" ({'; '.join(notes)})"
         else:
-            delay, ok, detail = self.options.fence_s, True, "simulated power off"
+            detail = "; ".join(notes)
 
         def finish() -> None:
+            if not node.powered or node.boot_count != life or node.generation_of_agent != gen:
+                # The fence agent was a child of an agent that died meanwhile: it never ran to
+                # the end (a BMC that did power the target off would only make things safer).
+                self.record(node.name, "fence_abandoned", target=action.node)
+                return
             if ok:
                 self._power_off(target, reason=f"fenced by {node.name}")
-            self.record(node.name, "fence_device", target=action.node, ok=ok)
-            self._action_result(
-                node, gen, action.key, ActionResult(ok, detail, FenceOutcome(ok, detail, 1, delay))
-            )
+            self.record(node.name, "fence_device", target=action.node, ok=ok, level=level)
+            outcome = FenceOutcome(ok, detail, level, elapsed)
+            self._action_result(node, gen, action.key, ActionResult(ok, detail, outcome))
 
-        self.at(self.now + delay, finish)
+        self.at(self.now + elapsed, finish)
 
     def _watchdogs(self) -> None:
         if not self.options.hardware_watchdog:
             return
         for node in self.nodes.values():
-            if not node.powered or node.last_pet is None or node.role is NodeRole.WITNESS:
+            if node.last_pet is None or not node.powered or node.role is NodeRole.WITNESS:
                 continue
             timeout = self.node_settings[node.name].watchdog_timeout_s
             if self.now - node.last_pet > timeout:
@@ -528,19 +660,22 @@ class World:
 
     # -- faults (the scenario vocabulary) -----------------------------------------------------
 
-    def _fault(self, name: str, node: str | None = None, **data: TraceValue) -> None:
+    def _fault(self, name: str, at: str | None = None, **data: TraceValue) -> None:
         self.last_fault_at = self.now
-        self.record(node, name, data)
+        self.record(at, name, data)
 
     def _power_off(self, node: _Node, reason: str) -> None:
         if not node.powered:
             return
         node.powered = False
+        node.booting = False
         node.agent = None
         node.hung = False
         node.domains.clear()
         node.last_pet = None
         node.believes_leader_until = -math.inf
+        self.physical_version += 1
+        self.topology_version += 1
         self.record(node.name, "power_off", reason=reason)
 
     def power_off(self, node: str) -> None:
@@ -548,15 +683,30 @@ class World:
         self._power_off(self.nodes[node], reason="fault")
 
     def power_on(self, node: str) -> None:
+        """Power the host on: it is powered at once (a fence can power it off again while it
+        boots) and starts its agent after `boot_s`. On a powered host whose agent exited, start
+        the agent now."""
         self._fault("fault_power_on", node)
         n = self.nodes[node]
         if n.powered:
+            # Its agent exited after a clean shutdown: start it again (systemctl start); if it
+            # is still leaving, start it once it has exited, as systemd queues the start job.
+            if n.booting:
+                return
+            if n.agent is None:
+                self._restart_after_exit(n)
+            elif n.agent.leaving:
+                n.start_after_exit = True
             return
+        n.powered = True
+        n.booting = True
+        n.boot_count += 1
+        boot_count = n.boot_count
 
         def boot() -> None:
-            if n.powered:
-                return
-            n.powered = True
+            if not n.powered or n.boot_count != boot_count:
+                return  # powered off (fenced) while booting
+            n.booting = False
             n.next_tick = self.now
             self._start_agent(n)
             self.record(node, "agent_started", incarnation=f"{node}-{n.generation_of_agent}")
@@ -569,6 +719,7 @@ class World:
         for other in self.nodes:
             if other != node:
                 self.blocked |= {(node, other), (other, node)}
+        self.topology_version += 1
 
     def heal(self, node: str | None = None) -> None:
         """Reconnect `node`, or everything."""
@@ -577,6 +728,7 @@ class World:
             self.blocked.clear()
         else:
             self.blocked = {(a, b) for a, b in self.blocked if node not in (a, b)}
+        self.topology_version += 1
 
     def partition(self, groups: list[list[str]]) -> None:
         self._fault("fault_partition", None, groups="|".join(",".join(g) for g in groups))
@@ -585,28 +737,37 @@ class World:
                 for a in a_group:
                     for b in b_group:
                         self.blocked |= {(a, b), (b, a)}
+        self.topology_version += 1
 
     def drop(self, src: str, dst: str) -> None:
         """One-way loss: `src` cannot reach `dst` (a TCP-based link then fails both ways)."""
         self._fault("fault_drop", src, to=dst)
         self.blocked.add((src, dst))
+        self.topology_version += 1
 
     def crash_guest(self, guest: str) -> None:
-        spec = next(g for g in self.guest_specs if g.name == guest)
+        spec = self.spec_by_name[guest]
+        self._fault("fault_guest_crash", None, guest=guest)
         for node in self.nodes.values():
             obs = node.domains.get(spec.domain)
             if obs is not None and obs.running:
                 node.domains[spec.domain] = replace(obs, running=False)
-                self._fault("fault_guest_crash", node.name, guest=guest)
+                self.physical_version += 1
+                self.record(node.name, "domain_crashed", domain=spec.domain)
 
     def fail_starts(self, node: str, guest: str, times: int) -> None:
+        """The next `times` starts of `guest` on `node` fail (a FakeHypervisor script)."""
         self._fault("fault_start_failures", node, guest=guest, times=times)
         self.nodes[node].start_failures[guest] = times
 
-    def fence_script(self, node: str, outcomes: list[str]) -> None:
-        """The next fence attempts against `node` go like this ("ok", "fail", "hang")."""
-        self._fault("fault_fence_script", node, outcomes=",".join(outcomes))
-        self.nodes[node].fence_script = list(outcomes)
+    def fence_script(self, node: str, attempts: list[str]) -> None:
+        """The next fence attempts against `node` go like this: each attempt is "ok", "fail"
+        or "hang", or levels separated by "/" ("fail/ok": level 1 fails, level 2 works)."""
+        for attempt in attempts:
+            if not attempt or any(s not in FENCE_STEPS for s in attempt.split("/")):
+                raise ValueError(f"bad fence attempt {attempt!r}: levels of {FENCE_STEPS}")
+        self._fault("fault_fence_script", node, attempts=",".join(attempts))
+        self.nodes[node].fence_script = list(attempts)
 
     def clock_jump(self, node: str, seconds: float) -> None:
         """The wall clock of `node` jumps; its monotonic clock does not (as on Linux)."""
@@ -619,13 +780,17 @@ class World:
     def hang(self, node: str) -> None:
         """The agent process stops (SIGSTOP): no loop, no Raft, no watchdog pets."""
         self._fault("fault_hang", node)
-        self.nodes[node].hung = True
+        n = self.nodes[node]
+        if n.powered and n.agent is not None:
+            n.hung = True
+            self.topology_version += 1
 
     def resume(self, node: str) -> None:
         self._fault("fault_resume", node)
         n = self.nodes[node]
         if n.powered and n.hung:
             n.hung = False
+            self.topology_version += 1
             n.resumed_at = n.local(self.now)
             n.next_tick = self.now
             for fn in list(n.deferred):
@@ -633,43 +798,92 @@ class World:
             n.deferred.clear()
 
     def restart_agent(self, node: str) -> None:
-        """kill -9 and restart of the agent. Guests survive (libvirtd) unless configured."""
+        """kill -9 and restart of the agent (or a start after a clean shutdown). Guests
+        survive (libvirtd) unless configured otherwise."""
         self._fault("fault_agent_restart", node)
         n = self.nodes[node]
-        if not n.powered:
+        if not n.powered or n.booting:
             return
-        if not self.options.keep_guests_on_agent_restart:
+        if not self.options.keep_guests_on_agent_restart and n.domains:
             n.domains.clear()
+            self.physical_version += 1
         n.next_tick = self.now
         self._start_agent(n)
 
-    def admin(self, command: Command, via: str | None = None) -> None:
-        """An admin command, proposed through `via` (default: the leader)."""
-        name = via or self.leader or sorted(self.nodes)[0]
-        self._fault("fault_admin", name, type=command.type_name)
-        node = self.nodes[name]
-        if not self._raft_up(node):
+    def resend(self, node: str, type_name: str) -> None:
+        """pysyncobj re-sends a command: the last committed command of type `type_name` that
+        `node` proposed commits once more (through `node`, when it reaches a leader)."""
+        self._fault("fault_resend", node, type=type_name)
+        for index in range(len(self.log) - 1, -1, -1):
+            command = self.log[index]
+            if self._log_by[index] == node and command.type_name == type_name:
+                copy = _Pending(node, -1, f"resend:{index}", command, True, duplicate=True)
+                self._pending.append(copy)
+                self.at(self.now + 0.002, functools.partial(self._try_commit, copy))
+                return
+
+    def shutdown(self, node: str) -> None:
+        """Clean stop of the agent (systemctl stop): it stops its guests, commits `Leave` and
+        exits. The host stays powered; `restart_agent` brings the agent back."""
+        self._fault("fault_shutdown", node)
+        n = self.nodes[node]
+        if self._alive(n):
+            assert n.agent is not None
+            n.agent.begin_leave()
+
+    def admin(self, command: Command, **data: TraceValue) -> None:
+        """An admin command (the CLI against the API of some node). Like an admin who sees
+        "unknown outcome", it is sent again every second, through the leader or else the first
+        node whose agent runs, until it commits; admin commands commit in the order given."""
+        self._fault("fault_admin", None, type=command.type_name, **data)
+        self._admin_queue.append(_Pending("", -1, f"admin:{self.now}", command, answered=True))
+        if len(self._admin_queue) == 1:
+            self.at(self.now + 0.002, self._admin_attempt)
+
+    def _admin_attempt(self) -> None:
+        if not self._admin_queue:
             return
-        pending = _Pending(name, -1, f"admin:{len(self.log)}", command, answered=True)
-        self._pending.append(pending)
-        self.at(self.now + 0.002, lambda: self._try_commit(pending))
+        pending = self._admin_queue[0]
+        via = self.leader or next(
+            (n for n in sorted(self.nodes) if self._raft_up(self.nodes[n])), None
+        )
+        if via is not None:
+            pending.node = via
+            self._try_commit(pending)
+        if pending.index is None:
+            self.at(self.now + 1.0, self._admin_attempt)
+            return
+        self._admin_queue.pop(0)
+        if self._admin_queue:
+            self.at(self.now + 0.002, self._admin_attempt)
 
     def disable(self, guest: str) -> None:
-        self.admin(SetDesired(guest, DesiredState.STOPPED, "admin", 0.0))
+        self.admin(SetDesired(guest, DesiredState.STOPPED, "admin", 0.0), guest=guest)
 
     def enable(self, guest: str) -> None:
-        self.admin(SetDesired(guest, DesiredState.RUNNING, "admin", 0.0))
+        self.admin(SetDesired(guest, DesiredState.RUNNING, "admin", 0.0), guest=guest)
+
+    def maintenance(self, node: str, on: bool) -> None:
+        """Admin: put `node` in maintenance (drain it) or take it out."""
+        self.admin(SetMaintenance(node, on, by="admin", at=0.0), node=node, on=on)
 
     # -- queries ------------------------------------------------------------------------------
 
     def running(self, guest: str) -> list[str]:
-        """Hosts whose hypervisor runs the guest's domain right now (powered or not hung)."""
-        spec = next(g for g in self.guest_specs if g.name == guest)
-        return [
-            n.name
-            for n in self.nodes.values()
-            if n.powered and spec.domain in n.domains and n.domains[spec.domain].running
-        ]
+        """Powered hosts whose hypervisor runs the guest's domain right now (hung or not)."""
+        domain = self.spec_by_name[guest].domain
+        out: list[str] = []
+        for n in self.nodes.values():
+            obs = n.domains.get(domain)
+            if obs is not None and obs.running and n.powered:
+                out.append(n.name)
+        return out
+
+    def powered(self, node: str) -> bool:
+        return self.nodes[node].powered
+
+    def hung(self, node: str) -> bool:
+        return self.nodes[node].hung
 
 
 def _short(command: Command, detail: str) -> str:

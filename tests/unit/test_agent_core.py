@@ -18,6 +18,7 @@ from haagent.agent import (
     RunFence,
     StartGuest,
     Step,
+    StopGuest,
 )
 from haagent.commands import (
     AssignGuests,
@@ -153,13 +154,13 @@ def test_start_needs_a_committed_intent_at_the_current_generation() -> None:
     step = c.tick(10.05, view(state), local(10.05))
     assert not of(StartGuest, step.actions)
     (intent,) = [x for x in commands(step) if isinstance(x, GuestStarting)]
-    assert intent.generation == 1
+    assert intent.generation == 1  # the assignment's; the start gets 2
     c.proposal_done(f"starting:{SPEC.name}", ACCEPTED, 10.06)
 
     state = build(intent, state=state)
     step = c.tick(10.07, view(state), local(10.07))
     (start,) = of(StartGuest, step.actions)
-    assert start == StartGuest("g", "dom-g", 1)
+    assert start == StartGuest("g", "dom-g", 2)  # the generation of this start
 
 
 def test_no_start_without_a_valid_lease() -> None:
@@ -204,7 +205,7 @@ def running_on_n1() -> ClusterState:
     return build(
         AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
         GuestStarting("g", "n1", 1, 0.0),
-        GuestRunning("g", "n1", 1, 0.0),
+        GuestRunning("g", "n1", 2, 0.0),
         state=joined("n1", "n2", "n3"),
     )
 
@@ -213,7 +214,7 @@ def test_lost_lease_destroys_every_protected_domain_and_stops_the_watchdog() -> 
     c = core()
     state = running_on_n1()
     with_lease(c, state, 10.0)
-    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    mine = DomainObservation("dom-g", True, owner="n1", generation=2)
     unprotected = DomainObservation("other", True)
     step = c.tick(10.5, view(state), local(10.5, mine, unprotected))
     assert step.lease_valid and step.pet_watchdog and not of(DestroyDomain, step.actions)
@@ -238,7 +239,7 @@ def test_a_failed_observation_never_keeps_the_watchdog_quiet() -> None:
 def test_a_new_agent_waits_one_lease_for_its_first_commit_before_destroying() -> None:
     c = core()
     state = running_on_n1()
-    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    mine = DomainObservation("dom-g", True, owner="n1", generation=2)
     step = c.tick(0.5, view(state), local(0.5, mine))
     assert not of(DestroyDomain, step.actions)
     step = c.tick(c.settings.lease_s + 0.01, view(state), local(1.1, mine))
@@ -293,7 +294,7 @@ def test_fencing_commits_its_start_runs_the_agent_and_commits_the_result() -> No
         build(
             AssignGuests((Assignment("g", "n2", 0),), "placed", 0.0),
             GuestStarting("g", "n2", 1, 0.0),
-            GuestRunning("g", "n2", 1, 0.0),
+            GuestRunning("g", "n2", 2, 0.0),
             state=joined("n1", "n2", "n3"),
         )
     )
@@ -345,7 +346,7 @@ def test_recovery_follows_a_committed_fence() -> None:
         build(
             AssignGuests((Assignment("g", "n2", 0),), "placed", 0.0),
             GuestStarting("g", "n2", 1, 0.0),
-            GuestRunning("g", "n2", 1, 0.0),
+            GuestRunning("g", "n2", 2, 0.0),
             state=joined("n1", "n2", "n3"),
         )
     )
@@ -359,7 +360,7 @@ def test_recovery_follows_a_committed_fence() -> None:
     step = c.tick(10.01, view(state, leader=True, seen={"n3": 10.0}), local(10.01))
     (assign,) = [x for x in commands(step) if isinstance(x, AssignGuests)]
     (item,) = assign.assignments
-    assert item.guest == "g" and item.node in ("n1", "n3") and item.expected_generation == 1
+    assert item.guest == "g" and item.node in ("n1", "n3") and item.expected_generation == 2
 
 
 def test_watchdog_fencing_waits_for_lease_plus_timeout_plus_margin() -> None:
@@ -385,19 +386,23 @@ def test_watchdog_fencing_waits_for_lease_plus_timeout_plus_margin() -> None:
 
 def test_a_crashed_guest_is_restarted_then_given_up_then_moved_then_in_error() -> None:
     c = core(max_start_failures=2, max_relocations=1)
-    state = running_on_n1()
+    state = running_on_n1()  # generation 2
     with_lease(c, state, 10.0)
-    step = c.tick(10.01, view(state), local(10.01))
+    seen = DomainObservation("dom-g", True, owner="n1", generation=2)
+    assert not commands(c.tick(10.005, view(state), local(10.005, seen)))
+    step = c.tick(10.01, view(state), local(10.01))  # it was running; now it is gone
     (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
     assert stopped.failed and not stopped.give_up
     c.proposal_done("stopped:g", ACCEPTED, 10.02)
     state = build(stopped, state=state)
     assert state.guests["g"].failures == 1
-    # Restarted locally first.
+    # Restarted locally first, as a new start with its own generation.
     step = c.tick(10.03, view(state), local(10.03))
-    assert [x for x in commands(step) if isinstance(x, GuestStarting)]
+    (starting,) = [x for x in commands(step) if isinstance(x, GuestStarting)]
     c.proposal_done("starting:g", ACCEPTED, 10.04)
-    state = build(GuestStarting("g", "n1", 1, 0.0), GuestRunning("g", "n1", 1, 0.0), state=state)
+    state = build(starting, GuestRunning("g", "n1", 3, 0.0), state=state)
+    seen = DomainObservation("dom-g", True, owner="n1", generation=3)
+    c.tick(10.045, view(state), local(10.045, seen))
     step = c.tick(10.05, view(state), local(10.05))
     (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
     assert stopped.give_up  # the second failure here: this node gives up
@@ -411,24 +416,67 @@ def test_a_crashed_guest_is_restarted_then_given_up_then_moved_then_in_error() -
     c.proposal_done("assign", ACCEPTED, 10.08)
     moved = build(assign, state=state)
     owner = moved.guests["g"].owner
-    assert owner is not None
+    assert owner is not None and moved.guests["g"].generation == 4
     # The new owner gives up too: more than max_relocations nodes failed -> error.
     moved = build(
-        GuestStarting("g", owner, 2, 0.0),
-        GuestStopped("g", owner, 2, True, True, "start failed", 0.0),
+        GuestStarting("g", owner, 4, 0.0),
+        GuestStopped("g", owner, 5, True, True, "start failed", 0.0),
         state=moved,
     )
     with_lease(c, moved, 10.1)
     step = c.tick(10.11, view(moved, leader=True, seen={"n2": 10.1, "n3": 10.1}), local(10.11))
     (error,) = [x for x in commands(step) if isinstance(x, GuestError)]
-    assert error.generation == 2 and "n1" in error.reason
+    assert error.generation == 5 and "n1" in error.reason
+
+
+def test_own_stops_and_restarts_of_the_agent_are_not_counted_as_crashes() -> None:
+    """Found by the simulator: an admin's disable reverted before the stop finished, and a
+    self-fencing destroy, were counted as crashes of a healthy guest."""
+    state = running_on_n1()
+    c = core()
+    with_lease(c, state, 10.0)
+    step = c.tick(10.01, view(state), local(10.01))  # never saw it running: an agent restart
+    (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert not stopped.failed and "when this agent started" in stopped.reason
+
+    c = core()
+    with_lease(c, state, 10.0)
+    mine = DomainObservation("dom-g", True, owner="n1", generation=2)
+    c.tick(10.01, view(state), local(10.01, mine))
+    c._m.actions["stop:g"] = StopGuest("g", "dom-g", 2, 60.0)  # as if disabled, then enabled
+    c.action_done("stop:g", ActionResult(True), 10.02)
+    step = c.tick(10.03, view(state), local(10.03))
+    (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert not stopped.failed and "stopped by this node" in stopped.reason
+
+
+def test_a_failed_start_is_reported_with_its_count_and_not_retried_before() -> None:
+    """Found by the simulator: failed starts never made the node give up."""
+    c = core(max_start_failures=2)
+    state = build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
+        GuestStarting("g", "n1", 1, 0.0),
+        state=joined("n1", "n2", "n3"),
+    )
+    state = build(
+        GuestStopped("g", "n1", 2, True, False, "start failed", 0.0),
+        GuestStarting("g", "n1", 2, 0.0),
+        state=state,
+    )  # one failure before
+    with_lease(c, state, 10.0)
+    assert of(StartGuest, c.tick(10.01, view(state), local(10.01)).actions)
+    c.action_done("start:g", ActionResult(False, "qemu says no"), 10.02)
+    step = c.tick(10.03, view(state), local(10.03))
+    assert not of(StartGuest, step.actions)
+    (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert stopped.failed and stopped.give_up and "qemu says no" in stopped.reason
 
 
 def test_maintenance_drains_the_node() -> None:
     c = core()
     state = build(SetMaintenance("n1", True, "admin", 0.0), state=running_on_n1())
     with_lease(c, state, 10.0)
-    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    mine = DomainObservation("dom-g", True, owner="n1", generation=2)
     step = c.tick(10.01, view(state), local(10.01, mine))
     assert [a.key for a in step.actions] == ["stop:g"]
     step = c.tick(10.02, view(state), local(10.02))
@@ -446,7 +494,7 @@ def test_leaving_stops_guests_then_commits_leave() -> None:
     state = running_on_n1()
     with_lease(c, state, 10.0)
     c.begin_leave()
-    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    mine = DomainObservation("dom-g", True, owner="n1", generation=2)
     step = c.tick(10.01, view(state), local(10.01, mine))
     assert [a.key for a in step.actions] == ["stop:g"]
     assert not [p for p in step.proposals if p.key.startswith("leave:")]
@@ -467,7 +515,7 @@ def test_rejoin_after_being_failed_waits_until_nothing_protected_runs() -> None:
         state=running_on_n1(),
     )
     assert state.node("n1").state is NodeState.FAILED
-    mine = DomainObservation("dom-g", True, owner="n1", generation=1)
+    mine = DomainObservation("dom-g", True, owner="n1", generation=2)
     step = c.tick(5.0, view(state), local(5.0, mine))
     assert not [x for x in commands(step) if isinstance(x, Join)]
     assert of(DestroyDomain, step.actions)

@@ -110,7 +110,7 @@ def test_only_guests_of_fenced_owners_are_re_placed() -> None:
         *guests(GuestSpec("g", "g", 100)),
         AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
         GuestStarting("g", "n1", 1, 0.0),
-        GuestRunning("g", "n1", 1, 0.0),
+        GuestRunning("g", "n1", 2, 0.0),
     )
     assert placed(state) == {}
     seq = state.node("n1").heartbeat_seq

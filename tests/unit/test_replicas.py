@@ -150,7 +150,7 @@ def test_promote_when_the_unreachable_peer_is_fenced() -> None:
     state = build(
         AssignGuests((Assignment("db", "n1", 0),), "placed", 0.0),
         GuestStarting("db", "n1", 1, 0.0),
-        GuestRunning("db", "n1", 1, 0.0),
+        GuestRunning("db", "n1", 2, 0.0),
         DeclareFailed("n1", seq, FailureEvidence("n3", seq, 2.0, "silent", 0.0)),
         FenceResult("n1", 1, True, FenceMethod.AGENT, "off", 0.0),
         state=state,
@@ -163,8 +163,8 @@ def test_never_promote_an_outdated_or_inconsistent_replica() -> None:
     state = build(
         AssignGuests((Assignment("db", "n1", 0),), "placed", 0.0),
         GuestStarting("db", "n1", 1, 0.0),
-        GuestRunning("db", "n1", 1, 0.0),
-        ReplicaOutdated("db", "n2", "n1", 1, 0.0),
+        GuestRunning("db", "n1", 2, 0.0),
+        ReplicaOutdated("db", "n2", "n1", 2, 0.0),
         state=base(),
     )
     # The placement does not even try the outdated replica.
@@ -190,7 +190,7 @@ def test_split_brain_is_never_resolved_automatically() -> None:
 
 
 def test_the_primary_records_a_lost_peer_as_outdated_and_a_resynced_one_as_current() -> None:
-    state = build(GuestRunning("db", "n1", 1, 0.0), state=starting_on("n1"))
+    state = build(GuestRunning("db", "n1", 2, 0.0), state=starting_on("n1"))
     step = step_for("n1", state, rep(role=PRI, connected=False), running=True)
     (out,) = [p.command for p in step.proposals if isinstance(p.command, ReplicaOutdated)]
     assert out.node == "n2" and out.by == "n1"
@@ -203,18 +203,18 @@ def test_the_primary_records_a_lost_peer_as_outdated_and_a_resynced_one_as_curre
 
 
 def test_only_the_owner_at_its_generation_may_outdate_its_peer() -> None:
-    state = build(GuestRunning("db", "n1", 1, 0.0), state=starting_on("n1"))
+    state = build(GuestRunning("db", "n1", 2, 0.0), state=starting_on("n1"))
     for c in (
-        ReplicaOutdated("db", "n1", "n2", 1, 0.0),
-        ReplicaOutdated("db", "n2", "n1", 0, 0.0),
-        ReplicaOutdated("db", "n3", "n1", 1, 0.0),
+        ReplicaOutdated("db", "n1", "n2", 2, 0.0),
+        ReplicaOutdated("db", "n2", "n1", 1, 0.0),
+        ReplicaOutdated("db", "n3", "n1", 2, 0.0),
     ):
         _, result = apply(state, c)
         assert not result.accepted, c
 
 
 def test_a_primary_that_no_longer_runs_its_guest_is_demoted() -> None:
-    state = build(GuestRunning("db", "n1", 1, 0.0), state=starting_on("n1"))
+    state = build(GuestRunning("db", "n1", 2, 0.0), state=starting_on("n1"))
     step = step_for("n2", state, rep(role=PRI))  # n2 does not own it
     assert [a.resource for a in step.actions if isinstance(a, DemoteReplica)] == ["r0"]
     assert not [

@@ -66,7 +66,7 @@ def with_guest_on(state: ClusterState, node: str, running: bool = True) -> Clust
     )
     assert all(r.accepted for r in results)
     if running:
-        state, (r,) = run(state, GuestRunning("g", node, 1, 0.0))
+        state, (r,) = run(state, GuestRunning("g", node, 2, 0.0))
         assert r.accepted
     return state
 
@@ -81,22 +81,29 @@ def fail(state: ClusterState, node: str) -> ClusterState:
 # --- rule 1: ownership is committed; generation is a fencing token ----------------------------
 
 
-def test_assignment_bumps_the_generation_and_needs_the_expected_one() -> None:
-    state = with_guest_on(cluster("n1", "n2"), "n1", running=False)
+def test_assignment_and_every_start_bump_the_generation() -> None:
+    state, _ = run(
+        cluster("n1", "n2"),
+        DefineGuest(SPEC, 0.0),
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
+    )
     assert state.guests["g"].generation == 1
-    # A stale plan (made at generation 0) cannot move it.
-    state2, (r,) = run(state, AssignGuests((Assignment("g", "n2", 0),), "x", 0.0))
-    assert not r.accepted and "generation is 1" in r.detail
+    state, _ = run(state, GuestStarting("g", "n1", 1, 0.0))
+    assert state.guests["g"].generation == 2  # the generation of this start
+    # A stale plan (made at generation 1, before the start) cannot move it.
+    state2, (r,) = run(state, AssignGuests((Assignment("g", "n2", 1),), "x", 0.0))
+    assert not r.accepted and "generation is 2" in r.detail
     assert state2.guests["g"].owner == "n1"
 
 
 def test_owner_reports_must_name_the_current_owner_and_generation() -> None:
     state = with_guest_on(cluster("n1", "n2"), "n1", running=False)
     for c in (
-        GuestStarting("g", "n2", 1, 0.0),
-        GuestStarting("g", "n1", 0, 0.0),
-        GuestRunning("g", "n2", 1, 0.0),
-        GuestStopped("g", "n1", 2, False, False, "x", 0.0),
+        GuestStarting("g", "n2", 2, 0.0),
+        GuestStarting("g", "n1", 1, 0.0),
+        GuestRunning("g", "n2", 2, 0.0),
+        GuestRunning("g", "n1", 1, 0.0),
+        GuestStopped("g", "n1", 3, False, False, "x", 0.0),
     ):
         _, (r,) = run(state, c)
         assert not r.accepted, c
@@ -104,12 +111,31 @@ def test_owner_reports_must_name_the_current_owner_and_generation() -> None:
 
 def test_starting_requires_the_guest_wanted_and_stopped_or_starting() -> None:
     state = with_guest_on(cluster("n1"), "n1")  # running
-    _, (r,) = run(state, GuestStarting("g", "n1", 1, 0.0))
+    _, (r,) = run(state, GuestStarting("g", "n1", 2, 0.0))
     assert not r.accepted
     state, _ = run(state, SetDesired("g", DesiredState.STOPPED, "admin", 0.0))
-    state, _ = run(state, GuestStopped("g", "n1", 1, False, False, "stopped", 0.0))
-    _, (r,) = run(state, GuestStarting("g", "n1", 1, 0.0))
+    state, _ = run(state, GuestStopped("g", "n1", 2, False, False, "stopped", 0.0))
+    _, (r,) = run(state, GuestStarting("g", "n1", 2, 0.0))
     assert not r.accepted and "disabled" in r.detail
+
+
+def test_a_late_report_about_an_earlier_start_is_refused() -> None:
+    """pysyncobj may deliver a command again later (rule 7). Found by the simulator: a late
+    'stopped' from an earlier start made a running guest movable without a fence."""
+    state = with_guest_on(cluster("n1", "n2"), "n1")  # running, generation 2
+    old_stop = GuestStopped("g", "n1", 2, True, True, "gave up", 0.0)
+    old_running = GuestRunning("g", "n1", 2, 0.0)
+    state, results = run(state, old_stop, SetDesired("g", DesiredState.RUNNING, "admin", 0.0))
+    assert all(r.accepted for r in results)
+    _, (r,) = run(state, old_running)  # stopped now: a late 'running' must not undo that
+    assert not r.accepted and "not starting" in r.detail
+    state, (r,) = run(state, GuestStarting("g", "n1", 2, 0.0))
+    assert r.accepted and state.guests["g"].generation == 3
+    state, _ = run(state, GuestRunning("g", "n1", 3, 0.0))
+    for late in (old_stop, old_running):
+        _, (r,) = run(state, late)
+        assert not r.accepted, late
+    assert state.guests["g"].state is GuestState.RUNNING
 
 
 # --- rule 4: fence before recover ----------------------------------------------------------
@@ -117,7 +143,7 @@ def test_starting_requires_the_guest_wanted_and_stopped_or_starting() -> None:
 
 def test_guests_of_a_failed_node_do_not_move_until_it_is_fenced() -> None:
     state = fail(with_guest_on(cluster("n1", "n2", "n3"), "n1"), "n1")
-    move = AssignGuests((Assignment("g", "n2", 1),), "recover", 0.0)
+    move = AssignGuests((Assignment("g", "n2", 2),), "recover", 0.0)
     _, (r,) = run(state, move)
     assert not r.accepted and "n1 is failed" in r.detail
 
@@ -136,15 +162,15 @@ def test_guests_of_a_failed_node_do_not_move_until_it_is_fenced() -> None:
     assert r.accepted and state.node("n1").state is NodeState.FENCED
     state, (r,) = run(state, move)
     assert r.accepted
-    assert state.guests["g"].owner == "n2" and state.guests["g"].generation == 2
+    assert state.guests["g"].owner == "n2" and state.guests["g"].generation == 3
 
 
 def test_even_a_stopped_guest_of_a_failed_node_waits_for_the_fence() -> None:
     state = with_guest_on(cluster("n1", "n2", "n3"), "n1", running=False)
-    state, (r,) = run(state, GuestStopped("g", "n1", 1, False, False, "x", 0.0))
+    state, (r,) = run(state, GuestStopped("g", "n1", 2, False, False, "x", 0.0))
     assert r.accepted
     state = fail(state, "n1")
-    _, (r,) = run(state, AssignGuests((Assignment("g", "n2", 1),), "recover", 0.0))
+    _, (r,) = run(state, AssignGuests((Assignment("g", "n2", 2),), "recover", 0.0))
     assert not r.accepted
 
 
@@ -161,7 +187,7 @@ def test_fence_results_are_bound_to_the_failure_epoch() -> None:
 
 def test_a_failed_node_cannot_report_its_guests_stopped() -> None:
     state = fail(with_guest_on(cluster("n1", "n2", "n3"), "n1"), "n1")
-    _, (r,) = run(state, GuestStopped("g", "n1", 1, False, False, "stopped", 0.0))
+    _, (r,) = run(state, GuestStopped("g", "n1", 2, False, False, "stopped", 0.0))
     assert not r.accepted
 
 
@@ -212,27 +238,27 @@ def test_leave_needs_every_guest_stopped_and_then_frees_them() -> None:
     state = with_guest_on(cluster("n1", "n2", "n3"), "n1")
     _, (r,) = run(state, Leave("n1", "n1-1", 0.0))
     assert not r.accepted and "g" in r.detail
-    state, _ = run(state, GuestStopped("g", "n1", 1, False, False, "leaving", 0.0))
+    state, _ = run(state, GuestStopped("g", "n1", 2, False, False, "leaving", 0.0))
     state, (r,) = run(state, Leave("n1", "n1-1", 0.0))
     assert r.accepted and state.node("n1").state is NodeState.DOWN
-    state, (r,) = run(state, AssignGuests((Assignment("g", "n2", 1),), "placed", 0.0))
+    state, (r,) = run(state, AssignGuests((Assignment("g", "n2", 2),), "placed", 0.0))
     assert r.accepted
 
 
 def test_giving_up_frees_the_guest_to_move_and_an_error_waits_for_an_admin() -> None:
     state = with_guest_on(cluster("n1", "n2"), "n1", running=False)
-    state, (r,) = run(state, GuestStopped("g", "n1", 1, True, True, "start failed", 0.0))
+    state, (r,) = run(state, GuestStopped("g", "n1", 2, True, True, "start failed", 0.0))
     assert r.accepted
     g = state.guests["g"]
     assert g.state is GuestState.STOPPED and g.failed_nodes == ("n1",) and g.failures == 0
-    state, (r,) = run(state, AssignGuests((Assignment("g", "n2", 1),), "relocate", 0.0))
+    state, (r,) = run(state, AssignGuests((Assignment("g", "n2", 2),), "relocate", 0.0))
     assert r.accepted
     # An error is only declared on a guest that is not running, at its generation.
-    _, (r,) = run(state, GuestError("g", 1, "failed everywhere", 0.0))
+    _, (r,) = run(state, GuestError("g", 2, "failed everywhere", 0.0))
     assert not r.accepted
-    state, (r,) = run(state, GuestError("g", 2, "failed everywhere", 0.0))
+    state, (r,) = run(state, GuestError("g", 3, "failed everywhere", 0.0))
     assert r.accepted and state.guests["g"].state is GuestState.ERROR
-    _, (r,) = run(state, GuestStarting("g", "n2", 2, 0.0))
+    _, (r,) = run(state, GuestStarting("g", "n2", 3, 0.0))
     assert not r.accepted
     state, _ = run(state, SetDesired("g", DesiredState.RUNNING, "admin", 0.0))
     g = state.guests["g"]

@@ -1,0 +1,130 @@
+"""Swarm mode: a few hundred random fault schedules must violate no invariant, every seed is
+reproducible, and a violation (forced here with a broken core) is reported with its seed, a
+replay command, a shrunk schedule and a shortened trace.
+
+`SWARM_SEEDS` seeds run on 2 worker processes (about 30 s on 2 cores); the benchmark
+(benchmarks/swarm.py) runs 10 000.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from haagent import placement, statemachine
+from haagent.model import ClusterState, GuestRecord
+from haagent.sim.scenario import parse_scenario, run_scenario
+from haagent.sim.swarm import (
+    SETTLE_S,
+    classify,
+    draw,
+    generate,
+    run_seed,
+    run_swarm,
+    swarm_main,
+    violation_kind,
+)
+
+SWARM_SEEDS = range(0, 300)
+
+
+def test_swarm_finds_no_violation() -> None:
+    report = run_swarm(SWARM_SEEDS, workers=2)
+    print(report.summary())
+    assert len(report.results) == len(SWARM_SEEDS)
+    assert [r.seed for r in report.results] == list(SWARM_SEEDS)
+    details = "\n".join(f"seed {r.seed}: {r.violations}" for r in report.failures)
+    assert not report.failures, f"{report.summary()}\n{details}"
+
+
+def test_seeds_are_deterministic_and_independent_of_workers() -> None:
+    seeds = range(1000, 1006)
+    one = run_swarm(seeds, workers=1).results
+    two = run_swarm(seeds, workers=2).results
+    assert one == two
+    assert generate(1003).to_text() == generate(1003).to_text()
+    first = run_scenario(generate(1004), settle_s=SETTLE_S).trace_text()
+    assert run_scenario(generate(1004), settle_s=SETTLE_S).trace_text() == first
+
+
+def test_schedules_vary() -> None:
+    scenarios = [draw(seed) for seed in range(200)]
+    sizes = {len(sc.nodes) + len(sc.witnesses) for sc, _ in scenarios}
+    assert sizes == {3, 4, 5, 6, 7}
+    assert any(sc.witnesses and len(sc.nodes) == 2 for sc, _ in scenarios)
+    verbs = {step.verb for sc, _ in scenarios for step in sc.faults}
+    assert {"power_off", "cut", "partition", "drop", "hang", "restart", "shutdown"} <= verbs
+    assert {"fence_script", "fail_starts", "maintenance", "disable", "clock_jump"} <= verbs
+    assert any(any(g.anti_affinity for g in sc.guests) for sc, _ in scenarios)
+    assert any(sc.options.get("drop_probability") for sc, _ in scenarios)
+    assert any(tight for _, tight in scenarios) and not all(tight for _, tight in scenarios)
+
+
+def test_a_swarm_schedule_replays_as_a_scenario_file() -> None:
+    sc = generate(7)
+    reparsed = parse_scenario(sc.to_text(), sc.name)
+    swarm_trace = run_scenario(sc, settle_s=SETTLE_S).trace_text()
+    file_trace = run_scenario(reparsed).trace_text()
+    # The file runs to its full heal bound; the swarm stops once healed: same prefix.
+    assert file_trace.startswith(swarm_trace)
+
+
+def test_classification() -> None:
+    room = (
+        "t=1s seed=1: not healed 45s after the last fault: g1 runs on no node (committed: "
+        "stopped on n1 at generation 1: x); last unplaced: needs 512 MiB, most free is 0 MiB"
+    )
+    copies = "t=1s seed=1: two running copies of g1: n1, n2"
+    assert classify([room, copies], tight=True) == ((copies,), (room,))
+    assert classify([room], tight=False) == ((room,), ())
+    assert violation_kind(copies) == "two running copies"
+    assert violation_kind(room) == "not healed"
+
+
+def always_movable(state: ClusterState, guest: GuestRecord) -> bool:
+    return True
+
+
+def test_a_violation_is_reported_with_seed_replay_and_shrunk_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(statemachine, "movable", always_movable)
+    monkeypatch.setattr(placement, "movable", always_movable)
+    bad = next(r for r in (run_seed(seed) for seed in range(40)) if not r.ok)
+    assert all(f"seed={bad.seed}" in v for v in bad.violations)
+    assert 0 < bad.shrunk_faults <= bad.faults
+    assert bad.trace and any('"fault_' in line for line in bad.trace)
+    shrunk = parse_scenario(bad.scenario, "shrunk")
+    assert len(shrunk.faults) == bad.shrunk_faults
+    replay = run_scenario(shrunk, settle_s=SETTLE_S)
+    assert {violation_kind(v) for v in replay.violations} & {
+        violation_kind(v) for v in bad.violations
+    }
+    out = io.StringIO()
+    assert swarm_main(["--swarm", "--seeds", "1", "--start", str(bad.seed)], out) == 1
+    text = out.getvalue()
+    assert "violations: 1 seeds" in text
+    assert f"replay: haagent simulate --swarm --seeds 1 --start {bad.seed} --verbose" in text
+    assert "shrunk schedule" in text and "shortened trace" in text
+
+
+def test_swarm_main_prints_the_figures() -> None:
+    out = io.StringIO()
+    assert swarm_main(["--swarm", "--seeds", "4", "--start", "20", "--workers", "2"], out) == 0
+    summary = out.getvalue().splitlines()[0]
+    assert summary.startswith("swarm: 4 seeds (20..23), 2 worker(s)")
+    assert "schedules/s" in summary and "violations: 0 seeds" in summary
+
+
+def test_swarm_verbose_prints_the_schedule_and_trace() -> None:
+    out = io.StringIO()
+    assert swarm_main(["--seeds", "1", "--start", "5", "--verbose"], out) == 0
+    text = out.getvalue()
+    assert text.startswith("# seed 5\n")
+    assert "heal_bound 45" in text and '"event": "commit"' in text
+    assert "seed 5: no new violation" in text
+
+
+def test_swarm_main_refuses_nonsense() -> None:
+    assert swarm_main(["--seeds", "0"], io.StringIO()) == 2
