@@ -16,6 +16,8 @@ reasoning shows up as a physical violation.
    for an agent that was stopped: its resume + grace).
 5. After every fault healed, every wanted guest runs again, exactly once and where the
    committed state says, within a stated bound (`check_healed`).
+6. Data before compute: never two DRBD primaries of a resource, and no replica is ever promoted
+   while another holds more data (checked against the FakeDrbd's own record of writes).
 
 The checker replays the committed log through the real `apply` itself, one command at a time,
 so a transition hidden between two steps (assigned and started within one step) is still seen.
@@ -52,6 +54,7 @@ class InvariantChecker:
     _trace_seen: int = 0
     _physical_seen: int = -1
     _protected: frozenset[str] = frozenset()
+    _promotions_seen: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._protected = frozenset(g.domain for g in self.world.guest_specs)
@@ -64,6 +67,8 @@ class InvariantChecker:
         self._commits(world)
         self._starts(world)
         self._leases(world)
+        if world.drbd.resources:
+            self._replicas(world)
 
     def fail(self, message: str) -> None:
         text = f"t={self.world.now:.3f}s seed={self.world.seed}: {message}"
@@ -72,6 +77,24 @@ class InvariantChecker:
                 self.first_violation_index = len(self.world.trace)
                 self.first_violation_t = self.world.now
             self.violations.append(text)
+
+    # 6 --------------------------------------------------------------------------------------
+
+    def _replicas(self, world: World) -> None:
+        """Data before compute: never two DRBD primaries, never a promotion of a replica
+        holding less data than the newest (even the newest sits on a host that is down)."""
+        for res in world.drbd.resources.values():
+            primaries = world.drbd.primaries(res.name, world.powered)
+            if len(primaries) > 1:
+                self.fail(f"two DRBD primaries of {res.name}: {', '.join(primaries)}")
+            seen = self._promotions_seen.get(res.name, 0)
+            for node, version, newest in res.promotions[seen:]:
+                if version < newest:
+                    self.fail(
+                        f"{node} promoted {res.name} with {version} writes while the "
+                        f"newest replica has {newest}: started from stale data"
+                    )
+            self._promotions_seen[res.name] = len(res.promotions)
 
     # 1 --------------------------------------------------------------------------------------
 

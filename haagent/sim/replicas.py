@@ -120,6 +120,10 @@ class FakeDrbd:
             if node in res.sides:
                 res.sides[node].role = ReplicaRole.SECONDARY
 
+    def is_primary(self, resource: str, node: str) -> bool:
+        side = self.resources[resource].sides.get(node)
+        return side is not None and side.role is ReplicaRole.PRIMARY
+
     def primaries(self, resource: str, powered: Callable[[str], bool]) -> list[str]:
         res = self.resources[resource]
         return [n for n, s in res.sides.items() if s.role is ReplicaRole.PRIMARY and powered(n)]

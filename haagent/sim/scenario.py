@@ -70,7 +70,15 @@ from typing import Any, TextIO
 
 from haagent.agent import AgentSettings, NodeSettings
 from haagent.commands import COMMAND_TYPES
-from haagent.model import DesiredState, FenceMethod, GuestSpec, GuestState, NodeRole, NodeState
+from haagent.model import (
+    DesiredState,
+    FenceMethod,
+    GuestSpec,
+    GuestState,
+    NodeRole,
+    NodeState,
+    StorageKind,
+)
 from haagent.sim.invariants import InvariantChecker
 from haagent.sim.world import FENCE_STEPS, SimOptions, TraceEvent, TraceValue, World
 
@@ -205,6 +213,8 @@ def _guest_line(g: GuestSpec) -> str:
         parts.append("allow=" + ",".join(g.allowed_nodes))
     if g.anti_affinity:
         parts.append(f"group={g.anti_affinity}")
+    if g.storage is StorageKind.DRBD:
+        parts.append("drbd=" + ",".join(g.replica_nodes))
     return " ".join(parts)
 
 
@@ -335,7 +345,7 @@ def _validate(sc: Scenario) -> None:
         if node not in sc.nodes:
             raise ScenarioError(f"{name}: {node!r} is not a hypervisor")
     for g in sc.guests:
-        for node in (*g.preferred_nodes, *g.allowed_nodes):
+        for node in (*g.preferred_nodes, *g.allowed_nodes, *g.replica_nodes):
             if node not in sc.nodes:
                 raise ScenarioError(f"{name}: guest {g.name}: {node!r} is not a hypervisor")
     if not sc.options.get("hardware_watchdog", True) and FenceMethod.WATCHDOG in sc.fence.values():
@@ -466,6 +476,11 @@ def _guest(args: list[str], where: str) -> GuestSpec:
             kw["allowed_nodes"] = tuple(value.split(","))
         elif key == "group":
             kw["anti_affinity"] = value
+        elif key == "drbd":
+            replicas = tuple(value.split(","))
+            if len(replicas) != 2:
+                raise ScenarioError(f"{where}: drbd= names exactly two replica hosts")
+            kw.update(storage=StorageKind.DRBD, replica_nodes=replicas, resource=f"r-{name}")
         else:
             raise ScenarioError(f"{where}: unknown guest attribute {key!r}")
     return GuestSpec(**kw)

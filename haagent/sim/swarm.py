@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
-from haagent.model import FenceMethod, GuestSpec
+from haagent.model import FenceMethod, GuestSpec, StorageKind
 from haagent.sim.invariants import shorten_trace
 from haagent.sim.scenario import LEADER, Scenario, Step, run_scenario
 
@@ -265,6 +265,21 @@ def _guests(
         )
     if not guests:
         guests.append(GuestSpec("g1", "g1", 256))
+    if not tight and len(nodes) >= 2 and rng.random() < 0.3:
+        # One guest on DRBD between two of the hypervisors (data before compute, rule 5).
+        replicas = tuple(sorted(rng.sample(nodes, 2)))
+        name = f"g{len(guests) + 100}"
+        guests.append(
+            GuestSpec(
+                name,
+                name,
+                256,
+                preferred_nodes=replicas[:1],
+                storage=StorageKind.DRBD,
+                replica_nodes=replicas,
+                resource=f"r-{name}",
+            )
+        )
     return guests
 
 

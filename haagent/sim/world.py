@@ -23,6 +23,9 @@ each named as one:
 - FakeWatchdog: a host whose agent stops petting for its timeout is reset (powered off),
   unless the simulated hosts have no hardware watchdog (`SimOptions.hardware_watchdog`).
 - FakeNetwork: blocked directed links; partitions; one-way drops.
+- FakeDrbd (haagent.sim.replicas): one DRBD-like resource per drbd guest, with roles and disk
+  states, protocol C writes, frozen I/O until the peer is known outdated, resync, split brain.
+  DRBD traffic uses the same simulated links; it needs both hosts powered, not their agents.
 - FakeAdmin: admin commands (disable, enable, maintenance) go through the leader, or any
   running agent, and are retried every second until they commit, in the order given.
 
@@ -49,9 +52,11 @@ from haagent.agent import (
     ActionResult,
     AgentCore,
     AgentSettings,
+    DemoteReplica,
     DestroyDomain,
     LocalView,
     NodeSettings,
+    PromoteReplica,
     Proposal,
     RunFence,
     StartGuest,
@@ -65,7 +70,14 @@ from haagent.commands import (
     SetDesired,
     SetMaintenance,
 )
-from haagent.model import ClusterState, DesiredState, FenceMethod, GuestSpec, NodeRole
+from haagent.model import (
+    ClusterState,
+    DesiredState,
+    FenceMethod,
+    GuestSpec,
+    NodeRole,
+    StorageKind,
+)
 from haagent.ports import (
     ConsensusView,
     DomainObservation,
@@ -74,6 +86,7 @@ from haagent.ports import (
     Outcome,
     OutcomeKind,
 )
+from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
 
 TraceValue = str | int | float | bool | None
@@ -215,6 +228,7 @@ class World:
         self.node_settings = dict(nodes)
         self.guest_specs = tuple(guests)
         self.spec_by_name = {g.name: g for g in self.guest_specs}
+        self.drbd = FakeDrbd(self.guest_specs)
         self._settings_overrides = dict(settings or {})
         self._pending: list[_Pending] = []
         self._admin_queue: list[_Pending] = []
@@ -285,6 +299,8 @@ class World:
                 heapq.heappop(queue).fn()
             self._raft_housekeeping()
             self._watchdogs()
+            if self.drbd.resources:
+                self._drbd_step()
             for node in nodes:
                 if node.next_tick <= self.now:
                     node.next_tick = self.now + self.options.tick_s / node.rate
@@ -332,7 +348,8 @@ class World:
         local_now = node.local(self.now)
         view = self._view(node)
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
-        step = node.agent.tick(local_now, view, LocalView(domains, local_now))
+        replicas = self.drbd.observe(node.name, self.drbd_link, self.now)
+        step = node.agent.tick(local_now, view, LocalView(domains, local_now, replicas))
         for ev in step.events:
             self.record(node.name, ev.name, dict(ev.data))
         if step.pet_watchdog:
@@ -564,13 +581,64 @@ class World:
             )
         elif isinstance(action, RunFence):
             self._fence(node, gen, life, action)
+        elif isinstance(action, PromoteReplica | DemoteReplica):
+            self.at(self.now + o.destroy_s, lambda: self._finish_replica(node, gen, life, action))
+
+    # -- FakeDrbd glue ------------------------------------------------------------------------
+
+    def drbd_link(self, a: str, b: str) -> bool:
+        """DRBD replicates over the same links as Raft but lives in the kernel: it needs both
+        hosts powered, not their agents."""
+        return (
+            self.nodes[a].powered
+            and self.nodes[b].powered
+            and (a, b) not in self.blocked
+            and (b, a) not in self.blocked
+        )
+
+    def _finish_replica(
+        self, node: _Node, gen: int, life: int, action: PromoteReplica | DemoteReplica
+    ) -> None:
+        if not node.powered or node.boot_count != life:
+            return
+        if isinstance(action, PromoteReplica):
+            refused = self.drbd.promote(node.name, action.resource, self.drbd_link, self.now)
+            self.record(node.name, "drbd_promote", resource=action.resource, ok=not refused)
+            result = ActionResult(not refused, refused)
+        else:
+            self.drbd.demote(node.name, action.resource)
+            self.record(node.name, "drbd_demote", resource=action.resource)
+            result = ActionResult(True)
+        self._action_result(node, gen, action.key, result)
+
+    def _drbd_step(self) -> None:
+        def running(node: str, domain: str) -> bool:
+            obs = self.nodes[node].domains.get(domain)
+            return self.nodes[node].powered and obs is not None and obs.running
+
+        def outdated(guest: str) -> tuple[str, ...]:
+            record = self.committed_state.guests.get(guest)
+            return record.outdated_nodes if record is not None else ()
+
+        for name, resource in self.drbd.step(self.now, running, self.drbd_link, outdated):
+            self.record(None, name, resource=resource)
 
     def _finish_start(self, node: _Node, gen: int, life: int, action: StartGuest) -> None:
         if not node.powered or node.boot_count != life:
             return
         failures = node.start_failures.get(action.guest, 0)
         current = node.domains.get(action.domain)
-        if failures > 0:
+        spec = self.spec_by_name.get(action.guest)
+        drbd_secondary = (
+            spec is not None
+            and spec.storage is StorageKind.DRBD
+            and not self.drbd.is_primary(spec.resource, node.name)
+        )
+        if drbd_secondary:
+            # QEMU cannot open a Secondary DRBD device for writing.
+            result = ActionResult(False, "DRBD device is Secondary")
+            self.record(node.name, "domain_start_failed", domain=action.domain)
+        elif failures > 0:
             node.start_failures[action.guest] = failures - 1
             result = ActionResult(False, "simulated start failure")
             self.record(node.name, "domain_start_failed", domain=action.domain)
@@ -669,6 +737,7 @@ class World:
             return
         node.powered = False
         node.booting = False
+        self.drbd.power_off(node.name)
         node.agent = None
         node.hung = False
         node.domains.clear()

@@ -11,12 +11,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from haagent import placement, statemachine
-from haagent.agent import AgentCore
+from haagent.agent import Action, AgentCore, Event, LocalView, PromoteReplica, Proposal
 from haagent.model import ClusterState, GuestRecord
+from haagent.ports import ReplicaRole
 from haagent.sim.invariants import InvariantChecker, shorten_trace
 from haagent.sim.scenario import parse_scenario, run_scenario
 from haagent.sim.world import World, default_nodes
@@ -147,3 +149,50 @@ def test_same_trace_in_another_process_with_another_hash_seed() -> None:
         outputs.append(done.stdout)
     assert outputs[0] == outputs[1]
     assert outputs[0] == run_scenario(parse_scenario(ISOLATED_OWNER)).trace_text()
+
+
+OUTDATED_PEER = """\
+# The DRBD link n1 <-> n2 breaks; n1 marks n2 outdated and writes on; then n1 loses power.
+nodes n1 n2 n3
+guest db drbd=n1,n2 prefer=n1
+at 5 drop n1 n2
+at 7 power_on n2
+at 12 power_off n1
+at 20 heal
+at 20 power_on n1
+"""
+
+
+def test_promoting_an_outdated_replica_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: rule 5 removed (the leader places on outdated replicas and the host promotes
+    whatever it has). The checker must see a replica promoted with less data than the newest."""
+    original = placement.plan
+
+    def ignore_outdated(state: ClusterState, *args: object, **kw: object) -> placement.Plan:
+        guests = {n: replace(g, outdated_nodes=()) for n, g in state.guests.items()}
+        return original(replace(state, guests=guests), *args, **kw)  # type: ignore[arg-type]
+
+    def promote_anyway(
+        self: AgentCore,
+        now: float,
+        state: ClusterState,
+        guest: GuestRecord,
+        local: LocalView,
+        proposals: list[Proposal],
+        actions: list[Action],
+        events: list[Event],
+    ) -> bool:
+        rep = local.replicas.get(guest.spec.resource)
+        if rep is not None and rep.role is ReplicaRole.PRIMARY:
+            return True
+        actions.append(PromoteReplica(guest.name, guest.spec.resource, guest.generation))
+        return False
+
+    monkeypatch.setattr(placement, "plan", ignore_outdated)
+    monkeypatch.setattr("haagent.agent.plan", ignore_outdated)
+    monkeypatch.setattr(AgentCore, "_replica_ready", promote_anyway)
+    result = run_scenario(parse_scenario(OUTDATED_PEER, "outdated_peer"))
+    assert any("started from stale data" in v for v in result.violations), result.violations
+    # And the unbroken core is fine with the same schedule.
+    monkeypatch.undo()
+    assert not run_scenario(parse_scenario(OUTDATED_PEER, "outdated_peer")).violations
