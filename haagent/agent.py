@@ -515,16 +515,16 @@ class AgentCore:
             if current is not None and current.spec == spec:
                 self._spec_checked[spec.name] = current
                 continue
-            if current is None or current.spec != spec:
-                self._propose(
-                    proposals,
-                    Proposal(
-                        f"define:{spec.name}",
-                        DefineGuest(spec, self._wall(now)),
-                        s.commit_timeout_s,
-                    ),
-                    now,
-                )
+            # Missing or changed in the config: (re)define it.
+            self._propose(
+                proposals,
+                Proposal(
+                    f"define:{spec.name}",
+                    DefineGuest(spec, self._wall(now)),
+                    s.commit_timeout_s,
+                ),
+                now,
+            )
 
         for name, rec in sorted(state.nodes.items()):
             if name == s.node:
