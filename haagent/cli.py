@@ -79,9 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     status = sub.add_parser("status", help="show the cluster as one agent sees it")
-    status.add_argument("--config", "-c", type=Path, help="read URL and token from this config")
-    status.add_argument("--url", help="agent API, e.g. http://127.0.0.1:8401 or unix:/path")
-    status.add_argument("--token", help="API token (default: from --config)")
+    _agent_args(status)
     status.add_argument("--json", action="store_true", help="print the raw JSON document")
     status.set_defaults(func=_cmd_status)
 
@@ -260,14 +258,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    url, token = args.url, args.token
-    if args.config is not None:
-        cfg = load_config(args.config)
-        url = url or api_url(cfg.api_listen)
-        token = token or cfg.api_token
-    if not url or not token:
-        raise CliError("give --config FILE, or --url and --token", EXIT_USAGE)
-    doc = fetch_status(url, token)
+    doc = fetch_status(*_agent(args))
     if args.json:
         print(json.dumps(doc, indent=1, sort_keys=True))
     else:

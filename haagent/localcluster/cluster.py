@@ -520,7 +520,7 @@ class LocalCluster:
                 environ = (entry / "environ").read_bytes()
             except OSError:
                 continue
-            if marker in environ.split(b"\0") and _alive(int(entry.name)):
+            if marker in environ.split(b"\0") and pid_alive(int(entry.name)):
                 found.append(int(entry.name))
         return sorted(found)
 
@@ -531,7 +531,7 @@ class LocalCluster:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
-        return pid if str(self.run_dir / "bmc").encode() in cmdline and _alive(pid) else None
+        return pid if str(self.run_dir / "bmc").encode() in cmdline and pid_alive(pid) else None
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -544,10 +544,11 @@ def _kill_and_wait(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ClusterError):
-        wait_for(f"pid {pid} to exit", lambda: None if _alive(pid) else True, 5.0)
+        wait_for(f"pid {pid} to exit", lambda: None if pid_alive(pid) else True, 5.0)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is `pid` a live process (a zombie is dead: PID 1 here reaps late)?"""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

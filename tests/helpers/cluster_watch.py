@@ -28,10 +28,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from haagent.localcluster.cluster import LocalCluster, http_get_json
+from haagent.localcluster.cluster import LocalCluster, http_get_json, pid_alive
 
 __all__ = [
     "ClusterWatch",
@@ -143,7 +142,7 @@ class ClusterWatch:
             now = time.monotonic()
             for node in self.nodes:
                 pid = self._pids.get(node)
-                if pid is not None and not _alive(pid):
+                if pid is not None and not pid_alive(pid):
                     with self._lock:
                         self._deaths.append(Death(node, pid, now))
                     self._pids[node] = pid = None
@@ -316,14 +315,6 @@ class ClusterWatch:
             if o.node in nodes and o.t0 > after and guest in (o.local or {}):
                 return o
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")

@@ -22,6 +22,7 @@ from typing import TypeVar
 import libvirt
 import pytest
 
+from haagent.localcluster.cluster import pid_alive
 from haagent.ports import DomainObservation, HypervisorError
 from haagent.resources.libvirt_guests import LibvirtHypervisor
 from tests.helpers.libvirt_host import (
@@ -48,15 +49,6 @@ def host(tmp_path: Path) -> Iterator[LibvirtHost]:
     finally:
         libvirt_host.down()
         assert libvirt_host.processes() == []
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting for PID 1 to reap it counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def wait_until_reattached(uri: str, domain: str) -> None:
