@@ -260,8 +260,9 @@ class _Memory:
     heartbeat_counter: int = 0
     proposals: dict[str, float] = field(default_factory=dict)  # key -> sent at
     actions: dict[str, Action] = field(default_factory=dict)
-    # (node, seq) -> when this core first saw that sequence without having applied it itself.
-    first_seen: dict[tuple[str, int], float] = field(default_factory=dict)
+    # node -> (seq, when this core first saw that sequence without having applied it itself).
+    # One entry per node: an older sequence is never asked for again once a newer one is seen.
+    first_seen: dict[str, tuple[int, float]] = field(default_factory=dict)
     fence_next_at: dict[str, float] = field(default_factory=dict)
     fence_failures: dict[str, int] = field(default_factory=dict)
     fence_launched: set[tuple[str, int, int]] = field(default_factory=set)
@@ -677,7 +678,11 @@ class AgentCore:
         seen = view.heartbeats.get(node)
         if seen is not None and seen.seq == seq:
             return seen.at
-        return self._m.first_seen.setdefault((node, seq), now)
+        known = self._m.first_seen.get(node)
+        if known is not None and known[0] == seq:
+            return known[1]
+        self._m.first_seen[node] = (seq, now)
+        return now
 
     def _fence(
         self,

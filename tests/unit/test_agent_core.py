@@ -278,6 +278,28 @@ def test_silence_of_a_node_never_applied_here_counts_from_first_sight() -> None:
     assert not [x for x in commands(step) if isinstance(x, DeclareFailed)]
 
 
+def test_first_sight_restarts_with_each_new_sequence_and_keeps_one_entry_per_node() -> None:
+    """A node whose heartbeats this core never applied (it learned them from a snapshot) is
+    timed from when each new sequence was first seen, and old sequences are forgotten."""
+    c = core()
+    state = joined("n1", "n2", "n3")
+    for k in range(50):  # n2 keeps renewing; this core only ever sees its sequences
+        now = 100.0 + k
+        state = build(Heartbeat("n2", "n2-inc"), state=state)
+        with_lease(c, state, now)
+        step = c.tick(now + 0.01, view(state, leader=True, seen={"n3": now}), local(now))
+        assert not of(DeclareFailed, commands(step)), k
+    assert len(c._m.first_seen) == 1  # n2 only, at its latest sequence
+    # n2 falls silent: declared once the failure timeout has passed since its last sequence.
+    last = 149.0
+    with_lease(c, state, last + 1.0)
+    early = c.tick(last + 1.3, view(state, leader=True, seen={"n3": last + 1.3}), local(last))
+    assert not of(DeclareFailed, commands(early))
+    with_lease(c, state, last + 1.5)
+    late = c.tick(last + 1.5, view(state, leader=True, seen={"n3": last + 1.5}), local(last))
+    assert [x.node for x in commands(late) if isinstance(x, DeclareFailed)] == ["n2"]
+
+
 # --- rule 4: fence before recover -----------------------------------------------------------
 
 
