@@ -104,6 +104,7 @@ class AgentSettings:
     shutdown_timeout_s: float = 60.0
     max_concurrent_starts: int = 4
     max_start_failures: int = 3
+    failure_reset_s: float = 600.0
     max_relocations: int = 2
     initial_placement_wait_s: float = 5.0
 
@@ -275,8 +276,8 @@ class _Memory:
     start_failed: dict[str, tuple[int, str]] = field(default_factory=dict)  # guest -> gen, why
     # Instances this agent stopped or destroyed itself (domain -> generation): not crashes.
     stopped_here: dict[str, int] = field(default_factory=dict)
-    # Instances this agent process has seen running (guest -> generation).
-    seen_running: dict[str, int] = field(default_factory=dict)
+    # Instances this agent process has seen running (guest -> generation, first seen at).
+    seen_running: dict[str, tuple[int, float]] = field(default_factory=dict)
     # (guests map, node states) of the last plan that had nothing to do.
     idle_plan: tuple[Mapping[str, GuestRecord], tuple[object, ...]] | None = None
 
@@ -798,7 +799,9 @@ class AgentCore:
             if guest is None:
                 continue  # not yet registered by the leader: nobody owns it yet
             if obs.generation is not None:
-                self._m.seen_running[guest.name] = obs.generation
+                known = self._m.seen_running.get(guest.name)
+                if known is None or known[0] != obs.generation:
+                    self._m.seen_running[guest.name] = (obs.generation, now)
             if guest.owner != s.node:
                 if obs.generation is not None and obs.generation > guest.generation:
                     continue  # our view is older than the instance: wait for it to catch up
@@ -872,12 +875,20 @@ class AgentCore:
                 # its own stops and self-fencing destroys are not the guest's fault, and a new
                 # agent process cannot tell a crash from its host having restarted.
                 gen = guest.generation
+                since = self._m.seen_running.get(guest.name)
+                fresh = False
                 if self._m.stopped_here.get(guest.spec.domain) == gen:
                     crashed, why = False, "stopped by this node"
-                elif self._m.seen_running.get(guest.name) != gen:
+                elif since is None or since[0] != gen:
                     crashed, why = False, "not running when this agent started (host restart?)"
                 else:
                     crashed, why = True, "crashed"
+                    # Measured on this agent's monotonic clock from when it first saw the
+                    # instance run: a crash weeks after the last one starts a fresh count.
+                    ran_for = now - since[1]
+                    if ran_for >= s.failure_reset_s:
+                        fresh = True
+                        why = f"crashed after running {ran_for:.0f} s (a fresh failure count)"
                 if self._propose(
                     proposals,
                     self._stopped(
@@ -886,7 +897,8 @@ class AgentCore:
                         now,
                         failed=crashed,
                         reason=f"not running: {why}",
-                        failures=guest.failures,
+                        failures=0 if fresh else guest.failures,
+                        fresh_count=fresh,
                     ),
                     now,
                 ):
@@ -1112,7 +1124,9 @@ class AgentCore:
         failed: bool,
         reason: str,
         failures: int = 0,
+        fresh_count: bool = False,
     ) -> Proposal:
+        """`failures`: the failures counted before this one (0 when `fresh_count`)."""
         give_up = failed and failures + 1 >= self.settings.max_start_failures
         return Proposal(
             f"stopped:{guest}",
@@ -1124,6 +1138,7 @@ class AgentCore:
                 give_up,
                 reason + (" - giving up" if give_up else ""),
                 self._wall(now),
+                fresh_count,
             ),
             self.settings.commit_timeout_s,
         )

@@ -227,7 +227,9 @@ class GuestRunning(Command):
 class GuestStopped(Command):
     """Owner: the guest is confirmed not running. `failed` counts a crash or failed start;
     `give_up` (decided by the owner from its configured limit) records that this node gave up
-    on it, so the leader moves it elsewhere (and to `error` when too many gave up)."""
+    on it, so the leader moves it elsewhere (and to `error` when too many gave up).
+    `fresh_count`: the crashed instance had run for `failure_reset_s`, so earlier failures are
+    forgotten and this one counts as the first (absent in older agents' commands: False)."""
 
     type_name: ClassVar[str] = "guest_stopped"
     guest: str
@@ -237,6 +239,7 @@ class GuestStopped(Command):
     give_up: bool
     reason: str
     at: float
+    fresh_count: bool = False
 
 
 COMMAND_TYPES: dict[str, type[Command]] = {

@@ -93,6 +93,7 @@ class Config:
     timing: Timing
     max_concurrent_starts: int
     max_start_failures: int
+    failure_reset_s: float
     max_relocations: int
     nodes: Mapping[str, NodeConfig]
     fence_devices: Mapping[str, FenceDevice] = field(repr=False)
@@ -131,6 +132,7 @@ class Config:
             shutdown_timeout_s=t.shutdown_timeout_s,
             max_concurrent_starts=self.max_concurrent_starts,
             max_start_failures=self.max_start_failures,
+            failure_reset_s=self.failure_reset_s,
             max_relocations=self.max_relocations,
             initial_placement_wait_s=t.initial_placement_wait_s,
         )
@@ -300,6 +302,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     placement_t = root.table("placement")
     max_starts = placement_t.integer("max_concurrent_starts", 4, minimum=1)
     max_failures = placement_t.integer("max_start_failures", 3, minimum=1)
+    failure_reset = placement_t.number("failure_reset_s", 600.0)
     max_relocations = placement_t.integer("max_relocations", 2, minimum=0)
     placement_t.done()
 
@@ -351,6 +354,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         timing=timing,
         max_concurrent_starts=max_starts,
         max_start_failures=max_failures,
+        failure_reset_s=failure_reset,
         max_relocations=max_relocations,
         nodes=nodes,
         fence_devices=devices,

@@ -329,7 +329,10 @@ def _guest_stopped(state: ClusterState, c: GuestStopped) -> tuple[ClusterState, 
     if why:
         return _refuse(state, why)
     guest = state.guests[c.guest]
-    failures = guest.failures + 1 if c.failed else guest.failures
+    failures = guest.failures
+    if c.failed:
+        # A crash after a long stable run is a new problem, not the next step of an old one.
+        failures = 1 if c.fresh_count else guest.failures + 1
     failed_nodes = guest.failed_nodes
     if c.give_up:
         # This owner gave up: the leader moves it on (or puts it in error).

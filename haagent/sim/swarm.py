@@ -187,6 +187,7 @@ def draw(seed: int) -> tuple[Scenario, bool]:
     sc.settings = {
         "max_concurrent_starts": rng.choice([1, 2, 4]),
         "max_start_failures": rng.choice([2, 3]),
+        "failure_reset_s": rng.choice([600.0, 600.0, 10.0, 30.0]),
         "max_relocations": rng.choice([1, 2]),
         "fence_timeout_s": 5.0,
     }

@@ -451,6 +451,37 @@ def test_a_crashed_guest_is_restarted_then_given_up_then_moved_then_in_error() -
     assert error.generation == 5 and "n1" in error.reason
 
 
+def test_a_crash_after_a_stable_run_starts_a_fresh_count_and_does_not_give_up() -> None:
+    c = core(max_start_failures=2, failure_reset_s=600.0)
+    state = build(
+        GuestStopped("g", "n1", 2, True, False, "crashed", 0.0),  # one failure already
+        GuestStarting("g", "n1", 2, 0.0),
+        GuestRunning("g", "n1", 3, 0.0),
+        state=running_on_n1(),
+    )
+    assert state.guests["g"].failures == 1
+    with_lease(c, state, 10.0)
+    seen = DomainObservation("dom-g", True, owner="n1", generation=3)
+    c.tick(10.005, view(state), local(10.005, seen))  # first seen running here
+    with_lease(c, state, 609.0)
+    c.tick(609.001, view(state), local(609.001, seen))
+    # Gone before failure_reset_s of running: the second failure in a row, give up.
+    early = c.tick(609.004, view(state), local(609.004))
+    (stopped,) = [x for x in commands(early) if isinstance(x, GuestStopped)]
+    assert stopped.failed and stopped.give_up and not stopped.fresh_count
+
+    c = core(max_start_failures=2, failure_reset_s=600.0)
+    with_lease(c, state, 10.0)
+    c.tick(10.005, view(state), local(10.005, seen))
+    with_lease(c, state, 610.0)
+    c.tick(610.001, view(state), local(610.001, seen))
+    late = c.tick(610.01, view(state), local(610.01))  # ran for 600 s: a fresh count
+    (stopped,) = [x for x in commands(late) if isinstance(x, GuestStopped)]
+    assert stopped.failed and stopped.fresh_count and not stopped.give_up
+    assert "after running 600 s" in stopped.reason
+    assert build(stopped, state=state).guests["g"].failures == 1
+
+
 def test_own_stops_and_restarts_of_the_agent_are_not_counted_as_crashes() -> None:
     """Found by the simulator: an admin's disable reverted before the stop finished, and a
     self-fencing destroy, were counted as crashes of a healthy guest."""

@@ -39,6 +39,7 @@ EXAMPLES = [
     DefineGuest(GuestSpec("g", "g", 256, 3, ("n1",), ("n1", "n2")), 4.0),
     AssignGuests((Assignment("g", "n1", 0), Assignment("h", "n2", 4)), "placed", 5.0),
     GuestStopped("g", "n1", 3, True, False, "crashed", 6.0),
+    GuestStopped("g", "n1", 3, True, False, "crashed after running 700 s", 6.0, True),
     Leave("n1", "inc", 7.0),
     FenceStarted("n2", 1, "n1", 8.0),
     SetDesired("g", DesiredState.STOPPED, "admin", 9.0),
@@ -58,6 +59,12 @@ def test_round_trip(command: object) -> None:
 
 def test_every_command_type_is_round_tripped() -> None:
     assert {type(c).type_name for c in EXAMPLES} == set(COMMAND_TYPES)
+
+
+def test_a_guest_stopped_from_before_fresh_count_decodes_as_not_fresh() -> None:
+    old = b'{"v": 1, "type": "guest_stopped", "guest": "g", "node": "n1", "generation": 3,'
+    old += b' "failed": true, "give_up": false, "reason": "crashed", "at": 6.0}'
+    assert decode(old) == GuestStopped("g", "n1", 3, True, False, "crashed", 6.0, False)
 
 
 def test_wire_format_is_versioned_json_not_pickle() -> None:

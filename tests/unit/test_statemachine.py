@@ -265,6 +265,23 @@ def test_giving_up_frees_the_guest_to_move_and_an_error_waits_for_an_admin() -> 
     assert g.state is GuestState.STOPPED and g.failures == 0 and g.failed_nodes == ()
 
 
+def test_crashes_add_up_unless_the_owner_reports_a_fresh_count() -> None:
+    state = with_guest_on(cluster("n1", "n2"), "n1")
+    state, (r,) = run(state, GuestStopped("g", "n1", 2, True, False, "crashed", 0.0))
+    assert r.accepted and state.guests["g"].failures == 1
+    state, _ = run(state, GuestStarting("g", "n1", 2, 0.0), GuestRunning("g", "n1", 3, 0.0))
+    state, _ = run(state, GuestStopped("g", "n1", 3, True, False, "crashed", 0.0))
+    assert state.guests["g"].failures == 2
+    state, _ = run(state, GuestStarting("g", "n1", 3, 0.0), GuestRunning("g", "n1", 4, 0.0))
+    # After a long stable run the owner says so: earlier failures are forgotten.
+    state, _ = run(state, GuestStopped("g", "n1", 4, True, False, "crashed", 0.0, True))
+    assert state.guests["g"].failures == 1
+    # A clean stop never counts, whatever the flag says.
+    state, _ = run(state, GuestStarting("g", "n1", 4, 0.0), GuestRunning("g", "n1", 5, 0.0))
+    state, _ = run(state, GuestStopped("g", "n1", 5, False, False, "stopped", 0.0, True))
+    assert state.guests["g"].failures == 1
+
+
 def test_maintenance_refuses_new_guests_and_survives_a_rejoin() -> None:
     state = cluster("n1", "n2")
     _, (r,) = run(state, SetMaintenance("n9", True, "admin", 0.0))
