@@ -228,8 +228,9 @@ class GuestStopped(Command):
     """Owner: the guest is confirmed not running. `failed` counts a crash or failed start;
     `give_up` (decided by the owner from its configured limit) records that this node gave up
     on it, so the leader moves it elsewhere (and to `error` when too many gave up).
-    `fresh_count`: the crashed instance had run for `failure_reset_s`, so earlier failures are
-    forgotten and this one counts as the first (absent in older agents' commands: False)."""
+    `fresh_count`: the crashed instance had run for `failure_reset_s`, so the failure history
+    (count, nodes that gave up) is forgotten and this crash counts as the first (absent in
+    older agents' commands: False)."""
 
     type_name: ClassVar[str] = "guest_stopped"
     guest: str

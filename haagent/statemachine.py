@@ -330,10 +330,13 @@ def _guest_stopped(state: ClusterState, c: GuestStopped) -> tuple[ClusterState, 
         return _refuse(state, why)
     guest = state.guests[c.guest]
     failures = guest.failures
-    if c.failed:
-        # A crash after a long stable run is a new problem, not the next step of an old one.
-        failures = 1 if c.fresh_count else guest.failures + 1
     failed_nodes = guest.failed_nodes
+    if c.failed and c.fresh_count:
+        # A crash after a long stable run is a new problem, not the next step of an old one:
+        # the history (count, nodes that gave up) is forgotten.
+        failures, failed_nodes = 1, ()
+    elif c.failed:
+        failures = guest.failures + 1
     if c.give_up:
         # This owner gave up: the leader moves it on (or puts it in error).
         failures = 0
