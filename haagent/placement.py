@@ -100,15 +100,18 @@ def plan(
     }
     orphans: list[GuestRecord] = []
     for g in state.guests.values():
-        if g.owner in load and occupies(g):
+        if needs_owner(state, g):
+            # It leaves its owner (which gave up on it): it holds none of that node's memory,
+            # anti-affinity slot or start slots, or two nodes that each gave up on one guest
+            # would block each other's only start slot for good (found by swarm seed 5914).
+            orphans.append(g)
+        elif g.owner in load and occupies(g):
             slot = load[g.owner]
             slot.free_mib -= g.spec.memory_mib
             if is_pending_start(g):
                 slot.starts += 1
             if g.spec.anti_affinity:
                 slot.groups.add(g.spec.anti_affinity)
-        if needs_owner(state, g):
-            orphans.append(g)
     orphans.sort(key=lambda g: (-g.spec.priority, g.name))
 
     placements: list[Placement] = []

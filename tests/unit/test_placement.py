@@ -11,6 +11,7 @@ from haagent.commands import (
     FenceResult,
     GuestRunning,
     GuestStarting,
+    GuestStopped,
     Join,
 )
 from haagent.model import ClusterState, FailureEvidence, FenceMethod, GuestSpec, NodeRole
@@ -102,6 +103,21 @@ def test_guests_already_starting_count_against_the_limit_and_memory() -> None:
         AssignGuests((Assignment("old", "n1", 0),), "placed", 0.0),
     )
     assert placed(state, CAP, 1) == {"new": "n2"}
+
+
+def test_a_guest_its_owner_gave_up_on_holds_no_slot_or_memory_there() -> None:
+    """Swarm seed 5914: each node gave up on one guest; with one start slot per node, the
+    leaving guests held each other's destination slot and neither ever moved."""
+    state = build(
+        *up("n1", "n2"),
+        *guests(GuestSpec("a", "a", 600), GuestSpec("b", "b", 600)),
+        AssignGuests((Assignment("a", "n1", 0), Assignment("b", "n2", 0)), "placed", 0.0),
+        GuestStarting("a", "n1", 1, 0.0),
+        GuestStopped("a", "n1", 2, True, True, "start failed", 0.0),
+        GuestStarting("b", "n2", 1, 0.0),
+        GuestStopped("b", "n2", 2, True, True, "start failed", 0.0),
+    )
+    assert placed(state, limit=1) == {"a": "n2", "b": "n1"}
 
 
 def test_only_guests_of_fenced_owners_are_re_placed() -> None:
