@@ -112,6 +112,44 @@ class Daemon:
             await hv.open()
             hv.set_listener(self._hypervisor_event)
             self.hypervisor = hv
+        # The API binds before the watchdog is armed: a taken port must end in a clear error,
+        # not in an armed hardware watchdog that resets the host after this process exits.
+        try:
+            runner = await serve(build_app(cfg.api_token, self), cfg.api_listen)
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot serve the API on {cfg.api_listen}: {why}") from None
+        try:
+            self._arm_watchdog()
+        except StartupError:
+            await runner.cleanup()
+            raise
+        self.consensus = RaftConsensus(
+            cfg.node,
+            {n.name: n.address for n in cfg.nodes.values()},
+            cfg.secret,
+            cfg.data_dir / "raft",
+            cfg.timing.election_timeout_min_s,
+            cfg.timing.election_timeout_max_s,
+            wake=wake_threadsafe,
+        )
+        self.consensus.start()
+        log.info(
+            "started node=%s incarnation=%s cluster=%s api=%s",
+            cfg.node,
+            self.incarnation,
+            cfg.cluster,
+            cfg.api_listen,
+        )
+        self.notifier.ready()
+        try:
+            await self._loop()
+        finally:
+            await self._shutdown(runner)
+        return 0
+
+    def _arm_watchdog(self) -> None:
+        cfg = self.config
         try:
             watchdog = open_watchdog(
                 cfg.watchdog_device, cfg.me.watchdog_timeout_s, str(cfg.watchdog_standin)
@@ -131,31 +169,6 @@ class Daemon:
                 "in a lab"
             )
         self.watchdog = watchdog
-        self.consensus = RaftConsensus(
-            cfg.node,
-            {n.name: n.address for n in cfg.nodes.values()},
-            cfg.secret,
-            cfg.data_dir / "raft",
-            cfg.timing.election_timeout_min_s,
-            cfg.timing.election_timeout_max_s,
-            wake=wake_threadsafe,
-        )
-        app = build_app(cfg.api_token, self)
-        runner = await serve(app, cfg.api_listen)
-        self.consensus.start()
-        log.info(
-            "started node=%s incarnation=%s cluster=%s api=%s",
-            cfg.node,
-            self.incarnation,
-            cfg.cluster,
-            cfg.api_listen,
-        )
-        self.notifier.ready()
-        try:
-            await self._loop()
-        finally:
-            await self._shutdown(runner)
-        return 0
 
     def request_stop(self) -> None:
         """SIGTERM: leave the cluster cleanly (hand guests over), then exit."""
@@ -348,6 +361,13 @@ class Daemon:
             names |= {g.spec.domain for g in self.consensus.view().state.guests.values()}
         return names
 
+    def _serving_consensus(self) -> RaftConsensus:
+        """The consensus adapter for an API request; 503 in the moment between the API
+        binding and Raft starting."""
+        if self.consensus is None:
+            raise ApiError(503, "the agent is starting")
+        return self.consensus
+
     def metrics(self) -> bytes:
         return self.agent_metrics.render()
 
@@ -359,29 +379,29 @@ class Daemon:
                 f"unknown node(s) {', '.join(unknown)}; "
                 f"nodes: {', '.join(sorted(self.config.nodes))}",
             )
-        assert self.consensus is not None
-        view = self.consensus.view()
+        consensus = self._serving_consensus()
+        view = consensus.view()
         result = what_if(view.state, self.settings.capacity_mib, fail, self.config.nodes)
         doc = result.to_json()
         doc["view_fresh"] = self.core.lease_valid(time.monotonic())
         return doc
 
     async def set_desired(self, guest: str, running: bool) -> Outcome:
-        assert self.consensus is not None
-        if guest not in self.consensus.view().state.guests:
+        consensus = self._serving_consensus()
+        if guest not in consensus.view().state.guests:
             raise ApiError(404, f"unknown guest {guest!r}")
         desired = DesiredState.RUNNING if running else DesiredState.STOPPED
         command = SetDesired(guest, desired, f"api@{self.config.node}", time.time())
         log.info("admin: %s %s", "enable" if running else "disable", guest)
-        return await self.consensus.propose(command, self.settings.commit_timeout_s)
+        return await consensus.propose(command, self.settings.commit_timeout_s)
 
     async def set_maintenance(self, node: str, on: bool) -> Outcome:
-        assert self.consensus is not None
+        consensus = self._serving_consensus()
         if node not in self.config.nodes:
             raise ApiError(404, f"unknown node {node!r}")
         command = SetMaintenance(node, on, f"api@{self.config.node}", time.time())
         log.info("admin: maintenance %s %s", "on" if on else "off", node)
-        return await self.consensus.propose(command, self.settings.commit_timeout_s)
+        return await consensus.propose(command, self.settings.commit_timeout_s)
 
     def health(self) -> tuple[bool, str]:
         now = time.monotonic()
@@ -393,7 +413,7 @@ class Daemon:
         return True, "lease valid, loop fresh"
 
     async def status(self) -> dict[str, Any]:
-        assert self.consensus is not None
+        consensus = self._serving_consensus()
         local: Mapping[str, DomainObservation] | None = {}
         error = None
         if self.hypervisor is not None:
@@ -408,7 +428,7 @@ class Daemon:
             cluster=self.config.cluster,
             pid=self.pid,
             incarnation=self.incarnation,
-            view=self.consensus.view(),
+            view=consensus.view(),
             now=now,
             lease_until=self.core.lease_until,
             loop_age_s=now - self._last_pass,

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from haagent.localcluster.ports import free_port
+
 CHASSIS_SCRIPT = Path(__file__).with_name("chassis.sh")
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -44,12 +46,10 @@ class BmcError(RuntimeError):
 
 
 def free_udp_port(address: str = "127.0.0.1") -> int:
-    """A UDP port that was free on `address` a moment ago (the kernel's pick). Another process
-    may take it before it is used; `SimulatedBmc.start` then fails with BmcError."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((address, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A UDP port that was free on `address` a moment ago (see `haagent.localcluster.ports`).
+    Another process may take it before it is used; `SimulatedBmc.start` then fails with
+    BmcError."""
+    return free_port(address)
 
 
 def _udp_port_bound(address: str, port: int) -> bool:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from haagent.localcluster.bmc import SimulatedBmc
+from haagent.localcluster.ports import free_port
 
 T = TypeVar("T")
 
@@ -83,10 +84,8 @@ class ClusterPlan:
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free for TCP (and UDP) on `host`: see `haagent.localcluster.ports`."""
+    return free_port(host)
 
 
 def _toml_value(value: Any) -> str:

@@ -1,0 +1,38 @@
+"""A real agent process that cannot start says why in one line and arms nothing."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from haagent.localcluster.cluster import LocalCluster, local_plan
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_taken_api_port_is_a_clear_error_before_the_watchdog_is_armed(tmp_path: Path) -> None:
+    plan = local_plan(1, fence="dummy")
+    cluster = LocalCluster(tmp_path / "run", plan)
+    cluster.write()
+    listen = plan.nodes[0].api_listen
+    host, _, port = listen.rpartition(":")
+    with socket.socket() as squatter:
+        squatter.bind((host, int(port)))
+        squatter.listen()
+        proc = subprocess.run(
+            [sys.executable, "-m", "haagent", "run", "--config", str(cluster.config_path("n1"))],
+            check=False,
+            cwd=cluster.run_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1, proc
+    assert f"cannot start: cannot serve the API on {listen}: Address already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The watchdog (here its stand-in file) was never opened, so nothing can reset the host.
+    assert not list((cluster.run_dir / "state").rglob("watchdog.standin"))
