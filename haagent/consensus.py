@@ -24,6 +24,7 @@ import base64
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -103,6 +104,15 @@ class RaftConsensus:
         self._sync: _ReplicatedLog | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def check_address(self) -> None:
+        """Raise OSError if this node's Raft address cannot be bound now. pysyncobj itself
+        retries a failed bind every second forever, without a word: a taken port would leave
+        the agent running, silent and never part of the cluster."""
+        host, _, port = self._addresses[self.node].rpartition(":")
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pysyncobj binds
+            sock.bind((host.strip("[]"), int(port)))
 
     def start(self) -> None:
         """Bind the Raft port and start the tick thread. Replays the journal if present."""

@@ -117,14 +117,8 @@ class Daemon:
         try:
             runner = await serve(build_app(cfg.api_token, self), cfg.api_listen)
         except OSError as exc:
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise StartupError(f"cannot serve the API on {cfg.api_listen}: {why}") from None
-        try:
-            self._arm_watchdog()
-        except StartupError:
-            await runner.cleanup()
-            raise
-        self.consensus = RaftConsensus(
+            raise StartupError(f"cannot serve the API on {cfg.api_listen}: {_why(exc)}") from None
+        consensus = RaftConsensus(
             cfg.node,
             {n.name: n.address for n in cfg.nodes.values()},
             cfg.secret,
@@ -133,6 +127,16 @@ class Daemon:
             cfg.timing.election_timeout_max_s,
             wake=wake_threadsafe,
         )
+        try:
+            try:
+                consensus.check_address()
+            except OSError as exc:
+                raise StartupError(f"cannot bind Raft on {cfg.me.address}: {_why(exc)}") from None
+            self._arm_watchdog()
+        except StartupError:
+            await runner.cleanup()
+            raise
+        self.consensus = consensus
         self.consensus.start()
         log.info(
             "started node=%s incarnation=%s cluster=%s api=%s",
@@ -435,6 +439,11 @@ class Daemon:
             local=local,
             local_error=error,
         )
+
+
+def _why(exc: OSError) -> str:
+    """ "Address already in use", not asyncio's wrapped sentence around it."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def run_daemon(config: Config) -> int:

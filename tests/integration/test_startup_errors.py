@@ -14,11 +14,15 @@ from haagent.localcluster.cluster import LocalCluster, local_plan
 pytestmark = pytest.mark.integration
 
 
-def test_a_taken_api_port_is_a_clear_error_before_the_watchdog_is_armed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("taken", ["api", "raft"])
+def test_a_taken_port_is_a_clear_error_before_the_watchdog_is_armed(
+    tmp_path: Path, taken: str
+) -> None:
     plan = local_plan(1, fence="dummy")
     cluster = LocalCluster(tmp_path / "run", plan)
     cluster.write()
-    listen = plan.nodes[0].api_listen
+    node = plan.nodes[0]
+    listen = node.api_listen if taken == "api" else f"{node.raft_host}:{node.raft_port}"
     host, _, port = listen.rpartition(":")
     with socket.socket() as squatter:
         squatter.bind((host, int(port)))
@@ -32,7 +36,8 @@ def test_a_taken_api_port_is_a_clear_error_before_the_watchdog_is_armed(tmp_path
             timeout=60,
         )
     assert proc.returncode == 1, proc
-    assert f"cannot start: cannot serve the API on {listen}: Address already in use" in proc.stderr
+    what = "serve the API on" if taken == "api" else "bind Raft on"
+    assert f"cannot start: cannot {what} {listen}: Address already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
     # The watchdog (here its stand-in file) was never opened, so nothing can reset the host.
     assert not list((cluster.run_dir / "state").rglob("watchdog.standin"))
