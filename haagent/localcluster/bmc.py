@@ -14,7 +14,6 @@ exactly that process (by the pid it started), never anything found by name.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from haagent.localcluster.ports import free_port
+from haagent.localcluster.ports import port_free
 
 CHASSIS_SCRIPT = Path(__file__).with_name("chassis.sh")
 
@@ -43,25 +42,6 @@ mc_enable 0x20
 
 class BmcError(RuntimeError):
     """The simulated BMC could not be started (missing ipmi_sim, port taken, no answer)."""
-
-
-def free_udp_port(address: str = "127.0.0.1") -> int:
-    """A UDP port that was free on `address` a moment ago (see `haagent.localcluster.ports`).
-    Another process may take it before it is used; `SimulatedBmc.start` then fails with
-    BmcError."""
-    return free_port(address)
-
-
-def _udp_port_bound(address: str, port: int) -> bool:
-    """True when some socket is bound to (address, port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return True
-            raise
-        return False
 
 
 class SimulatedBmc:
@@ -218,7 +198,7 @@ class SimulatedBmc:
                 )
             # Probe with ipmitool only once the port is bound: before that each probe would
             # wait for its own retransmission timeout.
-            if _udp_port_bound(self.address, self.port):
+            if not port_free(self.address, self.port, socket.SOCK_DGRAM):
                 ok, last = self._probe(max(0.1, deadline - time.monotonic()))
                 if ok:
                     return

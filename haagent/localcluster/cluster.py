@@ -83,11 +83,6 @@ class ClusterPlan:
     extra_local: dict[str, str] = field(default_factory=dict)
 
 
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A port free for TCP (and UDP) on `host`: see `haagent.localcluster.ports`."""
-    return free_port(host)
-
-
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -183,16 +178,16 @@ def local_plan(
         listen = (
             f"unix:{api_unix_dir / (name + '.sock')}"
             if api_unix_dir
-            else f"127.0.0.1:{free_tcp_port()}"
+            else f"127.0.0.1:{free_port()}"
         )
         role = "witness" if witness and i == n else "hypervisor"
         nodes.append(
             NodePlan(
                 name,
-                free_tcp_port(),
+                free_port(),
                 listen,
                 fence=fence,
-                bmc_port=free_tcp_port() if fence == "ipmi" else 0,
+                bmc_port=free_port() if fence == "ipmi" else 0,
                 role=role,
             )
         )

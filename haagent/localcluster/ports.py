@@ -36,12 +36,17 @@ def _candidates() -> list[range]:
     return [r for r in ranges if len(r) > 0]
 
 
-def _bindable(host: str, port: int, kind: int) -> bool:
+def port_free(host: str, port: int, kind: int, *, reuse_address: bool = False) -> bool:
+    """Can a socket of `kind` (SOCK_STREAM, SOCK_DGRAM) bind `host:port` now? Only "address
+    in use" counts as taken; other errors (no permission, no such address) are raised.
+    `reuse_address` binds as listeners with SO_REUSEADDR do: a TIME_WAIT does not block."""
     with socket.socket(socket.AF_INET, kind) as sock:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            if exc.errno == errno.EADDRINUSE:
                 return False
             raise
         return True
@@ -62,9 +67,13 @@ def free_port(host: str = "127.0.0.1") -> int:
             port = _rng.choice(span)
             if port in _handed_out:
                 continue
-            if _bindable(host, port, socket.SOCK_STREAM) and _bindable(
-                host, port, socket.SOCK_DGRAM
-            ):
+            try:
+                free = port_free(host, port, socket.SOCK_STREAM) and port_free(
+                    host, port, socket.SOCK_DGRAM
+                )
+            except PermissionError:
+                continue
+            if free:
                 _handed_out.add(port)
                 return port
     raise NoFreePortError(f"no free port on {host} after 1000 tries")

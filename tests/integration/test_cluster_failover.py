@@ -37,6 +37,7 @@ from haagent.localcluster.cluster import (
     GuestPlan,
     LocalCluster,
     local_plan,
+    pid_alive,
     wait_for,
 )
 from tests.helpers.cluster_watch import ClusterWatch, Observation, log_lines, power_events
@@ -188,14 +189,6 @@ def check_common(watch: ClusterWatch) -> None:
     watch.assert_runs_only_what_it_owns()
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 # --- 1. power loss ---------------------------------------------------------------------------
 
 
@@ -265,7 +258,7 @@ def test_sigstopped_owner_is_killed_by_its_bmc_before_recovery(
     print(f"\n{guest} ran again on {first.node} {first.t1 - t_stop:.2f}s after the SIGSTOP")
     # Checked now too, so that a recovery without a kill is reported as what it is.
     check_common(watch)
-    assert not alive(pid), f"the SIGSTOPped agent {pid} survived its fence"
+    assert not pid_alive(pid), f"the SIGSTOPped agent {pid} survived its fence"
     deaths = [d for d in watch.deaths(victim) if d.pid == pid]
     assert deaths, "the watch never saw the frozen agent die"
     death = deaths[0]

@@ -6,7 +6,6 @@ BMCs 9623-9625/udp); the test fails up front, naming the port, if one is taken.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from haagent.localcluster.cluster import RUN_ENV, LocalCluster
+from haagent.localcluster.ports import port_free
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +37,8 @@ def haagent(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[
 
 
 def port_taken(kind: int, port: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as s:
-        # As the agents do: a TIME_WAIT left by an earlier run does not block a listener.
-        if kind == socket.SOCK_STREAM:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return True
-            raise
-    return False
+    # As the agents do: a TIME_WAIT left by an earlier run does not block a listener.
+    return not port_free("127.0.0.1", port, kind, reuse_address=kind == socket.SOCK_STREAM)
 
 
 def processes_of(run_dir: Path) -> list[tuple[int, str]]:

@@ -12,7 +12,7 @@ import pytest
 
 from haagent.commands import Heartbeat, Join
 from haagent.consensus import RaftConsensus
-from haagent.localcluster.cluster import free_tcp_port
+from haagent.localcluster.ports import free_port
 from haagent.model import NodeRole, NodeState
 from haagent.ports import OutcomeKind
 
@@ -29,7 +29,7 @@ async def until(what: str, probe: Callable[[], bool], timeout_s: float = 10.0) -
 
 class Trio:
     def __init__(self, tmp_path: Path, secrets: dict[str, str] | None = None) -> None:
-        self.addresses = {n: f"127.0.0.1:{free_tcp_port()}" for n in ("n1", "n2", "n3")}
+        self.addresses = {n: f"127.0.0.1:{free_port()}" for n in ("n1", "n2", "n3")}
         self.tmp_path = tmp_path
         self.secrets = secrets or {}
         self.nodes: dict[str, RaftConsensus] = {}

@@ -17,7 +17,8 @@ import pytest
 
 from haagent.fencing.agent_runner import AgentRunner, PowerState, resolve_agent
 from haagent.fencing.levels import AgentFencer
-from haagent.localcluster.bmc import SimulatedBmc, free_udp_port
+from haagent.localcluster.bmc import SimulatedBmc
+from haagent.localcluster.ports import free_port
 from haagent.ports import FenceDevice
 
 HOST = "node3"
@@ -52,7 +53,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             "exit 0\n"
         )
         hook.chmod(0o755)
-        bmc = SimulatedBmc(tmp_path / "bmc", HOST, free_udp_port(), hook)
+        bmc = SimulatedBmc(tmp_path / "bmc", HOST, free_port(), hook)
         bmc.start()
         yield Rig(bmc=bmc, victim=victim)
     finally:
@@ -104,7 +105,7 @@ def test_bad_credentials_escalate_to_the_next_level(rig: Rig) -> None:
 
 
 def test_stop_reaps_ipmi_sim(tmp_path: Path) -> None:
-    bmc = SimulatedBmc(tmp_path / "bmc", "node9", free_udp_port())
+    bmc = SimulatedBmc(tmp_path / "bmc", "node9", free_port())
     try:
         bmc.start()
         pid = bmc.pid
@@ -123,7 +124,7 @@ def test_a_failing_hook_means_no_power_off(tmp_path: Path) -> None:
     hook = tmp_path / "broken-hook.sh"
     hook.write_text("#!/bin/sh\nexit 1\n")
     hook.chmod(0o755)
-    bmc = SimulatedBmc(tmp_path / "bmc", HOST, free_udp_port(), hook)
+    bmc = SimulatedBmc(tmp_path / "bmc", HOST, free_port(), hook)
     try:
         bmc.start()
         # power_timeout=2: fence_ipmilan gives up polling for OFF after 2 s instead of 20 s.
