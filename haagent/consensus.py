@@ -31,13 +31,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-
 from haagent.codec import DecodeError, from_json, to_json
 from haagent.commands import Command, CommandError, Heartbeat, Join, decode, encode
 from haagent.model import ClusterState
 from haagent.ports import ConsensusView, HeartbeatSeen, Outcome, OutcomeKind
 from haagent.statemachine import apply
+from haagent.vendor.pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
 log = logging.getLogger(__name__)
 

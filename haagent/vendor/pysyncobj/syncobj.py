@@ -24,7 +24,7 @@ except ImportError:  # python3
     def iteritems(v):
         return v.items()
 
-import pysyncobj.pickle as pickle
+from . import pickle
 
 from .dns_resolver import globalDnsResolver
 from .poller import createPoller

@@ -4,8 +4,8 @@ from sys import platform
 import zlib
 import struct
 
-import pysyncobj.pickle as pickle
-import pysyncobj.win_inet_pton
+from . import pickle
+from . import win_inet_pton  # noqa: F401
 
 from .poller import POLL_EVENT_TYPE
 from .monotonic import monotonic as monotonicTime

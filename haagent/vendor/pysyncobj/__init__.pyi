@@ -2,8 +2,8 @@
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pysyncobj.config import FAIL_REASON as FAIL_REASON
-from pysyncobj.config import SyncObjConf as SyncObjConf
+from haagent.vendor.pysyncobj.config import FAIL_REASON as FAIL_REASON
+from haagent.vendor.pysyncobj.config import SyncObjConf as SyncObjConf
 
 class SyncObjException(Exception):
     errorCode: Any
