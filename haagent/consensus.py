@@ -8,6 +8,9 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
   would believe it leads for half a minute), `connectionRetryTime` is 0.2 s (a restarted node
   otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), the tick is
   10 ms (50 ms ticks cause split votes with short timeouts), batching is off (~1 ms commits).
+- The Raft port is bounded against hostile peers (patched transport, see `RAFT_PORT_LIMITS` and
+  haagent/vendor/pysyncobj/PATCHES.md): frame sizes, read budget per tick, a handshake deadline,
+  a cap on unauthenticated connections, no utility commands, no read-only nodes.
 - Every proposal has a timeout; a timeout, a leader change or a lost callback is an UNKNOWN
   outcome, never a failure we act on. Commands are conditional, so a late apply is harmless.
 - Commands are versioned JSON (`haagent.commands`). Snapshots use our own JSON serializer, so
@@ -41,6 +44,38 @@ from haagent.vendor.pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicat
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
+
+MAX_COMMAND_BYTES = 2**20
+"""Largest encoded command this agent proposes. The largest real one is an `AssignGuests` of
+nodes x max_concurrent_starts assignments: 64 x 4 with 63-character names encode to 47 KB.
+A bigger command is refused before it is proposed: once committed, an entry too large for
+`RAFT_PORT_LIMITS["maxFrameSize"]` could never be replicated (every follower would close the
+connection carrying it, again and again), which would cost every node its lease."""
+
+RAFT_PORT_LIMITS: dict[str, Any] = {
+    # Largest frame from an authenticated peer. The largest message is an append_entries batch:
+    # up to 64 KiB of entries (appendEntriesBatchSizeBytes) plus one entry of up to
+    # MAX_COMMAND_BYTES, pickled (our commands are ASCII JSON: x1.07 measured), zlib, then
+    # Fernet (base64, x4/3): <= 1.5 MiB; measured 1.09 MB for a 1 MiB command. Snapshot chunks
+    # (logCompactionBatchSize, 64 KiB) are 104 KB. 4 MiB leaves room for pickle's doubling of
+    # non-ASCII bytes (2.7 MB for a 1 MiB binary command) and also bounds decompression.
+    "maxFrameSize": 4 * 2**20,
+    # Before the peer authenticated: the key exchange (228 bytes) and the node address (248).
+    "handshakeFrameSize": 4 * 2**10,
+    # Read per connection per poll event; a 1.5 MiB frame takes 6 events, interleaved with
+    # the Raft timers and the other connections.
+    "readBudget": 256 * 2**10,
+    # A peer completes the handshake in ~2 round trips plus 2 ticks (< 50 ms on a LAN).
+    "handshakeTimeout": 1.0,
+    # >= the 63 peers of a 64-node cluster that may all dial one node at a cold start.
+    "maxUnauthenticatedConnections": 64,
+    "acceptBatch": 16,
+    "listenBacklog": 64,
+    # haagent has fixed membership and no read-only nodes: no utility commands at all
+    # (status/add/remove/set_version/transfer), and only configured peers may connect.
+    "utilityCommands": (),
+    "allowReadonlyNodes": False,
+}
 
 _FAIL_NAMES = {
     FAIL_REASON.QUEUE_FULL: "queue full",
@@ -142,6 +177,7 @@ class RaftConsensus:
             logCompactionMinEntries=5000,
             logCompactionMinTime=300,
             onStateChanged=lambda old, new: self._wake(),
+            **RAFT_PORT_LIMITS,
             **kwargs,
         )
         others = [addr for name, addr in sorted(self._addresses.items()) if name != self.node]
@@ -256,7 +292,16 @@ class RaftConsensus:
                 outcome = Outcome(OutcomeKind.UNKNOWN, _FAIL_NAMES.get(error, f"error {error}"))
             loop.call_soon_threadsafe(settle, outcome)
 
-        sync.submit(encode(command), callback=callback)
+        payload = encode(command)
+        if len(payload) > MAX_COMMAND_BYTES:
+            log.error(
+                "not proposing a %s of %d bytes (limit %d): it could not be replicated",
+                command.type_name,
+                len(payload),
+                MAX_COMMAND_BYTES,
+            )
+            return Outcome(OutcomeKind.REFUSED, f"command of {len(payload)} bytes is too large")
+        sync.submit(payload, callback=callback)
         try:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
