@@ -1,0 +1,371 @@
+"""The bounded Raft transport (haagent's patch of pysyncobj's TCP transport, issue 13).
+
+First the frame reader alone (limits, partial reads, exact-boundary frames, linear cost), then
+one real pysyncobj node on loopback with haagent's limits, attacked with raw sockets: every
+connection a test opens is closed by the test, and the node is destroyed, also on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from haagent.commands import AssignGuests, Assignment, Heartbeat, encode
+from haagent.consensus import MAX_COMMAND_BYTES, RAFT_PORT_LIMITS, RaftConsensus
+from haagent.localcluster.ports import free_port
+from haagent.ports import OutcomeKind
+from haagent.vendor.pysyncobj import SyncObj, SyncObjConf
+from haagent.vendor.pysyncobj.tcp_connection import FrameError, FrameReader
+from haagent.vendor.pysyncobj.utility import TcpUtility, UtilityException
+
+SECRET = "test-secret-0123456789"
+HANDSHAKE_MAX = RAFT_PORT_LIMITS["handshakeFrameSize"]
+HANDSHAKE_TIMEOUT_S = RAFT_PORT_LIMITS["handshakeTimeout"]
+
+
+def header(size: int) -> bytes:
+    return struct.pack("i", size)
+
+
+# --- the frame reader --------------------------------------------------------------------------
+
+
+def test_frames_split_at_every_byte_come_out_whole() -> None:
+    frames = [b"", b"a", os.urandom(300), os.urandom(1000)]
+    stream = b"".join(header(len(f)) + f for f in frames)
+    for cut in range(len(stream) + 1):
+        reader = FrameReader(1000)
+        out = []
+        for piece in (stream[:cut], stream[cut:]):
+            reader.feed(piece)
+            while (frame := reader.nextFrame()) is not None:
+                out.append(frame)
+        assert out == frames, cut
+        assert reader.bufferedBytes() == 0
+
+
+def test_one_byte_at_a_time() -> None:
+    frames = [os.urandom(n) for n in (7, 0, 64, 1)]
+    reader = FrameReader(64)
+    out = []
+    for byte in b"".join(header(len(f)) + f for f in frames):
+        reader.feed(bytes([byte]))
+        while (frame := reader.nextFrame()) is not None:
+            out.append(frame)
+    assert out == frames
+
+
+def test_a_frame_of_exactly_the_limit_is_accepted_one_more_byte_is_not() -> None:
+    reader = FrameReader(4096)
+    body = os.urandom(4096)
+    reader.feed(header(4096) + body[:4095])
+    assert reader.nextFrame() is None  # incomplete, not refused
+    reader.feed(body[4095:])
+    assert reader.nextFrame() == body
+
+    reader = FrameReader(4096)
+    reader.feed(header(4097))  # the header alone: refused before any of the body arrives
+    with pytest.raises(FrameError):
+        reader.nextFrame()
+
+
+@pytest.mark.parametrize("announced", [-1, -(2**31), 2**31 - 1, 2**24 + 1])
+def test_negative_and_huge_lengths_are_refused_from_the_header(announced: int) -> None:
+    reader = FrameReader(2**24)
+    reader.feed(header(announced))
+    with pytest.raises(FrameError):
+        reader.nextFrame()
+
+
+def test_header_split_across_reads() -> None:
+    reader = FrameReader(10)
+    reader.feed(header(11)[:3])
+    assert reader.nextFrame() is None
+    reader.feed(header(11)[3:])
+    with pytest.raises(FrameError):
+        reader.nextFrame()
+
+
+def test_the_limit_may_grow_between_frames() -> None:
+    small, big = os.urandom(100), os.urandom(5000)
+    reader = FrameReader(100)
+    reader.feed(header(100) + small + header(5000) + big)
+    assert reader.nextFrame() == small
+    reader.maxFrameSize = 8192  # the peer authenticated with the first frame
+    assert reader.nextFrame() == big
+
+
+def test_reading_a_large_frame_in_small_pieces_is_linear() -> None:
+    # Upstream concatenated immutable bytes: 8 MiB in 4 KiB pieces copied ~16 GB and took
+    # seconds. Incremental, it is ~10 ms; 1 s separates the two by two orders of magnitude.
+    size, piece = 8 * 2**20, bytes(4096)
+    reader = FrameReader(size)
+    start = time.perf_counter()
+    reader.feed(header(size))
+    for _ in range(size // len(piece)):
+        reader.feed(piece)
+        assert reader.nextFrame() is None or reader.bufferedBytes() == 0
+    took = time.perf_counter() - start
+    assert reader.bufferedBytes() == 0
+    assert took < 1.0, f"{took:.2f}s for 8 MiB in 4 KiB pieces"
+
+
+# --- one real node with haagent's limits, attacked over loopback --------------------------------
+
+
+class Node:
+    """A one-voter-of-three pysyncobj node (its peers never start), bound on loopback."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        peers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+        conf = SyncObjConf(
+            password=SECRET,
+            bindAddress=self.address,
+            autoTickPeriod=0.01,
+            dynamicMembershipChange=False,
+            **{**RAFT_PORT_LIMITS, **overrides},
+        )
+        self.sync = SyncObj(self.address, peers, conf)
+        self.sync.waitBinded()
+        self.sockets: list[socket.socket] = []
+
+    @property
+    def transport(self) -> Any:
+        return self.sync._SyncObj__transport  # type: ignore[attr-defined]
+
+    def rejected(self) -> dict[str, int]:
+        return dict(self.transport.rejectedConnections)
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=2.0)
+        self.sockets.append(sock)
+        return sock
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sync.destroy_synchronous()
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    n = Node()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+@pytest.fixture
+def make_node() -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def make(**overrides: Any) -> Node:
+        n = Node(**overrides)
+        nodes.append(n)
+        return n
+
+    try:
+        yield make
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def closed_within(sock: socket.socket, timeout_s: float) -> float | None:
+    """Seconds until the peer closed `sock` (EOF or reset), or None if it stayed open."""
+    start = time.monotonic()
+    sock.settimeout(timeout_s)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return time.monotonic() - start
+    except (ConnectionResetError, BrokenPipeError):
+        return time.monotonic() - start
+    except TimeoutError:
+        return None
+
+
+def wait_until(what: str, probe: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_an_announced_2gib_frame_is_closed_at_once(node: Node) -> None:
+    sock = node.connect()
+    sock.sendall(header(2**31 - 1) + bytes(65536))
+    took = closed_within(sock, 2.0)
+    assert took is not None and took < 0.5, took
+    wait_until("the close to be counted", lambda: node.rejected().get("oversized frame") == 1)
+
+
+def test_a_handshake_frame_one_byte_over_the_limit_is_closed_at_once(node: Node) -> None:
+    sock = node.connect()
+    sock.sendall(header(HANDSHAKE_MAX + 1))
+    took = closed_within(sock, 2.0)
+    assert took is not None and took < 0.5, took
+
+
+def test_a_garbage_frame_at_the_limit_is_read_then_refused(node: Node) -> None:
+    sock = node.connect()
+    sock.sendall(header(HANDSHAKE_MAX))
+    assert closed_within(sock, 0.2) is None  # within the limit: the node waits for the body
+    sock.sendall(os.urandom(HANDSHAKE_MAX))
+    took = closed_within(sock, 2.0)
+    assert took is not None and took < 0.5, took
+    wait_until("the close to be counted", lambda: node.rejected().get("bad frame") == 1)
+
+
+def test_a_slow_stream_is_closed_at_the_handshake_deadline(node: Node) -> None:
+    sock = node.connect()
+    opened = time.monotonic()
+    sock.sendall(header(3000))
+    deadline = opened + HANDSHAKE_TIMEOUT_S + 1.0
+    closed = False
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"\0" * 10)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+        if closed_within(sock, 0.05) is not None:
+            closed = True
+            break
+    took = time.monotonic() - opened
+    assert closed, "a trickling stranger kept its connection"
+    assert HANDSHAKE_TIMEOUT_S <= took < HANDSHAKE_TIMEOUT_S + 0.5, took
+    assert node.rejected().get("handshake timeout") == 1
+
+
+def test_a_silent_connection_is_closed_at_the_handshake_deadline(node: Node) -> None:
+    sock = node.connect()
+    took = closed_within(sock, HANDSHAKE_TIMEOUT_S + 1.0)
+    assert took is not None and HANDSHAKE_TIMEOUT_S - 0.05 <= took < HANDSHAKE_TIMEOUT_S + 0.5
+
+
+def test_a_flood_keeps_at_most_the_cap_and_drops_the_oldest(make_node: Callable[..., Node]) -> None:
+    cap = 8
+    node = make_node(maxUnauthenticatedConnections=cap, handshakeTimeout=30.0)
+    socks = []
+    for _ in range(3 * cap):
+        socks.append(node.connect())
+        # One at a time, so that "oldest" is well defined; a tick accepts up to 16.
+        wait_until("the accept", lambda: len(node.transport._unknownConnections) > 0)
+        time.sleep(0.02)
+    wait_until(
+        "the evictions",
+        lambda: node.rejected().get("evicted (too many unauthenticated)", 0) == 2 * cap,
+    )
+    assert len(node.transport._unknownConnections) == cap
+    oldest, newest = socks[: 2 * cap], socks[2 * cap :]
+    assert all(closed_within(s, 0.5) is not None for s in oldest)
+    assert all(closed_within(s, 0.05) is None for s in newest)
+
+
+def test_utility_commands_and_readonly_peers_are_refused_even_with_the_key(node: Node) -> None:
+    for command in (["status"], ["add", "127.0.0.1:1"], ["transfer", node.address], "readonly"):
+        with pytest.raises(UtilityException):
+            TcpUtility(password=SECRET, timeout=3.0).executeCommand(node.address, command)
+    wait_until(
+        "the refusals to be counted",
+        lambda: (
+            node.rejected().get("utility command refused") == 3
+            and node.rejected().get("read-only node refused") == 1
+        ),
+    )
+
+
+def test_an_allowed_utility_command_still_works(make_node: Callable[..., Node]) -> None:
+    node = make_node(utilityCommands=("status",))
+    status = TcpUtility(password=SECRET, timeout=3.0).executeCommand(node.address, ["status"])
+    assert isinstance(status, dict) and status["self"].address == node.address
+
+
+def test_the_wrong_key_is_refused(node: Node) -> None:
+    with pytest.raises(UtilityException):
+        TcpUtility(password="not-the-secret-000", timeout=3.0).executeCommand(
+            node.address, ["status"]
+        )
+
+
+def test_a_full_size_batch_passes_between_authenticated_peers() -> None:
+    """Three real nodes with haagent's limits commit a command of the largest allowed size
+    (its append_entries frame is the largest haagent sends) from a follower and the leader."""
+
+    async def run(tmp: str) -> None:
+        addresses = {n: f"127.0.0.1:{free_port()}" for n in ("n1", "n2", "n3")}
+        nodes = [RaftConsensus(n, addresses, SECRET, Path(tmp) / n) for n in addresses]
+        try:
+            for c in nodes:
+                c.start()
+            deadline = time.monotonic() + 10
+            while not any(c.view().is_leader for c in nodes):
+                assert time.monotonic() < deadline, "no leader"
+                await asyncio.sleep(0.01)
+            leader = next(c for c in nodes if c.view().is_leader)
+            follower = next(c for c in nodes if c is not leader)
+            big = biggest_assign()
+            for proposer in (follower, leader):
+                outcome = await proposer.propose(big, 10)
+                # Applied (refused by the state machine: no such guests): it was committed.
+                assert outcome.kind is OutcomeKind.REFUSED, outcome
+                assert "too large" not in outcome.detail, outcome
+            hb = await follower.propose(Heartbeat(follower.node, "x"), 5)
+            assert hb.kind is not OutcomeKind.UNKNOWN, hb
+            commit = leader.view().commit_index
+            deadline = time.monotonic() + 10
+            while not all(c.view().commit_index >= commit for c in nodes):
+                assert time.monotonic() < deadline, "followers did not catch up"
+                await asyncio.sleep(0.01)
+        finally:
+            for c in nodes:
+                c.stop()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(tmp))
+
+
+def biggest_assign(limit: int = MAX_COMMAND_BYTES) -> AssignGuests:
+    """An AssignGuests just under `limit` bytes encoded, with incompressible guest names."""
+
+    def make(n: int) -> AssignGuests:
+        items = tuple(
+            Assignment(os.urandom(31).hex()[:63], "n1", 0) for _ in range(n)
+        )  # 62 hex chars
+        return AssignGuests(items, "placed", 0.0)
+
+    per_item = len(encode(make(2))) - len(encode(make(1)))
+    n = (limit - len(encode(make(0)))) // per_item
+    command = make(n)
+    assert limit - per_item < len(encode(command)) <= limit
+    return command
+
+
+async def test_a_command_above_the_limit_is_refused_before_it_is_proposed(tmp_path: Path) -> None:
+    addresses = {"n1": f"127.0.0.1:{free_port()}"}
+    c = RaftConsensus("n1", addresses, SECRET, tmp_path / "n1", persist=False)
+    c.start()
+    try:
+        big = biggest_assign(MAX_COMMAND_BYTES + 1000)
+        outcome = await c.propose(big, 5)
+        assert outcome.kind is OutcomeKind.REFUSED and "too large" in outcome.detail, outcome
+        # A small command proposed after it is the only one ever applied.
+        small = await c.propose(Heartbeat("n1", "x"), 5)
+        assert small.kind is OutcomeKind.REFUSED and "too large" not in small.detail, small
+        assert c.view().state.applied == 1
+    finally:
+        c.stop()
