@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 GIB2 = 2**31 - 1  # the largest length the 4-byte signed frame header can announce
+RECONNECTS_PER_S = 50  # how often a streaming attack reconnects at most
 
 
 @dataclass
@@ -179,16 +180,18 @@ class _Stream(Attack):
         self.rate_bps = rate_bps
 
     def run(self) -> None:
-        # Reconnect after every close: a stranger keeps trying for the whole duration.
+        # Reconnect after every close, up to RECONNECTS_PER_S times a second: a stranger keeps
+        # trying for the whole duration (without a pause this thread alone would eat a core
+        # of a 2-core test machine, which tests the machine, not the transport).
         while self._running():
+            started = time.monotonic()
             sock = self._connect()
-            if sock is None:
-                self._stop.wait(0.05)
-                continue
-            try:
-                self._send_until_closed(sock, self.header, self.rate_bps)
-            finally:
-                sock.close()
+            if sock is not None:
+                try:
+                    self._send_until_closed(sock, self.header, self.rate_bps)
+                finally:
+                    sock.close()
+            self._stop.wait(max(0.0, started + 1 / RECONNECTS_PER_S - time.monotonic()))
 
 
 def oversized(target: tuple[str, int], duration_s: float) -> Attack:
