@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from haagent.localcluster.cluster import GuestPlan, LocalCluster, local_plan, wait_for  # noqa: E402
-from tests.helpers.cluster_watch import ClusterWatch  # noqa: E402
-from tests.helpers.raft_attack import Attack, flood, harm, oversized, slow_stream  # noqa: E402
+from haagent.localcluster.cluster import GuestPlan, LocalCluster, local_plan, wait_for
+from tests.helpers.cluster_watch import ClusterWatch
+from tests.helpers.raft_attack import Attack, flood, harm, oversized, slow_stream
 
 ATTACKS: dict[str, Callable[[tuple[str, int], float], Attack]] = {
     "oversized": oversized,

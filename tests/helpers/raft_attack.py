@@ -308,7 +308,7 @@ def harm(watch: ClusterWatch, since: float, until: float) -> ClusterHarm:
             local = {g: rec.get("generation") for g, rec in (o.local or {}).items()}
             if previous_local is not None:
                 for guest, generation in previous_local.items():
-                    if local.get(guest, None) != generation:
+                    if local.get(guest) != generation:
                         stops.append(f"{watch.rel(o.t0)} {guest} gen {generation} left {node}")
             if o.local is not None:
                 previous_local = local
