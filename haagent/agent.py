@@ -73,6 +73,12 @@ from haagent.ports import (
 # --- settings ------------------------------------------------------------------------------
 
 
+MAX_ASSIGNMENTS_PER_COMMAND = 2048
+"""At most this many guests are assigned by one `AssignGuests`, so that its encoding stays far
+below the largest command the agent proposes (consensus.MAX_COMMAND_BYTES, 1 MiB: 2 048
+assignments with 63-character names encode to 379 KB). The rest are placed by later passes."""
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """What every agent knows about one configured node."""
@@ -597,6 +603,7 @@ class AgentCore:
             # At cold start, guests that never had an owner wait a moment for every hypervisor
             # to join, or the first node up would take them all regardless of preferences.
             placements = tuple(p for p in placements if p.expected_generation > 0)
+        placements = placements[:MAX_ASSIGNMENTS_PER_COMMAND]  # the rest on later passes
         if placements and "assign" not in self._m.proposals:
             assignments = tuple(
                 Assignment(p.guest, p.node, p.expected_generation) for p in placements

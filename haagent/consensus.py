@@ -136,6 +136,7 @@ class RaftConsensus:
         self._heartbeats: dict[str, HeartbeatSeen] = {}
         self._incompatible: str | None = None
         self._sync: _ReplicatedLog | None = None
+        self._too_large_logged: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -294,12 +295,15 @@ class RaftConsensus:
 
         payload = encode(command)
         if len(payload) > MAX_COMMAND_BYTES:
-            log.error(
-                "not proposing a %s of %d bytes (limit %d): it could not be replicated",
-                command.type_name,
-                len(payload),
-                MAX_COMMAND_BYTES,
-            )
+            now = self._clock()
+            if now - self._too_large_logged.get(command.type_name, -3600.0) >= 60.0:
+                self._too_large_logged[command.type_name] = now  # once a minute per type
+                log.error(
+                    "not proposing a %s of %d bytes (limit %d): it could not be replicated",
+                    command.type_name,
+                    len(payload),
+                    MAX_COMMAND_BYTES,
+                )
             return Outcome(OutcomeKind.REFUSED, f"command of {len(payload)} bytes is too large")
         sync.submit(payload, callback=callback)
         try:

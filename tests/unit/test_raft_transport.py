@@ -19,10 +19,19 @@ from typing import Any
 
 import pytest
 
-from haagent.commands import AssignGuests, Assignment, Heartbeat, encode
+from haagent.agent import (
+    MAX_ASSIGNMENTS_PER_COMMAND,
+    AgentCore,
+    AgentSettings,
+    LocalView,
+    NodeSettings,
+)
+from haagent.commands import AssignGuests, Assignment, DefineGuest, Heartbeat, Join, encode
 from haagent.consensus import MAX_COMMAND_BYTES, RAFT_PORT_LIMITS, RaftConsensus
 from haagent.localcluster.ports import free_port
-from haagent.ports import OutcomeKind
+from haagent.model import ClusterState, FenceMethod, GuestSpec, NodeRole
+from haagent.ports import ConsensusView, HeartbeatSeen, Outcome, OutcomeKind
+from haagent.statemachine import apply
 from haagent.vendor.pysyncobj import SyncObj, SyncObjConf
 from haagent.vendor.pysyncobj.tcp_connection import FrameError, FrameReader
 from haagent.vendor.pysyncobj.utility import TcpUtility, UtilityException
@@ -369,3 +378,44 @@ async def test_a_command_above_the_limit_is_refused_before_it_is_proposed(tmp_pa
         assert c.view().state.applied == 1
     finally:
         c.stop()
+
+
+# --- what the agent proposes fits what the transport carries -------------------------------------
+
+
+def test_one_assign_command_stays_far_below_the_command_limit() -> None:
+    """A leader placing more guests than MAX_ASSIGNMENTS_PER_COMMAND (here: 3 000 guests with
+    63-character names, and no start limit) splits them over passes; each command fits."""
+
+    names = [("n" * 61) + str(i) for i in range(1, 4)]
+    nodes = {n: NodeSettings(NodeRole.HYPERVISOR, 10**9, FenceMethod.AGENT, 5.0) for n in names}
+    specs = tuple(GuestSpec(f"{i:063d}", f"d{i}", 1) for i in range(3000))
+    state = ClusterState()
+    commands = [Join(n, f"{n}-inc", NodeRole.HYPERVISOR, True, 0.0) for n in names]
+    commands += [DefineGuest(spec, 0.0) for spec in specs]
+    for command in commands:
+        state, result = apply(state, command)
+        assert result.accepted
+    settings = AgentSettings(
+        cluster="c",
+        node=names[0],
+        nodes=nodes,
+        guests=specs,
+        initial_placement_wait_s=0.0,
+        max_concurrent_starts=10**6,
+    )
+    core = AgentCore(settings, f"{names[0]}-inc", started_at=0.0)
+    seen = {n: HeartbeatSeen(state.node(n).heartbeat_seq, 0.0) for n in names}
+
+    def tick(now: float) -> list[Any]:
+        view = ConsensusView(state=state, is_leader=True, leader=names[0], heartbeats=seen)
+        step = core.tick(now, view, LocalView({}, now))
+        for p in step.proposals:
+            core.proposal_done(p.key, Outcome(OutcomeKind.ACCEPTED), now)
+        return [p.command for p in step.proposals]
+
+    tick(0.0)  # heartbeat: the lease
+    assigns = [c for c in tick(0.01) if isinstance(c, AssignGuests)]
+    assert len(assigns) == 1
+    assert len(assigns[0].assignments) == MAX_ASSIGNMENTS_PER_COMMAND
+    assert len(encode(assigns[0])) <= MAX_COMMAND_BYTES / 2
