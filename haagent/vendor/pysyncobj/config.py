@@ -185,7 +185,8 @@ class SyncObjConf(object):
         #: Bytes read from one connection per poll event (the rest waits for the next tick).
         self.readBudget = kwargs.get('readBudget', 2 ** 18)
 
-        #: A connection whose peer has not authenticated within this many seconds is closed.
+        #: Each step of a connection's handshake (open -> the peer's key, key -> its address)
+        #: must complete within this many seconds, or the connection is closed.
         self.handshakeTimeout = kwargs.get('handshakeTimeout', 2.0)
 
         #: Incoming connections still in their handshake; accepting one more closes the oldest.

@@ -137,6 +137,7 @@ class TcpConnection(object):
         self.__readBudget = readBudget
         self.__authenticated = False
         self.__openedTime = monotonicTime()
+        self.__lastFrameTime = self.__openedTime
         self.closeReason = None
 
         self.__socket = socket
@@ -186,6 +187,11 @@ class TcpConnection(object):
         """When the socket was accepted or the connect started (monotonic)."""
         return self.__openedTime
 
+    @property
+    def lastFrameTime(self):
+        """When the last complete, valid frame arrived (or the connection opened)."""
+        return self.__lastFrameTime
+
     def setAuthenticated(self):
         """The peer proved it knows the cluster key (and, incoming, named a configured node):
         its frames may now be as large as maxFrameSize."""
@@ -196,6 +202,7 @@ class TcpConnection(object):
         self.__authenticated = False
         self.__reader = FrameReader(self.__handshakeFrameSize)
         self.__openedTime = monotonicTime()
+        self.__lastFrameTime = self.__openedTime
 
     def setOnConnectedCallback(self, onConnected):
         self.__onConnected = onConnected
@@ -412,6 +419,7 @@ class TcpConnection(object):
             # Why no logging of security errors? (haagent: the transport counts closeReason.)
             self.disconnect('bad frame')
             return None
+        self.__lastFrameTime = monotonicTime()
         return message
 
     @property

@@ -350,21 +350,24 @@ class TCPTransport(Transport):
             self.rejectedConnections[reason] = self.rejectedConnections.get(reason, 0) + 1
 
     def _closeSlowHandshakes(self):
-        """Close connections whose peer has not authenticated within handshakeTimeout.
+        """Close connections whose peer has not authenticated in time: each handshake step
+        (open -> the peer's key, key -> the peer's address) must complete within
+        handshakeTimeout. A peer that is not authenticated after its second frame is refused,
+        so no connection stays unauthenticated for longer than 2 x handshakeTimeout.
 
         A connection is closed only if its deadline passed before the previous tick: the poll
-        at the end of that tick has then read whatever the peer had sent by then, so a
-        handshake that completed while this process was stalled (SIGSTOP, CPU starvation) is
-        not mistaken for a slow one."""
+        at the end of that tick has then read whatever the peer had sent by then, so a step
+        that completed while this process was stalled (SIGSTOP, CPU starvation) is not
+        mistaken for a slow one."""
         now = monotonicTime()
         previousTick, self._lastTickTime = self._lastTickTime, now
         timeout = self._syncObj.conf.handshakeTimeout
         for conn in list(self._unknownConnections):
-            if conn.openedTime + timeout < previousTick:
+            if conn.lastFrameTime + timeout < previousTick:
                 self._reject(conn, 'handshake timeout')
         for node, conn in list(self._connections.items()):
             if (conn.state != CONNECTION_STATE.DISCONNECTED and not conn.authenticated
-                    and conn.openedTime + timeout < previousTick):
+                    and conn.lastFrameTime + timeout < previousTick):
                 self._reject(conn, 'handshake timeout')
 
     def _logRejections(self):
@@ -425,7 +428,8 @@ class TCPTransport(Transport):
         if isinstance(message, list):
             # haagent: only the utility commands listed in conf.utilityCommands (none by
             # default); any other is refused and its connection closed.
-            if (message and message[0] in self._syncObj.conf.utilityCommands
+            if (message and isinstance(message[0], str)
+                    and message[0] in self._syncObj.conf.utilityCommands
                     and self._onUtilityMessage(conn, message)):
                 return
             self._reject(conn, 'utility command refused')
