@@ -8,6 +8,7 @@ connection a test opens is closed by the test, and the node is destroyed, also o
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import struct
@@ -36,7 +37,9 @@ from haagent.statemachine import apply
 from haagent.vendor.pysyncobj import SyncObj, SyncObjConf
 from haagent.vendor.pysyncobj import pickle as pysyncobj_pickle
 from haagent.vendor.pysyncobj.encryptor import getEncryptor
+from haagent.vendor.pysyncobj.poller import POLL_EVENT_TYPE, createPoller
 from haagent.vendor.pysyncobj.tcp_connection import FrameError, FrameReader
+from haagent.vendor.pysyncobj.tcp_server import SERVER_STATE, TcpServer
 from haagent.vendor.pysyncobj.utility import TcpUtility, UtilityException
 
 SECRET = "test-secret-0123456789"
@@ -446,3 +449,36 @@ def test_each_handshake_step_has_its_own_deadline(node: Node) -> None:
     closed = time.monotonic()
     assert HANDSHAKE_TIMEOUT_S - 0.05 <= closed - sent < HANDSHAKE_TIMEOUT_S + 0.5, closed - sent
     assert closed - opened > HANDSHAKE_TIMEOUT_S + 0.5
+
+
+def test_running_out_of_descriptors_does_not_unbind_the_server() -> None:
+    """Upstream unbound the Raft port for good on any accept error but EAGAIN: one moment
+    without free file descriptors cut the node off from every peer that dials it."""
+    accepted: list[Any] = []
+    poller = createPoller("auto")
+    port = free_port()
+    server = TcpServer(poller, "127.0.0.1", port, onNewConnection=accepted.append)
+    server.bind()
+    real = server._TcpServer__socket  # type: ignore[attr-defined]
+
+    class NoFds:
+        def accept(self) -> Any:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    client = socket.create_connection(("127.0.0.1", port), timeout=2.0)
+    try:
+        server._TcpServer__socket = NoFds()  # type: ignore[attr-defined]
+        server._TcpServer__onNewConnection(real.fileno(), POLL_EVENT_TYPE.READ)  # type: ignore[attr-defined]
+        assert server._TcpServer__state == SERVER_STATE.BINDED  # type: ignore[attr-defined]
+        server._TcpServer__socket = real  # type: ignore[attr-defined]
+        wait_until("the pending connection to be accepted", lambda: poll_once(poller, accepted))
+    finally:
+        client.close()
+        for conn in accepted:
+            conn.disconnect()
+        server.unbind()
+
+
+def poll_once(poller: Any, accepted: list[Any]) -> bool:
+    poller.poll(0.01)
+    return bool(accepted)
