@@ -276,15 +276,16 @@ def test_a_flood_keeps_at_most_the_cap_and_drops_the_oldest(make_node: Callable[
     cap = 8
     node = make_node(maxUnauthenticatedConnections=cap, handshakeTimeout=30.0)
     socks = []
-    for _ in range(3 * cap):
+    evicted = "evicted (too many unauthenticated)"
+
+    def accepted() -> int:
+        return len(node.transport._unknownConnections) + node.rejected().get(evicted, 0)
+
+    for i in range(3 * cap):
         socks.append(node.connect())
-        # One at a time, so that "oldest" is well defined; a tick accepts up to 16.
-        wait_until("the accept", lambda: len(node.transport._unknownConnections) > 0)
-        time.sleep(0.02)
-    wait_until(
-        "the evictions",
-        lambda: node.rejected().get("evicted (too many unauthenticated)", 0) == 2 * cap,
-    )
+        # One at a time, so that "oldest" is well defined (a tick accepts up to 16).
+        wait_until(f"connection {i + 1} to be accepted", lambda i=i: accepted() >= i + 1)
+    wait_until("the evictions", lambda: node.rejected().get(evicted, 0) == 2 * cap)
     assert len(node.transport._unknownConnections) == cap
     oldest, newest = socks[: 2 * cap], socks[2 * cap :]
     assert all(closed_within(s, 0.5) is not None for s in oldest)
