@@ -8,9 +8,6 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
   would believe it leads for half a minute), `connectionRetryTime` is 0.2 s (a restarted node
   otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), the tick is
   10 ms (50 ms ticks cause split votes with short timeouts), batching is off (~1 ms commits).
-- The Raft port is bounded against hostile peers (patched transport, see `RAFT_PORT_LIMITS` and
-  haagent/vendor/pysyncobj/PATCHES.md): frame sizes, read budget per tick, a handshake deadline,
-  a cap on unauthenticated connections, no utility commands, no read-only nodes.
 - Every proposal has a timeout; a timeout, a leader change or a lost callback is an UNKNOWN
   outcome, never a failure we act on. Commands are conditional, so a late apply is harmless.
 - Commands are versioned JSON (`haagent.commands`). Snapshots use our own JSON serializer, so
@@ -18,6 +15,9 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
 - A committed command this agent cannot decode (written by a newer agent) freezes the local
   state machine and is reported as `incompatible`: applying it differently from the other nodes
   would split the state. The node then loses its lease and stops its guests.
+- The Raft port is bounded against hostile peers (patched transport, see `RAFT_PORT_LIMITS` and
+  haagent/vendor/pysyncobj/PATCHES.md): frame sizes, read budget per tick, a handshake deadline,
+  a cap on unauthenticated connections, no utility commands, no read-only nodes.
 """
 
 from __future__ import annotations
