@@ -73,10 +73,11 @@ from haagent.ports import (
 # --- settings ------------------------------------------------------------------------------
 
 
-MAX_ASSIGNMENTS_PER_COMMAND = 2048
-"""At most this many guests are assigned by one `AssignGuests`, so that its encoding stays far
-below the largest command the agent proposes (consensus.MAX_COMMAND_BYTES, 1 MiB: 2 048
-assignments with 63-character names encode to 379 KB). The rest are placed by later passes."""
+MAX_ASSIGNMENTS_PER_COMMAND = 256
+"""At most this many guests are assigned by one `AssignGuests` (the rest by later passes), so
+that it stays below the largest command the agent proposes (consensus.MAX_COMMAND_BYTES, 60
+KiB): 256 assignments with 63-character names encode to 47 KB. Placement already places at
+most max_concurrent_starts per node per pass (4 x 64 nodes = 256 by default)."""
 
 
 @dataclass(frozen=True)

@@ -45,25 +45,28 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
 
-MAX_COMMAND_BYTES = 2**20
-"""Largest encoded command this agent proposes. The largest real one is an `AssignGuests` of
-nodes x max_concurrent_starts assignments: 64 x 4 with 63-character names encode to 47 KB.
-A bigger command is refused before it is proposed: once committed, an entry too large for
-`RAFT_PORT_LIMITS["maxFrameSize"]` could never be replicated (every follower would close the
-connection carrying it, again and again), which would cost every node its lease."""
+MAX_COMMAND_BYTES = 60 * 2**10
+"""Largest encoded command this agent proposes; a bigger one is refused before it is proposed.
+The largest real one is an `AssignGuests` of at most agent.MAX_ASSIGNMENTS_PER_COMMAND (256)
+assignments: 47 KB with 63-character names. The limit stays below pysyncobj's
+appendEntriesBatchSizeBytes (64 KiB) with room for the entry's pickle wrapping (~60 bytes), so
+no entry is ever sent through pysyncobj's path for single entries of 64 KiB or more: that path
+labels its last chunk by the unpickled length and the follower then unpickles a truncated
+buffer (EOFError in its tick thread; seen here with 1 MiB commands). It also bounds frames:
+an entry too large for `RAFT_PORT_LIMITS["maxFrameSize"]` could never be replicated."""
 
 RAFT_PORT_LIMITS: dict[str, Any] = {
-    # Largest frame from an authenticated peer. The largest message is an append_entries batch:
-    # up to 64 KiB of entries (appendEntriesBatchSizeBytes) plus one entry of up to
-    # MAX_COMMAND_BYTES, pickled (our commands are ASCII JSON: x1.07 measured), zlib, then
-    # Fernet (base64, x4/3): <= 1.5 MiB; measured 1.09 MB for a 1 MiB command. Snapshot chunks
-    # (logCompactionBatchSize, 64 KiB) are 104 KB. 4 MiB leaves room for pickle's doubling of
-    # non-ASCII bytes (2.7 MB for a 1 MiB binary command) and also bounds decompression.
-    "maxFrameSize": 4 * 2**20,
+    # Largest frame from an authenticated peer (larger: the connection is closed; also the
+    # limit after decompression). The largest message is an append_entries batch: entries up
+    # to 64 KiB (appendEntriesBatchSizeBytes) plus one entry of up to MAX_COMMAND_BYTES,
+    # pickled (138 KB), zlib, Fernet (base64, x4/3): 184 KB even if nothing compressed
+    # (measured; 56 KB as it compresses). Snapshot chunks (logCompactionBatchSize, 64 KiB) are
+    # 104 KB. 1 MiB leaves a factor of 5.
+    "maxFrameSize": 2**20,
     # Before the peer authenticated: the key exchange (228 bytes) and the node address (248).
     "handshakeFrameSize": 4 * 2**10,
-    # Read per connection per poll event; a 1.5 MiB frame takes 6 events, interleaved with
-    # the Raft timers and the other connections.
+    # Read per connection per poll event, interleaved with the Raft timers and the other
+    # connections: a full frame in one event, a flood of them spread over ticks.
     "readBudget": 256 * 2**10,
     # A peer completes the handshake in ~2 round trips plus 2 ticks (< 50 ms on a LAN).
     "handshakeTimeout": 1.0,
