@@ -1,7 +1,7 @@
 """DRBD adapter: runs `drbd.sh` (the only code that runs drbd-utils) and watches `events2`.
 
 - `run_wrapper` runs one `drbd.sh` command with a timeout and returns its exit status and
-  output; it never raises for DRBD's refusals (they are data), only `DrbdUnavailable` when
+  output; it never raises for DRBD's refusals (they are data), only `DrbdUnavailableError` when
   drbd-utils are missing.
 - `DrbdWatcher` keeps `drbd.sh watch RES` running for one resource, folds its lines into a
   `ResourceTracker` and calls `wake()` (the reconcile loop's wake) on every change that
@@ -45,7 +45,7 @@ class DrbdError(RuntimeError):
     """An expected failure of a DRBD operation: DRBD refused it, or it timed out."""
 
 
-class DrbdUnavailable(DrbdError):
+class DrbdUnavailableError(DrbdError):
     """drbd-utils are not installed (wrapper exit 69)."""
 
 
@@ -70,7 +70,7 @@ async def run_wrapper(
     """Run `drbd.sh COMMAND RESOURCE`; kill it after `timeout_s` (returncode -1).
 
     Exit 64 (bad usage) is a programming error and raises ValueError; exit 69 raises
-    DrbdUnavailable; every other status is returned for the caller to judge."""
+    DrbdUnavailableError; every other status is returned for the caller to judge."""
     proc = await asyncio.create_subprocess_exec(
         *wrapper,
         command,
@@ -99,7 +99,7 @@ async def run_wrapper(
     if result.returncode == EXIT_USAGE:
         raise ValueError(f"drbd.sh {command} {resource}: bad usage: {result.stderr.strip()}")
     if result.returncode == EXIT_UNAVAILABLE:
-        raise DrbdUnavailable(result.stderr.strip() or "drbd-utils are not installed")
+        raise DrbdUnavailableError(result.stderr.strip() or "drbd-utils are not installed")
     return result
 
 

@@ -74,7 +74,9 @@ def main(out_dir: Path) -> None:
         note(g1.check("head -n 1 /proc/drbd"))
         for g in (g1, g2):
             g.check(f"cp /host{run}/drbd.conf /etc/drbd.conf")
-            g.check(f"cp /host{run}/stub-fence.sh /tmp/stub-fence.sh && chmod +x /tmp/stub-fence.sh")
+            g.check(
+                f"cp /host{run}/stub-fence.sh /tmp/stub-fence.sh && chmod +x /tmp/stub-fence.sh"
+            )
             g.check("drbdadm create-md --force r0")
             g.check(f"sh {WRAPPER} watch r0 > /tmp/watch.log 2>&1 &")
             note(f"{g.name} up: {g.run(f'sh {WRAPPER} up r0')}")
