@@ -1,7 +1,7 @@
 """Real DRBD 8.4 for the tests: TCG guests booted from Debian's kernel (see tests/drbd_guest/).
 
 The host kernel cannot load DRBD; a guest kernel can. Each `DrbdGuest` is one QEMU process
-(TCG, 1 vCPU, 256 MiB) with a 32 MiB virtio disk for DRBD's backing device, a network link to
+(TCG, 1 vCPU, 256 MiB) with a 16 MiB virtio disk for DRBD's backing device, a network link to
 the other guest (a QEMU socket netdev on 127.0.0.1), the host's root file system read-only over
 9p (so the guest can run this checkout's Python code under `chroot /host`) and a virtio-serial
 command channel (`run`). The image is built once and cached in `.cache/drbd-guest/` (ignored
@@ -80,7 +80,7 @@ class DrbdGuest:
     def start(self, net_port: int, listen: bool) -> None:
         disk = self.run_dir / f"{self.name}.img"
         with open(disk, "wb") as f:
-            f.truncate(32 * 1024 * 1024)
+            f.truncate(16 * 1024 * 1024)
         net = f"listen=127.0.0.1:{net_port}" if listen else f"connect=127.0.0.1:{net_port}"
         argv = [
             "qemu-system-x86_64",

@@ -1,0 +1,237 @@
+"""Real DRBD 8.4 (kernel module in two TCG guests) driven by the production pieces.
+
+In each guest: the production wrapper `resources/drbd.sh` (run by the guest's BusyBox sh
+from the host checkout, shared read-only over 9p), and the production fence-peer handler
+(`python -m haagent.resources.drbd_fence`, the same code as `haagent drbd fence-peer`)
+configured in drbd.conf with `fencing resource-and-stonith`. It talks over a unix socket to
+a stand-in agent endpoint in the guest (tests/drbd_guest/standin_agent.py: the production
+`FenceServer` with a scripted decision). On the host: the production parser reads what the
+wrapper printed, and the core decides on the parsed observations.
+
+One boot of both guests serves every scenario, in order (each builds on the state the one
+before left): (b) Inconsistent replicas are reported so and never promoted, (c) a cut link
+calls the real handler, the endpoint answers "peer fenced" and I/O resumes, (b) the cut-off
+replica, outdated, is reported Outdated and never promoted, and (d) when the endpoint
+answers "no majority" the handler fails and I/O stays frozen.
+
+The guest image is built (and cached in .cache/drbd-guest/) by the module fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from haagent.agent import GuestStopped, PromoteReplica, StartGuest
+from haagent.ports import DiskState, ReplicaObservation, ReplicaRole
+from haagent.resources.drbd_events import (
+    Action,
+    Kind,
+    ResourceTracker,
+    observations_from_dump,
+    parse_stream,
+)
+from tests.helpers.drbd_guest import REPO, DrbdGuest, ensure_image, free_port
+from tests.unit.test_replicas import starting_on, step_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WRAPPER = f"/host{REPO}/resources/drbd.sh"
+SOCKET = "/run/haagent/fence.sock"  # inside `chroot /host`
+HANDLER_TIMEOUT_S = 8
+HANDLER = (
+    f"chroot /host {REPO}/.venv/bin/python -m haagent.resources.drbd_fence {{op}} "
+    f"--socket {SOCKET} --timeout-s {HANDLER_TIMEOUT_S} 2>>/tmp/handler.log"
+)
+CONF = f"""global {{ usage-count no; }}
+resource r0 {{
+  device /dev/drbd0; disk /dev/vda; meta-disk internal;
+  disk {{ fencing resource-and-stonith; }}
+  handlers {{
+    fence-peer "{HANDLER.format(op="fence-peer")}";
+    unfence-peer "{HANDLER.format(op="unfence-peer")}";
+  }}
+  net {{ protocol C; ping-int 1; ping-timeout 5; timeout 10; connect-int 2; }}
+  on guest1 {{ address 10.99.1.1:7789; }}
+  on guest2 {{ address 10.99.1.2:7789; }}
+}}
+"""
+WRITE = "dd if=/dev/zero of=/dev/drbd0 bs=4k count=1 oflag=direct"
+STEP_TIMEOUT_S = 150.0
+
+
+@dataclass
+class Pair:
+    g1: DrbdGuest
+    g2: DrbdGuest
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def status(self, g: DrbdGuest) -> ReplicaObservation:
+        return observations_from_dump(g.check(f"sh {WRAPPER} status r0"))["r0"]
+
+    def requests(self) -> list[dict[str, Any]]:
+        rc, out = self.g1.run("cat /host/run/haagent/requests.log")
+        return [json.loads(line) for line in out.splitlines()] if rc == 0 else []
+
+    def watch_events(self, g: DrbdGuest) -> list[Any]:
+        return parse_stream(g.check("cat /tmp/watch.log"))
+
+
+def wait_until(what: str, cond: Callable[[], bool], timeout_s: float = STEP_TIMEOUT_S) -> float:
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.5)
+    return time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    t0 = time.monotonic()
+    ensure_image()
+    run = tmp_path_factory.mktemp("drbd")
+    (run / "drbd.conf").write_text(CONF)
+    (run / "verdict").write_text("peer-fenced\n")
+    g1, g2 = DrbdGuest(1, run), DrbdGuest(2, run)
+    p = Pair(g1, g2)
+    try:
+        port = free_port()
+        g1.start(port, listen=True)
+        g2.start(port, listen=False)
+        g1.wait_ready()
+        g2.wait_ready()
+        p.timings["boot_s"] = time.monotonic() - t0
+        # The stand-in endpoint (Python under TCG starts slowly: launch it first).
+        g1.check(f"cp /host{run}/verdict /host/run/haagent/verdict")
+        g1.check(
+            f"chroot /host sh -c 'cd {REPO} && exec .venv/bin/python -m "
+            f"tests.drbd_guest.standin_agent {SOCKET} /run/haagent/verdict "
+            "/run/haagent/requests.log' > /tmp/standin.log 2>&1 &"
+        )
+        for g in (g1, g2):
+            g.check(f"cp /host{run}/drbd.conf /etc/drbd.conf")
+            g.check("drbdadm create-md --force r0")
+            g.check(f"sh {WRAPPER} watch r0 > /tmp/watch.log 2>&1 &")
+            g.check(f"sh {WRAPPER} up r0")
+        wait_until("the replication link", lambda: p.status(g1).connected)
+        wait_until("the stand-in endpoint", lambda: g1.run(f"test -S /host{SOCKET}")[0] == 0)
+        p.timings["ready_s"] = time.monotonic() - t0
+        yield p
+    finally:
+        for g in (g1, g2):
+            if g.proc is not None and g.proc.poll() is None and g._conn is not None:
+                for cmd in ("cat /tmp/handler.log", "cat /tmp/standin.log", "dmesg | tail -40"):
+                    print(f"--- {g.name}: {cmd}\n{g.run(cmd, timeout_s=20)[1]}")
+            g.close()
+        print(f"real DRBD timings: {p.timings}")
+
+
+def core_refuses(obs: ReplicaObservation) -> None:
+    """Feed the observation to the core as n2's replica of guest `db` (resource r0)."""
+    step = step_for("n2", starting_on("n2"), obs)
+    assert not [a for a in step.actions if isinstance(a, PromoteReplica | StartGuest)]
+    (stopped,) = [p.command for p in step.proposals if isinstance(p.command, GuestStopped)]
+    assert stopped.give_up and obs.disk.value in stopped.reason
+
+
+def test_b_inconsistent_replicas_are_never_promoted(pair: Pair) -> None:
+    for g in (pair.g1, pair.g2):
+        obs = pair.status(g)
+        assert (obs.role, obs.disk, obs.connected) == (
+            ReplicaRole.SECONDARY,
+            DiskState.INCONSISTENT,
+            True,
+        )
+        core_refuses(obs)
+    rc, out = pair.g2.run(f"sh {WRAPPER} promote r0")
+    assert rc == 17 and "Need access to UpToDate data" in out  # DRBD's own gate
+    # The first promotion of a new resource is an admin's act (test setup).
+    pair.g1.check("drbdadm primary --force r0")
+    pair.timings["initial_sync_s"] = wait_until(
+        "the initial sync", lambda: pair.status(pair.g2).disk is DiskState.UP_TO_DATE
+    )
+    assert pair.status(pair.g1) == ReplicaObservation(
+        "r0", ReplicaRole.PRIMARY, DiskState.UP_TO_DATE, True, ReplicaRole.SECONDARY,
+        DiskState.UP_TO_DATE,
+    )  # fmt: skip
+
+
+def test_c_cut_link_runs_the_real_handler_and_io_resumes(pair: Pair) -> None:
+    pair.g2.check("ip link set eth0 down")
+    t0 = time.monotonic()
+    pair.g1.check(WRITE, timeout_s=STEP_TIMEOUT_S)  # frozen until the handler answered 7
+    pair.timings["cut_to_write_done_s"] = time.monotonic() - t0
+    (req,) = [r for r in pair.requests() if r["op"] == "fence-peer"]
+    assert (req["resource"], req["peer"], req["peer_address"]) == ("r0", "guest2", "10.99.1.2")
+    events = pair.watch_events(pair.g1)
+    tracker = ResourceTracker()
+    tracker.feed(events)
+    r0 = tracker.get("r0")
+    assert r0 is not None and not r0.io_suspended
+    (fence,) = [h for h in r0.helpers if h.helper == "fence-peer"]
+    assert fence.exit_code == 7
+    suspended = [e for e in events if e.kind is Kind.RESOURCE and "suspended" in e.fields]
+    assert [e.fields["suspended"] for e in suspended][-2:] == ["fencing", "no"]
+    calls = [e for e in events if e.kind is Kind.HELPER and e.fields["helper"] == "fence-peer"]
+    assert [e.action for e in calls] == [Action.CALL, Action.RESPONSE]
+    obs = pair.status(pair.g1)
+    assert (obs.role, obs.disk, obs.connected) == (
+        ReplicaRole.PRIMARY,
+        DiskState.UP_TO_DATE,
+        False,
+    )
+
+
+def test_b_the_cut_off_replica_outdated_is_never_promoted(pair: Pair) -> None:
+    # Real 8.4: the cut-off Secondary still says UpToDate (only haagent's Raft record, or an
+    # outdate, tells it is behind: the simulator's fake does the same).
+    assert pair.status(pair.g2).disk is DiskState.UP_TO_DATE
+    pair.g2.check(f"sh {WRAPPER} outdate r0")
+    obs = pair.status(pair.g2)
+    assert (obs.role, obs.disk, obs.connected) == (
+        ReplicaRole.SECONDARY,
+        DiskState.OUTDATED,
+        False,
+    )
+    core_refuses(obs)
+    rc, out = pair.g2.run(f"sh {WRAPPER} promote r0")
+    assert rc == 17 and "UpToDate" in out
+    # Heal: the outdated side resynchronises and DRBD runs unfence-peer on the Primary.
+    pair.g2.check("ip link set eth0 up")
+    pair.timings["heal_to_resynced_s"] = wait_until(
+        "the resync", lambda: pair.status(pair.g1).peer_disk is DiskState.UP_TO_DATE
+    )
+    wait_until(
+        "unfence-peer",
+        lambda: any(r["op"] == "unfence-peer" for r in pair.requests()),
+    )
+
+
+def test_d_no_majority_keeps_io_frozen(pair: Pair) -> None:
+    pair.g1.check("echo no-majority > /host/run/haagent/verdict")
+    pair.g2.check("ip link set eth0 down")
+    pair.g1.check(f"({WRITE}; echo done > /tmp/write.done) > /dev/null 2>&1 &")
+
+    def handler_failed() -> bool:
+        r0 = ResourceTracker()
+        r0.feed(pair.watch_events(pair.g1))
+        state = r0.get("r0")
+        fences = [h for h in state.helpers if h.helper == "fence-peer"] if state else []
+        return len(fences) >= 2 and fences[-1].exit_code == 1
+
+    pair.timings["cut_to_handler_failed_s"] = wait_until("the handler to fail", handler_failed)
+    fence_requests = [r for r in pair.requests() if r["op"] == "fence-peer"]
+    assert len(fence_requests) >= 3  # the first cut, then retries until the deadline
+    time.sleep(5)  # I/O must stay frozen: the write never completes
+    assert pair.g1.run("test -e /tmp/write.done")[0] != 0
+    tracker = ResourceTracker()
+    tracker.feed(pair.watch_events(pair.g1))
+    r0 = tracker.get("r0")
+    assert r0 is not None and r0.suspended == "fencing"
+    assert "suspended:fencing" in pair.g1.check(f"sh {WRAPPER} status r0")
