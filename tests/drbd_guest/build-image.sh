@@ -27,7 +27,9 @@ echo "build-image: building the DRBD test guest ($KPKG) in $OUT" >&2
 
 mkdir -p "$OUT/debs"
 if ! ls "$OUT/debs/${KPKG}"_*.deb >/dev/null 2>&1; then
-    (cd "$OUT/debs" && apt-get download -q "$KPKG" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
+    # apt warns that it downloads as root without its sandbox user: expected here.
+    (cd "$OUT/debs" && apt-get download -q "$KPKG" 2>&1 |
+        grep -v '^W: Download is performed unsandboxed' >&2) || true
     ls "$OUT/debs/${KPKG}"_*.deb >/dev/null
 fi
 rm -rf "$OUT/kroot" "$OUT/initrd"
@@ -43,7 +45,7 @@ cp "$(command -v busybox)" "$R/bin/busybox"
 for m in virtio_pci virtio_blk virtio_net virtio_console 9p 9pnet_virtio crc32c_generic drbd; do
     modprobe -d "$OUT/kroot" -S "$K" --show-depends "$m"
 done | awk '$1 == "insmod" {print $2}' | sort -u | while read -r f; do
-    rel=${f#*/lib/modules/$K/}
+    rel=${f#*/lib/modules/"$K"/}
     mkdir -p "$R/lib/modules/$K/$(dirname "$rel")"
     cp "$f" "$R/lib/modules/$K/$rel"
 done

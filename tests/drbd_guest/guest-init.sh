@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the real-DRBD test guest (tests/drbd_guest/build-image.sh packs it).
 #
 # Kernel command line: gid=N (guest N gets hostname guestN and 10.99.1.N on eth0).
@@ -33,15 +34,21 @@ mount -t sysfs sys /host/sys
 mount -o bind /dev /host/dev
 mount -t tmpfs run /host/run
 mkdir -p /host/run/haagent
+# The port appears once virtio_console has probed it: seconds under a loaded TCG host. /init
+# must never exit (the kernel would panic), so wait for it as long as it takes.
 port=""
-for i in $(seq 50); do
-    port=$(ls /dev/vport*p1 2>/dev/null | head -n 1)
-    [ -n "$port" ] && break
-    sleep 0.1
+while [ -z "$port" ]; do
+    for p in /dev/vport*p1; do
+        [ -e "$p" ] && port=$p
+    done
+    [ -n "$port" ] || sleep 0.2
 done
 echo "GUEST$ME READY port=$port"
 while true; do
-    exec 3<>"$port"
+    if ! exec 3<>"$port"; then
+        sleep 1
+        continue
+    fi
     while IFS= read -r line <&3; do
         id=${line%% *}
         cmd=${line#* }

@@ -125,6 +125,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         yield p
     finally:
         for g in (g1, g2):
+            if g.console.exists():
+                tail = g.console.read_text(errors="replace").splitlines()[-30:]
+                print(f"--- {g.name} console (last 30 lines)\n" + "\n".join(tail))
             if g.proc is not None and g.proc.poll() is None and g._conn is not None:
                 for cmd in ("cat /tmp/handler.log", "cat /tmp/standin.log", "dmesg | tail -40"):
                     print(f"--- {g.name}: {cmd}\n{g.run(cmd, timeout_s=20)[1]}")
