@@ -138,6 +138,11 @@ class DrbdWatcher:
         self._running = False
 
     @property
+    def pid(self) -> int | None:
+        """The running events2 process (the wrapper execs drbdsetup), for logs and tests."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def current(self) -> bool:
         """events2 runs and its initial dump is complete: the state is fresh."""
         return self._running and self.tracker.dump_complete

@@ -78,6 +78,11 @@ class Pair:
         rc, out = self.g1.run("cat /host/run/haagent/requests.log")
         return [json.loads(line) for line in out.splitlines()] if rc == 0 else []
 
+    def probe(self) -> list[dict[str, Any]]:
+        """What the production DrbdWatcher in guest1 reported, one entry per wake."""
+        rc, out = self.g1.run("cat /host/run/haagent/watch.jsonl")
+        return [json.loads(line) for line in out.splitlines()] if rc == 0 else []
+
     def watch_events(self, g: DrbdGuest) -> list[Any]:
         return parse_stream(g.check("cat /tmp/watch.log"))
 
@@ -119,7 +124,15 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             g.check("drbdadm create-md --force r0")
             g.check(f"sh {WRAPPER} watch r0 > /tmp/watch.log 2>&1 &")
             g.check(f"sh {WRAPPER} up r0")
+        # The production watcher, in guest1 (under chroot: host python, host drbd-utils,
+        # guest kernel), recording each wake.
+        g1.check(
+            f"chroot /host sh -c 'cd {REPO} && PATH=/usr/sbin:/usr/bin:/sbin:/bin exec "
+            ".venv/bin/python -m tests.drbd_guest.watch_probe r0 /run/haagent/watch.jsonl'"
+            " > /tmp/probe.log 2>&1 &"
+        )
         wait_until("the replication link", lambda: p.status(g1).connected)
+        wait_until("the watcher", lambda: any(e["current"] for e in p.probe()))
         wait_until("the stand-in endpoint", lambda: g1.run(f"test -S /host{SOCKET}")[0] == 0)
         p.timings["ready_s"] = time.monotonic() - t0
         yield p
@@ -129,7 +142,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                 tail = g.console.read_text(errors="replace").splitlines()[-30:]
                 print(f"--- {g.name} console (last 30 lines)\n" + "\n".join(tail))
             if g.proc is not None and g.proc.poll() is None and g._conn is not None:
-                for cmd in ("cat /tmp/handler.log", "cat /tmp/standin.log", "dmesg | tail -40"):
+                for cmd in (
+                    "cat /tmp/handler.log",
+                    "cat /tmp/standin.log",
+                    "cat /tmp/probe.log",
+                    "dmesg | tail -40",
+                ):
                     print(f"--- {g.name}: {cmd}\n{g.run(cmd, timeout_s=20)[1]}")
             g.close()
         print(f"real DRBD timings: {p.timings}")
@@ -189,6 +207,26 @@ def test_c_cut_link_runs_the_real_handler_and_io_resumes(pair: Pair) -> None:
         DiskState.UP_TO_DATE,
         False,
     )
+    # The production watcher saw it live: frozen, the handler's 7, resumed, disconnected.
+    wait_until("the watcher to see I/O resume", lambda: pair.probe()[-1]["suspended"] == "no")
+    seen = pair.probe()
+    assert any(e["suspended"] == "fencing" for e in seen)
+    assert ["fence-peer", 7] in [e["helper"] for e in seen]
+    last = seen[-1]["obs"]
+    assert (last["role"], last["connected"]) == ("primary", False)
+
+
+def test_watcher_restarts_real_events2(pair: Pair) -> None:
+    before = pair.probe()[-1]
+    assert before["current"] and before["restarts"] == 0
+    pair.g1.check(f"kill {before['pid']}")
+    wait_until(
+        "events2 to be restarted",
+        lambda: (e := pair.probe()[-1])["current"] and e["restarts"] == 1,
+    )
+    seen = pair.probe()
+    assert any(not e["current"] and e["obs"] is None for e in seen)  # stale while down
+    assert seen[-1]["obs"] == before["obs"] and seen[-1]["pid"] != before["pid"]
 
 
 def test_b_the_cut_off_replica_outdated_is_never_promoted(pair: Pair) -> None:
