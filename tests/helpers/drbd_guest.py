@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_DIR = REPO / ".cache" / "drbd-guest"
 BUILD_SCRIPT = REPO / "tests" / "drbd_guest" / "build-image.sh"
-BOOT_TIMEOUT_S = 180.0
+BOOT_TIMEOUT_S = 400.0  # measured 40-160 s on a loaded 2-core host
 
 
 class GuestError(RuntimeError):
@@ -97,8 +97,10 @@ class DrbdGuest:
             str(self.image_dir / "vmlinuz"),
             "-initrd",
             str(self.image_dir / "initrd.gz"),
+            # no_timer_check: on a loaded host the slow TCG guest fails the kernel's IO-APIC
+            # timer check and panics ("IO-APIC + timer doesn't work!"); seen here at load 30.
             "-append",
-            f"console=ttyS0 quiet loglevel=3 panic=-1 gid={self.gid}",
+            f"console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check gid={self.gid}",
             "-serial",
             f"file:{self.console}",
             "-drive",

@@ -10,9 +10,12 @@ wrapper printed, and the core decides on the parsed observations.
 
 One boot of both guests serves every scenario, in order (each builds on the state the one
 before left): (b) Inconsistent replicas are reported so and never promoted, (c) a cut link
-calls the real handler, the endpoint answers "peer fenced" and I/O resumes, (b) the cut-off
-replica, outdated, is reported Outdated and never promoted, and (d) when the endpoint
-answers "no majority" the handler fails and I/O stays frozen.
+calls the real handler, the endpoint answers "peer fenced" and I/O resumes (and the
+production DrbdWatcher, running in guest1, saw it live), the watcher restarts a killed
+events2, (b) the cut-off replica, outdated, is reported Outdated and never promoted, (d)
+when the endpoint answers "no majority" the handler fails and I/O stays frozen, and (a)
+guest1 loses power and guest2 is promoted only after the fence is committed (adapter level:
+the core's decision and the endpoint's state are driven by the test, not by a daemon).
 
 The guest image is built (and cached in .cache/drbd-guest/) by the module fixture.
 """
@@ -20,6 +23,8 @@ The guest image is built (and cached in .cache/drbd-guest/) by the module fixtur
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +33,15 @@ from typing import Any
 import pytest
 
 from haagent.agent import GuestStopped, PromoteReplica, StartGuest
+from haagent.commands import (
+    AssignGuests,
+    Assignment,
+    DeclareFailed,
+    FenceResult,
+    GuestRunning,
+    GuestStarting,
+)
+from haagent.model import FailureEvidence, FenceMethod
 from haagent.ports import DiskState, ReplicaObservation, ReplicaRole
 from haagent.resources.drbd_events import (
     Action,
@@ -37,7 +51,7 @@ from haagent.resources.drbd_events import (
     parse_stream,
 )
 from tests.helpers.drbd_guest import REPO, DrbdGuest, ensure_image, free_port
-from tests.unit.test_replicas import starting_on, step_for
+from tests.unit.test_replicas import base, build, starting_on, step_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,7 +76,7 @@ resource r0 {{
 }}
 """
 WRITE = "dd if=/dev/zero of=/dev/drbd0 bs=4k count=1 oflag=direct"
-STEP_TIMEOUT_S = 150.0
+STEP_TIMEOUT_S = 240.0  # generous: TCG guests on a host shared with other test runs
 
 
 @dataclass
@@ -74,8 +88,8 @@ class Pair:
     def status(self, g: DrbdGuest) -> ReplicaObservation:
         return observations_from_dump(g.check(f"sh {WRAPPER} status r0"))["r0"]
 
-    def requests(self) -> list[dict[str, Any]]:
-        rc, out = self.g1.run("cat /host/run/haagent/requests.log")
+    def requests(self, g: DrbdGuest | None = None) -> list[dict[str, Any]]:
+        rc, out = (g or self.g1).run("cat /host/run/haagent/requests.log")
         return [json.loads(line) for line in out.splitlines()] if rc == 0 else []
 
     def probe(self) -> list[dict[str, Any]]:
@@ -119,6 +133,14 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             f"tests.drbd_guest.standin_agent {SOCKET} /run/haagent/verdict "
             "/run/haagent/requests.log' > /tmp/standin.log 2>&1 &"
         )
+        # guest2's endpoint: the production ConsensusFenceAuthority on a fake consensus whose
+        # state the test switches from "guest1 owns vm" to "guest1 fenced, guest2 starts vm".
+        g2.check("echo owner-running > /host/run/haagent/phase")
+        g2.check(
+            f"chroot /host sh -c 'cd {REPO} && exec .venv/bin/python -m "
+            f"tests.drbd_guest.standin_agent {SOCKET} /run/haagent/phase "
+            "/run/haagent/requests.log --node guest2' > /tmp/standin.log 2>&1 &"
+        )
         for g in (g1, g2):
             g.check(f"cp /host{run}/drbd.conf /etc/drbd.conf")
             g.check("drbdadm create-md --force r0")
@@ -133,7 +155,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         )
         wait_until("the replication link", lambda: p.status(g1).connected)
         wait_until("the watcher", lambda: any(e["current"] for e in p.probe()))
-        wait_until("the stand-in endpoint", lambda: g1.run(f"test -S /host{SOCKET}")[0] == 0)
+        for g in (g1, g2):
+            wait_until("the stand-in endpoint", lambda g=g: g.run(f"test -S /host{SOCKET}")[0] == 0)
         p.timings["ready_s"] = time.monotonic() - t0
         yield p
     finally:
@@ -174,8 +197,13 @@ def test_b_inconsistent_replicas_are_never_promoted(pair: Pair) -> None:
     assert rc == 17 and "Need access to UpToDate data" in out  # DRBD's own gate
     # The first promotion of a new resource is an admin's act (test setup).
     pair.g1.check("drbdadm primary --force r0")
+    # Each side learns the end of the sync on its own: wait until both know it.
     pair.timings["initial_sync_s"] = wait_until(
-        "the initial sync", lambda: pair.status(pair.g2).disk is DiskState.UP_TO_DATE
+        "the initial sync",
+        lambda: (
+            pair.status(pair.g2).disk is DiskState.UP_TO_DATE
+            and pair.status(pair.g1).peer_disk is DiskState.UP_TO_DATE
+        ),
     )
     assert pair.status(pair.g1) == ReplicaObservation(
         "r0", ReplicaRole.PRIMARY, DiskState.UP_TO_DATE, True, ReplicaRole.SECONDARY,
@@ -276,3 +304,48 @@ def test_d_no_majority_keeps_io_frozen(pair: Pair) -> None:
     r0 = tracker.get("r0")
     assert r0 is not None and r0.suspended == "fencing"
     assert "suspended:fencing" in pair.g1.check(f"sh {WRAPPER} status r0")
+
+
+def test_a_power_off_promotes_the_survivor_only_after_the_committed_fence(pair: Pair) -> None:
+    """guest1 (Primary, frozen since (d)) loses power; guest2 (Secondary, cut off) is promoted
+    only once the fence is committed. The core decides on guest2's real observation (as n2 of
+    the core's test cluster); the promotion runs the production wrapper, and DRBD 8.4 runs the
+    fence-peer handler on the promoting side first, which guest2's endpoint (the production
+    ConsensusFenceAuthority) answers by committing guest1's replica as outdated."""
+    assert pair.g1.proc is not None
+    t0 = time.monotonic()
+    os.kill(pair.g1.proc.pid, signal.SIGKILL)  # power loss of guest1's host
+    pair.g1.proc.wait(timeout=30)
+    obs = pair.status(pair.g2)
+    assert (obs.role, obs.disk, obs.connected) == (
+        ReplicaRole.SECONDARY,
+        DiskState.UP_TO_DATE,
+        False,
+    )
+    # Declared failed but not fenced yet: the guest stays n1's, nothing is promoted on n2.
+    state = build(
+        AssignGuests((Assignment("db", "n1", 0),), "placed", 0.0),
+        GuestStarting("db", "n1", 1, 0.0),
+        GuestRunning("db", "n1", 2, 0.0),
+        state=base(),
+    )
+    seq = state.node("n1").heartbeat_seq
+    state = build(
+        DeclareFailed("n1", seq, FailureEvidence("n3", seq, 2.0, "silent", 0.0)), state=state
+    )
+    assert not [a for a in step_for("n2", state, obs).actions if isinstance(a, PromoteReplica)]
+    # The fence is committed and n2 is assigned the guest: now the core promotes.
+    state = starting_on("n2", build(FenceResult("n1", 1, True, FenceMethod.AGENT, "off", 0.0),
+                                    state=state))  # fmt: skip
+    step = step_for("n2", state, obs)
+    assert [type(a).__name__ for a in step.actions] == ["PromoteReplica"]
+    # What the daemon's executor will do for PromoteReplica, against real DRBD.
+    pair.g2.check("echo owner-fenced > /host/run/haagent/phase")
+    pair.g2.check(f"sh {WRAPPER} promote r0", timeout_s=STEP_TIMEOUT_S)
+    pair.timings["power_off_to_promoted_s"] = time.monotonic() - t0
+    (req,) = [r for r in pair.requests(pair.g2) if r["op"] == "fence-peer"]
+    assert (req["peer"], req["verdict"]) == ("guest1", "peer-fenced")
+    assert "outdated" in req["detail"]
+    pair.g2.check(WRITE, timeout_s=STEP_TIMEOUT_S)  # the guest's I/O goes through there
+    pair.timings["power_off_to_written_s"] = time.monotonic() - t0
+    assert pair.status(pair.g2).role is ReplicaRole.PRIMARY
