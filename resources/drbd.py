@@ -28,6 +28,7 @@ from pathlib import Path
 from haagent.ports import ReplicaObservation
 from haagent.resources.drbd_events import (
     Events2Error,
+    Kind,
     ResourceState,
     ResourceTracker,
     parse_line,
@@ -232,7 +233,7 @@ class DrbdWatcher:
             return
         if event is None:
             return
-        if event.kind.value != "-" and event.resource != self.resource:
+        if event.kind is not Kind.END_OF_DUMP and event.resource != self.resource:
             return
         if self.tracker.apply(event) and self.tracker.dump_complete:
             self._wake()

@@ -254,6 +254,9 @@ class FenceServer:
             answer = await asyncio.wait_for(call, self._timeout_s)
         except TimeoutError:
             answer = FenceAnswer(Verdict.NO_MAJORITY, f"no decision in {self._timeout_s}s")
+        except Exception as exc:  # A bug in the authority: never a success, and say so.
+            log.exception("drbd %s %s: the fence authority failed", request.op, request.resource)
+            answer = FenceAnswer(Verdict.ERROR, f"agent error: {type(exc).__name__}: {exc}")
         log.info(
             "drbd %s %s peer=%s: %s %s",
             request.op,

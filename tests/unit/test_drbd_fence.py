@@ -154,6 +154,21 @@ async def test_an_agent_that_does_not_decide_in_time_is_no_majority(sock: Path) 
     assert rc == 1 and "no-majority" in out
 
 
+class BrokenAuthority(ScriptedAuthority):
+    async def ensure_peer_cannot_write(self, request: FenceRequest) -> FenceAnswer:
+        raise RuntimeError("a bug")
+
+
+async def test_a_failing_authority_is_an_error_not_a_success(sock: Path) -> None:
+    server = FenceServer(sock, BrokenAuthority(Verdict.PEER_FENCED))
+    await server.start()
+    try:
+        rc, out = await handler(sock, "fence-peer", "--timeout-s", "1")
+    finally:
+        await server.close()
+    assert rc == 1 and "agent error: RuntimeError: a bug" in out
+
+
 async def test_no_agent_is_a_failure(sock: Path) -> None:
     rc, out = await handler(sock, "fence-peer", "--timeout-s", "1")
     assert rc == 1 and "not reachable" in out
