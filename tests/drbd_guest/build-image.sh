@@ -16,7 +16,16 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/{print $2; exit}'
+}
+KPKG=$(kernel_package)
+if [ -z "$KPKG" ]; then
+    # A machine whose apt lists were cleaned: fetch them once.
+    apt-get update -q >&2
+    KPKG=$(kernel_package)
+fi
 [ -n "$KPKG" ] || { echo "build-image: cannot resolve linux-image-amd64" >&2; exit 1; }
 K=${KPKG#linux-image-}
 want="$KPKG $(cat "$0" "$HERE/guest-init.sh" | cksum)"

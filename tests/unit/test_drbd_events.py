@@ -272,3 +272,19 @@ def test_destroy_removes_the_resource() -> None:
     gone = parse_line("destroy resource name:r0")
     assert gone is not None and tracker.apply(gone)
     assert tracker.observations() == {}
+
+
+def test_the_parser_is_pure() -> None:
+    # DESIGN: "the events2 parser is pure": no I/O, no clock, no process.
+    import ast
+
+    import haagent.resources.drbd_events as mod
+
+    tree = ast.parse(Path(mod.__file__).read_text())
+    imported = {
+        (n.module or "").split(".")[0] if isinstance(n, ast.ImportFrom) else a.name.split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
+    assert imported <= {"__future__", "collections", "dataclasses", "enum", "haagent"}, imported
