@@ -9,6 +9,7 @@
     haagent simulate --swarm --seeds N [--start S] [--workers W] [--verbose]
     haagent simulate --scenario FILE [--seed N] [--trace]
     haagent local up|down|demo|status    a 3-node cluster on this machine (see README)
+    haagent drbd fence-peer|unfence-peer [RESOURCE]   DRBD's handler (exit codes: README)
 
 Exit codes: 0 success, 1 operation failed (e.g. the agent is unreachable), 2 bad usage or an
 invalid config. Errors are one line on stderr, never a traceback.
@@ -29,6 +30,7 @@ import aiohttp
 from haagent import __version__
 from haagent.config import ConfigError, load_config
 from haagent.localcluster.cli import add_local_parser
+from haagent.resources import drbd_fence
 from haagent.status import format_status
 from haagent.whatif import planned_state, what_if
 
@@ -129,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_simulate)
 
     add_local_parser(sub)
+    drbd = sub.add_parser("drbd", help="DRBD's fence-peer/unfence-peer handler (drbd.conf)")
+    drbd_fence.add_arguments(drbd)
+    drbd.set_defaults(func=drbd_fence.run_from_args)
     return p
 
 
