@@ -118,7 +118,7 @@ class RaftConsensus:
         min_s, max_s = self._election
         kwargs: dict[str, Any] = {}
         if self._persist:
-            self._data_dir.mkdir(parents=True, exist_ok=True)
+            _durable_mkdir(self._data_dir)
             kwargs.update(
                 journalFile=str(self._data_dir / "raft.journal"),
                 fullDumpFile=str(self._data_dir / "raft.snapshot.json"),
@@ -261,6 +261,24 @@ class RaftConsensus:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             return Outcome(OutcomeKind.UNKNOWN, f"no answer within {timeout_s}s")
+
+
+def _durable_mkdir(path: Path) -> None:
+    """mkdir -p whose new directories survive a power loss: each parent is fsynced after a
+    directory is created in it (a journal fsynced inside a directory whose own entry was
+    never fsynced can vanish with it)."""
+    missing = []
+    p = path.absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        fd = os.open(d.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _entry_to_json(entry: Any) -> list[Any]:

@@ -393,7 +393,8 @@ class FileJournal(Journal):
     def deleteEntriesFrom(self, entryFrom):
         if entryFrom >= len(self.__journal):
             return
-        offset = self.__offsets[entryFrom]
+        # From 0 (clear): also drop a prefix deleteEntriesTo left in the file.
+        offset = self.__offsets[entryFrom] if entryFrom else len(JOURNAL_MAGIC)
         del self.__journal[entryFrom:]
         del self.__offsets[entryFrom:]
         self.truncations += 1
