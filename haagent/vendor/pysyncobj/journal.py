@@ -197,7 +197,7 @@ class FileJournal(Journal):
         self.__dir = os.path.dirname(os.path.abspath(journalFile))
         self.__metaPath = journalFile + '.meta'
         self.__commitPath = journalFile + '.commit'
-        self.__reserve = reserveBytes
+        self.reserveBytes = reserveBytes
         self.storageError = None
         self.truncations = 0
         self.__journal = []
@@ -273,8 +273,8 @@ class FileJournal(Journal):
         offset = len(JOURNAL_MAGIC)
         while offset < size:
             got = _unframe(data, offset)
-            if got is None:
-                break
+            if got is None or not any(data[offset:offset + _FRAME.size]):
+                break  # no frame here (zeros: space the file system extended, never written)
             payload, nextOffset = got
             if len(payload) < _ENTRY.size:
                 raise JournalCorrupt('%s: short entry at offset %d' % (self.__path, offset))
@@ -332,9 +332,9 @@ class FileJournal(Journal):
             return True
         try:
             free = freeBytes(self.__dir)
-            if free - len(self.__pending) < self.__reserve:
+            if free - len(self.__pending) < self.reserveBytes:
                 return self.__fail('disk full: %d MiB free, %d MiB reserved' % (
-                    free // 2**20, self.__reserve // 2**20))
+                    free // 2**20, self.reserveBytes // 2**20))
             if not self.__pending:
                 return self.__clearError()
             view, offset = memoryview(bytes(self.__pending)), self.__durable
