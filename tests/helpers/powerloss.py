@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -73,7 +74,7 @@ class PowerLossMount:
     def set_capacity(self, nbytes: int) -> None:
         os.setxattr(self.mountpoint, "user.capacity", str(nbytes).encode())
 
-    def power_loss(self, timeout_s: float = 10.0) -> None:
+    def power_loss(self, timeout_s: float = 20.0) -> None:
         """Unmount (what was not fsynced is lost) and wait for the state file to be written.
         Whatever used the mount must be dead already."""
         deadline = time.monotonic() + timeout_s
@@ -90,7 +91,21 @@ class PowerLossMount:
                 raise RuntimeError(f"cannot unmount {self.mountpoint}: {done.stderr.strip()}")
             time.sleep(0.05)
         assert self.proc is not None
-        self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            try:
+                self.proc.wait(timeout=3.0)
+            except subprocess.TimeoutExpired:
+                # A mount namespace created elsewhere while we were mounted (ip netns exec,
+                # unshare) keeps a copy of the mount, and with it the FUSE connection: the
+                # daemon never sees the unmount. libfuse ends its loop on SIGTERM.
+                self.proc.terminate()
+                self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            raise RuntimeError(
+                f"powerloss_fs still running {timeout_s} s after the unmount: {self.log_tail()}"
+            ) from None
         if self.proc.returncode != 0:
             raise RuntimeError(f"powerloss_fs failed: {self.log_tail()}")
         self.proc = None

@@ -22,9 +22,11 @@ Test code only: it keeps a whole file system in memory and serves one thread.
 from __future__ import annotations
 
 import errno
+import faulthandler
 import logging
 import os
 import pickle
+import signal
 import stat
 import sys
 import time
@@ -274,7 +276,19 @@ class PowerLossFs(fuse.Operations):
 def main() -> int:
     mountpoint, state_file = sys.argv[1], sys.argv[2]
     logging.basicConfig(level=logging.WARNING)
+    faulthandler.register(signal.SIGUSR1)  # the harness asks for a stack when we are slow
     fs = PowerLossFs(state_file)
+    try:
+        run_fuse(fs, mountpoint)
+    except RuntimeError as exc:
+        # libfuse reports a loop ended by SIGTERM as an error; the state is still whole.
+        print(f"fuse loop ended: {exc}", file=sys.stderr, flush=True)
+    print("unmounted; saving the durable state", file=sys.stderr, flush=True)
+    fs.save_durable()
+    return 0
+
+
+def run_fuse(fs: PowerLossFs, mountpoint: str) -> None:
     fuse.FUSE(
         fs,
         mountpoint,
@@ -285,8 +299,6 @@ def main() -> int:
         entry_timeout=0,
         negative_timeout=0,
     )
-    fs.save_durable()
-    return 0
 
 
 if __name__ == "__main__":
