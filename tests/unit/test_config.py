@@ -186,7 +186,7 @@ def mutate(old: str, new: str) -> str:
         (
             mutate("priority = 5", 'priority = 5\nxml = "nope.xml"'),
             "guests.web.xml",
-            "no such file",
+            "No such file or directory",
         ),
         (
             mutate('[nodes.w]\naddress = "10.0.0.3:7400"\nrole = "witness"\n', ""),
