@@ -614,9 +614,7 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
         levels: tuple[tuple[str, ...], ...] = ()
         # The watchdog resets a host whose agent hangs, in either fencing mode; with
         # fence = "watchdog" it is also what the leader waits for before recovering.
-        watchdog_timeout = nt.number(
-            "watchdog_timeout_s", 10.0, maximum=MAX_WATCHDOG_TIMEOUT_S
-        )
+        watchdog_timeout = nt.number("watchdog_timeout_s", 10.0, maximum=MAX_WATCHDOG_TIMEOUT_S)
         fence = nt.raw("fence")
         if role is NodeRole.WITNESS:
             if fence is not None:
@@ -643,8 +641,8 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
                     for d in level:
                         if d not in devices:
                             raise nt.error(
-                            "fence", f"level {i} names unknown fence device {show(d)}"
-                        )
+                                "fence", f"level {i} names unknown fence device {show(d)}"
+                            )
                     parsed.append(tuple(level))
                 levels = tuple(parsed)
             else:
