@@ -48,6 +48,7 @@ MAX_BODY_BYTES = 4096  # the largest valid body is {"on": false}
 MAX_JSON_DEPTH = 4
 MAX_REQUEST_BYTES = 64 * 1024  # aiohttp's own bound on any request body it buffers
 MAX_WHATIF_NODES = 256
+BAD_INPUT_LINES_PER_MINUTE = 20
 
 log = logging.getLogger("haagent.api")
 
@@ -76,7 +77,7 @@ class BadInputLog:
         self,
         logger: logging.Logger,
         interval_s: float = 60.0,
-        burst: int = 20,
+        burst: int = BAD_INPUT_LINES_PER_MINUTE,
         max_causes: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
