@@ -177,6 +177,12 @@ def _report_outcome(doc: dict[str, Any], what: str) -> int:
     raise CliError(f"{what}: unknown outcome ({detail}); check `haagent status`")
 
 
+def _printable(text: str) -> str:
+    """Text made of an agent's answer, each line escaped: names and reasons come from the
+    network and must not drive the terminal (escape sequences, carriage returns)."""
+    return "\n".join(escape(line) for line in text.split("\n"))
+
+
 def _shape_error(url: str, what: str, exc: Exception) -> CliError:
     return CliError(
         f"the agent at {url} answered {what} this haagent cannot read "
@@ -259,7 +265,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             text = format_whatif(doc, source)
         except _SHAPE_ERRORS as exc:
             raise _shape_error(cfg.api_listen, "a what-if document", exc) from None
-        print(text)
+        print(_printable(text))
     return 0
 
 
@@ -312,7 +318,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             text = format_status(doc)
         except _SHAPE_ERRORS as exc:
             raise _shape_error(url, "a status document", exc) from None
-        print(text)
+        print(_printable(text))
     return 0
 
 

@@ -51,13 +51,17 @@ STATUS = {
             "role": "hypervisor",
             "since_heartbeat_s": 0.05,
             "failure": None,
+            "fence": {"attempts": 0, "last_result": None},
+            "reason": "joined",
         },
         "n2": {
-            "state": "failed",
+            "state": "fenced",
             "maintenance": False,
             "role": "hypervisor",
-            "since_heartbeat_s": 9.0,
-            "failure": {"by": "n1", "silence_s": 2.0, "fence": {"attempts": 1, "result": "ok"}},
+            "since_heartbeat_s": None,
+            "failure": {"by": "n1", "silence_s": 2.0},
+            "fence": {"attempts": 1, "last_result": "ok"},
+            "reason": "fenced by bmc-n2",
         },
     },
     "guests": {
@@ -71,7 +75,8 @@ STATUS = {
             "last_transition": {"at": 1.0, "reason": "started"},
         }
     },
-    "local": {"web1": {"running": True}},
+    "local": {"web1": {"running": True, "owner": "n1", "generation": 4}},
+    "local_error": None,
 }
 WHATIF = {
     "fail": ["n1"],
@@ -181,9 +186,10 @@ def test_any_answer_is_printed_or_one_line(agent: FakeAgent, tmp_path: Path) -> 
     @given(answers(), st.sampled_from(commands))
     def case(answer: tuple[int, bytes], argv: list[str]) -> None:
         agent.status, agent.body = answer
-        code, _out, err = run_cli(argv)
+        code, out, err = run_cli(argv)
         codes[code] = codes.get(code, 0) + 1
         assert code in (0, 1), (code, err)
+        assert all(line.isprintable() for line in out.splitlines()), out
         if code == 1:
             assert err.count("\n") == 1 and err.startswith("haagent: "), err
             assert err.rstrip("\n").isprintable(), err
@@ -193,5 +199,9 @@ def test_any_answer_is_printed_or_one_line(agent: FakeAgent, tmp_path: Path) -> 
         else:
             assert err == "", err
 
+    # The unmutated documents are understood (so the mutations start from sense).
+    for doc, argv, expected in ((STATUS, commands[0], 0), (WHATIF, commands[2], 0)):
+        agent.status, agent.body = 200, json.dumps(doc).encode()
+        assert run_cli(argv)[::2] == (expected, "")
     case()
     assert codes.get(0, 0) > CASES // 20 and codes.get(1, 0) > CASES // 5, codes
