@@ -28,6 +28,7 @@ real agent):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -49,6 +50,8 @@ MAX_JSON_DEPTH = 4
 MAX_REQUEST_BYTES = 64 * 1024  # aiohttp's own bound on any request body it buffers
 MAX_WHATIF_NODES = 256
 BAD_INPUT_LINES_PER_MINUTE = 20
+MAX_CONNECTIONS = 128  # admins, scrapers and health checks; far below a 1,024 fd limit
+KEEPALIVE_S = 15.0
 
 log = logging.getLogger("haagent.api")
 
@@ -313,25 +316,78 @@ def build_app(token: str, h: Handlers) -> web.Application:
     return app
 
 
+class _ConnectionLimit:
+    """The protocol factory the listener uses: aiohttp's own, until `limit` connections are
+    open; beyond that each new connection is closed at once.
+
+    Without it one client holding a thousand idle connections used up the agent's file
+    descriptors (the usual soft limit is 1,024), and the next pet of the watchdog stand-in,
+    Raft's next connection or libvirt's next call failed: measured, the leader died and was
+    fenced. With it such a client can keep others off the API, but not harm the node.
+    """
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.server = server
+        self.limit = limit
+        self.refused = 0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self.server.connections) >= self.limit:
+            self.refused += 1
+            return _Refuse()
+        return self.server()
+
+
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
 async def serve(app: web.Application, listen: str) -> web.AppRunner:
-    """Start serving on "host:port" or "unix:/path". Returns the runner (call cleanup())."""
+    """Start serving on "host:port" or "unix:/path". Returns the runner (call cleanup()).
+
+    At most MAX_CONNECTIONS connections are open at once (see `_ConnectionLimit`), and an
+    idle kept-alive connection is closed after KEEPALIVE_S.
+    """
     # Malformed HTTP never reaches a handler: aiohttp reports it on the logger given here,
     # which this module turns into rate-limited single lines. Bodies are never decompressed
-    # (read_json_body refuses any Content-Encoding).
-    # One logger per app, outside the logging registry (so it goes away with the app), that
-    # propagates to "haagent.api".
+    # (read_json_body refuses any Content-Encoding). One logger per app, outside the logging
+    # registry (so it goes away with the app), that propagates to "haagent.api".
     server_log = logging.Logger("haagent.api.http")
     server_log.parent = log
     bad_input = app.get(_BAD_INPUT_KEY)
     if bad_input is not None:
         server_log.addFilter(_OneLineFilter(bad_input))
-    runner = web.AppRunner(app, access_log=None, logger=server_log, auto_decompress=False)
+    listeners: list[asyncio.Server] = []
+
+    async def close_listeners(app: web.Application) -> None:
+        for listener in listeners:
+            listener.close()
+
+    # runner.cleanup() shuts the app down first: stop accepting before connections close.
+    app.on_shutdown.append(close_listeners)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        logger=server_log,
+        auto_decompress=False,
+        keepalive_timeout=KEEPALIVE_S,
+    )
     await runner.setup()
-    site: web.BaseSite
-    if listen.startswith("unix:"):
-        site = web.UnixSite(runner, listen[5:])
-    else:
-        host, _, port = listen.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]"), int(port))
-    await site.start()
+    assert runner.server is not None
+    factory = _ConnectionLimit(runner.server, MAX_CONNECTIONS)
+    loop = asyncio.get_running_loop()
+    try:
+        if listen.startswith("unix:"):
+            listeners.append(await loop.create_unix_server(factory, listen[5:], backlog=128))
+        else:
+            host, _, port = listen.rpartition(":")
+            listeners.append(
+                await loop.create_server(
+                    factory, host.strip("[]"), int(port), backlog=128, reuse_address=True
+                )
+            )
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner

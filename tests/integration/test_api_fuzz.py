@@ -13,9 +13,11 @@ The number of cases is CASES (HAAGENT_FUZZ_SCALE multiplies it); the seed is fix
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
+import resource
 import socket
 import time
 from collections import Counter
@@ -25,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from haagent.api import BAD_INPUT_LINES_PER_MINUTE
+from haagent.api import BAD_INPUT_LINES_PER_MINUTE, MAX_CONNECTIONS
 from haagent.localcluster.cluster import GuestPlan, LocalCluster, local_plan, running_cluster
 
 pytestmark = pytest.mark.integration
@@ -288,3 +290,35 @@ def test_the_log_names_each_cause_once(agent: LocalCluster) -> None:
     api = [ln for ln in new if " haagent.api" in ln]
     assert len(api) <= 2, api
     assert "Traceback" not in "\n".join(new)
+
+
+def test_a_thousand_idle_connections_cannot_exhaust_the_agents_file_descriptors(
+    agent: LocalCluster,
+) -> None:
+    """Before the API bounded its connections, 1,094 idle connections used up a leader's
+    1,024 descriptors; its next watchdog pet failed and it was fenced. Now the API keeps at
+    most MAX_CONNECTIONS and closes the rest at once; the agent keeps its lease."""
+    pid = agent.agent_pid("n1")
+    assert pid is not None
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (1024, hard))  # the usual systemd default
+    own = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), own[1]))
+    host, _, port = agent.api_listen("n1").rpartition(":")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(1500):
+            # OSError: the listen backlog is full; the agent closes what it cannot serve.
+            with contextlib.suppress(OSError):
+                held.append(socket.create_connection((host, int(port)), timeout=2))
+        time.sleep(1.0)
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        assert fds < MAX_CONNECTIONS + 64, fds
+        assert agent.agent_pid("n1") == pid
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, own)
+    doc = agent.wait_ready(30)
+    assert doc["quorum"] and doc["pid"] == pid
+    assert "Too many open files" not in agent.log_file("n1").read_text()
