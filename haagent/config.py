@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -474,6 +476,16 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     watchdog_device: str | None = None
     if local_t.has("watchdog_device"):
         watchdog_device = str(local_t.path("watchdog_device", base))
+        # Opening it for writing arms it, and would block forever on a FIFO: anything that
+        # exists here must be a character device. (A missing one means the stand-in.)
+        try:
+            mode = os.stat(watchdog_device).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISCHR(mode):
+            raise local_t.error(
+                "watchdog_device", f"{show(watchdog_device)} is not a character device"
+            )
     standin = local_t.path("watchdog_standin", base, str(data_dir / "watchdog.standin"))
     standin_ok = local_t.raw("watchdog_standin_ok")
     if standin_ok is None:

@@ -354,6 +354,12 @@ HOSTILE = [
         "fence_devices.bmc-n1.params",
         "invalid parameter name",
     ),
+    (
+        "fifo-watchdog",
+        ('node = "n1"', 'node = "n1"\nwatchdog_device = "fifo"'),
+        "local.watchdog_device",
+        "not a character device",
+    ),
 ]
 
 
