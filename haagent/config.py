@@ -42,6 +42,7 @@ MAX_XML_BYTES = 1024 * 1024
 MAX_PATH_BYTES = 4095
 MAX_NAME_BYTES = 255
 MAX_SOCKET_PATH_BYTES = 107
+MIN_SECONDS = 0.001
 MAX_SECONDS = 365 * 24 * 3600.0
 MAX_WATCHDOG_TIMEOUT_S = 3600.0
 MAX_MEMORY_MIB = 2**31
@@ -234,7 +235,8 @@ class _Table:
         return value
 
     def number(self, name: str, default: float, *, maximum: float = MAX_SECONDS) -> float:
-        """A number of seconds: finite, above 0, at most `maximum`."""
+        """A number of seconds: finite, at least MIN_SECONDS (a smaller period would spin the
+        loop), at most `maximum`."""
         value = self.raw(name)
         if value is None:
             return default
@@ -242,8 +244,10 @@ class _Table:
             raise self.error(name, f"must be a number of seconds, got {_kind(value)}")
         if not math.isfinite(value):
             raise self.error(name, f"must be a finite number of seconds, got {value}")
-        if not 0 < value <= maximum:
-            raise self.error(name, f"must be greater than 0 and at most {maximum:g}, got {value}")
+        if not MIN_SECONDS <= value <= maximum:
+            raise self.error(
+                name, f"must be between {MIN_SECONDS:g} and {maximum:g}, got {show(value, 40)}"
+            )
         return float(value)
 
     def integer(

@@ -105,11 +105,15 @@ def mutate(old: str, new: str) -> str:
         ),
         (VALID + "\n[timing]\nheartbeat_s = 0.5\n", "timing.lease_s", "at least 3 x heartbeat_s"),
         (VALID + '\n[timing]\nlease_s = "1"\n', "timing.lease_s", "must be a number"),
-        (VALID + "\n[timing]\nstop_grace_s = -1\n", "timing.stop_grace_s", "greater than 0"),
+        (
+            VALID + "\n[timing]\nstop_grace_s = -1\n",
+            "timing.stop_grace_s",
+            "must be between 0.001 and",
+        ),
         (
             VALID + "\n[placement]\nfailure_reset_s = 0\n",
             "placement.failure_reset_s",
-            "greater than 0",
+            "must be between 0.001 and",
         ),
         (mutate('node = "n1"', 'node = "n9"'), "local.node", "not one of [nodes]"),
         (mutate('libvirt_uri = "qemu:///system"\n', ""), "local.libvirt_uri", "required"),

@@ -299,7 +299,7 @@ def check_valid(cfg: Config) -> None:
     t = cfg.timing
     for name in t.__dataclass_fields__:
         value = getattr(t, name)
-        assert math.isfinite(value) and value > 0, name
+        assert math.isfinite(value) and value >= 0.001, name
     x = {name: Decimal(repr(getattr(t, name))) for name in t.__dataclass_fields__}
     assert x["lease_s"] >= 3 * x["heartbeat_s"]
     assert x["failure_timeout_s"] > x["lease_s"] + x["stop_grace_s"]
