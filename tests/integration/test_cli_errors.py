@@ -122,7 +122,7 @@ def test_run_with_an_unreachable_libvirt_is_one_line(tmp_path: Path) -> None:
     [
         ('fence = [["bmc-n1"]]', 'fence = [["bmc-n1"]]\nwatchdog_timeout_s = nan', "finite"),
         ('fence = [["bmc-n1"]]', 'fence = [["bmc-n1"]]\nwatchdog_timeout_s = -inf', "finite"),
-        ('fence = [["bmc-n1"]]', 'fence = [["bmc-n1"]]\nwatchdog_timeout_s = 1e12', "at most"),
+        ('fence = [["bmc-n1"]]', 'fence = [["bmc-n1"]]\nwatchdog_timeout_s = 1e12', "and 3600"),
         ('"127.0.0.1:8401"', '"unix:/tmp/a\\u0000b.sock"', "control characters"),
         ('"127.0.0.1:8401"', '"unix:/tmp/' + "s" * 120 + '"', "at most 107 bytes"),
     ],
