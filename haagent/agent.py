@@ -73,6 +73,13 @@ from haagent.ports import (
 # --- settings ------------------------------------------------------------------------------
 
 
+MAX_ASSIGNMENTS_PER_COMMAND = 256
+"""At most this many guests are assigned by one `AssignGuests` (the rest by later passes), so
+that it stays below the largest command the agent proposes (consensus.MAX_COMMAND_BYTES, 60
+KiB): 256 assignments with 63-character names encode to 47 KB. Placement already places at
+most max_concurrent_starts per node per pass (4 x 64 nodes = 256 by default)."""
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """What every agent knows about one configured node."""
@@ -597,6 +604,7 @@ class AgentCore:
             # At cold start, guests that never had an owner wait a moment for every hypervisor
             # to join, or the first node up would take them all regardless of preferences.
             placements = tuple(p for p in placements if p.expected_generation > 0)
+        placements = placements[:MAX_ASSIGNMENTS_PER_COMMAND]  # the rest on later passes
         if placements and "assign" not in self._m.proposals:
             assignments = tuple(
                 Assignment(p.guest, p.node, p.expected_generation) for p in placements

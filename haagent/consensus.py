@@ -15,6 +15,9 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
 - A committed command this agent cannot decode (written by a newer agent) freezes the local
   state machine and is reported as `incompatible`: applying it differently from the other nodes
   would split the state. The node then loses its lease and stops its guests.
+- The Raft port is bounded against hostile peers (patched transport, see `RAFT_PORT_LIMITS` and
+  haagent/vendor/pysyncobj/PATCHES.md): frame sizes, read budget per tick, a handshake deadline,
+  a cap on unauthenticated connections, no utility commands, no read-only nodes.
 """
 
 from __future__ import annotations
@@ -42,6 +45,41 @@ from haagent.vendor.pysyncobj.journal import FileJournal, JournalCorrupt
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
+
+MAX_COMMAND_BYTES = 60 * 2**10
+"""Largest encoded command this agent proposes; a bigger one is refused before it is proposed.
+The largest real one is an `AssignGuests` of at most agent.MAX_ASSIGNMENTS_PER_COMMAND (256)
+assignments: 47 KB with 63-character names. The limit stays below pysyncobj's
+appendEntriesBatchSizeBytes (64 KiB) with room for the entry's pickle wrapping (~60 bytes), so
+no entry is ever sent through pysyncobj's path for single entries of 64 KiB or more: that path
+labels its last chunk by the unpickled length and the follower then unpickles a truncated
+buffer (EOFError in its tick thread; seen here with 1 MiB commands). It also bounds frames:
+an entry too large for `RAFT_PORT_LIMITS["maxFrameSize"]` could never be replicated."""
+
+RAFT_PORT_LIMITS: dict[str, Any] = {
+    # Largest frame from an authenticated peer (larger: the connection is closed; also the
+    # limit after decompression). The largest message is an append_entries batch: entries up
+    # to 64 KiB (appendEntriesBatchSizeBytes) plus one entry of up to MAX_COMMAND_BYTES,
+    # pickled (138 KB), zlib, Fernet (base64, x4/3): 184 KB even if nothing compressed
+    # (measured; 56 KB as it compresses). Snapshot chunks (logCompactionBatchSize, 64 KiB) are
+    # 104 KB. 1 MiB leaves a factor of 5.
+    "maxFrameSize": 2**20,
+    # Before the peer authenticated: the key exchange (228 bytes) and the node address (248).
+    "handshakeFrameSize": 4 * 2**10,
+    # Read per connection per poll event, interleaved with the Raft timers and the other
+    # connections: a full frame in one event, a flood of them spread over ticks.
+    "readBudget": 256 * 2**10,
+    # A peer completes the handshake in ~2 round trips plus 2 ticks (< 50 ms on a LAN).
+    "handshakeTimeout": 1.0,
+    # >= the 63 peers of a 64-node cluster that may all dial one node at a cold start.
+    "maxUnauthenticatedConnections": 64,
+    "acceptBatch": 16,
+    "listenBacklog": 64,
+    # haagent has fixed membership and no read-only nodes: no utility commands at all
+    # (status/add/remove/set_version/transfer), and only configured peers may connect.
+    "utilityCommands": (),
+    "allowReadonlyNodes": False,
+}
 
 _FAIL_NAMES = {
     FAIL_REASON.QUEUE_FULL: "queue full",
@@ -107,6 +145,7 @@ class RaftConsensus:
         self._heartbeats: dict[str, HeartbeatSeen] = {}
         self._incompatible: str | None = None
         self._sync: _ReplicatedLog | None = None
+        self._too_large_logged: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -164,6 +203,7 @@ class RaftConsensus:
             logCompactionMinEntries=5000,
             logCompactionMinTime=300,
             onStateChanged=lambda old, new: self._wake(),
+            **RAFT_PORT_LIMITS,
             **kwargs,
         )
         others = [addr for name, addr in sorted(self._addresses.items()) if name != self.node]
@@ -279,7 +319,19 @@ class RaftConsensus:
                 outcome = Outcome(OutcomeKind.UNKNOWN, _FAIL_NAMES.get(error, f"error {error}"))
             loop.call_soon_threadsafe(settle, outcome)
 
-        sync.submit(encode(command), callback=callback)
+        payload = encode(command)
+        if len(payload) > MAX_COMMAND_BYTES:
+            now = self._clock()
+            if now - self._too_large_logged.get(command.type_name, -3600.0) >= 60.0:
+                self._too_large_logged[command.type_name] = now  # once a minute per type
+                log.error(
+                    "not proposing a %s of %d bytes (limit %d): it could not be replicated",
+                    command.type_name,
+                    len(payload),
+                    MAX_COMMAND_BYTES,
+                )
+            return Outcome(OutcomeKind.REFUSED, f"command of {len(payload)} bytes is too large")
+        sync.submit(payload, callback=callback)
         try:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:

@@ -168,6 +168,45 @@ class SyncObjConf(object):
         #: Set to None to disable
         self.tcp_keepalive = kwargs.get('tcp_keepalive', (16, 3, 5))
 
+        # haagent: limits on what a peer can make a node read (PATCHES.md, "bounded transport").
+
+        #: Largest frame (bytes on the wire, after encryption) accepted from an authenticated
+        #: peer; a larger announced length closes the connection at once. It must hold the
+        #: largest message this cluster sends: an append_entries batch (up to
+        #: appendEntriesBatchSizeBytes plus one entry), a snapshot chunk
+        #: (logCompactionBatchSize) or one forwarded command, after pickle, zlib and Fernet
+        #: (base64: x4/3). Also bounds a frame's size after decompression.
+        self.maxFrameSize = kwargs.get('maxFrameSize', 2 ** 24)
+
+        #: Largest frame accepted before the peer authenticated (key exchange, node address:
+        #: ~160-260 bytes each when encrypted).
+        self.handshakeFrameSize = kwargs.get('handshakeFrameSize', 2 ** 12)
+
+        #: Bytes read from one connection per poll event (the rest waits for the next tick).
+        self.readBudget = kwargs.get('readBudget', 2 ** 18)
+
+        #: Each step of a connection's handshake (open -> the peer's key, key -> its address)
+        #: must complete within this many seconds, or the connection is closed.
+        self.handshakeTimeout = kwargs.get('handshakeTimeout', 2.0)
+
+        #: Incoming connections still in their handshake; accepting one more closes the oldest.
+        self.maxUnauthenticatedConnections = kwargs.get('maxUnauthenticatedConnections', 64)
+
+        #: Connections accepted per tick.
+        self.acceptBatch = kwargs.get('acceptBatch', 16)
+
+        #: Listen backlog of the Raft port (upstream: 5).
+        self.listenBacklog = kwargs.get('listenBacklog', 64)
+
+        #: Utility commands (status, add, remove, set_version, transfer, as sent by
+        #: syncobj_admin) accepted from an authenticated connection. Upstream accepts all of
+        #: them; here none unless listed: a connection sending another one is closed.
+        self.utilityCommands = frozenset(kwargs.get('utilityCommands', ()))
+
+        #: Accept read-only nodes (a connection that names itself 'readonly' instead of a
+        #: configured node gets the whole log). Upstream: always; here only when enabled.
+        self.allowReadonlyNodes = kwargs.get('allowReadonlyNodes', False)
+
     def validate(self):
         assert self.autoTickPeriod > 0
         assert self.commandsQueueSize >= 0
@@ -196,3 +235,15 @@ class SyncObjConf(object):
             for i in range(3):
                 assert isinstance(self.tcp_keepalive[i], int)
                 assert self.tcp_keepalive[i] > 0
+        assert self.handshakeFrameSize >= 2 ** 9
+        assert self.maxFrameSize >= self.handshakeFrameSize
+        # A batch or snapshot chunk grows by 4/3 (base64) plus pickle/zlib/Fernet overhead.
+        assert self.maxFrameSize >= 2 * max(self.appendEntriesBatchSizeBytes,
+                                            self.logCompactionBatchSize)
+        assert self.readBudget >= self.recvBufferSize
+        assert self.handshakeTimeout > 0
+        assert self.maxUnauthenticatedConnections >= 1
+        assert self.acceptBatch >= 1
+        assert self.listenBacklog >= 1
+        assert self.utilityCommands <= frozenset(('status', 'add', 'remove', 'set_version',
+                                                  'transfer'))

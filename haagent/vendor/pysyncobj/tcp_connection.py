@@ -16,6 +16,71 @@ class CONNECTION_STATE:
     CONNECTING = 1
     CONNECTED = 2
 
+
+# haagent: limits on what a peer can make this process read (see PATCHES.md).
+#: Frames of a connection whose peer has not authenticated yet: the key exchange and the node
+#: address are ~160-260 bytes each once encrypted.
+DEFAULT_HANDSHAKE_FRAME_SIZE = 2 ** 12
+#: Frames of an authenticated peer (haagent sets its own, derived limit).
+DEFAULT_MAX_FRAME_SIZE = 2 ** 24
+#: Bytes read from one connection per poll event, so that one busy peer cannot hold the
+#: Raft loop: the rest stays in the socket and is read on the next tick.
+DEFAULT_READ_BUDGET = 2 ** 18
+
+_FRAME_HEADER = struct.Struct('i')
+
+
+class FrameError(Exception):
+    """The byte stream cannot be a frame this side accepts: close the connection."""
+
+
+class FrameReader(object):
+    """Length-prefixed frames (4-byte native signed length, then the frame) from a byte stream.
+
+    Incremental: received bytes are appended to one bytearray (amortised O(1)) and a complete
+    frame is removed from its front (O(1) in CPython), so reading a frame of n bytes in k pieces
+    costs O(n + k), not O(n * k) as the upstream `bytes` concatenation did. The announced length
+    is checked against `maxFrameSize` as soon as the 4 header bytes are in, before any of the
+    frame is buffered: a peer cannot make this side hold more than one frame of that size.
+    `maxFrameSize` may change between frames (a connection's limit grows once its peer
+    authenticated).
+    """
+
+    def __init__(self, maxFrameSize):
+        self.maxFrameSize = maxFrameSize
+        self.__buffer = bytearray()
+        self.__frameSize = None  # length of the frame being read, once its header is in
+
+    def feed(self, data):
+        self.__buffer += data
+
+    def clear(self):
+        self.__buffer = bytearray()
+        self.__frameSize = None
+
+    def bufferedBytes(self):
+        return len(self.__buffer)
+
+    def nextFrame(self):
+        """The next complete frame as bytes, or None while it is incomplete. Raises FrameError
+        when the announced length is negative or above `maxFrameSize`."""
+        buf = self.__buffer
+        if self.__frameSize is None:
+            if len(buf) < _FRAME_HEADER.size:
+                return None
+            size = _FRAME_HEADER.unpack_from(buf, 0)[0]
+            if size < 0 or size > self.maxFrameSize:
+                raise FrameError('frame of %d bytes announced, limit %d' % (size, self.maxFrameSize))
+            self.__frameSize = size
+        end = _FRAME_HEADER.size + self.__frameSize
+        if len(buf) < end:
+            return None
+        with memoryview(buf) as view:
+            frame = bytes(view[_FRAME_HEADER.size:end])
+        del buf[:end]
+        self.__frameSize = None
+        return frame
+
 def _getAddrType(addr):
     try:
         socket.inet_aton(addr)
@@ -58,15 +123,26 @@ class TcpConnection(object):
 
     def __init__(self, poller, onMessageReceived = None, onConnected = None, onDisconnected = None,
                  socket=None, timeout=10.0, sendBufferSize = 2 ** 13, recvBufferSize = 2 ** 13,
-                 keepalive=None):
+                 keepalive=None, maxFrameSize=DEFAULT_MAX_FRAME_SIZE,
+                 handshakeFrameSize=DEFAULT_HANDSHAKE_FRAME_SIZE, readBudget=DEFAULT_READ_BUDGET):
         self.sendRandKey = None
         self.recvRandKey = None
         self.recvLastTimestamp = 0
         self.encryptor = None
 
+        # haagent: until the transport calls setAuthenticated(), frames are limited to
+        # handshakeFrameSize and reads to one such frame per poll event.
+        self.__maxFrameSize = maxFrameSize
+        self.__handshakeFrameSize = handshakeFrameSize
+        self.__readBudget = readBudget
+        self.__authenticated = False
+        self.__openedTime = monotonicTime()
+        self.__lastFrameTime = self.__openedTime
+        self.closeReason = None
+
         self.__socket = socket
-        self.__readBuffer = bytes()
-        self.__writeBuffer = bytes()
+        self.__reader = FrameReader(handshakeFrameSize)
+        self.__writeBuffer = bytearray()
         self.__lastReadTime = monotonicTime()
         self.__timeout = timeout
         self.__poller = poller
@@ -102,6 +178,32 @@ class TcpConnection(object):
             self.__keepalive[2],
         )
 
+    @property
+    def authenticated(self):
+        return self.__authenticated
+
+    @property
+    def openedTime(self):
+        """When the socket was accepted or the connect started (monotonic)."""
+        return self.__openedTime
+
+    @property
+    def lastFrameTime(self):
+        """When the last complete, valid frame arrived (or the connection opened)."""
+        return self.__lastFrameTime
+
+    def setAuthenticated(self):
+        """The peer proved it knows the cluster key (and, incoming, named a configured node):
+        its frames may now be as large as maxFrameSize."""
+        self.__authenticated = True
+        self.__reader.maxFrameSize = self.__maxFrameSize
+
+    def __resetHandshake(self):
+        self.__authenticated = False
+        self.__reader = FrameReader(self.__handshakeFrameSize)
+        self.__openedTime = monotonicTime()
+        self.__lastFrameTime = self.__openedTime
+
     def setOnConnectedCallback(self, onConnected):
         self.__onConnected = onConnected
 
@@ -122,9 +224,10 @@ class TcpConnection(object):
         self.__socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.setSockoptKeepalive()
         self.__socket.setblocking(0)
-        self.__readBuffer = bytes()
-        self.__writeBuffer = bytes()
+        self.__resetHandshake()
+        self.__writeBuffer = bytearray()
         self.__lastReadTime = monotonicTime()
+        self.closeReason = None
 
         try:
             self.__socket.connect((host, port))
@@ -144,14 +247,16 @@ class TcpConnection(object):
         data = zlib.compress(pickle.dumps(message), 3)
         if self.encryptor:
             data = self.encryptor.encrypt_at_time(data, int(monotonicTime()))
-        data = struct.pack('i', len(data)) + data
+        self.__writeBuffer += struct.pack('i', len(data))
         self.__writeBuffer += data
         self.__trySendBuffer()
 
     def fileno(self):
         return self.__fileno
 
-    def disconnect(self):
+    def disconnect(self, reason=None):
+        if reason is not None and self.__state != CONNECTION_STATE.DISCONNECTED:
+            self.closeReason = reason
         needCallDisconnect = False
         if self.__onDisconnected is not None and self.__state != CONNECTION_STATE.DISCONNECTED:
             needCallDisconnect = True
@@ -164,8 +269,9 @@ class TcpConnection(object):
         if self.__fileno is not None:
             self.__poller.unsubscribe(self.__fileno)
             self.__fileno = None
-        self.__writeBuffer = bytes()
-        self.__readBuffer = bytes()
+        self.__writeBuffer = bytearray()
+        self.__reader.clear()
+        self.__authenticated = False
         self.__state = CONNECTION_STATE.DISCONNECTED
         if needCallDisconnect:
             self.__onDisconnected()
@@ -246,7 +352,7 @@ class TcpConnection(object):
                 return False
             if res == 0:
                 return False
-            self.__writeBuffer = self.__writeBuffer[res:]
+            del self.__writeBuffer[:res]  # O(1) at the front of a bytearray
             return True
         except socket.error as e:
             if e.errno not in (socket.errno.EAGAIN, socket.errno.EWOULDBLOCK):
@@ -254,13 +360,23 @@ class TcpConnection(object):
             return False
 
     def __tryReadBuffer(self):
-        while self.__processRead():
-            pass
+        # haagent: read at most the budget per poll event (one handshake frame before the peer
+        # authenticated): what is left stays in the socket, the poller reports it again on the
+        # next tick, and the Raft loop gets to run in between.
+        if self.__authenticated:
+            budget = self.__readBudget
+        else:
+            budget = self.__handshakeFrameSize + _FRAME_HEADER.size
+        while budget > 0:
+            got = self.__processRead(min(self.__recvBufferSize, budget))
+            if not got:
+                break
+            budget -= got
         self.__lastReadTime = monotonicTime()
 
-    def __processRead(self):
+    def __processRead(self, size):
         try:
-            incoming = self.__socket.recv(self.__recvBufferSize)
+            incoming = self.__socket.recv(size)
         except socket.error as e:
             if e.errno not in (socket.errno.EAGAIN, socket.errno.EWOULDBLOCK):
                 self.disconnect()
@@ -271,16 +387,17 @@ class TcpConnection(object):
         if not incoming:
             self.disconnect()
             return False
-        self.__readBuffer += incoming
-        return True
+        self.__reader.feed(incoming)
+        return len(incoming)
 
     def __processParseMessage(self):
-        if len(self.__readBuffer) < 4:
+        try:
+            data = self.__reader.nextFrame()
+        except FrameError:
+            self.disconnect('oversized frame')
             return None
-        l = struct.unpack('i', self.__readBuffer[:4])[0]
-        if len(self.__readBuffer) - 4 < l:
+        if data is None:
             return None
-        data = self.__readBuffer[4:4 + l]
         try:
             if self.encryptor:
                 dataTimestamp = self.encryptor.extract_timestamp(data)
@@ -288,15 +405,21 @@ class TcpConnection(object):
                 self.recvLastTimestamp = dataTimestamp
                 # Unfortunately we can't get a timestamp and data in one go
                 data = self.encryptor.decrypt(data)
-            message = pickle.loads(zlib.decompress(data))
+            # haagent: a frame within the limit must not inflate beyond it either.
+            limit = self.__reader.maxFrameSize
+            decompressor = zlib.decompressobj()
+            plain = decompressor.decompress(data, limit)
+            if decompressor.unconsumed_tail or not decompressor.eof:
+                raise FrameError('frame inflates beyond %d bytes' % limit)
+            message = pickle.loads(plain)
             if self.recvRandKey:
                 randKey, message = message
                 assert randKey == self.recvRandKey
         except:
-            # Why no logging of security errors?
-            self.disconnect()
+            # Why no logging of security errors? (haagent: the transport counts closeReason.)
+            self.disconnect('bad frame')
             return None
-        self.__readBuffer = self.__readBuffer[4 + l:]
+        self.__lastFrameTime = monotonicTime()
         return message
 
     @property

@@ -1,7 +1,14 @@
+import errno
 import socket
 
 from .poller import POLL_EVENT_TYPE
 from .tcp_connection import TcpConnection, _getAddrType
+
+
+_TRANSIENT_ACCEPT_ERRORS = (
+    errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EPROTO,
+    errno.EPERM, errno.EINTR,
+)
 
 
 class SERVER_STATE:
@@ -17,6 +24,9 @@ class TcpServer(object):
             recvBufferSize = 2 ** 13,
             connectionTimeout = 3.5,
             keepalive = None,
+            connectionKwargs = None,
+            acceptBatch = 16,
+            listenBacklog = 64,
     ):
         self.__poller = poller
         self.__host = host
@@ -30,6 +40,10 @@ class TcpServer(object):
         self.__state = SERVER_STATE.UNBINDED
         self.__onNewConnectionCallback = onNewConnection
         self.__connectionTimeout = connectionTimeout
+        # haagent: limits passed to every accepted TcpConnection (frame sizes, read budget).
+        self.__connectionKwargs = dict(connectionKwargs or {})
+        self.__acceptBatch = acceptBatch
+        self.__listenBacklog = listenBacklog
 
     def bind(self):
         self.__socket = socket.socket(self.__hostAddrType, socket.SOCK_STREAM)
@@ -39,7 +53,7 @@ class TcpServer(object):
         self.__socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.__socket.setblocking(0)
         self.__socket.bind((self.__host, self.__port))
-        self.__socket.listen(5)
+        self.__socket.listen(self.__listenBacklog)
         self.__fileno = self.__socket.fileno()
         self.__poller.subscribe(self.__fileno,
                                 self.__onNewConnection,
@@ -56,12 +70,30 @@ class TcpServer(object):
 
     def __onNewConnection(self, descr, event):
         if event & POLL_EVENT_TYPE.READ:
-            try:
-                sock, addr = self.__socket.accept()
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.__sendBufferSize)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.__recvBufferSize)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setblocking(0)
+            # haagent: accept up to acceptBatch connections per tick (upstream: one), so that
+            # a flood is drained from the listen queue (and dropped by the transport) instead
+            # of keeping the queue full while peers try to reconnect.
+            for _ in range(self.__acceptBatch):
+                try:
+                    sock, addr = self.__socket.accept()
+                except socket.error as e:
+                    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                        break
+                    if e.errno in _TRANSIENT_ACCEPT_ERRORS:
+                        # haagent: out of file descriptors or memory, or the peer gave up
+                        # before accept: upstream unbound the server for good here, which
+                        # cut this node off from every peer that dials it. Keep listening.
+                        break
+                    self.unbind()
+                    return
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.__sendBufferSize)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.__recvBufferSize)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock.setblocking(0)
+                except socket.error:
+                    sock.close()  # reset before we got to it
+                    continue
                 conn = TcpConnection(
                     poller=self.__poller,
                     socket=sock,
@@ -69,12 +101,9 @@ class TcpServer(object):
                     sendBufferSize=self.__sendBufferSize,
                     recvBufferSize=self.__recvBufferSize,
                     keepalive=self.__keepalive,
+                    **self.__connectionKwargs
                 )
                 self.__onNewConnectionCallback(conn)
-            except socket.error as e:
-                if e.errno not in (socket.errno.EAGAIN, socket.errno.EWOULDBLOCK):
-                    self.unbind()
-                    return
 
         if event & POLL_EVENT_TYPE.ERROR:
             self.unbind()

@@ -5,10 +5,17 @@ from .node import Node, TCPNode
 from .tcp_connection import TcpConnection, CONNECTION_STATE
 from .tcp_server import TcpServer
 import functools
+import logging
 import os
 import threading
 import time
 import random
+
+
+logger = logging.getLogger(__name__)
+
+#: haagent: how often at most the transport logs a summary of the connections it closed.
+_REJECT_LOG_PERIOD = 10.0
 
 
 class TransportNotReadyError(Exception):
@@ -216,6 +223,11 @@ class TCPTransport(Transport):
         self._bindOverEvent = threading.Event() # gets triggered either when the server has either been bound correctly or when the number of bind attempts exceeds the config value maxBindRetries
         self._ready = False
         self._send_random_sleep_duration = 0
+        # haagent: hostile-peer bookkeeping (PATCHES.md, "bounded transport").
+        self._lastTickTime = monotonicTime()
+        self.rejectedConnections = {}  # reason -> count, since start
+        self._rejectedLogged = {}
+        self._rejectLogTime = 0
 
         self._syncObj.addOnTickCallback(self._onTick)
 
@@ -279,7 +291,18 @@ class TCPTransport(Transport):
         self._server = TcpServer(self._syncObj._poller, host, port, onNewConnection = self._onNewIncomingConnection,
                                  sendBufferSize = conf.sendBufferSize,
                                  recvBufferSize = conf.recvBufferSize,
-                                 connectionTimeout = conf.connectionTimeout)
+                                 connectionTimeout = conf.connectionTimeout,
+                                 connectionKwargs = self._connectionLimits(),
+                                 acceptBatch = conf.acceptBatch,
+                                 listenBacklog = conf.listenBacklog)
+
+    def _connectionLimits(self):
+        conf = self._syncObj.conf
+        return {
+            'maxFrameSize': conf.maxFrameSize,
+            'handshakeFrameSize': conf.handshakeFrameSize,
+            'readBudget': conf.readBudget,
+        }
 
     def _maybeBind(self):
         """
@@ -311,7 +334,55 @@ class TCPTransport(Transport):
             self._maybeBind()
         except TransportNotReadyError:
             pass
+        self._closeSlowHandshakes()
+        self._logRejections()
         self._connectIfNecessary()
+
+    def _reject(self, conn, reason):
+        """Close a connection for `reason` and count it (logged in summaries, not one line
+        per connection: a flood must not flood the log too)."""
+        conn.disconnect(reason)
+        self._unknownConnections.discard(conn)
+
+    def _countClosed(self, conn):
+        reason = conn.closeReason
+        if reason is not None:
+            self.rejectedConnections[reason] = self.rejectedConnections.get(reason, 0) + 1
+
+    def _closeSlowHandshakes(self):
+        """Close connections whose peer has not authenticated in time: each handshake step
+        (open -> the peer's key, key -> the peer's address) must complete within
+        handshakeTimeout. A peer that is not authenticated after its second frame is refused,
+        so no connection stays unauthenticated for longer than 2 x handshakeTimeout.
+
+        A connection is closed only if its deadline passed before the previous tick: the poll
+        at the end of that tick has then read whatever the peer had sent by then, so a step
+        that completed while this process was stalled (SIGSTOP, CPU starvation) is not
+        mistaken for a slow one."""
+        now = monotonicTime()
+        previousTick, self._lastTickTime = self._lastTickTime, now
+        timeout = self._syncObj.conf.handshakeTimeout
+        for conn in list(self._unknownConnections):
+            if conn.lastFrameTime + timeout < previousTick:
+                self._reject(conn, 'handshake timeout')
+        for node, conn in list(self._connections.items()):
+            if (conn.state != CONNECTION_STATE.DISCONNECTED and not conn.authenticated
+                    and conn.lastFrameTime + timeout < previousTick):
+                self._reject(conn, 'handshake timeout')
+
+    def _logRejections(self):
+        now = monotonicTime()
+        if now - self._rejectLogTime < _REJECT_LOG_PERIOD:
+            return
+        if self.rejectedConnections == self._rejectedLogged:
+            return
+        delta = {reason: count - self._rejectedLogged.get(reason, 0)
+                 for reason, count in self.rejectedConnections.items()}
+        self._rejectedLogged = dict(self.rejectedConnections)
+        self._rejectLogTime = now
+        logger.warning('raft port: closed connections of unauthenticated or misbehaving peers '
+                       'in the last %.0f s: %s', _REJECT_LOG_PERIOD,
+                       ', '.join('%s %d' % item for item in sorted(delta.items()) if item[1]))
 
     def _onNewIncomingConnection(self, conn):
         """
@@ -321,6 +392,14 @@ class TCPTransport(Transport):
         :type conn: TcpConnection
         """
 
+        # haagent: bound the connections still in their handshake. When full, the oldest is
+        # closed, not the new one: a stranger who keeps the table full would otherwise lock
+        # out a restarted peer for as long as he keeps at it, whereas evicting the oldest
+        # forces him to open connections faster than a real handshake completes (~2 ticks).
+        limit = self._syncObj.conf.maxUnauthenticatedConnections
+        while len(self._unknownConnections) >= limit:
+            oldest = min(self._unknownConnections, key=lambda c: c.openedTime)
+            self._reject(oldest, 'evicted (too many unauthenticated)')
         self._unknownConnections.add(conn)
         encryptor = self._syncObj.encryptor
         if encryptor:
@@ -346,16 +425,28 @@ class TCPTransport(Transport):
             return
 
         # Utility messages
-        if isinstance(message, list) and self._onUtilityMessage(conn, message):
+        if isinstance(message, list):
+            # haagent: only the utility commands listed in conf.utilityCommands (none by
+            # default); any other is refused and its connection closed.
+            if (message and isinstance(message[0], str)
+                    and message[0] in self._syncObj.conf.utilityCommands
+                    and self._onUtilityMessage(conn, message)):
+                return
+            self._reject(conn, 'utility command refused')
             return
 
         # At this point, message should be either a node ID (i.e. address) or 'readonly'
-        node = self._nodeAddrToNode[message] if message in self._nodeAddrToNode else None
+        try:
+            node = self._nodeAddrToNode.get(message)
+        except TypeError:  # not hashable
+            node = None
 
-        if node is None and message != 'readonly':
-            conn.disconnect()
-            self._unknownConnections.discard(conn)
+        if node is None and (message != 'readonly' or not self._syncObj.conf.allowReadonlyNodes):
+            self._reject(conn, 'unknown node' if message != 'readonly' else 'read-only node refused')
             return
+        # The address message carries our random key (checked by the connection), so the peer
+        # holds the cluster key now, in this connection: its frames may be full size.
+        conn.setAuthenticated()
 
         readonly = node is None
         if readonly:
@@ -455,6 +546,7 @@ class TCPTransport(Transport):
             conn.recvRandKey = os.urandom(32)
             conn.send(conn.recvRandKey)
         else:
+            conn.setAuthenticated()  # without a password there is nothing to prove
             self._sendSelfAddress(conn)
             # The onMessageReceived callback is configured in addNode already.
             self._onNodeConnected(self._connToNode(conn))
@@ -473,6 +565,8 @@ class TCPTransport(Transport):
         if not conn.sendRandKey:
             conn.sendRandKey = message
             self._sendSelfAddress(conn)
+        # haagent: the peer we dialled encrypted its key with the cluster key.
+        conn.setAuthenticated()
 
         node = self._connToNode(conn)
         conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
@@ -487,6 +581,7 @@ class TCPTransport(Transport):
         """
 
         self._unknownConnections.discard(conn)
+        self._countClosed(conn)
         node = self._connToNode(conn)
         if node is not None:
             if node in self._nodes:
@@ -525,6 +620,7 @@ class TCPTransport(Transport):
                 sendBufferSize = self._syncObj.conf.sendBufferSize,
                 recvBufferSize = self._syncObj.conf.recvBufferSize,
                 keepalive = self._syncObj.conf.tcp_keepalive,
+                **self._connectionLimits()
             )
             conn.encryptor = self._syncObj.encryptor
             conn.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, conn))

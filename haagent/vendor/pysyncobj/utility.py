@@ -85,6 +85,7 @@ class TcpUtility(Utility):
     def __onMessageReceived(self, message):
         if self.__connection.encryptor and not self.__connection.sendRandKey:
             self.__connection.sendRandKey = message
+            self.__connection.setAuthenticated()  # haagent: the node answered with the key
             self.__connection.send(self.__data)
             return
 
