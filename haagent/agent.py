@@ -69,6 +69,7 @@ from haagent.ports import (
     ReplicaObservation,
     ReplicaRole,
 )
+from haagent.timing import DEFAULT_LIMITS, DEFAULT_TIMING
 
 # --- settings ------------------------------------------------------------------------------
 
@@ -91,22 +92,23 @@ class AgentSettings:
     node: str
     nodes: Mapping[str, NodeSettings]
     guests: tuple[GuestSpec, ...] = ()
-    heartbeat_s: float = 0.1
-    lease_s: float = 1.0
-    failure_timeout_s: float = 1.4
-    stop_grace_s: float = 0.3
-    fence_timeout_s: float = 30.0
-    fence_retry_initial_s: float = 1.0
-    fence_retry_max_s: float = 30.0
-    watchdog_margin_s: float = 1.0
-    commit_timeout_s: float = 2.0
-    start_timeout_s: float = 60.0
-    shutdown_timeout_s: float = 60.0
-    max_concurrent_starts: int = 4
-    max_start_failures: int = 3
-    failure_reset_s: float = 600.0
-    max_relocations: int = 2
-    initial_placement_wait_s: float = 5.0
+    # Defaults from haagent.timing, the one place that holds them (config.py reads the same).
+    heartbeat_s: float = DEFAULT_TIMING.heartbeat_s
+    lease_s: float = DEFAULT_TIMING.lease_s
+    failure_timeout_s: float = DEFAULT_TIMING.failure_timeout_s
+    stop_grace_s: float = DEFAULT_TIMING.stop_grace_s
+    fence_timeout_s: float = DEFAULT_TIMING.fence_timeout_s
+    fence_retry_initial_s: float = DEFAULT_TIMING.fence_retry_initial_s
+    fence_retry_max_s: float = DEFAULT_TIMING.fence_retry_max_s
+    watchdog_margin_s: float = DEFAULT_TIMING.watchdog_margin_s
+    commit_timeout_s: float = DEFAULT_TIMING.commit_timeout_s
+    start_timeout_s: float = DEFAULT_TIMING.start_timeout_s
+    shutdown_timeout_s: float = DEFAULT_TIMING.shutdown_timeout_s
+    max_concurrent_starts: int = DEFAULT_LIMITS.max_concurrent_starts
+    max_start_failures: int = DEFAULT_LIMITS.max_start_failures
+    failure_reset_s: float = DEFAULT_LIMITS.failure_reset_s
+    max_relocations: int = DEFAULT_LIMITS.max_relocations
+    initial_placement_wait_s: float = DEFAULT_TIMING.initial_placement_wait_s
 
     @property
     def role(self) -> NodeRole:
