@@ -12,13 +12,13 @@ lives in its own module under `haagent.core` and keeps its own memory; this clas
 composes them, in this fixed order (each pass, every step sees the same committed state):
 
 1. results of the previous pass that must be committed (fence verdicts)      core.inflight
-2. lease: join, or heartbeat every `heartbeat_s`                              core.lease
+2. lease: join, or heartbeat every `heartbeat_s`                             core.lease
 3. leader duties, only as the leader with a valid lease and a decodable log:
    a. spec sync                                                              core.scheduling
    b. per peer in name order: silent and UP -> DeclareFailed                 core.failure_detection
                               FAILED        -> the next fencing step         core.fencing
    c. placement, give-up, error, cold start                                  core.scheduling
-4. this host's guests (a hypervisor whose hypervisor could be observed):
+4. this host's guests (on a hypervisor node whose libvirt could be observed):
    destroy what must not run here, release storage no longer needed, then
    start/stop/report what the state gives this node                          core.guests,
                                                                              core.storage/drbd

@@ -133,8 +133,9 @@ class GuestReconciler:
         startup_grace: bool,
         drain: str,
     ) -> None:
-        """A protected domain runs here: keep it only if this node owns it, at its
-        generation, with a committed start and a valid lease."""
+        """One domain the hypervisor reports. A running protected domain stays only while this
+        node holds a valid lease, owns the guest at the instance's generation (or an older
+        view than the instance) and has its start committed; otherwise it is destroyed."""
         s = self._settings
         is_protected, guest = self.protected(state, domain)
         if not obs.running or not is_protected:
