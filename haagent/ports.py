@@ -59,6 +59,9 @@ class ConsensusView:
     heartbeats: Mapping[str, HeartbeatSeen] = field(default_factory=dict)
     commit_index: int = 0
     incompatible: str | None = None  # a committed command this agent cannot decode
+    # Why the Raft journal cannot be written now (disk full, I/O error): this replica then
+    # acknowledges nothing, so it stops counting toward any majority.
+    storage_error: str | None = None
 
 
 class Consensus(Protocol):

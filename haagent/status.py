@@ -81,6 +81,7 @@ def build_status(
         "loop_age_s": round(loop_age_s, 3),
         "incompatible": view.incompatible,
         "commit_index": view.commit_index,
+        "storage_error": view.storage_error,
         "nodes": nodes,
         "guests": guests,
         "local": local_doc,
@@ -104,6 +105,8 @@ def format_status(doc: dict[str, Any]) -> str:
     ]
     if doc.get("incompatible"):
         lines.append(f"INCOMPATIBLE: {doc['incompatible']}")
+    if doc.get("storage_error"):
+        lines.append(f"RAFT STORAGE: {doc['storage_error']}")
     rows = [["NODE", "STATE", "ROLE", "LAST HEARTBEAT", "FENCE", "REASON"]]
     for name, n in doc["nodes"].items():
         since = n["since_heartbeat_s"]
