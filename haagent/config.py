@@ -25,6 +25,12 @@ from haagent.agent import AgentSettings, NodeSettings
 from haagent.fencing.agent_runner import validate_params
 from haagent.model import FenceMethod, GuestSpec, NodeRole, StorageKind
 from haagent.ports import FenceDevice
+from haagent.timing import (
+    DEFAULT_LIMITS,
+    DEFAULT_TIMING,
+    DEFAULT_WATCHDOG_TIMEOUT_S,
+    Timing,
+)
 from haagent.untrusted import UntrustedInputError, escape, read_small_text, show
 
 # Matched in full (re.fullmatch): `$` would also accept a trailing newline.
@@ -72,24 +78,6 @@ class ConfigError(ValueError):
         self.file = str(file)
         self.key = key
         self.message = message
-
-
-@dataclass(frozen=True)
-class Timing:
-    heartbeat_s: float = 0.1
-    lease_s: float = 1.0
-    failure_timeout_s: float = 1.4
-    stop_grace_s: float = 0.3
-    fence_timeout_s: float = 30.0
-    fence_retry_initial_s: float = 1.0
-    fence_retry_max_s: float = 30.0
-    watchdog_margin_s: float = 1.0
-    commit_timeout_s: float = 2.0
-    start_timeout_s: float = 60.0
-    shutdown_timeout_s: float = 60.0
-    election_timeout_min_s: float = 0.3
-    election_timeout_max_s: float = 0.6
-    initial_placement_wait_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -437,10 +425,16 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     timing = _timing(root.table("timing"))
 
     placement_t = root.table("placement")
-    max_starts = placement_t.integer("max_concurrent_starts", 4, minimum=1)
-    max_failures = placement_t.integer("max_start_failures", 3, minimum=1)
-    failure_reset = placement_t.number("failure_reset_s", 600.0)
-    max_relocations = placement_t.integer("max_relocations", 2, minimum=0)
+    max_starts = placement_t.integer(
+        "max_concurrent_starts", DEFAULT_LIMITS.max_concurrent_starts, minimum=1
+    )
+    max_failures = placement_t.integer(
+        "max_start_failures", DEFAULT_LIMITS.max_start_failures, minimum=1
+    )
+    failure_reset = placement_t.number("failure_reset_s", DEFAULT_LIMITS.failure_reset_s)
+    max_relocations = placement_t.integer(
+        "max_relocations", DEFAULT_LIMITS.max_relocations, minimum=0
+    )
     placement_t.done()
 
     devices = _fence_devices(root.table("fence_devices"))
@@ -534,7 +528,7 @@ def _exact(seconds: float) -> Decimal:
 
 
 def _timing(t: _Table) -> Timing:
-    d = Timing()
+    d = DEFAULT_TIMING
     timing = Timing(**{name: t.number(name, getattr(d, name)) for name in d.__dataclass_fields__})
     t.done()
     x = {name: _exact(getattr(timing, name)) for name in d.__dataclass_fields__}
@@ -630,7 +624,9 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
         levels: tuple[tuple[str, ...], ...] = ()
         # The watchdog resets a host whose agent hangs, in either fencing mode; with
         # fence = "watchdog" it is also what the leader waits for before recovering.
-        watchdog_timeout = nt.number("watchdog_timeout_s", 10.0, maximum=MAX_WATCHDOG_TIMEOUT_S)
+        watchdog_timeout = nt.number(
+            "watchdog_timeout_s", DEFAULT_WATCHDOG_TIMEOUT_S, maximum=MAX_WATCHDOG_TIMEOUT_S
+        )
         fence = nt.raw("fence")
         if role is NodeRole.WITNESS:
             if fence is not None:

@@ -49,6 +49,7 @@ from typing import Any
 
 from haagent.agent import (
     Action,
+    ActionKey,
     ActionResult,
     AgentCore,
     AgentSettings,
@@ -58,6 +59,7 @@ from haagent.agent import (
     NodeSettings,
     PromoteReplica,
     Proposal,
+    ProposalKey,
     RunFence,
     StartGuest,
     StopGuest,
@@ -180,7 +182,7 @@ class _Pending:
 
     node: str
     agent_gen: int
-    key: str
+    key: ProposalKey | None  # None: an admin command or a re-send, which no agent waits for
     command: Command
     answered: bool = False
     dropped: bool = False
@@ -552,10 +554,12 @@ class World:
         if pending.agent_gen < 0:
             return  # an admin command: nobody waits
         node = self.nodes[pending.node]
+        key = pending.key
+        assert key is not None, "every agent proposal has a key"
 
         def give() -> None:
             assert node.agent is not None
-            for ev in node.agent.proposal_done(pending.key, outcome, node.local(self.now)):
+            for ev in node.agent.proposal_done(key, outcome, node.local(self.now)):
                 self.record(node.name, ev.name, dict(ev.data))
 
         self._deliver(node, pending.agent_gen, give)
@@ -660,7 +664,7 @@ class World:
         self._action_result(node, gen, action.key, result)
 
     def _finish_stop(
-        self, node: _Node, gen: int, life: int, key: str, domain: str, how: str
+        self, node: _Node, gen: int, life: int, key: ActionKey, domain: str, how: str
     ) -> None:
         if not node.powered or node.boot_count != life:
             return
@@ -670,7 +674,7 @@ class World:
             self.record(node.name, f"domain_{how}", domain=domain)
         self._action_result(node, gen, key, ActionResult(True))
 
-    def _action_result(self, node: _Node, gen: int, key: str, result: ActionResult) -> None:
+    def _action_result(self, node: _Node, gen: int, key: ActionKey, result: ActionResult) -> None:
         def give() -> None:
             assert node.agent is not None
             for ev in node.agent.action_done(key, result, node.local(self.now)):
@@ -886,7 +890,7 @@ class World:
         for index in range(len(self.log) - 1, -1, -1):
             command = self.log[index]
             if self._log_by[index] == node and command.type_name == type_name:
-                copy = _Pending(node, -1, f"resend:{index}", command, True, duplicate=True)
+                copy = _Pending(node, -1, None, command, True, duplicate=True)
                 self._pending.append(copy)
                 self.at(self.now + 0.002, functools.partial(self._try_commit, copy))
                 return
@@ -905,7 +909,7 @@ class World:
         "unknown outcome", it is sent again every second, through the leader or else the first
         node whose agent runs, until it commits; admin commands commit in the order given."""
         self._fault("fault_admin", None, type=command.type_name, **data)
-        self._admin_queue.append(_Pending("", -1, f"admin:{self.now}", command, answered=True))
+        self._admin_queue.append(_Pending("", -1, None, command, answered=True))
         if len(self._admin_queue) == 1:
             self.at(self.now + 0.002, self._admin_attempt)
 

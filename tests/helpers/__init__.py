@@ -1,1 +1,2 @@
-"""Helpers shared by tests that drive real components (daemons, namespaces, processes)."""
+"""Helpers shared by tests: builders of core views (core_views), and drivers of real
+components (daemons, namespaces, processes)."""

@@ -13,7 +13,7 @@ test and checks, at the end:
 * rule 4: in every committed view any agent served, a guest that left a failed node did so
   only once that node was fenced with a confirmed result.
 
-Timing defaults (haagent.config.Timing): heartbeat 0.1 s, lease 1.0 s, failure timeout 1.4 s,
+Timing defaults (haagent.timing.Timing): heartbeat 0.1 s, lease 1.0 s, failure timeout 1.4 s,
 stop grace 0.3 s. `fence_ipmilan -o off` against ipmi_sim takes ~2.2 s.
 """
 
@@ -30,7 +30,6 @@ from typing import Any
 
 import pytest
 
-from haagent.config import Timing
 from haagent.localcluster.cli import power_on
 from haagent.localcluster.cluster import (
     ClusterPlan,
@@ -40,6 +39,7 @@ from haagent.localcluster.cluster import (
     pid_alive,
     wait_for,
 )
+from haagent.timing import Timing
 from tests.helpers.cluster_watch import ClusterWatch, Observation, log_lines, power_events
 from tests.helpers.netns import NetnsLab
 

@@ -1,7 +1,7 @@
 """The simulator's invariants can fail: deliberately broken cores are caught, and the report
 names the seed and a shortened trace that reproduces the violation. Same seed, same trace.
 
-The mutations patch the real core (`haagent.statemachine.movable`, `AgentCore._destroy`) for
+The mutations patch the real core (`haagent.statemachine.movable`, `GuestReconciler._destroy`) for
 one test only; the simulator imports that code, so it runs the mutant.
 """
 
@@ -16,9 +16,12 @@ from dataclasses import replace
 import pytest
 
 from haagent import placement, statemachine
-from haagent.agent import Action, AgentCore, Event, LocalView, PromoteReplica, Proposal
+from haagent.agent import LocalView
+from haagent.core import scheduling
+from haagent.core.drbd import DrbdStorage
+from haagent.core.guests import GuestReconciler
+from haagent.core.storage import StartBlocked
 from haagent.model import ClusterState, GuestRecord
-from haagent.ports import ReplicaRole
 from haagent.sim.invariants import InvariantChecker, shorten_trace
 from haagent.sim.scenario import parse_scenario, run_scenario
 from haagent.sim.world import World, default_nodes
@@ -81,10 +84,10 @@ def test_moving_guests_of_an_unfenced_node_is_caught(monkeypatch: pytest.MonkeyP
 def test_running_without_a_lease_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Mutation: rule 3 removed (an agent never destroys a domain, even without a lease)."""
 
-    def no_destroy(self: AgentCore, *args: object, **kwargs: object) -> None:
+    def no_destroy(self: GuestReconciler, *args: object, **kwargs: object) -> None:
         return None
 
-    monkeypatch.setattr(AgentCore, "_destroy", no_destroy)
+    monkeypatch.setattr(GuestReconciler, "_destroy", no_destroy)
     result = run_scenario(parse_scenario(ISOLATED_OWNER))
     assert any("n1 runs a protected guest" in v and "lease ended" in v for v in result.violations)
 
@@ -173,24 +176,13 @@ def test_promoting_an_outdated_replica_is_caught(monkeypatch: pytest.MonkeyPatch
         return original(replace(state, guests=guests), *args, **kw)  # type: ignore[arg-type]
 
     def promote_anyway(
-        self: AgentCore,
-        now: float,
-        state: ClusterState,
-        guest: GuestRecord,
-        local: LocalView,
-        proposals: list[Proposal],
-        actions: list[Action],
-        events: list[Event],
-    ) -> bool:
-        rep = local.replicas.get(guest.spec.resource)
-        if rep is not None and rep.role is ReplicaRole.PRIMARY:
-            return True
-        actions.append(PromoteReplica(guest.name, guest.spec.resource, guest.generation))
-        return False
+        self: DrbdStorage, state: ClusterState, guest: GuestRecord, local: LocalView
+    ) -> StartBlocked | None:
+        return None  # every replica may be promoted, whatever it holds
 
     monkeypatch.setattr(placement, "plan", ignore_outdated)
-    monkeypatch.setattr("haagent.agent.plan", ignore_outdated)
-    monkeypatch.setattr(AgentCore, "_replica_ready", promote_anyway)
+    monkeypatch.setattr(scheduling, "plan", ignore_outdated)
+    monkeypatch.setattr(DrbdStorage, "may_start", promote_anyway)
     result = run_scenario(parse_scenario(OUTDATED_PEER, "outdated_peer"))
     assert any("started from stale data" in v for v in result.violations), result.violations
     # And the unbroken core is fine with the same schedule.

@@ -1,0 +1,151 @@
+"""What a pass takes in besides the replicated state, and what it hands back to the shell.
+
+In: `LocalView` (this host's hypervisor and replicas as last observed). Out: a `Step` with the
+`Proposal`s to commit, the actions to run (each idempotent, run with a timeout, its result
+reported back with `ActionResult`), structured `Event`s for logs and traces, and whether to pet
+the watchdog. Every proposal and action carries a typed key (`haagent.core.keys`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from haagent.commands import Command
+from haagent.core.keys import ActionKey, ActionKind, ProposalKey
+from haagent.ports import DomainObservation, FenceOutcome, ReplicaObservation
+
+# --- what the core asks the shell to do ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartGuest:
+    guest: str
+    domain: str
+    generation: int
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.START, self.guest)
+
+
+@dataclass(frozen=True)
+class StopGuest:
+    """Graceful stop (admin disable): shutdown, destroy after `timeout_s`."""
+
+    guest: str
+    domain: str
+    generation: int
+    timeout_s: float
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.STOP, self.guest)
+
+
+@dataclass(frozen=True)
+class DestroyDomain:
+    """Hard power-off of a protected domain that must not run here."""
+
+    domain: str
+    reason: str
+    generation: int | None = None  # of the instance destroyed, when its metadata says
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.DESTROY, self.domain)
+
+
+@dataclass(frozen=True)
+class PromoteReplica:
+    """Make this host's side of the guest's DRBD resource Primary (before starting it)."""
+
+    guest: str
+    resource: str
+    generation: int
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.PROMOTE, self.resource)
+
+
+@dataclass(frozen=True)
+class DemoteReplica:
+    """Make this host's side Secondary again (the guest is not running here any more)."""
+
+    resource: str
+    reason: str
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.DEMOTE, self.resource)
+
+
+@dataclass(frozen=True)
+class RunFence:
+    node: str
+    epoch: int
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.FENCE, self.node)
+
+
+Action = StartGuest | StopGuest | DestroyDomain | RunFence | PromoteReplica | DemoteReplica
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    ok: bool
+    detail: str = ""
+    fence: FenceOutcome | None = None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    key: ProposalKey
+    command: Command
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """A structured record of a decision, for logs, metrics and simulator traces."""
+
+    name: str
+    data: tuple[tuple[str, str | int | float | bool | None], ...] = ()
+
+    def __str__(self) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in self.data)
+        return f"{self.name} {fields}".strip()
+
+
+def event(name: str, **data: str | int | float | bool | None) -> Event:
+    return Event(name, tuple(sorted(data.items())))
+
+
+# --- what the core is given and what it returns ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalView:
+    """This host's hypervisor as last observed. `domains` None: the observation failed."""
+
+    domains: Mapping[str, DomainObservation] | None
+    observed_at: float
+    replicas: Mapping[str, ReplicaObservation] = field(default_factory=dict)  # by resource
+
+
+@dataclass(frozen=True)
+class Step:
+    proposals: tuple[Proposal, ...]
+    actions: tuple[Action, ...]
+    events: tuple[Event, ...]
+    pet_watchdog: bool
+    lease_valid: bool
+    left: bool = False  # a requested leave has committed; the agent may exit
+
+    @property
+    def reason(self) -> str:
+        """One line saying why this pass did what it did (empty when it did nothing)."""
+        return "; ".join(str(e) for e in self.events)

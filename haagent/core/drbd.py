@@ -1,0 +1,118 @@
+"""The DRBD storage gate: data before compute for a guest replicated between two hosts.
+
+DESIGN rule 5: promote only an UpToDate replica that is not known to be outdated, and only
+while the peer is connected as Secondary, or is fenced, or is known outdated (then it cannot be
+Primary with newer data). A split brain is never resolved here. As the Primary, commit that a
+disconnected peer is outdated (what a fence-peer handler does before I/O resumes), so after a
+failover every node knows which replica is behind. DRBD's own single-Primary rule is the
+second gate (rule 6).
+"""
+
+from __future__ import annotations
+
+from haagent.commands import Command, ReplicaOutdated, ReplicaUpToDate
+from haagent.core.decisions import DemoteReplica, LocalView, PromoteReplica, Proposal
+from haagent.core.inflight import Outbox
+from haagent.core.keys import ProposalKey, ProposalKind
+from haagent.core.storage import StartBlocked, WantedHere
+from haagent.model import ClusterState, GuestRecord, NodeState, StorageKind
+from haagent.ports import DiskState, ReplicaObservation, ReplicaRole
+
+
+def _ready(rep: ReplicaObservation | None) -> bool:
+    """This host's replica is Primary and sane: the guest may start on it now."""
+    return rep is not None and rep.role is ReplicaRole.PRIMARY and not rep.split_brain
+
+
+class DrbdStorage:
+    def __init__(self, node: str, commit_timeout_s: float) -> None:
+        self._node = node
+        self._commit_timeout_s = commit_timeout_s
+
+    def may_start(
+        self, state: ClusterState, guest: GuestRecord, local: LocalView
+    ) -> StartBlocked | None:
+        rep = local.replicas.get(guest.spec.resource)
+        peer = guest.spec.peer_of(self._node)
+        if _ready(rep):
+            return None
+        if rep is None or peer is None:
+            return StartBlocked(f"no DRBD resource {guest.spec.resource!r} on this host", True)
+        if rep.split_brain:
+            return StartBlocked(
+                "DRBD split brain: an admin must resolve it (never automatic)", False
+            )
+        if self._node in guest.outdated_nodes:
+            return StartBlocked("this replica is known to be outdated", True)
+        if rep.disk is not DiskState.UP_TO_DATE:
+            if rep.disk in (DiskState.OUTDATED, DiskState.INCONSISTENT, DiskState.DISKLESS):
+                return StartBlocked(f"local replica is {rep.disk}", True)
+            return StartBlocked(f"local replica is {rep.disk}, not known to be current", False)
+        if rep.connected and rep.peer_role is ReplicaRole.PRIMARY:
+            return StartBlocked(f"the replica on {peer} is still Primary", False)
+        if not rep.connected and not (
+            state.node(peer).state is NodeState.FENCED or peer in guest.outdated_nodes
+        ):
+            return StartBlocked(
+                f"{peer} is unreachable and neither fenced nor known outdated", False
+            )
+        return None
+
+    def before_start(self, out: Outbox, guest: GuestRecord, local: LocalView) -> bool:
+        """Promote the local replica (which `may_start` found safe); start once Primary."""
+        if _ready(local.replicas.get(guest.spec.resource)):
+            return True
+        promote = PromoteReplica(guest.name, guest.spec.resource, guest.generation)
+        if out.act(promote):
+            out.note(
+                "promote",
+                guest=guest.name,
+                resource=guest.spec.resource,
+                generation=guest.generation,
+            )
+        return False
+
+    def while_running(self, out: Outbox, guest: GuestRecord, local: LocalView) -> None:
+        """As the Primary: commit that a disconnected peer is outdated, and that a
+        resynchronised one is current again."""
+        rep = local.replicas.get(guest.spec.resource)
+        peer = guest.spec.peer_of(self._node)
+        if rep is None or peer is None or rep.role is not ReplicaRole.PRIMARY:
+            return
+        if not rep.connected and peer not in guest.outdated_nodes:
+            command: Command = ReplicaOutdated(
+                guest.name, peer, self._node, guest.generation, out.wall()
+            )
+            key = ProposalKey(ProposalKind.PEER_OUTDATED, guest.name)
+            if out.propose(Proposal(key, command, self._commit_timeout_s)):
+                out.note("peer_outdated", guest=guest.name, peer=peer)
+        elif (
+            rep.connected and rep.peer_disk is DiskState.UP_TO_DATE and peer in guest.outdated_nodes
+        ):
+            command = ReplicaUpToDate(guest.name, peer, self._node, guest.generation, out.wall())
+            key = ProposalKey(ProposalKind.PEER_UP_TO_DATE, guest.name)
+            out.propose(Proposal(key, command, self._commit_timeout_s))
+
+    def after_stop(
+        self, out: Outbox, state: ClusterState, local: LocalView, wanted_here: WantedHere
+    ) -> None:
+        """Demote a Primary replica whose guest does not run here and is not about to start
+        here, so the other host can be promoted."""
+        if not local.replicas or local.domains is None:
+            return
+        by_resource = {
+            g.spec.resource: g for g in state.guests.values() if g.spec.storage is StorageKind.DRBD
+        }
+        for resource, rep in sorted(local.replicas.items()):
+            if rep.role is not ReplicaRole.PRIMARY:
+                continue
+            guest = by_resource.get(resource)
+            if guest is None:
+                continue  # not ours to manage
+            domain = local.domains.get(guest.spec.domain)
+            if domain is not None and domain.running:
+                continue  # stop or destroy it first; demote on a later pass
+            if wanted_here(guest):
+                continue
+            if out.act(DemoteReplica(resource, "guest not running here")):
+                out.note("demote", resource=resource)

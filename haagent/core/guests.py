@@ -1,0 +1,326 @@
+"""Guest reconciliation: make this host run exactly the protected guests the committed state
+says it owns, at their generation, and report what happened to them.
+
+DESIGN rules 1 and 3: a guest starts here only after its `GuestStarting` at the current
+generation committed, only while the lease is valid, and only once its storage gate agrees;
+without a valid lease every protected domain here is destroyed (after the startup grace of a
+new agent process); a domain owned elsewhere, or running with no committed start, is destroyed
+too. Failures are reported as `GuestStopped`, counted only when the guest's own fault (see
+`InstanceTracker.absence`), and the node gives up on a guest after `max_start_failures`.
+
+Each pass works in two sweeps: first over the domains the hypervisor runs (what must not run
+here), then over the guests the state gives this node (what should run here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from haagent.commands import GuestRunning, GuestStarting, GuestStopped
+from haagent.core.decisions import (
+    Action,
+    ActionResult,
+    DestroyDomain,
+    Event,
+    LocalView,
+    Proposal,
+    StartGuest,
+    StopGuest,
+    event,
+)
+from haagent.core.drbd import DrbdStorage
+from haagent.core.inflight import Outbox
+from haagent.core.instances import InstanceTracker
+from haagent.core.keys import ActionKey, ProposalKey, ProposalKind
+from haagent.core.settings import AgentSettings
+from haagent.core.storage import SharedStorage, StorageGate
+from haagent.model import (
+    ClusterState,
+    DesiredState,
+    GuestRecord,
+    GuestState,
+    NodeRole,
+    StorageKind,
+)
+from haagent.ports import DomainObservation
+
+
+def storage_gates(settings: AgentSettings) -> Mapping[StorageKind, StorageGate]:
+    """One gate per storage kind. Every kind must have one: a guest whose storage has no gate
+    is a programming error, never a guest started ungated."""
+    gates: dict[StorageKind, StorageGate] = {
+        StorageKind.SHARED: SharedStorage(),
+        StorageKind.DRBD: DrbdStorage(settings.node, settings.commit_timeout_s),
+    }
+    missing = set(StorageKind) - set(gates)
+    assert not missing, f"no storage gate for {sorted(missing)}"
+    return gates
+
+
+class GuestReconciler:
+    def __init__(self, settings: AgentSettings, gates: Mapping[StorageKind, StorageGate]) -> None:
+        self._settings = settings
+        self._gates = gates
+        self._config_domains = frozenset(spec.domain for spec in settings.guests)
+        self.instances = InstanceTracker()
+
+    # -- questions other concerns ask ------------------------------------------------------
+
+    def protected(self, state: ClusterState, domain: str) -> tuple[bool, GuestRecord | None]:
+        """Is `domain` a protected guest (in the config or the state), and its record."""
+        record = state.by_domain.get(domain)
+        return (record is not None or domain in self._config_domains), record
+
+    def no_protected_running(self, state: ClusterState, local: LocalView) -> bool | None:
+        """True when no protected domain runs here, None when that is unknown (the hypervisor
+        could not be observed): unknown must never count as "nothing runs"."""
+        if self._settings.role is NodeRole.WITNESS:
+            return True
+        if local.domains is None:
+            return None
+        return not any(
+            d.running and self.protected(state, name)[0] for name, d in local.domains.items()
+        )
+
+    # -- the pass --------------------------------------------------------------------------
+
+    def reconcile(
+        self,
+        out: Outbox,
+        state: ClusterState,
+        local: LocalView,
+        *,
+        lease_valid: bool,
+        leaving: bool,
+        startup_grace: bool,
+    ) -> None:
+        """One pass over this host. `local.domains` must have been observed (not None)."""
+        assert local.domains is not None
+        s = self._settings
+        # Guests are handed over (stopped here, placed elsewhere) when the node leaves or an
+        # admin put it in maintenance.
+        drain = ""
+        if leaving:
+            drain = "node leaving"
+        elif state.node(s.node).maintenance:
+            drain = "node in maintenance"
+        for domain, obs in sorted(local.domains.items()):
+            self._check_running(out, state, domain, obs, lease_valid, startup_grace, drain)
+
+        def wanted_here(guest: GuestRecord) -> bool:
+            return (
+                lease_valid
+                and not drain
+                and guest.owner == s.node
+                and guest.desired is DesiredState.RUNNING
+                and guest.state in (GuestState.STARTING, GuestState.RUNNING)
+            )
+
+        for gate in self._gates.values():
+            gate.after_stop(out, state, local, wanted_here)
+        if not lease_valid:
+            return
+        for guest in state.guests_of(s.node):
+            self._converge(out, state, guest, local, drain)
+
+    def _check_running(
+        self,
+        out: Outbox,
+        state: ClusterState,
+        domain: str,
+        obs: DomainObservation,
+        lease_valid: bool,
+        startup_grace: bool,
+        drain: str,
+    ) -> None:
+        """One domain the hypervisor reports. A running protected domain stays only while this
+        node holds a valid lease, owns the guest at the instance's generation (or an older
+        view than the instance) and has its start committed; otherwise it is destroyed."""
+        s = self._settings
+        is_protected, guest = self.protected(state, domain)
+        if not obs.running or not is_protected:
+            return
+        if not lease_valid:
+            if not startup_grace:
+                self._destroy(out, domain, "no valid lease", obs.generation)
+            return
+        if guest is None:
+            return  # not yet registered by the leader: nobody owns it yet
+        if obs.generation is not None:
+            self.instances.saw_running(domain, obs.generation, out.now)
+        if guest.owner != s.node:
+            if obs.generation is not None and obs.generation > guest.generation:
+                return  # our view is older than the instance: wait for it to catch up
+            self._destroy(
+                out,
+                domain,
+                f"owned by {guest.owner} at generation {guest.generation}"
+                f" (found generation {obs.generation})",
+            )
+            return
+        if guest.desired is DesiredState.STOPPED or drain:
+            stop = StopGuest(guest.name, domain, guest.generation, s.shutdown_timeout_s)
+            if out.act(stop):
+                out.note("stop", guest=guest.name, reason=drain or "disabled")
+        elif obs.generation is not None and obs.generation > guest.generation:
+            return
+        elif guest.state is GuestState.STARTING:
+            running = GuestRunning(guest.name, s.node, guest.generation, out.wall())
+            key = ProposalKey(ProposalKind.GUEST_RUNNING, guest.name)
+            out.propose(Proposal(key, running, s.commit_timeout_s))
+        elif guest.state is not GuestState.RUNNING:
+            # Running with no committed start (the state says stopped): it may be moved at
+            # any moment, so it must not run. It is started again the proper way.
+            self._destroy(
+                out, domain, f"running while {guest.state} (no committed start)", obs.generation
+            )
+
+    def _converge(
+        self, out: Outbox, state: ClusterState, guest: GuestRecord, local: LocalView, drain: str
+    ) -> None:
+        """Bring one guest this node owns towards its desired state (lease valid)."""
+        assert local.domains is not None
+        s = self._settings
+        domain = guest.spec.domain
+        gate = self._gates[guest.spec.storage]
+        seen = local.domains.get(domain)
+        if seen is not None and seen.running:
+            self.instances.forget_start(domain)
+            gate.while_running(out, guest, local)
+            return
+        start = StartGuest(guest.name, domain, guest.generation)
+        if start.key in out.in_flight.actions:
+            return
+        if guest.desired is DesiredState.STOPPED or drain:
+            if guest.state in (GuestState.RUNNING, GuestState.STARTING):
+                reason = f"stopped ({drain or 'disabled'})"
+                out.propose(self._stopped(out, guest, failed=False, reason=reason))
+            return
+        if s.node in guest.failed_nodes:
+            return  # this node gave up on it: the leader moves it elsewhere
+        if guest.state is GuestState.RUNNING:
+            absence = self.instances.absence(domain, guest.generation, out.now, s.failure_reset_s)
+            stopped = self._stopped(
+                out,
+                guest,
+                failed=absence.crashed,
+                reason=f"not running: {absence.why}",
+                failures=0 if absence.fresh_count else guest.failures,
+                fresh_count=absence.fresh_count,
+            )
+            if out.propose(stopped):
+                name = "guest_lost" if absence.crashed else "guest_not_running"
+                out.note(name, guest=guest.name, generation=guest.generation, why=absence.why)
+        elif guest.state is GuestState.STOPPED:
+            starting = GuestStarting(guest.name, s.node, guest.generation, out.wall())
+            key = ProposalKey(ProposalKind.GUEST_STARTING, guest.name)
+            out.propose(Proposal(key, starting, s.commit_timeout_s))
+        elif guest.state is GuestState.STARTING:
+            self._start(out, state, guest, local, gate, start)
+
+    def _start(
+        self,
+        out: Outbox,
+        state: ClusterState,
+        guest: GuestRecord,
+        local: LocalView,
+        gate: StorageGate,
+        start: StartGuest,
+    ) -> None:
+        """The intent to start committed: report how an earlier start went, else start it
+        once its storage allows."""
+        domain = guest.spec.domain
+        failures = guest.failures
+        why_failed = self.instances.failed_start(domain, guest.generation)
+        if why_failed is not None:
+            reason = f"start failed: {why_failed}"
+            out.propose(self._stopped(out, guest, failed=True, reason=reason, failures=failures))
+            return
+        returned_at = self.instances.start_returned_at(domain, guest.generation)
+        if returned_at is not None:
+            if local.observed_at > returned_at:
+                self.instances.forget_start(domain)
+                reason = "exited right after start"
+                out.propose(
+                    self._stopped(out, guest, failed=True, reason=reason, failures=failures)
+                )
+            return
+        blocked = gate.may_start(state, guest, local)
+        if blocked is not None and blocked.give_up:
+            self.instances.stop_waiting(domain)
+            out.propose(
+                self._stopped(
+                    out,
+                    guest,
+                    failed=True,
+                    reason=f"cannot start here: {blocked.why}",
+                    failures=self._settings.max_start_failures,
+                )
+            )
+            return
+        if blocked is not None:
+            if self.instances.wait_changed(domain, blocked.why):
+                out.note("start_waits", guest=guest.name, why=blocked.why)
+            return
+        if not gate.before_start(out, guest, local):
+            return
+        self.instances.stop_waiting(domain)
+        self.instances.forget_start(domain)
+        out.act(start)
+        out.note("start", guest=guest.name, generation=guest.generation)
+
+    # -- results of this module's actions ---------------------------------------------------
+
+    def action_done(
+        self, key: ActionKey, action: Action, result: ActionResult, now: float
+    ) -> list[Event]:
+        events: list[Event] = []
+        if isinstance(action, StartGuest):
+            if result.ok:
+                self.instances.start_returned(action.domain, action.generation, now)
+            else:
+                # Reported (and counted against the limit) by the next pass, which knows the
+                # guest's failure count; until then it is not started again.
+                events.append(event("start_failed", guest=action.guest, detail=result.detail))
+                self.instances.start_failed(action.domain, action.generation, result.detail)
+        elif isinstance(action, StopGuest | DestroyDomain):
+            if not result.ok:
+                events.append(event("stop_failed", key=str(key), detail=result.detail))
+            elif action.generation is not None:
+                self.instances.stopped_here(action.domain, action.generation)
+        return events
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _destroy(
+        self, out: Outbox, domain: str, reason: str, generation: int | None = None
+    ) -> None:
+        if out.act(DestroyDomain(domain, reason, generation)):
+            out.note("destroy", domain=domain, reason=reason)
+
+    def _stopped(
+        self,
+        out: Outbox,
+        guest: GuestRecord,
+        *,
+        failed: bool,
+        reason: str,
+        failures: int = 0,
+        fresh_count: bool = False,
+    ) -> Proposal:
+        """`failures`: the failures counted before this one (0 when `fresh_count`)."""
+        s = self._settings
+        give_up = failed and failures + 1 >= s.max_start_failures
+        stopped = GuestStopped(
+            guest.name,
+            s.node,
+            guest.generation,
+            failed,
+            give_up,
+            reason + (" - giving up" if give_up else ""),
+            out.wall(),
+            fresh_count,
+        )
+        return Proposal(
+            ProposalKey(ProposalKind.GUEST_STOPPED, guest.name), stopped, s.commit_timeout_s
+        )

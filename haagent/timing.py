@@ -1,0 +1,52 @@
+"""The one home of the defaults for every tunable the core and the shell decide with.
+
+`config.py` reads `[timing]` and `[placement]` against these defaults, and the core's
+`AgentSettings` takes its defaults from them, so a new timing profile is a change here and
+nowhere else (the README's "Configuration" section shows the same numbers for admins).
+
+Pure: plain frozen dataclasses, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The `[timing]` table: seconds, each measured on the node's own monotonic clock.
+
+    The relations between them that safety depends on (lease_s >= 3 x heartbeat_s,
+    failure_timeout_s > lease_s + stop_grace_s, election_timeout_max_s < lease_s) are checked
+    by the config loader, not here.
+    """
+
+    heartbeat_s: float = 0.1  # heartbeat commit period
+    lease_s: float = 1.0  # a committed heartbeat keeps the lease this long after its send
+    failure_timeout_s: float = 1.4  # silence after which the leader declares a node failed
+    stop_grace_s: float = 0.3  # budget to destroy guests after losing the lease
+    fence_timeout_s: float = 30.0  # one pass through all fencing levels
+    fence_retry_initial_s: float = 1.0  # back-off after a failed fence, doubling ...
+    fence_retry_max_s: float = 30.0  # ... up to this
+    watchdog_margin_s: float = 1.0  # extra wait before trusting a watchdog reset
+    commit_timeout_s: float = 2.0  # any Raft proposal
+    start_timeout_s: float = 60.0  # a guest start
+    shutdown_timeout_s: float = 60.0  # graceful guest shutdown before destroy
+    election_timeout_min_s: float = 0.3  # Raft election timeout range; max < lease_s
+    election_timeout_max_s: float = 0.6
+    initial_placement_wait_s: float = 5.0  # at cold start, wait for every hypervisor to join
+
+
+@dataclass(frozen=True)
+class PlacementLimits:
+    """The `[placement]` table: how hard the cluster tries before an admin has to look."""
+
+    max_concurrent_starts: int = 4  # per node, so a failover is not a boot storm
+    max_start_failures: int = 3  # starts/crashes on one node before that node gives up
+    failure_reset_s: float = 600.0  # a crash after running this long starts a fresh count
+    max_relocations: int = 2  # moves to other nodes after that, then the error state
+
+
+DEFAULT_TIMING = Timing()
+DEFAULT_LIMITS = PlacementLimits()
+DEFAULT_WATCHDOG_TIMEOUT_S = 10.0  # a node's hardware watchdog timeout, when not configured

@@ -1,0 +1,130 @@
+"""Builders for driving the agent core with handcrafted views (tests/unit/test_core_*.py).
+
+The state in each view is built by applying real commands, so it is a state the cluster can
+actually reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from haagent.agent import (
+    AgentCore,
+    AgentSettings,
+    LocalView,
+    NodeSettings,
+    ProposalKey,
+    ProposalKind,
+    Step,
+)
+from haagent.commands import (
+    AssignGuests,
+    Assignment,
+    Command,
+    DeclareFailed,
+    DefineGuest,
+    GuestRunning,
+    GuestStarting,
+    Heartbeat,
+    Join,
+)
+from haagent.model import (
+    ClusterState,
+    FailureEvidence,
+    FenceMethod,
+    GuestSpec,
+    NodeRole,
+)
+from haagent.ports import (
+    ConsensusView,
+    DomainObservation,
+    HeartbeatSeen,
+    Outcome,
+    OutcomeKind,
+)
+from haagent.statemachine import apply
+
+SPEC = GuestSpec("g", "dom-g", 256)
+ACCEPTED = Outcome(OutcomeKind.ACCEPTED)
+STOPPED_G = ProposalKey(ProposalKind.GUEST_STOPPED, "g")
+NODES = {
+    n: NodeSettings(NodeRole.HYPERVISOR, 1024, FenceMethod.AGENT, 5.0) for n in ("n1", "n2", "n3")
+}
+
+
+def settings(node: str = "n1", **kw: object) -> AgentSettings:
+    base: dict[str, object] = {
+        "cluster": "c",
+        "node": node,
+        "nodes": NODES,
+        "guests": (SPEC,),
+        "initial_placement_wait_s": 0.0,
+    }
+    base.update(kw)
+    return AgentSettings(**base)  # type: ignore[arg-type]
+
+
+def build(*commands: Command, state: ClusterState | None = None) -> ClusterState:
+    state = state or ClusterState()
+    for c in commands:
+        state, result = apply(state, c)
+        assert result.accepted, (c, result)
+    return state
+
+
+def joined(*nodes: str) -> ClusterState:
+    return build(
+        *(Join(n, f"{n}-inc", NodeRole.HYPERVISOR, True, 0.0) for n in nodes),
+        DefineGuest(SPEC, 0.0),
+    )
+
+
+def view(
+    state: ClusterState, leader: bool = False, seen: dict[str, float] | None = None
+) -> ConsensusView:
+    heartbeats = {
+        n: HeartbeatSeen(state.node(n).heartbeat_seq, at) for n, at in (seen or {}).items()
+    }
+    return ConsensusView(
+        state=state, is_leader=leader, leader="n1" if leader else None, heartbeats=heartbeats
+    )
+
+
+def local(now: float, *running: DomainObservation) -> LocalView:
+    return LocalView({d.name: d for d in running}, now)
+
+
+def core(node: str = "n1", **kw: object) -> AgentCore:
+    return AgentCore(settings(node, **kw), f"{node}-inc", started_at=0.0)
+
+
+def with_lease(c: AgentCore, state: ClusterState, now: float) -> None:
+    """Make `c` hold a lease until now + lease_s by committing a heartbeat sent now."""
+    step = c.tick(now, view(state), local(now))
+    hb = [p for p in step.proposals if isinstance(p.command, Heartbeat)]
+    assert hb, step
+    c.proposal_done(hb[0].key, ACCEPTED, now + 0.01)
+
+
+def commands(step: Step) -> list[Command]:
+    return [p.command for p in step.proposals]
+
+
+def of(kind: type, items: Iterable[object]) -> list[object]:
+    return [x for x in items if isinstance(x, kind)]
+
+
+def running_on_n1() -> ClusterState:
+    return build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
+        GuestStarting("g", "n1", 1, 0.0),
+        GuestRunning("g", "n1", 2, 0.0),
+        state=joined("n1", "n2", "n3"),
+    )
+
+
+def failed_n2(state: ClusterState) -> ClusterState:
+    seq = state.node("n2").heartbeat_seq
+    return build(
+        DeclareFailed("n2", seq, FailureEvidence("n1", seq, 2.0, "silent", 0.0)), state=state
+    )
