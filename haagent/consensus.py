@@ -48,9 +48,9 @@ SNAPSHOT_FORMAT = 1
 
 MAX_COMMAND_BYTES = 60 * 2**10
 """Largest encoded command this agent proposes; a bigger one is refused before it is proposed.
-The largest real one is an `AssignGuests` of at most MAX_ASSIGNMENTS_PER_COMMAND (256, in
-haagent.core.scheduling)
-assignments: 47 KB with 63-character names. The limit stays below pysyncobj's
+The largest real one is an `AssignGuests` of at most 256 assignments
+(haagent.core.scheduling.MAX_ASSIGNMENTS_PER_COMMAND): 47 KB with 63-character names. The
+limit stays below pysyncobj's
 appendEntriesBatchSizeBytes (64 KiB) with room for the entry's pickle wrapping (~60 bytes), so
 no entry is ever sent through pysyncobj's path for single entries of 64 KiB or more: that path
 labels its last chunk by the unpickled length and the follower then unpickles a truncated
