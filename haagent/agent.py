@@ -132,7 +132,7 @@ class AgentCore:
         sent_at = self._in_flight.proposals.pop(key, None)
         if sent_at is None:
             return []
-        events = self.lease.committed(key, outcome, sent_at)
+        events = self.lease.committed(key, outcome, sent_at, now)
         if key.kind not in LEASE_KINDS and outcome.kind is OutcomeKind.REFUSED:
             events.append(event("proposal_refused", key=str(key), detail=outcome.detail))
         return events
@@ -185,7 +185,9 @@ class AgentCore:
                 if name == self.settings.node:
                     continue
                 if record.state is NodeState.UP:
-                    self.failure_detection.check(out, name, record, view)
+                    self.failure_detection.check(
+                        out, name, record, view, self.lease.held_continuously_since(now)
+                    )
                 elif record.state is NodeState.FAILED:
                     self.fencing.advance(out, name, view)
             self.scheduling.place(out, view, leaving=self.lease.leaving)

@@ -4,6 +4,11 @@ Silence is measured on this node's own monotonic clock from when it applied the 
 heartbeat (never by comparing clocks across nodes, DESIGN rule 2). The declaration is
 conditional on that heartbeat's sequence number, so a heartbeat that commits in the meantime
 makes `apply` refuse it. Only the leader declares, and only while it holds a valid lease.
+
+Silence counts only over time in which the declaring leader itself held its lease without a
+gap (issue 8 item 9): while it could not commit, no peer could have broken the silence through
+it, so that stretch proves nothing about the peer. A leader that has just (re)gained its lease
+therefore waits a full failure timeout of fresh evidence before declaring anyone failed.
 """
 
 from __future__ import annotations
@@ -43,10 +48,22 @@ class FailureDetector:
     def silent_s(self, node: str, record: NodeRecord, view: ConsensusView, now: float) -> float:
         return now - self.silence_start(node, record.heartbeat_seq, view, now)
 
-    def check(self, out: Outbox, node: str, record: NodeRecord, view: ConsensusView) -> None:
-        """Declare the UP peer `node` failed once it has been silent past the failure timeout."""
+    def check(
+        self,
+        out: Outbox,
+        node: str,
+        record: NodeRecord,
+        view: ConsensusView,
+        lease_held_since: float,
+    ) -> None:
+        """Declare the UP peer `node` failed once it has been silent past the failure timeout.
+
+        `lease_held_since` is when this node's current unbroken lease began (its own clock,
+        `Lease.held_continuously_since`): silence before it is not counted.
+        """
         s = self._settings
-        silent_s = self.silent_s(node, record, view, out.now)
+        since = max(self.silence_start(node, record.heartbeat_seq, view, out.now), lease_held_since)
+        silent_s = out.now - since
         if silent_s <= s.failure_timeout_s:
             return
         detail = (

@@ -227,6 +227,9 @@ class World:
         self.term = 0
         self._election_at: float | None = None
         self.blocked: set[tuple[str, str]] = set()
+        # Leaders that hear nobody while everyone hears them (an inbound-only cut): they keep
+        # leading, nothing commits (see `deaf`).
+        self.deaf_nodes: set[str] = set()
         self.node_settings = dict(nodes)
         self.guest_specs = tuple(guests)
         self.spec_by_name = {g.name: g for g in self.guest_specs}
@@ -489,6 +492,10 @@ class World:
         leader = self.leader
         if leader is None or not self.linked(pending.node, leader) or not self._majority(leader):
             return  # stays queued until a leader is reachable (pysyncobj commandsWaitLeader)
+        if leader in self.deaf_nodes:
+            if pending.node != leader:
+                pending.dropped = True  # forwarded to a leader that cannot hear it: lost
+            return  # the leader's own entry waits in its log for the acknowledgements
         self.log.append(pending.command)
         self._commit_at.append(self.now)
         self._log_by.append(pending.node)
@@ -802,6 +809,24 @@ class World:
         else:
             self.blocked = {(a, b) for a, b in self.blocked if node not in (a, b)}
         self.topology_version += 1
+        if self.deaf_nodes and (node is None or node in self.deaf_nodes):
+            self.deaf_nodes = set() if node is None else self.deaf_nodes - {node}
+            for pending in list(self._pending):  # the leader hears the acknowledgements again
+                self._try_commit(pending)
+
+    def deaf(self, node: str) -> None:
+        """`node` hears nobody while everyone hears it (an inbound-only cut, issue 8 (b)).
+
+        On the leader: its peers keep hearing its appends, so nobody calls an election, but
+        no acknowledgement reaches it, so nothing commits: its own entries wait in its log
+        (they commit after `heal`), commands forwarded to it are lost. On a follower this is
+        a plain `cut` (it would call elections nobody answers).
+        """
+        if node != self.leader:
+            self.cut(node)
+            return
+        self._fault("fault_deaf", node)
+        self.deaf_nodes.add(node)
 
     def partition(self, groups: list[list[str]]) -> None:
         self._fault("fault_partition", None, groups="|".join(",".join(g) for g in groups))

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+from haagent.agent import Step
 from haagent.commands import (
     AssignGuests,
     DeclareFailed,
     Heartbeat,
 )
 from tests.helpers.core_views import (
+    ACCEPTED,
     build,
     commands,
     core,
+    hold_lease,
     joined,
     local,
     of,
@@ -25,7 +28,7 @@ from tests.helpers.core_views import (
 def test_leader_declares_failure_only_after_the_timeout_conditional_on_the_sequence() -> None:
     c = core()
     state = joined("n1", "n2", "n3")
-    with_lease(c, state, 10.0)
+    hold_lease(c, state, 8.0, 10.0)  # since before n2's last heartbeat
     seen = {"n2": 9.0, "n3": 10.0}
     t = 9.0 + c.settings.failure_timeout_s - 0.001
     step = c.tick(t, view(state, leader=True, seen=seen), local(t))
@@ -59,15 +62,72 @@ def test_first_sight_restarts_with_each_new_sequence_and_keeps_one_entry_per_nod
     for k in range(50):  # n2 keeps renewing; this core only ever sees its sequences
         now = 100.0 + k
         state = build(Heartbeat("n2", "n2-inc"), state=state)
-        with_lease(c, state, now)
+        hold_lease(c, state, now - 0.5, now)
         step = c.tick(now + 0.01, view(state, leader=True, seen={"n3": now}), local(now))
         assert not of(DeclareFailed, commands(step)), k
     assert len(c.failure_detection.first_seen) == 1  # n2 only, at its latest sequence
     # n2 falls silent: declared once the failure timeout has passed since its last sequence.
     last = 149.0
-    with_lease(c, state, last + 1.0)
+    hold_lease(c, state, last + 0.5, last + 1.0)
     early = c.tick(last + 1.3, view(state, leader=True, seen={"n3": last + 1.3}), local(last))
     assert not of(DeclareFailed, commands(early))
     with_lease(c, state, last + 1.5)
     late = c.tick(last + 1.5, view(state, leader=True, seen={"n3": last + 1.5}), local(last))
     assert [x.node for x in commands(late) if isinstance(x, DeclareFailed)] == ["n2"]
+
+
+# --- issue 8 item 9: no fence for a silence nobody could break --------------------------------
+
+
+def declared(step: Step) -> list[str]:
+    return [x.node for x in commands(step) if isinstance(x, DeclareFailed)]
+
+
+def test_a_leader_that_regains_its_lease_waits_a_full_failure_timeout_of_fresh_evidence() -> None:
+    """The false fence of issue 8 (b): a leader cut off inbound could commit nothing for 2.5 s;
+    right after the heal it counted that stretch as n2's silence and declared it failed. Its
+    own silence proves nothing about n2: the count restarts when the lease comes back."""
+    c = core()
+    state = joined("n1", "n2", "n3")
+    hold_lease(c, state, 0.0, 1.0)  # lease valid until 2.0
+    seen = {"n2": 1.0, "n3": 1.0}
+    # 2.0 .. 4.5: nothing commits (no lease); at 4.5 its heartbeat commits again.
+    with_lease(c, state, 4.5)
+    regained = 4.51
+    t = regained + 0.05
+    assert declared(c.tick(t, view(state, leader=True, seen=seen), local(t))) == []
+    with_lease(c, state, 5.0)
+    with_lease(c, state, 5.5)
+    t = regained + c.settings.failure_timeout_s - 0.005
+    assert declared(c.tick(t, view(state, leader=True, seen=seen), local(t))) == []
+    # A full failure timeout with a valid lease and still no heartbeat: now the silence is real.
+    t = regained + c.settings.failure_timeout_s + 0.005
+    step = c.tick(t, view(state, leader=True, seen=seen), local(t))
+    assert declared(step) == ["n2", "n3"]
+    evidence = next(x for x in commands(step) if isinstance(x, DeclareFailed)).evidence
+    assert c.settings.failure_timeout_s < evidence.silent_s < c.settings.failure_timeout_s + 0.01
+
+
+def test_a_late_accepted_heartbeat_does_not_bridge_a_lapse() -> None:
+    """A heartbeat sent while the lease was valid but answered after it lapsed restarts the
+    unbroken stretch at the answer: in between, this node had no proof of being current."""
+    c = core()
+    state = joined("n1", "n2", "n3")
+    hold_lease(c, state, 0.0, 1.0)  # until 2.0
+    step = c.tick(1.9, view(state), local(1.9))
+    (hb,) = [p for p in step.proposals if isinstance(p.command, Heartbeat)]
+    c.proposal_done(hb.key, ACCEPTED, 2.3)  # until becomes 2.9, but 2.0 .. 2.3 had no lease
+    assert c.lease.valid(2.3)
+    assert c.lease.held_continuously_since(2.3) == 2.3
+    assert c.lease.held_continuously_since(3.0) == float("inf")  # no lease: nothing counts
+
+
+def test_a_lease_renewed_in_time_keeps_counting_silence() -> None:
+    """Renewals that overlap keep the stretch unbroken: a peer silent over it is declared."""
+    c = core()
+    state = joined("n1", "n2", "n3")
+    hold_lease(c, state, 0.0, 3.0)
+    assert c.lease.held_continuously_since(3.0) == 0.01
+    seen = {"n2": 1.0, "n3": 3.0}
+    t = 1.0 + c.settings.failure_timeout_s + 0.01
+    assert declared(c.tick(t, view(state, leader=True, seen=seen), local(t))) == ["n2"]
