@@ -177,7 +177,8 @@ class AgentCore:
             out.propose(queued)
         self._in_flight.queued.clear()
 
-        self.lease.renew(out, state, nothing_running)
+        self.failure_detection.observe_progress(view.commit_index, now)
+        self.lease.renew(out, state, nothing_running, view.commit_index)
 
         if view.is_leader and lease_valid and view.incompatible is None:
             self.scheduling.sync_specs(out, state)

@@ -85,6 +85,12 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
             f"{c.node} is {rec.state}: stop every protected guest before rejoining",
         )
     if rec.state is NodeState.UP and rec.incarnation == c.incarnation and rec.role is c.role:
+        if rec.applied_index != c.applied_index:
+            # A repeated join is no heartbeat (the sequence stays), but what it says about the
+            # sender's replica is the latest word: a stuck replica stays visible as stuck.
+            return state.with_node(replace(rec, applied_index=c.applied_index)), Result(
+                True, "already joined"
+            )
         return state, Result(True, "already joined")
     reason = "joined" if rec.state is NodeState.DOWN else f"rejoined (was {rec.state})"
     fence = rec.fence if rec.state is NodeState.UP else FenceRecord()
@@ -98,6 +104,7 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
         state=NodeState.UP,
         incarnation=c.incarnation,
         heartbeat_seq=rec.heartbeat_seq + 1,
+        applied_index=c.applied_index,
         evidence=evidence,
         fence=fence,
         reason=reason,
@@ -127,14 +134,20 @@ def _heartbeat(state: ClusterState, c: Heartbeat) -> tuple[ClusterState, Result]
         return _refuse(state, f"{c.node} is {rec.state}")
     if rec.incarnation != c.incarnation:
         return _refuse(state, f"stale incarnation {c.incarnation!r} (current {rec.incarnation!r})")
-    return state.with_node(replace(rec, heartbeat_seq=rec.heartbeat_seq + 1)), OK
+    new = replace(rec, heartbeat_seq=rec.heartbeat_seq + 1, applied_index=c.applied_index)
+    return state.with_node(new), OK
 
 
 def _declare_failed(state: ClusterState, c: DeclareFailed) -> tuple[ClusterState, Result]:
     rec = state.node(c.node)
     if rec.state is not NodeState.UP:
         return _refuse(state, f"{c.node} is {rec.state}")
-    if rec.heartbeat_seq != c.seq:
+    still_behind = (
+        c.behind_index is not None
+        and rec.applied_index is not None
+        and rec.applied_index < c.behind_index
+    )
+    if rec.heartbeat_seq != c.seq and not still_behind:
         return _refuse(state, f"{c.node} sent heartbeat {rec.heartbeat_seq} after {c.seq}")
     new = replace(
         rec,

@@ -54,8 +54,17 @@ class Lease:
         predecessor held. Until then it neither starts nor destroys anything."""
         return not self._ever_leased and now < self._started_at + self._settings.lease_s
 
-    def renew(self, out: Outbox, state: ClusterState, nothing_running: NothingRunning) -> None:
+    def renew(
+        self,
+        out: Outbox,
+        state: ClusterState,
+        nothing_running: NothingRunning,
+        applied_index: int,
+    ) -> None:
         """Join when not a member with this incarnation, else heartbeat every `heartbeat_s`.
+
+        Both carry `applied_index` (this replica's, from the consensus view) so the leader
+        can tell a node whose replica stopped advancing from a live one.
 
         A node the cluster declared failed or fenced joins again only once nothing protected
         runs here (the local pass destroys it first, having no lease): it comes back clean.
@@ -74,7 +83,12 @@ class Lease:
             if clean is None:
                 return
             join = Join(
-                node=s.node, incarnation=self._incarnation, role=s.role, clean=clean, at=out.wall()
+                node=s.node,
+                incarnation=self._incarnation,
+                role=s.role,
+                clean=clean,
+                at=out.wall(),
+                applied_index=applied_index,
             )
             out.propose(_proposal(ProposalKind.JOIN, self._incarnation, join, s.lease_s))
             out.note("join", node=s.node, was=str(me.state), clean=clean)
@@ -82,7 +96,9 @@ class Lease:
         if out.now >= self._next_heartbeat_at:
             self._heartbeat_counter += 1
             self._next_heartbeat_at = out.now + s.heartbeat_s
-            heartbeat = Heartbeat(node=s.node, incarnation=self._incarnation)
+            heartbeat = Heartbeat(
+                node=s.node, incarnation=self._incarnation, applied_index=applied_index
+            )
             out.propose(
                 _proposal(
                     ProposalKind.HEARTBEAT, str(self._heartbeat_counter), heartbeat, s.lease_s

@@ -56,6 +56,7 @@ FAULT_WEIGHTS: dict[str, int] = {
     "heal": 2,
     "partition": 3,
     "drop": 2,
+    "deaf": 2,
     "crash": 2,
     "fail_starts": 2,
     "fence_script": 3,
@@ -315,6 +316,8 @@ def _faults(rng: random.Random, sc: Scenario, everyone: list[str]) -> list[Step]
         elif kind == "drop":
             a, b = rng.sample(everyone, 2)
             args = (a, b)
+        elif kind == "deaf":
+            args = (LEADER,)
         elif kind in ("crash", "disable", "enable"):
             guest = rng.choice(guests)
             (disabled.add if kind == "disable" else disabled.discard)(guest)

@@ -440,7 +440,10 @@ class World:
                 self._election_at = self.now + self.rng.uniform(lo, hi)
             elif self.now >= self._election_at:
                 self._election_at = None
-                candidates = [n for n in self.nodes if self._majority(n)]
+                # A deaf node hears no votes: it cannot win an election.
+                candidates = [
+                    n for n in self.nodes if self._majority(n) and n not in self.deaf_nodes
+                ]
                 if candidates:
                     best = max(self.nodes[n].applied for n in candidates)
                     ready = [n for n in candidates if self.nodes[n].applied == best]

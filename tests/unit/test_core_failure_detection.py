@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
-from haagent.agent import Step
+import dataclasses
+
+from haagent.agent import AgentCore, Step
 from haagent.commands import (
     AssignGuests,
     DeclareFailed,
     Heartbeat,
+    Join,
 )
+from haagent.model import ClusterState, NodeRole, NodeState
+from haagent.statemachine import apply
 from tests.helpers.core_views import (
     ACCEPTED,
     build,
@@ -131,3 +136,95 @@ def test_a_lease_renewed_in_time_keeps_counting_silence() -> None:
     seen = {"n2": 1.0, "n3": 3.0}
     t = 1.0 + c.settings.failure_timeout_s + 0.01
     assert declared(c.tick(t, view(state, leader=True, seen=seen), local(t))) == ["n2"]
+
+
+# --- issue 8 item 8: liveness means progress -------------------------------------------------
+
+
+def run_leader(
+    c: AgentCore, state: ClusterState, t: float, index: int, seen: dict[str, float]
+) -> Step:
+    """One pass of leader `c` whose replica is at `index`, keeping its lease (its own
+    heartbeats commit at once)."""
+    v = dataclasses.replace(view(state, leader=True, seen=seen), commit_index=index)
+    step = c.tick(t, v, local(t))
+    for p in step.proposals:
+        if isinstance(p.command, Heartbeat):
+            c.proposal_done(p.key, ACCEPTED, t)
+    return step
+
+
+def test_a_node_whose_replica_stopped_advancing_is_silent_however_often_it_commits() -> None:
+    """Issue 8 (a): a restarted node's replica followed the leader with its index stuck; its
+    heartbeats and joins still committed and kept it 'alive', so it was never declared failed
+    and a guest assigned to it stayed dark. Heartbeats now carry the sender's applied index: one
+    from a replica more than a lease behind proves nothing, the node gets no assignment and is
+    declared failed, and its newer, equally stuck heartbeats cannot refuse the declaration."""
+    c = core()
+    state = joined("n1", "n2", "n3")
+    declared_at: float | None = None
+    declaration: DeclareFailed | None = None
+    for k in range(60):
+        t = round(0.05 * k, 3)
+        index = 10 + 5 * k  # the cluster makes progress
+        if k % 2 == 0:  # both peers' heartbeats commit every 0.1 s; n2's replica is stuck
+            state = build(
+                Heartbeat("n2", "n2-inc", 10), Heartbeat("n3", "n3-inc", index), state=state
+            )
+        step = run_leader(c, state, t, index, {"n2": t, "n3": t})
+        n2 = state.node("n2")
+        if t > c.settings.lease_s + 0.1:
+            assert c.failure_detection.silent_s("n2", n2, view(state, seen={"n2": t}), t) > (
+                c.settings.lease_s
+            ), "a stuck node must get no assignment"
+        found = [x for x in commands(step) if isinstance(x, DeclareFailed)]
+        assert all(x.node == "n2" for x in found)
+        if found and declaration is None:
+            declared_at, declaration = t, found[0]
+    assert declaration is not None and declared_at is not None
+    assert c.settings.failure_timeout_s < declared_at <= c.settings.failure_timeout_s + 0.1
+    assert declaration.behind_index == 11
+    assert "stuck at index 10" in declaration.evidence.detail
+    # Another stuck heartbeat commits first: the declaration still applies ...
+    stuck = build(Heartbeat("n2", "n2-inc", 10), state=state)
+    after, result = apply(stuck, declaration)
+    assert result.accepted and after.node("n2").state is NodeState.FAILED
+    # ... but not once the node reports progress past the index it was declared behind.
+    caught_up = build(Heartbeat("n2", "n2-inc", 500), state=state)
+    _, result = apply(caught_up, declaration)
+    assert not result.accepted
+
+
+def test_a_replica_a_little_behind_is_current() -> None:
+    """Reporting an index reached here less than a lease before is normal lag: silence counts
+    from the heartbeat's apply, as before."""
+    c = core()
+    state = joined("n1", "n2", "n3")
+    for k in range(60):
+        t = round(0.05 * k, 3)
+        index = 10 + 5 * k
+        if k % 2 == 0:
+            lagging = 10 + 5 * max(0, k - 15)  # 0.75 s behind
+            state = build(
+                Heartbeat("n2", "n2-inc", lagging), Heartbeat("n3", "n3-inc", index), state=state
+            )
+        step = run_leader(c, state, t, index, {"n2": t, "n3": t})
+        assert not [x for x in commands(step) if isinstance(x, DeclareFailed)]
+
+
+def test_a_repeated_join_records_the_replica_it_reports_without_counting_as_a_heartbeat() -> None:
+    state = joined("n1", "n2", "n3")
+    seq = state.node("n2").heartbeat_seq
+    again = Join("n2", "n2-inc", NodeRole.HYPERVISOR, True, 1.0, applied_index=7)
+    after, result = apply(state, again)
+    assert result.accepted and result.detail == "already joined"
+    assert after.node("n2").applied_index == 7 and after.node("n2").heartbeat_seq == seq
+
+
+def test_the_progress_history_stays_small() -> None:
+    c = core()
+    for k in range(10_000):
+        c.failure_detection.observe_progress(k, k * 0.05)
+    horizon = c.settings.failure_timeout_s + c.settings.lease_s
+    assert len(c.failure_detection.progress) <= horizon / 0.05 + 2
+    assert c.failure_detection.as_of(0, 500.0) <= 500.0 - horizon
