@@ -230,6 +230,8 @@ class World:
         # Leaders that hear nobody while everyone hears them (an inbound-only cut): they keep
         # leading, nothing commits (see `deaf`).
         self.deaf_nodes: set[str] = set()
+        # Replicas that stopped applying while their proposals still commit (see `stall`).
+        self.stalled: set[str] = set()
         self.node_settings = dict(nodes)
         self.guest_specs = tuple(guests)
         self.spec_by_name = {g.name: g for g in self.guest_specs}
@@ -338,6 +340,7 @@ class World:
         core.set_wall_offset(node.wall_offset)
         node.agent = core
         node.hung = False
+        self.stalled.discard(node.name)  # a new process has a new replica
         node.deferred.clear()
         node.last_pet = None
         node.start_after_exit = False
@@ -533,6 +536,8 @@ class World:
         return lambda: self._apply_up_to(node, index)
 
     def _apply_up_to(self, node: _Node, index: int) -> None:
+        if node.name in self.stalled:
+            return
         while node.applied < min(index, len(self.log)):
             command = self.log[node.applied]
             node.state, result = apply(node.state, command)
@@ -812,10 +817,19 @@ class World:
         else:
             self.blocked = {(a, b) for a, b in self.blocked if node not in (a, b)}
         self.topology_version += 1
+        self.stalled = set() if node is None else self.stalled - {node}
         if self.deaf_nodes and (node is None or node in self.deaf_nodes):
             self.deaf_nodes = set() if node is None else self.deaf_nodes - {node}
             for pending in list(self._pending):  # the leader hears the acknowledgements again
                 self._try_commit(pending)
+
+    def stall(self, node: str) -> None:
+        """`node`'s replica stops applying the log while its Raft link works (issue 8 (a): a
+        restarted node followed the leader with its commit index stuck). What it proposes
+        still commits, but it never learns an outcome and its view freezes. Cleared by `heal`
+        and by a new agent process."""
+        self._fault("fault_stall", node)
+        self.stalled.add(node)
 
     def deaf(self, node: str) -> None:
         """`node` hears nobody while everyone hears it (an inbound-only cut, issue 8 (b)).
