@@ -201,6 +201,7 @@ class AgentCore:
                 lease_valid=lease_valid,
                 leaving=self.lease.leaving,
                 startup_grace=self.lease.in_startup_grace(now),
+                proven_at=self.lease.until - self.settings.lease_s,
             )
 
         if self.lease.leaving and not self.lease.left:
