@@ -228,3 +228,17 @@ def test_the_progress_history_stays_small() -> None:
     horizon = c.settings.failure_timeout_s + c.settings.lease_s
     assert len(c.failure_detection.progress) <= horizon / 0.05 + 2
     assert c.failure_detection.as_of(0, 500.0) <= 500.0 - horizon
+
+
+def test_a_heartbeat_committed_late_or_twice_never_makes_a_replica_look_further_behind() -> None:
+    """Found by the swarm: pysyncobj re-sends queued commands, so an old heartbeat can commit
+    again seconds later; recording its old index made a healthy node look stuck, and it was
+    declared failed again and again after a heal."""
+    state = joined("n1", "n2", "n3")
+    state = build(Heartbeat("n2", "n2-inc", 500), Heartbeat("n2", "n2-inc", 120), state=state)
+    assert state.node("n2").applied_index == 500
+    again = Join("n2", "n2-inc", NodeRole.HYPERVISOR, True, 1.0, applied_index=90)
+    assert apply(state, again)[0].node("n2").applied_index == 500
+    # A new incarnation starts afresh (its replica may be behind the old process's).
+    rejoined = build(Join("n2", "n2-new", NodeRole.HYPERVISOR, True, 2.0, 80), state=state)
+    assert rejoined.node("n2").applied_index == 80
