@@ -163,6 +163,20 @@ class SyncObj(object):
         # Set while a leadership transfer (Raft 'TimeoutNow') is pending, to stop
         # the outgoing leader's heartbeats from postponing the forced election.
         self.__transferInProgress = False
+        # haagent: pre-vote (Raft thesis 9.6). A node whose election timer fires first asks
+        # whether it could win at term+1 without changing its term; peers that heard from a
+        # leader within raftMinTimeout (or lead themselves) refuse. Only a majority of grants
+        # starts a real election, so a node that merely lost some packets or ticks cannot
+        # depose a healthy leader.
+        self.__preVoteTerm = None
+        self.__preVotesCount = 0
+        self.__lastLeaderContact = 0.0
+        self.__electionStats = {'pre_votes': 0, 'elections': 0, 'pre_votes_refused': 0}
+        # haagent: append sequence numbers, echoed in next_node_idx, so a leader ignores a
+        # refusal that answers an append sent before it last moved a follower's next index
+        # (otherwise it bounces between the stale and the fresh answer for ever).
+        self.__appendSeq = 0
+        self.__resetSeq = {}
         self.__raftLog = createJournal(self.__conf.journalFile)
         if len(self.__raftLog) == 0:
             self.__raftLog.add(_bchr(_COMMAND_TYPE.NO_OP), 1, self.__raftCurrentTerm)
@@ -634,21 +648,11 @@ class SyncObj(object):
         if self.__raftState in (_RAFT_STATE.FOLLOWER, _RAFT_STATE.CANDIDATE) and self.__selfNode is not None:
             if self.__raftElectionDeadline < monotonicTime() and self.__connectedToAnyone():
                 self.__raftElectionDeadline = monotonicTime() + self.__generateRaftTimeout()
-                self.__transferInProgress = False
-                self.__raftLeader = None
-                self.__setState(_RAFT_STATE.CANDIDATE)
-                self.__setCurrentTerm(self.__raftCurrentTerm + 1, self.__selfNode.id)
-                self.__votesCount = 1
-                for node in self.__otherNodes:
-                    self.__transport.send(node, {
-                        'type': 'request_vote',
-                        'term': self.__raftCurrentTerm,
-                        'last_log_index': self.__getCurrentLogIndex(),
-                        'last_log_term': self.__getCurrentLogTerm(),
-                    })
-                self.__onLeaderChanged()
-                if self.__votesCount > (len(self.__otherNodes) + 1) / 2:
-                    self.__onBecomeLeader()
+                if self.__transferInProgress:
+                    # The leader asked for this election (TimeoutNow): no pre-vote.
+                    self.__startElection()
+                else:
+                    self.__startPreVote()
 
         if self.__raftState == _RAFT_STATE.LEADER:
 
@@ -704,6 +708,57 @@ class SyncObj(object):
                 callback()
 
         self._poller.poll(timeToWait)
+
+    def __startPreVote(self):
+        self.__electionStats['pre_votes'] += 1
+        self.__preVoteTerm = self.__raftCurrentTerm + 1
+        self.__preVotesCount = 1
+        for node in self.__otherNodes:
+            self.__transport.send(node, {
+                'type': 'pre_vote_request',
+                'term': self.__preVoteTerm,
+                'last_log_index': self.__getCurrentLogIndex(),
+                'last_log_term': self.__getCurrentLogTerm(),
+            })
+        if self.__preVotesCount > (len(self.__otherNodes) + 1) / 2:
+            self.__startElection()
+
+    def __startElection(self):
+        self.__electionStats['elections'] += 1
+        self.__preVoteTerm = None
+        self.__transferInProgress = False
+        self.__raftLeader = None
+        self.__setState(_RAFT_STATE.CANDIDATE)
+        self.__setCurrentTerm(self.__raftCurrentTerm + 1, self.__selfNode.id)
+        self.__votesCount = 1
+        for node in self.__otherNodes:
+            self.__transport.send(node, {
+                'type': 'request_vote',
+                'term': self.__raftCurrentTerm,
+                'last_log_index': self.__getCurrentLogIndex(),
+                'last_log_term': self.__getCurrentLogTerm(),
+            })
+        self.__onLeaderChanged()
+        if self.__votesCount > (len(self.__otherNodes) + 1) / 2:
+            self.__onBecomeLeader()
+
+    def __leaderIsAlive(self):
+        """Did this node lead, or hear from the current leader, within raftMinTimeout?"""
+        if self.__raftState == _RAFT_STATE.LEADER:
+            return True
+        return (self.__raftLeader is not None and
+                monotonicTime() - self.__lastLeaderContact < self.__conf.raftMinTimeout)
+
+    def __logIsUpToDate(self, lastLogIdx, lastLogTerm):
+        if lastLogTerm != self.__getCurrentLogTerm():
+            return lastLogTerm > self.__getCurrentLogTerm()
+        return lastLogIdx >= self.__getCurrentLogIndex()
+
+    @property
+    def electionStats(self):
+        """haagent: counters of pre-votes started, real elections started, and pre-vote
+        requests from others this node refused (a copy)."""
+        return dict(self.__electionStats)
 
     def __applyLogEntries(self):
         needSendAppendEntries = False
@@ -915,6 +970,26 @@ class SyncObj(object):
                 self.__raftElectionDeadline = 0
                 self.__transferInProgress = True
 
+        if message['type'] == 'pre_vote_request' and self.__selfNode is not None:
+            # Never changes this node's term, vote or state.
+            granted = (message['term'] > self.__raftCurrentTerm and
+                       not self.__leaderIsAlive() and
+                       self.__logIsUpToDate(message['last_log_index'], message['last_log_term']))
+            if not granted:
+                self.__electionStats['pre_votes_refused'] += 1
+            self.__transport.send(node, {
+                'type': 'pre_vote_response',
+                'term': message['term'],
+                'granted': granted,
+            })
+
+        if message['type'] == 'pre_vote_response' and message.get('granted') and \
+                self.__preVoteTerm is not None and message['term'] == self.__preVoteTerm and \
+                self.__raftState != _RAFT_STATE.LEADER:
+            self.__preVotesCount += 1
+            if self.__preVotesCount > (len(self.__otherNodes) + 1) / 2:
+                self.__startElection()
+
         if message['type'] == 'request_vote' and self.__selfNode is not None:
 
             if message['term'] > self.__raftCurrentTerm:
@@ -950,6 +1025,8 @@ class SyncObj(object):
                 # While a transfer is pending, ignore same-term heartbeats from
                 # the outgoing leader so they can't postpone the forced election.
                 self.__raftElectionDeadline = monotonicTime() + self.__generateRaftTimeout()
+            self.__lastLeaderContact = monotonicTime()
+            self.__preVoteTerm = None
             if self.__raftLeader != node:
                 self.__onLeaderChanged()
             self.__raftLeader = node
@@ -959,6 +1036,10 @@ class SyncObj(object):
             newEntries = message.get('entries', [])
             serialized = message.get('serialized', None)
             self.__leaderCommitIndex = leaderCommitIndex = message['commit_index']
+            seq = message.get('seq')
+            # haagent: the last index known to match the leader's log after this append; a
+            # tail beyond it is not verified (Raft: commit min(leaderCommit, last new entry)).
+            lastVerifiedIdx = None
 
             # Regular append entries
             if 'prevLogIdx' in message:
@@ -966,11 +1047,11 @@ class SyncObj(object):
                 if transmission is not None:
                     if transmission == 'start':
                         self.__recvTransmission = message['data']
-                        self.__sendNextNodeIdx(node, success=False, reset=False)
+                        self.__sendNextNodeIdx(node, success=False, reset=False, seq=seq)
                         return
                     elif transmission == 'process':
                         self.__recvTransmission += message['data']
-                        self.__sendNextNodeIdx(node, success=False, reset=False)
+                        self.__sendNextNodeIdx(node, success=False, reset=False, seq=seq)
                         return
                     elif transmission == 'finish':
                         self.__recvTransmission += message['data']
@@ -983,27 +1064,39 @@ class SyncObj(object):
                 prevLogTerm = message['prevLogTerm']
                 prevEntries = self.__getEntries(prevLogIdx)
                 if not prevEntries:
-                    self.__sendNextNodeIdx(node, success=False, reset=True)
+                    self.__sendNextNodeIdx(node, success=False, reset=True, seq=seq)
                     return
                 if prevEntries[0][2] != prevLogTerm:
-                    self.__sendNextNodeIdx(node, nextNodeIdx = prevLogIdx, success = False, reset=True)
+                    self.__sendNextNodeIdx(node, nextNodeIdx=self.__conflictHint(prevLogIdx),
+                                           success=False, reset=True, seq=seq)
                     return
-                if len(prevEntries) > 1:
+                # haagent: Raft 5.3 - keep the entries that already match (a re-sent append
+                # must not cut the tail the leader already counts as replicated) and truncate
+                # only from the first entry whose term differs.
+                allNewEntries = newEntries
+                skip = 0
+                while skip < len(newEntries) and skip + 1 < len(prevEntries) and \
+                        prevEntries[skip + 1][2] == newEntries[skip][2]:
+                    skip += 1
+                newEntries = newEntries[skip:]
+                if newEntries and len(prevEntries) > skip + 1:
+                    conflictIdx = newEntries[0][1]
                     # rollback cluster changes
                     if self.__conf.dynamicMembershipChange:
-                        for entry in reversed(prevEntries[1:]):
+                        for entry in reversed(prevEntries[skip + 1:]):
                             clusterChangeRequest = self.__parseChangeClusterRequest(entry[0])
                             if clusterChangeRequest is not None:
                                 self.__doChangeCluster(clusterChangeRequest, reverse=True)
 
-                    if prevLogIdx + 1 <= self.__raftLastApplied:
+                    if conflictIdx <= self.__raftLastApplied:
                         logger.critical(
                             'truncating already-applied log entries from index %d '
                             '(last applied: %d) - state machine may have diverged from '
-                            'other cluster members', prevLogIdx + 1, self.__raftLastApplied)
-                    self.__deleteEntriesFrom(prevLogIdx + 1)
+                            'other cluster members', conflictIdx, self.__raftLastApplied)
+                    self.__deleteEntriesFrom(conflictIdx)
                 for entry in newEntries:
                     self.__raftLog.add(*entry)
+                lastVerifiedIdx = prevLogIdx + len(allNewEntries)
 
                 # apply cluster changes
                 if self.__conf.dynamicMembershipChange:
@@ -1012,25 +1105,24 @@ class SyncObj(object):
                         if clusterChangeRequest is not None:
                             self.__doChangeCluster(clusterChangeRequest)
 
-                nextNodeIdx = prevLogIdx + 1
-                if newEntries:
-                    nextNodeIdx = newEntries[-1][1] + 1
-
-                self.__sendNextNodeIdx(node, nextNodeIdx=nextNodeIdx, success=True)
+                self.__sendNextNodeIdx(node, nextNodeIdx=lastVerifiedIdx + 1, success=True, seq=seq)
 
             # Install snapshot
             elif serialized is not None:
                 if self.__serializer.setTransmissionData(serialized):
                     self.__loadDumpFile(clearJournal=True)
-                    self.__sendNextNodeIdx(node, success=True)
+                    self.__sendNextNodeIdx(node, success=True, seq=seq)
 
             # If the log was truncated below the commit index, don't persist a commit
             # index covering entries that are no longer the committed ones.
             if self.__raftCommitIndex > self.__getCurrentLogIndex():
                 self.__raftCommitIndex = self.__getCurrentLogIndex()
 
+            if lastVerifiedIdx is None:
+                lastVerifiedIdx = self.__getCurrentLogIndex()
             if leaderCommitIndex > self.__raftCommitIndex:
-                self.__raftCommitIndex = min(leaderCommitIndex, self.__getCurrentLogIndex())
+                self.__raftCommitIndex = max(self.__raftCommitIndex,
+                                             min(leaderCommitIndex, lastVerifiedIdx))
 
             self.__raftLog.setRaftCommitIndex(self.__raftCommitIndex)
 
@@ -1074,12 +1166,18 @@ class SyncObj(object):
                 success = message['success']
 
                 currentNodeIdx = nextNodeIdx - 1
+                seq = message.get('seq')
                 if reset:
-                    self.__raftNextIndex[node] = nextNodeIdx
+                    # haagent: a refusal of an append sent before the last reset is stale.
+                    if seq is None or seq > self.__resetSeq.get(node, 0):
+                        self.__raftNextIndex[node] = nextNodeIdx
+                        self.__resetSeq[node] = self.__appendSeq
                 if success:
                     if self.__raftMatchIndex[node] < currentNodeIdx:
                         self.__raftMatchIndex[node] = currentNodeIdx
-                        self.__raftNextIndex[node] = nextNodeIdx
+                        # haagent: never move next back below what is already in flight.
+                        if self.__raftNextIndex[node] < nextNodeIdx:
+                            self.__raftNextIndex[node] = nextNodeIdx
                 self.__lastResponseTime[node] = monotonicTime()
 
     def __callErrCallback(self, err, callback):
@@ -1095,15 +1193,33 @@ class SyncObj(object):
             return
         callback(None, err)
 
-    def __sendNextNodeIdx(self, node, reset=False, nextNodeIdx = None, success = False):
+    def __sendNextNodeIdx(self, node, reset=False, nextNodeIdx = None, success = False, seq=None):
         if nextNodeIdx is None:
             nextNodeIdx = self.__getCurrentLogIndex() + 1
-        self.__transport.send(node, {
+        message = {
             'type': 'next_node_idx',
             'next_node_idx': nextNodeIdx,
             'reset': reset,
             'success': success,
-        })
+        }
+        if seq is not None:
+            message['seq'] = seq  # haagent: which append this answers
+        self.__transport.send(node, message)
+
+    def __conflictHint(self, prevLogIdx):
+        """haagent: where the leader should resume after the entry at prevLogIdx turned out
+        to have another term: before every entry of that (uncommitted) term, but never below
+        the commit index, which certainly matches. One round trip per divergent term instead
+        of one per entry."""
+        floor = max(self.__raftCommitIndex + 1, self.__raftLog[0][1] + 1)
+        conflictTerm = self.__getEntries(prevLogIdx, 1)[0][2]
+        hint = prevLogIdx
+        while hint > floor:
+            previous = self.__getEntries(hint - 1, 1)
+            if not previous or previous[0][2] != conflictTerm:
+                break
+            hint -= 1
+        return min(hint, prevLogIdx)
 
     def __generateRaftTimeout(self):
         minTimeout = self.__conf.raftMinTimeout
@@ -1290,6 +1406,7 @@ class SyncObj(object):
                                 'commit_index': self.__raftCommitIndex,
                                 'prevLogIdx': prevLogIdx,
                                 'prevLogTerm': prevLogTerm,
+                                'seq': self.__nextAppendSeq(),
                             }
                             self.__transport.send(node, message)
                             if node not in self.__connectedNodes:
@@ -1302,6 +1419,7 @@ class SyncObj(object):
                             'entries': entries,
                             'prevLogIdx': prevLogIdx,
                             'prevLogTerm': prevLogTerm,
+                            'seq': self.__nextAppendSeq(),
                         }
                         self.__transport.send(node, message)
                         if node not in self.__connectedNodes:
@@ -1313,6 +1431,7 @@ class SyncObj(object):
                         'term': self.__raftCurrentTerm,
                         'commit_index': self.__raftCommitIndex,
                         'serialized': transmissionData,
+                        'seq': self.__nextAppendSeq(),
                     }
                     self.__transport.send(node, message)
                     if node not in self.__connectedNodes:
@@ -1335,6 +1454,10 @@ class SyncObj(object):
                 delta = monotonicTime() - startTime
                 if delta > self.__conf.appendEntriesPeriod:
                     break
+
+    def __nextAppendSeq(self):
+        self.__appendSeq += 1
+        return self.__appendSeq
 
     def __connectedToAnyone(self):
         return len(self.__connectedNodes) > 0 or len(self.__otherNodes) == 0
