@@ -223,6 +223,8 @@ class RaftConsensus:
         if leader_node is not None:
             address = getattr(leader_node, "address", str(leader_node))
             leader = self._names.get(address, address)
+        stats = sync.electionStats
+        commit_index = sync.raftCommitIndex
         return ConsensusView(
             state=state,
             leader=leader,
@@ -230,8 +232,13 @@ class RaftConsensus:
             term=sync.raftCurrentTerm,
             has_quorum=bool(sync.hasQuorum),
             heartbeats=heartbeats,
-            commit_index=sync.raftCommitIndex,
+            commit_index=commit_index,
             incompatible=incompatible,
+            last_applied=sync.raftLastApplied,
+            leader_commit_index=max(commit_index, sync.leaderCommitIndex or 0),
+            pre_votes=stats["pre_votes"],
+            elections=stats["elections"],
+            pre_votes_refused=stats["pre_votes_refused"],
         )
 
     async def propose(self, command: Command, timeout_s: float) -> Outcome:

@@ -760,6 +760,11 @@ class SyncObj(object):
         requests from others this node refused (a copy)."""
         return dict(self.__electionStats)
 
+    @property
+    def leaderCommitIndex(self):
+        """haagent: the leader's commit index as last heard from it (None before)."""
+        return self.__leaderCommitIndex
+
     def __applyLogEntries(self):
         needSendAppendEntries = False
 
