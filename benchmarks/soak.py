@@ -69,6 +69,8 @@ class SoakResult:
     double_runs: int
     load_average: tuple[float, float, float]
     dropped_frames: int
+    max_replica_lag: int | None  # entries; None: the agents do not report it (older code)
+    longest_lag_s: float | None  # longest stretch one replica stayed > 5 entries behind
 
     @property
     def clean(self) -> bool:
@@ -94,6 +96,13 @@ class SoakResult:
             f"  guest restarts                         {self.guest_restarts} "
             f"({self.lease_destroys} destroyed for lack of a lease)",
             f"  double runs                            {self.double_runs}",
+            "  replica lag (applied vs leader's commit): "
+            + (
+                "not reported by these agents"
+                if self.max_replica_lag is None
+                else f"max {self.max_replica_lag} entries, longest stretch > 5 entries "
+                f"{self.longest_lag_s:.2f} s"
+            ),
         ]
 
 
@@ -178,6 +187,27 @@ def _log_count(cluster: LocalCluster, pattern: str) -> int:
     return total
 
 
+def replica_lag(watch: ClusterWatch, entries: int = 5) -> tuple[int | None, float | None]:
+    """The largest lag any sample showed, and the longest time one node's samples stayed more
+    than `entries` behind (from its first such sample to the next one that was not)."""
+    max_lag: int | None = None
+    longest = 0.0
+    for node in watch.nodes:
+        since: float | None = None
+        for o in watch.answers(node):
+            assert o.doc is not None
+            replica = o.doc.get("replica")
+            if replica is None:
+                continue
+            max_lag = max(max_lag or 0, int(replica["lag"]))
+            if replica["lag"] > entries:
+                since = o.t0 if since is None else since
+            elif since is not None:
+                longest = max(longest, o.t0 - since)
+                since = None
+    return max_lag, (None if max_lag is None else longest)
+
+
 def soak(
     nodes: int = 3,
     seconds: float = 60.0,
@@ -240,6 +270,7 @@ def soak(
                 gens[g] = max(gens.get(g, 0), rec["generation"])
         double = sum(len(watch.overlaps(g)) for g in sorted(watch.guests_seen()))
         lease_destroys = _log_count(cluster, r"destroyed .*no valid lease") - destroys0
+        max_lag, longest = replica_lag(watch)
         return SoakResult(
             nodes=nodes,
             seconds=seconds,
@@ -256,6 +287,8 @@ def soak(
             double_runs=double,
             load_average=load,
             dropped_frames=dropped,
+            max_replica_lag=max_lag,
+            longest_lag_s=longest,
         )
     raise AssertionError("unreachable")
 
