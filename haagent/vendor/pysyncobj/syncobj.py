@@ -169,7 +169,7 @@ class SyncObj(object):
         # starts a real election, so a node that merely lost some packets or ticks cannot
         # depose a healthy leader.
         self.__preVoteTerm = None
-        self.__preVotesCount = 0
+        self.__preVoteGrants = set()  # nodes that granted the current pre-vote (no double count)
         self.__lastLeaderContact = 0.0
         self.__electionStats = {'pre_votes': 0, 'elections': 0, 'pre_votes_refused': 0}
         # haagent: append sequence numbers, echoed in next_node_idx, so a leader ignores a
@@ -712,7 +712,7 @@ class SyncObj(object):
     def __startPreVote(self):
         self.__electionStats['pre_votes'] += 1
         self.__preVoteTerm = self.__raftCurrentTerm + 1
-        self.__preVotesCount = 1
+        self.__preVoteGrants = set()
         for node in self.__otherNodes:
             self.__transport.send(node, {
                 'type': 'pre_vote_request',
@@ -720,7 +720,7 @@ class SyncObj(object):
                 'last_log_index': self.__getCurrentLogIndex(),
                 'last_log_term': self.__getCurrentLogTerm(),
             })
-        if self.__preVotesCount > (len(self.__otherNodes) + 1) / 2:
+        if 1 > (len(self.__otherNodes) + 1) / 2:
             self.__startElection()
 
     def __startElection(self):
@@ -991,8 +991,8 @@ class SyncObj(object):
         if message['type'] == 'pre_vote_response' and message.get('granted') and \
                 self.__preVoteTerm is not None and message['term'] == self.__preVoteTerm and \
                 self.__raftState != _RAFT_STATE.LEADER:
-            self.__preVotesCount += 1
-            if self.__preVotesCount > (len(self.__otherNodes) + 1) / 2:
+            self.__preVoteGrants.add(node)
+            if 1 + len(self.__preVoteGrants) > (len(self.__otherNodes) + 1) / 2:
                 self.__startElection()
 
         if message['type'] == 'request_vote' and self.__selfNode is not None:
