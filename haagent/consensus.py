@@ -8,6 +8,9 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
   would believe it leads for half a minute), `connectionRetryTime` is 0.2 s (a restarted node
   otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), the tick is
   10 ms (50 ms ticks cause split votes with short timeouts), batching is off (~1 ms commits).
+- The vendored pysyncobj runs pre-vote elections and catches lagging replicas up without
+  bouncing (haagent/vendor/pysyncobj/PATCHES.md): a lossy link or a starved CPU on one node
+  does not depose the leader. `view()` reports elections and replica lag for status/metrics.
 - Every proposal has a timeout; a timeout, a leader change or a lost callback is an UNKNOWN
   outcome, never a failure we act on. Commands are conditional, so a late apply is harmless.
 - Commands are versioned JSON (`haagent.commands`). Snapshots use our own JSON serializer, so
