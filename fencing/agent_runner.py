@@ -47,7 +47,8 @@ REDACTED = "***"
 _SECRET_MARKERS = ("passw", "secret", "token", "access_key", "hexadecimal_kg")
 
 # Keys the agents' stdin parser accepts: option names with '_' or '-'.
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_MAX_VALUE_CHARS = 4096
 
 # The environment a daemon under systemd has; a fence agent must not inherit the right to talk
 # to systemd on the daemon's behalf or the daemon's socket activation.
@@ -135,22 +136,27 @@ def agent_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
 def validate_params(action: str, params: Mapping[str, str]) -> str | None:
     """Why `params` cannot be sent over the stdin protocol, or None if they can.
 
-    The agents read stdin line by line and strip each line, so a line break in a value would
-    smuggle in another parameter and surrounding blanks would be lost silently. `action` is
-    set by the runner, never by the params.
+    The one check of fence parameters: the runner makes it before every call, and the config
+    loader makes it at check time, so a device that loads is never refused when its node has
+    to be fenced. The agents read stdin line by line and strip each line, so a line break
+    (or any other control character, or a Unicode line separator) in a value could smuggle in
+    another parameter, and surrounding blanks would be lost silently. Names are matched in
+    full. `action` is set by the runner, never by the params.
     """
-    if not _KEY_RE.match(action):
+    if not _KEY_RE.fullmatch(action):
         return f"invalid action {action!r}"
     for key, value in params.items():
-        if not _KEY_RE.match(key):
-            return f"invalid parameter name {key!r}"
+        if not _KEY_RE.fullmatch(key):
+            return f"invalid parameter name {key.encode('unicode_escape').decode()!r}"
         if key == "action":
             return "parameter 'action' is set by the runner, not by the device"
-        shown = REDACTED if is_secret_param(key) else repr(value)
-        if any(c in value for c in "\n\r\0"):
-            return f"parameter {key!r} contains a line break or NUL: {shown}"
+        shown = REDACTED if is_secret_param(key) else repr(value[:80])
+        if any(not (c.isprintable() or c == " ") for c in value):
+            return f"parameter {key!r} contains a line break or another control character: {shown}"
         if value != value.strip():
             return f"parameter {key!r} has leading or trailing blanks: {shown}"
+        if len(value) > _MAX_VALUE_CHARS:
+            return f"parameter {key!r} is longer than {_MAX_VALUE_CHARS} characters"
     return None
 
 

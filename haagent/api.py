@@ -12,28 +12,145 @@ Everything but health and metrics needs ``Authorization: Bearer <token>``. Error
 ``{"error": "..."}`` with a 4xx/5xx status, never a traceback. Admin actions answer with the
 outcome of the replicated command: 200 applied, 409 refused (with the reason), 503 unknown
 (no majority reached in time: it may still apply; look at the status).
+
+Hostile input (contracts the fuzz test in tests/integration/test_api_fuzz.py checks against a
+real agent):
+
+* Bad input is a 4xx, never a 500: a token of any bytes is compared as bytes (401), a body is
+  read only up to `MAX_BODY_BYTES` (413) and parsed only up to `MAX_JSON_DEPTH` levels (400),
+  a charset other than UTF-8 or any Content-Encoding is refused (415; bodies are never
+  decompressed, so no small body can expand), malformed HTTP is aiohttp's 400.
+* Bad input is logged without a traceback, once per cause, then at most once a minute per
+  cause with the count of what was left out, and never more than `BadInputLog.burst` lines a
+  minute in all: a client cannot flood the log (`BadInputLog`). The client's own text is
+  escaped and cut short before it reaches a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from haagent.ports import Outcome, OutcomeKind
+from haagent.untrusted import UntrustedInputError, escape, loads_json
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_BODY_BYTES = 4096  # the largest valid body is {"on": false}
+MAX_JSON_DEPTH = 4
+MAX_REQUEST_BYTES = 64 * 1024  # aiohttp's own bound on any request body it buffers
+MAX_WHATIF_NODES = 256
+BAD_INPUT_LINES_PER_MINUTE = 20
+MAX_CONNECTIONS = 128  # admins, scrapers and health checks; far below a 1,024 fd limit
+KEEPALIVE_S = 15.0
+
+log = logging.getLogger("haagent.api")
 
 
 class ApiError(Exception):
-    """A request the agent cannot serve: `status` and a message for the client."""
+    """A request the agent cannot serve: `status` and a message for the client. `cause` is
+    a fixed phrase naming the kind of problem for the log, free of the client's input."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, cause: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.cause = cause
+
+
+class BadInputLog:
+    """Logs bad input without a traceback, so no client can flood the log.
+
+    The first occurrence of each cause is logged at once; after that a cause is logged at
+    most once per `interval_s`, with how many were left out since its last line; and no more
+    than `burst` lines are written per `interval_s` in all. At most `max_causes` causes are
+    remembered (then new ones count as "other"): causes are fixed phrases and exception
+    types, but the bound holds whatever callers pass.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float = 60.0,
+        burst: int = BAD_INPUT_LINES_PER_MINUTE,
+        max_causes: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self.burst = burst
+        self.max_causes = max_causes
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+        self._window_start = -float("inf")
+        self._window_lines = 0
+        self.lines = 0  # written so far (for tests)
+
+    def _admit(self, cause: str) -> tuple[str, int] | None:
+        """(cause, how many were left out before) if a line may be written now, else None."""
+        if cause not in self._last and len(self._last) >= self.max_causes:
+            cause = "other"
+        now = self.clock()
+        if now - self._window_start >= self.interval_s:
+            self._window_start, self._window_lines = now, 0
+        last = self._last.get(cause)
+        if (last is not None and now - last < self.interval_s) or self._window_lines >= self.burst:
+            self._last.setdefault(cause, now)
+            self._dropped[cause] = self._dropped.get(cause, 0) + 1
+            return None
+        self._last[cause] = now
+        self._window_lines += 1
+        self.lines += 1
+        return cause, self._dropped.pop(cause, 0)
+
+    def note(self, cause: str, detail: str = "") -> None:
+        """One bad request of kind `cause` (a fixed phrase); `detail` must be escaped."""
+        admitted = self._admit(cause)
+        if admitted is None:
+            return
+        cause, dropped = admitted
+        more = f" (and {dropped} more since the last report)" if dropped else ""
+        self.logger.warning(
+            "bad request: %s%s%s", escape(cause, 120), f": {detail}" if detail else "", more
+        )
+
+    def note_bug(self, kind: str) -> bool:
+        """May an internal error of this kind be logged (with its traceback) now?"""
+        return self._admit(f"internal error {kind}") is not None
+
+
+class _OneLineFilter(logging.Filter):
+    """Turns aiohttp's own error reports ("Error handling request" with a traceback for
+    every malformed request) into rate-limited single lines through a `BadInputLog`."""
+
+    def __init__(self, bad_input: BadInputLog) -> None:
+        super().__init__()
+        self.bad_input = bad_input
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        status = getattr(exc, "status", None) or getattr(exc, "code", None)
+        kind = type(exc).__name__
+        cause = f"{status} {kind}" if isinstance(status, int) else kind
+        detail = escape(" ".join(str(exc).split()), 160)
+        self.bad_input.note(f"malformed HTTP ({cause})", detail)
+        return False
+
+
+_BAD_INPUT_KEY = web.AppKey("bad_input", BadInputLog)
 
 
 class Handlers(Protocol):
@@ -66,23 +183,95 @@ def outcome_response(outcome: Outcome) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def token_matches(request: web.Request, token_digest: bytes) -> bool:
+    """Does the request carry exactly one `Authorization: Bearer <token>` header with our
+    token? Compared as bytes (any header bytes work, non-ASCII included) and in constant time:
+    both sides are hashed first, so not even the token's length leaks."""
+    values = [v for k, v in request.raw_headers if k.lower() == b"authorization"]
+    if len(values) != 1:
+        return False
+    scheme, _, given = values[0].strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return False
+    return hmac.compare_digest(hashlib.sha256(given.strip()).digest(), token_digest)
+
+
+async def read_json_body(request: web.Request) -> Any:
+    """The request's JSON body, or ApiError (413 too large, 415 an encoding or charset we do
+    not take, 400 not JSON or nested too deeply). Never decompresses, never buffers more than
+    MAX_BODY_BYTES + 1."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, "Content-Encoding is not supported; send plain JSON", "encoding")
+    ctype = request.headers.get("Content-Type", "")
+    media, *options = (part.strip() for part in ctype.split(";"))
+    if media.lower() not in ("", "application/json"):
+        raise ApiError(415, "Content-Type must be application/json", "content type")
+    for option in options:
+        name, _, value = option.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise ApiError(415, "charset must be utf-8", "charset")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes", "body too large")
+    data = b""
+    try:
+        while len(data) <= MAX_BODY_BYTES:
+            chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except (RequestPayloadError, HttpProcessingError, ClientPayloadError, ConnectionError) as exc:
+        cause = f"body unreadable ({type(exc).__name__})"
+        raise ApiError(400, "cannot read the body", cause) from None
+    if len(data) > MAX_BODY_BYTES:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes", "body too large")
+    try:
+        return loads_json(data, max_bytes=MAX_BODY_BYTES, max_depth=MAX_JSON_DEPTH)
+    except UntrustedInputError as exc:
+        raise ApiError(400, f"body must be JSON: {exc}", "body not JSON") from None
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
+
+
 def build_app(token: str, h: Handlers) -> web.Application:
+    token_digest = hashlib.sha256(token.encode()).digest()
+    bad_input = BadInputLog(log)
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in ("/v1/health", "/metrics"):
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-                return json_response(
-                    {"error": "missing or wrong API token (Authorization: Bearer)"}, 401
-                )
+        if request.path not in ("/v1/health", "/metrics") and not token_matches(
+            request, token_digest
+        ):
+            bad_input.note("401 missing or wrong API token", f"from {request.remote}")
+            return json_response(
+                {"error": "missing or wrong API token (Authorization: Bearer)"}, 401
+            )
         try:
             return await handler(request)
         except ApiError as exc:
+            if exc.status < 500:
+                # The cause is a fixed phrase or the route, never the client's own text.
+                cause = exc.cause or f"{request.method} {_route(request)}"
+                detail = f"{escape(str(exc), 160)} (from {request.remote})"
+                bad_input.note(f"{exc.status} {cause}", detail)
             return json_response({"error": str(exc)}, exc.status)
         except web.HTTPException as exc:
             if exc.status >= 400:
+                bad_input.note(f"{exc.status} {exc.reason}", f"from {request.remote}")
                 return json_response({"error": exc.reason}, exc.status)
             raise
+        except Exception as exc:
+            # A bug, not bad input: say so once per kind of bug, with the traceback, at the
+            # same bounded rate, and keep serving.
+            if bad_input.note_bug(type(exc).__name__):
+                log.exception("internal error serving %s %s", request.method, request.path)
+            return json_response({"error": "internal error (see the agent's log)"}, 500)
 
     async def get_status(request: web.Request) -> web.Response:
         return json_response(await h.status())
@@ -96,9 +285,11 @@ def build_app(token: str, h: Handlers) -> web.Application:
 
     async def get_whatif(request: web.Request) -> web.Response:
         raw = request.query.get("fail", "")
-        fail = [n.strip() for n in raw.split(",") if n.strip()]
+        fail = list(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
         if not fail:
             raise ApiError(400, "give the nodes to fail: /v1/whatif?fail=node3[,node4]")
+        if len(fail) > MAX_WHATIF_NODES:
+            raise ApiError(400, f"at most {MAX_WHATIF_NODES} nodes to fail", "whatif too many")
         return json_response(h.whatif(fail))
 
     async def post_guest(request: web.Request) -> web.Response:
@@ -109,15 +300,13 @@ def build_app(token: str, h: Handlers) -> web.Application:
         return outcome_response(outcome)
 
     async def post_maintenance(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, 'body must be JSON: {"on": true} or {"on": false}') from None
+        body = await read_json_body(request)
         if not isinstance(body, dict) or set(body) != {"on"} or not isinstance(body["on"], bool):
-            raise ApiError(400, 'body must be {"on": true} or {"on": false}')
+            raise ApiError(400, 'body must be {"on": true} or {"on": false}', "body not {on}")
         return outcome_response(await h.set_maintenance(request.match_info["node"], body["on"]))
 
-    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[guard], client_max_size=MAX_REQUEST_BYTES)
+    app[_BAD_INPUT_KEY] = bad_input
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/v1/health", get_health)
     app.router.add_get("/metrics", get_metrics)
@@ -127,15 +316,78 @@ def build_app(token: str, h: Handlers) -> web.Application:
     return app
 
 
+class _ConnectionLimit:
+    """The protocol factory the listener uses: aiohttp's own, until `limit` connections are
+    open; beyond that each new connection is closed at once.
+
+    Without it one client holding a thousand idle connections used up the agent's file
+    descriptors (the usual soft limit is 1,024), and the next pet of the watchdog stand-in,
+    Raft's next connection or libvirt's next call failed: measured, the leader died and was
+    fenced. With it such a client can keep others off the API, but not harm the node.
+    """
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.server = server
+        self.limit = limit
+        self.refused = 0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self.server.connections) >= self.limit:
+            self.refused += 1
+            return _Refuse()
+        return self.server()
+
+
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
 async def serve(app: web.Application, listen: str) -> web.AppRunner:
-    """Start serving on "host:port" or "unix:/path". Returns the runner (call cleanup())."""
-    runner = web.AppRunner(app, access_log=None)
+    """Start serving on "host:port" or "unix:/path". Returns the runner (call cleanup()).
+
+    At most MAX_CONNECTIONS connections are open at once (see `_ConnectionLimit`), and an
+    idle kept-alive connection is closed after KEEPALIVE_S.
+    """
+    # Malformed HTTP never reaches a handler: aiohttp reports it on the logger given here,
+    # which this module turns into rate-limited single lines. Bodies are never decompressed
+    # (read_json_body refuses any Content-Encoding). One logger per app, outside the logging
+    # registry (so it goes away with the app), that propagates to "haagent.api".
+    server_log = logging.Logger("haagent.api.http")
+    server_log.parent = log
+    bad_input = app.get(_BAD_INPUT_KEY)
+    if bad_input is not None:
+        server_log.addFilter(_OneLineFilter(bad_input))
+    listeners: list[asyncio.Server] = []
+
+    async def close_listeners(app: web.Application) -> None:
+        for listener in listeners:
+            listener.close()
+
+    # runner.cleanup() shuts the app down first: stop accepting before connections close.
+    app.on_shutdown.append(close_listeners)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        logger=server_log,
+        auto_decompress=False,
+        keepalive_timeout=KEEPALIVE_S,
+    )
     await runner.setup()
-    site: web.BaseSite
-    if listen.startswith("unix:"):
-        site = web.UnixSite(runner, listen[5:])
-    else:
-        host, _, port = listen.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]"), int(port))
-    await site.start()
+    assert runner.server is not None
+    factory = _ConnectionLimit(runner.server, MAX_CONNECTIONS)
+    loop = asyncio.get_running_loop()
+    try:
+        if listen.startswith("unix:"):
+            listeners.append(await loop.create_unix_server(factory, listen[5:], backlog=128))
+        else:
+            host, _, port = listen.rpartition(":")
+            listeners.append(
+                await loop.create_server(
+                    factory, host.strip("[]"), int(port), backlog=128, reuse_address=True
+                )
+            )
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner

@@ -9,9 +9,12 @@
     haagent simulate --swarm --seeds N [--start S] [--workers W] [--verbose]
     haagent simulate --scenario FILE [--seed N] [--trace]
     haagent local up|down|demo|status    a 3-node cluster on this machine (see README)
+    haagent drbd fence-peer|unfence-peer [RESOURCE]   DRBD's handler (exit codes: README)
 
-Exit codes: 0 success, 1 operation failed (e.g. the agent is unreachable), 2 bad usage or an
-invalid config. Errors are one line on stderr, never a traceback.
+Exit codes: 0 success, 1 operation failed (e.g. the agent is unreachable, or it answered
+something this CLI cannot read), 2 bad usage or an invalid config. Errors are one line on
+stderr, never a traceback, with control characters escaped (an agent's answer or a file name
+cannot write to the terminal).
 """
 
 from __future__ import annotations
@@ -23,17 +26,27 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
 from haagent import __version__
-from haagent.config import ConfigError, load_config
+from haagent.config import SECRET_RE, ConfigError, load_config
 from haagent.localcluster.cli import add_local_parser
+from haagent.ports import HypervisorError
+from haagent.resources import drbd_fence
 from haagent.status import format_status
+from haagent.untrusted import UntrustedInputError, escape, loads_json, read_small_text
 from haagent.whatif import planned_state, what_if
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a status document of 10,000 guests is ~5 MB
+MAX_ANSWER_DEPTH = 32
+MAX_SCENARIO_BYTES = 1024 * 1024
+# What an agent's document may fail with when it is not the shape this CLI knows (another
+# version, or not an agent at all): reported as an operation that failed, not a traceback.
+_SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"haagent: invalid config: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CliError as exc:
-        print(f"haagent: {exc}", file=sys.stderr)
+        print(f"haagent: {escape(str(exc))}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
@@ -129,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_simulate)
 
     add_local_parser(sub)
+    drbd = sub.add_parser("drbd", help="DRBD's fence-peer/unfence-peer handler (drbd.conf)")
+    drbd_fence.add_arguments(drbd)
+    drbd.set_defaults(func=drbd_fence.run_from_args)
     return p
 
 
@@ -146,28 +162,49 @@ def _agent(args: argparse.Namespace) -> tuple[str, str]:
         token = token or cfg.api_token
     if not url or not token:
         raise CliError("give --config FILE, or --url and --token", EXIT_USAGE)
+    if not url.startswith(("http://", "https://", "unix:/")):
+        raise CliError(
+            f"--url: {url!r} is not http://HOST:PORT, https://... or unix:/PATH", EXIT_USAGE
+        )
+    if not SECRET_RE.fullmatch(token):
+        raise CliError("--token: an API token is visible ASCII only (no blanks)", EXIT_USAGE)
     return url, token
 
 
 def _report_outcome(doc: dict[str, Any], what: str) -> int:
     outcome = doc.get("outcome")
+    detail = escape(str(doc.get("detail")), 300)
     if outcome == "accepted":
         print(f"{what}: done")
         return 0
     if outcome == "refused":
-        raise CliError(f"{what}: refused: {doc.get('detail')}")
-    raise CliError(f"{what}: unknown outcome ({doc.get('detail')}); check `haagent status`")
+        raise CliError(f"{what}: refused: {detail}")
+    raise CliError(f"{what}: unknown outcome ({detail}); check `haagent status`")
+
+
+def _printable(text: str) -> str:
+    """Text made of an agent's answer, each line escaped: names and reasons come from the
+    network and must not drive the terminal (escape sequences, carriage returns)."""
+    return "\n".join(escape(line) for line in text.split("\n"))
+
+
+def _shape_error(url: str, what: str, exc: Exception) -> CliError:
+    return CliError(
+        f"the agent at {url} answered {what} this haagent cannot read "
+        f"({type(exc).__name__}: {escape(str(exc), 80)}); is it the same haagent version?"
+    )
 
 
 def _cmd_guest(args: argparse.Namespace) -> int:
     url, token = _agent(args)
-    doc = asyncio.run(request_json(url, "POST", f"/v1/guests/{args.name}/{args.action}", token))
+    path = f"/v1/guests/{quote(args.name, safe='')}/{args.action}"
+    doc = asyncio.run(request_json(url, "POST", path, token))
     return _report_outcome(doc, f"{args.action} {args.name}")
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
     url, token = _agent(args)
-    path = f"/v1/nodes/{args.name}/maintenance"
+    path = f"/v1/nodes/{quote(args.name, safe='')}/maintenance"
     doc = asyncio.run(request_json(url, "POST", path, token, body={"on": args.state == "on"}))
     return _report_outcome(doc, f"maintenance {args.state} for {args.name}")
 
@@ -180,7 +217,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         from haagent.sim.swarm import swarm_cli
 
         if args.swarm:
+            if args.seeds < 0 or args.start < 0 or args.workers < 1:
+                raise CliError("--seeds and --start must be >= 0, --workers >= 1", EXIT_USAGE)
             return swarm_cli(args.seeds, args.start, args.workers, args.verbose)
+        try:
+            # The same limits as config files: no FIFO, no device, no binary, no giant file.
+            read_small_text(args.scenario, MAX_SCENARIO_BYTES)
+        except UntrustedInputError as exc:
+            raise CliError(f"--scenario: {exc}", EXIT_USAGE) from None
         return run_scenario_cli(args.scenario, args.seed, args.trace)
     if args.config is None or not args.fail:
         raise CliError("what-if needs --config FILE and --fail NODE[,NODE]", EXIT_USAGE)
@@ -209,7 +253,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             if not doc.get("view_fresh", True):
                 source += " (its view may be stale: it holds no lease)"
         except CliError as exc:
-            print(f"haagent: {exc}; computing from the config instead", file=sys.stderr)
+            print(
+                f"haagent: {escape(str(exc))}; computing from the config instead",
+                file=sys.stderr,
+            )
     if doc is None:
         settings = cfg.agent_settings()
         state = planned_state(
@@ -219,7 +266,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"source": source, **doc}, indent=1, sort_keys=True))
     else:
-        print(format_whatif(doc, source))
+        try:
+            text = format_whatif(doc, source)
+        except _SHAPE_ERRORS as exc:
+            raise _shape_error(cfg.api_listen, "a what-if document", exc) from None
+        print(_printable(text))
     return 0
 
 
@@ -244,7 +295,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from haagent.daemon import run_daemon
 
-    return run_daemon(config)
+    try:
+        return run_daemon(config)
+    except HypervisorError as exc:
+        # Start-up could not reach the hypervisor (libvirtd down, a wrong URI): nothing was
+        # bound or armed yet.
+        raise CliError(f"cannot start: {exc}") from None
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -258,11 +314,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    doc = fetch_status(*_agent(args))
+    url, token = _agent(args)
+    doc = fetch_status(url, token)
     if args.json:
         print(json.dumps(doc, indent=1, sort_keys=True))
     else:
-        print(format_status(doc))
+        try:
+            text = format_status(doc)
+        except _SHAPE_ERRORS as exc:
+            raise _shape_error(url, "a status document", exc) from None
+        print(_printable(text))
     return 0
 
 
@@ -302,14 +363,25 @@ async def request_json(
             ) as session,
             session.request(method, base.rstrip("/") + path, headers=headers, json=body) as resp,
         ):
-            answer = await resp.json(content_type=None)
-            if not isinstance(answer, dict):
-                raise CliError(f"{url}{path}: unexpected answer")
-            if resp.status != 200 and "outcome" not in answer:
-                raise CliError(f"{url}{path}: HTTP {resp.status}: {answer.get('error', answer)}")
-            return answer
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            status = resp.status
+            data = b""
+            while len(data) <= MAX_ANSWER_BYTES:
+                chunk = await resp.content.read(MAX_ANSWER_BYTES + 1 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+    except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
         raise CliError(f"cannot reach the agent at {url}: {exc or type(exc).__name__}") from None
+    try:
+        answer = loads_json(data, max_bytes=MAX_ANSWER_BYTES, max_depth=MAX_ANSWER_DEPTH)
+    except UntrustedInputError as exc:
+        raise CliError(f"{url}{path}: HTTP {status}, and the answer is not usable: {exc}") from None
+    if not isinstance(answer, dict):
+        raise CliError(f"{url}{path}: HTTP {status}, and the answer is not a JSON object")
+    if status != 200 and "outcome" not in answer:
+        error = escape(str(answer.get("error", answer)), 300)
+        raise CliError(f"{url}{path}: HTTP {status}: {error}")
+    return answer
 
 
 if __name__ == "__main__":

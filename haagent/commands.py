@@ -113,11 +113,16 @@ class FenceResult(Command):
 
 @dataclass(frozen=True)
 class DefineGuest(Command):
-    """Leader: register a protected guest from the config, or update its spec."""
+    """Leader: register a protected guest from the config, or update its spec.
+
+    `expect_version` is the guest's `spec_version` the leader decided on (0 for a new guest):
+    a late re-delivery of an older definition is refused instead of undoing a newer one.
+    `None` only in commands written by agents before 0.2 (replayed as they were applied)."""
 
     type_name: ClassVar[str] = "define_guest"
     spec: GuestSpec
     at: float
+    expect_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ class SetDesired(Command):
     desired: DesiredState
     by: str
     at: float
+    expect_version: int | None = None  # the guest's admin_version it was decided on
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,21 @@ class SetMaintenance(Command):
     type_name: ClassVar[str] = "set_maintenance"
     node: str
     on: bool
+    by: str
+    at: float
+    expect_version: int | None = None  # the node's admin_version it was decided on
+
+
+@dataclass(frozen=True)
+class ConfirmFenced(Command):
+    """Admin: "I have verified that `node` is powered off" (`haagent node confirm-fenced`).
+    Accepted only while the node is declared failed in failure `epoch` and not yet fenced; it
+    then counts as fenced (method `manual`, audited with `by`) and its guests may move. The
+    admin carries the risk the fence agents could not take away: see the README."""
+
+    type_name: ClassVar[str] = "confirm_fenced"
+    node: str
+    epoch: int
     by: str
     at: float
 
@@ -262,6 +283,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         GuestError,
         ReplicaOutdated,
         ReplicaUpToDate,
+        ConfirmFenced,
     )
 }
 

@@ -9,26 +9,66 @@ The reference for every key is the README ("Configuration"); keep the two in ste
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from haagent.agent import AgentSettings, NodeSettings
+from haagent.fencing.agent_runner import validate_params
 from haagent.model import FenceMethod, GuestSpec, NodeRole, StorageKind
 from haagent.ports import FenceDevice
+from haagent.untrusted import UntrustedInputError, escape, read_small_text, show
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Matched in full (re.fullmatch): `$` would also accept a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 MIN_SECRET_LEN = 12
+MAX_SECRET_LEN = 4096
+# Secrets and tokens are visible ASCII: the API compares the token with the bytes of an HTTP
+# header, and every node must read the same cluster secret byte for byte (non-ASCII text has
+# several encodings and normal forms; a file of random bytes has none).
+SECRET_RE = re.compile(r"[!-~]+")
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_SECRET_FILE_BYTES = 64 * 1024
+MAX_XML_BYTES = 1024 * 1024
+# Linux: PATH_MAX counts the NUL, NAME_MAX is per component, sun_path holds 108 bytes with NUL.
+MAX_PATH_BYTES = 4095
+MAX_NAME_BYTES = 255
+MAX_SOCKET_PATH_BYTES = 107
+MIN_SECONDS = 0.001
+MAX_SECONDS = 365 * 24 * 3600.0
+MAX_WATCHDOG_TIMEOUT_S = 3600.0
+MAX_MEMORY_MIB = 2**31
+MAX_PRIORITY = 1000
+MAX_COUNT = 1000
+# Cross-field rules compare the decimal numbers the file spells (0.7 + 0.2 is 0.9, not
+# 0.8999999999999999), and a strict "greater than" needs this much room: a rule that keeps a
+# cut-off node from being declared failed before it stopped its guests must not pass on a
+# margin of one float rounding step.
+MIN_MARGIN_S = Decimal("0.001")
+_HOST_RE = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+_AGENT_NAME_RE = re.compile(r"fence_[A-Za-z0-9_]{1,100}")
+_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]*")
 
 
 class ConfigError(ValueError):
-    """An invalid config file. `str()` reads "FILE: KEY: what is wrong"."""
+    """An invalid config file. `str()` reads "FILE: KEY: what is wrong", on one line: control
+    characters anywhere in it (the file name, a quoted TOML key, a value) are escaped."""
 
     def __init__(self, file: Path | str, key: str, message: str) -> None:
-        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+        text = f"{file}: {key}: {message}" if key else f"{file}: {message}"
+        super().__init__(escape(text))
         self.file = str(file)
         self.key = key
         self.message = message
@@ -167,7 +207,9 @@ class Config:
         gc = self.guests.get(guest)
         if gc is None or gc.xml_path is None:
             return None
-        return gc.xml_path.read_text()
+        # Read each time (an admin may update it), with the same limits as at check time:
+        # a FIFO or device here must not block the daemon. Raises UntrustedInputError.
+        return read_small_text(gc.xml_path, MAX_XML_BYTES)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -214,17 +256,30 @@ class _Table:
             raise self.error(name, f"must be a string, got {_kind(value)}")
         return value
 
-    def number(self, name: str, default: float, *, positive: bool = True) -> float:
+    def number(self, name: str, default: float, *, maximum: float = MAX_SECONDS) -> float:
+        """A number of seconds: finite, at least MIN_SECONDS (a smaller period would spin the
+        loop), at most `maximum`."""
         value = self.raw(name)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(name, f"must be a number of seconds, got {_kind(value)}")
-        if positive and value <= 0:
-            raise self.error(name, f"must be greater than 0, got {value}")
+        if not math.isfinite(value):
+            raise self.error(name, f"must be a finite number of seconds, got {value}")
+        if not MIN_SECONDS <= value <= maximum:
+            raise self.error(
+                name, f"must be between {MIN_SECONDS:g} and {maximum:g}, got {show(value, 40)}"
+            )
         return float(value)
 
-    def integer(self, name: str, default: int | None = None, *, minimum: int = 0) -> int:
+    def integer(
+        self,
+        name: str,
+        default: int | None = None,
+        *,
+        minimum: int = 0,
+        maximum: int = MAX_COUNT,
+    ) -> int:
         value = self.raw(name)
         if value is None:
             if default is None:
@@ -232,8 +287,10 @@ class _Table:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(name, f"must be an integer, got {_kind(value)}")
-        if value < minimum:
-            raise self.error(name, f"must be at least {minimum}, got {value}")
+        if not minimum <= value <= maximum:
+            raise self.error(
+                name, f"must be between {minimum} and {maximum}, got {show(value, 40)}"
+            )
         return value
 
     def names(self, name: str) -> tuple[str, ...]:
@@ -243,6 +300,17 @@ class _Table:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.error(name, "must be a list of node names")
         return tuple(value)
+
+    def path(self, name: str, base: Path, default: str | None = None) -> Path:
+        """A file system path, relative to the config's folder unless absolute."""
+        value = self.string(name, default)
+        problem = _path_problem(value)
+        if problem:
+            raise self.error(name, problem)
+        joined = base / value
+        if len(str(joined).encode()) > MAX_PATH_BYTES:
+            raise self.error(name, f"the path is longer than {MAX_PATH_BYTES} bytes")
+        return joined
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
@@ -261,17 +329,32 @@ def _kind(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def _path_problem(value: str) -> str | None:
+    """Why `value` cannot name a file on this system, or None."""
+    if not value:
+        return "must not be empty"
+    if any(not ch.isprintable() for ch in value):
+        return f"must not contain control characters, got {show(value)}"
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"the path is longer than {MAX_PATH_BYTES} bytes"
+    if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        return f"a path component is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
 def _secret(t: _Table, name: str, base: Path) -> str:
-    """Read `name` or `name_file` (relative to the config's folder)."""
+    """Read `name` or `name_file` (relative to the config's folder): 12 to 4096 visible ASCII
+    characters; a file's surrounding blanks and final newline do not count."""
     file_key = f"{name}_file"
     if t.has(name) and t.has(file_key):
         raise t.error(name, f"set either {name} or {file_key}, not both")
     if t.has(file_key):
-        path = base / t.string(file_key)
+        path = t.path(file_key, base)
         try:
-            value = path.read_text().strip()
-        except OSError as exc:
-            raise t.error(file_key, f"cannot read {path}: {exc.strerror}") from None
+            value = read_small_text(path, MAX_SECRET_FILE_BYTES).strip()
+        except UntrustedInputError as exc:
+            raise t.error(file_key, str(exc)) from None
         key = file_key
     elif t.has(name):
         value, key = t.string(name), name
@@ -279,33 +362,87 @@ def _secret(t: _Table, name: str, base: Path) -> str:
         raise t.error(name, f"missing: set {name} or {file_key} (required, no default)")
     if len(value) < MIN_SECRET_LEN:
         raise t.error(key, f"too short: at least {MIN_SECRET_LEN} characters")
+    if len(value) > MAX_SECRET_LEN:
+        raise t.error(key, f"too long: at most {MAX_SECRET_LEN} characters")
+    if not SECRET_RE.fullmatch(value):
+        raise t.error(
+            key,
+            "may hold only visible ASCII characters (! to ~, no blanks, no control "
+            "characters, no other bytes), e.g. the output of `openssl rand -hex 32`",
+        )
     return value
+
+
+def _host_port(t: _Table, name: str, value: str) -> tuple[str, int]:
+    """Split "host:port" ("[v6]:port" for IPv6); the port is ASCII digits 1..65535 and the
+    host an IP address or a DNS name."""
+    host, sep, port = value.rpartition(":")
+    bad = t.error(name, f"must be host:port with a port 1-65535, got {show(value)}")
+    if not sep or not host or not _PORT_RE.fullmatch(port) or not 0 < int(port) < 65536:
+        raise bad
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise bad from None
+    elif not (_is_ipv4(host) or _HOST_RE.fullmatch(host)):
+        raise bad
+    return host, int(port)
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _address(t: _Table, name: str) -> str:
     value = t.string(name, required=True)
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise t.error(name, f"must be host:port, got {value!r}")
+    _host_port(t, name, value)
     return value
 
 
+def _raft_address(t: _Table, name: str) -> tuple[str, tuple[str, int]]:
+    """A Raft endpoint: an IP address (no DNS name: finding one's peers during a failure
+    must not depend on a resolver) and a port. Returns the address as written and its
+    canonical form, so one endpoint spelt two ways ("[::1]" and "[0::1]") is one."""
+    value = t.string(name, required=True)
+    host, port = _host_port(t, name, value)
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise t.error(
+            name, f"must be an IP address and a port (no DNS names), got {show(value)}"
+        ) from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_multicast:
+        raise t.error(name, f"must be this node's own unicast address, got {show(value)}")
+    return value, (str(ip), port)
+
+
 def _check_name(t: _Table, key: str, value: str, what: str) -> None:
-    if not NAME_RE.match(value):
-        raise t.error(key, f"{what} {value!r} must match {NAME_RE.pattern}")
+    if not NAME_RE.fullmatch(value):
+        raise t.error(key, f"{what} {show(value)} must match {NAME_RE.pattern}")
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate one node's config file. Raises ConfigError."""
+    """Read and validate one node's config file. Raises ConfigError, and nothing else for
+    anything a file can hold."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+        text = read_small_text(path, MAX_CONFIG_BYTES)
+    except UntrustedInputError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.reason}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays and inline tables.
+        raise ConfigError(path, "", "not valid TOML: nested too deeply") from None
     return parse_config(data, path)
 
 
@@ -334,20 +471,48 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     local_t = root.table("local", required=True)
     node = local_t.string("node", required=True)
     if node not in nodes:
-        raise local_t.error("node", f"{node!r} is not one of [nodes]: {', '.join(sorted(nodes))}")
-    data_dir = base / local_t.string("data_dir", required=True)
+        raise local_t.error(
+            "node", f"{show(node)} is not one of [nodes]: {', '.join(sorted(nodes))}"
+        )
+    data_dir = local_t.path("data_dir", base)
     libvirt_uri = local_t.string("libvirt_uri") if local_t.has("libvirt_uri") else None
     if nodes[node].role is NodeRole.HYPERVISOR and not libvirt_uri:
         raise local_t.error("libvirt_uri", "missing (required on a hypervisor)")
+    if libvirt_uri is not None and not (
+        len(libvirt_uri) <= 1024 and _URI_RE.fullmatch(libvirt_uri)
+    ):
+        raise local_t.error(
+            "libvirt_uri", f"must be a libvirt URI such as qemu:///system, got {show(libvirt_uri)}"
+        )
     api_listen = local_t.string("api_listen", required=True)
     if api_listen.startswith("unix:"):
-        if not api_listen[5:].startswith("/"):
+        socket_path = api_listen[5:]
+        problem = _path_problem(socket_path)
+        if problem:
+            raise local_t.error("api_listen", problem)
+        if not socket_path.startswith("/"):
             raise local_t.error("api_listen", "unix: needs an absolute socket path")
+        if len(socket_path.encode()) > MAX_SOCKET_PATH_BYTES:
+            raise local_t.error(
+                "api_listen", f"a socket path may be at most {MAX_SOCKET_PATH_BYTES} bytes long"
+            )
     else:
         _address(local_t, "api_listen")
     api_token = _secret(local_t, "api_token", base)
-    watchdog_device = local_t.string("watchdog_device") if local_t.has("watchdog_device") else None
-    standin = base / local_t.string("watchdog_standin", str(data_dir / "watchdog.standin"))
+    watchdog_device: str | None = None
+    if local_t.has("watchdog_device"):
+        watchdog_device = str(local_t.path("watchdog_device", base))
+        # Opening it for writing arms it, and would block forever on a FIFO: anything that
+        # exists here must be a character device. (A missing one means the stand-in.)
+        try:
+            mode = os.stat(watchdog_device).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISCHR(mode):
+            raise local_t.error(
+                "watchdog_device", f"{show(watchdog_device)} is not a character device"
+            )
+    standin = local_t.path("watchdog_standin", base, str(data_dir / "watchdog.standin"))
     standin_ok = local_t.raw("watchdog_standin_ok")
     if standin_ok is None:
         standin_ok = False
@@ -385,6 +550,11 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     )
 
 
+def _exact(seconds: float) -> Decimal:
+    """The decimal number a config spells for `seconds` (the shortest repr of the float)."""
+    return Decimal(repr(seconds))
+
+
 def _timing(t: _Table) -> Timing:
     profile = t.string("profile", DEFAULT_TIMING_PROFILE)
     if profile not in TIMING_PROFILES:
@@ -392,27 +562,32 @@ def _timing(t: _Table) -> Timing:
     d = TIMING_PROFILES[profile]
     timing = Timing(**{name: t.number(name, getattr(d, name)) for name in d.__dataclass_fields__})
     t.done()
-    if timing.lease_s < 3 * timing.heartbeat_s:
+    x = {name: _exact(getattr(timing, name)) for name in d.__dataclass_fields__}
+    if x["lease_s"] < 3 * x["heartbeat_s"]:
         raise t.error(
             "lease_s",
-            f"must be at least 3 x heartbeat_s ({3 * timing.heartbeat_s}s) "
+            f"must be at least 3 x heartbeat_s ({3 * x['heartbeat_s']}s) "
             "so one slow commit does not lose the lease",
         )
-    if timing.failure_timeout_s <= timing.lease_s + timing.stop_grace_s:
+    if x["failure_timeout_s"] < x["lease_s"] + x["stop_grace_s"] + MIN_MARGIN_S:
         raise t.error(
             "failure_timeout_s",
-            f"must exceed lease_s + stop_grace_s ({timing.lease_s + timing.stop_grace_s}s): "
-            "a node cut off must have stopped its guests before anyone may declare it failed",
+            f"must exceed lease_s + stop_grace_s ({x['lease_s'] + x['stop_grace_s']}s) by at "
+            f"least {MIN_MARGIN_S}s: a node cut off must have stopped its guests before "
+            "anyone may declare it failed",
         )
-    if timing.election_timeout_min_s >= timing.election_timeout_max_s:
-        raise t.error("election_timeout_max_s", "must exceed election_timeout_min_s")
-    if timing.election_timeout_max_s >= timing.lease_s:
+    if x["election_timeout_max_s"] < x["election_timeout_min_s"] + MIN_MARGIN_S:
         raise t.error(
             "election_timeout_max_s",
-            f"must be below lease_s ({timing.lease_s}s): a leader election "
-            "must not cost every node its lease",
+            f"must exceed election_timeout_min_s by at least {MIN_MARGIN_S}s",
         )
-    if timing.fence_retry_max_s < timing.fence_retry_initial_s:
+    if x["lease_s"] < x["election_timeout_max_s"] + MIN_MARGIN_S:
+        raise t.error(
+            "election_timeout_max_s",
+            f"must be below lease_s ({x['lease_s']}s) by at least {MIN_MARGIN_S}s: a leader "
+            "election must not cost every node its lease",
+        )
+    if x["fence_retry_max_s"] < x["fence_retry_initial_s"]:
         raise t.error("fence_retry_max_s", "must be at least fence_retry_initial_s")
     return timing
 
@@ -423,9 +598,13 @@ def _fence_devices(t: _Table) -> dict[str, FenceDevice]:
         _check_name(t, name, name, "fence device name")
         dt = t.table(name)
         agent = dt.string("agent", required=True)
-        if not re.match(r"^(/[^\0]+|fence_[A-Za-z0-9_]+)$", agent):
+        if agent.startswith("/"):
+            problem = _path_problem(agent)
+            if problem:
+                raise dt.error("agent", problem)
+        elif not _AGENT_NAME_RE.fullmatch(agent):
             raise dt.error(
-                "agent", f"must be a fence_* agent name or an absolute path, got {agent!r}"
+                "agent", f"must be a fence_* agent name or an absolute path, got {show(agent)}"
             )
         params_t = dt.table("params")
         params: dict[str, str] = {}
@@ -435,14 +614,20 @@ def _fence_devices(t: _Table) -> dict[str, FenceDevice]:
                 raise params_t.error(key, "is set by haagent, do not configure it")
             if isinstance(value, bool):
                 params[key] = "1" if value else "0"
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise params_t.error(key, f"must be a finite number, got {value}")
             elif isinstance(value, (str, int, float)):
                 params[key] = str(value)
             else:
                 raise params_t.error(
                     key, f"must be a string, number or boolean, got {_kind(value)}"
                 )
-            if "\n" in params[key]:
-                raise params_t.error(key, "must not contain a newline")
+        # The very check the fence runner makes before every call, so a device that passes
+        # here is never refused when its node has to be fenced.
+        for action in ("off", "status"):
+            problem = validate_params(action, params)
+            if problem is not None:
+                raise dt.error("params", problem)
         dt.done()
         devices[name] = FenceDevice(name=name, agent=agent, params=params)
     return devices
@@ -450,25 +635,27 @@ def _fence_devices(t: _Table) -> dict[str, FenceDevice]:
 
 def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfig]:
     nodes: dict[str, NodeConfig] = {}
-    addresses: dict[str, str] = {}
+    addresses: dict[tuple[str, int], str] = {}
     for name in list(t.data):
         _check_name(t, name, name, "node name")
         nt = t.table(name)
-        address = _address(nt, "address")
-        if address in addresses:
-            raise nt.error("address", f"{address} is also the address of {addresses[address]}")
-        addresses[address] = name
+        address, endpoint = _raft_address(nt, "address")
+        if endpoint in addresses:
+            raise nt.error(
+                "address", f"{show(address)} is also the address of {addresses[endpoint]}"
+            )
+        addresses[endpoint] = name
         role_s = nt.string("role", "hypervisor")
         try:
             role = NodeRole(role_s)
         except ValueError:
-            raise nt.error("role", f"must be hypervisor or witness, got {role_s!r}") from None
-        memory = nt.integer("memory_mib", 0, minimum=0)
+            raise nt.error("role", f"must be hypervisor or witness, got {show(role_s)}") from None
+        memory = nt.integer("memory_mib", 0, minimum=0, maximum=MAX_MEMORY_MIB)
         method: FenceMethod | None = None
         levels: tuple[tuple[str, ...], ...] = ()
         # The watchdog resets a host whose agent hangs, in either fencing mode; with
         # fence = "watchdog" it is also what the leader waits for before recovering.
-        watchdog_timeout = nt.number("watchdog_timeout_s", 10.0)
+        watchdog_timeout = nt.number("watchdog_timeout_s", 10.0, maximum=MAX_WATCHDOG_TIMEOUT_S)
         fence = nt.raw("fence")
         if role is NodeRole.WITNESS:
             if fence is not None:
@@ -494,7 +681,9 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
                         )
                     for d in level:
                         if d not in devices:
-                            raise nt.error("fence", f"level {i} names unknown fence device {d!r}")
+                            raise nt.error(
+                                "fence", f"level {i} names unknown fence device {show(d)}"
+                            )
                     parsed.append(tuple(level))
                 levels = tuple(parsed)
             else:
@@ -525,17 +714,25 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
         _check_name(t, name, name, "guest name")
         gt = t.table(name)
         domain = gt.string("domain", name)
+        if not 0 < len(domain) <= 200 or "/" in domain or not domain.isprintable():
+            raise gt.error(
+                "domain",
+                f"must be a libvirt domain name (1-200 printable characters, no '/'), "
+                f"got {show(domain)}",
+            )
         if domain in domains:
-            raise gt.error("domain", f"{domain!r} is also the domain of guest {domains[domain]}")
+            raise gt.error(
+                "domain", f"{show(domain)} is also the domain of guest {domains[domain]}"
+            )
         domains[domain] = name
-        memory = gt.integer("memory_mib", minimum=1)
-        priority = gt.integer("priority", 0, minimum=-1000)
+        memory = gt.integer("memory_mib", minimum=1, maximum=MAX_MEMORY_MIB)
+        priority = gt.integer("priority", 0, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY)
         preferred = gt.names("preferred_nodes")
         allowed = gt.names("allowed_nodes")
         for key, listed in (("preferred_nodes", preferred), ("allowed_nodes", allowed)):
             for n in listed:
                 if n not in hypervisors:
-                    raise gt.error(key, f"{n!r} is not a hypervisor in [nodes]")
+                    raise gt.error(key, f"{show(n)} is not a hypervisor in [nodes]")
         if allowed and not set(preferred) <= set(allowed):
             raise gt.error("preferred_nodes", "every preferred node must also be allowed")
         group = gt.string("anti_affinity", "")
@@ -547,15 +744,17 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
             # DRBD adapter yet, so accepting it here would promise what nothing does.
             raise gt.error(
                 "storage",
-                f"unsupported storage kind {storage_s!r} (supported: shared; drbd is "
+                f"unsupported storage kind {show(storage_s)} (supported: shared; drbd is "
                 "implemented in the simulator only so far)",
             )
         storage = StorageKind.SHARED
         xml_path: Path | None = None
         if gt.has("xml"):
-            xml_path = base / gt.string("xml")
-            if not xml_path.is_file():
-                raise gt.error("xml", f"no such file: {xml_path}")
+            xml_path = gt.path("xml", base)
+            try:
+                read_small_text(xml_path, MAX_XML_BYTES)
+            except UntrustedInputError as exc:
+                raise gt.error("xml", str(exc)) from None
         gt.done()
         spec = GuestSpec(
             name=name,

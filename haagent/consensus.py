@@ -40,6 +40,7 @@ from haagent.model import ClusterState
 from haagent.ports import ConsensusView, HeartbeatSeen, Outcome, OutcomeKind
 from haagent.statemachine import apply
 from haagent.vendor.pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from haagent.vendor.pysyncobj.journal import FileJournal, JournalCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ _FAIL_NAMES = {
     FAIL_REASON.REQUEST_DENIED: "request denied",
     FAIL_REASON.UNKNOWN_OUTCOME: "unknown outcome",
 }
+
+
+class JournalDamagedError(Exception):
+    """The Raft journal is damaged beyond a torn tail. Nothing is guessed: the node must be
+    wiped and rejoin (README, "Recovering a damaged journal")."""
 
 
 class _ReplicatedLog(SyncObj):
@@ -116,14 +122,30 @@ class RaftConsensus:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pysyncobj binds
             sock.bind((host.strip("[]"), int(port)))
 
+    @property
+    def journal_path(self) -> Path:
+        return self._data_dir / "raft.journal"
+
+    def check_storage(self) -> None:
+        """Open the journal once and close it: a torn tail is truncated (and logged) now, and
+        anything worse raises JournalDamagedError, so the daemon can refuse to start before it
+        arms the watchdog instead of crash-looping (and resetting its host) later."""
+        if not self._persist:
+            return
+        try:
+            _durable_mkdir(self._data_dir)
+            FileJournal(str(self.journal_path))._destroy()
+        except JournalCorrupt as exc:
+            raise JournalDamagedError(str(exc)) from None
+
     def start(self) -> None:
         """Bind the Raft port and start the tick thread. Replays the journal if present."""
         min_s, max_s = self._election
         kwargs: dict[str, Any] = {}
         if self._persist:
-            self._data_dir.mkdir(parents=True, exist_ok=True)
+            _durable_mkdir(self._data_dir)
             kwargs.update(
-                journalFile=str(self._data_dir / "raft.journal"),
+                journalFile=str(self.journal_path),
                 fullDumpFile=str(self._data_dir / "raft.snapshot.json"),
                 serializer=self._write_snapshot,
                 deserializer=self._read_snapshot,
@@ -242,6 +264,7 @@ class RaftConsensus:
             pre_votes=stats["pre_votes"],
             elections=stats["elections"],
             pre_votes_refused=stats["pre_votes_refused"],
+            storage_error=sync.getStorageError(),
         )
 
     async def propose(self, command: Command, timeout_s: float) -> Outcome:
@@ -271,6 +294,24 @@ class RaftConsensus:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             return Outcome(OutcomeKind.UNKNOWN, f"no answer within {timeout_s}s")
+
+
+def _durable_mkdir(path: Path) -> None:
+    """mkdir -p whose new directories survive a power loss: each parent is fsynced after a
+    directory is created in it (a journal fsynced inside a directory whose own entry was
+    never fsynced can vanish with it)."""
+    missing = []
+    p = path.absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        fd = os.open(d.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _entry_to_json(entry: Any) -> list[Any]:

@@ -36,7 +36,7 @@ from haagent.agent import (
 from haagent.api import ApiError, build_app, serve
 from haagent.commands import SetDesired, SetMaintenance
 from haagent.config import Config
-from haagent.consensus import RaftConsensus
+from haagent.consensus import JournalDamagedError, RaftConsensus
 from haagent.fencing.levels import AgentFencer
 from haagent.fencing.sdnotify import SystemdNotifier
 from haagent.fencing.watchdog import DeviceWatchdog, WatchdogError, open_watchdog
@@ -132,6 +132,16 @@ class Daemon:
                 consensus.check_address()
             except OSError as exc:
                 raise StartupError(f"cannot bind Raft on {cfg.me.address}: {_why(exc)}") from None
+            try:
+                consensus.check_storage()
+            except JournalDamagedError as exc:
+                raise StartupError(
+                    f"Raft journal damaged: {exc}; to recover, wipe {cfg.data_dir / 'raft'} "
+                    "and start again: this node rejoins as an empty replica (README: "
+                    "Recovering a damaged journal)"
+                ) from None
+            except OSError as exc:
+                raise StartupError(f"cannot open the Raft journal: {exc}") from None
             self._arm_watchdog()
         except StartupError:
             await runner.cleanup()

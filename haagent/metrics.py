@@ -38,6 +38,14 @@ class AgentMetrics:
             "within lease_s.",
             registry=r,
         )
+        # Storage (issue 14): kept minimal here while the metrics move to a scrape-time
+        # collector; it belongs with the other raft gauges there.
+        self.raft_storage_error = Gauge(
+            "haagent_raft_storage_error",
+            "1 while this agent's Raft journal cannot be written (disk full or I/O error): it "
+            "then acknowledges nothing and counts toward no majority.",
+            registry=r,
+        )
         self.lease_remaining = Gauge(
             "haagent_lease_remaining_seconds",
             "Seconds left on this node's lease (0 if none).",
@@ -150,6 +158,7 @@ class AgentMetrics:
         self.raft_term.set(view.term)
         self.raft_leader.set(1 if view.is_leader else 0)
         self.raft_quorum.set(1 if now < lease_until else 0)
+        self.raft_storage_error.set(1 if view.storage_error else 0)
         self.lease_remaining.set(max(0.0, lease_until - now))
         for name, rec in state.nodes.items():
             for s in NodeState:

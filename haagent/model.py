@@ -73,8 +73,12 @@ class StorageKind(StrEnum):
 
 
 class FenceMethod(StrEnum):
+    """How a node's power-off was established: a fence agent confirmed it, its watchdog
+    deadline passed, or an admin confirmed it by hand (`haagent node confirm-fenced`)."""
+
     AGENT = "agent"
     WATCHDOG = "watchdog"
+    MANUAL = "manual"
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class NodeRecord:
     evidence: FailureEvidence | None = None
     fence: FenceRecord = field(default_factory=FenceRecord)
     maintenance: bool = False  # admin: host no guests (its guests are stopped and moved)
+    admin_version: int = 0  # grows with every accepted admin decision about this node
     reason: str = ""
     changed_at: float = 0.0  # wall clock, display only
 
@@ -151,6 +156,8 @@ class GuestRecord:
     failures: int = 0  # failed starts/crashes at the current owner
     failed_nodes: tuple[str, ...] = ()  # owners that gave up on it (it moves on, then errors)
     outdated_nodes: tuple[str, ...] = ()  # drbd: replicas known to be behind (never promoted)
+    admin_version: int = 0  # grows with every accepted enable/disable of this guest
+    spec_version: int = 0  # grows with every accepted change of its spec
     reason: str = ""
     changed_at: float = 0.0  # wall clock, display only
 

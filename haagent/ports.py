@@ -6,7 +6,7 @@ watchdog device); the simulator plugs in fakes. Nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -70,6 +70,10 @@ class ConsensusView:
     elections: int = 0
     pre_votes_refused: int = 0
 
+    # Why the Raft journal cannot be written now (disk full, I/O error): this replica then
+    # acknowledges nothing, so it stops counting toward any majority.
+    storage_error: str | None = None
+
     @property
     def replica_lag(self) -> int:
         """Committed entries (as far as this replica knows) it has not applied yet."""
@@ -125,6 +129,12 @@ class Hypervisor(Protocol):
 
     async def destroy(self, domain: str) -> None:
         """Hard power-off. Succeeds if the domain is not running."""
+        ...
+
+    async def clear_autostart(self, domains: Collection[str]) -> list[str]:
+        """Turn libvirt's autostart off for those of `domains` defined here; return the names
+        it was on for. A protected guest must start only where the cluster decides: a fenced
+        host that boots must not start it on its own before its agent runs."""
         ...
 
     def set_listener(self, wake: Callable[[], None]) -> None:

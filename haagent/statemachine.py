@@ -24,6 +24,7 @@ from typing import Any
 from haagent.commands import (
     AssignGuests,
     Command,
+    ConfirmFenced,
     DeclareFailed,
     DefineGuest,
     FenceResult,
@@ -43,8 +44,10 @@ from haagent.commands import (
 from haagent.model import (
     ClusterState,
     DesiredState,
+    FenceMethod,
     FenceRecord,
     GuestRecord,
+    GuestSpec,
     GuestState,
     NodeRecord,
     NodeRole,
@@ -194,22 +197,58 @@ def _fence_result(state: ClusterState, c: FenceResult) -> tuple[ClusterState, Re
 def _define_guest(state: ClusterState, c: DefineGuest) -> tuple[ClusterState, Result]:
     current = state.guests.get(c.spec.name)
     if current is None:
+        if c.expect_version not in (None, 0):
+            return _refuse(state, f"guest {c.spec.name!r} is not defined (stale definition)")
         record = GuestRecord(spec=c.spec, reason="defined", changed_at=c.at)
         return state.with_guest(record), OK
     if current.spec == c.spec:
         return state, Result(True, "unchanged")
-    return state.with_guest(replace(current, spec=c.spec)), OK
+    if c.expect_version is not None and c.expect_version != current.spec_version:
+        return _refuse(state, _stale("definition", c.expect_version, current.spec_version))
+    why = spec_change_blocked(current, c.spec)
+    if why:
+        return _refuse(state, why)
+    record = replace(current, spec=c.spec, spec_version=current.spec_version + 1)
+    return state.with_guest(record), OK
+
+
+# Fields that name what runs and where its disks are: changing them under a live instance
+# would leave that instance unrecognised (a second copy could start under the new name).
+_IDENTITY_FIELDS = ("domain", "storage", "replica_nodes", "resource")
+
+
+def spec_change_blocked(current: GuestRecord, spec: GuestSpec) -> str:
+    """Why `spec` may not replace `current.spec` now ("" if it may). A change of the domain
+    name or of the storage layout is applied only while the guest is stopped (disable it,
+    let the change commit, enable it): the running instance carries the old identity."""
+    changed = [f for f in _IDENTITY_FIELDS if getattr(current.spec, f) != getattr(spec, f)]
+    if changed and current.state in (GuestState.STARTING, GuestState.RUNNING):
+        return (
+            f"guest {spec.name!r} is {current.state}: its {', '.join(changed)} can change only "
+            "while it is stopped (disable it first)"
+        )
+    return ""
+
+
+def _stale(what: str, expected: int, current: int) -> str:
+    return (
+        f"stale {what}: decided on version {expected}, the record is at version {current} "
+        "(a newer decision won)"
+    )
 
 
 def _set_desired(state: ClusterState, c: SetDesired) -> tuple[ClusterState, Result]:
     current = state.guests.get(c.guest)
     if current is None:
         return _refuse(state, f"unknown guest {c.guest!r}")
+    if c.expect_version is not None and c.expect_version != current.admin_version:
+        return _refuse(state, _stale("enable/disable", c.expect_version, current.admin_version))
     # Disabling or enabling is also how an admin clears the error state: it resets the count
     # and forgets the nodes that gave up on it.
     new_state = GuestState.STOPPED if current.state is GuestState.ERROR else current.state
     record = replace(
         current,
+        admin_version=current.admin_version + 1,
         desired=c.desired,
         state=new_state,
         failures=0,
@@ -384,8 +423,35 @@ def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterSta
     if c.node not in state.nodes:
         return _refuse(state, f"unknown node {c.node!r} (it never joined)")
     rec = state.nodes[c.node]
+    if c.expect_version is not None and c.expect_version != rec.admin_version:
+        return _refuse(state, _stale("maintenance", c.expect_version, rec.admin_version))
     reason = f"maintenance {'on' if c.on else 'off'} by {c.by}"
-    return state.with_node(replace(rec, maintenance=c.on, reason=reason, changed_at=c.at)), OK
+    new = replace(
+        rec, maintenance=c.on, admin_version=rec.admin_version + 1, reason=reason, changed_at=c.at
+    )
+    return state.with_node(new), OK
+
+
+def _confirm_fenced(state: ClusterState, c: ConfirmFenced) -> tuple[ClusterState, Result]:
+    """An admin's word replaces a fence agent's: only for a node the cluster declared failed
+    (so it is already silent and refused as a peer), in the failure the admin looked at."""
+    rec = state.node(c.node)
+    why = _fence_check(rec, c.epoch)
+    if why:
+        return _refuse(state, why)
+    detail = f"power-off confirmed by {c.by}"
+    fence = replace(
+        rec.fence,
+        in_progress_by=None,
+        last_result="ok",
+        last_detail=detail,
+        method=FenceMethod.MANUAL,
+        confirmed_at=c.at,
+    )
+    new = replace(
+        rec, state=NodeState.FENCED, fence=fence, reason=f"fenced: {detail}", changed_at=c.at
+    )
+    return state.with_node(new), OK
 
 
 _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState, Result]]] = {
@@ -405,4 +471,5 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     SetMaintenance: _set_maintenance,
     ReplicaOutdated: _replica,
     ReplicaUpToDate: _replica,
+    ConfirmFenced: _confirm_fenced,
 }

@@ -23,13 +23,16 @@ def lease_loss_reason(view: ConsensusView) -> str:
     """Why a node holds no lease, as far as its own replica can tell (a metric label: few,
     stable values). The core decides the lease; this only names the likeliest cause.
 
-    `incompatible`: it cannot apply a committed command; `no_leader`: it knows no Raft leader
+    `incompatible`: it cannot apply a committed command; `storage_error`: its journal cannot
+    be written (it acknowledges nothing); `no_leader`: it knows no Raft leader
     (cut off, or an election is running); `replica_lagging`: it is more than
     REPLICA_LAG_ENTRIES behind the leader's commit; `heartbeats_not_committing`: a leader is
     known and the replica is current, but its heartbeats did not commit in time (loss, load).
     """
     if view.incompatible is not None:
         return "incompatible"
+    if view.storage_error is not None:
+        return "storage_error"
     if view.leader is None:
         return "no_leader"
     if view.replica_lag > REPLICA_LAG_ENTRIES:
@@ -105,6 +108,7 @@ def build_status(
         "loop_age_s": round(loop_age_s, 3),
         "incompatible": view.incompatible,
         "commit_index": view.commit_index,
+        "storage_error": view.storage_error,
         "replica": {
             "applied": view.last_applied,
             "leader_commit": view.leader_commit_index,
@@ -145,6 +149,8 @@ def format_status(doc: dict[str, Any]) -> str:
         )
     if doc.get("incompatible"):
         lines.append(f"INCOMPATIBLE: {doc['incompatible']}")
+    if doc.get("storage_error"):
+        lines.append(f"RAFT STORAGE: {doc['storage_error']}")
     rows = [["NODE", "STATE", "ROLE", "LAST HEARTBEAT", "FENCE", "REASON"]]
     for name, n in doc["nodes"].items():
         since = n["since_heartbeat_s"]

@@ -47,7 +47,7 @@ import re
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -394,6 +394,18 @@ def _is_active(dom: libvirt.virDomain) -> bool:
         raise
 
 
+def _clear_autostart(dom: libvirt.virDomain) -> bool:
+    """Turn autostart off if it is on; True if it was on (logged: an admin turned it on)."""
+    if not dom.autostart():
+        return False
+    dom.setAutostart(0)
+    log.warning(
+        "domain %s had libvirt autostart on; turned it off (haagent decides where it starts)",
+        dom.name(),
+    )
+    return True
+
+
 def _read_owner(dom: libvirt.virDomain) -> Owner | None:
     """The owner record of the running instance if active, of the persistent config if not
     (`VIR_DOMAIN_AFFECT_CURRENT`). Missing or unusable metadata is None, never an error: the
@@ -556,6 +568,7 @@ class LibvirtHypervisor:
                     f"domain {domain!r} is already running under {current or 'no owner record'}"
                     f", refusing to claim it for {wanted}"
                 )
+            _clear_autostart(dom)
             # The domain is inactive, so its persistent config is what `create()` will run.
             dom.setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT,
@@ -628,6 +641,19 @@ class LibvirtHypervisor:
                 raise
 
         await self._call(f"destroy {domain}", destroy)
+
+    async def clear_autostart(self, domains: Collection[str]) -> list[str]:
+        """See `Hypervisor.clear_autostart`. Domains not defined here are skipped."""
+
+        def clear(conn: libvirt.virConnect) -> list[str]:
+            cleared = []
+            for name in sorted(domains):
+                dom = _lookup(conn, name)
+                if dom is not None and _clear_autostart(dom):
+                    cleared.append(name)
+            return cleared
+
+        return await self._call("clear autostart", clear)
 
     async def capacity_mib(self) -> int:
         """The host's memory in MiB (libvirt's node info)."""

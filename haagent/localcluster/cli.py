@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from haagent.config import ConfigError, load_config
 from haagent.localcluster.cluster import ClusterError, LocalCluster, wait_for
 from haagent.status import format_status
 
@@ -50,9 +51,32 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _up(run_dir: Path, example: Path) -> LocalCluster:
+def check_example(example: Path) -> None:
+    """Validate every node config of an example folder before anything starts: an invalid one
+    is a ConfigError (exit 2), not an agent that dies in the background. The BMC parameters
+    `local up` reads itself are checked too."""
+    configs = sorted(example.glob("*.toml")) if example.is_dir() else []
     if not (example / "n1.toml").is_file():
         raise ClusterError(f"{example} holds no node configs (n1.toml ...)")
+    for path in configs:
+        cfg = load_config(path)
+        for device in cfg.fence_devices.values():
+            if device.agent != "fence_ipmilan":
+                continue
+            needed = ("ip", "ipport", "username", "password")
+            missing = [k for k in needed if k not in device.params]
+            port = device.params.get("ipport", "")
+            if missing or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+                raise ConfigError(
+                    path,
+                    f"fence_devices.{device.name}.params",
+                    "`haagent local` runs a simulated BMC for fence_ipmilan and needs ip, "
+                    "ipport (1-65535), username and password",
+                )
+
+
+def _up(run_dir: Path, example: Path) -> LocalCluster:
+    check_example(example)
     cluster = LocalCluster(run_dir)
     if run_dir.exists():
         if any(cluster.agent_pid(n) for n in cluster.nodes()):
@@ -90,6 +114,10 @@ def _cmd_down(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.dir)
     if not args.dir.exists():
         return _fail(f"no run folder {args.dir}")
+    if not (args.dir / "pids").is_dir():
+        # A regular file, or a folder `local up` did not make: there is nothing to stop, and
+        # saying "stopped" would be a lie.
+        return _fail(f"{args.dir} is not a run folder of `haagent local up` (no pids/ in it)")
     cluster.stop()
     print(f"stopped the cluster in {args.dir}")
     return 0

@@ -11,6 +11,7 @@ from haagent.commands import (
     AssignGuests,
     Assignment,
     CommandError,
+    ConfirmFenced,
     DeclareFailed,
     DefineGuest,
     FenceResult,
@@ -49,6 +50,10 @@ EXAMPLES = [
     GuestError("g", 3, "failed on n1, n2, n3", 13.0),
     ReplicaOutdated("g", "n2", "n1", 3, 14.0),
     ReplicaUpToDate("g", "n2", "n1", 3, 15.0),
+    ConfirmFenced("n2", 4, "api@n1 (token)", 16.0),
+    SetDesired("g", DesiredState.RUNNING, "admin", 17.0, expect_version=3),
+    SetMaintenance("n1", False, "admin", 18.0, expect_version=2),
+    DefineGuest(GuestSpec("g", "g", 512), 19.0, expect_version=1),
 ]
 
 
@@ -65,6 +70,14 @@ def test_a_guest_stopped_from_before_fresh_count_decodes_as_not_fresh() -> None:
     old = b'{"v": 1, "type": "guest_stopped", "guest": "g", "node": "n1", "generation": 3,'
     old += b' "failed": true, "give_up": false, "reason": "crashed", "at": 6.0}'
     assert decode(old) == GuestStopped("g", "n1", 3, True, False, "crashed", 6.0, False)
+
+
+def test_admin_commands_from_before_versions_decode_as_unconditional() -> None:
+    # Journals written by 0.1 agents hold these without expect_version; replaying them must
+    # reproduce exactly what was applied then.
+    old = b'{"v": 1, "type": "set_desired", "guest": "g", "desired": "stopped",'
+    old += b' "by": "admin", "at": 9.0}'
+    assert decode(old) == SetDesired("g", DesiredState.STOPPED, "admin", 9.0, None)
 
 
 def test_wire_format_is_versioned_json_not_pickle() -> None:

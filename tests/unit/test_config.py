@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -121,11 +123,15 @@ def mutate(old: str, new: str) -> str:
             "must be one of fast, robust",
         ),
         (VALID + '\n[timing]\nlease_s = "1"\n', "timing.lease_s", "must be a number"),
-        (VALID + "\n[timing]\nstop_grace_s = -1\n", "timing.stop_grace_s", "greater than 0"),
+        (
+            VALID + "\n[timing]\nstop_grace_s = -1\n",
+            "timing.stop_grace_s",
+            "must be between 0.001 and",
+        ),
         (
             VALID + "\n[placement]\nfailure_reset_s = 0\n",
             "placement.failure_reset_s",
-            "greater than 0",
+            "must be between 0.001 and",
         ),
         (mutate('node = "n1"', 'node = "n9"'), "local.node", "not one of [nodes]"),
         (mutate('libvirt_uri = "qemu:///system"\n', ""), "local.libvirt_uri", "required"),
@@ -204,7 +210,7 @@ def mutate(old: str, new: str) -> str:
         (
             mutate("priority = 5", 'priority = 5\nxml = "nope.xml"'),
             "guests.web.xml",
-            "no such file",
+            "No such file or directory",
         ),
         (
             mutate('[nodes.w]\naddress = "10.0.0.3:7400"\nrole = "witness"\n', ""),
@@ -256,3 +262,148 @@ def test_the_cli_rejects_bad_arguments_with_exit_2() -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     proc = haagent_cli("status")
     assert proc.returncode == 2 and "give --config" in proc.stderr
+
+
+def _example_copy(tmp_path: Path) -> Path:
+    dest = tmp_path / "ex"
+    shutil.copytree(EXAMPLES / "local-3node", dest)
+    os.mkfifo(dest / "fifo")
+    (dest / "binary").write_bytes(bytes(range(256)))
+    return dest / "n1.toml"
+
+
+# Each hostile input of issue 13 through the real executable: exit 2, one line, the key.
+HOSTILE = [
+    ("file-not-utf8", None, "", "cannot read: not UTF-8 text"),
+    ("deep-array", ("[placement]", "[placement]\nx = " + "[" * 1000 + "]" * 1000), "", "nested"),
+    (
+        "nan",
+        ("failure_timeout_s = 1.4", "failure_timeout_s = nan"),
+        "timing.failure_timeout_s",
+        "finite",
+    ),
+    (
+        "inf-watchdog",
+        ('fence = [["bmc-n1"]]', 'fence = [["bmc-n1"]]\nwatchdog_timeout_s = inf'),
+        "nodes.n1.watchdog_timeout_s",
+        "finite",
+    ),
+    (
+        "rounding",
+        (
+            "lease_s = 1.0\nfailure_timeout_s = 1.4\nstop_grace_s = 0.3",
+            "lease_s = 0.7\nfailure_timeout_s = 0.9\nstop_grace_s = 0.2",
+        ),
+        "timing.failure_timeout_s",
+        "must exceed",
+    ),
+    (
+        "port-digits",
+        ('"127.0.0.1:7401"', '"127.0.0.1:\u0667\u0664\u0660\u0661"'),
+        "nodes.n1.address",
+        "port 1-65535",
+    ),
+    (
+        "two-spellings",
+        ('"127.0.0.1:7402"', '"[::ffff:127.0.0.1]:7401"'),
+        "nodes.n2.address",
+        "is also the address of n1",
+    ),
+    ("newline-name", ("[nodes.n3]", '[nodes."n3\\n"]'), "nodes.n3\\n", "must match"),
+    (
+        "nul-path",
+        ('data_dir = "state/n1"', 'data_dir = "state/\\u0000n1"'),
+        "local.data_dir",
+        "control characters",
+    ),
+    (
+        "long-path",
+        ('data_dir = "state/n1"', f'data_dir = "{"x/" * 2500}"'),
+        "local.data_dir",
+        "longer than",
+    ),
+    (
+        "nul-socket",
+        ('api_listen = "127.0.0.1:8401"', 'api_listen = "unix:/run/a\\u0000.sock"'),
+        "local.api_listen",
+        "control characters",
+    ),
+    (
+        "dev-zero",
+        ('secret = "local-demo-secret-change-me"', 'secret_file = "/dev/zero"'),
+        "cluster.secret_file",
+        "not a regular file",
+    ),
+    (
+        "fifo-secret",
+        ('secret = "local-demo-secret-change-me"', 'secret_file = "fifo"'),
+        "cluster.secret_file",
+        "not a regular file",
+    ),
+    (
+        "fifo-token",
+        ('api_token = "local-demo-token"', 'api_token_file = "fifo"'),
+        "local.api_token_file",
+        "not a regular file",
+    ),
+    (
+        "binary-secret",
+        ('secret = "local-demo-secret-change-me"', 'secret_file = "binary"'),
+        "cluster.secret_file",
+        "not UTF-8",
+    ),
+    (
+        "non-ascii-token",
+        ('api_token = "local-demo-token"', 'api_token = "local-démo-token"'),
+        "local.api_token",
+        "visible ASCII",
+    ),
+    (
+        "param-blank",
+        ('username = "admin"', 'username = " admin"'),
+        "fence_devices.bmc-n1.params",
+        "blanks",
+    ),
+    (
+        "param-control",
+        ('username = "admin"', 'username = "ad\\tmin"'),
+        "fence_devices.bmc-n1.params",
+        "control character",
+    ),
+    (
+        "param-name",
+        ('username = "admin"', '"user\\nname" = "admin"'),
+        "fence_devices.bmc-n1.params",
+        "invalid parameter name",
+    ),
+    (
+        "fifo-watchdog",
+        ('node = "n1"', 'node = "n1"\nwatchdog_device = "fifo"'),
+        "local.watchdog_device",
+        "not a character device",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "message"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE]
+)
+def test_hostile_inputs_are_one_clear_line_from_the_real_cli(
+    tmp_path: Path, change: tuple[str, str] | None, key: str, message: str
+) -> None:
+    path = _example_copy(tmp_path)
+    if change is None:
+        path.write_bytes(path.read_bytes().replace(b"local-demo", b"local-\xffdemo", 1))
+    else:
+        old, new = change
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new, 1))
+    proc = haagent_cli("check-config", str(path))
+    assert proc.returncode == 2, proc
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    line = proc.stderr.rstrip("\n")
+    assert line.isprintable(), line
+    prefix = f"haagent: invalid config: {path}: " + (f"{key}: " if key else "")
+    assert line.startswith(prefix), line
+    assert message in line, line

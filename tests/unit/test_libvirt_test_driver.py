@@ -134,6 +134,31 @@ def test_existing_definition_is_not_replaced(node_uri: str) -> None:
     run_with(node_uri, body)
 
 
+def test_autostart_is_cleared_on_start_and_on_request(node_uri: str) -> None:
+    """A fenced host that boots must not start a protected guest before its agent decides."""
+
+    async def body(h: LibvirtHypervisor) -> None:
+        # The test driver's state lives in the adapter's own connection (one per open), so
+        # flip the flag the way an admin's virsh would, through that connection.
+        def set_on(conn: libvirt.virConnect) -> int:
+            return conn.lookupByName("vm1").setAutostart(1)
+
+        def flag(conn: libvirt.virConnect) -> int:
+            return conn.lookupByName("vm1").autostart()
+
+        await h.start("vm1", guest_xml("vm1"), "C", "n1", 1)
+        await h.destroy("vm1")
+        await h._call("set", set_on)
+        await h.start("vm1", None, "C", "n1", 2)
+        assert await h._call("get", flag) == 0
+        await h._call("set", set_on)
+        assert await h.clear_autostart(["vm1", "not-defined", "foreign"]) == ["vm1"]
+        assert await h._call("get", flag) == 0
+        assert await h.clear_autostart(["vm1"]) == []
+
+    run_with(node_uri, body)
+
+
 def test_start_is_idempotent_for_the_same_owner(node_uri: str) -> None:
     async def body(h: LibvirtHypervisor) -> None:
         await h.start("vm1", guest_xml("vm1"), "C", "n1", 7)

@@ -8,6 +8,7 @@ from haagent.commands import (
     AssignGuests,
     Assignment,
     Command,
+    ConfirmFenced,
     DeclareFailed,
     DefineGuest,
     FenceResult,
@@ -311,3 +312,91 @@ def test_refused_commands_leave_the_state_unchanged_but_count() -> None:
     assert not r.accepted
     assert replace(new, applied=state.applied) == state
     assert new.applied == state.applied + 1
+
+
+def failed_node(state: ClusterState, node: str = "n2") -> ClusterState:
+    seq = state.node(node).heartbeat_seq
+    state, (r,) = run(state, DeclareFailed(node, seq, evidence(seq)))
+    assert r.accepted and state.node(node).state is NodeState.FAILED
+    return state
+
+
+def test_confirm_fenced_moves_only_a_failed_node_of_that_failure_to_fenced() -> None:
+    state = cluster("n1", "n2", "n3")
+    _, (r,) = run(state, ConfirmFenced("n2", 0, "admin", 1.0))
+    assert not r.accepted and "not failed" in r.detail  # a live node cannot be "confirmed off"
+    state = failed_node(state)
+    epoch = state.node("n2").failure_epoch
+    _, (r,) = run(state, ConfirmFenced("n2", epoch - 1, "admin", 1.0))
+    assert not r.accepted and "failed again" in r.detail  # the admin looked at another failure
+    state, (r,) = run(state, ConfirmFenced("n2", epoch, "alice", 1.0))
+    assert r.accepted
+    rec = state.node("n2")
+    assert rec.state is NodeState.FENCED
+    assert rec.fence.method is FenceMethod.MANUAL and "alice" in rec.fence.last_detail
+    _, (r,) = run(state, ConfirmFenced("n2", epoch, "alice", 1.0))
+    assert not r.accepted  # once is enough; a re-delivery changes nothing
+
+
+def test_a_confirmed_node_gives_up_its_guests_like_a_fenced_one() -> None:
+    state = cluster("n1", "n2", "n3")
+    state, _ = run(state, DefineGuest(SPEC, 0.0), AssignGuests((Assignment("g", "n2", 0),), "", 0))
+    g = state.guests["g"].generation
+    state, _ = run(state, GuestStarting("g", "n2", g, 0.0))
+    state, _ = run(state, GuestRunning("g", "n2", g + 1, 0.0))
+    state = failed_node(state)
+    move = AssignGuests((Assignment("g", "n3", state.guests["g"].generation),), "", 0)
+    _, (r,) = run(state, move)
+    assert not r.accepted  # failed but not fenced: it may still run there
+    state, _ = run(state, ConfirmFenced("n2", state.node("n2").failure_epoch, "admin", 0.0))
+    _, (r,) = run(state, move)
+    assert r.accepted
+
+
+def test_a_late_enable_disable_cannot_undo_a_newer_decision() -> None:
+    state = cluster("n1")
+    state, _ = run(state, DefineGuest(SPEC, 0.0))
+    v = state.guests["g"].admin_version
+    disable = SetDesired("g", DesiredState.STOPPED, "admin", 1.0, expect_version=v)
+    enable = SetDesired("g", DesiredState.RUNNING, "admin", 2.0, expect_version=v + 1)
+    state, results = run(state, disable, enable, disable)  # the disable is re-delivered late
+    assert [r.accepted for r in results] == [True, True, False]
+    assert "stale" in results[2].detail
+    assert state.guests["g"].desired is DesiredState.RUNNING
+
+
+def test_a_late_maintenance_switch_cannot_undo_a_newer_one() -> None:
+    state = cluster("n1", "n2")
+    on = SetMaintenance("n2", True, "admin", 1.0, expect_version=0)
+    off = SetMaintenance("n2", False, "admin", 2.0, expect_version=1)
+    state, results = run(state, on, off, on)
+    assert [r.accepted for r in results] == [True, True, False]
+    assert not state.node("n2").maintenance
+
+
+def test_a_late_definition_cannot_undo_a_newer_one() -> None:
+    state = cluster("n1")
+    state, _ = run(state, DefineGuest(SPEC, 0.0, expect_version=0))
+    bigger = DefineGuest(replace(SPEC, memory_mib=512), 1.0, expect_version=0)
+    biggest = DefineGuest(replace(SPEC, memory_mib=1024), 2.0, expect_version=1)
+    state, results = run(state, bigger, biggest, bigger)
+    assert [r.accepted for r in results] == [True, True, False]
+    assert state.guests["g"].spec.memory_mib == 1024
+    _, (r,) = run(state, DefineGuest(SPEC, 3.0, expect_version=5))
+    assert not r.accepted and "stale" in r.detail
+
+
+def test_a_running_guest_keeps_its_domain_name_and_storage_until_stopped() -> None:
+    state = cluster("n1", "n2")
+    state, _ = run(state, DefineGuest(SPEC, 0.0), AssignGuests((Assignment("g", "n1", 0),), "", 0))
+    g = state.guests["g"].generation
+    state, _ = run(state, GuestStarting("g", "n1", g, 0.0), GuestRunning("g", "n1", g + 1, 0.0))
+    v = state.guests["g"].spec_version
+    renamed = DefineGuest(replace(SPEC, domain="g-new"), 1.0, expect_version=v)
+    _, (r,) = run(state, renamed)
+    assert not r.accepted and "domain" in r.detail and "stopped" in r.detail
+    state, (r,) = run(state, DefineGuest(replace(SPEC, memory_mib=300), 1.0, expect_version=v))
+    assert r.accepted  # harmless fields change at once
+    state, _ = run(state, GuestStopped("g", "n1", g + 1, False, False, "disabled", 2.0))
+    state, (r,) = run(state, replace(renamed, expect_version=v + 1))
+    assert r.accepted and state.guests["g"].spec.domain == "g-new"

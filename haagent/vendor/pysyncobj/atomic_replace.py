@@ -30,4 +30,21 @@ if hasattr(ctypes, 'windll'):     # pragma: no cover
         CloseHandle(ta)
         return bool(res)
 else:
-    atomicReplace = os.rename
+    # haagent: a rename is durable only once the file's data and the directory are fsynced
+    # (otherwise a power loss can leave the old file, or an empty new one). See PATCHES.md.
+    def fsyncDir(path):
+        fd = os.open(path or '.', os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def atomicReplace(oldPath, newPath):
+        fd = os.open(oldPath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(oldPath, newPath)
+        fsyncDir(os.path.dirname(os.path.abspath(newPath)))
+        return True

@@ -178,6 +178,7 @@ class SyncObj(object):
         self.__appendSeq = 0
         self.__resetSeq = {}
         self.__raftLog = createJournal(self.__conf.journalFile)
+        self.__pendingAcks = []  # haagent: (node, nextNodeIdx, truncations) sent once durable
         if len(self.__raftLog) == 0:
             self.__raftLog.add(_bchr(_COMMAND_TYPE.NO_OP), 1, self.__raftCurrentTerm)
         # Restore raft persistent state (see raft paper §5 - currentTerm and votedFor
@@ -623,6 +624,7 @@ class SyncObj(object):
         self._onTick(timeToWait)
 
     def _onTick(self, timeToWait=0.0):
+        self.__makeDurable()  # haagent: acknowledge what the last poll appended, once fsynced
         if not self.__transport.ready:
             try:
                 self.__transport.tryGetReady()
@@ -658,10 +660,11 @@ class SyncObj(object):
 
             commitIdx = self.__raftCommitIndex
             nextCommitIdx = self.__raftCommitIndex
+            selfDurable = self.__makeDurable()  # haagent: the leader counts itself once fsynced
 
             while commitIdx < self.__getCurrentLogIndex():
                 commitIdx += 1
-                count = 1
+                count = 1 if selfDurable else 0
                 for node in self.__otherNodes:
                     if self.__raftMatchIndex[node] >= commitIdx:
                         count += 1
@@ -1040,11 +1043,9 @@ class SyncObj(object):
             self.__setState(_RAFT_STATE.FOLLOWER)
             newEntries = message.get('entries', [])
             serialized = message.get('serialized', None)
+            verifiedIdx = self.__getCurrentLogIndex()  # haagent: commit no further than verified
             self.__leaderCommitIndex = leaderCommitIndex = message['commit_index']
-            seq = message.get('seq')
-            # haagent: the last index known to match the leader's log after this append; a
-            # tail beyond it is not verified (Raft: commit min(leaderCommit, last new entry)).
-            lastVerifiedIdx = None
+            seq = message.get('seq')  # haagent: echoed in refusals
 
             # Regular append entries
             if 'prevLogIdx' in message:
@@ -1075,24 +1076,27 @@ class SyncObj(object):
                     self.__sendNextNodeIdx(node, nextNodeIdx=self.__conflictHint(prevLogIdx),
                                            success=False, reset=True, seq=seq)
                     return
-                # haagent: Raft 5.3 - keep the entries that already match (a re-sent append
-                # must not cut the tail the leader already counts as replicated) and truncate
-                # only from the first entry whose term differs.
-                allNewEntries = newEntries
-                skip = 0
-                while skip < len(newEntries) and skip + 1 < len(prevEntries) and \
-                        prevEntries[skip + 1][2] == newEntries[skip][2]:
-                    skip += 1
-                newEntries = newEntries[skip:]
-                if newEntries and len(prevEntries) > skip + 1:
-                    conflictIdx = newEntries[0][1]
+                # haagent: keep the entries this log already holds (same index and term) and
+                # truncate only from the first conflict (Raft 5.3): rewriting held entries
+                # would un-persist entries already acknowledged.
+                nextNodeIdx = prevLogIdx + 1
+                if newEntries:
+                    nextNodeIdx = newEntries[-1][1] + 1
+                held = prevEntries[1:]
+                same = 0
+                while same < len(newEntries) and same < len(held) and \
+                        held[same][2] == newEntries[same][2]:
+                    same += 1
+                newEntries = newEntries[same:]
+                if newEntries and len(held) > same:
                     # rollback cluster changes
                     if self.__conf.dynamicMembershipChange:
-                        for entry in reversed(prevEntries[skip + 1:]):
+                        for entry in reversed(held[same:]):
                             clusterChangeRequest = self.__parseChangeClusterRequest(entry[0])
                             if clusterChangeRequest is not None:
                                 self.__doChangeCluster(clusterChangeRequest, reverse=True)
 
+                    conflictIdx = held[same][1]
                     if conflictIdx <= self.__raftLastApplied:
                         logger.critical(
                             'truncating already-applied log entries from index %d '
@@ -1101,7 +1105,6 @@ class SyncObj(object):
                     self.__deleteEntriesFrom(conflictIdx)
                 for entry in newEntries:
                     self.__raftLog.add(*entry)
-                lastVerifiedIdx = prevLogIdx + len(allNewEntries)
 
                 # apply cluster changes
                 if self.__conf.dynamicMembershipChange:
@@ -1110,24 +1113,23 @@ class SyncObj(object):
                         if clusterChangeRequest is not None:
                             self.__doChangeCluster(clusterChangeRequest)
 
-                self.__sendNextNodeIdx(node, nextNodeIdx=lastVerifiedIdx + 1, success=True, seq=seq)
+                self.__ackWhenDurable(node, nextNodeIdx)
+                verifiedIdx = nextNodeIdx - 1
 
             # Install snapshot
             elif serialized is not None:
                 if self.__serializer.setTransmissionData(serialized):
                     self.__loadDumpFile(clearJournal=True)
-                    self.__sendNextNodeIdx(node, success=True, seq=seq)
+                    self.__ackWhenDurable(node, self.__getCurrentLogIndex() + 1)
 
             # If the log was truncated below the commit index, don't persist a commit
             # index covering entries that are no longer the committed ones.
             if self.__raftCommitIndex > self.__getCurrentLogIndex():
                 self.__raftCommitIndex = self.__getCurrentLogIndex()
 
-            if lastVerifiedIdx is None:
-                lastVerifiedIdx = self.__getCurrentLogIndex()
             if leaderCommitIndex > self.__raftCommitIndex:
                 self.__raftCommitIndex = max(self.__raftCommitIndex,
-                                             min(leaderCommitIndex, lastVerifiedIdx))
+                                             min(leaderCommitIndex, verifiedIdx))
 
             self.__raftLog.setRaftCommitIndex(self.__raftCommitIndex)
 
@@ -1353,9 +1355,31 @@ class SyncObj(object):
         self.__sendAppendEntries()
 
     def __setCurrentTerm(self, term, votedForNodeId):
+        # haagent: durable first (raises if it cannot be), so nothing sent reflects an unsaved vote
+        self.__raftLog.setCurrentTerm(term, votedForNodeId)
         self.__raftCurrentTerm = term
         self.__votedForNodeId = votedForNodeId
-        self.__raftLog.setCurrentTerm(term, votedForNodeId)
+
+    def __ackWhenDurable(self, node, nextNodeIdx):
+        self.__pendingAcks.append((node, nextNodeIdx, getattr(self.__raftLog, 'truncations', 0)))
+
+    def __makeDurable(self):
+        """haagent: fsync what was appended since the last call (one fsync for the burst), then
+        send the acknowledgements that waited for it, except those a truncation made untrue.
+        Returns whether the whole log is durable."""
+        flush = getattr(self.__raftLog, 'flush', None)
+        durable = flush() if flush is not None else True
+        acks, self.__pendingAcks = self.__pendingAcks, []
+        if durable:
+            truncations = getattr(self.__raftLog, 'truncations', 0)
+            for node, nextNodeIdx, ackTruncations in acks:
+                if ackTruncations == truncations:
+                    self.__sendNextNodeIdx(node, nextNodeIdx=nextNodeIdx, success=True)
+        return durable
+
+    def getStorageError(self):
+        """haagent: why the journal cannot write now (disk full, I/O error), or None."""
+        return getattr(self.__raftLog, 'storageError', None)
 
     def __setState(self, newState):
         oldState = self.__raftState
@@ -1614,10 +1638,13 @@ class SyncObj(object):
                 for i, consumer in enumerate(self.__consumers):
                     consumer._deserialize(consumersData[i])
 
-            if clearJournal or \
-                    len(self.__raftLog) < 2 or \
-                    self.__raftLog[0] != data[2] or \
-                    self.__raftLog[1] != data[1]:
+            # haagent: a journal that holds the snapshot's last two entries keeps what follows
+            # them (a crash between the snapshot and the compaction must not drop entries).
+            held = [] if clearJournal else self.__getEntries(data[2][1], 2)
+            if len(held) == 2 and held[0][1:] == tuple(data[2][1:]) and \
+                    held[1][1:] == tuple(data[1][1:]):
+                self.__deleteEntriesTo(data[2][1])
+            else:
                 self.__raftLog.clear()
                 self.__raftLog.add(*data[2])
                 self.__raftLog.add(*data[1])
