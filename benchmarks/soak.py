@@ -71,6 +71,7 @@ class SoakResult:
     dropped_frames: int
     max_replica_lag: int | None  # entries; None: the agents do not report it (older code)
     longest_lag_s: float | None  # longest stretch one replica stayed > 5 entries behind
+    lease_loss_reasons: dict[str, int]  # "node: reason" -> samples (newer agents report it)
 
     @property
     def clean(self) -> bool:
@@ -92,7 +93,8 @@ class SoakResult:
             f"  false failures (nodes declared failed) {self.false_failures}",
             f"  fences                                 {self.fences}",
             f"  Raft term changes                      {self.term_changes}",
-            f"  lease-loss samples                     {self.lease_loss_samples} of {self.samples}",
+            f"  lease-loss samples                     {self.lease_loss_samples} of {self.samples}"
+            + (f" {self.lease_loss_reasons}" if self.lease_loss_reasons else ""),
             f"  guest restarts                         {self.guest_restarts} "
             f"({self.lease_destroys} destroyed for lack of a lease)",
             f"  double runs                            {self.double_runs}",
@@ -271,6 +273,11 @@ def soak(
         double = sum(len(watch.overlaps(g)) for g in sorted(watch.guests_seen()))
         lease_destroys = _log_count(cluster, r"destroyed .*no valid lease") - destroys0
         max_lag, longest = replica_lag(watch)
+        reasons: dict[str, int] = {}
+        for o in answers:
+            if o.doc is not None and not o.doc["quorum"]:
+                key = f"{o.node}: {o.doc.get('lease_lost_reason')}"
+                reasons[key] = reasons.get(key, 0) + 1
         return SoakResult(
             nodes=nodes,
             seconds=seconds,
@@ -289,6 +296,7 @@ def soak(
             dropped_frames=dropped,
             max_replica_lag=max_lag,
             longest_lag_s=longest,
+            lease_loss_reasons=reasons,
         )
     raise AssertionError("unreachable")
 
