@@ -56,4 +56,4 @@ def test_core_modules_import_only_the_core_and_the_standard_library_basics() -> 
 
 def test_the_check_itself_would_notice_an_adapter_import() -> None:
     assert "haagent.vendor.pysyncobj" in imports_of("consensus")
-    assert "haagent.agent" in imports_of("daemon")
+    assert "haagent.agent" in imports_of("daemon/shell")
