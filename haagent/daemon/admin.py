@@ -5,12 +5,14 @@ Contract:
   outcome (accepted, refused, unknown). Unknown names are refused before proposing (404).
 - What-if and the tolerated-failures count grow with nodes x guests (the count tries
   combinations of failed nodes, one placement of every guest each), so they never run on the
-  loop: they run in the telemetry worker thread, under a time budget.
+  loop: they run in the offload (thread or process, see `haagent.daemon.offload`), under a
+  time budget.
 - The tolerated-failures count is refreshed every `TOLERANCE_INTERVAL_S` while this node holds
-  a lease, under `TOLERANCE_BUDGET_S`; a count cut short by the budget is a lower bound and
-  says so. Its age is shown with it (staleness <= interval + budget + one queued job, in a
-  healthy agent). A what-if answer reuses that count when it is younger than
-  `TOLERANCE_REUSE_S`, else computes one under `WHATIF_BUDGET_S`.
+  a lease and only when the guests or the nodes' states changed (otherwise the last count is
+  confirmed and its age restarts), under `TOLERANCE_BUDGET_S`; a count cut short by the
+  budget is a lower bound and says so. Its age is shown with it (staleness <= interval +
+  budget + one queued job, in a healthy agent). A what-if answer reuses that count when it
+  is younger than `TOLERANCE_REUSE_S`, else computes one under `WHATIF_BUDGET_S`.
 - One what-if at a time: a second request while one runs is answered 503 (retry), so requests
   cannot pile up work behind the scrapes.
 """

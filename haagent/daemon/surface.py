@@ -1,8 +1,8 @@
 """The HTTP surface (`haagent.api.Handlers`) over a running daemon.
 
 Contract: every handler answers without running work that grows with nodes x guests on the
-loop. Health reads two numbers; metrics and the status document are built by telemetry in its
-worker thread; admin requests go to the admin service (what-if in the worker, commands through
+loop. Health reads two numbers; metrics and the status document are built by telemetry in the
+offload; admin requests go to the admin service (what-if in the offload, commands through
 Raft). The status document's `local` part is observed at request time, in libvirt's worker
 threads, so it is what an admin or a test can trust.
 """

@@ -4,14 +4,15 @@ Contract with the loop (the lease path): each pass publishes one `Snapshot` (ref
 immutable objects, O(1)) and records its duration and lag in `LoopStats` (O(1)). Nothing here
 that grows with nodes x guests runs on the loop:
 
-- Prometheus series are computed when scraped, by `SnapshotCollector` over the latest snapshot,
-  in the off-loop worker thread (`render_metrics`).
-- The status document is built in that worker too (`status_document`).
-- Event counters and histograms (fences, failovers, passes, pass durations) are updated as the
-  events happen, at O(1) each. The failover tracker runs only when the committed state changed.
+- The cluster gauges are computed when scraped, by `ClusterCollector` over the latest
+  snapshot, in the offload (`haagent.daemon.offload`: a thread for small clusters, a process
+  for large ones); the event metrics (counters, histograms) are updated as events happen, at
+  O(1) each, and rendered with them.
+- The status document is built and serialized in the offload too.
+- The failover tracker runs on the loop only when the committed state changed, at O(nodes).
 
-Thread model: the loop writes `latest` (one reference assignment) and the counters; the worker
-reads `latest` and renders. A snapshot is never mutated after publication.
+Thread model: the loop writes `latest` (one reference assignment) and the counters; a scrape
+reads `latest` and hands it to the offload. A snapshot is never mutated after publication.
 """
 
 from __future__ import annotations
