@@ -19,10 +19,12 @@ without blocking the event loop.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, TypeVar
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 T = TypeVar("T")
 
@@ -39,6 +41,11 @@ class Offload:
         if size <= self._threshold:
             return self._thread
         if self._process is None:
+            # Imported here: multiprocessing costs start-up time (a restarted agent has one
+            # lease to rejoin in) and the 3-node demo never needs it.
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             self._process = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn")
             )
