@@ -67,6 +67,15 @@ class Observer:
         if self._hv is not None and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(self._hv))
 
+    def check(self) -> None:
+        """Re-raise what ended the observer task, if anything did. Only a bug ends it (its
+        operating errors are observations): the loop calls this every pass and crashes with
+        it, rather than deciding forever on an observation that no longer refreshes."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled():
+            exc = task.exception()
+            raise RuntimeError("the hypervisor observer stopped") from exc
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -53,7 +53,15 @@ class Offload:
 
     async def run(self, fn: Callable[..., T], *args: Any, size: int) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor(size), fn, *args)
+        executor = self._executor(size)
+        try:
+            return await loop.run_in_executor(executor, fn, *args)
+        except BrokenExecutor:
+            # The worker process died (OOM killer, a signal): this request fails, the next
+            # one gets a new process.
+            if executor is self._process:
+                self._process = None
+            raise
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)

@@ -301,6 +301,7 @@ class Daemon:
         started = time.monotonic()
         due = started if self._due_at is None else self._due_at
         self._due_at = None
+        self.observer.check()
         view = self.consensus.view()
         local = self.observer.view()
         step = self.core.tick(started, view, local)

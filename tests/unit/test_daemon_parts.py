@@ -4,6 +4,7 @@ what-if time budget, loop statistics and the deadline bookkeeping of the observe
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -120,3 +121,17 @@ def test_the_observer_never_makes_a_reader_wait_and_reports_failure_as_unknown()
         await obs.stop()
 
     asyncio.run(scenario())
+
+
+def test_large_states_are_computed_in_a_worker_process() -> None:
+    async def scenario() -> tuple[int, int]:
+        offload = Offload(process_threshold=10)
+        try:
+            small = await offload.run(os.getpid, size=10)
+            large = await offload.run(os.getpid, size=11)
+        finally:
+            offload.close()
+        return small, large
+
+    small, large = asyncio.run(scenario())
+    assert small == os.getpid() != large
