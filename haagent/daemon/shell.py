@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from haagent.agent import Action, AgentCore, Proposal
+from haagent.agent import Action, ActionResult, AgentCore, Proposal
 from haagent.api import build_app, serve
 from haagent.commands import Heartbeat
 from haagent.config import Config
@@ -350,7 +350,7 @@ class Daemon:
         if not (renewal and outcome.accepted and not events):
             self.wake(now)
 
-    async def _run_action(self, action: Action, work: Coroutine[Any, Any, Any]) -> None:
+    async def _run_action(self, action: Action, work: Coroutine[Any, Any, ActionResult]) -> None:
         result = await work
         now = time.monotonic()
         for ev in self.core.action_done(action.key, result, now):

@@ -164,6 +164,14 @@ def hammer(listen: str, stop: threading.Event, seen: dict[str, list[float]]) -> 
             seen.setdefault(path, []).append(time.monotonic() - t0)
             if path == "/metrics":
                 seen.setdefault("series", []).append(float(body.count(b"\n")))
+                assert b"haagent_loop_pass_seconds_bucket{" in body
+                assert b"\nhaagent_loop_lag_seconds " in body
+            elif path == "/v1/status":
+                loop = json.loads(body)["loop"]
+                assert {"passes", "pass_p99_s", "lag_s", "max_lag_s"} <= set(loop), loop
+            elif resp.status == 200:
+                answer = json.loads(body)
+                assert {"moves", "tolerated_node_failures", "tolerated_age_s"} <= set(answer)
 
 
 async def lease_floor(daemon: Daemon, stop: asyncio.Event) -> float:
