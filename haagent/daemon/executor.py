@@ -8,7 +8,8 @@ Contract:
 - The returned coroutine never raises for an operating error: a failed, refused or timed-out
   adapter call, or an unexpected exception inside an adapter, becomes `ActionResult(False)`.
   Every adapter call has a deadline, so an action cannot stay "in flight" forever.
-- Action types this daemon has no adapter for yet (DRBD promote/demote) fail explicitly.
+- Action types the daemon does not carry out yet (DRBD promote/demote: the adapter exists in
+  `haagent.resources.drbd` but is not wired in) fail explicitly, with that reason.
 """
 
 from __future__ import annotations
@@ -146,6 +147,6 @@ class ActionExecutor:
         return ActionResult(True)
 
     async def _no_replica_adapter(self, action: PromoteReplica | DemoteReplica) -> ActionResult:
-        detail = "this daemon has no DRBD adapter (storage 'drbd' is not supported yet)"
+        detail = "the DRBD adapter is not wired into the daemon yet (storage 'drbd' is refused)"
         log.error("%s: %s", action.key, detail)
         return ActionResult(False, detail)
