@@ -187,10 +187,19 @@ class AdminService:
 
     async def set_desired(self, guest: str, running: bool) -> Outcome:
         consensus = self._serving()
-        if guest not in consensus.view().state.guests:
+        record = consensus.view().state.guests.get(guest)
+        if record is None:
             raise ApiError(404, f"unknown guest {guest!r}")
         desired = DesiredState.RUNNING if running else DesiredState.STOPPED
-        command = SetDesired(guest, desired, f"api@{self._config.node}", time.time())
+        # Conditional on the version this decision was made on: a late re-delivery of this
+        # command can never undo a newer enable/disable.
+        command = SetDesired(
+            guest,
+            desired,
+            f"api@{self._config.node}",
+            time.time(),
+            expect_version=record.admin_version,
+        )
         log.info("admin: %s %s", "enable" if running else "disable", guest)
         return await consensus.propose(command, self._s.commit_timeout_s)
 
@@ -198,6 +207,9 @@ class AdminService:
         consensus = self._serving()
         if node not in self._config.nodes:
             raise ApiError(404, f"unknown node {node!r}")
-        command = SetMaintenance(node, on, f"api@{self._config.node}", time.time())
+        version = consensus.view().state.node(node).admin_version
+        command = SetMaintenance(
+            node, on, f"api@{self._config.node}", time.time(), expect_version=version
+        )
         log.info("admin: maintenance %s %s", "on" if on else "off", node)
         return await consensus.propose(command, self._s.commit_timeout_s)

@@ -112,6 +112,11 @@ class Daemon:
             hv = LibvirtHypervisor(cfg.libvirt_uri)
             await hv.open()
             self.hypervisor = hv
+            # Only the cluster decides where a protected guest starts: a fenced host that
+            # boots must not start one on its own (libvirt autostart) before its agent runs.
+            cleared = await hv.clear_autostart(self._protected)
+            if cleared:
+                log.warning("turned libvirt autostart off for %s", ", ".join(cleared))
             self.observer = Observer(hv, self.wake)
             hv.set_listener(self.observer.request)
             self.executor = ActionExecutor(cfg, self.settings, hv, self.fencer, self.telemetry)
