@@ -6,8 +6,14 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
   (the default binds every interface).
 - `leaderFallbackTimeout` is lowered to the election timeout (default 30 s: an isolated leader
   would believe it leads for half a minute), `connectionRetryTime` is 0.2 s (a restarted node
-  otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), the tick is
-  10 ms (50 ms ticks cause split votes with short timeouts), batching is off (~1 ms commits).
+  otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), batching is
+  off (~1 ms commits). The tick thread sleeps until its next Raft timer is due (election
+  deadline, append-entries period; a vendored patch) or a socket or a submitted command wakes
+  it, at most `autoTickPeriod` = 0.1 s: timers keep their precision (50 ms ticks caused split
+  votes with short timeouts) without 100 idle wake-ups a second.
+- The vendored pysyncobj runs pre-vote elections and catches lagging replicas up without
+  bouncing (haagent/vendor/pysyncobj/PATCHES.md): a lossy link or a starved CPU on one node
+  does not depose the leader. `view()` reports elections and replica lag for status/metrics.
 - Every proposal has a timeout; a timeout, a leader change or a lost callback is an UNKNOWN
   outcome, never a failure we act on. Commands are conditional, so a late apply is harmless.
 - Commands are versioned JSON (`haagent.commands`). Snapshots use our own JSON serializer, so
@@ -194,7 +200,7 @@ class RaftConsensus:
             raftMinTimeout=min_s,
             raftMaxTimeout=max_s,
             appendEntriesPeriod=min(0.05, min_s / 4),
-            autoTickPeriod=0.01,
+            autoTickPeriod=0.1,
             appendEntriesUseBatch=False,
             connectionRetryTime=0.2,
             connectionTimeout=max(max_s * 2, 1.0),
@@ -236,7 +242,11 @@ class RaftConsensus:
             if result.accepted and isinstance(command, Heartbeat | Join):
                 seq = new_state.node(command.node).heartbeat_seq
                 self._heartbeats[command.node] = HeartbeatSeen(seq, self._clock())
-        self._wake()
+        # A heartbeat decides nothing by itself (silence is measured from `HeartbeatSeen.at`,
+        # and the proposer learns its own outcome from the proposal): no wake-up for it, or
+        # every agent would run a pass per heartbeat of every node.
+        if not isinstance(command, Heartbeat):
+            self._wake()
         return ("accepted" if result.accepted else "refused", result.detail)
 
     def _write_snapshot(self, file_name: str, data: Any) -> None:
@@ -286,6 +296,8 @@ class RaftConsensus:
         if leader_node is not None:
             address = getattr(leader_node, "address", str(leader_node))
             leader = self._names.get(address, address)
+        stats = sync.electionStats
+        commit_index = sync.raftCommitIndex
         return ConsensusView(
             state=state,
             leader=leader,
@@ -293,8 +305,13 @@ class RaftConsensus:
             term=sync.raftCurrentTerm,
             has_quorum=bool(sync.hasQuorum),
             heartbeats=heartbeats,
-            commit_index=sync.raftCommitIndex,
+            commit_index=commit_index,
             incompatible=incompatible,
+            last_applied=sync.raftLastApplied,
+            leader_commit_index=max(commit_index, sync.leaderCommitIndex or 0),
+            pre_votes=stats["pre_votes"],
+            elections=stats["elections"],
+            pre_votes_refused=stats["pre_votes_refused"],
             storage_error=sync.getStorageError(),
         )
 
