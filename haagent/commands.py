@@ -53,6 +53,9 @@ class Join(Command):
     role: NodeRole
     clean: bool
     at: float
+    # The sender's applied Raft index when it sent this (None: unknown, as in entries written
+    # before this field existed). Lets the leader tell a node that commits but does not apply.
+    applied_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class Heartbeat(Command):
     type_name: ClassVar[str] = "heartbeat"
     node: str
     incarnation: str
+    # The sender's applied Raft index when it sent this (None: unknown, as in entries written
+    # before this field existed): a heartbeat from a replica that stopped advancing commits
+    # but proves nothing about the sender being current (issue 8 item 8).
+    applied_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,9 @@ class DeclareFailed(Command):
     node: str
     seq: int
     evidence: FailureEvidence
+    # Declared because its replica stopped advancing: still accepted after newer heartbeats
+    # as long as the latest one reports an applied index below this (None: plain silence).
+    behind_index: int | None = None
 
 
 @dataclass(frozen=True)
