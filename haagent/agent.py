@@ -178,6 +178,7 @@ class AgentCore:
         self._in_flight.queued.clear()
 
         self.failure_detection.observe_progress(view.commit_index, now)
+        self.failure_detection.observe_incarnations(view.state.nodes, now)
         self.lease.renew(out, state, nothing_running, view.commit_index)
 
         if view.is_leader and lease_valid and view.incompatible is None:

@@ -19,12 +19,18 @@ assignment (scheduling asks `silent_s`) and is declared failed. Such a declarati
 index (`behind_index`), so newer heartbeats that still report a replica behind it do not
 refuse it. Fencing's watchdog arithmetic keeps the apply time of the last heartbeat: that is
 the latest moment the node may have held a lease, which is what it needs.
+
+A node that (re)joined as a new incarnation is behind by nature while it catches up (an empty
+or old journal): its silence counts only from when this node first saw that incarnation, so it
+gets a full failure timeout to catch up before a declaration, and none for the staleness of the
+replica it started from. It still gets no assignment until it is current (`silent_s`).
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Mapping
 
 from haagent.commands import DeclareFailed
 from haagent.core.decisions import Proposal
@@ -46,6 +52,8 @@ class FailureDetector:
         # Pruned to one entry at or before the horizon, so it stays small. Public for tests.
         self.progress: deque[tuple[int, float]] = deque()
         self._horizon_s = settings.failure_timeout_s + settings.lease_s
+        # node -> (incarnation, when this core first saw it): one entry per node.
+        self.incarnation_seen: dict[str, tuple[str, float]] = {}
 
     def observe_progress(self, index: int, now: float) -> None:
         """Record this replica's applied index at the start of a pass (every node, every
@@ -93,6 +101,20 @@ class FailureDetector:
         self.first_seen[node] = (seq, now)
         return now
 
+    def observe_incarnations(self, nodes: Mapping[str, NodeRecord], now: float) -> None:
+        """Note when each node's current incarnation was first seen (every pass, every node:
+        O(nodes), so that a follower that becomes leader knows it from before)."""
+        for node, record in nodes.items():
+            self.incarnation_since(node, record, now)
+
+    def incarnation_since(self, node: str, record: NodeRecord, now: float) -> float:
+        """When this core first saw `node`'s current incarnation (its own clock)."""
+        known = self.incarnation_seen.get(node)
+        if known is not None and known[0] == record.incarnation:
+            return known[1]
+        self.incarnation_seen[node] = (record.incarnation, now)
+        return now
+
     def silent_s(self, node: str, record: NodeRecord, view: ConsensusView, now: float) -> float:
         """How long `node` has given no proof of being live and current (placement skips a
         node silent for more than a lease)."""
@@ -114,11 +136,14 @@ class FailureDetector:
         s = self._settings
         heard = self.silence_start(node, record.heartbeat_seq, view, out.now)
         current = self.evidence_start(node, record, view, out.now)
-        silent_s = out.now - max(current, lease_held_since)
+        joined = self.incarnation_since(node, record, out.now)
+        silent_s = out.now - max(current, lease_held_since, joined)
         if silent_s <= s.failure_timeout_s:
             return
         behind_index: int | None = None
-        if current < heard and out.now - max(heard, lease_held_since) <= s.failure_timeout_s:
+        if current < heard and out.now - max(heard, lease_held_since, joined) <= (
+            s.failure_timeout_s
+        ):
             # It still commits heartbeats, but its replica has not advanced: name the index so
             # that its newer (equally stuck) heartbeats do not refuse the declaration.
             assert record.applied_index is not None

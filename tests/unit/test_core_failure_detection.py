@@ -242,3 +242,30 @@ def test_a_heartbeat_committed_late_or_twice_never_makes_a_replica_look_further_
     # A new incarnation starts afresh (its replica may be behind the old process's).
     rejoined = build(Join("n2", "n2-new", NodeRole.HYPERVISOR, True, 2.0, 80), state=state)
     assert rejoined.node("n2").applied_index == 80
+
+
+def test_a_rejoined_incarnation_gets_a_full_failure_timeout_to_catch_up() -> None:
+    """A node that rejoins after a fence (or with a wiped data directory) reports an old index
+    while it catches up; that staleness belongs to its predecessor. Seen in the 10th-floor demo:
+    the replaced node was declared failed again 150 ms after it rejoined. Now it is declared
+    only if it is still stuck a full failure timeout after its new incarnation appeared."""
+    c = core()
+    state = joined("n1", "n2", "n3")
+    rejoin_at = 3.0
+    declared_at: float | None = None
+    for k in range(120):
+        t = round(0.05 * k, 3)
+        index = 10 + 5 * k
+        if k % 2 == 0:
+            if t < rejoin_at:
+                hb = Heartbeat("n2", "n2-inc", index)
+            elif t == rejoin_at:
+                hb = Join("n2", "n2-new", NodeRole.HYPERVISOR, True, t, applied_index=1)
+            else:
+                hb = Heartbeat("n2", "n2-new", 1)  # still catching up, stuck at 1
+            state = build(hb, Heartbeat("n3", "n3-inc", index), state=state)
+        step = run_leader(c, state, t, index, {"n2": t, "n3": t})
+        if [x for x in commands(step) if isinstance(x, DeclareFailed)] and declared_at is None:
+            declared_at = t
+    assert declared_at is not None, "a node that never catches up is still declared failed"
+    assert declared_at >= rejoin_at + c.settings.failure_timeout_s  # not 150 ms after
