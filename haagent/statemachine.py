@@ -84,7 +84,12 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
             state,
             f"{c.node} is {rec.state}: stop every protected guest before rejoining",
         )
-    if rec.state is NodeState.UP and rec.incarnation == c.incarnation and rec.role is c.role:
+    if (
+        rec.state is NodeState.UP
+        and rec.incarnation == c.incarnation
+        and rec.role is c.role
+        and rec.watchdog_timeout_s == c.watchdog_timeout_s
+    ):
         return state, Result(True, "already joined")
     reason = "joined" if rec.state is NodeState.DOWN else f"rejoined (was {rec.state})"
     fence = rec.fence if rec.state is NodeState.UP else FenceRecord()
@@ -102,6 +107,7 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
         fence=fence,
         reason=reason,
         changed_at=c.at,
+        watchdog_timeout_s=c.watchdog_timeout_s,
     )
     return state.with_node(new), OK
 

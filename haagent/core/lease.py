@@ -42,6 +42,9 @@ class Lease:
         self._heartbeat_counter = 0
         self.leaving = False  # a clean shutdown was asked for
         self.left = False  # ... and `Leave` committed (or there was nothing to leave)
+        # The armed watchdog's timeout as its device reports it, committed with `Join` so that
+        # whoever fences this node waits on it; None: no watchdog the cluster may rely on.
+        self.watchdog_timeout_s: float | None = None
 
     def valid(self, now: float) -> bool:
         return now < self.until
@@ -71,7 +74,12 @@ class Lease:
             if clean is None:
                 return
             join = Join(
-                node=s.node, incarnation=self._incarnation, role=s.role, clean=clean, at=out.wall()
+                node=s.node,
+                incarnation=self._incarnation,
+                role=s.role,
+                clean=clean,
+                at=out.wall(),
+                watchdog_timeout_s=self.watchdog_timeout_s,
             )
             out.propose(_proposal(ProposalKind.JOIN, self._incarnation, join, s.lease_s))
             out.note("join", node=s.node, was=str(me.state), clean=clean)
