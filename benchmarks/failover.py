@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Failover benchmark on this machine, with the default timing profile.
+"""Failover benchmark on this machine, for one timing profile (default: the default one).
 
-    .venv/bin/python benchmarks/failover.py [--runs 10] [--skip-saturation]
+    .venv/bin/python benchmarks/failover.py [--runs 10] [--profile robust|fast]
+                                            [--skip-saturation] [--skip-idle] [--fence dummy|ipmi]
 
 Prints, for fence_dummy and for fence_ipmilan against ipmi_sim: median and max over N runs of
 the time from SIGKILL of the owner's agent to the guest running on a survivor; then the idle
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from haagent.config import DEFAULT_TIMING_PROFILE, TIMING_PROFILES
 from haagent.localcluster.cli import power_on
 from haagent.localcluster.cluster import (
     GuestPlan,
@@ -69,8 +71,15 @@ def one_failover(cluster: LocalCluster, fence: str) -> float:
     return elapsed
 
 
+PROFILE = DEFAULT_TIMING_PROFILE
+
+
+def _timing() -> dict[str, Any]:
+    return {"profile": PROFILE}
+
+
 def failovers(fence: str, runs: int) -> list[float]:
-    plan = local_plan(3, fence=fence, guests=(GuestPlan(GUEST, 256),))
+    plan = local_plan(3, fence=fence, guests=(GuestPlan(GUEST, 256),), timing=_timing())
     with (
         tempfile.TemporaryDirectory(prefix="haagent-bench-") as d,
         running_cluster(Path(d), plan) as cluster,
@@ -91,7 +100,7 @@ def rss_mib(pid: int) -> float:
 
 
 def idle_cost(seconds: float) -> dict[str, Any]:
-    plan = local_plan(3, fence="dummy", guests=(GuestPlan(GUEST, 256),))
+    plan = local_plan(3, fence="dummy", guests=(GuestPlan(GUEST, 256),), timing=_timing())
     with (
         tempfile.TemporaryDirectory(prefix="haagent-bench-") as d,
         running_cluster(Path(d), plan) as cluster,
@@ -114,7 +123,7 @@ def idle_cost(seconds: float) -> dict[str, Any]:
 
 def saturation(seconds: float) -> dict[str, Any]:
     """Run two busy loops per core for `seconds` and count fences and lost leases."""
-    plan = local_plan(3, fence="dummy", guests=(GuestPlan(GUEST, 256),))
+    plan = local_plan(3, fence="dummy", guests=(GuestPlan(GUEST, 256),), timing=_timing())
     hogs: list[subprocess.Popen[bytes]] = []
     with (
         tempfile.TemporaryDirectory(prefix="haagent-bench-") as d,
@@ -167,13 +176,21 @@ def main() -> int:
     p.add_argument("--idle-seconds", type=float, default=30.0)
     p.add_argument("--saturation-seconds", type=float, default=60.0)
     p.add_argument("--skip-saturation", action="store_true")
+    p.add_argument("--skip-idle", action="store_true")
+    p.add_argument("--profile", choices=sorted(TIMING_PROFILES), default=DEFAULT_TIMING_PROFILE)
+    p.add_argument("--fence", choices=("dummy", "ipmi"), action="append")
     args = p.parse_args()
-
+    global PROFILE
+    PROFILE = args.profile
+    t = TIMING_PROFILES[PROFILE]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"machine: {os.cpu_count()} cores; default timing profile "
-        "(heartbeat 0.1 s, lease 1.0 s, failure timeout 1.4 s, stop grace 0.3 s)"
+        f"machine: {os.cpu_count()} cores, load average {load}; timing profile {PROFILE} "
+        f"(heartbeat {t.heartbeat_s} s, lease {t.lease_s} s, failure timeout "
+        f"{t.failure_timeout_s} s, stop grace {t.stop_grace_s} s, elections "
+        f"{t.election_timeout_min_s}-{t.election_timeout_max_s} s)"
     )
-    for fence in ("dummy", "ipmi"):
+    for fence in args.fence or ("dummy", "ipmi"):
         label = "fence_dummy" if fence == "dummy" else "fence_ipmilan + ipmi_sim"
         print(
             summary(
@@ -182,7 +199,7 @@ def main() -> int:
             ),
             flush=True,
         )
-    idle = idle_cost(args.idle_seconds)
+    idle = {} if args.skip_idle else idle_cost(args.idle_seconds)
     for node, figures in sorted(idle.items()):
         print(
             f"idle agent {node}{' (leader)' if figures['leader'] else ''}: "

@@ -27,8 +27,9 @@ from haagent.model import FenceMethod, GuestSpec, NodeRole, StorageKind
 from haagent.ports import FenceDevice
 from haagent.timing import (
     DEFAULT_LIMITS,
-    DEFAULT_TIMING,
+    DEFAULT_TIMING_PROFILE,
     DEFAULT_WATCHDOG_TIMEOUT_S,
+    TIMING_PROFILES,
     Timing,
 )
 from haagent.untrusted import UntrustedInputError, escape, read_small_text, show
@@ -530,7 +531,10 @@ def _exact(seconds: float) -> Decimal:
 
 
 def _timing(t: _Table) -> Timing:
-    d = DEFAULT_TIMING
+    profile = t.string("profile", DEFAULT_TIMING_PROFILE)
+    if profile not in TIMING_PROFILES:
+        raise t.error("profile", f"must be one of {', '.join(sorted(TIMING_PROFILES))}")
+    d = TIMING_PROFILES[profile]
     timing = Timing(**{name: t.number(name, getattr(d, name)) for name in d.__dataclass_fields__})
     t.done()
     x = {name: _exact(getattr(timing, name)) for name in d.__dataclass_fields__}

@@ -8,6 +8,9 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
   would believe it leads for half a minute), `connectionRetryTime` is 0.2 s (a restarted node
   otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), the tick is
   10 ms (50 ms ticks cause split votes with short timeouts), batching is off (~1 ms commits).
+- The vendored pysyncobj runs pre-vote elections and catches lagging replicas up without
+  bouncing (haagent/vendor/pysyncobj/PATCHES.md): a lossy link or a starved CPU on one node
+  does not depose the leader. `view()` reports elections and replica lag for status/metrics.
 - Every proposal has a timeout; a timeout, a leader change or a lost callback is an UNKNOWN
   outcome, never a failure we act on. Commands are conditional, so a late apply is harmless.
 - Commands are versioned JSON (`haagent.commands`). Snapshots use our own JSON serializer, so
@@ -286,6 +289,8 @@ class RaftConsensus:
         if leader_node is not None:
             address = getattr(leader_node, "address", str(leader_node))
             leader = self._names.get(address, address)
+        stats = sync.electionStats
+        commit_index = sync.raftCommitIndex
         return ConsensusView(
             state=state,
             leader=leader,
@@ -293,8 +298,13 @@ class RaftConsensus:
             term=sync.raftCurrentTerm,
             has_quorum=bool(sync.hasQuorum),
             heartbeats=heartbeats,
-            commit_index=sync.raftCommitIndex,
+            commit_index=commit_index,
             incompatible=incompatible,
+            last_applied=sync.raftLastApplied,
+            leader_commit_index=max(commit_index, sync.leaderCommitIndex or 0),
+            pre_votes=stats["pre_votes"],
+            elections=stats["elections"],
+            pre_votes_refused=stats["pre_votes_refused"],
             storage_error=sync.getStorageError(),
         )
 

@@ -13,8 +13,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from haagent.model import ClusterState, GuestState, NodeState
 from haagent.ports import ConsensusView, HeartbeatSeen
+from haagent.status import lease_loss_reason
 
 FAILOVER_BUCKETS_S = (0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
+RENEWAL_BUCKETS_S = (0, 0.25, 0.5, 1, 1.5, 2, 2.5, 3, 5)
+LATE_RENEWAL_FRACTION = 0.5
+"""A renewal is late when less than this fraction of the lease it extends was left."""
 
 
 class AgentMetrics:
@@ -99,11 +103,58 @@ class AgentMetrics:
             "haagent_reconcile_passes", "Reconcile passes of this agent's loop.", registry=r
         )
         self._tracker = FailoverTracker()
+        # Raft elections and replica progress (issue 15: a lossy link or a busy CPU must show
+        # before it costs a lease).
+        self.raft_pre_votes = Counter(
+            "haagent_raft_pre_votes",
+            "Pre-votes this agent's replica started (its election timer fired).",
+            registry=r,
+        )
+        self.raft_elections = Counter(
+            "haagent_raft_elections",
+            "Real elections this agent's replica started (a pre-vote won, or a transfer).",
+            registry=r,
+        )
+        self.raft_pre_votes_refused = Counter(
+            "haagent_raft_pre_votes_refused",
+            "Pre-vote requests of other nodes refused because a leader was alive.",
+            registry=r,
+        )
+        self.raft_term_changes = Counter(
+            "haagent_raft_term_changes", "Raft term changes seen by this agent.", registry=r
+        )
+        self.replica_lag = Gauge(
+            "haagent_replica_lag_entries",
+            "Committed entries (leader's commit index as last heard) not yet applied here.",
+            registry=r,
+        )
+        self.lease_renewal_remaining = Histogram(
+            "haagent_lease_remaining_at_renewal_seconds",
+            "Lease left when a renewal arrived (0: it had already lapsed).",
+            buckets=RENEWAL_BUCKETS_S,
+            registry=r,
+        )
+        self.lease_renewals_late = Counter(
+            "haagent_lease_renewals_late",
+            "Renewals that arrived with less than half of the lease left, or after it lapsed.",
+            registry=r,
+        )
+        self.self_fences = Counter(
+            "haagent_self_fences",
+            "Times this node lost its lease (and so stopped its guests), by likeliest reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._seen_stats: tuple[int, int, int] | None = None
+        self._seen_term: int | None = None
+        self._seen_lease_until = 0.0
+        self._lease_valid = False
 
     def update(
         self, view: ConsensusView, now: float, lease_until: float, local_running: int | None
     ) -> None:
         state = view.state
+        self._update_raft(view, now, lease_until)
         self.raft_term.set(view.term)
         self.raft_leader.set(1 if view.is_leader else 0)
         self.raft_quorum.set(1 if now < lease_until else 0)
@@ -127,6 +178,30 @@ class AgentMetrics:
                 self.failover_duration.observe(duration)
         else:
             self._tracker.observe(state, view.heartbeats, now)
+
+    def _update_raft(self, view: ConsensusView, now: float, lease_until: float) -> None:
+        stats = (view.pre_votes, view.elections, view.pre_votes_refused)
+        if self._seen_stats is not None:
+            counters = (self.raft_pre_votes, self.raft_elections, self.raft_pre_votes_refused)
+            for counter, new, old in zip(counters, stats, self._seen_stats, strict=True):
+                if new > old:
+                    counter.inc(new - old)
+        self._seen_stats = stats
+        if self._seen_term is not None and view.term > self._seen_term:
+            self.raft_term_changes.inc(view.term - self._seen_term)
+        self._seen_term = view.term
+        self.replica_lag.set(view.replica_lag)
+        previous = self._seen_lease_until
+        if lease_until > previous > 0:
+            left = max(0.0, previous - now)
+            self.lease_renewal_remaining.observe(left)
+            if left < LATE_RENEWAL_FRACTION * (lease_until - now):
+                self.lease_renewals_late.inc()
+        self._seen_lease_until = max(previous, lease_until)
+        valid = now < lease_until
+        if self._lease_valid and not valid:
+            self.self_fences.labels(lease_loss_reason(view)).inc()
+        self._lease_valid = valid
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -59,9 +59,25 @@ class ConsensusView:
     heartbeats: Mapping[str, HeartbeatSeen] = field(default_factory=dict)
     commit_index: int = 0
     incompatible: str | None = None  # a committed command this agent cannot decode
+    # Replica progress: what this replica applied, and the leader's commit index as it last
+    # heard it. The difference is its lag; a lagging replica's view is stale.
+    last_applied: int = 0
+    leader_commit_index: int = 0
+    # Raft elections as this replica saw them (counters since it started): pre-votes it
+    # started, real elections it started (a pre-vote won, or a leadership transfer), and
+    # pre-vote requests of others it refused because a leader was alive.
+    pre_votes: int = 0
+    elections: int = 0
+    pre_votes_refused: int = 0
+
     # Why the Raft journal cannot be written now (disk full, I/O error): this replica then
     # acknowledges nothing, so it stops counting toward any majority.
     storage_error: str | None = None
+
+    @property
+    def replica_lag(self) -> int:
+        """Committed entries (as far as this replica knows) it has not applied yet."""
+        return max(0, max(self.leader_commit_index, self.commit_index) - self.last_applied)
 
 
 class Consensus(Protocol):

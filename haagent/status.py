@@ -14,6 +14,31 @@ from haagent.ports import ConsensusView, DomainObservation
 
 STATUS_VERSION = 1
 
+REPLICA_LAG_ENTRIES = 20
+"""A replica further behind the leader's commit than this is called lagging (in a healthy
+cluster it applies within one round trip: a few entries at most)."""
+
+
+def lease_loss_reason(view: ConsensusView) -> str:
+    """Why a node holds no lease, as far as its own replica can tell (a metric label: few,
+    stable values). The core decides the lease; this only names the likeliest cause.
+
+    `incompatible`: it cannot apply a committed command; `storage_error`: its journal cannot
+    be written (it acknowledges nothing); `no_leader`: it knows no Raft leader
+    (cut off, or an election is running); `replica_lagging`: it is more than
+    REPLICA_LAG_ENTRIES behind the leader's commit; `heartbeats_not_committing`: a leader is
+    known and the replica is current, but its heartbeats did not commit in time (loss, load).
+    """
+    if view.incompatible is not None:
+        return "incompatible"
+    if view.storage_error is not None:
+        return "storage_error"
+    if view.leader is None:
+        return "no_leader"
+    if view.replica_lag > REPLICA_LAG_ENTRIES:
+        return "replica_lagging"
+    return "heartbeats_not_committing"
+
 
 def build_status(
     *,
@@ -67,6 +92,7 @@ def build_status(
             for d in sorted(local.values(), key=lambda d: d.name)
             if d.name in protected and d.running
         }
+    lease_valid = now < lease_until
     return {
         "version": STATUS_VERSION,
         "cluster": cluster,
@@ -75,13 +101,24 @@ def build_status(
         "incarnation": incarnation,
         "leader": view.leader,
         "term": view.term,
-        "quorum": now < lease_until,
+        "quorum": lease_valid,
+        "lease_lost_reason": None if lease_valid else lease_loss_reason(view),
         "raft_has_quorum_hint": view.has_quorum,
         "lease_remaining_s": round(max(0.0, lease_until - now), 3),
         "loop_age_s": round(loop_age_s, 3),
         "incompatible": view.incompatible,
         "commit_index": view.commit_index,
         "storage_error": view.storage_error,
+        "replica": {
+            "applied": view.last_applied,
+            "leader_commit": view.leader_commit_index,
+            "lag": view.replica_lag,
+        },
+        "elections": {
+            "pre_votes": view.pre_votes,
+            "elections": view.elections,
+            "pre_votes_refused": view.pre_votes_refused,
+        },
         "nodes": nodes,
         "guests": guests,
         "local": local_doc,
@@ -103,6 +140,13 @@ def format_status(doc: dict[str, Any]) -> str:
         f"leader {doc['leader'] or '-'}  term {doc['term']}  "
         f"quorum {'yes' if doc['quorum'] else 'NO'}  lease {doc['lease_remaining_s']:.2f}s",
     ]
+    if not doc["quorum"] and doc.get("lease_lost_reason"):
+        lines.append(f"NO LEASE: {doc['lease_lost_reason']}")
+    replica = doc.get("replica")
+    if replica and replica["lag"] > REPLICA_LAG_ENTRIES:
+        lines.append(
+            f"REPLICA LAGGING: applied {replica['applied']} of {replica['leader_commit']} committed"
+        )
     if doc.get("incompatible"):
         lines.append(f"INCOMPATIBLE: {doc['incompatible']}")
     if doc.get("storage_error"):

@@ -4,10 +4,10 @@ paths). The defaults come from `haagent.timing`, the one place that holds them."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 from haagent.model import FenceMethod, GuestSpec, NodeRole
-from haagent.timing import DEFAULT_LIMITS, DEFAULT_TIMING
+from haagent.timing import DEFAULT_LIMITS, DEFAULT_TIMING, Timing
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,10 @@ class AgentSettings:
     @property
     def capacity_mib(self) -> dict[str, int]:
         return {name: ns.memory_mib for name, ns in self.nodes.items()}
+
+
+def timing_overrides(timing: Timing) -> dict[str, float]:
+    """The fields of `timing` that `AgentSettings` has, as keyword arguments: how the simulator
+    and the unit tests run the core under a named profile instead of the default one."""
+    names = {f.name for f in fields(AgentSettings)}
+    return {k: v for k, v in asdict(timing).items() if k in names}

@@ -73,6 +73,7 @@ from haagent.commands import (
     SetDesired,
     SetMaintenance,
 )
+from haagent.core.settings import timing_overrides
 from haagent.model import (
     ClusterState,
     DesiredState,
@@ -91,6 +92,7 @@ from haagent.ports import (
 )
 from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
+from haagent.timing import FAST_TIMING
 
 TraceValue = str | int | float | bool | None
 
@@ -276,6 +278,8 @@ class World:
             "node": node,
             "nodes": self.node_settings,
             "guests": self.guest_specs,
+            # The scenarios and the swarm's recovery bounds were written for the fast profile.
+            **timing_overrides(FAST_TIMING),
         }
         base.update(self._settings_overrides)
         settings = AgentSettings(**base)

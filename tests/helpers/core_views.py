@@ -28,6 +28,7 @@ from haagent.commands import (
     Heartbeat,
     Join,
 )
+from haagent.core.settings import timing_overrides
 from haagent.model import (
     ClusterState,
     FailureEvidence,
@@ -43,6 +44,7 @@ from haagent.ports import (
     OutcomeKind,
 )
 from haagent.statemachine import apply
+from haagent.timing import FAST_TIMING
 
 SPEC = GuestSpec("g", "dom-g", 256)
 ACCEPTED = Outcome(OutcomeKind.ACCEPTED)
@@ -58,6 +60,7 @@ def settings(node: str = "n1", **kw: object) -> AgentSettings:
         "node": node,
         "nodes": NODES,
         "guests": (SPEC,),
+        **timing_overrides(FAST_TIMING),  # the numbers these tests were written with
         "initial_placement_wait_s": 0.0,
     }
     base.update(kw)

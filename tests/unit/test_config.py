@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from haagent.config import ConfigError, load_config
+from haagent.config import DEFAULT_TIMING_PROFILE, TIMING_PROFILES, ConfigError, load_config
 from haagent.model import FenceMethod, NodeRole
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
@@ -98,6 +98,19 @@ def test_a_final_watchdog_level_follows_the_power_levels(tmp_path: Path) -> None
     assert not load_config(write(tmp_path, VALID)).agent_settings().nodes["n1"].relies_on_watchdog
 
 
+def test_timing_profiles_give_defaults_and_explicit_keys_win(tmp_path: Path) -> None:
+    robust = load_config(write(tmp_path, VALID)).timing
+    assert robust == TIMING_PROFILES["robust"] == TIMING_PROFILES[DEFAULT_TIMING_PROFILE]
+    assert (robust.lease_s, robust.failure_timeout_s) == (3.0, 4.0)
+    fast = load_config(write(tmp_path, VALID + '\n[timing]\nprofile = "fast"\n')).timing
+    assert fast == TIMING_PROFILES["fast"]
+    assert (fast.lease_s, fast.failure_timeout_s) == (1.0, 1.4)
+    tuned = load_config(
+        write(tmp_path, VALID + '\n[timing]\nprofile = "fast"\nfailure_timeout_s = 2\n')
+    ).timing
+    assert tuned.failure_timeout_s == 2.0 and tuned.lease_s == 1.0
+
+
 def mutate(old: str, new: str) -> str:
     assert old in VALID, old
     return VALID.replace(old, new)
@@ -116,7 +129,12 @@ def mutate(old: str, new: str) -> str:
             "timing.failure_timeout_s",
             "must exceed lease_s + stop_grace_s",
         ),
-        (VALID + "\n[timing]\nheartbeat_s = 0.5\n", "timing.lease_s", "at least 3 x heartbeat_s"),
+        (VALID + "\n[timing]\nheartbeat_s = 1.5\n", "timing.lease_s", "at least 3 x heartbeat_s"),
+        (
+            VALID + '\n[timing]\nprofile = "quick"\n',
+            "timing.profile",
+            "must be one of fast, robust",
+        ),
         (VALID + '\n[timing]\nlease_s = "1"\n', "timing.lease_s", "must be a number"),
         (
             VALID + "\n[timing]\nstop_grace_s = -1\n",

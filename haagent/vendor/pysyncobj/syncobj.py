@@ -163,6 +163,20 @@ class SyncObj(object):
         # Set while a leadership transfer (Raft 'TimeoutNow') is pending, to stop
         # the outgoing leader's heartbeats from postponing the forced election.
         self.__transferInProgress = False
+        # haagent: pre-vote (Raft thesis 9.6). A node whose election timer fires first asks
+        # whether it could win at term+1 without changing its term; peers that heard from a
+        # leader within raftMinTimeout (or lead themselves) refuse. Only a majority of grants
+        # starts a real election, so a node that merely lost some packets or ticks cannot
+        # depose a healthy leader.
+        self.__preVoteTerm = None
+        self.__preVoteGrants = set()  # nodes that granted the current pre-vote (no double count)
+        self.__lastLeaderContact = 0.0
+        self.__electionStats = {'pre_votes': 0, 'elections': 0, 'pre_votes_refused': 0}
+        # haagent: append sequence numbers, echoed in next_node_idx, so a leader ignores a
+        # refusal that answers an append sent before it last moved a follower's next index
+        # (otherwise it bounces between the stale and the fresh answer for ever).
+        self.__appendSeq = 0
+        self.__resetSeq = {}
         self.__raftLog = createJournal(self.__conf.journalFile)
         self.__pendingAcks = []  # haagent: (node, nextNodeIdx, truncations) sent once durable
         if len(self.__raftLog) == 0:
@@ -636,21 +650,11 @@ class SyncObj(object):
         if self.__raftState in (_RAFT_STATE.FOLLOWER, _RAFT_STATE.CANDIDATE) and self.__selfNode is not None:
             if self.__raftElectionDeadline < monotonicTime() and self.__connectedToAnyone():
                 self.__raftElectionDeadline = monotonicTime() + self.__generateRaftTimeout()
-                self.__transferInProgress = False
-                self.__raftLeader = None
-                self.__setState(_RAFT_STATE.CANDIDATE)
-                self.__setCurrentTerm(self.__raftCurrentTerm + 1, self.__selfNode.id)
-                self.__votesCount = 1
-                for node in self.__otherNodes:
-                    self.__transport.send(node, {
-                        'type': 'request_vote',
-                        'term': self.__raftCurrentTerm,
-                        'last_log_index': self.__getCurrentLogIndex(),
-                        'last_log_term': self.__getCurrentLogTerm(),
-                    })
-                self.__onLeaderChanged()
-                if self.__votesCount > (len(self.__otherNodes) + 1) / 2:
-                    self.__onBecomeLeader()
+                if self.__transferInProgress:
+                    # The leader asked for this election (TimeoutNow): no pre-vote.
+                    self.__startElection()
+                else:
+                    self.__startPreVote()
 
         if self.__raftState == _RAFT_STATE.LEADER:
 
@@ -707,6 +711,62 @@ class SyncObj(object):
                 callback()
 
         self._poller.poll(timeToWait)
+
+    def __startPreVote(self):
+        self.__electionStats['pre_votes'] += 1
+        self.__preVoteTerm = self.__raftCurrentTerm + 1
+        self.__preVoteGrants = set()
+        for node in self.__otherNodes:
+            self.__transport.send(node, {
+                'type': 'pre_vote_request',
+                'term': self.__preVoteTerm,
+                'last_log_index': self.__getCurrentLogIndex(),
+                'last_log_term': self.__getCurrentLogTerm(),
+            })
+        if 1 > (len(self.__otherNodes) + 1) / 2:
+            self.__startElection()
+
+    def __startElection(self):
+        self.__electionStats['elections'] += 1
+        self.__preVoteTerm = None
+        self.__transferInProgress = False
+        self.__raftLeader = None
+        self.__setState(_RAFT_STATE.CANDIDATE)
+        self.__setCurrentTerm(self.__raftCurrentTerm + 1, self.__selfNode.id)
+        self.__votesCount = 1
+        for node in self.__otherNodes:
+            self.__transport.send(node, {
+                'type': 'request_vote',
+                'term': self.__raftCurrentTerm,
+                'last_log_index': self.__getCurrentLogIndex(),
+                'last_log_term': self.__getCurrentLogTerm(),
+            })
+        self.__onLeaderChanged()
+        if self.__votesCount > (len(self.__otherNodes) + 1) / 2:
+            self.__onBecomeLeader()
+
+    def __leaderIsAlive(self):
+        """Did this node lead, or hear from the current leader, within raftMinTimeout?"""
+        if self.__raftState == _RAFT_STATE.LEADER:
+            return True
+        return (self.__raftLeader is not None and
+                monotonicTime() - self.__lastLeaderContact < self.__conf.raftMinTimeout)
+
+    def __logIsUpToDate(self, lastLogIdx, lastLogTerm):
+        if lastLogTerm != self.__getCurrentLogTerm():
+            return lastLogTerm > self.__getCurrentLogTerm()
+        return lastLogIdx >= self.__getCurrentLogIndex()
+
+    @property
+    def electionStats(self):
+        """haagent: counters of pre-votes started, real elections started, and pre-vote
+        requests from others this node refused (a copy)."""
+        return dict(self.__electionStats)
+
+    @property
+    def leaderCommitIndex(self):
+        """haagent: the leader's commit index as last heard from it (None before)."""
+        return self.__leaderCommitIndex
 
     def __applyLogEntries(self):
         needSendAppendEntries = False
@@ -918,6 +978,26 @@ class SyncObj(object):
                 self.__raftElectionDeadline = 0
                 self.__transferInProgress = True
 
+        if message['type'] == 'pre_vote_request' and self.__selfNode is not None:
+            # Never changes this node's term, vote or state.
+            granted = (message['term'] > self.__raftCurrentTerm and
+                       not self.__leaderIsAlive() and
+                       self.__logIsUpToDate(message['last_log_index'], message['last_log_term']))
+            if not granted:
+                self.__electionStats['pre_votes_refused'] += 1
+            self.__transport.send(node, {
+                'type': 'pre_vote_response',
+                'term': message['term'],
+                'granted': granted,
+            })
+
+        if message['type'] == 'pre_vote_response' and message.get('granted') and \
+                self.__preVoteTerm is not None and message['term'] == self.__preVoteTerm and \
+                self.__raftState != _RAFT_STATE.LEADER:
+            self.__preVoteGrants.add(node)
+            if 1 + len(self.__preVoteGrants) > (len(self.__otherNodes) + 1) / 2:
+                self.__startElection()
+
         if message['type'] == 'request_vote' and self.__selfNode is not None:
 
             if message['term'] > self.__raftCurrentTerm:
@@ -953,6 +1033,8 @@ class SyncObj(object):
                 # While a transfer is pending, ignore same-term heartbeats from
                 # the outgoing leader so they can't postpone the forced election.
                 self.__raftElectionDeadline = monotonicTime() + self.__generateRaftTimeout()
+            self.__lastLeaderContact = monotonicTime()
+            self.__preVoteTerm = None
             if self.__raftLeader != node:
                 self.__onLeaderChanged()
             self.__raftLeader = node
@@ -963,6 +1045,7 @@ class SyncObj(object):
             serialized = message.get('serialized', None)
             verifiedIdx = self.__getCurrentLogIndex()  # haagent: commit no further than verified
             self.__leaderCommitIndex = leaderCommitIndex = message['commit_index']
+            seq = message.get('seq')  # haagent: echoed in refusals
 
             # Regular append entries
             if 'prevLogIdx' in message:
@@ -970,11 +1053,11 @@ class SyncObj(object):
                 if transmission is not None:
                     if transmission == 'start':
                         self.__recvTransmission = message['data']
-                        self.__sendNextNodeIdx(node, success=False, reset=False)
+                        self.__sendNextNodeIdx(node, success=False, reset=False, seq=seq)
                         return
                     elif transmission == 'process':
                         self.__recvTransmission += message['data']
-                        self.__sendNextNodeIdx(node, success=False, reset=False)
+                        self.__sendNextNodeIdx(node, success=False, reset=False, seq=seq)
                         return
                     elif transmission == 'finish':
                         self.__recvTransmission += message['data']
@@ -987,10 +1070,11 @@ class SyncObj(object):
                 prevLogTerm = message['prevLogTerm']
                 prevEntries = self.__getEntries(prevLogIdx)
                 if not prevEntries:
-                    self.__sendNextNodeIdx(node, success=False, reset=True)
+                    self.__sendNextNodeIdx(node, success=False, reset=True, seq=seq)
                     return
                 if prevEntries[0][2] != prevLogTerm:
-                    self.__sendNextNodeIdx(node, nextNodeIdx = prevLogIdx, success = False, reset=True)
+                    self.__sendNextNodeIdx(node, nextNodeIdx=self.__conflictHint(prevLogIdx),
+                                           success=False, reset=True, seq=seq)
                     return
                 # haagent: keep the entries this log already holds (same index and term) and
                 # truncate only from the first conflict (Raft 5.3): rewriting held entries
@@ -1044,7 +1128,8 @@ class SyncObj(object):
                 self.__raftCommitIndex = self.__getCurrentLogIndex()
 
             if leaderCommitIndex > self.__raftCommitIndex:
-                self.__raftCommitIndex = min(leaderCommitIndex, verifiedIdx)
+                self.__raftCommitIndex = max(self.__raftCommitIndex,
+                                             min(leaderCommitIndex, verifiedIdx))
 
             self.__raftLog.setRaftCommitIndex(self.__raftCommitIndex)
 
@@ -1088,12 +1173,18 @@ class SyncObj(object):
                 success = message['success']
 
                 currentNodeIdx = nextNodeIdx - 1
+                seq = message.get('seq')
                 if reset:
-                    self.__raftNextIndex[node] = nextNodeIdx
+                    # haagent: a refusal of an append sent before the last reset is stale.
+                    if seq is None or seq > self.__resetSeq.get(node, 0):
+                        self.__raftNextIndex[node] = nextNodeIdx
+                        self.__resetSeq[node] = self.__appendSeq
                 if success:
                     if self.__raftMatchIndex[node] < currentNodeIdx:
                         self.__raftMatchIndex[node] = currentNodeIdx
-                        self.__raftNextIndex[node] = nextNodeIdx
+                        # haagent: never move next back below what is already in flight.
+                        if self.__raftNextIndex[node] < nextNodeIdx:
+                            self.__raftNextIndex[node] = nextNodeIdx
                 self.__lastResponseTime[node] = monotonicTime()
 
     def __callErrCallback(self, err, callback):
@@ -1109,15 +1200,33 @@ class SyncObj(object):
             return
         callback(None, err)
 
-    def __sendNextNodeIdx(self, node, reset=False, nextNodeIdx = None, success = False):
+    def __sendNextNodeIdx(self, node, reset=False, nextNodeIdx = None, success = False, seq=None):
         if nextNodeIdx is None:
             nextNodeIdx = self.__getCurrentLogIndex() + 1
-        self.__transport.send(node, {
+        message = {
             'type': 'next_node_idx',
             'next_node_idx': nextNodeIdx,
             'reset': reset,
             'success': success,
-        })
+        }
+        if seq is not None:
+            message['seq'] = seq  # haagent: which append this answers
+        self.__transport.send(node, message)
+
+    def __conflictHint(self, prevLogIdx):
+        """haagent: where the leader should resume after the entry at prevLogIdx turned out
+        to have another term: before every entry of that (uncommitted) term, but never below
+        the commit index, which certainly matches. One round trip per divergent term instead
+        of one per entry."""
+        floor = max(self.__raftCommitIndex + 1, self.__raftLog[0][1] + 1)
+        conflictTerm = self.__getEntries(prevLogIdx, 1)[0][2]
+        hint = prevLogIdx
+        while hint > floor:
+            previous = self.__getEntries(hint - 1, 1)
+            if not previous or previous[0][2] != conflictTerm:
+                break
+            hint -= 1
+        return min(hint, prevLogIdx)
 
     def __generateRaftTimeout(self):
         minTimeout = self.__conf.raftMinTimeout
@@ -1326,6 +1435,7 @@ class SyncObj(object):
                                 'commit_index': self.__raftCommitIndex,
                                 'prevLogIdx': prevLogIdx,
                                 'prevLogTerm': prevLogTerm,
+                                'seq': self.__nextAppendSeq(),
                             }
                             self.__transport.send(node, message)
                             if node not in self.__connectedNodes:
@@ -1338,6 +1448,7 @@ class SyncObj(object):
                             'entries': entries,
                             'prevLogIdx': prevLogIdx,
                             'prevLogTerm': prevLogTerm,
+                            'seq': self.__nextAppendSeq(),
                         }
                         self.__transport.send(node, message)
                         if node not in self.__connectedNodes:
@@ -1349,6 +1460,7 @@ class SyncObj(object):
                         'term': self.__raftCurrentTerm,
                         'commit_index': self.__raftCommitIndex,
                         'serialized': transmissionData,
+                        'seq': self.__nextAppendSeq(),
                     }
                     self.__transport.send(node, message)
                     if node not in self.__connectedNodes:
@@ -1371,6 +1483,10 @@ class SyncObj(object):
                 delta = monotonicTime() - startTime
                 if delta > self.__conf.appendEntriesPeriod:
                     break
+
+    def __nextAppendSeq(self):
+        self.__appendSeq += 1
+        return self.__appendSeq
 
     def __connectedToAnyone(self):
         return len(self.__connectedNodes) > 0 or len(self.__otherNodes) == 0
