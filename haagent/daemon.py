@@ -34,7 +34,7 @@ from haagent.agent import (
     StopGuest,
 )
 from haagent.api import ApiError, build_app, serve
-from haagent.commands import SetDesired, SetMaintenance
+from haagent.commands import ConfirmFenced, SetDesired, SetMaintenance
 from haagent.config import Config
 from haagent.consensus import JournalDamagedError, RaftConsensus
 from haagent.fencing.levels import AgentFencer
@@ -46,7 +46,7 @@ from haagent.fencing.watchdog import (
     open_watchdog,
 )
 from haagent.metrics import AgentMetrics
-from haagent.model import DesiredState, NodeRole
+from haagent.model import DesiredState, NodeRole, NodeState
 from haagent.ports import (
     ConsensusView,
     DomainObservation,
@@ -55,6 +55,7 @@ from haagent.ports import (
     Hypervisor,
     HypervisorError,
     Outcome,
+    OutcomeKind,
     Watchdog,
 )
 from haagent.resources.libvirt_guests import LibvirtHypervisor
@@ -427,6 +428,30 @@ class Daemon:
             raise ApiError(404, f"unknown node {node!r}")
         command = SetMaintenance(node, on, f"api@{self.config.node}", time.time())
         log.info("admin: maintenance %s %s", "on" if on else "off", node)
+        return await consensus.propose(command, self.settings.commit_timeout_s)
+
+    async def confirm_fenced(self, node: str, by: str) -> Outcome:
+        """An admin verified that the failed `node` is off: propose `ConfirmFenced` for the
+        failure epoch this agent's view shows, so a confirmation of an older failure (the node
+        came back and failed again since) is refused by `apply`, not applied to the new one."""
+        consensus = self._serving_consensus()
+        if node not in self.config.nodes:
+            raise ApiError(404, f"unknown node {node!r}")
+        record = consensus.view().state.node(node)
+        if record.state is not NodeState.FAILED:
+            return Outcome(
+                OutcomeKind.REFUSED,
+                f"{node} is {record.state.value}, not failed: only a node the cluster declared "
+                "failed can be confirmed fenced",
+            )
+        who = f"{by} via api@{self.config.node}" if by else f"api@{self.config.node}"
+        command = ConfirmFenced(node, record.failure_epoch, who, time.time())
+        log.warning(
+            "admin: %s confirms that %s (failure %d) is powered off",
+            who,
+            node,
+            record.failure_epoch,
+        )
         return await consensus.propose(command, self.settings.commit_timeout_s)
 
     def health(self) -> tuple[bool, str]:
