@@ -161,7 +161,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def power_on(cluster: LocalCluster, node: str) -> None:
     """Power a node on through its simulated BMC, as an admin would with ipmitool."""
     cfg = cluster._config(node)
-    devices = [cfg["fence_devices"][d] for level in cfg["nodes"][node]["fence"] for d in level]
+    levels = [level for level in cfg["nodes"][node]["fence"] if isinstance(level, list)]
+    devices = [cfg["fence_devices"][d] for level in levels for d in level]
     ipmi = [d for d in devices if d["agent"] == "fence_ipmilan"]
     if not ipmi:
         raise ClusterError(f"{node} has no fence_ipmilan device to power it on with")
