@@ -159,13 +159,16 @@ MAX_BY_CHARS = 64  # who confirmed a fence, as the audit shows it
 
 
 class Handlers(Protocol):
-    async def status(self) -> dict[str, Any]: ...
+    """Status, metrics and what-if are computed off the agent's loop and arrive ready; the
+    status document as JSON text (serializing thousands of guests is not loop work)."""
+
+    async def status(self) -> str: ...
 
     def health(self) -> tuple[bool, str]: ...
 
-    def metrics(self) -> bytes: ...
+    async def metrics(self) -> bytes: ...
 
-    def whatif(self, fail: list[str]) -> dict[str, Any]: ...
+    async def whatif(self, fail: list[str]) -> dict[str, Any]: ...
 
     async def set_desired(self, guest: str, running: bool) -> Outcome: ...
 
@@ -281,14 +284,15 @@ def build_app(token: str, h: Handlers) -> web.Application:
             return json_response({"error": "internal error (see the agent's log)"}, 500)
 
     async def get_status(request: web.Request) -> web.Response:
-        return json_response(await h.status())
+        return web.Response(text=await h.status(), content_type="application/json")
 
     async def get_health(request: web.Request) -> web.Response:
         ok, reason = h.health()
         return json_response({"healthy": ok, "reason": reason}, 200 if ok else 503)
 
     async def get_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=h.metrics(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+        body = await h.metrics()
+        return web.Response(body=body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     async def get_whatif(request: web.Request) -> web.Response:
         raw = request.query.get("fail", "")
@@ -297,7 +301,7 @@ def build_app(token: str, h: Handlers) -> web.Application:
             raise ApiError(400, "give the nodes to fail: /v1/whatif?fail=node3[,node4]")
         if len(fail) > MAX_WHATIF_NODES:
             raise ApiError(400, f"at most {MAX_WHATIF_NODES} nodes to fail", "whatif too many")
-        return json_response(h.whatif(fail))
+        return json_response(await h.whatif(fail))
 
     async def post_guest(request: web.Request) -> web.Response:
         action = request.match_info["action"]

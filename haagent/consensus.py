@@ -6,8 +6,11 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
   (the default binds every interface).
 - `leaderFallbackTimeout` is lowered to the election timeout (default 30 s: an isolated leader
   would believe it leads for half a minute), `connectionRetryTime` is 0.2 s (a restarted node
-  otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), the tick is
-  10 ms (50 ms ticks cause split votes with short timeouts), batching is off (~1 ms commits).
+  otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), batching is
+  off (~1 ms commits). The tick thread sleeps until its next Raft timer is due (election
+  deadline, append-entries period; a vendored patch) or a socket or a submitted command wakes
+  it, at most `autoTickPeriod` = 0.1 s: timers keep their precision (50 ms ticks caused split
+  votes with short timeouts) without 100 idle wake-ups a second.
 - The vendored pysyncobj runs pre-vote elections and catches lagging replicas up without
   bouncing (haagent/vendor/pysyncobj/PATCHES.md): a lossy link or a starved CPU on one node
   does not depose the leader. `view()` reports elections and replica lag for status/metrics.
@@ -197,7 +200,7 @@ class RaftConsensus:
             raftMinTimeout=min_s,
             raftMaxTimeout=max_s,
             appendEntriesPeriod=min(0.05, min_s / 4),
-            autoTickPeriod=0.01,
+            autoTickPeriod=0.1,
             appendEntriesUseBatch=False,
             connectionRetryTime=0.2,
             connectionTimeout=max(max_s * 2, 1.0),
@@ -239,7 +242,11 @@ class RaftConsensus:
             if result.accepted and isinstance(command, Heartbeat | Join):
                 seq = new_state.node(command.node).heartbeat_seq
                 self._heartbeats[command.node] = HeartbeatSeen(seq, self._clock())
-        self._wake()
+        # A heartbeat decides nothing by itself (silence is measured from `HeartbeatSeen.at`,
+        # and the proposer learns its own outcome from the proposal): no wake-up for it, or
+        # every agent would run a pass per heartbeat of every node.
+        if not isinstance(command, Heartbeat):
+            self._wake()
         return ("accepted" if result.accepted else "refused", result.detail)
 
     def _write_snapshot(self, file_name: str, data: Any) -> None:

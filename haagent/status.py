@@ -52,7 +52,12 @@ def build_status(
     loop_age_s: float,
     local: Mapping[str, DomainObservation] | None,
     local_error: str | None = None,
+    loop: Mapping[str, Any] | None = None,
+    tolerated: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`loop`: the reconcile loop's pass and lag figures; `tolerated`: the latest
+    tolerated-failures count with its age (computed off the loop). Both as the daemon gives
+    them (None when unknown)."""
     state = view.state
     nodes: dict[str, Any] = {}
     for name, rec in sorted(state.nodes.items()):
@@ -124,6 +129,8 @@ def build_status(
         "guests": guests,
         "local": local_doc,
         "local_error": local_error,
+        "loop": None if loop is None else dict(loop),
+        "tolerated_node_failures": None if tolerated is None else dict(tolerated),
     }
 
 

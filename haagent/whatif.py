@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from haagent.commands import DefineGuest, Join
@@ -92,8 +92,12 @@ def what_if(
     capacity_mib: Mapping[str, int],
     fail: Iterable[str],
     voters: Iterable[str] = (),
+    tolerated: tuple[int, str] | None = None,
 ) -> WhatIf:
-    """Where each guest of the failed nodes would go, and what would not fit and why."""
+    """Where each guest of the failed nodes would go, and what would not fit and why.
+
+    `tolerated`: a tolerated-failures answer computed earlier (the daemon keeps one, refreshed
+    off its loop); None computes it here."""
     failed = tuple(sorted(set(fail)))
     all_voters = _voters(state, voters)
     alive_voters = [
@@ -103,14 +107,14 @@ def what_if(
     ]
     quorum_kept = len(alive_voters) * 2 > len(all_voters)
     _, moves, unplaced = _recover(_fail_nodes(state, failed), capacity_mib)
-    tolerated, detail = tolerated_failures(state, capacity_mib, all_voters)
+    count, detail = tolerated or tolerated_failures(state, capacity_mib, all_voters)
     if not quorum_kept:
         unplaced = {
             **{g: "no Raft majority left: nothing can be recovered" for g in moves},
             **unplaced,
         }
         moves = {}
-    return WhatIf(failed, moves, unplaced, quorum_kept, tolerated, detail)
+    return WhatIf(failed, moves, unplaced, quorum_kept, count, detail)
 
 
 def _all_run(state: ClusterState, capacity_mib: Mapping[str, int], failed: tuple[str, ...]) -> bool:
@@ -119,9 +123,17 @@ def _all_run(state: ClusterState, capacity_mib: Mapping[str, int], failed: tuple
 
 
 def tolerated_failures(
-    state: ClusterState, capacity_mib: Mapping[str, int], voters: Iterable[str] = ()
+    state: ClusterState,
+    capacity_mib: Mapping[str, int],
+    voters: Iterable[str] = (),
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[int, str]:
-    """How many hypervisors may fail now with every wanted guest still running somewhere."""
+    """How many hypervisors may fail now with every wanted guest still running somewhere.
+
+    `should_stop` is asked between two placements (each costs O(guests)); once it says True
+    the answer is the count proven so far, a lower bound, and the detail says so. The caller
+    owns the clock: this stays a pure function."""
+    stop = should_stop or (lambda: False)
     all_voters = _voters(state, voters)
     quorum_limit = (len(all_voters) - 1) // 2
     hypervisors = sorted(
@@ -135,15 +147,21 @@ def tolerated_failures(
     estimated = False
     for f in range(1, min(quorum_limit, len(hypervisors)) + 1):
         if math.comb(len(hypervisors), f) <= EXHAUSTIVE_LIMIT:
-            worst = next(
-                (
-                    combo
-                    for combo in itertools.combinations(hypervisors, f)
-                    if not _all_run(state, capacity_mib, combo)
-                ),
-                None,
-            )
+            worst = None
+            for combo in itertools.combinations(hypervisors, f):
+                if stop():
+                    return tolerated, (
+                        f"at least {tolerated}: the time budget ran out while checking "
+                        f"{f} failure(s)"
+                    )
+                if not _all_run(state, capacity_mib, combo):
+                    worst = combo
+                    break
         else:
+            if stop():
+                return tolerated, (
+                    f"at least {tolerated}: the time budget ran out before checking {f} failure(s)"
+                )
             estimated = True
             loaded = sorted(hypervisors, key=lambda n: (-_load(state, n), n))
             combo = tuple(loaded[:f])

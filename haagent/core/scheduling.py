@@ -19,6 +19,7 @@ from haagent.core.settings import AgentSettings
 from haagent.model import ClusterState, DesiredState, GuestRecord, GuestState, NodeRole, NodeState
 from haagent.placement import Unplaced, plan
 from haagent.ports import ConsensusView
+from haagent.statemachine import spec_change_blocked
 
 MAX_ASSIGNMENTS_PER_COMMAND = 256
 """At most this many guests are assigned by one `AssignGuests` (the rest by later passes), so
@@ -51,8 +52,17 @@ class Scheduler:
             if current is not None and current.spec == spec:
                 self._spec_checked[spec.name] = current
                 continue
+            if current is not None and spec_change_blocked(current, spec):
+                # Re-checked when the record changes (e.g. the guest stops), not every pass.
+                self._spec_checked[spec.name] = current
+                out.note(
+                    "spec_change_waits", guest=spec.name, why=spec_change_blocked(current, spec)
+                )
+                continue
+            version = current.spec_version if current is not None else 0
+            define = DefineGuest(spec, out.wall(), expect_version=version)
             key = ProposalKey(ProposalKind.DEFINE, spec.name)
-            out.propose(Proposal(key, DefineGuest(spec, out.wall()), s.commit_timeout_s))
+            out.propose(Proposal(key, define, s.commit_timeout_s))
 
     def place(self, out: Outbox, view: ConsensusView, leaving: bool) -> None:
         """Assign every guest that needs an owner (one `AssignGuests` in flight at a time),

@@ -4,6 +4,8 @@ only real crashes, gives up, moves and errors; maintenance drains the node."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from haagent.agent import (
     ActionKey,
     ActionKind,
@@ -17,6 +19,7 @@ from haagent.agent import (
 from haagent.commands import (
     AssignGuests,
     Assignment,
+    DefineGuest,
     GuestError,
     GuestRunning,
     GuestStarting,
@@ -236,3 +239,21 @@ def test_maintenance_drains_the_node() -> None:
     assert not [x for x in commands(step) if isinstance(x, GuestStarting)]
     (assign,) = [x for x in commands(step) if isinstance(x, AssignGuests)]
     assert assign.assignments[0].node in ("n2", "n3")
+
+
+def test_a_renamed_domain_waits_for_the_guest_to_stop_and_definitions_are_conditional() -> None:
+    """The leader never proposes a new domain name under a running instance (it would go
+    unrecognised and a second copy could start), and every definition it proposes carries
+    the spec version it was decided on."""
+    renamed = replace(SPEC, domain="dom-g2")
+    leader = core("n1", guests=(renamed,))
+    now = 1.0
+    state = running_on_n1()
+    with_lease(leader, state, now)
+    step = leader.tick(now, view(state, leader=True), local(now))
+    assert not of(DefineGuest, commands(step))
+    assert any(e.name == "spec_change_waits" for e in step.events)
+    stopped = build(GuestStopped("g", "n1", 2, False, False, "disabled", 0.0), state=state)
+    step = leader.tick(now + 0.1, view(stopped, leader=True), local(now + 0.1))
+    (define,) = of(DefineGuest, commands(step))
+    assert define == DefineGuest(renamed, define.at, expect_version=0)  # type: ignore[union-attr]

@@ -90,4 +90,4 @@ def test_every_module_of_the_core_package_is_checked() -> None:
 
 def test_the_check_itself_would_notice_an_adapter_import() -> None:
     assert "haagent.vendor.pysyncobj" in imports_of("consensus")
-    assert "haagent.agent" in imports_of("daemon")
+    assert "haagent.agent" in imports_of("daemon/shell")

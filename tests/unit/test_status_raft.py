@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from haagent.metrics import AgentMetrics
+from haagent.agent import LocalView
+from haagent.daemon.raft_metrics import RaftEventMetrics
+from haagent.daemon.telemetry import ClusterCollector, Snapshot
 from haagent.model import ClusterState
 from haagent.ports import ConsensusView
 from haagent.status import REPLICA_LAG_ENTRIES, build_status, format_status, lease_loss_reason
@@ -70,23 +72,29 @@ def test_status_shows_replica_elections_and_why_there_is_no_lease() -> None:
 
 
 def test_metrics_count_elections_terms_late_renewals_and_self_fences() -> None:
-    m = AgentMetrics("n2")
-    r = m.registry
-    m.update(view(term=3), 0.0, 0.0, None)  # start-up: no lease yet, not a self-fence
-    m.update(view(term=3, pre_votes=2, pre_votes_refused=1), 1.0, 4.0, None)
-    m.update(view(term=5, pre_votes=3, elections=1), 1.2, 4.2, None)  # on time: 2.8 s left
+    r = CollectorRegistry()
+    m = RaftEventMetrics(r)
+    m.observe(view(term=3), 0.0, 0.0)  # start-up: no lease yet, not a self-fence
+    m.observe(view(term=3, pre_votes=2, pre_votes_refused=1), 1.0, 4.0)
+    m.observe(view(term=5, pre_votes=3, elections=1), 1.2, 4.2)  # on time: 2.8 s left
     assert value(r, "haagent_raft_pre_votes_total") == 3
     assert value(r, "haagent_raft_elections_total") == 1
     assert value(r, "haagent_raft_pre_votes_refused_total") == 1
     assert value(r, "haagent_raft_term_changes_total") == 2
     assert value(r, "haagent_lease_renewals_late_total") == 0
-    m.update(view(term=5), 3.5, 6.5, None)  # 0.7 s of 3 s left: late
+    m.observe(view(term=5), 3.5, 6.5)  # 0.7 s of 3 s left: late
     assert value(r, "haagent_lease_renewals_late_total") == 1
-    m.update(view(term=5, leader=None), 7.0, 6.5, None)  # lapsed: a self-fence
-    m.update(view(term=5, leader=None), 7.1, 6.5, None)  # still the same one
+    m.observe(view(term=5, leader=None), 7.0, 6.5)  # lapsed: a self-fence
+    m.observe(view(term=5, leader=None), 7.1, 6.5)  # still the same one
     assert value(r, "haagent_self_fences_total", reason="no_leader") == 1
-    m.update(view(term=5), 7.5, 10.5, None)  # renewed after it lapsed: late, 0 s left
+    m.observe(view(term=5), 7.5, 10.5)  # renewed after it lapsed: late, 0 s left
     assert value(r, "haagent_lease_renewals_late_total") == 2
     assert value(r, "haagent_lease_remaining_at_renewal_seconds_bucket", le="0.0") == 1
-    m.update(view(term=5, leader_commit_index=90, last_applied=10), 7.6, 10.5, None)
+
+
+def test_replica_lag_is_a_scrape_time_gauge() -> None:
+    lagging = view(term=5, leader_commit_index=90, last_applied=10)
+    snap = Snapshot(lagging, 7.6, 10.5, LocalView(None, 7.6), frozenset())
+    r = CollectorRegistry()
+    r.register(ClusterCollector(snap, None, 0.0, 7.6))
     assert value(r, "haagent_replica_lag_entries") == 80

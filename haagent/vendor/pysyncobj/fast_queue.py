@@ -19,6 +19,10 @@ class FastQueue(object):
                 raise Queue.Full()
             self.__queue.append(value)
 
+    def __len__(self):
+        with self.__lock:
+            return len(self.__queue)
+
     def get_nowait(self):
         with self.__lock:
             if len(self.__queue) == 0:

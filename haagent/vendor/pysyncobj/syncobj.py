@@ -710,7 +710,24 @@ class SyncObj(object):
             for callback in self.__onTickCallbacks:
                 callback()
 
-        self._poller.poll(timeToWait)
+        self._poller.poll(self.__pollTimeout(timeToWait))
+
+    def __pollTimeout(self, maxWait):
+        # haagent: sleep until the next Raft timer is due (at most maxWait), not a fixed
+        # period: sockets and submitted commands (pipe notifier) end the sleep early.
+        now = monotonicTime()
+        due = now + maxWait
+        if self.__raftState == _RAFT_STATE.LEADER:
+            due = min(due, self.__newAppendEntriesTime)
+        elif self.__selfNode is not None and self.__connectedToAnyone():
+            due = min(due, self.__raftElectionDeadline)
+        if self.__raftLeader is not None and len(self.__commandsQueue) > 0:
+            due = now
+        if (self.__raftState == _RAFT_STATE.LEADER and not self.__otherNodes
+                and self.__getCurrentLogIndex() > self.__raftCommitIndex
+                and self.getStorageError() is None):
+            due = now  # a lone voter commits on its own fsync (next tick): no timer to wait for
+        return max(0.0, due - now)
 
     def __startPreVote(self):
         self.__electionStats['pre_votes'] += 1

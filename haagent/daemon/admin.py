@@ -1,0 +1,239 @@
+"""The admin service: enable/disable a guest, node maintenance, what-if, tolerated failures.
+
+Contract:
+- Admin commands go through Raft like everything else; the answer is the replicated command's
+  outcome (accepted, refused, unknown). Unknown names are refused before proposing (404).
+- What-if and the tolerated-failures count grow with nodes x guests (the count tries
+  combinations of failed nodes, one placement of every guest each), so they never run on the
+  loop: they run in the offload (thread or process, see `haagent.daemon.offload`), under a
+  time budget.
+- The tolerated-failures count is refreshed every `TOLERANCE_INTERVAL_S` while this node holds
+  a lease and only when the guests or the nodes' states changed (otherwise the last count is
+  confirmed and its age restarts), under `TOLERANCE_BUDGET_S`; a count cut short by the
+  budget is a lower bound and says so. Its age is shown with it (staleness <= interval +
+  budget + one queued job, in a healthy agent). A what-if answer reuses that count when it
+  is younger than `TOLERANCE_REUSE_S`, else computes one under `WHATIF_BUDGET_S`.
+- One what-if at a time: a second request while one runs is answered 503 (retry), so requests
+  cannot pile up work behind the scrapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from haagent.agent import AgentSettings
+from haagent.api import ApiError
+from haagent.commands import ConfirmFenced, SetDesired, SetMaintenance
+from haagent.config import Config
+from haagent.consensus import RaftConsensus
+from haagent.daemon.telemetry import Telemetry, Tolerance, state_size
+from haagent.model import ClusterState, DesiredState, NodeState
+from haagent.ports import Outcome, OutcomeKind
+from haagent.whatif import tolerated_failures, what_if
+
+log = logging.getLogger("haagent")
+
+TOLERANCE_INTERVAL_S = 5.0
+TOLERANCE_BUDGET_S = 2.0
+TOLERANCE_REUSE_S = 2 * TOLERANCE_INTERVAL_S
+WHATIF_BUDGET_S = 5.0
+
+
+def compute_tolerance(
+    state: ClusterState,
+    capacity_mib: dict[str, int],
+    voters: list[str],
+    commit_index: int,
+    budget_s: float,
+) -> Tolerance:
+    """The tolerated-failures count under a time budget (offload: thread or process)."""
+    t0 = time.monotonic()
+    deadline = t0 + budget_s
+    count, detail = tolerated_failures(
+        state, capacity_mib, voters, lambda: time.monotonic() > deadline
+    )
+    done = time.monotonic()
+    return Tolerance(count, detail, done, done - t0, commit_index)
+
+
+def compute_whatif(
+    state: ClusterState,
+    capacity_mib: dict[str, int],
+    fail: list[str],
+    voters: list[str],
+    tolerated: tuple[int, str],
+) -> dict[str, Any]:
+    """One what-if answer with a tolerated count computed before (offload)."""
+    return what_if(state, capacity_mib, fail, voters, tolerated).to_json()
+
+
+class AdminService:
+    def __init__(
+        self,
+        config: Config,
+        settings: AgentSettings,
+        telemetry: Telemetry,
+        consensus: Callable[[], RaftConsensus | None],
+        lease_valid: Callable[[float], bool],
+    ) -> None:
+        self._config = config
+        self._s = settings
+        self._telemetry = telemetry
+        self._consensus = consensus
+        self._lease_valid = lease_valid
+        self._tolerance_due_at = -float("inf")
+        self._tolerance_running = False
+        self._whatif_running = False
+        self._tolerance_basis: tuple[object, tuple[object, ...]] | None = None
+
+    def _serving(self) -> RaftConsensus:
+        """The consensus adapter for a request; 503 between the API binding and Raft
+        starting."""
+        consensus = self._consensus()
+        if consensus is None:
+            raise ApiError(503, "the agent is starting")
+        return consensus
+
+    # -- tolerated failures (off the loop) -------------------------------------------------
+
+    def tolerance_due(self, now: float) -> bool:
+        """O(1), for the loop: should a refresh start now?"""
+        return (
+            not self._tolerance_running and now >= self._tolerance_due_at and self._lease_valid(now)
+        )
+
+    async def refresh_tolerance(self, state: ClusterState, commit_index: int) -> None:
+        """Recompute the count off the loop. Spawned by the loop, never awaited by a pass.
+
+        The count depends only on the guests and on the nodes' states, roles and maintenance
+        (not on heartbeats): while those are the very same, the last answer is confirmed
+        (its age restarts) instead of spending the budget again."""
+        now = time.monotonic()
+        self._tolerance_due_at = now + TOLERANCE_INTERVAL_S
+        basis = (
+            state.guests,
+            tuple((n, r.state, r.role, r.maintenance) for n, r in sorted(state.nodes.items())),
+        )
+        last = self._telemetry.tolerance
+        if last is not None and self._tolerance_basis is not None:
+            same_guests = self._tolerance_basis[0] is basis[0]
+            if same_guests and self._tolerance_basis[1] == basis[1]:
+                self._telemetry.tolerance = replace(last, computed_at=now)
+                return
+        self._tolerance_running = True
+        try:
+            self._telemetry.tolerance = await self._tolerance(
+                state, commit_index, TOLERANCE_BUDGET_S
+            )
+            self._tolerance_basis = basis
+        finally:
+            self._tolerance_running = False
+
+    async def _tolerance(
+        self, state: ClusterState, commit_index: int, budget_s: float
+    ) -> Tolerance:
+        tolerance = await self._telemetry.offload.run(
+            compute_tolerance,
+            state,
+            self._s.capacity_mib,
+            list(self._config.nodes),
+            commit_index,
+            budget_s,
+            size=max(1, len(state.nodes)) * max(1, len(state.guests)),
+        )
+        self._telemetry.whatif_seconds.set(tolerance.took_s)
+        return tolerance
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def whatif(self, fail: list[str]) -> dict[str, Any]:
+        unknown = [n for n in fail if n not in self._config.nodes]
+        if unknown:
+            raise ApiError(
+                400,
+                f"unknown node(s) {', '.join(unknown)}; "
+                f"nodes: {', '.join(sorted(self._config.nodes))}",
+            )
+        view = self._serving().view()
+        if self._whatif_running:
+            raise ApiError(503, "another what-if is being computed; retry in a moment")
+        self._whatif_running = True
+        try:
+            now = time.monotonic()
+            tol = self._telemetry.tolerance
+            if tol is None or now - tol.computed_at > TOLERANCE_REUSE_S:
+                tol = await self._tolerance(view.state, view.commit_index, WHATIF_BUDGET_S)
+                self._telemetry.tolerance = tol
+            doc = await self._telemetry.offload.run(
+                compute_whatif,
+                view.state,
+                self._s.capacity_mib,
+                fail,
+                list(self._config.nodes),
+                (tol.tolerated, tol.detail),
+                size=state_size(view),
+            )
+        finally:
+            self._whatif_running = False
+        now = time.monotonic()
+        doc["view_fresh"] = self._lease_valid(now)
+        doc["tolerated_age_s"] = round(now - tol.computed_at, 3)
+        doc["tolerated_took_s"] = round(tol.took_s, 3)
+        return doc
+
+    async def set_desired(self, guest: str, running: bool) -> Outcome:
+        consensus = self._serving()
+        record = consensus.view().state.guests.get(guest)
+        if record is None:
+            raise ApiError(404, f"unknown guest {guest!r}")
+        desired = DesiredState.RUNNING if running else DesiredState.STOPPED
+        # Conditional on the version this decision was made on: a late re-delivery of this
+        # command can never undo a newer enable/disable.
+        command = SetDesired(
+            guest,
+            desired,
+            f"api@{self._config.node}",
+            time.time(),
+            expect_version=record.admin_version,
+        )
+        log.info("admin: %s %s", "enable" if running else "disable", guest)
+        return await consensus.propose(command, self._s.commit_timeout_s)
+
+    async def set_maintenance(self, node: str, on: bool) -> Outcome:
+        consensus = self._serving()
+        if node not in self._config.nodes:
+            raise ApiError(404, f"unknown node {node!r}")
+        version = consensus.view().state.node(node).admin_version
+        command = SetMaintenance(
+            node, on, f"api@{self._config.node}", time.time(), expect_version=version
+        )
+        log.info("admin: maintenance %s %s", "on" if on else "off", node)
+        return await consensus.propose(command, self._s.commit_timeout_s)
+
+    async def confirm_fenced(self, node: str, by: str) -> Outcome:
+        """An admin verified that the failed `node` is off: propose `ConfirmFenced` for the
+        failure epoch this agent's view shows, so a confirmation of an older failure (the node
+        came back and failed again since) is refused by `apply`, not applied to the new one."""
+        consensus = self._serving()
+        if node not in self._config.nodes:
+            raise ApiError(404, f"unknown node {node!r}")
+        record = consensus.view().state.node(node)
+        if record.state is not NodeState.FAILED:
+            return Outcome(
+                OutcomeKind.REFUSED,
+                f"{node} is {record.state.value}, not failed: only a node the cluster declared "
+                "failed can be confirmed fenced",
+            )
+        who = f"{by} via api@{self._config.node}" if by else f"api@{self._config.node}"
+        command = ConfirmFenced(node, record.failure_epoch, who, time.time())
+        log.warning(
+            "admin: %s confirms that %s (failure %d) is powered off",
+            who,
+            node,
+            record.failure_epoch,
+        )
+        return await consensus.propose(command, self._s.commit_timeout_s)

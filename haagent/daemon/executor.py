@@ -1,0 +1,152 @@
+"""The action executor: runs the core's actions against the adapters, with timeouts.
+
+Contract:
+- `dispatch(action)` chooses the handler synchronously, in the pass that produced the action.
+  The dispatch is exhaustive over `haagent.agent.Action` (mypy checks it): an action type
+  without a handler is a programming error and raises `UnknownActionError` there, which ends the
+  loop (the watchdog makes a crash safe). It is never reported as a success.
+- The returned coroutine never raises for an operating error: a failed, refused or timed-out
+  adapter call, or an unexpected exception inside an adapter, becomes `ActionResult(False)`.
+  Every adapter call has a deadline, so an action cannot stay "in flight" forever.
+- Action types the daemon does not carry out yet (DRBD promote/demote: the adapter exists in
+  `haagent.resources.drbd` but is not wired in) fail explicitly, with that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Never
+
+from haagent.agent import (
+    Action,
+    ActionResult,
+    AgentSettings,
+    DemoteReplica,
+    DestroyDomain,
+    PromoteReplica,
+    RunFence,
+    StartGuest,
+    StopGuest,
+)
+from haagent.config import Config
+from haagent.daemon.telemetry import Telemetry
+from haagent.ports import FenceOutcome, Fencer, Hypervisor, HypervisorError
+
+log = logging.getLogger("haagent")
+
+FENCER_GRACE_S = 10.0  # beyond fence_timeout_s: only a bug in the fencer needs this
+MIN_DESTROY_TIMEOUT_S = 10.0
+STOP_GRACE_EXTRA_S = 10.0
+
+
+class UnknownActionError(TypeError):
+    """The core produced an action type the executor has no handler for (a programming
+    error: adding an action type to the core means adding its handler here)."""
+
+
+class ActionExecutor:
+    def __init__(
+        self,
+        config: Config,
+        settings: AgentSettings,
+        hypervisor: Hypervisor | None,
+        fencer: Fencer,
+        telemetry: Telemetry,
+    ) -> None:
+        self._config = config
+        self._s = settings
+        self._hv = hypervisor
+        self._fencer = fencer
+        self._telemetry = telemetry
+
+    def dispatch(self, action: Action) -> Coroutine[Any, Any, ActionResult]:
+        """The coroutine that carries out `action`; raises UnknownActionError for a type without
+        a handler (see the module contract)."""
+        match action:
+            case RunFence():
+                return self._guarded(action, self._fence(action))
+            case StartGuest():
+                return self._guarded(action, self._start(action))
+            case StopGuest():
+                return self._guarded(action, self._stop(action))
+            case DestroyDomain():
+                return self._guarded(action, self._destroy(action))
+            case PromoteReplica() | DemoteReplica():
+                return self._guarded(action, self._no_replica_adapter(action))
+            case _:
+                _exhaustive: Never = action  # mypy: every Action type has a case above
+                raise UnknownActionError(f"no handler for action {action!r}")
+
+    async def _guarded(self, action: Action, work: Awaitable[ActionResult]) -> ActionResult:
+        try:
+            return await work
+        except Exception as exc:  # An adapter bug must not kill the loop: report a failure.
+            log.exception("action %s failed unexpectedly", action.key)
+            return ActionResult(False, f"unexpected error: {exc}")
+
+    async def _fence(self, action: RunFence) -> ActionResult:
+        timeout_s = self._s.fence_timeout_s
+        levels = self._config.fence_levels(action.node)
+        try:
+            # The fencer bounds itself; this outer deadline only guards against a bug there
+            # leaving the node's fencing "in flight" forever.
+            outcome = await asyncio.wait_for(
+                self._fencer.fence(action.node, levels, timeout_s), timeout_s + FENCER_GRACE_S
+            )
+        except TimeoutError:
+            outcome = FenceOutcome(False, f"fencer did not return in {timeout_s}s")
+        self._telemetry.fence_operations.labels(action.node, "ok" if outcome.ok else "failed").inc()
+        log.warning(
+            "fence %s: %s (%s)", action.node, "OK" if outcome.ok else "FAILED", outcome.detail
+        )
+        return ActionResult(outcome.ok, outcome.detail, outcome)
+
+    def _hypervisor(self) -> Hypervisor:
+        if self._hv is None:
+            raise HypervisorError("no hypervisor on this node")
+        return self._hv
+
+    async def _start(self, action: StartGuest) -> ActionResult:
+        try:
+            hv = self._hypervisor()
+            xml = self._config.guest_xml(action.guest)
+            await asyncio.wait_for(
+                hv.start(action.domain, xml, self._s.cluster, self._s.node, action.generation),
+                self._s.start_timeout_s,
+            )
+        except (HypervisorError, TimeoutError) as exc:
+            return ActionResult(False, str(exc) or "timed out")
+        log.info("started %s at generation %d", action.guest, action.generation)
+        return ActionResult(True)
+
+    async def _stop(self, action: StopGuest) -> ActionResult:
+        try:
+            hv = self._hypervisor()
+            await asyncio.wait_for(
+                hv.stop(action.domain, action.timeout_s), action.timeout_s + STOP_GRACE_EXTRA_S
+            )
+        except (HypervisorError, TimeoutError) as exc:
+            return ActionResult(False, str(exc) or "timed out")
+        return ActionResult(True)
+
+    async def _destroy(self, action: DestroyDomain) -> ActionResult:
+        grace_s = self._s.stop_grace_s
+        t0 = time.monotonic()
+        try:
+            hv = self._hypervisor()
+            await asyncio.wait_for(hv.destroy(action.domain), max(grace_s, MIN_DESTROY_TIMEOUT_S))
+        except (HypervisorError, TimeoutError) as exc:
+            return ActionResult(False, str(exc) or "timed out")
+        took = time.monotonic() - t0
+        # Outlasting stop_grace_s weakens the lease argument (README "Timing on real hosts").
+        level = logging.WARNING if took <= grace_s else logging.ERROR
+        log.log(level, "destroyed %s in %.3fs: %s", action.domain, took, action.reason)
+        return ActionResult(True)
+
+    async def _no_replica_adapter(self, action: PromoteReplica | DemoteReplica) -> ActionResult:
+        detail = "the DRBD adapter is not wired into the daemon yet (storage 'drbd' is refused)"
+        log.error("%s: %s", action.key, detail)
+        return ActionResult(False, detail)

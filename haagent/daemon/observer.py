@@ -1,0 +1,104 @@
+"""The observer: the local hypervisor as last seen, refreshed in its own task.
+
+Contract:
+- `view()` never waits. A pass reads the latest observation whatever its age; the core sees
+  `observed_at` and decides with it. A hung or slow hypervisor therefore never delays a pass,
+  a heartbeat or a watchdog pet: it only ages the observation.
+- `request()` asks for a fresh observation (a libvirt lifecycle event, one of our own actions
+  finished). Without requests the observer still refreshes every `interval_s`, because an
+  event can be lost.
+- Every finished observation (success or failure) calls `wake`, so the loop decides with it.
+- A failed or timed-out listing publishes `domains=None` ("cannot see"), never an empty map:
+  an empty map would read as "nothing runs here".
+
+Listing every domain's metadata is one RPC per domain, which is why this is not done on every
+pass on a host with hundreds of guests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from haagent.agent import LocalView
+from haagent.ports import DomainObservation, Hypervisor, HypervisorError
+
+log = logging.getLogger("haagent")
+
+OBSERVE_INTERVAL_S = 1.0
+OBSERVE_TIMEOUT_S = 5.0
+
+
+class Observer:
+    def __init__(
+        self,
+        hypervisor: Hypervisor | None,
+        wake: Callable[[], None],
+        interval_s: float = OBSERVE_INTERVAL_S,
+        timeout_s: float = OBSERVE_TIMEOUT_S,
+    ) -> None:
+        self._hv = hypervisor
+        self._wake = wake
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._due = asyncio.Event()
+        self._due.set()
+        self._error: str | None = None
+        # No hypervisor (a witness): "nothing runs here" is the truth, observed once and for all.
+        self._view = LocalView({} if hypervisor is None else None, -1.0)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def error(self) -> str | None:
+        """Why the last observation failed (None: it succeeded)."""
+        return self._error
+
+    def view(self) -> LocalView:
+        return self._view
+
+    def request(self) -> None:
+        """Ask for a fresh observation soon (safe from the loop thread only)."""
+        self._due.set()
+
+    def start(self) -> None:
+        if self._hv is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(self._hv))
+
+    def check(self) -> None:
+        """Re-raise what ended the observer task, if anything did. Only a bug ends it (its
+        operating errors are observations): the loop calls this every pass and crashes with
+        it, rather than deciding forever on an observation that no longer refreshes."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled():
+            exc = task.exception()
+            raise RuntimeError("the hypervisor observer stopped") from exc
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self, hv: Hypervisor) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), self._interval_s)
+            self._due.clear()
+            await self._observe(hv)
+
+    async def _observe(self, hv: Hypervisor) -> None:
+        started = time.monotonic()
+        domains: Mapping[str, DomainObservation] | None
+        try:
+            domains = await asyncio.wait_for(hv.domains(), self._timeout_s)
+            self._error = None
+        except (HypervisorError, TimeoutError) as exc:
+            domains, self._error = None, str(exc) or type(exc).__name__
+            log.warning("cannot observe the hypervisor: %s", self._error)
+        # observed_at is when the listing began: the domains were at least that fresh.
+        self._view = LocalView(domains, started)
+        self._wake()

@@ -1,0 +1,409 @@
+"""The imperative shell: one asyncio loop around the AgentCore — the lease path.
+
+A pass reads the consensus view and the observer's latest local view (neither waits), calls
+`core.tick`, hands proposals to consensus and actions to the executor as tasks, pets the
+watchdogs and publishes a telemetry snapshot. That is all that runs on the loop per pass; its
+cost does not grow with nodes x guests beyond what the core itself needs. Metrics, the status
+document, what-if and the tolerated-failures count are computed off the loop (telemetry,
+admin), and observing the hypervisor is the observer's task.
+
+Passes are driven by events and deadlines, not by a fixed tick:
+- events: a committed command other than a heartbeat, a finished proposal (except a heartbeat
+  that only extends a valid lease), a finished action, a new observation, an admin request
+  for a stop;
+- deadlines: this node's next heartbeat, the end of its lease, the next watchdog pet and
+  sd_notify, and (on the leader) each peer's failure-detection deadline;
+- a fallback of `MAX_IDLE_S` for the core's internal timers this shell cannot see (fence
+  back-off, start-up grace, cold-start wait). While this node is joined the heartbeat
+  deadline already brings a pass every `heartbeat_s`.
+Each pass records its duration and its lag (start minus the earliest time it was due).
+
+A pass that decided something logs one line with its reason; idle passes are silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+from haagent.agent import Action, ActionResult, AgentCore, Proposal
+from haagent.api import build_app, serve
+from haagent.commands import Heartbeat
+from haagent.config import Config
+from haagent.consensus import JournalDamagedError, RaftConsensus
+from haagent.daemon.admin import AdminService
+from haagent.daemon.executor import ActionExecutor
+from haagent.daemon.observer import Observer
+from haagent.daemon.offload import Offload
+from haagent.daemon.surface import Surface
+from haagent.daemon.telemetry import Snapshot, Telemetry
+from haagent.fencing.levels import AgentFencer
+from haagent.fencing.sdnotify import SystemdNotifier
+from haagent.fencing.watchdog import DeviceWatchdog, FileWatchdog, WatchdogError, open_watchdog
+from haagent.model import NodeRole
+from haagent.ports import (
+    Fencer,
+    Hypervisor,
+    Watchdog,
+)
+
+log = logging.getLogger("haagent")
+
+PET_INTERVAL_S = 0.2
+MAX_IDLE_S = 0.5
+
+
+class StartupError(RuntimeError):
+    """The agent cannot start safely (an operating problem, not a bug)."""
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config.agent_settings()
+        self.pid = os.getpid()
+        self.incarnation = f"{self.pid}-{uuid.uuid4().hex[:8]}"
+        self.started_at = time.monotonic()
+        self.core = AgentCore(self.settings, self.incarnation, self.started_at)
+        self.core.set_wall_offset(time.time() - time.monotonic())
+        self.telemetry = Telemetry(config.node, Offload())
+        self.hypervisor: Hypervisor | None = None
+        self.fencer: Fencer = AgentFencer()
+        self.watchdog: Watchdog | None = None
+        self.notifier = SystemdNotifier.from_env()
+        self.consensus: RaftConsensus | None = None
+        self.admin = AdminService(
+            config, self.settings, self.telemetry, lambda: self.consensus, self.core.lease_valid
+        )
+        self.observer = Observer(None, self.wake)
+        self.executor = ActionExecutor(config, self.settings, None, self.fencer, self.telemetry)
+        self._protected = frozenset(spec.domain for spec in self.settings.guests)
+        self._wake = asyncio.Event()
+        self._due_at: float | None = None  # earliest time a pass was asked for since the last
+        self._thread_wake_pending = False
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop_requested = False
+        self._next_heartbeat_at = math.inf
+        self._last_pet = -math.inf
+        self._last_notify = -math.inf
+        self._petting = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._loop_ref = loop
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        cfg = self.config
+        if cfg.me.role is NodeRole.HYPERVISOR:
+            assert cfg.libvirt_uri is not None
+            from haagent.resources.libvirt_guests import LibvirtHypervisor  # only hypervisors
+
+            hv = LibvirtHypervisor(cfg.libvirt_uri)
+            await hv.open()
+            self.hypervisor = hv
+            # Only the cluster decides where a protected guest starts: a fenced host that
+            # boots must not start one on its own (libvirt autostart) before its agent runs.
+            cleared = await hv.clear_autostart(self._protected)
+            if cleared:
+                log.warning("turned libvirt autostart off for %s", ", ".join(cleared))
+            self.observer = Observer(hv, self.wake)
+            hv.set_listener(self.observer.request)
+            self.executor = ActionExecutor(cfg, self.settings, hv, self.fencer, self.telemetry)
+        # The API binds before the watchdog is armed: a taken port must end in a clear error,
+        # not in an armed hardware watchdog that resets the host after this process exits.
+        try:
+            runner = await serve(build_app(cfg.api_token, Surface(self)), cfg.api_listen)
+        except OSError as exc:
+            raise StartupError(f"cannot serve the API on {cfg.api_listen}: {_why(exc)}") from None
+        consensus = self.make_consensus()
+        try:
+            try:
+                consensus.check_address()
+            except OSError as exc:
+                raise StartupError(f"cannot bind Raft on {cfg.me.address}: {_why(exc)}") from None
+            try:
+                consensus.check_storage()
+            except JournalDamagedError as exc:
+                raise StartupError(
+                    f"Raft journal damaged: {exc}; to recover, wipe {cfg.data_dir / 'raft'} "
+                    "and start again: this node rejoins as an empty replica (README: "
+                    "Recovering a damaged journal)"
+                ) from None
+            except OSError as exc:
+                raise StartupError(f"cannot open the Raft journal: {exc}") from None
+            self._arm_watchdog()
+        except StartupError:
+            await runner.cleanup()
+            raise
+        self.consensus = consensus
+        consensus.start()
+        self.observer.start()
+        log.info(
+            "started node=%s incarnation=%s cluster=%s api=%s",
+            cfg.node,
+            self.incarnation,
+            cfg.cluster,
+            cfg.api_listen,
+        )
+        self.notifier.ready()
+        try:
+            await self._loop()
+        finally:
+            await self._shutdown(runner)
+        return 0
+
+    def make_consensus(self) -> RaftConsensus:
+        """The Raft adapter over every configured node (a test may narrow the peers)."""
+        cfg = self.config
+        return RaftConsensus(
+            cfg.node,
+            {n.name: n.address for n in cfg.nodes.values()},
+            cfg.secret,
+            cfg.data_dir / "raft",
+            cfg.timing.election_timeout_min_s,
+            cfg.timing.election_timeout_max_s,
+            wake=self.wake_threadsafe,
+        )
+
+    def _arm_watchdog(self) -> None:
+        cfg = self.config
+        try:
+            watchdog = open_watchdog(
+                cfg.watchdog_device, cfg.me.watchdog_timeout_s, str(cfg.watchdog_standin)
+            )
+        except WatchdogError as exc:
+            raise StartupError(f"watchdog: {exc}") from None
+        relies = self.settings.nodes[cfg.node].relies_on_watchdog
+        armed_s = watchdog_commitment(watchdog, cfg.watchdog_standin_ok)
+        if relies and armed_s is None:
+            # The others will recover this node's guests once its watchdog "must" have reset
+            # it; without a real device nothing would, so refuse rather than pretend.
+            watchdog.close()
+            raise StartupError(
+                f"{cfg.node} is fenced by a watchdog but {cfg.watchdog_device or 'no device'} "
+                "is not usable; set [local] watchdog_device, or watchdog_standin_ok = true "
+                "in a lab"
+            )
+        if relies and armed_s is not None and armed_s != expected_watchdog_s(watchdog, cfg):
+            watchdog.close()
+            raise StartupError(
+                f"{cfg.node} is fenced by a watchdog but {watchdog.description} cannot do "
+                f"the configured watchdog_timeout_s = {cfg.me.watchdog_timeout_s:g}; "
+                "configure a timeout the device supports"
+            )
+        self.watchdog = watchdog
+        # Committed with the Join: whoever fences this node waits on this value.
+        self.core.set_watchdog_timeout(armed_s)
+
+    def request_stop(self) -> None:
+        """SIGTERM: leave the cluster cleanly (hand guests over), then exit."""
+        if not self._stop_requested:
+            log.info("stop requested: stopping guests and leaving the cluster")
+            self.notifier.stopping()
+            self._stop_requested = True
+            self.core.begin_leave()
+            self.wake()
+
+    async def _shutdown(self, runner: Any) -> None:
+        await self.observer.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await runner.cleanup()
+        if self.consensus is not None:
+            self.consensus.stop()
+        self.telemetry.close()
+        local = self.observer.view().domains
+        nothing_runs = local is not None and not any(
+            d.running for d in local.values() if d.name in self._protected_domains()
+        )
+        if self.watchdog is not None and nothing_runs:
+            self.watchdog.close()
+        if self.hypervisor is not None:
+            close = getattr(self.hypervisor, "close", None)
+            if close is not None:
+                await close()
+        log.info("stopped")
+
+    def _protected_domains(self) -> set[str]:
+        names = set(self._protected)
+        if self.consensus is not None:
+            names |= {g.spec.domain for g in self.consensus.view().state.guests.values()}
+        return names
+
+    # -- waking ----------------------------------------------------------------------------
+
+    def wake(self, at: float | None = None) -> None:
+        """Ask for a pass (loop thread). `at`: when the need arose, for the lag."""
+        at = time.monotonic() if at is None else at
+        self._due_at = at if self._due_at is None else min(self._due_at, at)
+        self._wake.set()
+
+    def wake_threadsafe(self) -> None:
+        """Ask for a pass from another thread (Raft's). Coalesced: one wake-up in flight."""
+        loop = self._loop_ref
+        if loop is None or self._thread_wake_pending:
+            return
+        self._thread_wake_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop closed while Raft was stopping
+            loop.call_soon_threadsafe(self._thread_wake, time.monotonic())
+
+    def _thread_wake(self, at: float) -> None:
+        self._thread_wake_pending = False
+        self.wake(at)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        leave_deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            due = self._next_deadline(now)
+            timer = loop.call_at(due, self.wake, due) if not self._wake.is_set() else None
+            await self._wake.wait()
+            if timer is not None:
+                timer.cancel()
+            self._wake.clear()
+            left = self._pass()
+            if self._stop_requested:
+                now = time.monotonic()
+                if leave_deadline is None:
+                    leave_deadline = now + self.settings.shutdown_timeout_s + 5
+                if left:
+                    log.info("left the cluster cleanly")
+                    return
+                if now > leave_deadline:
+                    log.error("could not leave cleanly in time; exiting (the cluster will fence)")
+                    return
+
+    def _next_deadline(self, now: float) -> float:
+        """The earliest future deadline a pass must serve (see the module docstring). O(nodes)
+        on the leader, O(1) elsewhere."""
+        s = self.settings
+        candidates = [now + MAX_IDLE_S, self._next_heartbeat_at]
+        lease_until = self.core.lease_until
+        if lease_until > now:
+            candidates.append(lease_until)
+        if self._petting and self.watchdog is not None:
+            candidates.append(self._last_pet + PET_INTERVAL_S)
+        interval = self.notifier.watchdog_interval_s
+        if interval is not None:
+            candidates.append(self._last_notify + min(interval, 1.0))
+        snap = self.telemetry.latest
+        if snap is not None and snap.view.is_leader:
+            for seen in snap.view.heartbeats.values():
+                for limit in (s.failure_timeout_s, s.lease_s):
+                    candidates.append(seen.at + limit + 0.001)
+        return min(c for c in candidates if c > now)  # now + MAX_IDLE_S always qualifies
+
+    def _pass(self) -> bool:
+        """One pass; returns True once a requested leave has committed. Never awaits."""
+        assert self.consensus is not None
+        started = time.monotonic()
+        due = started if self._due_at is None else self._due_at
+        self._due_at = None
+        self.observer.check()
+        view = self.consensus.view()
+        local = self.observer.view()
+        step = self.core.tick(started, view, local)
+        for proposal in step.proposals:
+            if isinstance(proposal.command, Heartbeat):
+                self._next_heartbeat_at = started + self.settings.heartbeat_s
+            self._spawn(self._run_proposal(proposal))
+        for action in step.actions:
+            self._spawn(self._run_action(action, self.executor.dispatch(action)))
+        if step.reason:
+            log.info("pass: %s", step.reason)
+        self._petting = step.pet_watchdog
+        self._feed_watchdogs(started, step.pet_watchdog)
+        self.telemetry.publish(
+            Snapshot(view, started, self.core.lease_until, local, self._protected)
+        )
+        if self.admin.tolerance_due(started):
+            self._spawn(self.admin.refresh_tolerance(view.state, view.commit_index))
+        self.telemetry.loop.record(started, due, time.monotonic() - started)
+        return step.left
+
+    def _feed_watchdogs(self, now: float, pet: bool) -> None:
+        if pet and self.watchdog is not None and now - self._last_pet >= PET_INTERVAL_S:
+            self.watchdog.pet()
+            self._last_pet = now
+        interval = self.notifier.watchdog_interval_s
+        if interval is not None and now - self._last_notify >= min(interval, 1.0):
+            # systemd's watchdog watches the loop itself, not the lease: a fresh loop is alive.
+            self.notifier.watchdog()
+            self._last_notify = now
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_proposal(self, proposal: Proposal) -> None:
+        assert self.consensus is not None
+        outcome = await self.consensus.propose(proposal.command, proposal.timeout_s)
+        now = time.monotonic()
+        renewal = isinstance(proposal.command, Heartbeat) and self.core.lease_valid(now)
+        events = self.core.proposal_done(proposal.key, outcome, now)
+        for ev in events:
+            log.info("%s", ev)
+        # A heartbeat that only extended a valid lease changes no decision: no pass for it.
+        if not (renewal and outcome.accepted and not events):
+            self.wake(now)
+
+    async def _run_action(self, action: Action, work: Coroutine[Any, Any, ActionResult]) -> None:
+        result = await work
+        now = time.monotonic()
+        for ev in self.core.action_done(action.key, result, now):
+            log.info("%s", ev)
+        self.observer.request()
+        self.wake(now)
+
+
+def watchdog_commitment(watchdog: Watchdog, standin_ok: bool) -> float | None:
+    """The watchdog timeout this node commits for others to wait on: what a real device
+    reports after arming, the stand-in's value only where it was opted into (a lab), else None
+    (nobody may count on a reset)."""
+    if isinstance(watchdog, DeviceWatchdog):
+        return watchdog.timeout_s
+    if standin_ok and isinstance(watchdog, FileWatchdog):
+        return watchdog.timeout_s
+    return None
+
+
+def expected_watchdog_s(watchdog: Watchdog, cfg: Config) -> float:
+    """What a device that honours the config reports: the request rounded up to whole
+    seconds for a device (drivers take integers), the configured value for the stand-in."""
+    if isinstance(watchdog, DeviceWatchdog):
+        return float(max(1, math.ceil(cfg.me.watchdog_timeout_s)))
+    return cfg.me.watchdog_timeout_s
+
+
+def _why(exc: OSError) -> str:
+    """ "Address already in use", not asyncio's wrapped sentence around it."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def run_daemon(config: Config) -> int:
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format=f"%(asctime)s {config.node} %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(Daemon(config).run())
+    except StartupError as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
