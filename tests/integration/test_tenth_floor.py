@@ -93,13 +93,16 @@ def victim_view(cluster: LocalCluster, node: str, victim: str) -> dict[str, obje
     return view
 
 
+@pytest.mark.parametrize("victim_is_leader", [False, True], ids=["follower", "leader"])
 def test_watchdog_level_recovers_a_host_that_died_with_its_bmc(
-    start_watched: StartWatched,
+    start_watched: StartWatched, victim_is_leader: bool
 ) -> None:
     cluster, watch = start_watched(tenth_floor_plan("ipmi+watchdog"))
     doc = settled(cluster)
     leader = doc["leader"]
-    victim = min(n for n in cluster.nodes() if n != leader)
+    # A dead leader: the new one counts the deadline from its own apply of the victim's last
+    # heartbeat (as a follower), never from an election.
+    victim = leader if victim_is_leader else min(n for n in cluster.nodes() if n != leader)
     guest = guest_of(doc, victim)
     gen0 = doc["guests"][guest]["generation"]
     survivors = [n for n in cluster.nodes() if n != victim]
