@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from haagent.agent import GuestStopped, PromoteReplica, StartGuest
+from haagent.agent import PromoteReplica, StartGuest
 from haagent.commands import (
     AssignGuests,
     Assignment,
@@ -40,6 +40,7 @@ from haagent.commands import (
     FenceResult,
     GuestRunning,
     GuestStarting,
+    GuestStopped,
 )
 from haagent.model import FailureEvidence, FenceMethod
 from haagent.ports import DiskState, ReplicaObservation, ReplicaRole
