@@ -185,7 +185,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             # Its BMC is gone: the admin replaces the host (here: restarts BMC and agent).
             print(f"{result['victim']} is replaced: its BMC and agent start again")
             cluster.bmcs.pop(result["victim"]).stop()
-            cluster.start_bmcs()
+            cluster.start_bmcs(only=result["victim"])
             cluster.start_agent(result["victim"])
         else:
             print(

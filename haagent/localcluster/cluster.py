@@ -370,8 +370,8 @@ class LocalCluster:
     def token(self, node: str) -> str:
         return str(self._config(node)["local"]["api_token"])
 
-    def start_bmcs(self) -> None:
-        """One ipmi_sim per node that is fenced with fence_ipmilan."""
+    def start_bmcs(self, only: str | None = None) -> None:
+        """One ipmi_sim per node that is fenced with fence_ipmilan (or only `only`'s)."""
         first = self.nodes()[0]
         cfg = self._config(first)
         for name, dev in sorted(cfg.get("fence_devices", {}).items()):
@@ -380,8 +380,10 @@ class LocalCluster:
             node = next(
                 (n for n, nc in cfg["nodes"].items() if [name] in nc.get("fence", [])), None
             )
-            if node is None:
+            if node is None or (only is not None and node != only):
                 continue
+            if node in self.bmcs:
+                raise ClusterError(f"{node}'s BMC was started already")
             p = dev["params"]
             bmc = SimulatedBmc(
                 self.run_dir / "bmc" / node,
