@@ -132,7 +132,7 @@ class AgentCore:
         sent_at = self._in_flight.proposals.pop(key, None)
         if sent_at is None:
             return []
-        events = self.lease.committed(key, outcome, sent_at)
+        events = self.lease.committed(key, outcome, sent_at, now)
         if key.kind not in LEASE_KINDS and outcome.kind is OutcomeKind.REFUSED:
             events.append(event("proposal_refused", key=str(key), detail=outcome.detail))
         return events
@@ -182,7 +182,8 @@ class AgentCore:
             out.propose(queued)
         self._in_flight.queued.clear()
 
-        self.lease.renew(out, state, nothing_running)
+        self.failure_detection.observe_progress(view.commit_index, now)
+        self.lease.renew(out, state, nothing_running, view.commit_index)
 
         if view.is_leader and lease_valid and view.incompatible is None:
             self.scheduling.sync_specs(out, state)
@@ -190,7 +191,9 @@ class AgentCore:
                 if name == self.settings.node:
                     continue
                 if record.state is NodeState.UP:
-                    self.failure_detection.check(out, name, record, view)
+                    self.failure_detection.check(
+                        out, name, record, view, self.lease.held_continuously_since(now)
+                    )
                 elif record.state is NodeState.FAILED:
                     self.fencing.advance(out, name, view)
             self.scheduling.place(out, view, leaving=self.lease.leaving)
@@ -203,6 +206,7 @@ class AgentCore:
                 lease_valid=lease_valid,
                 leaving=self.lease.leaving,
                 startup_grace=self.lease.in_startup_grace(now),
+                proven_at=self.lease.until - self.settings.lease_s,
             )
 
         if self.lease.leaving and not self.lease.left:

@@ -58,6 +58,9 @@ class Join(Command):
     clean: bool
     at: float
     watchdog_timeout_s: float | None = None
+    # The sender's applied Raft index when it sent this (None: unknown, as in entries written
+    # before this field existed). Lets the leader tell a node that commits but does not apply.
+    applied_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ class Heartbeat(Command):
     type_name: ClassVar[str] = "heartbeat"
     node: str
     incarnation: str
+    # The sender's applied Raft index when it sent this (None: unknown, as in entries written
+    # before this field existed): a heartbeat from a replica that stopped advancing commits
+    # but proves nothing about the sender being current (issue 8 item 8).
+    applied_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,9 @@ class DeclareFailed(Command):
     node: str
     seq: int
     evidence: FailureEvidence
+    # Declared because its replica stopped advancing: still accepted after newer heartbeats
+    # as long as the latest one reports an applied index below this (None: plain silence).
+    behind_index: int | None = None
 
 
 @dataclass(frozen=True)

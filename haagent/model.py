@@ -137,6 +137,7 @@ class NodeRecord:
     state: NodeState = NodeState.DOWN
     incarnation: str = ""  # random id of the agent process that joined last
     heartbeat_seq: int = 0  # grows with every accepted heartbeat
+    applied_index: int | None = None  # reported by its latest heartbeat/join (None: unknown)
     failure_epoch: int = 0  # grows with every declaration; fence commands carry it
     evidence: FailureEvidence | None = None
     fence: FenceRecord = field(default_factory=FenceRecord)

@@ -95,6 +95,11 @@ class HypervisorError(RuntimeError):
     """An expected failure of a hypervisor operation (libvirt error, timeout)."""
 
 
+class UnknownOutcomeError(HypervisorError):
+    """The operation may still take effect: no answer in time, or the connection to the
+    hypervisor was lost while it ran. A start that ends so is "unknown", never "failed"."""
+
+
 @dataclass(frozen=True)
 class DomainObservation:
     """One domain as the local hypervisor reports it.

@@ -90,6 +90,13 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
         and rec.role is c.role
         and rec.watchdog_timeout_s == c.watchdog_timeout_s
     ):
+        applied_index = _newest_index(rec.applied_index, c.applied_index)
+        if rec.applied_index != applied_index:
+            # A repeated join is no heartbeat (the sequence stays), but what it says about the
+            # sender's replica counts: a stuck replica stays visible as stuck.
+            return state.with_node(replace(rec, applied_index=applied_index)), Result(
+                True, "already joined"
+            )
         return state, Result(True, "already joined")
     reason = "joined" if rec.state is NodeState.DOWN else f"rejoined (was {rec.state})"
     fence = rec.fence if rec.state is NodeState.UP else FenceRecord()
@@ -103,6 +110,7 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
         state=NodeState.UP,
         incarnation=c.incarnation,
         heartbeat_seq=rec.heartbeat_seq + 1,
+        applied_index=c.applied_index,
         evidence=evidence,
         fence=fence,
         reason=reason,
@@ -133,14 +141,30 @@ def _heartbeat(state: ClusterState, c: Heartbeat) -> tuple[ClusterState, Result]
         return _refuse(state, f"{c.node} is {rec.state}")
     if rec.incarnation != c.incarnation:
         return _refuse(state, f"stale incarnation {c.incarnation!r} (current {rec.incarnation!r})")
-    return state.with_node(replace(rec, heartbeat_seq=rec.heartbeat_seq + 1)), OK
+    applied_index = _newest_index(rec.applied_index, c.applied_index)
+    new = replace(rec, heartbeat_seq=rec.heartbeat_seq + 1, applied_index=applied_index)
+    return state.with_node(new), OK
+
+
+def _newest_index(recorded: int | None, reported: int | None) -> int | None:
+    """The applied index one incarnation reported last. It only grows within an incarnation,
+    so a heartbeat that commits late or twice (pysyncobj re-sends queued commands) never makes
+    a replica look further behind than a newer one already said; unknown stays unknown."""
+    if recorded is None or reported is None:
+        return reported
+    return max(recorded, reported)
 
 
 def _declare_failed(state: ClusterState, c: DeclareFailed) -> tuple[ClusterState, Result]:
     rec = state.node(c.node)
     if rec.state is not NodeState.UP:
         return _refuse(state, f"{c.node} is {rec.state}")
-    if rec.heartbeat_seq != c.seq:
+    still_behind = (
+        c.behind_index is not None
+        and rec.applied_index is not None
+        and rec.applied_index < c.behind_index
+    )
+    if rec.heartbeat_seq != c.seq and not still_behind:
         return _refuse(state, f"{c.node} sent heartbeat {rec.heartbeat_seq} after {c.seq}")
     new = replace(
         rec,

@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 import libvirt
 import libvirtaio
 
-from haagent.ports import DomainObservation, HypervisorError
+from haagent.ports import DomainObservation, HypervisorError, UnknownOutcomeError
 
 __all__ = [
     "OWNER_NS",
@@ -458,6 +458,10 @@ class LibvirtHypervisor:
         self._reconnect_lock = asyncio.Lock()
         self._wake: Callable[[], None] | None = None
         self._last_event: LifecycleEvent | None = None
+        # Domains whose start() is still running in a worker thread (it may outlive the
+        # caller's deadline): a destroy waits for it, or a late create() would undo the destroy.
+        self._starting: dict[str, threading.Event] = {}
+        self._starting_lock = threading.Lock()
 
     # --- lifecycle of the adapter -------------------------------------------------------------
 
@@ -555,6 +559,21 @@ class LibvirtHypervisor:
                 raise HypervisorError(f"domain XML names {xml_name!r}, expected {domain!r}")
 
         def start(conn: libvirt.virConnect) -> None:
+            done = threading.Event()
+            with self._starting_lock:
+                if domain in self._starting:
+                    raise UnknownOutcomeError(
+                        f"start {domain}: an earlier start is still running (outcome unknown)"
+                    )
+                self._starting[domain] = done
+            try:
+                start_in_thread(conn)
+            finally:
+                with self._starting_lock:
+                    self._starting.pop(domain, None)
+                done.set()
+
+        def start_in_thread(conn: libvirt.virConnect) -> None:
             dom = _lookup(conn, domain)
             if dom is None:
                 if xml is None:
@@ -628,6 +647,15 @@ class LibvirtHypervisor:
         """
 
         def destroy(conn: libvirt.virConnect) -> None:
+            with self._starting_lock:
+                starting = self._starting.get(domain)
+            # Half the call deadline, so that this answer (not the deadline's) comes back.
+            wait_s = self.call_timeout_s / 2
+            if starting is not None and not starting.wait(wait_s):
+                raise UnknownOutcomeError(
+                    f"destroy {domain}: a start of it is still running after {wait_s} s; not "
+                    "destroyed (it could start after)"
+                )
             dom = _lookup(conn, domain)
             if dom is None or not _is_active(dom):
                 return
@@ -673,7 +701,7 @@ class LibvirtHypervisor:
         def guarded() -> _T:
             try:
                 return operation(conn)
-            except libvirt.libvirtError:
+            except libvirt.libvirtError as exc:
                 # A failed RPC on a dead socket may arrive before the close callback does.
                 try:
                     alive = conn.isAlive() == 1
@@ -681,6 +709,10 @@ class LibvirtHypervisor:
                     alive = False
                 if not alive:
                     self._mark_dead(epoch)
+                    # The request may have reached libvirtd before the connection died.
+                    raise UnknownOutcomeError(
+                        f"{what} on {self.uri}: connection lost ({_describe(exc)}; outcome unknown)"
+                    ) from exc
                 raise
 
         return await self._run(what, guarded)
@@ -690,7 +722,7 @@ class LibvirtHypervisor:
             async with asyncio.timeout(self.call_timeout_s):
                 return await asyncio.to_thread(blocking)
         except TimeoutError:
-            raise HypervisorError(
+            raise UnknownOutcomeError(
                 f"{what} on {self.uri}: no answer from libvirt within {self.call_timeout_s} s "
                 "(outcome unknown)"
             ) from None

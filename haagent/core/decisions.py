@@ -96,9 +96,15 @@ Action = StartGuest | StopGuest | DestroyDomain | RunFence | PromoteReplica | De
 
 @dataclass(frozen=True)
 class ActionResult:
+    """How an action went. `unknown`: the call timed out or its connection was lost, so it
+    may still complete later (a `create()` libvirt finishes after the agent gave up). The
+    executor must then return `ActionResult(ok=False, detail=..., unknown=True)`, never a plain
+    failure: the core keeps such a start "unknown" until it observes the domain."""
+
     ok: bool
     detail: str = ""
     fence: FenceOutcome | None = None
+    unknown: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,27 @@ Silence is measured on this node's own monotonic clock from when it applied the 
 heartbeat (never by comparing clocks across nodes, DESIGN rule 2). The declaration is
 conditional on that heartbeat's sequence number, so a heartbeat that commits in the meantime
 makes `apply` refuse it. Only the leader declares, and only while it holds a valid lease.
+
+Silence counts only over time in which the declaring leader itself held its lease without a
+gap (issue 8 item 9): while it could not commit, no peer could have broken the silence through
+it, so that stretch proves nothing about the peer. A leader that has just (re)gained its lease
+therefore waits a full failure timeout of fresh evidence before declaring anyone failed.
+
+Liveness means progress (issue 8 item 8): heartbeats and joins carry the sender's applied Raft
+index. A heartbeat proves the sender current only as of when this node's own replica reached
+that index (`as_of`, from a short history of this node's progress) when that is more than `lease_s`
+behind the heartbeat's apply, so a node whose replica
+stopped advancing stays silent however many heartbeats or joins it commits: it gets no
+assignment (scheduling asks `silent_s`) and is declared failed. Such a declaration names the
+index (`behind_index`), so newer heartbeats that still report a replica behind it do not
+refuse it. Fencing's watchdog arithmetic keeps the apply time of the last heartbeat: that is
+the latest moment the node may have held a lease, which is what it needs.
 """
 
 from __future__ import annotations
+
+import bisect
+from collections import deque
 
 from haagent.commands import DeclareFailed
 from haagent.core.decisions import Proposal
@@ -24,6 +42,41 @@ class FailureDetector:
         # itself). One entry per node: an older sequence is never asked for again once a newer
         # one is seen. Public so that a test can prove it stays bounded.
         self.first_seen: dict[str, tuple[int, float]] = {}
+        # This node's own progress: (applied index, when a pass first saw it), growing indexes.
+        # Pruned to one entry at or before the horizon, so it stays small. Public for tests.
+        self.progress: deque[tuple[int, float]] = deque()
+        self._horizon_s = settings.failure_timeout_s + settings.lease_s
+
+    def observe_progress(self, index: int, now: float) -> None:
+        """Record this replica's applied index at the start of a pass (every node, every
+        pass: a follower that becomes leader needs the history it saw)."""
+        if not self.progress or index > self.progress[-1][0]:
+            self.progress.append((index, now))
+        while len(self.progress) >= 2 and self.progress[1][1] <= now - self._horizon_s:
+            self.progress.popleft()
+
+    def as_of(self, index: int, now: float) -> float:
+        """Since when, on this node's clock, its own replica has held `index`: a replica
+        that applied `index` is current at least as of then. Never earlier than the truth
+        (a pass sees an index after it was reached), so it never makes a node look staler
+        than it is; an index this node has not reached yet counts as `now`."""
+        if not self.progress or index > self.progress[-1][0]:
+            return now
+        i = bisect.bisect_left(self.progress, index, key=lambda entry: entry[0])
+        return self.progress[i][1]
+
+    def evidence_start(
+        self, node: str, record: NodeRecord, view: ConsensusView, now: float
+    ) -> float:
+        """When `node` last proved itself live and current: the apply of its latest heartbeat,
+        unless the index that heartbeat reported was reached here more than `lease_s` before
+        (its replica is that far behind: the bound of "current"); then only as of that."""
+        start = self.silence_start(node, record.heartbeat_seq, view, now)
+        if record.applied_index is not None:
+            current = self.as_of(record.applied_index, now)
+            if start - current > self._settings.lease_s:
+                return current
+        return start
 
     def silence_start(self, node: str, seq: int, view: ConsensusView, now: float) -> float:
         """When this node last applied `node`'s heartbeat number `seq` (its own clock).
@@ -41,18 +94,44 @@ class FailureDetector:
         return now
 
     def silent_s(self, node: str, record: NodeRecord, view: ConsensusView, now: float) -> float:
-        return now - self.silence_start(node, record.heartbeat_seq, view, now)
+        """How long `node` has given no proof of being live and current (placement skips a
+        node silent for more than a lease)."""
+        return now - self.evidence_start(node, record, view, now)
 
-    def check(self, out: Outbox, node: str, record: NodeRecord, view: ConsensusView) -> None:
-        """Declare the UP peer `node` failed once it has been silent past the failure timeout."""
+    def check(
+        self,
+        out: Outbox,
+        node: str,
+        record: NodeRecord,
+        view: ConsensusView,
+        lease_held_since: float,
+    ) -> None:
+        """Declare the UP peer `node` failed once it has been silent past the failure timeout.
+
+        `lease_held_since` is when this node's current unbroken lease began (its own clock,
+        `Lease.held_continuously_since`): silence before it is not counted.
+        """
         s = self._settings
-        silent_s = self.silent_s(node, record, view, out.now)
+        heard = self.silence_start(node, record.heartbeat_seq, view, out.now)
+        current = self.evidence_start(node, record, view, out.now)
+        silent_s = out.now - max(current, lease_held_since)
         if silent_s <= s.failure_timeout_s:
             return
-        detail = (
-            f"no heartbeat for {silent_s:.2f}s (> {s.failure_timeout_s}s) "
-            f"after #{record.heartbeat_seq}"
-        )
+        behind_index: int | None = None
+        if current < heard and out.now - max(heard, lease_held_since) <= s.failure_timeout_s:
+            # It still commits heartbeats, but its replica has not advanced: name the index so
+            # that its newer (equally stuck) heartbeats do not refuse the declaration.
+            assert record.applied_index is not None
+            behind_index = record.applied_index + 1
+            detail = (
+                f"replica stuck at index {record.applied_index} for {silent_s:.2f}s "
+                f"(> {s.failure_timeout_s}s) at #{record.heartbeat_seq}"
+            )
+        else:
+            detail = (
+                f"no heartbeat for {silent_s:.2f}s (> {s.failure_timeout_s}s) "
+                f"after #{record.heartbeat_seq}"
+            )
         evidence = FailureEvidence(
             declared_by=s.node,
             last_heartbeat_seq=record.heartbeat_seq,
@@ -60,7 +139,12 @@ class FailureDetector:
             detail=detail,
             declared_at=out.wall(),
         )
-        declare = DeclareFailed(node, record.heartbeat_seq, evidence)
+        declare = DeclareFailed(node, record.heartbeat_seq, evidence, behind_index)
         key = ProposalKey(ProposalKind.DECLARE_FAILED, node)
         if out.propose(Proposal(key, declare, s.commit_timeout_s)):
-            out.note("declare_failed", node=node, silent_s=round(silent_s, 3))
+            if behind_index is None:
+                out.note("declare_failed", node=node, silent_s=round(silent_s, 3))
+            else:
+                out.note(
+                    "declare_failed", node=node, silent_s=round(silent_s, 3), behind=behind_index
+                )

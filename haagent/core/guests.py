@@ -8,6 +8,16 @@ new agent process); a domain owned elsewhere, or running with no committed start
 too. Failures are reported as `GuestStopped`, counted only when the guest's own fault (see
 `InstanceTracker.absence`), and the node gives up on a guest after `max_start_failures`.
 
+No trust in unknown instances (issue 8 item 4). A running domain whose metadata names another
+cluster, or whose generation is ahead of the committed one once this node's view is proven
+fresh (a heartbeat sent after the first sighting committed, and this node applies its own entry
+only after everything before it), is foreign: it has no committed start, so it is destroyed
+like any domain running without one, with a `foreign_domain` event (README, "Safety model").
+A start whose outcome is unknown (timeout, lost connection) stays unknown until the domain is
+seen: the guest is neither started again nor reported stopped, so it is not reassigned while
+a late `create()` may still complete; after `start_timeout_s` more without a sighting this node
+destroys the domain at that generation and only then reports the start failed.
+
 Each pass works in two sweeps: first over the domains the hypervisor runs (what must not run
 here), then over the guests the state gives this node (what should run here).
 """
@@ -93,8 +103,12 @@ class GuestReconciler:
         lease_valid: bool,
         leaving: bool,
         startup_grace: bool,
+        proven_at: float,
     ) -> None:
-        """One pass over this host. `local.domains` must have been observed (not None)."""
+        """One pass over this host. `local.domains` must have been observed (not None).
+
+        `proven_at`: when this node sent the latest heartbeat it knows committed (its own
+        clock); its state holds every entry committed before then."""
         assert local.domains is not None
         s = self._settings
         # Guests are handed over (stopped here, placed elsewhere) when the node leaves or an
@@ -105,7 +119,9 @@ class GuestReconciler:
         elif state.node(s.node).maintenance:
             drain = "node in maintenance"
         for domain, obs in sorted(local.domains.items()):
-            self._check_running(out, state, domain, obs, lease_valid, startup_grace, drain)
+            self._check_running(
+                out, state, domain, obs, lease_valid, startup_grace, drain, proven_at
+            )
 
         def wanted_here(guest: GuestRecord) -> bool:
             return (
@@ -132,6 +148,7 @@ class GuestReconciler:
         lease_valid: bool,
         startup_grace: bool,
         drain: str,
+        proven_at: float,
     ) -> None:
         """One domain the hypervisor reports. A running protected domain stays only while this
         node holds a valid lease, owns the guest at the instance's generation (or an older
@@ -144,13 +161,20 @@ class GuestReconciler:
             if not startup_grace:
                 self._destroy(out, domain, "no valid lease", obs.generation)
             return
+        if obs.cluster is not None and obs.cluster != s.cluster:
+            self._foreign(out, domain, f"its metadata names cluster {obs.cluster!r}", obs)
+            return
         if guest is None:
             return  # not yet registered by the leader: nobody owns it yet
+        if obs.generation is not None and obs.generation > guest.generation:
+            first = self.instances.first_seen_ahead(domain, obs.generation, out.now)
+            if proven_at > first:
+                why = f"generation {obs.generation} is ahead of the committed {guest.generation}"
+                self._foreign(out, domain, why, obs)
+            return  # else this view may be older than the instance: wait for it to catch up
         if obs.generation is not None:
             self.instances.saw_running(domain, obs.generation, out.now)
         if guest.owner != s.node:
-            if obs.generation is not None and obs.generation > guest.generation:
-                return  # our view is older than the instance: wait for it to catch up
             self._destroy(
                 out,
                 domain,
@@ -162,8 +186,6 @@ class GuestReconciler:
             stop = StopGuest(guest.name, domain, guest.generation, s.shutdown_timeout_s)
             if out.act(stop):
                 out.note("stop", guest=guest.name, reason=drain or "disabled")
-        elif obs.generation is not None and obs.generation > guest.generation:
-            return
         elif guest.state is GuestState.STARTING:
             running = GuestRunning(guest.name, s.node, guest.generation, out.wall())
             key = ProposalKey(ProposalKind.GUEST_RUNNING, guest.name)
@@ -186,10 +208,15 @@ class GuestReconciler:
         seen = local.domains.get(domain)
         if seen is not None and seen.running:
             self.instances.forget_start(domain)
+            self.instances.resolve_unknown_start(domain)
             gate.while_running(out, guest, local)
             return
         start = StartGuest(guest.name, domain, guest.generation)
         if start.key in out.in_flight.actions:
+            return
+        unknown_since = self.instances.unknown_start_since(domain, guest.generation)
+        if unknown_since is not None:
+            self._resolve_unknown_start(out, guest, unknown_since)
             return
         if guest.desired is DesiredState.STOPPED or drain:
             if guest.state in (GuestState.RUNNING, GuestState.STARTING):
@@ -269,6 +296,24 @@ class GuestReconciler:
         out.act(start)
         out.note("start", guest=guest.name, generation=guest.generation)
 
+    def _resolve_unknown_start(self, out: Outbox, guest: GuestRecord, since: float) -> None:
+        """A start came back unknown at `since` and the domain has not been seen running.
+        Wait (a late `create()` may still complete and is then reported running), and after
+        `start_timeout_s` make sure it cannot come up: destroy it at that generation, and only
+        once that destroy succeeded report the start failed (the leader may then move it)."""
+        s = self._settings
+        domain = guest.spec.domain
+        if out.now < since + s.start_timeout_s:
+            return
+        if self.instances.stopped_here_at(domain, guest.generation):
+            self.instances.resolve_unknown_start(domain)
+            reason = "start outcome unknown, not seen running, destroyed"
+            out.propose(
+                self._stopped(out, guest, failed=True, reason=reason, failures=guest.failures)
+            )
+            return
+        self._destroy(out, domain, "start outcome unknown, not seen running", guest.generation)
+
     # -- results of this module's actions ---------------------------------------------------
 
     def action_done(
@@ -278,6 +323,11 @@ class GuestReconciler:
         if isinstance(action, StartGuest):
             if result.ok:
                 self.instances.start_returned(action.domain, action.generation, now)
+            elif result.unknown:
+                # Never a failure: the domain may still come up. Look again (see
+                # `_resolve_unknown_start`).
+                events.append(event("start_unknown", guest=action.guest, detail=result.detail))
+                self.instances.start_unknown(action.domain, action.generation, now)
             else:
                 # Reported (and counted against the limit) by the next pass, which knows the
                 # guest's failure count; until then it is not started again.
@@ -297,6 +347,12 @@ class GuestReconciler:
     ) -> None:
         if out.act(DestroyDomain(domain, reason, generation)):
             out.note("destroy", domain=domain, reason=reason)
+
+    def _foreign(self, out: Outbox, domain: str, why: str, obs: DomainObservation) -> None:
+        """A domain with no committed start that claims to be one: never adopted, destroyed,
+        and reported as an alert (`foreign_domain`)."""
+        if out.act(DestroyDomain(domain, f"foreign: {why}", obs.generation)):
+            out.note("foreign_domain", domain=domain, why=why, cluster=obs.cluster)
 
     def _stopped(
         self,

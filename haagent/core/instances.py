@@ -22,6 +22,11 @@ class Instance:
     start_failed: tuple[int, str] | None = None  # (generation, why), reported by a later pass
     stopped_here: int | None = None  # generation this agent stopped or destroyed itself
     start_waits: str | None = None  # why its start waits on storage, as last reported
+    # (generation, when its start's outcome came back unknown): a late create() may still
+    # complete, so it is neither started again nor reported stopped until resolved.
+    start_unknown: tuple[int, float] | None = None
+    # (generation, when this process first saw it run with a generation ahead of its state)
+    seen_ahead: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,33 @@ class InstanceTracker:
     def start_failed(self, domain: str, generation: int, why: str) -> None:
         self._record(domain).start_failed = (generation, why)
 
+    def start_unknown(self, domain: str, generation: int, at: float) -> None:
+        self._record(domain).start_unknown = (generation, at)
+
+    def unknown_start_since(self, domain: str, generation: int) -> float | None:
+        """When this generation's start came back with an unknown outcome, if it did."""
+        unknown = self._peek(domain).start_unknown
+        return unknown[1] if unknown is not None and unknown[0] == generation else None
+
+    def resolve_unknown_start(self, domain: str) -> None:
+        if domain in self._by_domain:
+            self._by_domain[domain].start_unknown = None
+
+    def first_seen_ahead(self, domain: str, generation: int, now: float) -> float:
+        """When this process first saw `domain` run at `generation`, a generation its state
+        did not know yet (the first sighting of that generation counts)."""
+        known = self._peek(domain).seen_ahead
+        if known is None or known[0] != generation:
+            self._record(domain).seen_ahead = (generation, now)
+            return now
+        return known[1]
+
     def stopped_here(self, domain: str, generation: int) -> None:
         self._record(domain).stopped_here = generation
+
+    def stopped_here_at(self, domain: str, generation: int) -> bool:
+        """Did this process itself stop or destroy this generation?"""
+        return self._peek(domain).stopped_here == generation
 
     # -- facts from observation -----------------------------------------------------------
 

@@ -37,6 +37,9 @@ class Lease:
         self._incarnation = incarnation
         self._started_at = started_at
         self.until = -math.inf
+        # Since when the lease has been valid without a gap, on this node's clock (+inf while
+        # it is not valid). A lapse is noticed at the next extension: `until` only grows there.
+        self.held_since = math.inf
         self._ever_leased = False
         self._next_heartbeat_at = -math.inf
         self._heartbeat_counter = 0
@@ -54,8 +57,17 @@ class Lease:
         predecessor held. Until then it neither starts nor destroys anything."""
         return not self._ever_leased and now < self._started_at + self._settings.lease_s
 
-    def renew(self, out: Outbox, state: ClusterState, nothing_running: NothingRunning) -> None:
+    def renew(
+        self,
+        out: Outbox,
+        state: ClusterState,
+        nothing_running: NothingRunning,
+        applied_index: int,
+    ) -> None:
         """Join when not a member with this incarnation, else heartbeat every `heartbeat_s`.
+
+        Both carry `applied_index` (this replica's, from the consensus view) so the leader
+        can tell a node whose replica stopped advancing from a live one.
 
         A node the cluster declared failed or fenced joins again only once nothing protected
         runs here (the local pass destroys it first, having no lease): it comes back clean.
@@ -80,6 +92,7 @@ class Lease:
                 clean=clean,
                 at=out.wall(),
                 watchdog_timeout_s=self.watchdog_timeout_s,
+                applied_index=applied_index,
             )
             out.propose(_proposal(ProposalKind.JOIN, self._incarnation, join, s.lease_s))
             out.note("join", node=s.node, was=str(me.state), clean=clean)
@@ -87,7 +100,9 @@ class Lease:
         if out.now >= self._next_heartbeat_at:
             self._heartbeat_counter += 1
             self._next_heartbeat_at = out.now + s.heartbeat_s
-            heartbeat = Heartbeat(node=s.node, incarnation=self._incarnation)
+            heartbeat = Heartbeat(
+                node=s.node, incarnation=self._incarnation, applied_index=applied_index
+            )
             out.propose(
                 _proposal(
                     ProposalKind.HEARTBEAT, str(self._heartbeat_counter), heartbeat, s.lease_s
@@ -115,7 +130,17 @@ class Lease:
         leave = Leave(s.node, self._incarnation, out.wall())
         out.propose(_proposal(ProposalKind.LEAVE, self._incarnation, leave, s.commit_timeout_s))
 
-    def committed(self, key: ProposalKey, outcome: Outcome, sent_at: float) -> list[Event]:
+    def held_continuously_since(self, now: float) -> float:
+        """When the current unbroken stretch of valid lease began (+inf without a lease).
+
+        Failure detection counts a peer's silence only from here: before it, this node could
+        not commit, so nobody could have broken the silence through it.
+        """
+        return self.held_since if self.valid(now) else math.inf
+
+    def committed(
+        self, key: ProposalKey, outcome: Outcome, sent_at: float, now: float
+    ) -> list[Event]:
         """Take the outcome of one of this module's proposals (others are ignored)."""
         events: list[Event] = []
         if key.kind is ProposalKind.LEAVE and outcome.accepted:
@@ -123,6 +148,10 @@ class Lease:
             events.append(event("left", node=self._settings.node))
         if key.kind in LEASE_KINDS:
             if outcome.accepted:
+                if not self.valid(now):
+                    # (Re)gained, counted from when this node learned it (not from the send:
+                    # the stretch in between had no proof of being current).
+                    self.held_since = now
                 self.until = max(self.until, sent_at + self._settings.lease_s)
                 if not self._ever_leased:
                     events.append(event("lease_acquired", node=self._settings.node))

@@ -33,7 +33,13 @@ from haagent.agent import (
 )
 from haagent.config import Config
 from haagent.daemon.telemetry import Telemetry
-from haagent.ports import FenceOutcome, Fencer, Hypervisor, HypervisorError
+from haagent.ports import (
+    FenceOutcome,
+    Fencer,
+    Hypervisor,
+    HypervisorError,
+    UnknownOutcomeError,
+)
 
 log = logging.getLogger("haagent")
 
@@ -85,7 +91,9 @@ class ActionExecutor:
             return await work
         except Exception as exc:  # An adapter bug must not kill the loop: report a failure.
             log.exception("action %s failed unexpectedly", action.key)
-            return ActionResult(False, f"unexpected error: {exc}")
+            # Nobody knows how far a start got: it stays unknown until it is observed.
+            unknown = isinstance(action, StartGuest)
+            return ActionResult(False, f"unexpected error: {exc}", unknown=unknown)
 
     async def _fence(self, action: RunFence) -> ActionResult:
         timeout_s = self._s.fence_timeout_s
@@ -117,8 +125,15 @@ class ActionExecutor:
                 hv.start(action.domain, xml, self._s.cluster, self._s.node, action.generation),
                 self._s.start_timeout_s,
             )
-        except (HypervisorError, TimeoutError) as exc:
-            return ActionResult(False, str(exc) or "timed out")
+        except TimeoutError:
+            # wait_for cancels our await, not a create() already running in libvirt's worker
+            # thread: the start may still complete, so its outcome is unknown, not failed.
+            detail = f"start did not return in {self._s.start_timeout_s}s (outcome unknown)"
+            return ActionResult(False, detail, unknown=True)
+        except UnknownOutcomeError as exc:
+            return ActionResult(False, str(exc), unknown=True)
+        except HypervisorError as exc:
+            return ActionResult(False, str(exc))
         log.info("started %s at generation %d", action.guest, action.generation)
         return ActionResult(True)
 

@@ -23,6 +23,8 @@ Faults (N a node, G a guest; `@leader` names the Raft leader at that moment, and
 partition `*` stands for every node not named in another group):
 
     power_off N | power_on N | cut N | heal [N] | partition A,B|C | drop A B (A cannot reach B)
+    deaf N (N hears nobody, everyone hears it: on the leader nothing commits, nobody elects)
+    stall N (N's replica stops applying; what it proposes still commits; heal or restart ends it)
     crash G | fail_starts N G COUNT | fence_script N ATTEMPT[,ATTEMPT...] | clock_jump N SECONDS
     hang N | resume N | restart N (the agent, kill -9) | shutdown N (clean leave, agent exits)
     disable G | enable G | maintenance N on|off | confirm_fenced N (admin: N is verified off)
@@ -234,6 +236,8 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "heal": (0, 1),
     "partition": (1, 1),
     "drop": (2, 2),
+    "deaf": (1, 1),
+    "stall": (1, 1),
     "crash": (1, 1),
     "fail_starts": (3, 3),
     "fence_script": (2, 2),
@@ -255,6 +259,8 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "cut": (0,),
     "heal": (0,),
     "drop": (0, 1),
+    "deaf": (0,),
+    "stall": (0,),
     "fail_starts": (0,),
     "fence_script": (0,),
     "clock_jump": (0,),
@@ -551,6 +557,8 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "heal": lambda: world.heal(a[0] if a else None),
         "partition": lambda: world.partition(_groups(world, a[0])),
         "drop": lambda: world.drop(a[0], a[1]),
+        "deaf": lambda: world.deaf(a[0]),
+        "stall": lambda: world.stall(a[0]),
         "crash": lambda: world.crash_guest(a[0]),
         "fail_starts": lambda: world.fail_starts(a[0], a[1], int(a[2])),
         "fence_script": lambda: world.fence_script(a[0], a[1].split(",")),

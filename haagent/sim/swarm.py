@@ -56,6 +56,8 @@ FAULT_WEIGHTS: dict[str, int] = {
     "heal": 2,
     "partition": 3,
     "drop": 2,
+    "deaf": 2,
+    "stall": 1,
     "crash": 2,
     "fail_starts": 2,
     "fence_script": 3,
@@ -308,7 +310,7 @@ def _faults(rng: random.Random, sc: Scenario, everyone: list[str]) -> list[Step]
     for _ in range(rng.randint(1, 10)):
         kind = rng.choices(kinds, weights)[0]
         args: tuple[str, ...]
-        if kind in ("power_off", "cut", "hang", "restart", "shutdown"):
+        if kind in ("power_off", "cut", "hang", "restart", "shutdown", "stall"):
             args = (node(),)
         elif kind in ("power_on", "resume"):
             args = (node(allow_leader=False),)
@@ -322,6 +324,8 @@ def _faults(rng: random.Random, sc: Scenario, everyone: list[str]) -> list[Step]
         elif kind == "drop":
             a, b = rng.sample(everyone, 2)
             args = (a, b)
+        elif kind == "deaf":
+            args = (LEADER,)
         elif kind in ("crash", "disable", "enable"):
             guest = rng.choice(guests)
             (disabled.add if kind == "disable" else disabled.discard)(guest)

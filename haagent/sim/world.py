@@ -230,6 +230,11 @@ class World:
         self.term = 0
         self._election_at: float | None = None
         self.blocked: set[tuple[str, str]] = set()
+        # Leaders that hear nobody while everyone hears them (an inbound-only cut): they keep
+        # leading, nothing commits (see `deaf`).
+        self.deaf_nodes: set[str] = set()
+        # Replicas that stopped applying while their proposals still commit (see `stall`).
+        self.stalled: set[str] = set()
         self.node_settings = dict(nodes)
         self.guest_specs = tuple(guests)
         self.spec_by_name = {g.name: g for g in self.guest_specs}
@@ -343,6 +348,7 @@ class World:
             core.set_watchdog_timeout(self.node_settings[node.name].watchdog_timeout_s)
         node.agent = core
         node.hung = False
+        self.stalled.discard(node.name)  # a new process has a new replica
         node.deferred.clear()
         node.last_pet = None
         node.start_after_exit = False
@@ -445,7 +451,10 @@ class World:
                 self._election_at = self.now + self.rng.uniform(lo, hi)
             elif self.now >= self._election_at:
                 self._election_at = None
-                candidates = [n for n in self.nodes if self._majority(n)]
+                # A deaf node hears no votes: it cannot win an election.
+                candidates = [
+                    n for n in self.nodes if self._majority(n) and n not in self.deaf_nodes
+                ]
                 if candidates:
                     best = max(self.nodes[n].applied for n in candidates)
                     ready = [n for n in candidates if self.nodes[n].applied == best]
@@ -497,6 +506,10 @@ class World:
         leader = self.leader
         if leader is None or not self.linked(pending.node, leader) or not self._majority(leader):
             return  # stays queued until a leader is reachable (pysyncobj commandsWaitLeader)
+        if leader in self.deaf_nodes:
+            if pending.node != leader:
+                pending.dropped = True  # forwarded to a leader that cannot hear it: lost
+            return  # the leader's own entry waits in its log for the acknowledgements
         self.log.append(pending.command)
         self._commit_at.append(self.now)
         self._log_by.append(pending.node)
@@ -531,6 +544,8 @@ class World:
         return lambda: self._apply_up_to(node, index)
 
     def _apply_up_to(self, node: _Node, index: int) -> None:
+        if node.name in self.stalled:
+            return
         while node.applied < min(index, len(self.log)):
             command = self.log[node.applied]
             node.state, result = apply(node.state, command)
@@ -810,6 +825,33 @@ class World:
         else:
             self.blocked = {(a, b) for a, b in self.blocked if node not in (a, b)}
         self.topology_version += 1
+        self.stalled = set() if node is None else self.stalled - {node}
+        if self.deaf_nodes and (node is None or node in self.deaf_nodes):
+            self.deaf_nodes = set() if node is None else self.deaf_nodes - {node}
+            for pending in list(self._pending):  # the leader hears the acknowledgements again
+                self._try_commit(pending)
+
+    def stall(self, node: str) -> None:
+        """`node`'s replica stops applying the log while its Raft link works (issue 8 (a): a
+        restarted node followed the leader with its commit index stuck). What it proposes
+        still commits, but it never learns an outcome and its view freezes. Cleared by `heal`
+        and by a new agent process."""
+        self._fault("fault_stall", node)
+        self.stalled.add(node)
+
+    def deaf(self, node: str) -> None:
+        """`node` hears nobody while everyone hears it (an inbound-only cut, issue 8 (b)).
+
+        On the leader: its peers keep hearing its appends, so nobody calls an election, but
+        no acknowledgement reaches it, so nothing commits: its own entries wait in its log
+        (they commit after `heal`), commands forwarded to it are lost. On a follower this is
+        a plain `cut` (it would call elections nobody answers).
+        """
+        if node != self.leader:
+            self.cut(node)
+            return
+        self._fault("fault_deaf", node)
+        self.deaf_nodes.add(node)
 
     def partition(self, groups: list[list[str]]) -> None:
         self._fault("fault_partition", None, groups="|".join(",".join(g) for g in groups))

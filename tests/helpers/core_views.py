@@ -109,6 +109,17 @@ def with_lease(c: AgentCore, state: ClusterState, now: float) -> None:
     c.proposal_done(hb[0].key, ACCEPTED, now + 0.01)
 
 
+def hold_lease(c: AgentCore, state: ClusterState, start: float, end: float) -> None:
+    """Make `c` hold its lease without a gap from about `start` to `end` + lease_s: a
+    heartbeat sent and committed every half second (failure detection counts silence only
+    over such a stretch)."""
+    now = start
+    while now < end:
+        with_lease(c, state, now)
+        now += 0.5
+    with_lease(c, state, end)
+
+
 def commands(step: Step) -> list[Command]:
     return [p.command for p in step.proposals]
 

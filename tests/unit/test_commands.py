@@ -81,8 +81,25 @@ def test_admin_commands_from_before_versions_decode_as_unconditional() -> None:
 
 
 def test_wire_format_is_versioned_json_not_pickle() -> None:
-    body = json.loads(encode(Heartbeat("n1", "inc")))
-    assert body == {"v": 1, "type": "heartbeat", "node": "n1", "incarnation": "inc"}
+    body = json.loads(encode(Heartbeat("n1", "inc", 42)))
+    assert body == {
+        "v": 1,
+        "type": "heartbeat",
+        "node": "n1",
+        "incarnation": "inc",
+        "applied_index": 42,
+    }
+
+
+def test_heartbeats_and_joins_from_before_applied_index_decode_as_unknown() -> None:
+    # Journals written before issue 8 item 8 hold heartbeats and joins without the sender's
+    # applied index: they decode as "unknown" (None), which failure detection treats as before.
+    old = b'{"v": 1, "type": "heartbeat", "node": "n1", "incarnation": "inc"}'
+    assert decode(old) == Heartbeat("n1", "inc", None)
+    old = b'{"v": 1, "type": "join", "node": "n1", "incarnation": "inc", "role": "hypervisor",'
+    old += b' "clean": true, "at": 1.0}'
+    joined = decode(old)
+    assert isinstance(joined, Join) and joined.applied_index is None
 
 
 @pytest.mark.parametrize(

@@ -257,3 +257,87 @@ def test_a_renamed_domain_waits_for_the_guest_to_stop_and_definitions_are_condit
     step = leader.tick(now + 0.1, view(stopped, leader=True), local(now + 0.1))
     (define,) = of(DefineGuest, commands(step))
     assert define == DefineGuest(renamed, define.at, expect_version=0)  # type: ignore[union-attr]
+
+
+# --- issue 8 item 4: no trust in unknown instances ----------------------------------------------
+def test_an_instance_ahead_of_a_view_proven_fresh_is_foreign_and_destroyed() -> None:
+    """A generation higher than the committed one is waited for only until this node's view is
+    proven fresh (a heartbeat sent after the sighting committed): then it has no committed
+    start, on the owner as on any other node, and is destroyed with an alert."""
+    for me, owner in (("n2", "n1"), ("n1", "n1")):
+        c = core(me)
+        state = build(
+            AssignGuests((Assignment("g", owner, 0),), "placed", 0.0),
+            state=joined("n1", "n2", "n3"),
+        )
+        with_lease(c, state, 10.0)
+        ahead = DomainObservation("dom-g", True, owner=me, generation=5, cluster="c")
+        step = c.tick(10.05, view(state), local(10.05, ahead))
+        assert not of(DestroyDomain, step.actions)  # the view may lag: wait
+        with_lease(c, state, 10.1)  # sent after the sighting, committed: the view is fresh
+        step = c.tick(10.15, view(state), local(10.15, ahead))
+        (destroy,) = of(DestroyDomain, step.actions)
+        assert destroy.reason == "foreign: generation 5 is ahead of the committed 1", me
+        assert [e.name for e in step.events].count("foreign_domain") == 1
+        assert not [x for x in commands(step) if isinstance(x, GuestRunning)]
+
+
+def test_an_instance_of_another_cluster_is_never_adopted() -> None:
+    c = core()
+    state = running_on_n1()
+    with_lease(c, state, 10.0)
+    ours = DomainObservation("dom-g", True, owner="n1", generation=2, cluster="c")
+    assert not of(DestroyDomain, c.tick(10.05, view(state), local(10.05, ours)).actions)
+    theirs = DomainObservation("dom-g", True, owner="n1", generation=2, cluster="other")
+    step = c.tick(10.1, view(state), local(10.1, theirs))
+    (destroy,) = of(DestroyDomain, step.actions)
+    assert destroy.reason == "foreign: its metadata names cluster 'other'"
+
+
+def test_a_start_with_an_unknown_outcome_is_never_reported_stopped_while_it_may_complete() -> None:
+    """A start that timed out may still complete (libvirt finishes a create() the agent gave
+    up on). Reporting it stopped would let the leader place the guest elsewhere: two copies.
+    It stays unknown until seen; long after, this node destroys it and only then reports."""
+    c = core(start_timeout_s=5.0)
+    state = build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
+        GuestStarting("g", "n1", 1, 0.0),
+        state=joined("n1", "n2", "n3"),
+    )
+    with_lease(c, state, 10.0)
+    assert of(StartGuest, c.tick(10.01, view(state), local(10.01)).actions)
+    timeout = ActionResult(False, "timed out after 60 s", unknown=True)
+    c.action_done(ActionKey(ActionKind.START, "g"), timeout, 10.02)
+    t = 10.2
+    while t < 14.9:  # not seen, within start_timeout_s: neither restarted nor reported
+        with_lease(c, state, t)
+        step = c.tick(t + 0.01, view(state), local(t + 0.01))
+        assert not of(StartGuest, step.actions) and not of(DestroyDomain, step.actions), t
+        assert not [x for x in commands(step) if isinstance(x, GuestStopped)], t
+        t += 0.5
+    step = c.tick(15.05, view(state), local(15.05))  # start_timeout_s after the unknown
+    (destroy,) = of(DestroyDomain, step.actions)
+    assert destroy.generation == 2 and "unknown" in destroy.reason
+    assert not [x for x in commands(step) if isinstance(x, GuestStopped)]
+    c.action_done(destroy.key, ActionResult(True), 15.2)
+    step = c.tick(15.21, view(state), local(15.21))
+    (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert stopped.failed and "start outcome unknown" in stopped.reason
+
+
+def test_a_start_with_an_unknown_outcome_that_completes_late_is_reported_running() -> None:
+    c = core(start_timeout_s=5.0)
+    state = build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
+        GuestStarting("g", "n1", 1, 0.0),
+        state=joined("n1", "n2", "n3"),
+    )
+    with_lease(c, state, 10.0)
+    assert of(StartGuest, c.tick(10.01, view(state), local(10.01)).actions)
+    c.action_done(ActionKey(ActionKind.START, "g"), ActionResult(False, "lost", unknown=True), 10.1)
+    with_lease(c, state, 10.5)
+    late = DomainObservation("dom-g", True, owner="n1", generation=2, cluster="c")
+    step = c.tick(10.6, view(state), local(10.6, late))
+    assert [x for x in commands(step) if isinstance(x, GuestRunning)]
+    assert not [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert not of(DestroyDomain, step.actions)

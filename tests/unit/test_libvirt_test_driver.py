@@ -12,6 +12,7 @@ implementation idle so that the next test's loop can take it over.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from haagent.ports import DomainObservation, HypervisorError
+from haagent.ports import DomainObservation, HypervisorError, UnknownOutcomeError
 from haagent.resources.libvirt_guests import (
     OWNER_NS,
     OWNER_PREFIX,
@@ -155,6 +156,28 @@ def test_autostart_is_cleared_on_start_and_on_request(node_uri: str) -> None:
         assert await h.clear_autostart(["vm1", "not-defined", "foreign"]) == ["vm1"]
         assert await h._call("get", flag) == 0
         assert await h.clear_autostart(["vm1"]) == []
+
+    run_with(node_uri, body)
+
+
+def test_a_destroy_waits_for_a_start_still_running_in_its_worker_thread(node_uri: str) -> None:
+    """A start that outlived its caller's deadline may still create() the domain; a destroy
+    that ran first would be undone by it. So a destroy waits for it (bounded) and, if it is
+    still running, fails with an unknown outcome instead of claiming the domain is off."""
+
+    async def body(h: LibvirtHypervisor) -> None:
+        await h.start("vm1", guest_xml("vm1"), "C", "n1", 1)
+        h.call_timeout_s = 0.2
+        pending = threading.Event()
+        h._starting["vm1"] = pending  # as the worker thread of a slow start registers itself
+        with pytest.raises(UnknownOutcomeError, match="still running"):
+            await h.destroy("vm1")
+        assert (await observe(h, "vm1")).running
+        with pytest.raises(UnknownOutcomeError, match="earlier start"):
+            await h.start("vm1", None, "C", "n1", 1)
+        threading.Timer(0.05, pending.set).start()  # the slow start returns
+        await h.destroy("vm1")
+        assert not (await observe(h, "vm1")).running
 
     run_with(node_uri, body)
 

@@ -23,6 +23,8 @@ DIFF_LINES = 60
 # The situations the issue asks a scenario for, each with the file that covers it.
 REQUIRED = {
     "owner power loss": "owner_power_loss",
+    "no fence for a silence nobody could break": "deaf_leader_no_false_fence",
+    "liveness means progress": "stuck_replica_declared_failed",
     "owner network isolation": "owner_network_isolation",
     "total network loss": "total_network_loss",
     "cold start without quorum": "cold_start_without_quorum",
