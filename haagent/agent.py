@@ -148,6 +148,11 @@ class AgentCore:
             return []
         return self.guests.action_done(key, action, result, now)
 
+    def set_watchdog_timeout(self, timeout_s: float | None) -> None:
+        """The armed watchdog's timeout as its device reports it (None: none the cluster may
+        rely on). Set before the first pass: the `Join` commits it."""
+        self.lease.watchdog_timeout_s = timeout_s
+
     def begin_leave(self) -> None:
         """Clean shutdown: stop this node's guests, report them stopped, then commit `Leave`
         so the leader places them elsewhere without fencing this node."""

@@ -7,6 +7,8 @@ GET  /v1/whatif?fail=n3[,n4]       where the failed nodes' guests would go (haag
 POST /v1/guests/{guest}/disable    stop the guest and keep it stopped
 POST /v1/guests/{guest}/enable     run it again (also clears its error state)
 POST /v1/nodes/{node}/maintenance  body {"on": true|false}: drain the node, or end that
+POST /v1/nodes/{node}/confirm-fenced  optional body {"by": "who"}: an admin verified that the
+                                   failed node is powered off; its guests may move (README)
 
 Everything but health and metrics needs ``Authorization: Bearer <token>``. Errors are JSON
 ``{"error": "..."}`` with a 4xx/5xx status, never a traceback. Admin actions answer with the
@@ -153,6 +155,9 @@ class _OneLineFilter(logging.Filter):
 _BAD_INPUT_KEY = web.AppKey("bad_input", BadInputLog)
 
 
+MAX_BY_CHARS = 64  # who confirmed a fence, as the audit shows it
+
+
 class Handlers(Protocol):
     """Status, metrics and what-if are computed off the agent's loop and arrive ready; the
     status document as JSON text (serializing thousands of guests is not loop work)."""
@@ -168,6 +173,8 @@ class Handlers(Protocol):
     async def set_desired(self, guest: str, running: bool) -> Outcome: ...
 
     async def set_maintenance(self, node: str, on: bool) -> Outcome: ...
+
+    async def confirm_fenced(self, node: str, by: str) -> Outcome: ...
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -309,6 +316,26 @@ def build_app(token: str, h: Handlers) -> web.Application:
             raise ApiError(400, 'body must be {"on": true} or {"on": false}', "body not {on}")
         return outcome_response(await h.set_maintenance(request.match_info["node"], body["on"]))
 
+    async def post_confirm_fenced(request: web.Request) -> web.Response:
+        by = ""
+        if request.can_read_body:
+            body = await read_json_body(request)
+            if (
+                not isinstance(body, dict)
+                or not set(body) <= {"by"}
+                or not isinstance(body.get("by", ""), str)
+                or len(body.get("by", "")) > MAX_BY_CHARS
+                or not body.get("by", "").isprintable()
+            ):
+                raise ApiError(
+                    400,
+                    f'body must be empty or {{"by": "who"}} (at most {MAX_BY_CHARS} printable '
+                    "characters)",
+                    "body not {by}",
+                )
+            by = body.get("by", "")
+        return outcome_response(await h.confirm_fenced(request.match_info["node"], by))
+
     app = web.Application(middlewares=[guard], client_max_size=MAX_REQUEST_BYTES)
     app[_BAD_INPUT_KEY] = bad_input
     app.router.add_get("/v1/status", get_status)
@@ -317,6 +344,7 @@ def build_app(token: str, h: Handlers) -> web.Application:
     app.router.add_get("/v1/whatif", get_whatif)
     app.router.add_post("/v1/guests/{guest}/{action}", post_guest)
     app.router.add_post("/v1/nodes/{node}/maintenance", post_maintenance)
+    app.router.add_post("/v1/nodes/{node}/confirm-fenced", post_confirm_fenced)
     return app
 
 

@@ -5,6 +5,7 @@
     haagent status [--config FILE | --url URL --token T] [--json]
     haagent guest enable|disable NAME [--config FILE | --url URL --token T]
     haagent node maintenance NAME on|off [--config FILE | --url URL --token T]
+    haagent node confirm-fenced NAME [--by WHO] [...]   you verified that NAME is powered off
     haagent simulate --config FILE --fail NODE[,NODE] [--offline] [--json]   what-if
     haagent simulate --swarm --seeds N [--start S] [--workers W] [--verbose]
     haagent simulate --scenario FILE [--seed N] [--trace]
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,10 +104,17 @@ def _parser() -> argparse.ArgumentParser:
     _agent_args(guest)
     guest.set_defaults(func=_cmd_guest)
 
-    node = sub.add_parser("node", help="put a node in maintenance (drain it) or take it out")
-    node.add_argument("action", choices=["maintenance"])
+    node = sub.add_parser(
+        "node",
+        help="put a node in maintenance (drain it) or take it out; or confirm that a failed "
+        "node is powered off (confirm-fenced: only once you verified it, see the README)",
+    )
+    node.add_argument("action", choices=["maintenance", "confirm-fenced"])
     node.add_argument("name", help="node name")
-    node.add_argument("state", choices=["on", "off"])
+    node.add_argument("state", nargs="?", choices=["on", "off"], help="maintenance: on|off")
+    node.add_argument(
+        "--by", help="confirm-fenced: who verified it, for the audit (default: USER@HOST)"
+    )
     _agent_args(node)
     node.set_defaults(func=_cmd_node)
 
@@ -203,10 +212,26 @@ def _cmd_guest(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    if args.action == "confirm-fenced":
+        if args.state is not None:
+            raise CliError("confirm-fenced takes a node name only", EXIT_USAGE)
+        by = args.by if args.by is not None else _who()
+        url, token = _agent(args)
+        path = f"/v1/nodes/{quote(args.name, safe='')}/confirm-fenced"
+        doc = asyncio.run(request_json(url, "POST", path, token, body={"by": by}))
+        return _report_outcome(doc, f"confirm-fenced {args.name}")
+    if args.state is None or args.by is not None:
+        raise CliError("maintenance takes a node name and on|off", EXIT_USAGE)
     url, token = _agent(args)
     path = f"/v1/nodes/{quote(args.name, safe='')}/maintenance"
     doc = asyncio.run(request_json(url, "POST", path, token, body={"on": args.state == "on"}))
     return _report_outcome(doc, f"maintenance {args.state} for {args.name}")
+
+
+def _who() -> str:
+    """USER@HOST of whoever runs the CLI, for the audit of a manual fence confirmation."""
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+    return f"{user}@{socket.gethostname()}"[:64]
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

@@ -45,7 +45,11 @@ class Command:
 class Join(Command):
     """A node's agent (re)joins. `clean` asserts no protected domain runs on it: required to
     rejoin after being declared failed, so a returning node can never resume a guest that may
-    have moved."""
+    have moved.
+
+    `watchdog_timeout_s` is the timeout of the watchdog this incarnation armed, as the device
+    reports it (None: no watchdog the cluster may rely on; also what joins written before the
+    field decode to). Whoever fences the node waits on this value, never on its own config."""
 
     type_name: ClassVar[str] = "join"
     node: str
@@ -53,6 +57,7 @@ class Join(Command):
     role: NodeRole
     clean: bool
     at: float
+    watchdog_timeout_s: float | None = None
     # The sender's applied Raft index when it sent this (None: unknown, as in entries written
     # before this field existed). Lets the leader tell a node that commits but does not apply.
     applied_index: int | None = None

@@ -90,6 +90,7 @@ class NodeConfig:
     fence_method: FenceMethod | None
     fence_levels: tuple[tuple[str, ...], ...]  # device names per level
     watchdog_timeout_s: float
+    watchdog_level: bool = False  # fence = [[...], "watchdog"]: a final watchdog level
 
     @property
     def host(self) -> str:
@@ -144,6 +145,7 @@ class Config:
                     memory_mib=n.memory_mib,
                     fence_method=n.fence_method,
                     watchdog_timeout_s=n.watchdog_timeout_s,
+                    watchdog_level=n.watchdog_level,
                 )
                 for n in self.nodes.values()
             },
@@ -626,6 +628,7 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
         memory = nt.integer("memory_mib", 0, minimum=0, maximum=MAX_MEMORY_MIB)
         method: FenceMethod | None = None
         levels: tuple[tuple[str, ...], ...] = ()
+        watchdog_level = False
         # The watchdog resets a host whose agent hangs, in either fencing mode; with
         # fence = "watchdog" it is also what the leader waits for before recovering.
         watchdog_timeout = nt.number(
@@ -645,7 +648,17 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
             elif isinstance(fence, list) and fence:
                 method = FenceMethod.AGENT
                 parsed: list[tuple[str, ...]] = []
+                if len(fence) > 1 and fence[-1] == "watchdog":
+                    # Power levels first, then the watchdog deadline once they have failed.
+                    watchdog_level = True
+                    fence = fence[:-1]
                 for i, level in enumerate(fence, 1):
+                    if level == "watchdog":
+                        raise nt.error(
+                            "fence",
+                            f'level {i}: "watchdog" can only be the last level, after at '
+                            'least one power level (or fence = "watchdog" alone)',
+                        )
                     if (
                         not isinstance(level, list)
                         or not level
@@ -668,7 +681,9 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
                     'or "watchdog" (a hypervisor must be fenceable)',
                 )
         nt.done()
-        nodes[name] = NodeConfig(name, address, role, memory, method, levels, watchdog_timeout)
+        nodes[name] = NodeConfig(
+            name, address, role, memory, method, levels, watchdog_timeout, watchdog_level
+        )
     if not nodes:
         raise ConfigError(t.file, t.prefix, "no nodes configured")
     if len(nodes) == 2:

@@ -145,6 +145,10 @@ class NodeRecord:
     admin_version: int = 0  # grows with every accepted admin decision about this node
     reason: str = ""
     changed_at: float = 0.0  # wall clock, display only
+    # The watchdog timeout its current incarnation armed, as the device reported it (set by
+    # `Join`); None: unknown (no usable watchdog, or an agent older than this field), and
+    # then its watchdog cannot stand in for a fence.
+    watchdog_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)

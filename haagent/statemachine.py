@@ -84,7 +84,12 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
             state,
             f"{c.node} is {rec.state}: stop every protected guest before rejoining",
         )
-    if rec.state is NodeState.UP and rec.incarnation == c.incarnation and rec.role is c.role:
+    if (
+        rec.state is NodeState.UP
+        and rec.incarnation == c.incarnation
+        and rec.role is c.role
+        and rec.watchdog_timeout_s == c.watchdog_timeout_s
+    ):
         applied_index = _newest_index(rec.applied_index, c.applied_index)
         if rec.applied_index != applied_index:
             # A repeated join is no heartbeat (the sequence stays), but what it says about the
@@ -110,6 +115,7 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
         fence=fence,
         reason=reason,
         changed_at=c.at,
+        watchdog_timeout_s=c.watchdog_timeout_s,
     )
     return state.with_node(new), OK
 

@@ -72,6 +72,7 @@ def build_status(
             "maintenance": rec.maintenance,
             "failure": to_json(rec.evidence) if rec.evidence else None,
             "fence": to_json(rec.fence),
+            "watchdog_timeout_s": rec.watchdog_timeout_s,
             "reason": rec.reason,
             "changed_at": rec.changed_at,
         }
@@ -165,6 +166,11 @@ def format_status(doc: dict[str, Any]) -> str:
         fence_s = "-"
         if fence["attempts"] or fence["last_result"]:
             fence_s = f"{fence['last_result'] or 'running'} ({fence['attempts']} tries)"
+        if fence["last_result"] == "ok" and fence.get("method"):
+            # The audit: how the power-off was established (agent, watchdog, manual by whom).
+            fence_s = f"ok by {fence['method']}" + (
+                f" ({fence['attempts']} tries)" if fence["attempts"] else ""
+            )
         rows.append(
             [
                 name,

@@ -10,7 +10,15 @@ falls through to recovery.
 A node fenced by its watchdog is considered off once its lease, its watchdog timeout and a
 margin have certainly passed since the leader last applied its heartbeat: it stopped renewing
 by `lease_s` after that heartbeat, stopped petting then, and its watchdog resets it within
-`watchdog_timeout_s`.
+`watchdog_timeout_s`. The timeout is the one the node *committed* with its `Join` (what its
+device reported after arming), not the leader's config.
+
+A node whose power levels end with a watchdog level (`fence = [["ipmi-hv1"], "watchdog"]`: the
+10th-floor case, where the BMC died with the host) is fenced by its power levels first; once at
+least one complete pass through them has failed in this failure epoch, the same watchdog
+deadline counts as a fence too (the power levels keep being retried meanwhile, and whichever
+verdict commits first wins). If the node never committed a watchdog timeout, its watchdog level
+is unusable: it waits for a power fence or for an admin's `confirm-fenced`.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from haagent.core.failure_detection import FailureDetector
 from haagent.core.inflight import Outbox
 from haagent.core.keys import ProposalKey, ProposalKind
 from haagent.core.settings import AgentSettings
-from haagent.model import FenceMethod
+from haagent.model import FenceMethod, NodeRecord
 from haagent.ports import ConsensusView, FenceOutcome
 
 
@@ -46,15 +54,21 @@ class Fencing:
             return
         result_key = ProposalKey(ProposalKind.FENCE_RESULT, node)
         if method is FenceMethod.WATCHDOG:
-            since = self._detector.silence_start(node, record.heartbeat_seq, view, out.now)
-            deadline = since + s.lease_s + s.nodes[node].watchdog_timeout_s + s.watchdog_margin_s
-            if out.now >= deadline:
-                detail = f"watchdog deadline passed ({out.now - since:.2f}s since last heartbeat)"
-                verdict = FenceResult(
-                    node, record.failure_epoch, True, FenceMethod.WATCHDOG, detail, out.wall()
-                )
-                if out.propose(Proposal(result_key, verdict, s.commit_timeout_s)):
-                    out.note("fence_watchdog", node=node)
+            # Watchdog only. A node that joined before `Join` carried its timeout (a mixed-
+            # version cluster) falls back to the configured one, as before.
+            timeout_s = record.watchdog_timeout_s
+            if timeout_s is None:
+                timeout_s = s.nodes[node].watchdog_timeout_s
+            self._watchdog_verdict(out, node, record, view, timeout_s)
+            return
+        if (
+            s.nodes[node].watchdog_level
+            and record.watchdog_timeout_s is not None
+            and record.fence.attempts >= 1
+            and record.fence.last_result == "failed"
+            and result_key not in out.in_flight.proposals
+            and self._watchdog_verdict(out, node, record, view, record.watchdog_timeout_s)
+        ):
             return
         run = RunFence(node, record.failure_epoch)
         if run.key in out.in_flight.actions or result_key in out.in_flight.proposals:
@@ -71,6 +85,28 @@ class Fencing:
         out.propose(
             Proposal(ProposalKey(ProposalKind.FENCE_STARTED, node), started, s.commit_timeout_s)
         )
+
+    def _watchdog_verdict(
+        self, out: Outbox, node: str, record: NodeRecord, view: ConsensusView, timeout_s: float
+    ) -> bool:
+        """Propose a watchdog `FenceResult` once lease + `timeout_s` + margin has passed since
+        this leader last applied `node`'s heartbeat (its own clock). True if it proposed."""
+        s = self._settings
+        since = self._detector.silence_start(node, record.heartbeat_seq, view, out.now)
+        if out.now < since + s.lease_s + timeout_s + s.watchdog_margin_s:
+            return False
+        detail = (
+            f"watchdog deadline passed ({out.now - since:.2f}s since last heartbeat; "
+            f"lease {s.lease_s:g}s + watchdog {timeout_s:g}s + margin {s.watchdog_margin_s:g}s)"
+        )
+        verdict = FenceResult(
+            node, record.failure_epoch, True, FenceMethod.WATCHDOG, detail, out.wall()
+        )
+        key = ProposalKey(ProposalKind.FENCE_RESULT, node)
+        if out.propose(Proposal(key, verdict, s.commit_timeout_s)):
+            out.note("fence_watchdog", node=node)
+            return True
+        return False
 
     def done(
         self, run: RunFence, result: ActionResult, now: float, wall: float

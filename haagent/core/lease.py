@@ -45,6 +45,9 @@ class Lease:
         self._heartbeat_counter = 0
         self.leaving = False  # a clean shutdown was asked for
         self.left = False  # ... and `Leave` committed (or there was nothing to leave)
+        # The armed watchdog's timeout as its device reports it, committed with `Join` so that
+        # whoever fences this node waits on it; None: no watchdog the cluster may rely on.
+        self.watchdog_timeout_s: float | None = None
 
     def valid(self, now: float) -> bool:
         return now < self.until
@@ -88,6 +91,7 @@ class Lease:
                 role=s.role,
                 clean=clean,
                 at=out.wall(),
+                watchdog_timeout_s=self.watchdog_timeout_s,
                 applied_index=applied_index,
             )
             out.propose(_proposal(ProposalKind.JOIN, self._incarnation, join, s.lease_s))

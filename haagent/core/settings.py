@@ -18,6 +18,14 @@ class NodeSettings:
     memory_mib: int = 0
     fence_method: FenceMethod | None = None  # None: nothing to fence (a witness)
     watchdog_timeout_s: float = 0.0
+    # fence = [[...], "watchdog"]: after a failed pass through the power levels, the watchdog
+    # deadline (lease + the timeout the node committed + margin) counts as a fence.
+    watchdog_level: bool = False
+
+    @property
+    def relies_on_watchdog(self) -> bool:
+        """Others may recover this node's guests on its watchdog's word alone."""
+        return self.fence_method is FenceMethod.WATCHDOG or self.watchdog_level
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from typing import Any
 
 from haagent.agent import AgentSettings
 from haagent.api import ApiError
-from haagent.commands import SetDesired, SetMaintenance
+from haagent.commands import ConfirmFenced, SetDesired, SetMaintenance
 from haagent.config import Config
 from haagent.consensus import RaftConsensus
 from haagent.daemon.telemetry import Telemetry, Tolerance, state_size
-from haagent.model import ClusterState, DesiredState
-from haagent.ports import Outcome
+from haagent.model import ClusterState, DesiredState, NodeState
+from haagent.ports import Outcome, OutcomeKind
 from haagent.whatif import tolerated_failures, what_if
 
 log = logging.getLogger("haagent")
@@ -212,4 +212,28 @@ class AdminService:
             node, on, f"api@{self._config.node}", time.time(), expect_version=version
         )
         log.info("admin: maintenance %s %s", "on" if on else "off", node)
+        return await consensus.propose(command, self._s.commit_timeout_s)
+
+    async def confirm_fenced(self, node: str, by: str) -> Outcome:
+        """An admin verified that the failed `node` is off: propose `ConfirmFenced` for the
+        failure epoch this agent's view shows, so a confirmation of an older failure (the node
+        came back and failed again since) is refused by `apply`, not applied to the new one."""
+        consensus = self._serving()
+        if node not in self._config.nodes:
+            raise ApiError(404, f"unknown node {node!r}")
+        record = consensus.view().state.node(node)
+        if record.state is not NodeState.FAILED:
+            return Outcome(
+                OutcomeKind.REFUSED,
+                f"{node} is {record.state.value}, not failed: only a node the cluster declared "
+                "failed can be confirmed fenced",
+            )
+        who = f"{by} via api@{self._config.node}" if by else f"api@{self._config.node}"
+        command = ConfirmFenced(node, record.failure_epoch, who, time.time())
+        log.warning(
+            "admin: %s confirms that %s (failure %d) is powered off",
+            who,
+            node,
+            record.failure_epoch,
+        )
         return await consensus.propose(command, self._s.commit_timeout_s)

@@ -47,8 +47,8 @@ from haagent.daemon.surface import Surface
 from haagent.daemon.telemetry import Snapshot, Telemetry
 from haagent.fencing.levels import AgentFencer
 from haagent.fencing.sdnotify import SystemdNotifier
-from haagent.fencing.watchdog import DeviceWatchdog, WatchdogError, open_watchdog
-from haagent.model import FenceMethod, NodeRole
+from haagent.fencing.watchdog import DeviceWatchdog, FileWatchdog, WatchdogError, open_watchdog
+from haagent.model import NodeRole
 from haagent.ports import (
     Fencer,
     Hypervisor,
@@ -184,19 +184,27 @@ class Daemon:
             )
         except WatchdogError as exc:
             raise StartupError(f"watchdog: {exc}") from None
-        if (
-            cfg.me.fence_method is FenceMethod.WATCHDOG
-            and not isinstance(watchdog, DeviceWatchdog)
-            and not cfg.watchdog_standin_ok
-        ):
+        relies = self.settings.nodes[cfg.node].relies_on_watchdog
+        armed_s = watchdog_commitment(watchdog, cfg.watchdog_standin_ok)
+        if relies and armed_s is None:
             # The others will recover this node's guests once its watchdog "must" have reset
             # it; without a real device nothing would, so refuse rather than pretend.
+            watchdog.close()
             raise StartupError(
-                f'{cfg.node} is fenced by "watchdog" but {cfg.watchdog_device or "no device"} '
+                f"{cfg.node} is fenced by a watchdog but {cfg.watchdog_device or 'no device'} "
                 "is not usable; set [local] watchdog_device, or watchdog_standin_ok = true "
                 "in a lab"
             )
+        if relies and armed_s is not None and armed_s != expected_watchdog_s(watchdog, cfg):
+            watchdog.close()
+            raise StartupError(
+                f"{cfg.node} is fenced by a watchdog but {watchdog.description} cannot do "
+                f"the configured watchdog_timeout_s = {cfg.me.watchdog_timeout_s:g}; "
+                "configure a timeout the device supports"
+            )
         self.watchdog = watchdog
+        # Committed with the Join: whoever fences this node waits on this value.
+        self.core.set_watchdog_timeout(armed_s)
 
     def request_stop(self) -> None:
         """SIGTERM: leave the cluster cleanly (hand guests over), then exit."""
@@ -362,6 +370,25 @@ class Daemon:
             log.info("%s", ev)
         self.observer.request()
         self.wake(now)
+
+
+def watchdog_commitment(watchdog: Watchdog, standin_ok: bool) -> float | None:
+    """The watchdog timeout this node commits for others to wait on: what a real device
+    reports after arming, the stand-in's value only where it was opted into (a lab), else None
+    (nobody may count on a reset)."""
+    if isinstance(watchdog, DeviceWatchdog):
+        return watchdog.timeout_s
+    if standin_ok and isinstance(watchdog, FileWatchdog):
+        return watchdog.timeout_s
+    return None
+
+
+def expected_watchdog_s(watchdog: Watchdog, cfg: Config) -> float:
+    """What a device that honours the config reports: the request rounded up to whole
+    seconds for a device (drivers take integers), the configured value for the stand-in."""
+    if isinstance(watchdog, DeviceWatchdog):
+        return float(max(1, math.ceil(cfg.me.watchdog_timeout_s)))
+    return cfg.me.watchdog_timeout_s
 
 
 def _why(exc: OSError) -> str:

@@ -49,6 +49,9 @@ class Surface:
     async def set_maintenance(self, node: str, on: bool) -> Outcome:
         return await self._d.admin.set_maintenance(node, on)
 
+    async def confirm_fenced(self, node: str, by: str) -> Outcome:
+        return await self._d.admin.confirm_fenced(node, by)
+
     async def status(self) -> str:
         d = self._d
         if d.consensus is None:

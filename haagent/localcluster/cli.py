@@ -42,6 +42,13 @@ def add_local_parser(sub: Any) -> None:
             )
         if name == "demo":
             p.add_argument("--guest", default="web1", help="guest whose owner to kill")
+            p.add_argument(
+                "--tenth-floor",
+                action="store_true",
+                help="the owner dies together with its BMC, so every power fence fails; its "
+                f"fencing ends with a watchdog level ({TENTH_FLOOR_WATCHDOG_S:g} s stand-in "
+                "watchdog) that recovers the guest",
+            )
             p.add_argument("--keep", action="store_true", help="leave the cluster running")
         p.set_defaults(func=func)
 
@@ -75,7 +82,32 @@ def check_example(example: Path) -> None:
                 )
 
 
-def _up(run_dir: Path, example: Path) -> LocalCluster:
+TENTH_FLOOR_WATCHDOG_S = 3.0
+TENTH_FLOOR_POWER_TIMEOUT_S = 2  # fence_ipmilan gives up on a dead BMC after this, not 20 s
+
+
+def tenth_floor_config(text: str) -> str:
+    """An example node config with a final watchdog level on every node (the stand-in watchdog,
+    opted into: this machine has no /dev/watchdog) and fence_ipmilan giving up quickly."""
+    lines = []
+    for original in text.splitlines():
+        line = original.rstrip()
+        stripped = line.strip()
+        if stripped.startswith("fence = [[") and stripped.endswith("]]"):
+            lines += [
+                line[:-1] + ', "watchdog"]',
+                f"watchdog_timeout_s = {TENTH_FLOOR_WATCHDOG_S!r}",
+            ]
+            continue
+        if stripped.startswith("params = {") and "ipport" in stripped and stripped.endswith("}"):
+            line = f"{line[:-1].rstrip()}, power_timeout = {TENTH_FLOOR_POWER_TIMEOUT_S} }}"
+        lines.append(line)
+        if stripped == "[local]":
+            lines.append("watchdog_standin_ok = true  # no /dev/watchdog here: a demo only")
+    return "\n".join(lines) + "\n"
+
+
+def _up(run_dir: Path, example: Path, tenth_floor: bool = False) -> LocalCluster:
     check_example(example)
     cluster = LocalCluster(run_dir)
     if run_dir.exists():
@@ -83,6 +115,11 @@ def _up(run_dir: Path, example: Path) -> LocalCluster:
             raise ClusterError(f"a cluster already runs in {run_dir}; `haagent local down` first")
         shutil.rmtree(run_dir)
     cluster.adopt(example)
+    if tenth_floor:
+        for node in cluster.nodes():
+            path = cluster.config_path(node)
+            path.write_text(tenth_floor_config(path.read_text()))
+            load_config(path)  # still valid
     t0 = time.monotonic()
     try:
         cluster.start(timeout_s=60)
@@ -134,18 +171,27 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     try:
-        cluster = _up(args.dir, args.example)
+        cluster = _up(args.dir, args.example, tenth_floor=args.tenth_floor)
     except ClusterError as exc:
         return _fail(str(exc))
     try:
         print()
         print(format_status(cluster.any_status()))
-        result = run_failover(cluster, args.guest, verbose=True)
+        result = run_failover(cluster, args.guest, verbose=True, with_bmc=args.tenth_floor)
         print()
         print(format_status(cluster.any_status(exclude=(result["victim"],))))
         print()
-        print(f"powering {result['victim']} back on through its BMC (ipmitool chassis power on)")
-        power_on(cluster, result["victim"])
+        if args.tenth_floor:
+            # Its BMC is gone: the admin replaces the host (here: restarts BMC and agent).
+            print(f"{result['victim']} is replaced: its BMC and agent start again")
+            cluster.bmcs.pop(result["victim"]).stop()
+            cluster.start_bmcs(only=result["victim"])
+            cluster.start_agent(result["victim"])
+        else:
+            print(
+                f"powering {result['victim']} back on through its BMC (ipmitool chassis power on)"
+            )
+            power_on(cluster, result["victim"])
         wait_for(f"{result['victim']} to rejoin", lambda: cluster.rejoined(result["victim"]), 30)
         print(f"{result['victim']} rejoined; the guest stays where it is (no second copy):")
         print(format_status(cluster.any_status()))
@@ -161,7 +207,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def power_on(cluster: LocalCluster, node: str) -> None:
     """Power a node on through its simulated BMC, as an admin would with ipmitool."""
     cfg = cluster._config(node)
-    devices = [cfg["fence_devices"][d] for level in cfg["nodes"][node]["fence"] for d in level]
+    levels = [level for level in cfg["nodes"][node]["fence"] if isinstance(level, list)]
+    devices = [cfg["fence_devices"][d] for level in levels for d in level]
     ipmi = [d for d in devices if d["agent"] == "fence_ipmilan"]
     if not ipmi:
         raise ClusterError(f"{node} has no fence_ipmilan device to power it on with")
@@ -192,9 +239,14 @@ def power_on(cluster: LocalCluster, node: str) -> None:
 
 
 def run_failover(
-    cluster: LocalCluster, guest: str, verbose: bool = False, timeout_s: float = 60.0
+    cluster: LocalCluster,
+    guest: str,
+    verbose: bool = False,
+    timeout_s: float = 60.0,
+    with_bmc: bool = False,
 ) -> dict[str, Any]:
-    """SIGKILL the agent owning `guest` and time the recovery as the survivors report it.
+    """SIGKILL the agent owning `guest` (and its BMC too, `with_bmc`: the 10th-floor case) and
+    time the recovery as the survivors report it.
 
     Returns the timeline in seconds after the kill: failure declared, fence confirmed, guest
     running on a survivor, plus the victim and the new owner. Polls every 50 ms.
@@ -209,14 +261,22 @@ def run_failover(
         print(
             f"\n{guest} runs on {victim} (generation {generation}); "
             f"SIGKILL of {victim}'s agent = power loss of its hypervisor"
+            + (
+                f", and of its BMC (ipmi_sim): every power fence of {victim} fails"
+                if with_bmc
+                else ""
+            )
         )
     t0 = time.monotonic()
     cluster.signal_agent(victim, signal.SIGKILL)
+    if with_bmc:
+        cluster.kill_bmc(victim)
+    method = ""
     timeline: dict[str, float] = {}
     owner = None
 
     def poll() -> bool | None:
-        nonlocal owner
+        nonlocal owner, method
         now = time.monotonic() - t0
         for node in survivors:
             try:
@@ -228,8 +288,11 @@ def run_failover(
             v = d["nodes"].get(victim, {})
             if v.get("state") in ("failed", "fenced"):
                 timeline.setdefault("declared_failed", now)
+            if (v.get("fence") or {}).get("last_result") == "failed":
+                timeline.setdefault("power_fence_failed", now)
             if v.get("state") == "fenced":
                 timeline.setdefault("fenced", now)
+                method = method or str((v.get("fence") or {}).get("method") or "")
             g = d["guests"][guest]
             if g["owner"] != victim and g["generation"] > generation:
                 timeline.setdefault("reassigned", now)
@@ -243,14 +306,20 @@ def run_failover(
         return None
 
     wait_for(f"{guest} to run on a survivor", poll, timeout_s, interval_s=0.05)
-    result: dict[str, Any] = {"victim": victim, "new_owner": owner, **timeline}
+    result: dict[str, Any] = {
+        "victim": victim,
+        "new_owner": owner,
+        "fence_method": method,
+        **timeline,
+    }
     if verbose:
         print("timeline (seconds after the kill, as the survivors reported it):")
-        for key in ("declared_failed", "fenced", "reassigned", "running"):
+        for key in ("declared_failed", "power_fence_failed", "fenced", "reassigned", "running"):
             if key in timeline:
                 print(f"  +{timeline[key]:6.2f}s  {key.replace('_', ' ')}")
+        how = f" (by {method})" if method else ""
         print(
             f"recovered {guest} on {owner} in {timeline['running']:.2f}s, "
-            f"fenced first, one copy only"
+            f"fenced first{how}, one copy only"
         )
     return result

@@ -55,7 +55,9 @@ class NodePlan:
     name: str
     raft_port: int
     api_listen: str  # "127.0.0.1:PORT" or "unix:/path"
-    fence: str = "ipmi"  # "ipmi" (fence_ipmilan + ipmi_sim), "dummy" (fence_dummy) or "watchdog"
+    # "ipmi" (fence_ipmilan + ipmi_sim), "dummy" (fence_dummy), "watchdog", or
+    # "ipmi+watchdog" (fence_ipmilan, then a watchdog level: the stand-in, opted into)
+    fence: str = "ipmi"
     bmc_port: int = 0
     role: str = "hypervisor"
     memory_mib: int = 1024
@@ -81,6 +83,10 @@ class ClusterPlan:
     token: str = "local-demo-token"
     timing: dict[str, float] = field(default_factory=dict)
     extra_local: dict[str, str] = field(default_factory=dict)
+    watchdog_timeout_s: float = 2.0  # nodes fenced by "watchdog" or "ipmi+watchdog"
+    # fence_ipmilan's power_timeout (s): how long one ipmitool call may take; 0: its default
+    # (20 s, which is also how long it takes to give up on a BMC that is gone)
+    ipmi_power_timeout_s: int = 0
 
 
 def _toml_value(value: Any) -> str:
@@ -112,7 +118,7 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
         f"api_listen = {_toml_value(me.api_listen)}",
         f"api_token = {_toml_value(plan.token)}",
     ]
-    if me.fence == "watchdog":
+    if me.fence in ("watchdog", "ipmi+watchdog"):
         lines.append("watchdog_standin_ok = true  # no /dev/watchdog here: a lab only")
     lines += [f"{k} = {_toml_value(v)}" for k, v in plan.extra_local.items()]
     if plan.timing:
@@ -124,18 +130,28 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
             continue
         lines.append(f"memory_mib = {n.memory_mib}")
         if n.fence == "watchdog":
-            lines += ['fence = "watchdog"', "watchdog_timeout_s = 2.0"]
+            lines += ['fence = "watchdog"', f"watchdog_timeout_s = {plan.watchdog_timeout_s!r}"]
+        elif n.fence == "ipmi+watchdog":
+            lines += [
+                f'fence = [["fence-{n.name}"], "watchdog"]',
+                f"watchdog_timeout_s = {plan.watchdog_timeout_s!r}",
+            ]
         else:
             lines.append(f'fence = [["fence-{n.name}"]]')
     for n in plan.nodes:
         if n.role == "witness" or n.fence == "watchdog":
             continue
         lines += ["", f"[fence_devices.fence-{n.name}]"]
-        if n.fence == "ipmi":
+        if n.fence in ("ipmi", "ipmi+watchdog"):
+            extra = (
+                f", power_timeout = {plan.ipmi_power_timeout_s}"
+                if plan.ipmi_power_timeout_s
+                else ""
+            )
             lines += [
                 'agent = "fence_ipmilan"',
                 f'params = {{ ip = "127.0.0.1", ipport = {n.bmc_port}, username = "admin", '
-                'password = "secret", lanplus = true, cipher = 3 }',
+                f'password = "secret", lanplus = true, cipher = 3{extra} }}',
             ]
         else:
             status = run_dir / "bmc" / f"{n.name}.dummy-status"
@@ -187,7 +203,7 @@ def local_plan(
                 free_port(),
                 listen,
                 fence=fence,
-                bmc_port=free_port() if fence == "ipmi" else 0,
+                bmc_port=free_port() if fence.startswith("ipmi") else 0,
                 role=role,
             )
         )
@@ -354,8 +370,8 @@ class LocalCluster:
     def token(self, node: str) -> str:
         return str(self._config(node)["local"]["api_token"])
 
-    def start_bmcs(self) -> None:
-        """One ipmi_sim per node that is fenced with fence_ipmilan."""
+    def start_bmcs(self, only: str | None = None) -> None:
+        """One ipmi_sim per node that is fenced with fence_ipmilan (or only `only`'s)."""
         first = self.nodes()[0]
         cfg = self._config(first)
         for name, dev in sorted(cfg.get("fence_devices", {}).items()):
@@ -364,8 +380,10 @@ class LocalCluster:
             node = next(
                 (n for n, nc in cfg["nodes"].items() if [name] in nc.get("fence", [])), None
             )
-            if node is None:
+            if node is None or (only is not None and node != only):
                 continue
+            if node in self.bmcs:
+                raise ClusterError(f"{node}'s BMC was started already")
             p = dev["params"]
             bmc = SimulatedBmc(
                 self.run_dir / "bmc" / node,
@@ -379,6 +397,16 @@ class LocalCluster:
             assert bmc.pid is not None
             (self.run_dir / "pids" / f"bmc-{node}.pid").write_text(str(bmc.pid))
             self.bmcs[node] = bmc
+
+    def kill_bmc(self, node: str) -> int:
+        """SIGKILL `node`'s ipmi_sim (its whole process group): the BMC is gone, as when the
+        host falls out of a window with it. `stop()` still reaps it."""
+        bmc = self.bmcs.get(node)
+        pid = bmc.pid if bmc is not None else None
+        if pid is None:
+            raise ClusterError(f"{node} has no running BMC")
+        os.killpg(pid, signal.SIGKILL)
+        return pid
 
     def start_agent(self, node: str) -> int:
         self.log_file(node).parent.mkdir(exist_ok=True)

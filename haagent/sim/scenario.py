@@ -7,7 +7,8 @@ first comment block is the scenario's description. Everything else is one statem
     nodes n1 n2 n3                      hypervisors (4096 MiB each unless `memory`)
     witness w1                          a voter that runs no guests
     memory n1=2048 n2=2048              per-node guest memory
-    fence watchdog n2                   fencing method of some nodes (default: agent)
+    fence watchdog n2                   fencing method of some nodes (default: agent);
+                                        `agent+watchdog`: power levels, then a watchdog level
     watchdog_timeout 5                  seconds, all nodes
     guest g1 memory=256 priority=10 prefer=n1,n2 allow=n1,n2 group=db
     set lease_s=1.0 failure_timeout_s=1.4    agent settings (AgentSettings fields)
@@ -26,7 +27,7 @@ partition `*` stands for every node not named in another group):
     stall N (N's replica stops applying; what it proposes still commits; heal or restart ends it)
     crash G | fail_starts N G COUNT | fence_script N ATTEMPT[,ATTEMPT...] | clock_jump N SECONDS
     hang N | resume N | restart N (the agent, kill -9) | shutdown N (clean leave, agent exits)
-    disable G | enable G | maintenance N on|off
+    disable G | enable G | maintenance N on|off | confirm_fenced N (admin: N is verified off)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
     pysyncobj re-sends a queued command; TYPE as in the trace, e.g. guest_running)
 
@@ -114,6 +115,7 @@ class Scenario:
     witnesses: list[str] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
     fence: dict[str, FenceMethod] = field(default_factory=dict)
+    watchdog_level: set[str] = field(default_factory=set)  # agent levels, then a watchdog level
     watchdog_timeout_s: float = 5.0
     guests: list[GuestSpec] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -132,6 +134,7 @@ class Scenario:
                 self.memory.get(n, DEFAULT_MEMORY_MIB),
                 self.fence.get(n, FenceMethod.AGENT),
                 self.watchdog_timeout_s,
+                watchdog_level=n in self.watchdog_level,
             )
         for w in self.witnesses:
             out[w] = NodeSettings(NodeRole.WITNESS)
@@ -157,9 +160,13 @@ class Scenario:
         if self.memory:
             out.append("memory " + " ".join(f"{n}={m}" for n, m in self.memory.items()))
         for method in FenceMethod:
-            named = [n for n, m in self.fence.items() if m is method]
+            named = [
+                n for n, m in self.fence.items() if m is method and n not in self.watchdog_level
+            ]
             if named:
                 out.append(f"fence {method.value} " + " ".join(named))
+        if self.watchdog_level:
+            out.append("fence agent+watchdog " + " ".join(sorted(self.watchdog_level)))
         out.append(f"watchdog_timeout {_num(self.watchdog_timeout_s)}")
         out += [_guest_line(g) for g in self.guests]
         if self.settings:
@@ -243,6 +250,7 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "enable": (1, 1),
     "maintenance": (2, 2),
     "resend": (2, 2),
+    "confirm_fenced": (1, 1),
 }
 
 NODE_ARGS: dict[str, tuple[int, ...]] = {
@@ -262,6 +270,7 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "shutdown": (0,),
     "maintenance": (0,),
     "resend": (0,),
+    "confirm_fenced": (0,),
 }
 GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "crash": (0,),
@@ -393,9 +402,14 @@ def _statement(sc: Scenario, verb: str, args: list[str], where: str, number: int
             node, _, mib = a.partition("=")
             sc.memory[node] = int(mib)
     elif verb == "fence":
-        method = FenceMethod(args[0])
+        level = args[0] == "agent+watchdog"
+        method = FenceMethod.AGENT if level else FenceMethod(args[0])
         for node in args[1:]:
             sc.fence[node] = method
+            if level:
+                sc.watchdog_level.add(node)
+            else:
+                sc.watchdog_level.discard(node)
     elif verb == "watchdog_timeout":
         sc.watchdog_timeout_s = _number(args[0], where)
     elif verb == "guest":
@@ -557,6 +571,7 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "enable": lambda: world.enable(a[0]),
         "maintenance": lambda: world.maintenance(a[0], a[1] == "on"),
         "resend": lambda: world.resend(a[0], a[1]),
+        "confirm_fenced": lambda: world.confirm_fenced(a[0]),
     }
     actions[fault]()
 

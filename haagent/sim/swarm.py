@@ -182,6 +182,13 @@ def draw(seed: int) -> tuple[Scenario, bool]:
     for n in sc.nodes:
         if rng.random() < 0.2:
             sc.fence[n] = FenceMethod.WATCHDOG
+    # Power levels that end with a watchdog level (the 10th-floor case). Drawn from a random
+    # of its own, so every other draw of a seed stays what it was before this existed.
+    level_rng = random.Random(f"haagent-swarm-level-{seed}")
+    for n in sc.nodes:
+        if n not in sc.fence and level_rng.random() < 0.25:
+            sc.fence[n] = FenceMethod.AGENT
+            sc.watchdog_level.add(n)
     sc.watchdog_timeout_s = rng.choice([2.0, 5.0, 5.0, 10.0])
     tight = rng.random() < 0.25
     sc.guests = _guests(rng, sc.nodes, memory, tight)
@@ -201,7 +208,7 @@ def draw(seed: int) -> tuple[Scenario, bool]:
         options["keep_guests_on_agent_restart"] = False
     if rng.random() < 0.3:
         options["stale_leader_s"] = rng.choice([2.0, 10.0])
-    if not sc.fence and rng.random() < 0.2:
+    if FenceMethod.WATCHDOG not in sc.fence.values() and rng.random() < 0.2:
         options["hardware_watchdog"] = False
     if rng.random() < 0.2:
         # Slow followers: a node may apply a committed entry up to 0.3 s late (stale reads).

@@ -66,6 +66,7 @@ from haagent.agent import (
 )
 from haagent.commands import (
     Command,
+    ConfirmFenced,
     DefineGuest,
     Heartbeat,
     Join,
@@ -342,6 +343,9 @@ class World:
         incarnation = f"{node.name}-{node.generation_of_agent}"
         core = AgentCore(self.agent_settings(node.name), incarnation, node.local(self.now))
         core.set_wall_offset(node.wall_offset)
+        if self.options.hardware_watchdog and node.role is NodeRole.HYPERVISOR:
+            # Its device armed the configured timeout and reports it; the join commits it.
+            core.set_watchdog_timeout(self.node_settings[node.name].watchdog_timeout_s)
         node.agent = core
         node.hung = False
         self.stalled.discard(node.name)  # a new process has a new replica
@@ -985,6 +989,12 @@ class World:
     def maintenance(self, node: str, on: bool) -> None:
         """Admin: put `node` in maintenance (drain it) or take it out."""
         self.admin(SetMaintenance(node, on, by="admin", at=0.0), node=node, on=on)
+
+    def confirm_fenced(self, node: str) -> None:
+        """Admin: "I have verified that `node` is off" (`haagent node confirm-fenced`), for the
+        failure epoch the committed state shows now, as the CLI reads it from an agent."""
+        epoch = self.committed_state.node(node).failure_epoch
+        self.admin(ConfirmFenced(node, epoch, by="admin", at=0.0), node=node, epoch=epoch)
 
     # -- queries ------------------------------------------------------------------------------
 

@@ -203,5 +203,16 @@ def test_admin_actions_and_whatif_through_the_api(cluster: LocalCluster) -> None
     code, doc = post(cluster, via, f"/v1/nodes/{owner}/maintenance", {"on": "yes"})
     assert code == 400 and "body must be" in str(doc["error"])
     assert post(cluster, via, "/v1/guests/g1/disable", token="wrong-token-123")[0] == 401
+    # confirm-fenced: only a node declared failed; the reason comes back with the 409.
+    code, doc = post(cluster, via, f"/v1/nodes/{owner}/confirm-fenced", {"by": "ops"})
+    assert code == 409 and "not failed" in str(doc["detail"]), doc
+    assert post(cluster, via, f"/v1/nodes/{owner}/confirm-fenced")[0] == 409  # body optional
+    assert post(cluster, via, "/v1/nodes/n9/confirm-fenced")[0] == 404
+    for bad in ({"by": 1}, {"who": "ops"}, ["ops"], {"by": "x" * 65}, {"by": "a\nb"}):
+        code, doc = post(cluster, via, f"/v1/nodes/{owner}/confirm-fenced", bad)
+        assert code == 400 and "body must be" in str(doc["error"]), (bad, doc)
+    code, _ = post(cluster, via, f"/v1/nodes/{owner}/confirm-fenced", token="wrong-token-123")
+    assert code == 401
+    assert cluster.any_status()["nodes"][owner]["state"] == "up"
     status, _, body = get(cluster, via, "/v1/whatif?fail=n9", token=cluster.token(via))
     assert status == 400 and "unknown node" in body

@@ -120,3 +120,18 @@ def test_local_up_status_down(run_dir: Path) -> None:
     assert processes_of(run_dir) == []
     after = haagent("local", "status", "--dir", str(run_dir))
     assert after.returncode == 1 and "no agent" in after.stderr, after.stderr
+
+
+def test_tenth_floor_demo_recovers_by_watchdog_and_leaves_nothing_behind(run_dir: Path) -> None:
+    """`haagent local demo --tenth-floor`: the owner of web1 dies with its BMC; the survivors
+    fence it by its watchdog level and run web1; the replaced node rejoins; `down` leaves no
+    process (the fixture checks it), the BMCs restarted for the rejoin included."""
+    demo = haagent("local", "demo", "--tenth-floor", "--dir", str(run_dir), timeout_s=150.0)
+    out = demo.stdout
+    assert demo.returncode == 0, out + demo.stderr
+    assert "power fence failed" in out, out
+    assert "fenced first (by watchdog), one copy only" in out, out
+    # "(was fenced)", or "(was failed)" when the leader declares the rejoined node failed
+    # again while its replica catches up (main's liveness-by-progress; reported upstream).
+    assert "n1 rejoined" in out and "rejoined (was f" in out, out
+    assert processes_of(run_dir) == []

@@ -85,6 +85,19 @@ def test_a_full_config_parses(tmp_path: Path) -> None:
     assert cfg.guests["web"].spec.domain == "web"
 
 
+def test_a_final_watchdog_level_follows_the_power_levels(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, VALID.replace('["pdu-a", "pdu-b"]]', '["pdu-a", "pdu-b"], "watchdog"]'))
+    )
+    n1 = cfg.nodes["n1"]
+    assert n1.fence_method is FenceMethod.AGENT and n1.watchdog_level
+    assert n1.fence_levels == (("ipmi-n1",), ("pdu-a", "pdu-b"))
+    assert cfg.agent_settings().nodes["n1"].relies_on_watchdog
+    assert not cfg.nodes["n2"].watchdog_level  # fence = "watchdog": watchdog only
+    assert cfg.agent_settings().nodes["n2"].relies_on_watchdog
+    assert not load_config(write(tmp_path, VALID)).agent_settings().nodes["n1"].relies_on_watchdog
+
+
 def test_timing_profiles_give_defaults_and_explicit_keys_win(tmp_path: Path) -> None:
     robust = load_config(write(tmp_path, VALID)).timing
     assert robust == TIMING_PROFILES["robust"] == TIMING_PROFILES[DEFAULT_TIMING_PROFILE]
@@ -211,6 +224,11 @@ def mutate(old: str, new: str) -> str:
             mutate("priority = 5", 'priority = 5\nxml = "nope.xml"'),
             "guests.web.xml",
             "No such file or directory",
+        ),
+        (
+            mutate('fence = [["ipmi-n1"], ["pdu-a"', 'fence = ["watchdog", ["ipmi-n1"], ["pdu-a"'),
+            "nodes.n1.fence",
+            "can only be the last level",
         ),
         (
             mutate('[nodes.w]\naddress = "10.0.0.3:7400"\nrole = "witness"\n', ""),
