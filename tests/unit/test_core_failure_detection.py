@@ -240,7 +240,9 @@ def test_a_heartbeat_committed_late_or_twice_never_makes_a_replica_look_further_
     again = Join("n2", "n2-inc", NodeRole.HYPERVISOR, True, 1.0, applied_index=90)
     assert apply(state, again)[0].node("n2").applied_index == 500
     # A new incarnation starts afresh (its replica may be behind the old process's).
-    rejoined = build(Join("n2", "n2-new", NodeRole.HYPERVISOR, True, 2.0, 80), state=state)
+    rejoined = build(
+        Join("n2", "n2-new", NodeRole.HYPERVISOR, True, 2.0, applied_index=80), state=state
+    )
     assert rejoined.node("n2").applied_index == 80
 
 
