@@ -216,7 +216,8 @@ class GuestReconciler:
             return
         unknown_since = self.instances.unknown_start_since(domain, guest.generation)
         if unknown_since is not None:
-            self._resolve_unknown_start(out, guest, unknown_since)
+            hurry = guest.desired is DesiredState.STOPPED or bool(drain)
+            self._resolve_unknown_start(out, guest, unknown_since, hurry=hurry)
             return
         if guest.desired is DesiredState.STOPPED or drain:
             if guest.state in (GuestState.RUNNING, GuestState.STARTING):
@@ -296,18 +297,28 @@ class GuestReconciler:
         out.act(start)
         out.note("start", guest=guest.name, generation=guest.generation)
 
-    def _resolve_unknown_start(self, out: Outbox, guest: GuestRecord, since: float) -> None:
+    def _resolve_unknown_start(
+        self, out: Outbox, guest: GuestRecord, since: float, *, hurry: bool = False
+    ) -> None:
         """A start came back unknown at `since` and the domain has not been seen running.
         Wait (a late `create()` may still complete and is then reported running), and after
         `start_timeout_s` make sure it cannot come up: destroy it at that generation, and only
-        once that destroy succeeded report the start failed (the leader may then move it)."""
+        once that destroy succeeded report the start failed (the leader may then move it).
+
+        `hurry`: the guest is to be stopped anyway (disabled, or this node leaves or is in
+        maintenance), so waiting for a late `create()` gains nothing: destroy it now (the
+        adapter's destroy waits for a `create()` still running) and report it stopped, not
+        failed. A clean shutdown must not hang for `start_timeout_s` on an unknown start."""
         s = self._settings
         domain = guest.spec.domain
-        if out.now < since + s.start_timeout_s:
+        if not hurry and out.now < since + s.start_timeout_s:
             return
         if self.instances.stopped_here_at(domain, guest.generation):
             self.instances.resolve_unknown_start(domain)
             reason = "start outcome unknown, not seen running, destroyed"
+            if hurry:
+                out.propose(self._stopped(out, guest, failed=False, reason=reason))
+                return
             out.propose(
                 self._stopped(out, guest, failed=True, reason=reason, failures=guest.failures)
             )

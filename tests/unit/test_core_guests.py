@@ -341,3 +341,26 @@ def test_a_start_with_an_unknown_outcome_that_completes_late_is_reported_running
     assert [x for x in commands(step) if isinstance(x, GuestRunning)]
     assert not [x for x in commands(step) if isinstance(x, GuestStopped)]
     assert not of(DestroyDomain, step.actions)
+
+
+def test_a_clean_shutdown_does_not_wait_start_timeout_on_an_unknown_start() -> None:
+    """The guest is to be stopped anyway when the node leaves: waiting for a late create()
+    gains nothing, and a leave must not hang for start_timeout_s. It is destroyed at once (the
+    adapter's destroy waits for a create() still running) and reported stopped, not failed."""
+    c = core(start_timeout_s=60.0)
+    state = build(
+        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
+        GuestStarting("g", "n1", 1, 0.0),
+        state=joined("n1", "n2", "n3"),
+    )
+    with_lease(c, state, 10.0)
+    assert of(StartGuest, c.tick(10.01, view(state), local(10.01)).actions)
+    c.action_done(ActionKey(ActionKind.START, "g"), ActionResult(False, "lost", unknown=True), 10.1)
+    c.begin_leave()
+    step = c.tick(10.2, view(state), local(10.2))  # still leased (heartbeat at 10.0)
+    (destroy,) = of(DestroyDomain, step.actions)
+    assert destroy.generation == 2
+    c.action_done(destroy.key, ActionResult(True), 10.3)
+    step = c.tick(10.4, view(state), local(10.4))
+    (stopped,) = [x for x in commands(step) if isinstance(x, GuestStopped)]
+    assert not stopped.failed and "start outcome unknown" in stopped.reason
