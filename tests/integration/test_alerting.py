@@ -63,6 +63,14 @@ def test_a_killed_node_reaches_alertmanager_and_the_webhook(
         delivered = [a["labels"]["alertname"] for a in stack.webhook.alerts()]
         assert "HaagentNodeFailed" not in delivered
 
+        # The series the dashboard and the alerts read come from the real agents.
+        assert len(stack.query("haagent_build_info == 1")) == 3
+        assert len(stack.query("count by (digest) (haagent_config_info)")) == 1  # one config
+        heartbeats = 'haagent_proposals_total{command="heartbeat",outcome="accepted"} > 0'
+        assert len(stack.query(heartbeats)) == 3
+        assert len(stack.query("haagent_watchdog_pet_age_seconds < 5")) == 3
+        assert len(stack.query('haagent_node_guests{state="running"} == 1')) == 3
+
         victim = cluster.any_status()["guests"]["g1"]["owner"]
         t_kill = time.monotonic()
         cluster.signal_agent(victim, signal.SIGKILL)
@@ -80,3 +88,10 @@ def test_a_killed_node_reaches_alertmanager_and_the_webhook(
             if a["labels"]["alertname"] == "HaagentNodeFailed"
         }
         assert failed == {victim}
+        # The failover and the fence behind it show up in the dashboard's series.
+        for expr in (
+            'sum(haagent_fence_duration_seconds_count{result="ok"}) >= 1',
+            "sum(haagent_failover_duration_seconds_count) >= 1",
+            f'max(haagent_node_state{{node="{victim}",state="fenced"}}) == 1',
+        ):
+            wait_for(expr, lambda e=expr: stack.query(e) or None, ALERT_TIMEOUT_S, 0.2)
