@@ -8,6 +8,9 @@ is a fake: it is the real collector and the real event registry, fed a handcraft
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -124,3 +127,19 @@ def exported_names(text: str) -> set[str]:
         names.update(family.name + s for s in suffixes.get(family.type, ()))
         names.update(s.name for s in family.samples)
     return names
+
+
+def promtool(*args: str, stdin: str | None = None, cwd: Path | None = None) -> str:
+    """Run promtool (Debian's prometheus package); fail the test with its output unless it
+    exits 0. Returns its standard output."""
+    done = subprocess.run(
+        ["promtool", *args],
+        input=stdin,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helpers.metrics_state import exported_names, exposition, synthetic_state
+from tests.helpers.metrics_state import exported_names, exposition, promtool, synthetic_state
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "config" / "prometheus"
@@ -29,14 +28,6 @@ DASHBOARD = ROOT / "config" / "grafana" / "haagent.json"
 METRIC = re.compile(r"\bhaagent_[a-z0-9_]+")
 # Grafana's built-in interval variables, as a concrete duration promtool can parse.
 GRAFANA_INTERVALS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
-
-
-def promtool(*args: str, cwd: Path = ROOT) -> str:
-    done = subprocess.run(
-        ["promtool", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=120
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def alert_rules() -> list[dict[str, Any]]:
