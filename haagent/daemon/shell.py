@@ -75,7 +75,7 @@ class Daemon:
         self.core = AgentCore(self.settings, self.incarnation, self.started_at)
         self.core.set_wall_offset(time.time() - time.monotonic())
         self.telemetry = Telemetry(config.node, Offload())
-        self.telemetry.agent.set_config(self.settings)
+        self.telemetry.set_config(self.settings)
         self._watchdog_required = frozenset(
             n for n, ns in self.settings.nodes.items() if ns.relies_on_watchdog
         )

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from haagent.agent import LocalView
+from haagent.agent import AgentSettings, LocalView
 from haagent.daemon.agent_metrics import AgentEventMetrics, snapshot_families
 from haagent.daemon.failover import FailoverTracker
 from haagent.daemon.offload import Offload
@@ -314,6 +314,18 @@ class Telemetry:
         self.tolerance: Tolerance | None = None
         self._tracker = FailoverTracker()
         self._tracked_state: object = None
+
+    def set_config(self, settings: AgentSettings) -> None:
+        """The config's identity, and a 0 series for every fence result of every node that can
+        be fenced: `increase()` cannot see a counter's first step from nothing to 1, so an
+        alert on the first failed fence would not fire without it."""
+        self.agent.set_config(settings)
+        for name, node in settings.nodes.items():
+            if node.fence_method is not None:
+                for result in ("ok", "failed"):
+                    self.fence_operations.labels(name, result)
+        for result in ("ok", "failed"):
+            self.agent.fence_seconds.labels(result)
 
     def publish(self, snap: Snapshot) -> None:
         """Called by the loop once per pass: O(1), plus O(nodes) when the state changed."""

@@ -97,7 +97,7 @@ def exposition(state: ClusterState, *, events: bool = True) -> str:
     snap = Snapshot(view, NOW, NOW + 2.0, LocalView(domains, NOW), frozenset(), required, NOW - 0.1)
     telemetry = Telemetry(settings.node, Offload())
     try:
-        telemetry.agent.set_config(settings)
+        telemetry.set_config(settings)
         telemetry.publish(snap)
         telemetry.loop.record(NOW, NOW, 0.002)
         telemetry.fence_operations.labels(settings.node, "ok").inc()

@@ -12,9 +12,15 @@ from prometheus_client import CollectorRegistry
 
 from haagent.commands import Heartbeat, Leave
 from haagent.config import load_config
+from haagent.core.settings import AgentSettings, NodeSettings
 from haagent.daemon.agent_metrics import AgentEventMetrics, settings_digest
 from haagent.daemon.observer import Observer
-from haagent.ports import HypervisorError, Outcome, OutcomeKind
+from haagent.daemon.offload import Offload
+from haagent.daemon.raft_metrics import LEASE_LOSS_REASONS
+from haagent.daemon.telemetry import Telemetry
+from haagent.model import ClusterState, FenceMethod, NodeRole
+from haagent.ports import ConsensusView, HypervisorError, Outcome, OutcomeKind
+from haagent.status import REPLICA_LAG_ENTRIES, lease_loss_reason
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "local-3node"
 
@@ -82,3 +88,42 @@ def test_each_failed_observation_is_counted() -> None:
 
     asyncio.run(scenario())
     assert value(r, "haagent_observation_errors_total") == 1
+
+
+def test_counters_that_alerts_take_increase_of_exist_at_zero_before_their_first_event() -> None:
+    """`increase()` cannot see a counter's step from no series to 1: without a 0 series from
+    the start, the first failed fence or the first self-fence would never alert."""
+    nodes = {
+        "n1": NodeSettings(NodeRole.HYPERVISOR, 1024, FenceMethod.AGENT),
+        "n2": NodeSettings(NodeRole.HYPERVISOR, 1024, FenceMethod.WATCHDOG),
+        "w": NodeSettings(NodeRole.WITNESS),
+    }
+    telemetry = Telemetry("n1", Offload())
+    try:
+        telemetry.set_config(AgentSettings("c", "n1", nodes))
+        r = telemetry.registry
+        for node in ("n1", "n2"):
+            for result in ("ok", "failed"):
+                labels = {"node": node, "result": result}
+                assert r.get_sample_value("haagent_fence_operations_total", labels) == 0
+        assert (
+            r.get_sample_value("haagent_fence_operations_total", {"node": "w", "result": "ok"})
+            is None
+        )
+        for reason in LEASE_LOSS_REASONS:
+            assert r.get_sample_value("haagent_self_fences_total", {"reason": reason}) == 0
+        assert r.get_sample_value("haagent_observation_errors_total") == 0
+    finally:
+        telemetry.close()
+
+
+def test_every_lease_loss_reason_has_a_series() -> None:
+    base = ConsensusView(ClusterState(), leader="n1")
+    views = (
+        replace(base, incompatible="v9"),
+        replace(base, storage_error="disk full"),
+        replace(base, leader=None),
+        replace(base, leader_commit_index=REPLICA_LAG_ENTRIES + 1),
+        base,
+    )
+    assert {lease_loss_reason(v) for v in views} == set(LEASE_LOSS_REASONS)
