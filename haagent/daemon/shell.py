@@ -57,7 +57,16 @@ from haagent.ports import (
 
 log = logging.getLogger("haagent")
 
-PET_INTERVAL_S = 0.2
+
+def pet_interval(timeout_s: float) -> float:
+    """How often a lease holder pets its watchdog: a fifth of the armed timeout (five chances
+    before it fires), between 0.2 s and 1 s. Safety does not depend on it (a pet happens only
+    while the lease is valid, so the reset comes at most `timeout_s` after the lease ends,
+    whatever the interval); a shorter one would only cost wake-ups.
+    """
+    return min(1.0, max(0.2, timeout_s / 5))
+
+
 MAX_IDLE_S = 0.5
 
 
@@ -303,7 +312,7 @@ class Daemon:
         if lease_until > now:
             candidates.append(lease_until)
         if self._petting and self.watchdog is not None:
-            candidates.append(self._last_pet + PET_INTERVAL_S)
+            candidates.append(self._last_pet + pet_interval(self.watchdog.timeout_s))
         interval = self.notifier.watchdog_interval_s
         if interval is not None:
             candidates.append(self._last_notify + min(interval, 1.0))
@@ -352,7 +361,11 @@ class Daemon:
         return step.left
 
     def _feed_watchdogs(self, now: float, pet: bool) -> None:
-        if pet and self.watchdog is not None and now - self._last_pet >= PET_INTERVAL_S:
+        if (
+            pet
+            and self.watchdog is not None
+            and now - self._last_pet >= pet_interval(self.watchdog.timeout_s)
+        ):
             self.watchdog.pet()
             self._last_pet = now
         interval = self.notifier.watchdog_interval_s
