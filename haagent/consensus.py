@@ -43,6 +43,7 @@ from typing import Any
 
 from haagent.codec import DecodeError, from_json, to_json
 from haagent.commands import Command, CommandError, Heartbeat, Join, decode, encode
+from haagent.events import EventRing
 from haagent.model import ClusterState
 from haagent.ports import ConsensusView, HeartbeatSeen, Outcome, OutcomeKind
 from haagent.statemachine import apply
@@ -174,6 +175,8 @@ class RaftConsensus:
         self._incompatible: str | None = None
         self._sync: _ReplicatedLog | None = None
         self._too_large_logged: dict[str, float] = {}
+        # Recent transitions for GET /v1/events (haagent.events: why a ring and not state).
+        self.events = EventRing()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -263,6 +266,7 @@ class RaftConsensus:
             if result.accepted and isinstance(command, Heartbeat | Join):
                 seq = new_state.node(command.node).heartbeat_seq
                 self._heartbeats[command.node] = HeartbeatSeen(seq, self._clock())
+        self.events.record(new_state.applied, command, result.accepted)
         # A heartbeat decides nothing by itself (silence is measured from `HeartbeatSeen.at`,
         # and the proposer learns its own outcome from the proposal): no wake-up for it, or
         # every agent would run a pass per heartbeat of every node.
