@@ -25,7 +25,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _ERRORS = {
-    "400": _json(_ref("Error"), "bad parameters or body"),
+    "400": {
+        "description": "bad parameters or body (JSON); a request that aiohttp's HTTP parser "
+        "refuses before any handler sees it (malformed HTTP, a request line over 8,190 bytes) "
+        "gets its plain-text 400",
+        "content": {
+            "application/json": {"schema": _ref("Error")},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    },
     "401": _json(_ref("Error"), "missing or wrong token"),
     "413": _json(_ref("Error"), "body too large"),
     "414": _json(_ref("Error"), "query string too long"),
