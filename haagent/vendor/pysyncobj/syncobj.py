@@ -281,6 +281,10 @@ class SyncObj(object):
 
         self.__lastReadonlyCheck = 0
         self.__newAppendEntriesTime = 0
+        # haagent: entries or a commit advance not yet sent because the last append_entries left
+        # less than appendEntriesMinInterval ago (see __sendAppendEntriesSoon).
+        self.__appendPending = False
+        self.__lastAppendSent = 0.0
 
         self.__commandsWaitingCommit = collections.defaultdict(list)  # logID => [(termID, callback), ...]
         self.__commandsLocalCounter = 0
@@ -553,7 +557,7 @@ class SyncObj(object):
                             'log_term': term,
                         })
                     if not self.__conf.appendEntriesUseBatch:
-                        self.__sendAppendEntries()
+                        self.__appendPending = True  # haagent: one send for the whole drain, below
                 else:
 
                     if requestNode is None:
@@ -587,6 +591,9 @@ class SyncObj(object):
                     })
             else:
                 self.__callErrCallback(FAIL_REASON.MISSING_LEADER, callback)
+
+        if self.__appendPending and self.__raftState == _RAFT_STATE.LEADER:
+            self.__sendAppendEntriesSoon()
 
     def _autoTickThread(self):
         try:
@@ -695,8 +702,10 @@ class SyncObj(object):
         needSendAppendEntries = self.__applyLogEntries()
 
         if self.__raftState == _RAFT_STATE.LEADER:
-            if monotonicTime() > self.__newAppendEntriesTime or needSendAppendEntries:
+            if monotonicTime() > self.__newAppendEntriesTime:
                 self.__sendAppendEntries()
+            elif needSendAppendEntries or self.__appendPending:
+                self.__sendAppendEntriesSoon()
 
         if not self.__onReadyCalled and self.__raftLastApplied == self.__leaderCommitIndex:
             if self.__conf.onReady:
@@ -719,6 +728,8 @@ class SyncObj(object):
         due = now + maxWait
         if self.__raftState == _RAFT_STATE.LEADER:
             due = min(due, self.__newAppendEntriesTime)
+            if self.__appendPending:
+                due = min(due, self.__lastAppendSent + self.__conf.appendEntriesMinInterval)
         elif self.__selfNode is not None and self.__connectedToAnyone():
             due = min(due, self.__raftElectionDeadline)
         if self.__raftLeader is not None and len(self.__commandsQueue) > 0:
@@ -1410,8 +1421,19 @@ class SyncObj(object):
             self.__commandsWaitingReply[id](None, FAIL_REASON.LEADER_CHANGED)
         self.__commandsWaitingReply = {}
 
+    def __sendAppendEntriesSoon(self):
+        # haagent: new entries or a commit advance leave at once, unless the last append_entries
+        # left less than appendEntriesMinInterval ago: then they wait for it (__pollTimeout
+        # wakes the tick then) and leave together with whatever arrives meanwhile.
+        if monotonicTime() >= self.__lastAppendSent + self.__conf.appendEntriesMinInterval:
+            self.__sendAppendEntries()
+        else:
+            self.__appendPending = True
+
     def __sendAppendEntries(self):
         self.__newAppendEntriesTime = monotonicTime() + self.__conf.appendEntriesPeriod
+        self.__appendPending = False  # haagent: this send carries everything pending
+        self.__lastAppendSent = monotonicTime()
 
         startTime = monotonicTime()
 
