@@ -318,6 +318,9 @@ class Daemon:
         view = self.consensus.view()
         local = self.observer.view()
         step = self.core.tick(started, view, local)
+        if step.diverged is not None and self.consensus.running:
+            # Not the cluster's replica or config: stop voting and leading (issue 8 item 6).
+            self.consensus.leave(step.diverged)
         for proposal in step.proposals:
             if isinstance(proposal.command, Heartbeat):
                 self._next_heartbeat_at = started + self.settings.heartbeat_s

@@ -1,0 +1,67 @@
+"""Digests that let replicas find out that they disagree (issue 8 item 6).
+
+Two things must be the same on every node, and neither is checked by Raft itself:
+
+- the replicated state: every replica applies the same commands with the same `apply`, so the
+  states must be equal. A snapshot that loaded wrongly, a bug or a damaged disk breaks that
+  silently. Every `CHECKPOINT_EVERY` commands (`ClusterState.applied`, which every replica
+  counts alike) a replica takes a digest of its state; heartbeats carry the latest one, and
+  replicas compare digests at the same index only (`haagent.core.divergence`).
+- the cluster-wide config (cluster name, nodes, fencing, guests, timing, limits): each node
+  reads its own file. `Join` carries `config_digest` and the state machine refuses a node whose
+  digest differs from the up nodes' (`haagent.statemachine`).
+
+Cost (the lease loop is sacred, issue 7): the apply path only tests `applied % CHECKPOINT_EVERY`
+and hands the (immutable) state to `haagent.checkpointer.Checkpointer`, whose thread computes
+the digest; heartbeats carry a fixed-size checkpoint. Nothing on the heartbeat path is O(state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import fields
+from typing import Any
+
+from haagent.codec import to_json
+from haagent.core.settings import AgentSettings
+from haagent.model import ClusterState
+
+CHECKPOINT_EVERY = 256
+"""Commands between two state checkpoints. At 22 nodes heartbeating every 0.5 s (44 commands/s)
+that is one digest every ~6 s, so heartbeats (every 0.5 s) report the newest checkpoint most
+of the time, and the digest's cost is spread over 256 applies."""
+
+KEEP_CHECKPOINTS = 8
+"""Own checkpoints kept to compare with what others report (theirs may lag by a few)."""
+
+_DIGEST_HEX = 16  # 64 bits: a collision by accident is not a concern, by design not a threat
+
+
+def is_checkpoint(applied: int) -> bool:
+    return applied > 0 and applied % CHECKPOINT_EVERY == 0
+
+
+def state_digest(state: ClusterState) -> str:
+    """A digest of the whole replicated state: canonical JSON (sorted keys), SHA-256. O(state):
+    never call it on the lease path (`haagent.checkpointer` runs it on its own thread)."""
+    return _digest(to_json(state))
+
+
+def config_digest(settings: AgentSettings) -> str:
+    """A digest of the cluster-wide part of a node's settings: everything the core decides
+    with except the node's own name (nodes and their fencing, guests, timing, limits)."""
+    doc: dict[str, Any] = {}
+    for f in fields(settings):
+        if f.name == "node":
+            continue
+        value = getattr(settings, f.name)
+        if f.name == "nodes":
+            value = {name: to_json(ns) for name, ns in sorted(value.items())}
+        doc[f.name] = to_json(value)
+    return _digest(doc)
+
+
+def _digest(doc: Any) -> str:
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:_DIGEST_HEX]
