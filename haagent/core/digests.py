@@ -38,8 +38,9 @@ KEEP_CHECKPOINTS = 8
 _DIGEST_HEX = 16  # 64 bits: a collision by accident is not a concern, by design not a threat
 
 
-def is_checkpoint(applied: int) -> bool:
-    return applied > 0 and applied % CHECKPOINT_EVERY == 0
+def is_checkpoint(applied: int, every: int = CHECKPOINT_EVERY) -> bool:
+    """Whether the state after `applied` commands is a checkpoint (the same on every replica)."""
+    return applied > 0 and applied % every == 0
 
 
 def state_digest(state: ClusterState) -> str:

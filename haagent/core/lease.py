@@ -174,6 +174,7 @@ class Lease:
                 if key.kind is ProposalKind.JOIN and outcome.detail.startswith(CONFIG_DRIFT):
                     # Committed, so current: the up nodes joined with another config.
                     self.diverged = outcome.detail
+                    events.append(event("diverged", node=self._settings.node, reason=self.diverged))
         return events
 
     def may_pet(self, now: float, nothing_running: NothingRunning) -> bool:
