@@ -31,6 +31,7 @@ partition `*` stands for every node not named in another group):
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
     pysyncobj re-sends a queued command; TYPE as in the trace, e.g. guest_running)
     snapshot_fails N (N's Raft snapshot is damaged: its next agent starts cannot load it)
+    corrupt N (N's replica state changes without a command: only the digests can tell)
     config N KEY=VALUE... (N's config file changes, agent settings by name; its next agent
     start reads it: config drift)
 
@@ -255,6 +256,7 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "resend": (2, 2),
     "confirm_fenced": (1, 1),
     "snapshot_fails": (1, 1),
+    "corrupt": (1, 1),
     "config": (2, 99),
 }
 
@@ -277,6 +279,7 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "resend": (0,),
     "confirm_fenced": (0,),
     "snapshot_fails": (0,),
+    "corrupt": (0,),
     "config": (0,),
 }
 GUEST_ARGS: dict[str, tuple[int, ...]] = {
@@ -585,6 +588,7 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "resend": lambda: world.resend(a[0], a[1]),
         "confirm_fenced": lambda: world.confirm_fenced(a[0]),
         "snapshot_fails": lambda: world.snapshot_fails(a[0]),
+        "corrupt": lambda: world.corrupt(a[0]),
         "config": lambda: world.config(a[0], _assignments(a[1:])),
     }
     actions[fault]()

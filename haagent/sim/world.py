@@ -876,6 +876,14 @@ class World:
         self._fault("fault_snapshot_fails", node)
         self.nodes[node].snapshot_broken = True
 
+    def corrupt(self, node: str) -> None:
+        """`node`'s replica state changes without a command (a bug, a bad disk): a detail
+        nothing decides with (its own record's display time), so only the digests can tell."""
+        self._fault("fault_corrupt", node)
+        n = self.nodes[node]
+        me = n.state.node(node)
+        n.state = n.state.with_node(replace(me, changed_at=me.changed_at + 1.0))
+
     def config(self, node: str, changes: Mapping[str, Any]) -> None:
         """`node`'s config file changes (agent settings by name); its next agent start reads
         it. The other nodes keep theirs: config drift."""
