@@ -332,7 +332,15 @@ class Daemon:
         self._petting = step.pet_watchdog
         self._feed_watchdogs(started, step.pet_watchdog)
         self.telemetry.publish(
-            Snapshot(view, started, self.core.lease_until, local, self._protected)
+            Snapshot(
+                view,
+                started,
+                self.core.lease_until,
+                local,
+                self._protected,
+                len(self.settings.nodes),
+                self.core.lease.config_digest,
+            )
         )
         if self.admin.tolerance_due(started):
             self._spawn(self.admin.refresh_tolerance(view.state, view.commit_index))
