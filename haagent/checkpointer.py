@@ -11,7 +11,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from haagent.core.digests import KEEP_CHECKPOINTS, is_checkpoint, state_digest
+from haagent.core.digests import (
+    CHECKPOINT_EVERY,
+    KEEP_CHECKPOINTS,
+    is_checkpoint,
+    state_digest,
+)
 from haagent.model import Checkpoint, ClusterState
 
 
@@ -20,11 +25,17 @@ class Checkpointer:
 
     `offer(state)` is O(1) (called by the Raft apply thread for every command); a daemon thread
     digests the checkpoint states in order. `recent()` and `latest` are safe from any thread.
-    `digest` is injectable so a test can make the thread slow or wrong.
+    `digest` and `every` are injectable so a test can make the thread slow or wrong, or
+    checkpoint more often (every replica of a cluster must use the same `every`).
     """
 
-    def __init__(self, digest: Callable[[ClusterState], str] = state_digest) -> None:
+    def __init__(
+        self,
+        digest: Callable[[ClusterState], str] = state_digest,
+        every: int = CHECKPOINT_EVERY,
+    ) -> None:
         self._digest = digest
+        self._every = every
         self._cond = threading.Condition()
         self._queue: list[ClusterState] = []
         self._done: OrderedDict[int, str] = OrderedDict()
@@ -35,7 +46,7 @@ class Checkpointer:
         """Take the state just applied; only checkpoint states are kept (a reference: states
         are immutable). More than a few waiting means the thread is behind: the oldest are
         dropped, their digests would be too old to compare anyway."""
-        if not is_checkpoint(state.applied):
+        if not is_checkpoint(state.applied, self._every):
             return
         with self._cond:
             self._queue.append(state)

@@ -48,6 +48,7 @@ from typing import Any
 from haagent.checkpointer import Checkpointer
 from haagent.codec import from_json, to_json
 from haagent.commands import Command, CommandError, Heartbeat, Join, decode, encode
+from haagent.core.digests import CHECKPOINT_EVERY
 from haagent.model import ClusterState
 from haagent.ports import ConsensusView, HeartbeatSeen, Outcome, OutcomeKind
 from haagent.statemachine import apply
@@ -143,6 +144,7 @@ class RaftConsensus:
         wake: Callable[[], None] | None = None,
         persist: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> None:
         self.node = node
         self._addresses = dict(addresses)
@@ -160,7 +162,7 @@ class RaftConsensus:
         self._sync: _ReplicatedLog | None = None
         self._left: _ReplicatedLog | None = None  # asked to stop by `leave`, not joined yet
         self._too_large_logged: dict[str, float] = {}
-        self.checkpoints = Checkpointer()
+        self.checkpoints = Checkpointer(every=checkpoint_every)
 
     # -- lifecycle -------------------------------------------------------------------------
 
