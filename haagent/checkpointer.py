@@ -14,6 +14,7 @@ from collections.abc import Callable
 from haagent.core.digests import (
     CHECKPOINT_EVERY,
     KEEP_CHECKPOINTS,
+    RecordDigests,
     is_checkpoint,
     state_digest,
 )
@@ -31,10 +32,11 @@ class Checkpointer:
 
     def __init__(
         self,
-        digest: Callable[[ClusterState], str] = state_digest,
+        digest: Callable[[ClusterState, RecordDigests], str] = state_digest,
         every: int = CHECKPOINT_EVERY,
     ) -> None:
         self._digest = digest
+        self._memo: RecordDigests = {}  # the thread's own: records digested at the last one
         self._every = every
         self._cond = threading.Condition()
         self._queue: list[ClusterState] = []
@@ -66,7 +68,7 @@ class Checkpointer:
                 if self._stopped:
                     return
                 state = self._queue.pop(0)
-            digest = self._digest(state)
+            digest = self._digest(state, self._memo)
             with self._cond:
                 self._done[state.applied] = digest
                 while len(self._done) > KEEP_CHECKPOINTS:

@@ -14,6 +14,7 @@ from haagent.commands import DeclareFailed, Heartbeat, Join, decode, encode
 from haagent.core.digests import (
     CHECKPOINT_EVERY,
     KEEP_CHECKPOINTS,
+    RecordDigests,
     config_digest,
     is_checkpoint,
     state_digest,
@@ -47,6 +48,18 @@ def test_state_digest_is_canonical_and_sees_any_change() -> None:
     n2 = state.node("n2")
     changed = state.with_node(dataclasses.replace(n2, changed_at=n2.changed_at + 1))
     assert state_digest(changed) != state_digest(state)
+
+
+def test_the_memo_gives_the_same_digest_and_reuses_unchanged_records() -> None:
+    state = joined("n1", "n2")
+    memo: RecordDigests = {}
+    assert state_digest(state, memo) == state_digest(state)
+    n2 = state.node("n2")
+    changed = state.with_node(dataclasses.replace(n2, changed_at=n2.changed_at + 1))
+    assert state_digest(changed, memo) == state_digest(changed) != state_digest(state)
+    # Pruned to the records of the last state: the memo never grows past one state's size.
+    assert len(memo) == len(changed.nodes) + len(changed.guests)
+    assert all(entry[0] is not n2 for entry in memo.values())
 
 
 def test_config_digest_covers_the_cluster_wide_settings_but_not_the_node_name() -> None:
@@ -262,10 +275,10 @@ def test_checkpoints_are_digested_off_the_apply_path() -> None:
     gate = threading.Event()
     callers: list[str] = []
 
-    def slow_digest(state: ClusterState) -> str:
+    def slow_digest(state: ClusterState, memo: RecordDigests) -> str:
         callers.append(threading.current_thread().name)
         gate.wait(5.0)
-        return state_digest(state)
+        return state_digest(state, memo)
 
     cp = Checkpointer(slow_digest, every=4)
     try:
