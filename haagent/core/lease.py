@@ -129,6 +129,11 @@ class Lease:
         """Commit `Leave` once this node's guests are stopped and reported stopped, so the
         leader places them elsewhere without fencing this node."""
         s = self._settings
+        if self.diverged is not None:
+            # Its `Leave` could never commit (it left Raft): once its guests are gone there is
+            # nothing to hand over, and the cluster fences it for its silence.
+            self.left = nothing_running() is True
+            return
         me = state.node(s.node)
         if me.state is not NodeState.UP or me.incarnation != self._incarnation:
             self.left = True  # not a member: nothing to hand over

@@ -9,8 +9,11 @@ import dataclasses
 import threading
 import time
 
+from prometheus_client import CollectorRegistry
+
+from haagent.agent import LocalView
 from haagent.checkpointer import Checkpointer
-from haagent.commands import DeclareFailed, Heartbeat, Join, decode, encode
+from haagent.commands import DeclareFailed, Heartbeat, Join, Leave, decode, encode
 from haagent.core.digests import (
     CHECKPOINT_EVERY,
     KEEP_CHECKPOINTS,
@@ -20,8 +23,9 @@ from haagent.core.digests import (
     state_digest,
 )
 from haagent.core.divergence import judge
+from haagent.daemon.telemetry import ClusterCollector, Snapshot
 from haagent.model import Checkpoint, ClusterState, FailureEvidence, NodeRole, NodeState
-from haagent.ports import ConsensusView, Outcome, OutcomeKind
+from haagent.ports import ConsensusView, DomainObservation, Outcome, OutcomeKind
 from haagent.statemachine import CONFIG_DRIFT, apply
 from haagent.status import build_status, divergence_report, format_status
 from tests.helpers.core_views import commands, core, hold_lease, joined, local, settings, view
@@ -205,6 +209,18 @@ def test_joins_carry_the_config_digest_and_a_refusal_for_drift_stops_the_node() 
     assert step.diverged is not None and not step.proposals
 
 
+def test_a_diverged_node_stops_once_its_guests_are_gone_without_a_leave() -> None:
+    c = core()
+    state = joined("n1", "n2", "n3")
+    bad = dataclasses.replace(view(state), incompatible="x")
+    c.begin_leave()
+    running = DomainObservation("dom-g", True)
+    step = c.tick(1.0, bad, local(1.0, running))
+    assert not step.left and not [x for x in commands(step) if isinstance(x, Leave)]
+    step = c.tick(2.0, bad, local(2.0))
+    assert step.left and not [x for x in commands(step) if isinstance(x, Leave)]
+
+
 def test_heartbeats_carry_the_latest_checkpoint() -> None:
     c = core()
     state = joined("n1", "n2", "n3")
@@ -299,3 +315,20 @@ def test_checkpoints_are_digested_off_the_apply_path() -> None:
     finally:
         gate.set()
         cp.stop()
+
+
+def test_the_diverged_nodes_are_a_metric() -> None:
+    state = reporting(joined("n1", "n2", "n3"), n2=Checkpoint(256, B), n3=Checkpoint(256, A))
+    v = ConsensusView(state=state, checkpoints={256: A})
+    snap = Snapshot(v, 1.0, 2.0, LocalView(None, 1.0), frozenset(), 3, A)
+    r = CollectorRegistry()
+    r.register(ClusterCollector(snap, None, 0.0, 1.0, "n1"))
+    assert r.get_sample_value("haagent_node_diverged", {"node": "n2"}) == 1
+    assert r.get_sample_value("haagent_node_diverged", {"node": "n3"}) == 0
+    assert r.get_sample_value("haagent_node_diverged", {"node": "n1"}) == 0
+    mine = Snapshot(
+        dataclasses.replace(v, incompatible="why"), 1.0, 2.0, LocalView(None, 1.0), frozenset()
+    )
+    r = CollectorRegistry()
+    r.register(ClusterCollector(mine, None, 0.0, 1.0, "n1"))
+    assert r.get_sample_value("haagent_node_diverged", {"node": "n1"}) == 1
