@@ -79,7 +79,8 @@ def _record_digest(record: object, memo: RecordDigests | None, seen: RecordDiges
 
 def config_digest(settings: AgentSettings) -> str:
     """A digest of the cluster-wide part of a node's settings: everything the core decides
-    with except the node's own name (nodes and their fencing, guests, timing, limits)."""
+    with except the node's own name (nodes and their fencing, guests, timing, limits). The
+    value `Join` commits and `haagent_config_info{digest}` exports."""
     doc: dict[str, Any] = {}
     for f in fields(settings):
         if f.name == "node":
@@ -87,6 +88,8 @@ def config_digest(settings: AgentSettings) -> str:
         value = getattr(settings, f.name)
         if f.name == "nodes":
             value = {name: to_json(ns) for name, ns in sorted(value.items())}
+        elif f.name == "guests":
+            value = sorted(value, key=lambda g: g.name)  # the order in the file is no setting
         doc[f.name] = to_json(value)
     return _digest(doc)
 

@@ -320,7 +320,7 @@ def test_checkpoints_are_digested_off_the_apply_path() -> None:
 def test_the_diverged_nodes_are_a_metric() -> None:
     state = reporting(joined("n1", "n2", "n3"), n2=Checkpoint(256, B), n3=Checkpoint(256, A))
     v = ConsensusView(state=state, checkpoints={256: A})
-    snap = Snapshot(v, 1.0, 2.0, LocalView(None, 1.0), frozenset(), 3, A)
+    snap = Snapshot(v, 1.0, 2.0, LocalView(None, 1.0), frozenset(), voters=3, config_digest=A)
     r = CollectorRegistry()
     r.register(ClusterCollector(snap, None, 0.0, 1.0, "n1"))
     assert r.get_sample_value("haagent_node_diverged", {"node": "n2"}) == 1
