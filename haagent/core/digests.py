@@ -28,9 +28,10 @@ from haagent.core.settings import AgentSettings
 from haagent.model import ClusterState
 
 CHECKPOINT_EVERY = 256
-"""Commands between two state checkpoints. At 22 nodes heartbeating every 0.5 s (44 commands/s)
-that is one digest every ~6 s, so heartbeats (every 0.5 s) report the newest checkpoint most
-of the time, and the digest's cost is spread over 256 applies."""
+"""Commands between two state checkpoints. At 22 nodes heartbeating every second (the robust
+profile: 22 commands/s) that is one digest every ~12 s, and heartbeats report the newest
+checkpoint most of the time; a quiet 3-node cluster takes ~85 s. The digest's cost is spread
+over 256 applies (on the checkpointer's thread, see `haagent.checkpointer`)."""
 
 KEEP_CHECKPOINTS = 8
 """Own checkpoints kept to compare with what others report (theirs may lag by a few)."""
