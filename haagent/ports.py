@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from haagent.commands import Command
-from haagent.model import ClusterState
+from haagent.model import Checkpoint, ClusterState
 
 # --- consensus -------------------------------------------------------------------------------
 
@@ -73,6 +73,18 @@ class ConsensusView:
     # Why the Raft journal cannot be written now (disk full, I/O error): this replica then
     # acknowledges nothing, so it stops counting toward any majority.
     storage_error: str | None = None
+
+    # This replica's recent state checkpoints (index -> digest, `haagent.core.digests`), newest
+    # last; heartbeats report the newest, `haagent.core.divergence` compares them with others'.
+    checkpoints: Mapping[int, str] = field(default_factory=dict)
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint this replica digested (None: none yet)."""
+        if not self.checkpoints:
+            return None
+        index = max(self.checkpoints)
+        return Checkpoint(index, self.checkpoints[index])
 
     @property
     def replica_lag(self) -> int:

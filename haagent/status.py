@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from haagent.codec import to_json
+from haagent.core.divergence import judge
+from haagent.model import NodeState
 from haagent.ports import ConsensusView, DomainObservation
 
 STATUS_VERSION = 1
@@ -40,6 +42,32 @@ def lease_loss_reason(view: ConsensusView) -> str:
     return "heartbeats_not_committing"
 
 
+def divergence_report(
+    view: ConsensusView, node: str, voters: int, config_digest: str | None
+) -> dict[str, str]:
+    """The nodes this replica knows to diverge from the cluster, with why (issue 8 item 6):
+    itself when it is incompatible (its reason), up peers whose latest state checkpoint
+    differs from the majority's at that index, and up peers that joined with a config digest
+    other than this node's. O(nodes)."""
+    verdicts = judge(view.state, node, voters, view.checkpoints)
+    out = {
+        name: f"state digest {cp.digest} at checkpoint {cp.index} differs from the cluster's"
+        for name, cp in verdicts.peers.items()
+    }
+    for name, rec in view.state.nodes.items():
+        if (
+            name != node
+            and rec.state is NodeState.UP
+            and None not in (rec.config_digest, config_digest)
+            and rec.config_digest != config_digest
+        ):
+            out.setdefault(name, f"config digest {rec.config_digest}, this node's {config_digest}")
+    own = view.incompatible or verdicts.own
+    if own is not None:
+        out[node] = own
+    return dict(sorted(out.items()))
+
+
 def build_status(
     *,
     node: str,
@@ -54,10 +82,13 @@ def build_status(
     local_error: str | None = None,
     loop: Mapping[str, Any] | None = None,
     tolerated: Mapping[str, Any] | None = None,
+    voters: int | None = None,
+    config_digest: str | None = None,
 ) -> dict[str, Any]:
     """`loop`: the reconcile loop's pass and lag figures; `tolerated`: the latest
     tolerated-failures count with its age (computed off the loop). Both as the daemon gives
-    them (None when unknown)."""
+    them (None when unknown). `voters`: the configured nodes; `config_digest`: this node's
+    (for the divergence report; the node count of the state when not given)."""
     state = view.state
     nodes: dict[str, Any] = {}
     for name, rec in sorted(state.nodes.items()):
@@ -73,6 +104,8 @@ def build_status(
             "failure": to_json(rec.evidence) if rec.evidence else None,
             "fence": to_json(rec.fence),
             "watchdog_timeout_s": rec.watchdog_timeout_s,
+            "config_digest": rec.config_digest,
+            "checkpoint": to_json(rec.checkpoint) if rec.checkpoint else None,
             "reason": rec.reason,
             "changed_at": rec.changed_at,
         }
@@ -115,6 +148,11 @@ def build_status(
         "incompatible": view.incompatible,
         "commit_index": view.commit_index,
         "storage_error": view.storage_error,
+        "config_digest": config_digest,
+        "checkpoint": to_json(view.checkpoint) if view.checkpoint else None,
+        "diverged": divergence_report(
+            view, node, voters if voters is not None else len(state.nodes), config_digest
+        ),
         "replica": {
             "applied": view.last_applied,
             "leader_commit": view.leader_commit_index,
@@ -159,6 +197,8 @@ def format_status(doc: dict[str, Any]) -> str:
         lines.append(f"INCOMPATIBLE: {doc['incompatible']}")
     if doc.get("storage_error"):
         lines.append(f"RAFT STORAGE: {doc['storage_error']}")
+    for name, why in (doc.get("diverged") or {}).items():
+        lines.append(f"DIVERGED: {name}: {why}")
     rows = [["NODE", "STATE", "ROLE", "LAST HEARTBEAT", "FENCE", "REASON"]]
     for name, n in doc["nodes"].items():
         since = n["since_heartbeat_s"]

@@ -150,6 +150,9 @@ class Step:
     pet_watchdog: bool
     lease_valid: bool
     left: bool = False  # a requested leave has committed; the agent may exit
+    # Why this replica or its config cannot be trusted (issue 8 item 6): the shell stops its
+    # Raft replica; the core holds no lease and runs nothing from then on.
+    diverged: str | None = None
 
     @property
     def reason(self) -> str:

@@ -333,6 +333,9 @@ class Daemon:
         view = self.consensus.view()
         local = self.observer.view()
         step = self.core.tick(started, view, local)
+        if step.diverged is not None and self.consensus.running:
+            # Not the cluster's replica or config: stop voting and leading (issue 8 item 6).
+            self.consensus.leave(step.diverged)
         for proposal in step.proposals:
             if isinstance(proposal.command, Heartbeat):
                 self._next_heartbeat_at = started + self.settings.heartbeat_s
@@ -353,6 +356,8 @@ class Daemon:
                 self._protected,
                 self._watchdog_required,
                 pet_at,
+                voters=len(self.settings.nodes),
+                config_digest=self.core.lease.config_digest,
             )
         )
         if self.admin.tolerance_due(started):

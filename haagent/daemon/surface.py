@@ -87,4 +87,6 @@ class Surface:
             local_error=error,
             loop=d.telemetry.loop.summary(now),
             tolerated=tolerated,
+            voters=len(d.settings.nodes),
+            config_digest=d.core.lease.config_digest,
         )

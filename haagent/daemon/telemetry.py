@@ -35,7 +35,7 @@ from haagent.daemon.offload import Offload
 from haagent.daemon.raft_metrics import RaftEventMetrics
 from haagent.model import NodeState
 from haagent.ports import ConsensusView, DomainObservation
-from haagent.status import build_status
+from haagent.status import build_status, divergence_report
 
 FAILOVER_BUCKETS_S = (0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
 PASS_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -66,6 +66,8 @@ class Snapshot:
     # last pet its own watchdog (monotonic; None: it has none open).
     watchdog_required: frozenset[str] = frozenset()
     watchdog_pet_at: float | None = None
+    voters: int = 0  # configured nodes (0: unknown, then the state's node count)
+    config_digest: str | None = None  # this node's cluster-wide config digest
 
 
 class LoopStats:
@@ -134,9 +136,15 @@ class ClusterCollector(Collector):
     can run in the offload process."""
 
     def __init__(
-        self, snap: Snapshot | None, tolerance: Tolerance | None, max_lag_s: float, now: float
+        self,
+        snap: Snapshot | None,
+        tolerance: Tolerance | None,
+        max_lag_s: float,
+        now: float,
+        node: str = "",
     ) -> None:
         self._snap, self._tol, self._lag, self._now = snap, tolerance, max_lag_s, now
+        self._node = node
 
     def collect(self) -> Iterator[Metric]:
         snap, tol, now = self._snap, self._tol, self._now
@@ -210,6 +218,19 @@ class ClusterCollector(Collector):
                 age.add_metric([name], max(0.0, now - seen.at))
         yield node_state
         yield age
+        diverged = divergence_report(
+            view, self._node, snap.voters or len(state.nodes), snap.config_digest
+        )
+        diverged_gauge = GaugeMetricFamily(
+            "haagent_node_diverged",
+            "1 for a node whose replicated state (digest at a checkpoint) or cluster-wide "
+            "config differs from the cluster's, as this agent sees it (this node itself when "
+            "it is incompatible): it holds no lease and is declared failed and fenced.",
+            labels=["node"],
+        )
+        for name in sorted(set(state.nodes) | set(diverged) | {self._node}):
+            diverged_gauge.add_metric([name], 1 if name in diverged else 0)
+        yield diverged_gauge
         # One series per guest, never one per guest and node (or state): at 64 nodes and
         # 10,000 guests a 0/1 series per pair would be 640,000 series per agent. The series
         # of the state (owner) a guest left disappears, which Prometheus marks stale at once.
@@ -249,11 +270,15 @@ def _local_running(
 
 
 def render_cluster(
-    snap: Snapshot | None, tolerance: Tolerance | None, max_lag_s: float, now: float
+    snap: Snapshot | None,
+    tolerance: Tolerance | None,
+    max_lag_s: float,
+    now: float,
+    node: str = "",
 ) -> bytes:
     """The cluster part of the exposition (offload: thread or process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(snap, tolerance, max_lag_s, now))
+    registry.register(ClusterCollector(snap, tolerance, max_lag_s, now, node))
     return generate_latest(registry)
 
 
@@ -352,6 +377,7 @@ class Telemetry:
             self.tolerance,
             self.loop.max_lag_s(),
             time.monotonic(),
+            self.node,
             size=size,
         )
         return events + cluster

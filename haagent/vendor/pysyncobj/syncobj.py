@@ -201,6 +201,9 @@ class SyncObj(object):
         self.__changeClusterIDx = None
         self.__noopIDx = None
         self.__destroying = False
+        # haagent: why the snapshot could not be loaded (None: it loaded, or there was none).
+        # Once set, this replica applies nothing more (see __applyLogEntries).
+        self.__dumpLoadError = None
         self.__recvTransmission = ''
 
         self.__onTickCallbacks = []
@@ -796,8 +799,18 @@ class SyncObj(object):
         """haagent: the leader's commit index as last heard from it (None before)."""
         return self.__leaderCommitIndex
 
+    @property
+    def dumpLoadError(self):
+        """haagent: why the snapshot (local, or installed from the leader) failed to load, or
+        None. A replica whose snapshot failed applies nothing more: the entries after it would
+        be applied to a state that is not the one they follow."""
+        return self.__dumpLoadError
+
     def __applyLogEntries(self):
         needSendAppendEntries = False
+
+        if self.__dumpLoadError is not None:
+            return needSendAppendEntries
 
         if self.__raftCommitIndex > self.__raftLastApplied:
             count = self.__raftCommitIndex - self.__raftLastApplied
@@ -1148,7 +1161,8 @@ class SyncObj(object):
             elif serialized is not None:
                 if self.__serializer.setTransmissionData(serialized):
                     self.__loadDumpFile(clearJournal=True)
-                    self.__ackWhenDurable(node, self.__getCurrentLogIndex() + 1)
+                    if self.__dumpLoadError is None:  # haagent: never ack what did not load
+                        self.__ackWhenDurable(node, self.__getCurrentLogIndex() + 1)
 
             # If the log was truncated below the commit index, don't persist a commit
             # index covering entries that are no longer the committed ones.
@@ -1701,8 +1715,12 @@ class SyncObj(object):
             if self.__conf.dynamicMembershipChange:
                 self.__updateClusterConfiguration([node for node in data[3] if node != self.__selfNode])
             self.__onSetCodeVersion(0)
-        except:
-            logger.exception('failed to load full dump')
+        except Exception as exc:
+            # haagent: upstream logged this and went on, applying the journal to whatever state
+            # it had; the replica then silently diverged. Record it: nothing more is applied,
+            # and haagent reports the node incompatible (it holds no lease and leaves Raft).
+            self.__dumpLoadError = '%s: %s' % (type(exc).__name__, exc)
+            logger.critical('failed to load the snapshot, replica frozen: %s', self.__dumpLoadError)
 
     def __updateClusterConfiguration(self, newNodes):
         # newNodes: list of Node or node ID
