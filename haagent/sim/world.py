@@ -45,7 +45,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Never
 
 from haagent.agent import (
     Action,
@@ -60,6 +60,7 @@ from haagent.agent import (
     PromoteReplica,
     Proposal,
     ProposalKey,
+    ResumeReplicaIo,
     RunFence,
     StartGuest,
     StopGuest,
@@ -608,8 +609,11 @@ class World:
             )
         elif isinstance(action, RunFence):
             self._fence(node, gen, life, action)
-        elif isinstance(action, PromoteReplica | DemoteReplica):
+        elif isinstance(action, PromoteReplica | DemoteReplica | ResumeReplicaIo):
             self.at(self.now + o.destroy_s, lambda: self._finish_replica(node, gen, life, action))
+        else:
+            _exhaustive: Never = action  # mypy: every Action type has a branch above
+            raise TypeError(f"the simulator cannot carry out {action!r}")
 
     # -- FakeDrbd glue ------------------------------------------------------------------------
 
@@ -624,7 +628,11 @@ class World:
         )
 
     def _finish_replica(
-        self, node: _Node, gen: int, life: int, action: PromoteReplica | DemoteReplica
+        self,
+        node: _Node,
+        gen: int,
+        life: int,
+        action: PromoteReplica | DemoteReplica | ResumeReplicaIo,
     ) -> None:
         if not node.powered or node.boot_count != life:
             return
@@ -632,6 +640,11 @@ class World:
             refused = self.drbd.promote(node.name, action.resource, self.drbd_link, self.now)
             self.record(node.name, "drbd_promote", resource=action.resource, ok=not refused)
             result = ActionResult(not refused, refused)
+        elif isinstance(action, ResumeReplicaIo):
+            # FakeDrbd's freeze lifts by itself once the peer is committed outdated (its
+            # fence-peer handler never fails), so this is never asked of it in practice.
+            self.record(node.name, "drbd_resume_io", resource=action.resource)
+            result = ActionResult(True)
         else:
             self.drbd.demote(node.name, action.resource)
             self.record(node.name, "drbd_demote", resource=action.resource)
