@@ -32,8 +32,8 @@ from haagent.agent import LocalView
 from haagent.daemon.failover import FailoverTracker
 from haagent.daemon.offload import Offload
 from haagent.daemon.raft_metrics import RaftEventMetrics
-from haagent.model import GuestState, NodeState
-from haagent.ports import ConsensusView, DomainObservation
+from haagent.model import ClusterState, GuestState, NodeState, StorageKind
+from haagent.ports import ConsensusView, DiskState, DomainObservation, ReplicaRole
 from haagent.status import build_status
 
 FAILOVER_BUCKETS_S = (0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
@@ -220,6 +220,7 @@ class ClusterCollector(Collector):
                 owner.add_metric([name, node], 1 if guest.owner == node else 0)
         yield guest_state
         yield owner
+        yield from replica_metrics(snap.local, state)
         running = _local_running(snap.local.domains, snap.protected_domains, state)
         if running is not None:
             yield GaugeMetricFamily(
@@ -227,6 +228,69 @@ class ClusterCollector(Collector):
                 "Protected guests this node's hypervisor runs now (observed).",
                 value=running,
             )
+
+
+def replica_metrics(local: LocalView, state: ClusterState) -> Iterator[Metric]:
+    """`haagent_replica_*`: this node's DRBD replicas as last observed, one group of series
+    per local replica (never guests x nodes). A replica whose events2 state is not current
+    has only `haagent_replica_current 0`. Out-of-sync bytes are not exported: the events2
+    stream the watcher reads carries no statistics."""
+    resources = sorted(set(local.replicas) | set(local.replicas_unknown))
+    if not resources:
+        return
+    guest_of = {
+        g.spec.resource: g.name for g in state.guests.values() if g.spec.storage is StorageKind.DRBD
+    }
+    labels = ["guest", "resource"]
+    current = GaugeMetricFamily(
+        "haagent_replica_current",
+        "1 while this node's events2 watcher of the DRBD resource is current (0: events2 dead "
+        "or restarting; the agent then waits and never promotes it).",
+        labels=labels,
+    )
+    role = GaugeMetricFamily(
+        "haagent_replica_role", "1 for the local replica's DRBD role.", labels=[*labels, "role"]
+    )
+    disk = GaugeMetricFamily(
+        "haagent_replica_disk_state",
+        "1 for the local replica's disk state (the worst volume).",
+        labels=[*labels, "state"],
+    )
+    flags = {
+        name: GaugeMetricFamily(name, help_text, labels=labels)
+        for name, help_text in (
+            ("haagent_replica_connected", "1 while the replication link is Connected."),
+            (
+                "haagent_replica_suspended",
+                "1 while DRBD holds the replica's I/O frozen (e.g. fence-peer running or failed).",
+            ),
+            (
+                "haagent_replica_split_brain",
+                "1 after a DRBD split brain until a connection comes up: never resolved "
+                "automatically, an admin must act.",
+            ),
+        )
+    }
+    for resource in resources:
+        ids = [guest_of.get(resource, ""), resource]
+        rep = local.replicas.get(resource)
+        current.add_metric(ids, 0 if rep is None else 1)
+        if rep is None:
+            continue
+        for r in ReplicaRole:
+            role.add_metric([*ids, r.value], 1 if rep.role is r else 0)
+        for d in DiskState:
+            disk.add_metric([*ids, d.value], 1 if rep.disk is d else 0)
+        for name, value in (
+            ("haagent_replica_connected", rep.connected),
+            ("haagent_replica_suspended", rep.suspended),
+            ("haagent_replica_split_brain", rep.split_brain),
+        ):
+            flags[name].add_metric(ids, 1 if value else 0)
+    yield current
+    yield role
+    yield disk
+    yield from flags.values()
 
 
 def _local_running(
