@@ -365,7 +365,7 @@ class World:
         local_now = node.local(self.now)
         view = self._view(node)
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
-        replicas = self.drbd.observe(node.name, self.drbd_link, self.now)
+        replicas = self.drbd.observe(node.name, self.drbd_link, self.now, self._outdated)
         step = node.agent.tick(local_now, view, LocalView(domains, local_now, replicas))
         for ev in step.events:
             self.record(node.name, ev.name, dict(ev.data))
@@ -651,16 +651,17 @@ class World:
             result = ActionResult(True)
         self._action_result(node, gen, action.key, result)
 
+    def _outdated(self, guest: str) -> tuple[str, ...]:
+        """The replicas committed as behind (what the fake fence-peer handler waits for)."""
+        record = self.committed_state.guests.get(guest)
+        return record.outdated_nodes if record is not None else ()
+
     def _drbd_step(self) -> None:
         def running(node: str, domain: str) -> bool:
             obs = self.nodes[node].domains.get(domain)
             return self.nodes[node].powered and obs is not None and obs.running
 
-        def outdated(guest: str) -> tuple[str, ...]:
-            record = self.committed_state.guests.get(guest)
-            return record.outdated_nodes if record is not None else ()
-
-        for name, resource in self.drbd.step(self.now, running, self.drbd_link, outdated):
+        for name, resource in self.drbd.step(self.now, running, self.drbd_link, self._outdated):
             self.record(None, name, resource=resource)
 
     def _finish_start(self, node: _Node, gen: int, life: int, action: StartGuest) -> None:
