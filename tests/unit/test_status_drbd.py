@@ -83,9 +83,9 @@ def test_replica_gauges_at_scrape() -> None:
     ids = {"guest": "db", "resource": "r0"}
     assert r.get_sample_value("haagent_replica_current", ids) == 1
     assert r.get_sample_value("haagent_replica_role", {**ids, "role": "primary"}) == 1
-    assert r.get_sample_value("haagent_replica_role", {**ids, "role": "secondary"}) == 0
+    assert r.get_sample_value("haagent_replica_role", {**ids, "role": "secondary"}) is None
     assert r.get_sample_value("haagent_replica_disk_state", {**ids, "state": "uptodate"}) == 1
-    assert r.get_sample_value("haagent_replica_disk_state", {**ids, "state": "outdated"}) == 0
+    assert r.get_sample_value("haagent_replica_disk_state", {**ids, "state": "outdated"}) is None
     assert r.get_sample_value("haagent_replica_connected", ids) == 0
     assert r.get_sample_value("haagent_replica_suspended", ids) == 1
     assert r.get_sample_value("haagent_replica_split_brain", ids) == 0
@@ -93,9 +93,9 @@ def test_replica_gauges_at_scrape() -> None:
     r9 = {"guest": "", "resource": "r9"}
     assert r.get_sample_value("haagent_replica_current", r9) == 0
     assert r.get_sample_value("haagent_replica_role", {**r9, "role": "primary"}) is None
-    # Bounded: 11 series per local replica, none without DRBD.
-    names = [s.name for m in r.collect() for s in m.samples if s.name.startswith("haagent_replica_")
-             and s.name != "haagent_replica_lag_entries"]  # fmt: skip
-    assert len(names) == 11 + 1
+    # Bounded: 6 series per local replica (the current role and disk state only), none
+    # without DRBD.
+    names = [s.name for m in r.collect() for s in m.samples if "resource" in s.labels]
+    assert len(names) == 6 + 1
     plain = scrape(LocalView({}, 1.0))
     assert not [m for m in plain.collect() if m.name == "haagent_replica_current"]
