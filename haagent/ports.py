@@ -188,6 +188,15 @@ class ReplicaObservation:
     peer_role: ReplicaRole | None = None  # known only while connected
     peer_disk: DiskState | None = None
     split_brain: bool = False
+    suspended: bool = False  # I/O suspended (frozen): DRBD holds every write, for any reason
+    # Suspended by resource-and-stonith fencing alone (no admin's suspend-io, no quorum loss):
+    # the only freeze the agent may lift itself (`resume-io`, see haagent.core.drbd).
+    fence_frozen: bool = False
+    fence_pending: bool = False  # a fence-peer handler runs now (its verdict is still to come)
+
+
+class ReplicaError(RuntimeError):
+    """An expected failure of a replica operation: DRBD refused it, or it timed out."""
 
 
 class Replicas(Protocol):
@@ -196,10 +205,15 @@ class Replicas(Protocol):
         ...
 
     async def promote(self, resource: str) -> None:
-        """Make this side Primary. DRBD itself refuses while the peer is Primary."""
+        """Make this side Primary. DRBD itself refuses while the peer is Primary.
+        Raises ReplicaError (as do `demote` and `resume_io`)."""
         ...
 
     async def demote(self, resource: str) -> None: ...
+
+    async def resume_io(self, resource: str) -> None:
+        """Unfreeze I/O that fencing froze (after a failed fence-peer handler)."""
+        ...
 
 
 # --- fencing ---------------------------------------------------------------------------------

@@ -11,14 +11,45 @@ from typing import Any
 
 from haagent.codec import to_json
 from haagent.core.divergence import judge
-from haagent.model import NodeState
-from haagent.ports import ConsensusView, DomainObservation
+from haagent.model import ClusterState, NodeState, StorageKind
+from haagent.ports import ConsensusView, DomainObservation, ReplicaObservation
 
 STATUS_VERSION = 1
 
 REPLICA_LAG_ENTRIES = 20
 """A replica further behind the leader's commit than this is called lagging (in a healthy
 cluster it applies within one round trip: a few entries at most)."""
+
+
+def drbd_document(
+    state: ClusterState,
+    replicas: Mapping[str, ReplicaObservation],
+    unknown: frozenset[str] | set[str],
+) -> dict[str, Any]:
+    """This node's DRBD replicas by resource: what events2 says now, or `current: false`
+    while the watcher has no fresh state (events2 dead or restarting). `split_brain` is an
+    alert state: never resolved automatically."""
+    guest_of = {
+        g.spec.resource: g.name for g in state.guests.values() if g.spec.storage is StorageKind.DRBD
+    }
+    doc: dict[str, Any] = {}
+    for resource in sorted(set(replicas) | set(unknown)):
+        rep = replicas.get(resource)
+        entry: dict[str, Any] = {"guest": guest_of.get(resource), "current": rep is not None}
+        if rep is not None:
+            entry.update(
+                role=rep.role.value,
+                disk=rep.disk.value,
+                connected=rep.connected,
+                peer_role=None if rep.peer_role is None else rep.peer_role.value,
+                peer_disk=None if rep.peer_disk is None else rep.peer_disk.value,
+                suspended=rep.suspended,
+                fence_frozen=rep.fence_frozen,
+                fence_pending=rep.fence_pending,
+                split_brain=rep.split_brain,
+            )
+        doc[resource] = entry
+    return doc
 
 
 def lease_loss_reason(view: ConsensusView) -> str:
@@ -84,11 +115,15 @@ def build_status(
     tolerated: Mapping[str, Any] | None = None,
     voters: int | None = None,
     config_digest: str | None = None,
+    replicas: Mapping[str, ReplicaObservation] | None = None,
+    replicas_unknown: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """`loop`: the reconcile loop's pass and lag figures; `tolerated`: the latest
     tolerated-failures count with its age (computed off the loop). Both as the daemon gives
     them (None when unknown). `voters`: the configured nodes; `config_digest`: this node's
-    (for the divergence report; the node count of the state when not given)."""
+    (for the divergence report; the node count of the state when not given).
+    `replicas`/`replicas_unknown`: this node's DRBD replicas as the observer has them (see
+    `drbd_document`)."""
     state = view.state
     nodes: dict[str, Any] = {}
     for name, rec in sorted(state.nodes.items()):
@@ -169,6 +204,7 @@ def build_status(
         "local_error": local_error,
         "loop": None if loop is None else dict(loop),
         "tolerated_node_failures": None if tolerated is None else dict(tolerated),
+        "drbd": drbd_document(state, replicas or {}, replicas_unknown),
     }
 
 
@@ -177,6 +213,34 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
+
+
+def _drbd_lines(drbd: Mapping[str, Any]) -> list[str]:
+    rows = [["REPLICA", "GUEST", "ROLE", "DISK", "CONNECTION", "PEER", "I/O"]]
+    alerts = []
+    for resource, r in drbd.items():
+        if not r["current"]:
+            rows.append([resource, r["guest"] or "-", "?", "?", "?", "?", "?"])
+            alerts.append(f"DRBD {resource}: state not known now (events2 not running)")
+            continue
+        peer = f"{r['peer_role'] or '?'}/{r['peer_disk'] or '?'}" if r["connected"] else "-"
+        io = "ok"
+        if r["suspended"]:
+            io = "frozen (fence-peer running)" if r["fence_pending"] else "frozen"
+        rows.append(
+            [
+                resource,
+                r["guest"] or "-",
+                r["role"],
+                r["disk"],
+                "connected" if r["connected"] else "disconnected",
+                peer,
+                io,
+            ]
+        )
+        if r["split_brain"]:
+            alerts.append(f"DRBD SPLIT BRAIN on {resource}: an admin must resolve it")
+    return [*alerts, _table(rows)]
 
 
 def format_status(doc: dict[str, Any]) -> str:
@@ -235,6 +299,9 @@ def format_status(doc: dict[str, Any]) -> str:
             ]
         )
     lines += ["", _table(rows)]
+    drbd = doc.get("drbd") or {}
+    if drbd:
+        lines += ["", *_drbd_lines(drbd)]
     local = doc.get("local")
     if local is None:
         lines += ["", f"local hypervisor: cannot observe ({doc.get('local_error')})"]

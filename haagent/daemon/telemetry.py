@@ -33,7 +33,7 @@ from haagent.daemon.agent_metrics import AgentEventMetrics, snapshot_families
 from haagent.daemon.failover import FailoverTracker
 from haagent.daemon.offload import Offload
 from haagent.daemon.raft_metrics import RaftEventMetrics
-from haagent.model import NodeState
+from haagent.model import ClusterState, NodeState, StorageKind
 from haagent.ports import ConsensusView, DomainObservation
 from haagent.status import build_status, divergence_report
 
@@ -251,6 +251,7 @@ class ClusterCollector(Collector):
         yield guest_state
         yield owner
         yield from snapshot_families(snap, now)
+        yield from replica_metrics(snap.local, state)
         running = _local_running(snap.local.domains, snap.protected_domains, state)
         if running is not None:
             yield GaugeMetricFamily(
@@ -258,6 +259,70 @@ class ClusterCollector(Collector):
                 "Protected guests this node's hypervisor runs now (observed).",
                 value=running,
             )
+
+
+def replica_metrics(local: LocalView, state: ClusterState) -> Iterator[Metric]:
+    """`haagent_replica_*`: this node's DRBD replicas as last observed, one group of series
+    per local replica (never guests x nodes). A replica whose events2 state is not current
+    has only `haagent_replica_current 0`. Out-of-sync bytes are not exported: the events2
+    stream the watcher reads carries no statistics."""
+    resources = sorted(set(local.replicas) | set(local.replicas_unknown))
+    if not resources:
+        return
+    guest_of = {
+        g.spec.resource: g.name for g in state.guests.values() if g.spec.storage is StorageKind.DRBD
+    }
+    labels = ["guest", "resource"]
+    current = GaugeMetricFamily(
+        "haagent_replica_current",
+        "1 while this node's events2 watcher of the DRBD resource is current (0: events2 dead "
+        "or restarting; the agent then waits and never promotes it).",
+        labels=labels,
+    )
+    role = GaugeMetricFamily(
+        "haagent_replica_role",
+        "1, labelled with the local replica's DRBD role (one series per replica).",
+        labels=[*labels, "role"],
+    )
+    disk = GaugeMetricFamily(
+        "haagent_replica_disk_state",
+        "1, labelled with the local replica's disk state (the worst volume; one series per "
+        "replica).",
+        labels=[*labels, "state"],
+    )
+    flags = {
+        name: GaugeMetricFamily(name, help_text, labels=labels)
+        for name, help_text in (
+            ("haagent_replica_connected", "1 while the replication link is Connected."),
+            (
+                "haagent_replica_suspended",
+                "1 while DRBD holds the replica's I/O frozen (e.g. fence-peer running or failed).",
+            ),
+            (
+                "haagent_replica_split_brain",
+                "1 after a DRBD split brain until a connection comes up: never resolved "
+                "automatically, an admin must act.",
+            ),
+        )
+    }
+    for resource in resources:
+        ids = [guest_of.get(resource, ""), resource]
+        rep = local.replicas.get(resource)
+        current.add_metric(ids, 0 if rep is None else 1)
+        if rep is None:
+            continue
+        role.add_metric([*ids, rep.role.value], 1)
+        disk.add_metric([*ids, rep.disk.value], 1)
+        for name, value in (
+            ("haagent_replica_connected", rep.connected),
+            ("haagent_replica_suspended", rep.suspended),
+            ("haagent_replica_split_brain", rep.split_brain),
+        ):
+            flags[name].add_metric(ids, 1 if value else 0)
+    yield current
+    yield role
+    yield disk
+    yield from flags.values()
 
 
 def _local_running(

@@ -45,7 +45,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Never
 
 from haagent.agent import (
     Action,
@@ -60,6 +60,7 @@ from haagent.agent import (
     PromoteReplica,
     Proposal,
     ProposalKey,
+    ResumeReplicaIo,
     RunFence,
     StartGuest,
     StopGuest,
@@ -384,7 +385,7 @@ class World:
         local_now = node.local(self.now)
         view = self._view(node)
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
-        replicas = self.drbd.observe(node.name, self.drbd_link, self.now)
+        replicas = self.drbd.observe(node.name, self.drbd_link, self.now, self._outdated)
         step = node.agent.tick(local_now, view, LocalView(domains, local_now, replicas))
         for ev in step.events:
             self.record(node.name, ev.name, dict(ev.data))
@@ -639,8 +640,11 @@ class World:
             )
         elif isinstance(action, RunFence):
             self._fence(node, gen, life, action)
-        elif isinstance(action, PromoteReplica | DemoteReplica):
+        elif isinstance(action, PromoteReplica | DemoteReplica | ResumeReplicaIo):
             self.at(self.now + o.destroy_s, lambda: self._finish_replica(node, gen, life, action))
+        else:
+            _exhaustive: Never = action  # mypy: every Action type has a branch above
+            raise TypeError(f"the simulator cannot carry out {action!r}")
 
     # -- FakeDrbd glue ------------------------------------------------------------------------
 
@@ -655,7 +659,11 @@ class World:
         )
 
     def _finish_replica(
-        self, node: _Node, gen: int, life: int, action: PromoteReplica | DemoteReplica
+        self,
+        node: _Node,
+        gen: int,
+        life: int,
+        action: PromoteReplica | DemoteReplica | ResumeReplicaIo,
     ) -> None:
         if not node.powered or node.boot_count != life:
             return
@@ -663,22 +671,28 @@ class World:
             refused = self.drbd.promote(node.name, action.resource, self.drbd_link, self.now)
             self.record(node.name, "drbd_promote", resource=action.resource, ok=not refused)
             result = ActionResult(not refused, refused)
+        elif isinstance(action, ResumeReplicaIo):
+            # FakeDrbd's freeze lifts by itself once the peer is committed outdated (its
+            # fence-peer handler never fails), so this is never asked of it in practice.
+            self.record(node.name, "drbd_resume_io", resource=action.resource)
+            result = ActionResult(True)
         else:
             self.drbd.demote(node.name, action.resource)
             self.record(node.name, "drbd_demote", resource=action.resource)
             result = ActionResult(True)
         self._action_result(node, gen, action.key, result)
 
+    def _outdated(self, guest: str) -> tuple[str, ...]:
+        """The replicas committed as behind (what the fake fence-peer handler waits for)."""
+        record = self.committed_state.guests.get(guest)
+        return record.outdated_nodes if record is not None else ()
+
     def _drbd_step(self) -> None:
         def running(node: str, domain: str) -> bool:
             obs = self.nodes[node].domains.get(domain)
             return self.nodes[node].powered and obs is not None and obs.running
 
-        def outdated(guest: str) -> tuple[str, ...]:
-            record = self.committed_state.guests.get(guest)
-            return record.outdated_nodes if record is not None else ()
-
-        for name, resource in self.drbd.step(self.now, running, self.drbd_link, outdated):
+        for name, resource in self.drbd.step(self.now, running, self.drbd_link, self._outdated):
             self.record(None, name, resource=resource)
 
     def _finish_start(self, node: _Node, gen: int, life: int, action: StartGuest) -> None:
