@@ -73,6 +73,8 @@ class GuestPlan:
     memory_mib: int = 128
     priority: int = 0
     preferred: tuple[str, ...] = ()
+    # storage = "drbd" on resource <name> between these two nodes (empty: shared storage)
+    replicas: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,10 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
     if me.fence in ("watchdog", "ipmi+watchdog"):
         lines.append("watchdog_standin_ok = true  # no /dev/watchdog here: a lab only")
     lines += [f"{k} = {_toml_value(v)}" for k, v in plan.extra_local.items()]
+    if any(node in g.replicas for g in plan.guests):
+        # One fence socket per agent: they share this machine.
+        sock = run_dir / "state" / node / "drbd-fence.sock"
+        lines.append(f"drbd_fence_socket = {_toml_value(str(sock))}")
     if plan.timing:
         lines += ["", "[timing]"] + [f"{k} = {_toml_value(v)}" for k, v in plan.timing.items()]
     for n in plan.nodes:
@@ -170,6 +176,8 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
         ]
         if g.preferred:
             lines.append(f"preferred_nodes = {_toml_value(list(g.preferred))}")
+        if g.replicas:
+            lines += ['storage = "drbd"', f"replica_nodes = {_toml_value(list(g.replicas))}"]
     return "\n".join(lines) + "\n"
 
 
