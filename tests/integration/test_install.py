@@ -97,6 +97,25 @@ def test_install_into_a_scratch_root(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stderr
     assert "ok (cluster prod, node hv1" in check.stdout
 
+    # Every module of the checkout is in the installed package (a wheel built from a
+    # package list that forgot haagent.daemon installed fine and then could not `run`).
+    site = next((root / "opt/haagent/venv/lib").glob("python3*/site-packages"))
+    layout = [("haagent", "haagent"), ("fencing", "haagent/fencing")]
+    layout.append(("resources", "haagent/resources"))
+    for src, dest in layout:
+        for f in (REPO / src).rglob("*"):
+            if f.suffix in (".py", ".sh") and "__pycache__" not in f.parts:
+                installed = site / dest / f.relative_to(REPO / src)
+                assert installed.is_file(), f"{installed} is missing from the install"
+    imports = subprocess.run(
+        [f"{root}{python.group(1)}", "-I", "-c", "import haagent.daemon.shell"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert imports.returncode == 0, imports.stderr
+
     # Re-running is an upgrade: the config and the secrets are kept.
     config.write_text(config.read_text() + "\n# edited by the admin\n")
     done = install(root)
