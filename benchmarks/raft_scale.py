@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import haagent.consensus
 from haagent.commands import Heartbeat, Join
 from haagent.consensus import RaftConsensus
-from haagent.localcluster.cluster import pid_alive, wait_for
+from haagent.localcluster.cluster import pid_alive
 from haagent.localcluster.ports import free_port
 from haagent.localcluster.scale import Traffic, cpu_seconds, raft_traffic, rss_mib
 from haagent.model import NodeRole
@@ -142,6 +142,16 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def wait_joined(dirs: dict[str, Path], timeout_s: float) -> int:
+    """Wait until every node committed its Join, at most `timeout_s`; return how many did."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        joined = sum(1 for d in dirs.values() if (s := read_status(d)) and s["joined"])
+        if joined == len(dirs) or time.monotonic() > deadline:
+            return joined
+        time.sleep(0.5)
+
+
 def quantile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -155,6 +165,7 @@ def main() -> int:
     p.add_argument("--heartbeat-s", type=float, default=DEFAULT_TIMING.heartbeat_s)
     p.add_argument("--warmup-seconds", type=float, default=15.0)
     p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--join-timeout", type=float, default=120.0)
     p.add_argument(
         "--conf",
         type=_conf_item,
@@ -206,16 +217,9 @@ def parent(args: argparse.Namespace) -> int:
                     stdout=subprocess.DEVNULL,
                     stderr=open(dirs[name] / "stderr", "wb"),  # noqa: SIM115 - closed by the child's exit
                 )
-            wait_for(
-                "every node to join",
-                lambda: (
-                    True
-                    if all((s := read_status(d)) and s["joined"] for d in dirs.values())
-                    else None
-                ),
-                180,
-                0.5,
-            )
+            joined = wait_joined(dirs, args.join_timeout)
+            if joined < len(names):
+                print(f"only {joined} of {len(names)} nodes joined in {args.join_timeout:.0f} s")
             time.sleep(max(0.0, args.warmup_seconds))
             return measure(args, names, procs, dirs, ports, load0)
         finally:

@@ -3,7 +3,8 @@
 
     .venv/bin/python benchmarks/scale_real.py [--size 12x60 --size 22x110 --size 12x500]
                                               [--idle-seconds 60] [--profile robust|fast]
-                                              [--kill-leader] [--keep DIR]
+                                              [--timing KEY=SECONDS] [--kill-leader]
+                                              [--keep DIR]
 
 For each size AGENTSxGUESTS: that many `haagent run` processes (libvirt's test driver,
 fence_dummy, real pysyncobj on loopback, APIs on unix sockets, Raft ports outside the
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -57,6 +59,14 @@ def _size(text: str) -> tuple[int, int]:
         return int(agents), int(guests)
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be AGENTSxGUESTS, not {text!r}") from None
+
+
+def _timing_item(text: str) -> tuple[str, float]:
+    key, _, value = text.partition("=")
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--timing wants KEY=SECONDS, not {text!r}") from None
 
 
 def _ms(seconds: float) -> str:
@@ -122,10 +132,10 @@ def run_size(
     run_dir = base / f"{agents}x{guests}"
     api_dir = run_dir / "api"
     api_dir.mkdir(parents=True, exist_ok=True)
-    timing = {"profile": args.profile}
+    timing: dict[str, Any] = {"profile": args.profile, **dict(args.timing or [])}
     cluster = LocalCluster(run_dir / "cluster", scale_plan(agents, guests, api_dir, timing))
     cluster.write()
-    lines = [f"{agents} agents / {guests} guests (profile {args.profile}), load {_load()}"]
+    lines = [f"{agents} agents / {guests} guests (timing {timing}), load {_load()}"]
     try:
         try:
             running_s, leases_s = start_cluster(cluster, args.up_timeout)
@@ -157,6 +167,12 @@ def main() -> int:
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--up-timeout", type=float, default=300.0)
     p.add_argument("--profile", choices=sorted(TIMING_PROFILES), default=DEFAULT_TIMING_PROFILE)
+    p.add_argument(
+        "--timing",
+        type=_timing_item,
+        action="append",
+        help="KEY=SECONDS: a [timing] key on top of the profile (e.g. heartbeat_s=0.5)",
+    )
     p.add_argument("--kill-leader", action="store_true")
     p.add_argument("--keep", type=Path, default=None, help="run folder to keep (logs)")
     args = p.parse_args()
