@@ -74,10 +74,17 @@ def raft_traffic(pids: dict[int, str], raft_ports: set[int]) -> dict[str, Traffi
         text=True,
         check=True,
         timeout=20,
-    ).stdout.splitlines()
+    ).stdout
+    return parse_ss(out, pids, raft_ports)
+
+
+def parse_ss(text: str, pids: dict[int, str], raft_ports: set[int]) -> dict[str, Traffic]:
+    """`ss -tinpH state established` output (a socket line, then its indented info line)
+    summed per owner in `pids`, over connections with a port in `raft_ports` at either end."""
+    lines = text.splitlines()
     totals: dict[str, dict[str, int]] = {}
     conns: dict[str, set[tuple[int, int]]] = {}
-    for head, info in zip(out[::2], out[1::2], strict=False):
+    for head, info in zip(lines[::2], lines[1::2], strict=False):
         parts = head.split()
         if len(parts) < 5:
             continue
