@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from haagent.agent import Action, ActionResult, AgentCore, Proposal
+from haagent.agent import Action, ActionResult, AgentCore, Proposal, RunFence
 from haagent.api import build_app, serve
 from haagent.commands import Heartbeat
 from haagent.config import Config
@@ -57,7 +57,16 @@ from haagent.ports import (
 
 log = logging.getLogger("haagent")
 
-PET_INTERVAL_S = 0.2
+
+def pet_interval(timeout_s: float) -> float:
+    """How often a lease holder pets its watchdog: a fifth of the armed timeout (five chances
+    before it fires), between 0.2 s and 1 s. Safety does not depend on it (a pet happens only
+    while the lease is valid, so the reset comes at most `timeout_s` after the lease ends,
+    whatever the interval); a shorter one would only cost wake-ups.
+    """
+    return min(1.0, max(0.2, timeout_s / 5))
+
+
 MAX_IDLE_S = 0.5
 
 
@@ -75,6 +84,10 @@ class Daemon:
         self.core = AgentCore(self.settings, self.incarnation, self.started_at)
         self.core.set_wall_offset(time.time() - time.monotonic())
         self.telemetry = Telemetry(config.node, Offload())
+        self.telemetry.set_config(self.settings)
+        self._watchdog_required = frozenset(
+            n for n, ns in self.settings.nodes.items() if ns.relies_on_watchdog
+        )
         self.hypervisor: Hypervisor | None = None
         self.fencer: Fencer = AgentFencer()
         self.watchdog: Watchdog | None = None
@@ -83,7 +96,7 @@ class Daemon:
         self.admin = AdminService(
             config, self.settings, self.telemetry, lambda: self.consensus, self.core.lease_valid
         )
-        self.observer = Observer(None, self.wake)
+        self.observer = Observer(None, self.wake, on_error=self.telemetry.agent.observation_failed)
         self.executor = ActionExecutor(config, self.settings, None, self.fencer, self.telemetry)
         self._protected = frozenset(spec.domain for spec in self.settings.guests)
         self._wake = asyncio.Event()
@@ -117,7 +130,9 @@ class Daemon:
             cleared = await hv.clear_autostart(self._protected)
             if cleared:
                 log.warning("turned libvirt autostart off for %s", ", ".join(cleared))
-            self.observer = Observer(hv, self.wake)
+            self.observer = Observer(
+                hv, self.wake, on_error=self.telemetry.agent.observation_failed
+            )
             hv.set_listener(self.observer.request)
             self.executor = ActionExecutor(cfg, self.settings, hv, self.fencer, self.telemetry)
         # The API binds before the watchdog is armed: a taken port must end in a clear error,
@@ -297,7 +312,7 @@ class Daemon:
         if lease_until > now:
             candidates.append(lease_until)
         if self._petting and self.watchdog is not None:
-            candidates.append(self._last_pet + PET_INTERVAL_S)
+            candidates.append(self._last_pet + pet_interval(self.watchdog.timeout_s))
         interval = self.notifier.watchdog_interval_s
         if interval is not None:
             candidates.append(self._last_notify + min(interval, 1.0))
@@ -328,8 +343,17 @@ class Daemon:
             log.info("pass: %s", step.reason)
         self._petting = step.pet_watchdog
         self._feed_watchdogs(started, step.pet_watchdog)
+        pet_at = None if self.watchdog is None or self._last_pet < 0 else self._last_pet
         self.telemetry.publish(
-            Snapshot(view, started, self.core.lease_until, local, self._protected)
+            Snapshot(
+                view,
+                started,
+                self.core.lease_until,
+                local,
+                self._protected,
+                self._watchdog_required,
+                pet_at,
+            )
         )
         if self.admin.tolerance_due(started):
             self._spawn(self.admin.refresh_tolerance(view.state, view.commit_index))
@@ -337,7 +361,11 @@ class Daemon:
         return step.left
 
     def _feed_watchdogs(self, now: float, pet: bool) -> None:
-        if pet and self.watchdog is not None and now - self._last_pet >= PET_INTERVAL_S:
+        if (
+            pet
+            and self.watchdog is not None
+            and now - self._last_pet >= pet_interval(self.watchdog.timeout_s)
+        ):
             self.watchdog.pet()
             self._last_pet = now
         interval = self.notifier.watchdog_interval_s
@@ -353,8 +381,10 @@ class Daemon:
 
     async def _run_proposal(self, proposal: Proposal) -> None:
         assert self.consensus is not None
+        proposed_at = time.monotonic()
         outcome = await self.consensus.propose(proposal.command, proposal.timeout_s)
         now = time.monotonic()
+        self.telemetry.agent.proposal_done(proposal.command, outcome, now - proposed_at)
         renewal = isinstance(proposal.command, Heartbeat) and self.core.lease_valid(now)
         events = self.core.proposal_done(proposal.key, outcome, now)
         for ev in events:
@@ -364,8 +394,11 @@ class Daemon:
             self.wake(now)
 
     async def _run_action(self, action: Action, work: Coroutine[Any, Any, ActionResult]) -> None:
+        began = time.monotonic()
         result = await work
         now = time.monotonic()
+        if isinstance(action, RunFence):
+            self.telemetry.agent.fence_done(result.ok, now - began)
         for ev in self.core.action_done(action.key, result, now):
             log.info("%s", ev)
         self.observer.request()
