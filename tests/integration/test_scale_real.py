@@ -16,15 +16,14 @@ promise of the README:
   the victim's fence was committed.
 
 Why 6 agents and not 22 or 12 (issue 7 asks for 22 if it fits, else 12): on this machine's
-2 cores, shared with other sessions' tests, neither is deterministic. Measured on 2026-12-04
-(README "How large a cluster"): 12 agents / 60 guests came up in 7-8 s and stayed steady at
-load average 7-12, but did not come up within 180 s at load 19-35 (CPU pressure 96 %) with
-the default profile, nor once of twice with `heartbeat_s = 0.5`; 22 agents never came up.
-The cause is the Raft leader, not the loop: every heartbeat is a log entry sent to every
-follower in its own message, and under fair scheduling the leader gets no more CPU than any
-other agent, so commits fall behind and heartbeats miss their lease. 6 agents / 30 guests
-passed at load 34-38. Raise AGENTS once the leader's cost per heartbeat no longer grows with
-the cluster (the lead's part 2: heartbeat rate, batching).
+2 cores, shared with other sessions' tests, neither is deterministic (README "How large a
+cluster", measured on 2026-12-04). With the robust profile's 1.0 s heartbeat, 12 agents / 60
+guests came up in 19 s at load 39, but in 132 s once and not within 180 s once at load ~44;
+with the former 0.2 s heartbeat they failed four times at load 19-35. 22 agents never came up.
+The cause is the Raft leader, not the loop: every log entry goes to every follower in a
+message of its own, and under fair scheduling the leader gets no more CPU than any other
+agent. 6 agents / 30 guests passed four times at load 30-38. Raise AGENTS once the leader's
+cost per entry no longer grows with the cluster.
 The figures go to $TMPDIR/haagent_scale_report.txt.
 """
 
