@@ -236,11 +236,12 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def http_get_json(
+def http_get(
     listen: str, path: str, token: str | None, timeout_s: float = 2.0, cafile: str | None = None
-) -> Any:
-    """GET a JSON document from an agent listening on "host:port" or "unix:/path" (over TLS,
-    verified against `cafile`, when given). Raises OSError (incl. timeouts) or ValueError."""
+) -> bytes:
+    """GET `path` from an agent listening on "host:port" or "unix:/path" (over TLS, verified
+    against `cafile`, when given) and return the body. Raises OSError (incl. timeouts) or
+    ValueError (an HTTP error status, except on health)."""
     conn: http.client.HTTPConnection
     if listen.startswith("unix:"):
         conn = _UnixHTTPConnection(listen[5:], timeout_s)
@@ -258,11 +259,19 @@ def http_get_json(
         body = resp.read()
         if resp.status >= 400 and path != "/v1/health":
             raise ValueError(f"HTTP {resp.status}: {body[:200]!r}")
-        return json.loads(body)
+        return body
     except http.client.HTTPException as exc:
         raise OSError(str(exc)) from exc
     finally:
         conn.close()
+
+
+def http_get_json(
+    listen: str, path: str, token: str | None, timeout_s: float = 2.0, cafile: str | None = None
+) -> Any:
+    """GET a JSON document from an agent listening on "host:port" or "unix:/path" (over TLS,
+    verified against `cafile`, when given). Raises OSError (incl. timeouts) or ValueError."""
+    return json.loads(http_get(listen, path, token, timeout_s, cafile))
 
 
 def wait_for(
@@ -469,7 +478,10 @@ class LocalCluster:
             self.start_agent(node)
         self.wait_ready(timeout_s)
 
-    def wait_ready(self, timeout_s: float) -> dict[str, Any]:
+    def wait_ready(self, timeout_s: float, interval_s: float = 0.05) -> dict[str, Any]:
+        """Wait until an agent with a lease sees a leader and every guest running. Each poll
+        may ask every agent for its status (none holds a lease yet): with many agents, poll
+        less often (`interval_s`), or the polling itself starves them."""
         nodes = self.nodes()
 
         def ready() -> dict[str, Any] | None:
@@ -486,7 +498,7 @@ class LocalCluster:
                 return doc
             return None
 
-        return wait_for("a leader and all guests running", ready, timeout_s)
+        return wait_for("a leader and all guests running", ready, timeout_s, interval_s)
 
     def status(self, node: str, timeout_s: float = 2.0) -> dict[str, Any]:
         doc: dict[str, Any] = http_get_json(
