@@ -8,6 +8,11 @@ Contract:
 - The returned coroutine never raises for an operating error: a failed, refused or timed-out
   adapter call, or an unexpected exception inside an adapter, becomes `ActionResult(False)`.
   Every adapter call has a deadline, so an action cannot stay "in flight" forever.
+- A start (and a promote, once wired) is checked by the `ActAuthority` right before the
+  hypervisor call, not only when the core decided it: if the lease has lapsed or the committed
+  generation moved on, the call is not made and the result is `ActionResult(refused=True)`,
+  which the core never counts as a failure. The adapter checks once more in the thread that
+  makes the call and holds a permit until the call returns (haagent.daemon.authority).
 - Action types the daemon does not carry out yet (DRBD promote/demote: the adapter exists in
   `haagent.resources.drbd` but is not wired in) fail explicitly, with that reason.
 """
@@ -32,12 +37,14 @@ from haagent.agent import (
     StopGuest,
 )
 from haagent.config import Config
+from haagent.daemon.authority import ActAuthority
 from haagent.daemon.telemetry import Telemetry
 from haagent.ports import (
     FenceOutcome,
     Fencer,
     Hypervisor,
     HypervisorError,
+    RefusedError,
     UnknownOutcomeError,
 )
 
@@ -61,12 +68,14 @@ class ActionExecutor:
         hypervisor: Hypervisor | None,
         fencer: Fencer,
         telemetry: Telemetry,
+        authority: ActAuthority,
     ) -> None:
         self._config = config
         self._s = settings
         self._hv = hypervisor
         self._fencer = fencer
         self._telemetry = telemetry
+        self._authority = authority
 
     def dispatch(self, action: Action) -> Coroutine[Any, Any, ActionResult]:
         """The coroutine that carries out `action`; raises UnknownActionError for a type without
@@ -121,10 +130,24 @@ class ActionExecutor:
         try:
             hv = self._hypervisor()
             xml = self._config.guest_xml(action.guest)
+            refused = self._authority.check(action.guest, action.generation)
+            if refused is not None:
+                raise RefusedError(f"{action.key} refused before the call: {refused}")
+            authorise = self._authority.authorise(action.key, action.guest, action.generation)
             await asyncio.wait_for(
-                hv.start(action.domain, xml, self._s.cluster, self._s.node, action.generation),
+                hv.start(
+                    action.domain,
+                    xml,
+                    self._s.cluster,
+                    self._s.node,
+                    action.generation,
+                    authorise=authorise,
+                ),
                 self._s.start_timeout_s,
             )
+        except RefusedError as exc:
+            log.warning("start %s not made: %s", action.guest, exc)
+            return ActionResult(False, str(exc), refused=True)
         except TimeoutError:
             # wait_for cancels our await, not a create() already running in libvirt's worker
             # thread: the start may still complete, so its outcome is unknown, not failed.
@@ -162,6 +185,12 @@ class ActionExecutor:
         return ActionResult(True)
 
     async def _no_replica_adapter(self, action: PromoteReplica | DemoteReplica) -> ActionResult:
+        if isinstance(action, PromoteReplica):
+            # The check a wired promote makes first (README, "Safety model").
+            refused = self._authority.check(action.guest, action.generation)
+            if refused is not None:
+                log.warning("promote %s not made: %s", action.resource, refused)
+                return ActionResult(False, f"{action.key} refused: {refused}", refused=True)
         detail = "the DRBD adapter is not wired into the daemon yet (storage 'drbd' is refused)"
         log.error("%s: %s", action.key, detail)
         return ActionResult(False, detail)

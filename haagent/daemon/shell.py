@@ -40,29 +40,28 @@ from haagent.commands import Heartbeat
 from haagent.config import Config
 from haagent.consensus import JournalDamagedError, RaftConsensus
 from haagent.daemon.admin import AdminService
+from haagent.daemon.authority import ActAuthority
 from haagent.daemon.executor import ActionExecutor
 from haagent.daemon.observer import Observer
 from haagent.daemon.offload import Offload
 from haagent.daemon.surface import Surface
 from haagent.daemon.telemetry import Snapshot, Telemetry
+from haagent.daemon.watchdogs import (
+    StartupError,
+    WatchdogKeeper,
+    expected_watchdog_s,
+    watchdog_commitment,
+)
 from haagent.fencing.levels import AgentFencer
 from haagent.fencing.sdnotify import SystemdNotifier
-from haagent.fencing.watchdog import DeviceWatchdog, FileWatchdog, WatchdogError, open_watchdog
-from haagent.model import NodeRole
-from haagent.ports import (
-    Fencer,
-    Hypervisor,
-    Watchdog,
-)
+from haagent.model import ClusterState, NodeRole
+from haagent.ports import Fencer, Hypervisor
+
+__all__ = ["Daemon", "StartupError", "expected_watchdog_s", "run_daemon", "watchdog_commitment"]
 
 log = logging.getLogger("haagent")
 
-PET_INTERVAL_S = 0.2
 MAX_IDLE_S = 0.5
-
-
-class StartupError(RuntimeError):
-    """The agent cannot start safely (an operating problem, not a bug)."""
 
 
 class Daemon:
@@ -77,14 +76,15 @@ class Daemon:
         self.telemetry = Telemetry(config.node, Offload())
         self.hypervisor: Hypervisor | None = None
         self.fencer: Fencer = AgentFencer()
-        self.watchdog: Watchdog | None = None
         self.notifier = SystemdNotifier.from_env()
         self.consensus: RaftConsensus | None = None
         self.admin = AdminService(
             config, self.settings, self.telemetry, lambda: self.consensus, self.core.lease_valid
         )
         self.observer = Observer(None, self.wake)
-        self.executor = ActionExecutor(config, self.settings, None, self.fencer, self.telemetry)
+        self.authority = ActAuthority(config.node, self.core.lease, self._committed_state)
+        self.watchdogs = WatchdogKeeper(config, self.core, self.authority)
+        self.executor = self._executor(None)
         self._protected = frozenset(spec.domain for spec in self.settings.guests)
         self._wake = asyncio.Event()
         self._due_at: float | None = None  # earliest time a pass was asked for since the last
@@ -93,9 +93,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_requested = False
         self._next_heartbeat_at = math.inf
-        self._last_pet = -math.inf
         self._last_notify = -math.inf
-        self._petting = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -119,7 +117,7 @@ class Daemon:
                 log.warning("turned libvirt autostart off for %s", ", ".join(cleared))
             self.observer = Observer(hv, self.wake)
             hv.set_listener(self.observer.request)
-            self.executor = ActionExecutor(cfg, self.settings, hv, self.fencer, self.telemetry)
+            self.executor = self._executor(hv)
         # The API binds before the watchdog is armed: a taken port must end in a clear error,
         # not in an armed hardware watchdog that resets the host after this process exits.
         try:
@@ -142,7 +140,7 @@ class Daemon:
                 ) from None
             except OSError as exc:
                 raise StartupError(f"cannot open the Raft journal: {exc}") from None
-            self._arm_watchdog()
+            self.watchdogs.arm()
         except StartupError:
             await runner.cleanup()
             raise
@@ -163,6 +161,17 @@ class Daemon:
             await self._shutdown(runner)
         return 0
 
+    def _executor(self, hv: Hypervisor | None) -> ActionExecutor:
+        return ActionExecutor(
+            self.config, self.settings, hv, self.fencer, self.telemetry, self.authority
+        )
+
+    def _committed_state(self) -> ClusterState:
+        """The replica's state right now, from any thread (before Raft runs: an empty one,
+        which authorises nothing)."""
+        consensus = self.consensus
+        return ClusterState() if consensus is None else consensus.committed_state()
+
     def make_consensus(self) -> RaftConsensus:
         """The Raft adapter over every configured node (a test may narrow the peers)."""
         cfg = self.config
@@ -175,36 +184,6 @@ class Daemon:
             cfg.timing.election_timeout_max_s,
             wake=self.wake_threadsafe,
         )
-
-    def _arm_watchdog(self) -> None:
-        cfg = self.config
-        try:
-            watchdog = open_watchdog(
-                cfg.watchdog_device, cfg.me.watchdog_timeout_s, str(cfg.watchdog_standin)
-            )
-        except WatchdogError as exc:
-            raise StartupError(f"watchdog: {exc}") from None
-        relies = self.settings.nodes[cfg.node].relies_on_watchdog
-        armed_s = watchdog_commitment(watchdog, cfg.watchdog_standin_ok)
-        if relies and armed_s is None:
-            # The others will recover this node's guests once its watchdog "must" have reset
-            # it; without a real device nothing would, so refuse rather than pretend.
-            watchdog.close()
-            raise StartupError(
-                f"{cfg.node} is fenced by a watchdog but {cfg.watchdog_device or 'no device'} "
-                "is not usable; set [local] watchdog_device, or watchdog_standin_ok = true "
-                "in a lab"
-            )
-        if relies and armed_s is not None and armed_s != expected_watchdog_s(watchdog, cfg):
-            watchdog.close()
-            raise StartupError(
-                f"{cfg.node} is fenced by a watchdog but {watchdog.description} cannot do "
-                f"the configured watchdog_timeout_s = {cfg.me.watchdog_timeout_s:g}; "
-                "configure a timeout the device supports"
-            )
-        self.watchdog = watchdog
-        # Committed with the Join: whoever fences this node waits on this value.
-        self.core.set_watchdog_timeout(armed_s)
 
     def request_stop(self) -> None:
         """SIGTERM: leave the cluster cleanly (hand guests over), then exit."""
@@ -228,8 +207,7 @@ class Daemon:
         nothing_runs = local is not None and not any(
             d.running for d in local.values() if d.name in self._protected_domains()
         )
-        if self.watchdog is not None and nothing_runs:
-            self.watchdog.close()
+        self.watchdogs.close_if_safe(nothing_runs)
         if self.hypervisor is not None:
             close = getattr(self.hypervisor, "close", None)
             if close is not None:
@@ -296,8 +274,9 @@ class Daemon:
         lease_until = self.core.lease_until
         if lease_until > now:
             candidates.append(lease_until)
-        if self._petting and self.watchdog is not None:
-            candidates.append(self._last_pet + PET_INTERVAL_S)
+        pet_at = self.watchdogs.next_pet_at()
+        if pet_at is not None:
+            candidates.append(pet_at)
         interval = self.notifier.watchdog_interval_s
         if interval is not None:
             candidates.append(self._last_notify + min(interval, 1.0))
@@ -326,7 +305,6 @@ class Daemon:
             self._spawn(self._run_action(action, self.executor.dispatch(action)))
         if step.reason:
             log.info("pass: %s", step.reason)
-        self._petting = step.pet_watchdog
         self._feed_watchdogs(started, step.pet_watchdog)
         self.telemetry.publish(
             Snapshot(view, started, self.core.lease_until, local, self._protected)
@@ -337,9 +315,7 @@ class Daemon:
         return step.left
 
     def _feed_watchdogs(self, now: float, pet: bool) -> None:
-        if pet and self.watchdog is not None and now - self._last_pet >= PET_INTERVAL_S:
-            self.watchdog.pet()
-            self._last_pet = now
+        self.watchdogs.feed(now, pet)
         interval = self.notifier.watchdog_interval_s
         if interval is not None and now - self._last_notify >= min(interval, 1.0):
             # systemd's watchdog watches the loop itself, not the lease: a fresh loop is alive.
@@ -370,25 +346,6 @@ class Daemon:
             log.info("%s", ev)
         self.observer.request()
         self.wake(now)
-
-
-def watchdog_commitment(watchdog: Watchdog, standin_ok: bool) -> float | None:
-    """The watchdog timeout this node commits for others to wait on: what a real device
-    reports after arming, the stand-in's value only where it was opted into (a lab), else None
-    (nobody may count on a reset)."""
-    if isinstance(watchdog, DeviceWatchdog):
-        return watchdog.timeout_s
-    if standin_ok and isinstance(watchdog, FileWatchdog):
-        return watchdog.timeout_s
-    return None
-
-
-def expected_watchdog_s(watchdog: Watchdog, cfg: Config) -> float:
-    """What a device that honours the config reports: the request rounded up to whole
-    seconds for a device (drivers take integers), the configured value for the stand-in."""
-    if isinstance(watchdog, DeviceWatchdog):
-        return float(max(1, math.ceil(cfg.me.watchdog_timeout_s)))
-    return cfg.me.watchdog_timeout_s
 
 
 def _why(exc: OSError) -> str:
