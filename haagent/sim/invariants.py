@@ -152,7 +152,7 @@ class InvariantChecker:
             return
         if owner.fence.method is FenceMethod.WATCHDOG:
             s = world.agent_settings(old.owner)
-            wd = world.node_settings[old.owner].watchdog_timeout_s
+            wd = world.armed_watchdog_s(old.owner)
             last = self._heartbeat_at.get(old.owner, -math.inf)
             # Measured on the true clock; allow for the fastest drifting clock.
             need = (s.lease_s + wd + s.watchdog_margin_s) * (1 - 2 * world.options.drift_ppm * 1e-6)
