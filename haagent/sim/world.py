@@ -169,6 +169,9 @@ class _Node:
     slow_starts: dict[str, float] = field(default_factory=dict)  # guest -> next start's duration
     calls: ActingCalls = field(default_factory=ActingCalls)  # the agent's authorised calls
     watchdog_deferred: bool = False  # armed by a predecessor: open only with a lease
+    # Local time each domain last came up (a start authorised under a lease may complete
+    # after it: invariant 4 then counts the stop grace from here).
+    appeared_at: dict[str, float] = field(default_factory=dict)
     last_pet: float | None = None
     next_tick: float = 0.0
     # The Raft replica (its journal survives restarts and power loss).
@@ -755,6 +758,7 @@ class World:
                 cluster=self.cluster,
             )
             self.physical_version += 1
+            node.appeared_at[action.domain] = node.local(self.now)
             self.record(
                 node.name, "domain_started", domain=action.domain, generation=action.generation
             )
