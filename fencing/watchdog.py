@@ -179,7 +179,8 @@ class FileWatchdog:
         line = f"{state} {time.monotonic():.6f} {self.timeout_s:g}\n"
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if state == "armed":  # once: a pet is only a write and a rename
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(line)
             tmp.replace(self.path)
         except OSError as exc:

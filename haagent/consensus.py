@@ -9,8 +9,9 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
   otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), batching is
   off (~1 ms commits). The tick thread sleeps until its next Raft timer is due (election
   deadline, append-entries period; a vendored patch) or a socket or a submitted command wakes
-  it, at most `autoTickPeriod` = 0.1 s: timers keep their precision (50 ms ticks caused split
-  votes with short timeouts) without 100 idle wake-ups a second.
+  it, at most `AUTO_TICK_PERIOD_S`: timers keep their precision (50 ms ticks caused split
+  votes with short timeouts) without 100 idle wake-ups a second. An idle leader sends
+  append-entries every `append_entries_period()` (0.2 s with the robust profile).
 - The vendored pysyncobj runs pre-vote elections and catches lagging replicas up without
   bouncing (haagent/vendor/pysyncobj/PATCHES.md): a lossy link or a starved CPU on one node
   does not depose the leader. `view()` reports elections and replica lag for status/metrics.
@@ -51,6 +52,26 @@ from haagent.vendor.pysyncobj.journal import FileJournal, JournalCorrupt
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
+
+AUTO_TICK_PERIOD_S = 0.25
+"""Longest sleep of the Raft tick thread. Its timers (election deadline, append-entries
+period), every socket and every submitted command end the sleep earlier, so this only bounds
+the housekeeping that has no timer of its own (reconnecting to a peer, log compaction)."""
+
+
+def append_entries_period(election_min_s: float) -> float:
+    """How often an idle leader sends (empty) append-entries to each follower.
+
+    New entries and commit-index advances are sent at once (batching is off), so this only
+    keeps followers from starting an election and tells them the leader is alive: a fifth of
+    the minimum election timeout gives a follower five chances, and pre-vote's leader
+    stickiness (a peer refuses if it heard from the leader within the minimum election
+    timeout) the same. pysyncobj requires raftMinTimeout > 3 x appendEntriesPeriod. At most
+    0.2 s: each period costs every follower an encrypted round trip, which was most of an idle
+    agent's CPU at 50 ms.
+    """
+    return min(0.2, election_min_s / 5)
+
 
 MAX_COMMAND_BYTES = 60 * 2**10
 """Largest encoded command this agent proposes; a bigger one is refused before it is proposed.
@@ -199,8 +220,8 @@ class RaftConsensus:
             bindAddress=me,
             raftMinTimeout=min_s,
             raftMaxTimeout=max_s,
-            appendEntriesPeriod=min(0.05, min_s / 4),
-            autoTickPeriod=0.1,
+            appendEntriesPeriod=append_entries_period(min_s),
+            autoTickPeriod=AUTO_TICK_PERIOD_S,
             appendEntriesUseBatch=False,
             connectionRetryTime=0.2,
             connectionTimeout=max(max_s * 2, 1.0),

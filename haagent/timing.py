@@ -22,7 +22,7 @@ class Timing:
     by the config loader, not here.
     """
 
-    heartbeat_s: float = 0.2  # heartbeat commit period
+    heartbeat_s: float = 1.0  # heartbeat commit period
     lease_s: float = 3.0  # a committed heartbeat keeps the lease this long after its send
     failure_timeout_s: float = 4.0  # silence after which the leader declares a node failed
     stop_grace_s: float = 0.5  # budget to destroy guests after losing the lease

@@ -39,8 +39,10 @@ class Observer:
         wake: Callable[[], None],
         interval_s: float = OBSERVE_INTERVAL_S,
         timeout_s: float = OBSERVE_TIMEOUT_S,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._hv = hypervisor
+        self._on_error = on_error  # counts failed observations (telemetry)
         self._wake = wake
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -99,6 +101,8 @@ class Observer:
         except (HypervisorError, TimeoutError) as exc:
             domains, self._error = None, str(exc) or type(exc).__name__
             log.warning("cannot observe the hypervisor: %s", self._error)
+            if self._on_error is not None:
+                self._on_error(self._error)
         # observed_at is when the listing began: the domains were at least that fresh.
         self._view = LocalView(domains, started)
         self._wake()

@@ -15,6 +15,16 @@ from haagent.status import lease_loss_reason
 RENEWAL_BUCKETS_S = (0, 0.25, 0.5, 1, 1.5, 2, 2.5, 3, 5)
 LATE_RENEWAL_FRACTION = 0.5
 """A renewal is late when less than this fraction of the lease it extends was left."""
+LEASE_LOSS_REASONS = (
+    "incompatible",
+    "storage_error",
+    "no_leader",
+    "replica_lagging",
+    "heartbeats_not_committing",
+)
+"""Every value `lease_loss_reason` returns: their self-fence series exist at 0 from the start,
+because `increase()` cannot see a counter's first step from nothing to 1 (an alert on the first
+self-fence would never fire)."""
 
 
 class RaftEventMetrics:
@@ -58,6 +68,8 @@ class RaftEventMetrics:
             ["reason"],
             registry=r,
         )
+        for reason in LEASE_LOSS_REASONS:
+            self.self_fences.labels(reason)
         self._seen_stats: tuple[int, int, int] | None = None
         self._seen_term: int | None = None
         self._seen_lease_until = 0.0

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from haagent.agent import Action, ActionResult, AgentCore, Proposal
+from haagent.agent import Action, ActionResult, AgentCore, Proposal, RunFence
 from haagent.api import build_app, serve
 from haagent.commands import Heartbeat
 from haagent.config import Config
@@ -50,6 +50,7 @@ from haagent.daemon.watchdogs import (
     StartupError,
     WatchdogKeeper,
     expected_watchdog_s,
+    pet_interval,
     watchdog_commitment,
 )
 from haagent.fencing.levels import AgentFencer
@@ -57,7 +58,14 @@ from haagent.fencing.sdnotify import SystemdNotifier
 from haagent.model import ClusterState, NodeRole
 from haagent.ports import Fencer, Hypervisor
 
-__all__ = ["Daemon", "StartupError", "expected_watchdog_s", "run_daemon", "watchdog_commitment"]
+__all__ = [
+    "Daemon",
+    "StartupError",
+    "expected_watchdog_s",
+    "pet_interval",
+    "run_daemon",
+    "watchdog_commitment",
+]
 
 log = logging.getLogger("haagent")
 
@@ -74,6 +82,10 @@ class Daemon:
         self.core = AgentCore(self.settings, self.incarnation, self.started_at)
         self.core.set_wall_offset(time.time() - time.monotonic())
         self.telemetry = Telemetry(config.node, Offload())
+        self.telemetry.set_config(self.settings)
+        self._watchdog_required = frozenset(
+            n for n, ns in self.settings.nodes.items() if ns.relies_on_watchdog
+        )
         self.hypervisor: Hypervisor | None = None
         self.fencer: Fencer = AgentFencer()
         self.notifier = SystemdNotifier.from_env()
@@ -81,7 +93,7 @@ class Daemon:
         self.admin = AdminService(
             config, self.settings, self.telemetry, lambda: self.consensus, self.core.lease_valid
         )
-        self.observer = Observer(None, self.wake)
+        self.observer = Observer(None, self.wake, on_error=self.telemetry.agent.observation_failed)
         self.authority = ActAuthority(config.node, self.core.lease, self._committed_state)
         self.watchdogs = WatchdogKeeper(config, self.core, self.authority)
         self.executor = self._executor(None)
@@ -115,7 +127,9 @@ class Daemon:
             cleared = await hv.clear_autostart(self._protected)
             if cleared:
                 log.warning("turned libvirt autostart off for %s", ", ".join(cleared))
-            self.observer = Observer(hv, self.wake)
+            self.observer = Observer(
+                hv, self.wake, on_error=self.telemetry.agent.observation_failed
+            )
             hv.set_listener(self.observer.request)
             self.executor = self._executor(hv)
         # The API binds before the watchdog is armed: a taken port must end in a clear error,
@@ -306,8 +320,18 @@ class Daemon:
         if step.reason:
             log.info("pass: %s", step.reason)
         self._feed_watchdogs(started, step.pet_watchdog)
+        keeper = self.watchdogs
+        pet_at = None if keeper.watchdog is None or keeper.last_pet < 0 else keeper.last_pet
         self.telemetry.publish(
-            Snapshot(view, started, self.core.lease_until, local, self._protected)
+            Snapshot(
+                view,
+                started,
+                self.core.lease_until,
+                local,
+                self._protected,
+                self._watchdog_required,
+                pet_at,
+            )
         )
         if self.admin.tolerance_due(started):
             self._spawn(self.admin.refresh_tolerance(view.state, view.commit_index))
@@ -329,8 +353,10 @@ class Daemon:
 
     async def _run_proposal(self, proposal: Proposal) -> None:
         assert self.consensus is not None
+        proposed_at = time.monotonic()
         outcome = await self.consensus.propose(proposal.command, proposal.timeout_s)
         now = time.monotonic()
+        self.telemetry.agent.proposal_done(proposal.command, outcome, now - proposed_at)
         renewal = isinstance(proposal.command, Heartbeat) and self.core.lease_valid(now)
         events = self.core.proposal_done(proposal.key, outcome, now)
         for ev in events:
@@ -340,8 +366,11 @@ class Daemon:
             self.wake(now)
 
     async def _run_action(self, action: Action, work: Coroutine[Any, Any, ActionResult]) -> None:
+        began = time.monotonic()
         result = await work
         now = time.monotonic()
+        if isinstance(action, RunFence):
+            self.telemetry.agent.fence_done(result.ok, now - began)
         for ev in self.core.action_done(action.key, result, now):
             log.info("%s", ev)
         self.observer.request()

@@ -28,11 +28,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from haagent.agent import LocalView
+from haagent.agent import AgentSettings, LocalView
+from haagent.daemon.agent_metrics import AgentEventMetrics, snapshot_families
 from haagent.daemon.failover import FailoverTracker
 from haagent.daemon.offload import Offload
 from haagent.daemon.raft_metrics import RaftEventMetrics
-from haagent.model import GuestState, NodeState
+from haagent.model import NodeState
 from haagent.ports import ConsensusView, DomainObservation
 from haagent.status import build_status
 
@@ -61,6 +62,10 @@ class Snapshot:
     lease_until: float
     local: LocalView
     protected_domains: frozenset[str]  # domains of the guests in the config
+    # Nodes whose fencing relies on their watchdog (from the config), and when this agent
+    # last pet its own watchdog (monotonic; None: it has none open).
+    watchdog_required: frozenset[str] = frozenset()
+    watchdog_pet_at: float | None = None
 
 
 class LoopStats:
@@ -205,21 +210,26 @@ class ClusterCollector(Collector):
                 age.add_metric([name], max(0.0, now - seen.at))
         yield node_state
         yield age
+        # One series per guest, never one per guest and node (or state): at 64 nodes and
+        # 10,000 guests a 0/1 series per pair would be 640,000 series per agent. The series
+        # of the state (owner) a guest left disappears, which Prometheus marks stale at once.
         guest_state = GaugeMetricFamily(
             "haagent_guest_state",
-            "1 for the state each guest is in (committed).",
+            "1 for the state each guest is in (committed); only that state has a series.",
             labels=["guest", "state"],
         )
         owner = GaugeMetricFamily(
-            "haagent_guest_owner", "1 for the node owning each guest.", labels=["guest", "node"]
+            "haagent_guest_owner",
+            "1 for the node owning each guest (committed); guests without an owner have none.",
+            labels=["guest", "node"],
         )
         for name, guest in state.guests.items():
-            for gs in GuestState:
-                guest_state.add_metric([name, gs.value], 1 if guest.state is gs else 0)
-            for node in state.nodes:
-                owner.add_metric([name, node], 1 if guest.owner == node else 0)
+            guest_state.add_metric([name, guest.state.value], 1)
+            if guest.owner is not None:
+                owner.add_metric([name, guest.owner], 1)
         yield guest_state
         yield owner
+        yield from snapshot_families(snap, now)
         running = _local_running(snap.local.domains, snap.protected_domains, state)
         if running is not None:
             yield GaugeMetricFamily(
@@ -298,11 +308,24 @@ class Telemetry:
             registry=r,
         )
         self.raft_events = RaftEventMetrics(r)
+        self.agent = AgentEventMetrics(r)
         self.loop = LoopStats(pass_seconds)
         self.latest: Snapshot | None = None
         self.tolerance: Tolerance | None = None
         self._tracker = FailoverTracker()
         self._tracked_state: object = None
+
+    def set_config(self, settings: AgentSettings) -> None:
+        """The config's identity, and a 0 series for every fence result of every node that can
+        be fenced: `increase()` cannot see a counter's first step from nothing to 1, so an
+        alert on the first failed fence would not fire without it."""
+        self.agent.set_config(settings)
+        for name, node in settings.nodes.items():
+            if node.fence_method is not None:
+                for result in ("ok", "failed"):
+                    self.fence_operations.labels(name, result)
+        for result in ("ok", "failed"):
+            self.agent.fence_seconds.labels(result)
 
     def publish(self, snap: Snapshot) -> None:
         """Called by the loop once per pass: O(1), plus O(nodes) when the state changed."""

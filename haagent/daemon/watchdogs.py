@@ -39,7 +39,15 @@ from haagent.ports import Watchdog
 
 log = logging.getLogger("haagent")
 
-PET_INTERVAL_S = 0.2
+
+def pet_interval(timeout_s: float) -> float:
+    """How often a lease holder pets its watchdog: a fifth of the armed timeout (five chances
+    before it fires), between 0.2 s and 1 s. Safety does not depend on it (a pet happens only
+    while the core allows it and no authorised call is overdue, so the reset comes at most
+    `timeout_s` after that ends, whatever the interval); a shorter one would only cost
+    wake-ups.
+    """
+    return min(1.0, max(0.2, timeout_s / 5))
 
 
 class StartupError(RuntimeError):
@@ -175,14 +183,15 @@ class WatchdogKeeper:
         if pet and self.deferred is not None and self._core.lease_valid(now):
             self._open_deferred(now)
             self.last_pet = now  # opening pinged it
-        if pet and self.watchdog is not None and now - self.last_pet >= PET_INTERVAL_S:
-            self.watchdog.pet()
+        watchdog = self.watchdog
+        if pet and watchdog is not None and now - self.last_pet >= pet_interval(watchdog.timeout_s):
+            watchdog.pet()
             self.last_pet = now
 
     def next_pet_at(self) -> float | None:
         """When the loop must run again to keep petting (None: no pet is due)."""
         if self._petting and self.watchdog is not None:
-            return self.last_pet + PET_INTERVAL_S
+            return self.last_pet + pet_interval(self.watchdog.timeout_s)
         return None
 
     # -- shutdown --------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def mutate(old: str, new: str) -> str:
         (mutate("[local]", "[local]\nlease_s = 3"), "local.lease_s", "unknown key"),
         (VALID + "\n[timing]\nlease = 2\n", "timing.lease", "unknown key"),
         (
-            VALID + "\n[timing]\nlease_s = 2\nfailure_timeout_s = 2.1\n",
+            VALID + "\n[timing]\nheartbeat_s = 0.5\nlease_s = 2\nfailure_timeout_s = 2.1\n",
             "timing.failure_timeout_s",
             "must exceed lease_s + stop_grace_s",
         ),
