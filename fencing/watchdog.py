@@ -9,6 +9,13 @@ Machines without a watchdog device (the lab, CI, the local demo cluster) get a `
 it resets nothing, but it records every pet with a monotonic timestamp so a test or an external
 supervisor can see when the pets stopped. `open_watchdog` picks one and says which, loudly,
 because running on the stand-in means no hardware backs the self-fence.
+
+Opening a device pings it. An agent restarted after a crash must therefore not open a device
+its predecessor left armed before it holds a lease of its own: the open would push the host's
+reset past the predecessor's last lease + armed timeout, which is when the others may recover
+its guests. `armed_state` tells, without opening anything, whether a countdown runs; the
+daemon then defers the open (haagent.daemon.shell). The stand-in keeps its file across agent
+restarts for the same reason: `armed`/`pet` in it is a running countdown.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import math
 import os
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -63,11 +71,15 @@ class DeviceWatchdog:
     whole seconds first), or WDIOC_GETTIMEOUT if setting is unsupported. If neither works the
     constructor raises `WatchdogError` instead of guessing, and disarms the device again.
     `pet()` writes one byte; `close()` writes the magic 'V' then closes, which disarms the
-    device unless its driver was built with nowayout. Call `close()` only on a clean shutdown
-    with no guest running; a crash leaves the device armed, which is the point.
+    device unless its driver was built with nowayout. `keep_armed`: if configuring fails, close
+    without the magic 'V' (a device a crashed predecessor armed must keep counting down).
+    Call `close()` only on a clean shutdown with no guest running; a crash leaves the device
+    armed, which is the point.
     """
 
-    def __init__(self, path: str = "/dev/watchdog", timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, path: str = "/dev/watchdog", timeout_s: float = 60.0, keep_armed: bool = False
+    ) -> None:
         self.path = path
         requested_s = max(1, math.ceil(timeout_s))
         try:
@@ -77,7 +89,13 @@ class DeviceWatchdog:
         try:
             self.timeout_s: float = float(self._configure(self._fd, requested_s))
         except WatchdogError:
-            self.close()
+            if keep_armed:
+                # Re-opened after a predecessor armed it: guests may run, so the countdown
+                # must go on (a plain close leaves the device armed).
+                fd, self._fd = self._fd, None
+                os.close(fd)
+            else:
+                self.close()
             raise
         log.info("watchdog %s armed, timeout %g s", path, self.timeout_s)
 
@@ -189,8 +207,66 @@ def read_standin(path: str | Path) -> tuple[str, float, float]:
     return state, float(at_s), float(timeout_s)
 
 
+SYSFS_WATCHDOG = Path("/sys/class/watchdog")
+LEGACY_DEVICE = "10:130"  # /dev/watchdog, the misc device: the first watchdog, watchdog0
+
+
+@dataclass(frozen=True)
+class ArmedState:
+    """Whether a countdown runs on the watchdog now, learnt without opening it (opening a Linux
+    watchdog device pings it). `armed` is True when unknown: then only a holder of a valid
+    lease may open it. `timeout_s`: the running countdown's timeout, None when unknown."""
+
+    armed: bool
+    timeout_s: float | None
+    why: str
+
+
+def armed_state(
+    device: str | None, standin_path: str | Path, sysfs: Path = SYSFS_WATCHDOG
+) -> ArmedState:
+    """Is the watchdog `open_watchdog` would pick armed now (by a predecessor that died
+    without disarming it, or that cannot be known)? Never opens or writes anything.
+
+    A device: `state` and `timeout` of its /sys/class/watchdog entry (matched by device
+    number; /dev/watchdog is watchdog0). The stand-in: its file (`armed`/`pet` = armed,
+    `closed` or no file = not armed)."""
+    if device is not None and os.path.exists(device):
+        return _device_armed_state(device, sysfs)
+    try:
+        state, _, timeout_s = read_standin(standin_path)
+    except FileNotFoundError:
+        return ArmedState(False, None, f"no stand-in file {standin_path}")
+    except (OSError, ValueError) as exc:
+        return ArmedState(True, None, f"stand-in {standin_path} unreadable ({exc})")
+    if state == "closed":
+        return ArmedState(False, timeout_s, "stand-in disarmed by a clean shutdown")
+    return ArmedState(True, timeout_s, f"stand-in {standin_path} is {state}")
+
+
+def _device_armed_state(device: str, sysfs: Path) -> ArmedState:
+    try:
+        rdev = os.stat(device).st_rdev
+        number = f"{os.major(rdev)}:{os.minor(rdev)}"
+        entry: Path | None = sysfs / "watchdog0" if number == LEGACY_DEVICE else None
+        if entry is None:
+            for candidate in sorted(sysfs.iterdir()):
+                if (candidate / "dev").read_text().strip() == number:
+                    entry = candidate
+                    break
+        if entry is None:
+            return ArmedState(True, None, f"no {sysfs} entry for {device} ({number})")
+        state = (entry / "state").read_text().strip()
+        timeout_s = float((entry / "timeout").read_text().strip())
+    except (OSError, ValueError) as exc:
+        return ArmedState(True, None, f"state of {device} unknown ({exc})")
+    if state == "inactive":
+        return ArmedState(False, timeout_s, f"{device} is inactive")
+    return ArmedState(True, timeout_s, f"{device} is {state}")
+
+
 def open_watchdog(
-    device: str | None, timeout_s: float, standin_path: str | Path
+    device: str | None, timeout_s: float, standin_path: str | Path, keep_armed: bool = False
 ) -> DescribedWatchdog:
     """The device watchdog when `device` is given and exists, else the file stand-in.
 
@@ -200,7 +276,7 @@ def open_watchdog(
     choice is logged, as a warning for the stand-in, and readable from `description`.
     """
     if device is not None and os.path.exists(device):
-        watchdog: DescribedWatchdog = DeviceWatchdog(device, timeout_s)
+        watchdog: DescribedWatchdog = DeviceWatchdog(device, timeout_s, keep_armed)
         log.info("watchdog: using %s", watchdog.description)
         return watchdog
     why = "no watchdog device configured" if device is None else f"{device} does not exist"

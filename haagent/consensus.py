@@ -366,6 +366,12 @@ class RaftConsensus:
 
     # -- the Consensus port ----------------------------------------------------------------
 
+    def committed_state(self) -> ClusterState:
+        """The state this replica applied last. Safe from any thread (the executor's checks
+        right before a hypervisor call run in libvirt's worker threads)."""
+        with self._lock:
+            return self._state
+
     def view(self) -> ConsensusView:
         sync = self._sync
         load_error = sync.dumpLoadError if sync is not None else None

@@ -7,6 +7,7 @@ watchdog device); the simulator plugs in fakes. Nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -112,6 +113,17 @@ class UnknownOutcomeError(HypervisorError):
     hypervisor was lost while it ran. A start that ends so is "unknown", never "failed"."""
 
 
+class RefusedError(HypervisorError):
+    """The call was not made: checked right before it, this node's lease had lapsed or the
+    committed generation had moved on (haagent.core.authority). Nothing was tried."""
+
+
+# Called by an adapter in the thread that makes the hypervisor call, right before it: entering
+# the context raises `RefusedError` if the call must not be made; the call is made inside the
+# context, whose exit records that it returned (see haagent.daemon.authority).
+Authorise = Callable[[], AbstractContextManager[None]]
+
+
 @dataclass(frozen=True)
 class DomainObservation:
     """One domain as the local hypervisor reports it.
@@ -134,10 +146,20 @@ class Hypervisor(Protocol):
         ...
 
     async def start(
-        self, domain: str, xml: str | None, cluster: str, node: str, generation: int
+        self,
+        domain: str,
+        xml: str | None,
+        cluster: str,
+        node: str,
+        generation: int,
+        authorise: Authorise | None = None,
     ) -> None:
         """Define the domain from `xml` if it is not defined, write the ownership metadata
-        (cluster, node, generation) and start it. Raises HypervisorError."""
+        (cluster, node, generation) and start it. Raises HypervisorError.
+
+        `authorise`: entered right before the call that starts the domain, in the thread that
+        makes it, and held until that call returns; it raises `RefusedError` when the start
+        must not be made any more (the lease lapsed or the generation moved on)."""
         ...
 
     async def stop(self, domain: str, timeout_s: float) -> None:

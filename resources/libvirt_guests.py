@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 import libvirt
 import libvirtaio
 
-from haagent.ports import DomainObservation, HypervisorError, UnknownOutcomeError
+from haagent.ports import Authorise, DomainObservation, HypervisorError, UnknownOutcomeError
 
 __all__ = [
     "OWNER_NS",
@@ -539,11 +539,22 @@ class LibvirtHypervisor:
         return await self._call("list domains", snapshot)
 
     async def start(
-        self, domain: str, xml: str | None, cluster: str, node: str, generation: int
+        self,
+        domain: str,
+        xml: str | None,
+        cluster: str,
+        node: str,
+        generation: int,
+        authorise: Authorise | None = None,
     ) -> None:
         """Define `domain` from `xml` unless a domain of that name exists (an existing
         definition is never replaced), write the owner record into its persistent config and
         start it.
+
+        `authorise` (see `Hypervisor.start`) is entered in the worker thread right before
+        `create()` and held until `create()` returns: the lease and the generation are checked
+        at the moment of the call, not when the start was decided, and a `create()` that
+        outlives this coroutine (its deadline passed) still holds the permit.
 
         Idempotent: if the domain already runs under exactly this owner record (cluster, node,
         generation) it succeeds without touching it. If it runs under any other record, or
@@ -596,7 +607,11 @@ class LibvirtHypervisor:
                 OWNER_NS,
                 libvirt.VIR_DOMAIN_AFFECT_CONFIG,
             )
-            dom.create()
+            if authorise is None:
+                dom.create()
+                return
+            with authorise():
+                dom.create()
 
         await self._call(f"start {domain}", start)
 

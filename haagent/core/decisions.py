@@ -121,12 +121,17 @@ class ActionResult:
     """How an action went. `unknown`: the call timed out or its connection was lost, so it
     may still complete later (a `create()` libvirt finishes after the agent gave up). The
     executor must then return `ActionResult(ok=False, detail=..., unknown=True)`, never a plain
-    failure: the core keeps such a start "unknown" until it observes the domain."""
+    failure: the core keeps such a start "unknown" until it observes the domain.
+
+    `refused`: the call was not made because, checked right before it, the lease had lapsed or
+    the committed generation had moved on (haagent.core.authority). Nothing was tried, so it
+    is never counted as a failure: the next pass decides again on the current state."""
 
     ok: bool
     detail: str = ""
     fence: FenceOutcome | None = None
     unknown: bool = False
+    refused: bool = False
 
 
 @dataclass(frozen=True)

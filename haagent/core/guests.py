@@ -334,6 +334,9 @@ class GuestReconciler:
         if isinstance(action, StartGuest):
             if result.ok:
                 self.instances.start_returned(action.domain, action.generation, now)
+            elif result.refused:
+                # Not made: nothing to count, nothing unknown. The next pass decides again.
+                events.append(event("start_refused", guest=action.guest, detail=result.detail))
             elif result.unknown:
                 # Never a failure: the domain may still come up. Look again (see
                 # `_resolve_unknown_start`).

@@ -13,6 +13,11 @@ Contract:
   A promotion that timed out may still complete (DRBD 8.4 runs the fence-peer handler inside
   `drbdadm primary` when the peer is gone): its result is unknown, and the next pass decides
   on what the watcher then reports.
+- A start and a promote are checked by the `ActAuthority` right before the call, not only when
+  the core decided them: if the lease has lapsed or the committed generation moved on, the
+  call is not made and the result is `ActionResult(refused=True)`, which the core never counts
+  as a failure. For a start the adapter checks once more in the thread that makes the call and
+  holds a permit until the call returns (haagent.daemon.authority).
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ from haagent.agent import (
     StopGuest,
 )
 from haagent.config import Config
+from haagent.daemon.authority import ActAuthority
 from haagent.daemon.telemetry import Telemetry
 from haagent.ports import (
     FenceOutcome,
     Fencer,
     Hypervisor,
     HypervisorError,
+    RefusedError,
     ReplicaError,
     Replicas,
     UnknownOutcomeError,
@@ -69,6 +76,7 @@ class ActionExecutor:
         hypervisor: Hypervisor | None,
         fencer: Fencer,
         telemetry: Telemetry,
+        authority: ActAuthority,
         replicas: Replicas | None = None,
         replica_timeout_s: float = 0.0,
     ) -> None:
@@ -78,6 +86,7 @@ class ActionExecutor:
         self._hv = hypervisor
         self._fencer = fencer
         self._telemetry = telemetry
+        self._authority = authority
         self._replicas = replicas
         self._replica_timeout_s = replica_timeout_s
 
@@ -134,10 +143,24 @@ class ActionExecutor:
         try:
             hv = self._hypervisor()
             xml = self._config.guest_xml(action.guest)
+            refused = self._authority.check(action.guest, action.generation)
+            if refused is not None:
+                raise RefusedError(f"{action.key} refused before the call: {refused}")
+            authorise = self._authority.authorise(action.key, action.guest, action.generation)
             await asyncio.wait_for(
-                hv.start(action.domain, xml, self._s.cluster, self._s.node, action.generation),
+                hv.start(
+                    action.domain,
+                    xml,
+                    self._s.cluster,
+                    self._s.node,
+                    action.generation,
+                    authorise=authorise,
+                ),
                 self._s.start_timeout_s,
             )
+        except RefusedError as exc:
+            log.warning("start %s not made: %s", action.guest, exc)
+            return ActionResult(False, str(exc), refused=True)
         except TimeoutError:
             # wait_for cancels our await, not a create() already running in libvirt's worker
             # thread: the start may still complete, so its outcome is unknown, not failed.
@@ -182,6 +205,12 @@ class ActionExecutor:
             detail = f"no DRBD resource of this node is configured ({action.resource!r})"
             log.error("%s: %s", action.key, detail)
             return ActionResult(False, detail)
+        if isinstance(action, PromoteReplica):
+            # Checked at the moment of acting, like a start (README, "Safety model").
+            refused = self._authority.check(action.guest, action.generation)
+            if refused is not None:
+                log.warning("promote %s not made: %s", action.resource, refused)
+                return ActionResult(False, f"{action.key} refused: {refused}", refused=True)
         match action:
             case PromoteReplica():
                 call = replicas.promote(action.resource)

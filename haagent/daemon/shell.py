@@ -40,39 +40,37 @@ from haagent.commands import Heartbeat
 from haagent.config import Config
 from haagent.consensus import JournalDamagedError, RaftConsensus
 from haagent.daemon.admin import AdminService
+from haagent.daemon.authority import ActAuthority
 from haagent.daemon.drbd import DrbdService
 from haagent.daemon.executor import ActionExecutor
 from haagent.daemon.observer import Observer
 from haagent.daemon.offload import Offload
 from haagent.daemon.surface import Surface
 from haagent.daemon.telemetry import Snapshot, Telemetry
+from haagent.daemon.watchdogs import (
+    StartupError,
+    WatchdogKeeper,
+    expected_watchdog_s,
+    pet_interval,
+    watchdog_commitment,
+)
 from haagent.fencing.levels import AgentFencer
 from haagent.fencing.sdnotify import SystemdNotifier
-from haagent.fencing.watchdog import DeviceWatchdog, FileWatchdog, WatchdogError, open_watchdog
-from haagent.model import NodeRole
-from haagent.ports import (
-    Fencer,
-    Hypervisor,
-    Watchdog,
-)
+from haagent.model import ClusterState, NodeRole
+from haagent.ports import Fencer, Hypervisor
+
+__all__ = [
+    "Daemon",
+    "StartupError",
+    "expected_watchdog_s",
+    "pet_interval",
+    "run_daemon",
+    "watchdog_commitment",
+]
 
 log = logging.getLogger("haagent")
 
-
-def pet_interval(timeout_s: float) -> float:
-    """How often a lease holder pets its watchdog: a fifth of the armed timeout (five chances
-    before it fires), between 0.2 s and 1 s. Safety does not depend on it (a pet happens only
-    while the lease is valid, so the reset comes at most `timeout_s` after the lease ends,
-    whatever the interval); a shorter one would only cost wake-ups.
-    """
-    return min(1.0, max(0.2, timeout_s / 5))
-
-
 MAX_IDLE_S = 0.5
-
-
-class StartupError(RuntimeError):
-    """The agent cannot start safely (an operating problem, not a bug)."""
 
 
 class Daemon:
@@ -91,15 +89,16 @@ class Daemon:
         )
         self.hypervisor: Hypervisor | None = None
         self.fencer: Fencer = AgentFencer()
-        self.watchdog: Watchdog | None = None
         self.notifier = SystemdNotifier.from_env()
         self.consensus: RaftConsensus | None = None
         self.admin = AdminService(
             config, self.settings, self.telemetry, lambda: self.consensus, self.core.lease_valid
         )
         self.observer = Observer(None, self.wake, on_error=self.telemetry.agent.observation_failed)
-        self.executor = ActionExecutor(config, self.settings, None, self.fencer, self.telemetry)
+        self.authority = ActAuthority(config.node, self.core.lease, self._committed_state)
+        self.watchdogs = WatchdogKeeper(config, self.core, self.authority)
         self.drbd: DrbdService | None = None  # where a DRBD replica lives (daemon/drbd.py)
+        self.executor = self._executor(None)
         self._protected = frozenset(spec.domain for spec in self.settings.guests)
         self._wake = asyncio.Event()
         self._due_at: float | None = None  # earliest time a pass was asked for since the last
@@ -108,9 +107,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_requested = False
         self._next_heartbeat_at = math.inf
-        self._last_pet = -math.inf
         self._last_notify = -math.inf
-        self._petting = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -144,15 +141,7 @@ class Daemon:
                 replicas=replicas,
             )
             hv.set_listener(self.observer.request)
-            self.executor = ActionExecutor(
-                cfg,
-                self.settings,
-                hv,
-                self.fencer,
-                self.telemetry,
-                replicas,
-                self.drbd.command_timeout_s if self.drbd else 0.0,
-            )
+            self.executor = self._executor(hv)
         # The API binds before the watchdog is armed: a taken port must end in a clear error,
         # not in an armed hardware watchdog that resets the host after this process exits.
         try:
@@ -185,7 +174,7 @@ class Daemon:
                     raise StartupError(
                         f"cannot serve the DRBD fence socket {cfg.drbd_fence_socket}: {_why(exc)}"
                     ) from None
-            self._arm_watchdog()
+            self.watchdogs.arm()
         except StartupError:
             if self.drbd is not None:
                 await self.drbd.close()
@@ -210,6 +199,25 @@ class Daemon:
             await self._shutdown(runner)
         return 0
 
+    def _executor(self, hv: Hypervisor | None) -> ActionExecutor:
+        drbd = self.drbd
+        return ActionExecutor(
+            self.config,
+            self.settings,
+            hv,
+            self.fencer,
+            self.telemetry,
+            self.authority,
+            drbd.replicas if drbd is not None else None,
+            drbd.command_timeout_s if drbd is not None else 0.0,
+        )
+
+    def _committed_state(self) -> ClusterState:
+        """The replica's state right now, from any thread (before Raft runs: an empty one,
+        which authorises nothing)."""
+        consensus = self.consensus
+        return ClusterState() if consensus is None else consensus.committed_state()
+
     def make_consensus(self) -> RaftConsensus:
         """The Raft adapter over every configured node (a test may narrow the peers)."""
         cfg = self.config
@@ -222,36 +230,6 @@ class Daemon:
             cfg.timing.election_timeout_max_s,
             wake=self.wake_threadsafe,
         )
-
-    def _arm_watchdog(self) -> None:
-        cfg = self.config
-        try:
-            watchdog = open_watchdog(
-                cfg.watchdog_device, cfg.me.watchdog_timeout_s, str(cfg.watchdog_standin)
-            )
-        except WatchdogError as exc:
-            raise StartupError(f"watchdog: {exc}") from None
-        relies = self.settings.nodes[cfg.node].relies_on_watchdog
-        armed_s = watchdog_commitment(watchdog, cfg.watchdog_standin_ok)
-        if relies and armed_s is None:
-            # The others will recover this node's guests once its watchdog "must" have reset
-            # it; without a real device nothing would, so refuse rather than pretend.
-            watchdog.close()
-            raise StartupError(
-                f"{cfg.node} is fenced by a watchdog but {cfg.watchdog_device or 'no device'} "
-                "is not usable; set [local] watchdog_device, or watchdog_standin_ok = true "
-                "in a lab"
-            )
-        if relies and armed_s is not None and armed_s != expected_watchdog_s(watchdog, cfg):
-            watchdog.close()
-            raise StartupError(
-                f"{cfg.node} is fenced by a watchdog but {watchdog.description} cannot do "
-                f"the configured watchdog_timeout_s = {cfg.me.watchdog_timeout_s:g}; "
-                "configure a timeout the device supports"
-            )
-        self.watchdog = watchdog
-        # Committed with the Join: whoever fences this node waits on this value.
-        self.core.set_watchdog_timeout(armed_s)
 
     def request_stop(self) -> None:
         """SIGTERM: leave the cluster cleanly (hand guests over), then exit."""
@@ -277,8 +255,7 @@ class Daemon:
         nothing_runs = local is not None and not any(
             d.running for d in local.values() if d.name in self._protected_domains()
         )
-        if self.watchdog is not None and nothing_runs:
-            self.watchdog.close()
+        self.watchdogs.close_if_safe(nothing_runs)
         if self.hypervisor is not None:
             close = getattr(self.hypervisor, "close", None)
             if close is not None:
@@ -345,8 +322,9 @@ class Daemon:
         lease_until = self.core.lease_until
         if lease_until > now:
             candidates.append(lease_until)
-        if self._petting and self.watchdog is not None:
-            candidates.append(self._last_pet + pet_interval(self.watchdog.timeout_s))
+        pet_at = self.watchdogs.next_pet_at()
+        if pet_at is not None:
+            candidates.append(pet_at)
         interval = self.notifier.watchdog_interval_s
         if interval is not None:
             candidates.append(self._last_notify + min(interval, 1.0))
@@ -378,9 +356,9 @@ class Daemon:
             self._spawn(self._run_action(action, self.executor.dispatch(action)))
         if step.reason:
             log.info("pass: %s", step.reason)
-        self._petting = step.pet_watchdog
         self._feed_watchdogs(started, step.pet_watchdog)
-        pet_at = None if self.watchdog is None or self._last_pet < 0 else self._last_pet
+        keeper = self.watchdogs
+        pet_at = None if keeper.watchdog is None or keeper.last_pet < 0 else keeper.last_pet
         self.telemetry.publish(
             Snapshot(
                 view,
@@ -400,13 +378,7 @@ class Daemon:
         return step.left
 
     def _feed_watchdogs(self, now: float, pet: bool) -> None:
-        if (
-            pet
-            and self.watchdog is not None
-            and now - self._last_pet >= pet_interval(self.watchdog.timeout_s)
-        ):
-            self.watchdog.pet()
-            self._last_pet = now
+        self.watchdogs.feed(now, pet)
         interval = self.notifier.watchdog_interval_s
         if interval is not None and now - self._last_notify >= min(interval, 1.0):
             # systemd's watchdog watches the loop itself, not the lease: a fresh loop is alive.
@@ -442,25 +414,6 @@ class Daemon:
             log.info("%s", ev)
         self.observer.request()
         self.wake(now)
-
-
-def watchdog_commitment(watchdog: Watchdog, standin_ok: bool) -> float | None:
-    """The watchdog timeout this node commits for others to wait on: what a real device
-    reports after arming, the stand-in's value only where it was opted into (a lab), else None
-    (nobody may count on a reset)."""
-    if isinstance(watchdog, DeviceWatchdog):
-        return watchdog.timeout_s
-    if standin_ok and isinstance(watchdog, FileWatchdog):
-        return watchdog.timeout_s
-    return None
-
-
-def expected_watchdog_s(watchdog: Watchdog, cfg: Config) -> float:
-    """What a device that honours the config reports: the request rounded up to whole
-    seconds for a device (drivers take integers), the configured value for the stand-in."""
-    if isinstance(watchdog, DeviceWatchdog):
-        return float(max(1, math.ceil(cfg.me.watchdog_timeout_s)))
-    return cfg.me.watchdog_timeout_s
 
 
 def _why(exc: OSError) -> str:

@@ -13,7 +13,8 @@ reasoning shows up as a physical violation.
    `GuestStarting` for that host and generation (ownership is committed, not assumed).
 4. A node whose agent runs (not hung) but holds no valid lease runs no protected guest after
    lease + stop grace (for a new agent process that never held one: its start + lease + grace;
-   for an agent that was stopped: its resume + grace).
+   for an agent that was stopped: its resume + grace; for a start authorised under the lease
+   that completed after it: its appearance + grace).
 5. After every fault healed, every wanted guest runs again, exactly once and where the
    committed state says, within a stated bound (`check_healed`).
 6. Data before compute: never two DRBD primaries of a resource, and no replica is ever promoted
@@ -152,7 +153,7 @@ class InvariantChecker:
             return
         if owner.fence.method is FenceMethod.WATCHDOG:
             s = world.agent_settings(old.owner)
-            wd = world.node_settings[old.owner].watchdog_timeout_s
+            wd = world.armed_watchdog_s(old.owner)
             last = self._heartbeat_at.get(old.owner, -math.inf)
             # Measured on the true clock; allow for the fastest drifting clock.
             need = (s.lease_s + wd + s.watchdog_margin_s) * (1 - 2 * world.options.drift_ppm * 1e-6)
@@ -197,7 +198,8 @@ class InvariantChecker:
             local_now = node.local(world.now)
             if agent.lease_valid(local_now):
                 continue
-            if not any(d.running and name in protected for name, d in node.domains.items()):
+            running = [n for n, d in node.domains.items() if d.running and n in protected]
+            if not running:
                 continue
             s = agent.settings
             since = (
@@ -208,6 +210,10 @@ class InvariantChecker:
             # A stopped (SIGSTOP) agent cannot act; its host is covered by fencing and the
             # watchdog (invariants 1 and 2). Once it continues, the grace starts again.
             since = max(since, node.resumed_at)
+            # A start authorised under the lease (the executor checks it at the call) may
+            # complete after the lease: the watchdog, not petted meanwhile, covers it until
+            # then (README, "Safety model"); from its appearance the grace applies again.
+            since = max([since] + [node.appeared_at.get(n, -math.inf) for n in running])
             if local_now > since + s.stop_grace_s + EPSILON_S:
                 self.fail(
                     f"{node.name} runs a protected guest {local_now - since:.2f}s after "

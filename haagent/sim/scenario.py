@@ -26,6 +26,8 @@ partition `*` stands for every node not named in another group):
     deaf N (N hears nobody, everyone hears it: on the leader nothing commits, nobody elects)
     stall N (N's replica stops applying; what it proposes still commits; heal or restart ends it)
     crash G | fail_starts N G COUNT | fence_script N ATTEMPT[,ATTEMPT...] | clock_jump N SECONDS
+    slow_start N G SECONDS (the next start of G on N takes SECONDS in the hypervisor; past
+    start_timeout_s the agent hears "unknown" and the domain comes up late)
     hang N | resume N | restart N (the agent, kill -9) | shutdown N (clean leave, agent exits)
     disable G | enable G | maintenance N on|off | confirm_fenced N (admin: N is verified off)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
@@ -244,6 +246,7 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "stall": (1, 1),
     "crash": (1, 1),
     "fail_starts": (3, 3),
+    "slow_start": (3, 3),
     "fence_script": (2, 2),
     "clock_jump": (2, 2),
     "hang": (1, 1),
@@ -269,6 +272,7 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "deaf": (0,),
     "stall": (0,),
     "fail_starts": (0,),
+    "slow_start": (0,),
     "fence_script": (0,),
     "clock_jump": (0,),
     "hang": (0,),
@@ -287,6 +291,7 @@ GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "disable": (0,),
     "enable": (0,),
     "fail_starts": (1,),
+    "slow_start": (1,),
 }
 
 EXPECTATIONS: dict[str, tuple[int, int]] = {  # kind -> (min args, max args) after the kind
@@ -396,7 +401,7 @@ def _validate(sc: Scenario) -> None:
             raise ScenarioError(f"{where}: unknown command type {step.args[1]!r}")
         if step.verb == "maintenance" and step.args[1] not in ("on", "off"):
             raise ScenarioError(f"{where}: maintenance takes on|off")
-        if step.verb in ("fail_starts", "clock_jump"):
+        if step.verb in ("fail_starts", "clock_jump", "slow_start"):
             _number(step.args[-1], where)
         if step.verb == "config":
             for arg in step.args[1:]:
@@ -576,6 +581,7 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "stall": lambda: world.stall(a[0]),
         "crash": lambda: world.crash_guest(a[0]),
         "fail_starts": lambda: world.fail_starts(a[0], a[1], int(a[2])),
+        "slow_start": lambda: world.slow_start(a[0], a[1], float(a[2])),
         "fence_script": lambda: world.fence_script(a[0], a[1].split(",")),
         "clock_jump": lambda: world.clock_jump(a[0], float(a[1])),
         "hang": lambda: world.hang(a[0]),

@@ -222,6 +222,7 @@ def draw(seed: int) -> tuple[Scenario, bool]:
     sc.options = options
 
     sc.faults = _faults(rng, sc, everyone)
+    _acting_faults(seed, sc)
     sc.heal_bound_s = HEAL_BOUND_S
     sc.description = (
         f"swarm seed {seed}: {hypervisors} hypervisors, {witnesses} witness, "
@@ -229,6 +230,30 @@ def draw(seed: int) -> tuple[Scenario, bool]:
         f"{len(sc.faults)} steps (the last ones heal everything)"
     )
     return sc, tight
+
+
+def _acting_faults(seed: int, sc: Scenario) -> None:
+    """Slow starts (some past `start_timeout_s`: they complete late) and watchdog devices
+    that round their timeout up (issue 8 items 5 and 10). Drawn from a random of their own,
+    so every other draw of a seed stays what it was before these existed."""
+    act_rng = random.Random(f"haagent-swarm-act-{seed}")
+    if act_rng.random() < 0.25:
+        sc.watchdog_timeout_s += 0.5  # asked for 2.5 s, a device arms 3 s
+        sc.options["watchdog_round_up"] = True
+    if not sc.guests or act_rng.random() >= 0.3:
+        return
+    sc.settings["start_timeout_s"] = 5.0
+    faults = [f for f in sc.faults if f.line < HEALING_LINE]
+    healing = [f for f in sc.faults if f.line >= HEALING_LINE]
+    last = faults[-1].t if faults else 1.0
+    for _ in range(act_rng.randint(1, 3)):
+        t = round(act_rng.uniform(0.0, last), 3)
+        seconds = act_rng.choice([0.5, 2.0, 8.0, 20.0])  # past 5 s: unknown, completes late
+        args = (act_rng.choice(sc.nodes), act_rng.choice(sc.guests).name, str(seconds))
+        faults.append(Step(t, "slow_start", args))
+    faults.sort(key=lambda f: f.t)
+    numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
+    sc.faults = numbered + healing
 
 
 def _guests(

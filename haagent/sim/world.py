@@ -21,7 +21,16 @@ each named as one:
   (`fail/ok`: level 1 fails, level 2 powers the target off), a level may also hang until the
   fence timeout.
 - FakeWatchdog: a host whose agent stops petting for its timeout is reset (powered off),
-  unless the simulated hosts have no hardware watchdog (`SimOptions.hardware_watchdog`).
+  unless the simulated hosts have no hardware watchdog (`SimOptions.hardware_watchdog`). A
+  device may round its timeout up to whole seconds (`SimOptions.watchdog_round_up`); the
+  agent commits what its device armed. An agent killed and restarted leaves the device armed
+  (its countdown runs on); the new agent, like the daemon, opens it (pings it) only once it
+  holds a lease of its own.
+- FakeExecutor: a start is checked against the agent's lease and its replica's committed
+  state at the moment of the hypervisor call (haagent.core.authority), is refused if either
+  moved on, and holds a permit until the fake hypervisor finishes it; the watchdog is not
+  petted while a permit is overdue. A start can be scripted to take long (`slow_start`): past
+  `start_timeout_s` the agent hears "unknown" and the domain comes up late.
 - FakeNetwork: blocked directed links; partitions; one-way drops.
 - FakeDrbd (haagent.sim.replicas): one DRBD-like resource per drbd guest, with roles and disk
   states, protocol C writes, frozen I/O until the peer is known outdated, resync, split brain.
@@ -74,6 +83,7 @@ from haagent.commands import (
     SetDesired,
     SetMaintenance,
 )
+from haagent.core.authority import ActingCalls, refusal
 from haagent.core.digests import CHECKPOINT_EVERY, KEEP_CHECKPOINTS, is_checkpoint, state_digest
 from haagent.core.settings import timing_overrides
 from haagent.model import (
@@ -138,6 +148,7 @@ class SimOptions:
     duplicate_probability: float = 0.0  # a committed proposal commits again, up to 3 s later
     keep_guests_on_agent_restart: bool = True  # like libvirtd: guests outlive the agent
     hardware_watchdog: bool = True  # every hypervisor has one (required for watchdog fencing)
+    watchdog_round_up: bool = False  # devices arm ceil(configured) seconds (drivers take ints)
     heal_bound_s: float = 30.0  # after the last fault heals, every wanted guest runs by then
     checkpoint_every: int = CHECKPOINT_EVERY  # commands between two state digests
 
@@ -158,6 +169,12 @@ class _Node:
     domains: dict[str, DomainObservation] = field(default_factory=dict)
     fence_script: list[str] = field(default_factory=list)
     start_failures: dict[str, int] = field(default_factory=dict)
+    slow_starts: dict[str, float] = field(default_factory=dict)  # guest -> next start's duration
+    calls: ActingCalls = field(default_factory=ActingCalls)  # the agent's authorised calls
+    watchdog_deferred: bool = False  # armed by a predecessor: open only with a lease
+    # Local time each domain last came up (a start authorised under a lease may complete
+    # after it: invariant 4 then counts the stop grace from here).
+    appeared_at: dict[str, float] = field(default_factory=dict)
     last_pet: float | None = None
     next_tick: float = 0.0
     # The Raft replica (its journal survives restarts and power loss).
@@ -357,8 +374,9 @@ class World:
         core = AgentCore(self.agent_settings(node.name), incarnation, node.local(self.now))
         core.set_wall_offset(node.wall_offset)
         if self.options.hardware_watchdog and node.role is NodeRole.HYPERVISOR:
-            # Its device armed the configured timeout and reports it; the join commits it.
-            core.set_watchdog_timeout(self.node_settings[node.name].watchdog_timeout_s)
+            # Its device armed the configured timeout (rounded, maybe) and reports it; the
+            # join commits that.
+            core.set_watchdog_timeout(self.armed_watchdog_s(node.name))
         node.agent = core
         node.hung = False
         self.stalled.discard(node.name)  # a new process has a new replica
@@ -371,7 +389,10 @@ class World:
             node.state = ClusterState()
             node.heartbeats.clear()
         node.deferred.clear()
-        node.last_pet = None
+        node.calls = ActingCalls()  # the old process's threads died with it
+        # A device the old process left armed keeps counting; the new one opens it (a ping)
+        # only once it holds a lease (haagent.daemon.watchdogs).
+        node.watchdog_deferred = node.last_pet is not None
         node.start_after_exit = False
         self.topology_version += 1
 
@@ -386,10 +407,17 @@ class World:
         view = self._view(node)
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
         replicas = self.drbd.observe(node.name, self.drbd_link, self.now, self._outdated)
-        step = node.agent.tick(local_now, view, LocalView(domains, local_now, replicas))
+        agent = node.agent
+        step = agent.tick(local_now, view, LocalView(domains, local_now, replicas))
         for ev in step.events:
             self.record(node.name, ev.name, dict(ev.data))
-        if step.pet_watchdog:
+        pet = step.pet_watchdog
+        if pet and node.calls.overdue(local_now, agent.lease.until, agent.lease.held_since):
+            pet = False  # a start is in the hypervisor past the lease that authorised it
+        if pet and node.watchdog_deferred:
+            pet = agent.lease_valid(local_now)
+            node.watchdog_deferred = not pet
+        if pet:
             node.last_pet = self.now
         for proposal in step.proposals:
             self._propose(node, proposal)
@@ -627,7 +655,7 @@ class World:
         o = self.options
         gen, life = node.generation_of_agent, node.boot_count
         if isinstance(action, StartGuest):
-            self.at(self.now + o.start_s, lambda: self._finish_start(node, gen, life, action))
+            self._call_start(node, gen, life, action)
         elif isinstance(action, DestroyDomain):
             self.at(
                 self.now + o.destroy_s,
@@ -695,7 +723,57 @@ class World:
         for name, resource in self.drbd.step(self.now, running, self.drbd_link, self._outdated):
             self.record(None, name, resource=resource)
 
-    def _finish_start(self, node: _Node, gen: int, life: int, action: StartGuest) -> None:
+    def _call_start(self, node: _Node, gen: int, life: int, action: StartGuest) -> None:
+        """FakeExecutor: check the lease and the generation at the moment of the call, then
+        let the FakeHypervisor take `start_s` (or a scripted slow duration). Past the
+        agent's `start_timeout_s` the agent hears "unknown"; the domain may come up later."""
+        assert node.agent is not None
+        now = node.local(self.now)
+        lease = node.agent.lease
+        why = refusal(
+            node.state, node.name, action.guest, action.generation, now=now, lease_until=lease.until
+        )
+        if why is not None:
+            self.record(node.name, "start_not_made", guest=action.guest, why=why)
+            self._action_result(node, gen, action.key, ActionResult(False, why, refused=True))
+            return
+        handle = node.calls.grant(action.key, action.generation, now, lease.until)
+        took_s = node.slow_starts.pop(action.guest, self.options.start_s)
+        timeout_s = self.agent_settings(node.name).start_timeout_s
+        calls = node.calls
+        if took_s > timeout_s:
+
+            def give_up() -> None:
+                detail = f"start did not return in {timeout_s:g}s (outcome unknown)"
+                unknown = ActionResult(False, detail, unknown=True)
+                self._action_result(node, gen, action.key, unknown)
+
+            self.at(self.now + timeout_s / node.rate, give_up)
+
+        def finish() -> None:
+            calls.release(handle)
+            self._finish_start(node, gen, life, action, answer=took_s <= timeout_s)
+
+        self.at(self.now + took_s, finish)
+
+    def slow_start(self, node: str, guest: str, seconds: float) -> None:
+        """The next start of `guest` on `node` takes `seconds` in the hypervisor (a slow or
+        stuck `create()`); past `start_timeout_s` the agent gives up on it as unknown."""
+        self._fault("fault_slow_start", node, guest=guest, seconds=seconds)
+        self.nodes[node].slow_starts[guest] = seconds
+
+    def armed_watchdog_s(self, node: str) -> float:
+        """The timeout `node`'s watchdog device armed (what its agent commits)."""
+        configured = self.node_settings[node].watchdog_timeout_s
+        if self.options.watchdog_round_up:
+            return float(max(1, math.ceil(configured)))
+        return configured
+
+    def _finish_start(
+        self, node: _Node, gen: int, life: int, action: StartGuest, answer: bool = True
+    ) -> None:
+        """`answer`: the agent still waits for the result (False: it already heard
+        "unknown"; the domain comes up late, unannounced)."""
         if not node.powered or node.boot_count != life:
             return
         failures = node.start_failures.get(action.guest, 0)
@@ -725,11 +803,13 @@ class World:
                 cluster=self.cluster,
             )
             self.physical_version += 1
+            node.appeared_at[action.domain] = node.local(self.now)
             self.record(
                 node.name, "domain_started", domain=action.domain, generation=action.generation
             )
             result = ActionResult(True)
-        self._action_result(node, gen, action.key, result)
+        if answer:
+            self._action_result(node, gen, action.key, result)
 
     def _finish_stop(
         self, node: _Node, gen: int, life: int, key: ActionKey, domain: str, how: str
@@ -794,7 +874,7 @@ class World:
         for node in self.nodes.values():
             if node.last_pet is None or not node.powered or node.role is NodeRole.WITNESS:
                 continue
-            timeout = self.node_settings[node.name].watchdog_timeout_s
+            timeout = self.armed_watchdog_s(node.name)
             if self.now - node.last_pet > timeout:
                 self._power_off(node, reason="watchdog expired")
 

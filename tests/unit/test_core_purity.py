@@ -25,6 +25,7 @@ CORE = [
     "core.settings",
     "core.decisions",
     "core.inflight",
+    "core.authority",
     "core.lease",
     "core.failure_detection",
     "core.fencing",

@@ -4,6 +4,7 @@ what-if time budget, loop statistics and the deadline bookkeeping of the observe
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ from haagent.agent import (
     StartGuest,
 )
 from haagent.config import Config
+from haagent.core.lease import Lease
+from haagent.daemon.authority import ActAuthority
 from haagent.daemon.executor import ActionExecutor, UnknownActionError
 from haagent.daemon.observer import Observer
 from haagent.daemon.offload import Offload
 from haagent.daemon.telemetry import LoopStats, Telemetry
-from haagent.model import GuestSpec, NodeRole
+from haagent.model import ClusterState, GuestRecord, GuestSpec, NodeRole
 from haagent.ports import DomainObservation, FenceOutcome, HypervisorError
 from haagent.whatif import planned_state, tolerated_failures
 
@@ -44,8 +47,14 @@ class NoFencer:
 
 def executor() -> ActionExecutor:
     settings = AgentSettings("c", "n1", {"n1": NodeSettings(NodeRole.HYPERVISOR, 1024)})
+    # A lease that holds and a state that gives g1 to n1 at generation 3: the authority
+    # lets these actions through to the part under test.
+    lease = Lease(settings, "n1-inc", 0.0)
+    lease.until, lease.held_since = math.inf, 0.0
+    state = ClusterState().with_guest(GuestRecord(GuestSpec("g1", "g1", 64), "n1", 3))
+    authority = ActAuthority("n1", lease, lambda: state)
     return ActionExecutor(
-        cast(Config, None), settings, None, NoFencer(), Telemetry("n1", Offload())
+        cast(Config, None), settings, None, NoFencer(), Telemetry("n1", Offload()), authority
     )
 
 

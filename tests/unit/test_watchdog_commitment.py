@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from haagent.config import Config, load_config
-from haagent.daemon import shell
+from haagent.daemon import watchdogs
 from haagent.daemon.shell import Daemon, StartupError
 from haagent.fencing.watchdog import DeviceWatchdog, FileWatchdog
 
@@ -72,9 +72,9 @@ class FakeDevice(DeviceWatchdog):
 def arm(
     monkeypatch: pytest.MonkeyPatch, cfg: Config, watchdog: DeviceWatchdog | FileWatchdog
 ) -> Daemon:
-    monkeypatch.setattr(shell, "open_watchdog", lambda *a: watchdog)
+    monkeypatch.setattr(watchdogs, "open_watchdog", lambda *a, **k: watchdog)
     daemon = Daemon(cfg)
-    daemon._arm_watchdog()
+    daemon.watchdogs.arm()
     return daemon
 
 
