@@ -112,11 +112,14 @@ def heal_one_way(lab: NetnsLab, i: int) -> None:
     nft(lab.host(i), f"delete table inet {_ONE_WAY_TABLE}\n", check=False)
 
 
-def partition(lab: NetnsLab, group: Iterable[int]) -> None:
-    """The switch forwards nothing between the hosts in `group` and the others (both ways).
-    Frames to the switch's own address (the BMCs) still pass: they are not forwarded."""
+def partition(lab: NetnsLab, group: Iterable[int], versus: Iterable[int] | None = None) -> None:
+    """The switch forwards nothing between the hosts in `group` and those in `versus` (by
+    default: all others), both ways. Frames to the switch's own address (the BMCs) still pass:
+    they are not forwarded."""
     inside = sorted(set(group))
-    outside = [i for i in range(1, len(lab.hosts) + 1) if i not in inside]
+    outside = sorted(
+        set(versus) if versus is not None else set(range(1, len(lab.hosts) + 1)) - set(inside)
+    )
     if not inside or not outside:
         raise ValueError("a partition needs hosts on both sides")
     a = ", ".join(f'"p{i}"' for i in inside)
