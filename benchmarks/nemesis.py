@@ -44,6 +44,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -127,15 +128,16 @@ class RunResult:
         )
 
 
+def fresh_view(watch: ClusterWatch) -> dict[str, Any] | None:
+    """The freshest status document from a node holding a lease."""
+    answers = [watch.latest(node) for node in watch.nodes]
+    leased = [o for o in answers if o is not None and o.doc is not None and o.doc["quorum"]]
+    return max(leased, key=lambda o: o.t0).doc if leased else None
+
+
 def current_leader(watch: ClusterWatch) -> str | None:
-    """The leader named by the freshest answer from a node holding a lease."""
-    best: tuple[float, str] | None = None
-    for node in watch.nodes:
-        o = watch.latest(node)
-        fresh = o is not None and o.doc is not None and o.doc["quorum"] and o.doc["leader"]
-        if fresh and o is not None and o.doc is not None and (best is None or o.t0 > best[0]):
-            best = (o.t0, str(o.doc["leader"]))
-    return best[1] if best else None
+    view = fresh_view(watch)
+    return str(view["leader"]) if view is not None and view["leader"] else None
 
 
 def draw(rng: random.Random, names: list[str], leader: str | None) -> tuple[str, tuple[str, ...]]:
@@ -150,11 +152,14 @@ def draw(rng: random.Random, names: list[str], leader: str | None) -> tuple[str,
     return kind, (first, *rng.sample(rest, size - 1))
 
 
-def power_on_dead(cluster: LocalCluster, powered: dict[str, float]) -> None:
+def power_on_dead(cluster: LocalCluster, watch: ClusterWatch, powered: dict[str, float]) -> None:
     """Power every node whose agent is not running back on through its BMC (as an admin
-    would after a fence), noting when."""
+    would after a fence), noting when; not while its fence is pending (declared failed, not
+    yet fenced): the fence agent's status polling would see it on and power it off again."""
+    view = fresh_view(watch)
     for node in cluster.nodes():
-        if cluster.agent_pid(node) is None:
+        pending = view is not None and view["nodes"].get(node, {}).get("state") == "failed"
+        if cluster.agent_pid(node) is None and not pending:
             cluster.bmcs[node].chassis("power", "on")
             powered[node] = time.monotonic()
 
@@ -189,7 +194,7 @@ def settle(
     next_power = 0.0
     while time.monotonic() < deadline:
         if time.monotonic() >= next_power:
-            power_on_dead(cluster, powered)
+            power_on_dead(cluster, watch, powered)
             next_power = time.monotonic() + 2.0  # a fence may still kill what we start
         if whole(watch, max([since, *powered.values()]), guests):
             return time.monotonic(), powered

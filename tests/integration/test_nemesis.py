@@ -54,8 +54,13 @@ def _netns_cluster(
     return lab, cluster
 
 
-def _off(cluster: LocalCluster, node: str) -> bool | None:
-    return True if cluster.agent_pid(node) is None else None
+def _fenced(cluster: LocalCluster, node: str) -> bool | None:
+    """`node` is off and a fresh view says its fence is done (powering it on earlier would
+    race the fence agent's status polling, and the fence would kill it again)."""
+    if cluster.agent_pid(node) is not None:
+        return None
+    view = cluster.any_status(exclude=(node,))
+    return True if view["nodes"][node]["state"] == "fenced" else None
 
 
 def _fences(cluster: LocalCluster, since_wall: float) -> list[str]:
@@ -169,9 +174,11 @@ def test_a_deposed_fenced_restarted_leader_regains_its_lease(
     """Issue 8 item 8: cut the leader's cable until the others have elected a new leader,
     declared it failed and fenced it (its BMC powers it off: SIGKILL), heal, power it on:
     it holds a lease again within the bound, its replica current. Three rounds."""
-    # Goal p99 <= 3 s (benchmarks/nemesis.py measures it). Here, conservatively: agent
-    # start-up on a loaded 2-core machine, plus a lease's worth of catching up, plus slack.
-    bound_s = 10.0 + DEFAULT_TIMING.lease_s
+    # Goal p99 <= 3 s (benchmarks/nemesis.py measures it). Here, conservatively, counted
+    # from the restarted agent's first answer (its Python start-up took 4-6 s from the
+    # power-on at load 30 here, and is not what item 8 is about): three leases. The stall of
+    # issue 8 (a) kept a restarted leader without a lease for over 70 s.
+    bound_s = 3 * DEFAULT_TIMING.lease_s
     lab, cluster = _netns_cluster(tmp_path, netns_lab, make_cluster, 3, None)
     watch = watch_cluster(cluster)
     times = []
@@ -179,21 +186,27 @@ def test_a_deposed_fenced_restarted_leader_regains_its_lease(
         old = str(cluster.any_status()["leader"])
         i = cluster.nodes().index(old) + 1
         lab.cut(i)
-        wait_for(f"{old} to be fenced", partial(_off, cluster, old), 60.0)
+        wait_for(f"{old} to be fenced", partial(_fenced, cluster, old), 60.0)
         lab.heal(i)
         cluster.bmcs[old].chassis("power", "on")
         powered = time.monotonic()
 
-        def regained(old: str = old, powered: float = powered) -> float | None:
+        def regained(old: str = old, powered: float = powered) -> tuple[float, float] | None:
+            """(seconds since the power-on, since the agent first answered) at the first
+            answer that shows a lease."""
             o = watch.latest_after(old, powered)
             if o is None or o.doc is None or not o.doc["quorum"]:
                 return None
-            return o.t1 - powered
+            up = next(a for a in watch.answers(old) if a.t0 > powered)
+            return o.t1 - powered, o.t1 - up.t0
 
         times.append(wait_for(f"{old} to regain its lease", regained, 60.0))
         wait_settled(cluster)
-    print(f"lease regained after power-on: {', '.join(f'{t:.2f}s' for t in times)}")
-    assert max(times) <= bound_s
+    print(
+        "lease regained (after power-on / after the agent first answered): "
+        + ", ".join(f"{t:.2f}s / {u:.2f}s" for t, u in times)
+    )
+    assert max(u for _, u in times) <= bound_s
     watch.stop()
     watch.assert_single_copy()
 
