@@ -130,15 +130,15 @@ class SimulatedBmc:
     def _in_netns(self, command: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *command] if self.netns else command
 
-    def chassis(self, *args: str, timeout_s: float = 30.0) -> str:
-        """Run `ipmitool ... chassis ARGS` against this BMC (from its namespace), as an admin
-        would: `chassis("power", "on")`. Raises BmcError when ipmitool fails."""
+    def _ipmitool(self, args: list[str], timeout_s: float) -> tuple[bool, str]:
+        """Run ipmitool against this BMC (from its namespace): (succeeded, its output)."""
         ipmitool = shutil.which("ipmitool")
         if ipmitool is None:
             raise BmcError("ipmitool not found (Debian package ipmitool)")
+        # -E takes the password from IPMI_PASSWORD, keeping it off the command line.
         command = [
             ipmitool, "-I", "lanplus", "-C", "3", "-H", self.address, "-p", str(self.port),
-            "-U", self.username, "-E", "chassis", *args,
+            "-U", self.username, "-E", *args,
         ]  # fmt: skip
         try:
             done = subprocess.run(
@@ -148,10 +148,15 @@ class SimulatedBmc:
                 timeout=timeout_s,
                 check=False,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise BmcError(f"ipmitool chassis {' '.join(args)}: timed out") from exc
-        output = (done.stdout + done.stderr).decode(errors="replace").strip()
-        if done.returncode != 0:
+        except subprocess.TimeoutExpired:
+            return False, "ipmitool timed out"
+        return done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace").strip()
+
+    def chassis(self, *args: str, timeout_s: float = 30.0) -> str:
+        """Run `ipmitool ... chassis ARGS` against this BMC, as an admin would:
+        `chassis("power", "on")`. Raises BmcError when ipmitool fails."""
+        ok, output = self._ipmitool(["chassis", *args], timeout_s)
+        if not ok:
             raise BmcError(f"ipmitool chassis {' '.join(args)}: {output}")
         return output
 
@@ -244,26 +249,7 @@ class SimulatedBmc:
         )
 
     def _probe(self, timeout_s: float) -> tuple[bool, str]:
-        ipmitool = shutil.which("ipmitool")
-        if ipmitool is None:
-            raise BmcError("ipmitool not found (Debian package ipmitool)")
-        # -E takes the password from IPMI_PASSWORD, keeping it off the command line.
-        command = [
-            ipmitool, "-I", "lanplus", "-C", "3", "-H", self.address, "-p", str(self.port),
-            "-U", self.username, "-E", "-N", "1", "-R", "1", "chassis", "power", "status",
-        ]  # fmt: skip
-        try:
-            done = subprocess.run(
-                self._in_netns(command),
-                env={**os.environ, "IPMI_PASSWORD": self.password},
-                capture_output=True,
-                timeout=timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return False, "ipmitool timed out"
-        output = (done.stdout + done.stderr).decode(errors="replace").strip()
-        return done.returncode == 0, output
+        return self._ipmitool(["-N", "1", "-R", "1", "chassis", "power", "status"], timeout_s)
 
     def _log_tail(self) -> str:
         try:
