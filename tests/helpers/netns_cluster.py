@@ -15,13 +15,18 @@ Faults, each undone by its `heal_*` (all idempotent) or by `heal_network`:
   on eth0, so its peers hear it but it hears nothing (or the reverse);
 * `partition(lab, group)`: the switch forwards nothing between `group` and the other hosts.
 
+`inject(lab, cluster, kind, targets)` applies one of KINDS by name (those above, plus SIGSTOP
+and SIGKILL of an agent); `heal_all` undoes them all but the power-off.
+
 Every process stays owned by the `LocalCluster` (stopped by pid) and every namespace by the
 `NetnsLab` (deleted by `down()`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterable
@@ -29,14 +34,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from haagent.localcluster.cluster import ClusterPlan, GuestPlan, LocalCluster, local_plan
+from haagent.localcluster.cluster import (
+    ClusterPlan,
+    GuestPlan,
+    LocalCluster,
+    local_plan,
+    pid_alive,
+)
 from tests.helpers.netns import NetnsLab
 
 __all__ = [
+    "KINDS",
     "drop_one_way",
+    "heal_all",
     "heal_network",
     "heal_one_way",
     "heal_partition",
+    "inject",
     "log_count",
     "netns_plan",
     "nft",
@@ -143,6 +157,39 @@ def heal_network(lab: NetnsLab) -> None:
     for i in range(1, len(lab.hosts) + 1):
         lab.heal(i)
         heal_one_way(lab, i)
+
+
+KINDS = ("cut", "partition", "drop_in", "drop_out", "pause", "kill")
+"""The faults `inject` knows (tests/helpers and benchmarks/nemesis.py draw from these)."""
+
+
+def inject(lab: NetnsLab, cluster: LocalCluster, kind: str, targets: tuple[str, ...]) -> None:
+    """Fault `kind` of KINDS on `targets` (node names; all of a partition's minority side):
+    "pause" is SIGSTOP of the agent, "kill" its SIGKILL (a power loss without the BMC)."""
+    index = {n: i for i, n in enumerate(cluster.nodes(), 1)}
+    match kind:
+        case "cut":
+            lab.cut(index[targets[0]])
+        case "partition":
+            partition(lab, [index[t] for t in targets])
+        case "drop_in" | "drop_out":
+            drop_one_way(lab, index[targets[0]], kind.removeprefix("drop_"))
+        case "pause" | "kill":
+            pid = cluster.agent_pid(targets[0])
+            if pid is not None:
+                os.kill(pid, signal.SIGSTOP if kind == "pause" else signal.SIGKILL)
+        case _:
+            raise ValueError(f"unknown fault {kind!r}")
+
+
+def heal_all(lab: NetnsLab, cluster: LocalCluster) -> None:
+    """Undo every network fault and SIGCONT every live agent (powering on is up to the caller:
+    it must wait for pending fences)."""
+    heal_network(lab)
+    for node in cluster.nodes():
+        pid = cluster.agent_pid(node)
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)
 
 
 def log_count(cluster: LocalCluster, pattern: str) -> int:
