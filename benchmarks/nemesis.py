@@ -38,6 +38,8 @@ import argparse
 import json
 import os
 import random
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -239,6 +241,7 @@ def judge(cluster: LocalCluster, watch: ClusterWatch, result: RunResult, guests:
         if len(on) != 1:
             result.lost_guests.append(f"{g} runs on {on or 'no node'} at the end")
     seen: set[tuple[str, int]] = set()
+    declared: list[tuple[float, str, bool]] = []  # (when, node, falsely)
     for o in watch.answers():
         for node, rec in o.doc["nodes"].items():  # type: ignore[index]
             failure = rec.get("failure")
@@ -246,17 +249,23 @@ def judge(cluster: LocalCluster, watch: ClusterWatch, result: RunResult, guests:
                 continue
             seen.add((node, rec["failure_epoch"]))
             t = float(failure["declared_at"]) - watch.wall_offset
-            if t >= watch.started_at and not faulted(result.faults, node, t):
+            falsely = t >= watch.started_at and not faulted(result.faults, node, t)
+            declared.append((t, node, falsely))
+            if falsely:
                 result.false_failures.append(
                     f"{node} declared failed at {watch.rel(t)}: {failure['detail']}"
                 )
+    declared.sort()
     for by in cluster.nodes():
         for when, m in log_lines(cluster, by, r"fence (n\d+): (OK|FAILED)"):
             t = when - watch.wall_offset
             if t < watch.started_at:
                 continue
             result.fences += 1
-            if not faulted(result.faults, m.group(1), t):
+            # A fence ends the node's latest declaration, which may well come after the fault
+            # window (fence agents are slow): it is false when that declaration was.
+            before = [falsely for d, node, falsely in declared if node == m.group(1) and d <= t]
+            if not before or before[-1]:
                 result.false_fences.append(f"{by} fenced {m.group(1)} at {watch.rel(t)}")
 
 
@@ -364,16 +373,24 @@ def main() -> int:
     p.add_argument("--guests", type=int, default=5)
     p.add_argument("--profile", choices=sorted(TIMING_PROFILES), default=None)
     p.add_argument("--keep", type=Path, default=None, help="folder to keep run folders in")
+    p.add_argument(
+        "--keep-failed", type=Path, default=None, help="folder to keep unclean runs' folders in"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.nodes < 3:
         p.error("--nodes must be at least 3")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     print(f"nemesis: seed {seed}, {args.runs} runs", flush=True)
+    # SIGTERM unwinds like ^C, so every run's processes and namespaces are cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     results = []
     for k in range(args.runs):
-        keep = args.keep / f"seed-{seed + k}" if args.keep else None
+        folder = args.keep or args.keep_failed
+        keep = folder / f"seed-{seed + k}" if folder else None
         res = run(seed + k, args.nodes, args.faults, args.guests, args.profile, keep)
+        if keep is not None and args.keep is None and res.clean:
+            shutil.rmtree(keep)
         results.append(res)
         print(res.line() if not args.json else json.dumps(asdict(res)), flush=True)
     print("\n".join(summary(results)))
