@@ -137,9 +137,12 @@ def current_leader(watch: ClusterWatch) -> str | None:
 
 def draw(rng: random.Random, names: list[str], leader: str | None) -> tuple[str, tuple[str, ...]]:
     """A fault kind and its targets; about half the time aimed at `leader`."""
+    # The same draws whoever leads, so a seed always gives the same schedule of kinds,
+    # durations and aims.
     kind = rng.choice(KINDS)
     aim = rng.random() < 0.5
-    first = leader if aim and leader is not None else rng.choice(names)
+    pick = rng.choice(names)
+    first = leader if aim and leader is not None else pick
     if kind != "partition":
         return kind, (first,)
     rest = [n for n in names if n != first]
@@ -180,19 +183,29 @@ def whole(watch: ClusterWatch, since: float, guests: list[str]) -> bool:
 
 
 def settle(
-    cluster: LocalCluster, watch: ClusterWatch, since: float, guests: list[str]
+    cluster: LocalCluster, watch: ClusterWatch, since: float, guests: list[str], lease_s: float
 ) -> tuple[float | None, dict[str, float]]:
-    """Power dead nodes on until the cluster is whole again (or SETTLE_TIMEOUT_S passed);
-    returns when it became whole, and when each node was powered on."""
+    """Power dead nodes on until the cluster is whole again and stays so for a lease (or
+    SETTLE_TIMEOUT_S passed); returns when it became whole, and when each node was powered on.
+
+    Why a lease more: a node may hold a lease from a heartbeat sent before the fault and lose
+    it just after the heal (its TCP connections still backing off), destroying its guests
+    and restarting them a moment later; the end of a run must not fall into that moment."""
     powered: dict[str, float] = {}
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     next_power = 0.0
+    first: float | None = None
     while time.monotonic() < deadline:
-        if time.monotonic() >= next_power:
+        now = time.monotonic()
+        if now >= next_power:
             power_on_dead(cluster, watch, powered)
-            next_power = time.monotonic() + 2.0  # a fence may still kill what we start
-        if whole(watch, max([since, *powered.values()]), guests):
-            return time.monotonic(), powered
+            next_power = now + 2.0  # a fence may still kill what we start
+        if not whole(watch, max([since, *powered.values()]), guests):
+            first = None
+        elif first is None:
+            first = now
+        elif now >= first + lease_s and whole(watch, first + lease_s, guests):
+            return first, powered
         time.sleep(0.1)
     return None, powered
 
@@ -310,7 +323,7 @@ def run(
             time.sleep(hold_s)
             heal_all(lab, cluster)
             healed = time.monotonic()
-            settled, powered = settle(cluster, watch, healed, guest_names)
+            settled, powered = settle(cluster, watch, healed, guest_names, timing.lease_s)
             fault = Fault(kind, targets, leader in targets, hold_s, start, healed, settled)
             result.faults.append(fault)
             result.regains += regains(watch, k, fault, leader, powered)
