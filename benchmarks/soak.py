@@ -36,20 +36,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from haagent.localcluster.cluster import (
-    ClusterPlan,
-    GuestPlan,
-    LocalCluster,
-    local_plan,
-)
+from haagent.localcluster.cluster import LocalCluster
 from tests.helpers.cluster_watch import ClusterWatch
 from tests.helpers.netns import NetnsLab
+from tests.helpers.netns_cluster import log_count, netns_plan, nft, wait_settled
 
 
 @dataclass(frozen=True)
@@ -108,38 +103,11 @@ class SoakResult:
         ]
 
 
-def spread_guests(n: int, count: int) -> tuple[GuestPlan, ...]:
-    """`count` guests, preferring the hypervisors in turn, so every node owns some."""
-    return tuple(GuestPlan(f"g{i}", 128, 10, (f"n{(i - 1) % n + 1}",)) for i in range(1, count + 1))
-
-
-def soak_plan(lab: NetnsLab, api_dir: Path, guests: int, profile: str | None) -> ClusterPlan:
-    n = len(lab.hosts)
-    base = local_plan(n, fence="dummy", guests=spread_guests(n, guests), api_unix_dir=api_dir)
-    nodes = tuple(
-        replace(node, netns=lab.host(i), raft_host=lab.ip(i))
-        for i, node in enumerate(base.nodes, 1)
-    )
-    timing: dict[str, Any] = {"profile": profile} if profile else {}
-    return replace(base, nodes=nodes, timing=timing)
-
-
-def _nft(ns: str, script: str) -> None:
-    subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "-f", "-"],
-        input=script,
-        text=True,
-        check=True,
-        capture_output=True,
-        timeout=10,
-    )
-
-
 @contextmanager
 def random_loss(lab: NetnsLab, loss: float) -> Iterator[None]:
     """Drop `loss` of the frames the lab's bridge forwards, in both directions."""
     permille = round(loss * 1000)
-    _nft(
+    nft(
         lab.switch,
         "table bridge soak {\n chain loss {\n"
         "  type filter hook forward priority 0; policy accept;\n"
@@ -148,7 +116,7 @@ def random_loss(lab: NetnsLab, loss: float) -> Iterator[None]:
     try:
         yield
     finally:
-        _nft(lab.switch, "delete table bridge soak\n")
+        nft(lab.switch, "delete table bridge soak\n")
 
 
 def dropped_frames(lab: NetnsLab) -> int:
@@ -175,18 +143,6 @@ def burners(count: int) -> Iterator[None]:
         for p in procs:
             p.kill()
             p.wait()
-
-
-def _log_count(cluster: LocalCluster, pattern: str) -> int:
-    rx = re.compile(pattern)
-    total = 0
-    for node in cluster.nodes():
-        try:
-            text = cluster.log_file(node).read_text(errors="replace")
-        except OSError:
-            continue
-        total += sum(1 for line in text.splitlines() if rx.search(line))
-    return total
 
 
 def replica_lag(watch: ClusterWatch, entries: int = 5) -> tuple[int | None, float | None]:
@@ -228,25 +184,18 @@ def soak(
         stack.callback(lab.down)
         api_dir = run_dir / "api"
         api_dir.mkdir(parents=True, exist_ok=True)
-        cluster = LocalCluster(run_dir / "cluster", soak_plan(lab, api_dir, guests, profile))
+        cluster = LocalCluster(run_dir / "cluster", netns_plan(lab, api_dir, guests, profile))
         cluster.write()
         stack.callback(cluster.stop)
         cluster.start(timeout_s=60.0)
         # Every node holds a lease and every guest runs before the faults begin.
-        deadline = time.monotonic() + 60.0
-        while True:
-            docs = [cluster.status(n) for n in cluster.nodes()]
-            if all(d["quorum"] for d in docs) and len({d["leader"] for d in docs}) == 1:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not settle before the soak")
-            time.sleep(0.2)
+        docs = wait_settled(cluster)
         first = cluster.any_status()
         gens0 = {g: rec["generation"] for g, rec in first["guests"].items()}
         epochs0 = {n: rec["failure_epoch"] for n, rec in first["nodes"].items()}
         term0 = min(d["term"] for d in docs)
-        fences0 = _log_count(cluster, r"fence n\d+: ")
-        destroys0 = _log_count(cluster, r"destroyed .*no valid lease")
+        fences0 = log_count(cluster, r"fence n\d+: ")
+        destroys0 = log_count(cluster, r"destroyed .*no valid lease")
 
         watch = ClusterWatch(cluster, interval_s=0.1, request_timeout_s=1.0)
         stack.enter_context(burners(burner_count))
@@ -271,7 +220,7 @@ def soak(
             for g, rec in o.doc["guests"].items():
                 gens[g] = max(gens.get(g, 0), rec["generation"])
         double = sum(len(watch.overlaps(g)) for g in sorted(watch.guests_seen()))
-        lease_destroys = _log_count(cluster, r"destroyed .*no valid lease") - destroys0
+        lease_destroys = log_count(cluster, r"destroyed .*no valid lease") - destroys0
         max_lag, longest = replica_lag(watch)
         reasons: dict[str, int] = {}
         for o in answers:
@@ -285,7 +234,7 @@ def soak(
             burners=burner_count,
             profile=profile or "default",
             false_failures=sum(epochs[n] - epochs0.get(n, 0) for n in epochs),
-            fences=_log_count(cluster, r"fence n\d+: ") - fences0,
+            fences=log_count(cluster, r"fence n\d+: ") - fences0,
             term_changes=(max(terms) - term0) if terms else 0,
             lease_loss_samples=sum(1 for o in answers if o.doc is not None and not o.doc["quorum"]),
             samples=len(answers),

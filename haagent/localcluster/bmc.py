@@ -65,6 +65,7 @@ class SimulatedBmc:
         address: str = "127.0.0.1",
         username: str = "admin",
         password: str = "secret",
+        netns: str | None = None,
     ) -> None:
         self.workdir = Path(workdir).absolute()
         if not _HOST_RE.match(host):
@@ -81,6 +82,9 @@ class SimulatedBmc:
         self.username = username
         self.password = password
         self.hook_path = Path(hook_path).absolute() if hook_path is not None else None
+        # Run ipmi_sim (and our own ipmitool calls) inside this network namespace: `address`
+        # then exists only there (tests put BMCs on a lab switch that host faults cannot cut).
+        self.netns = netns
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -123,6 +127,39 @@ class SimulatedBmc:
             "cipher": "3",
         }
 
+    def _in_netns(self, command: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *command] if self.netns else command
+
+    def _ipmitool(self, args: list[str], timeout_s: float) -> tuple[bool, str]:
+        """Run ipmitool against this BMC (from its namespace): (succeeded, its output)."""
+        ipmitool = shutil.which("ipmitool")
+        if ipmitool is None:
+            raise BmcError("ipmitool not found (Debian package ipmitool)")
+        # -E takes the password from IPMI_PASSWORD, keeping it off the command line.
+        command = [
+            ipmitool, "-I", "lanplus", "-C", "3", "-H", self.address, "-p", str(self.port),
+            "-U", self.username, "-E", *args,
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                self._in_netns(command),
+                env={**os.environ, "IPMI_PASSWORD": self.password},
+                capture_output=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return False, "ipmitool timed out"
+        return done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace").strip()
+
+    def chassis(self, *args: str, timeout_s: float = 30.0) -> str:
+        """Run `ipmitool ... chassis ARGS` against this BMC, as an admin would:
+        `chassis("power", "on")`. Raises BmcError when ipmitool fails."""
+        ok, output = self._ipmitool(["chassis", *args], timeout_s)
+        if not ok:
+            raise BmcError(f"ipmitool chassis {' '.join(args)}: {output}")
+        return output
+
     def write_config(self) -> None:
         """Write lan.conf and the emu file, wipe the state dir and link the hook."""
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -164,16 +201,18 @@ class SimulatedBmc:
         self.write_config()
         with self.log_file.open("ab") as log_file:
             self._proc = subprocess.Popen(
-                [
-                    executable,
-                    "-c",
-                    str(self.workdir / "lan.conf"),
-                    "-f",
-                    str(self.workdir / f"{self.host}.emu"),
-                    "-s",
-                    str(self.workdir / "state"),
-                    "-n",
-                ],
+                self._in_netns(
+                    [
+                        executable,
+                        "-c",
+                        str(self.workdir / "lan.conf"),
+                        "-f",
+                        str(self.workdir / f"{self.host}.emu"),
+                        "-s",
+                        str(self.workdir / "state"),
+                        "-n",
+                    ]
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -197,8 +236,9 @@ class SimulatedBmc:
                     f"{self._log_tail()}"
                 )
             # Probe with ipmitool only once the port is bound: before that each probe would
-            # wait for its own retransmission timeout.
-            if not port_free(self.address, self.port, socket.SOCK_DGRAM):
+            # wait for its own retransmission timeout. (Inside a namespace the port cannot be
+            # checked from here: probe directly.)
+            if self.netns or not port_free(self.address, self.port, socket.SOCK_DGRAM):
                 ok, last = self._probe(max(0.1, deadline - time.monotonic()))
                 if ok:
                     return
@@ -209,26 +249,7 @@ class SimulatedBmc:
         )
 
     def _probe(self, timeout_s: float) -> tuple[bool, str]:
-        ipmitool = shutil.which("ipmitool")
-        if ipmitool is None:
-            raise BmcError("ipmitool not found (Debian package ipmitool)")
-        # -E takes the password from IPMI_PASSWORD, keeping it off the command line.
-        command = [
-            ipmitool, "-I", "lanplus", "-C", "3", "-H", self.address, "-p", str(self.port),
-            "-U", self.username, "-E", "-N", "1", "-R", "1", "chassis", "power", "status",
-        ]  # fmt: skip
-        try:
-            done = subprocess.run(
-                command,
-                env={**os.environ, "IPMI_PASSWORD": self.password},
-                capture_output=True,
-                timeout=timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return False, "ipmitool timed out"
-        output = (done.stdout + done.stderr).decode(errors="replace").strip()
-        return done.returncode == 0, output
+        return self._ipmitool(["-N", "1", "-R", "1", "chassis", "power", "status"], timeout_s)
 
     def _log_tail(self) -> str:
         try:

@@ -64,6 +64,8 @@ class NodePlan:
     memory_mib: int = 1024
     raft_host: str = "127.0.0.1"
     netns: str | None = None  # run the agent inside this network namespace
+    bmc_host: str = "127.0.0.1"  # where its BMC listens (fence_ipmilan's `ip`) ...
+    bmc_netns: str | None = None  # ... inside this network namespace (None: this one)
     secret: str | None = None  # this node's Raft secret if not the cluster's (tests: a stranger)
 
 
@@ -157,7 +159,8 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
             )
             lines += [
                 'agent = "fence_ipmilan"',
-                f'params = {{ ip = "127.0.0.1", ipport = {n.bmc_port}, username = "admin", '
+                f"params = {{ ip = {_toml_value(n.bmc_host)}, ipport = {n.bmc_port}, "
+                'username = "admin", '
                 f'password = "secret", lanplus = true, cipher = 3{extra} }}',
             ]
         else:
@@ -409,6 +412,9 @@ class LocalCluster:
             if node in self.bmcs:
                 raise ClusterError(f"{node}'s BMC was started already")
             p = dev["params"]
+            planned = (
+                next((n for n in self.plan.nodes if n.name == node), None) if self.plan else None
+            )
             bmc = SimulatedBmc(
                 self.run_dir / "bmc" / node,
                 node,
@@ -416,6 +422,8 @@ class LocalCluster:
                 self.run_dir / "bmc" / f"{node}.power-hook",
                 username=str(p["username"]),
                 password=str(p["password"]),
+                address=str(p["ip"]),
+                netns=planned.bmc_netns if planned is not None else None,
             )
             bmc.start()
             assert bmc.pid is not None

@@ -35,11 +35,17 @@ def _ip(*args: str) -> str:
 
 
 class NetnsLab:
-    """`hosts` namespaces on a bridge; host i (1-based) has address `<subnet>.<i>/24`."""
+    """`hosts` namespaces on a bridge; host i (1-based) has address `<subnet>.<i>/24`.
+
+    The bridge itself has `<subnet>.254` (`switch_ip`) inside the switch's namespace: a place
+    for services every host reaches over its cable but that no host-side fault can take down
+    (the simulated BMCs of tests/helpers/netns_cluster.py live there, like a management
+    network that stays up when a host's own links fail).
+    """
 
     def __init__(self, hosts: int = 3, subnet: str = "10.213.0") -> None:
         if not 1 <= hosts <= 250:
-            raise ValueError("1..250 hosts")
+            raise ValueError("1..250 hosts")  # .254 is the switch
         tag = secrets.token_hex(3)
         self.tag = tag
         self.subnet = subnet
@@ -50,6 +56,11 @@ class NetnsLab:
     def ip(self, i: int) -> str:
         """Address of host i (1-based)."""
         return f"{self.subnet}.{i}"
+
+    @property
+    def switch_ip(self) -> str:
+        """The bridge's address, inside the switch namespace."""
+        return f"{self.subnet}.254"
 
     def host(self, i: int) -> str:
         """Namespace name of host i (1-based)."""
@@ -63,6 +74,7 @@ class NetnsLab:
             _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
             _ip("-n", self.switch, "link", "set", "br0", "up")
             _ip("-n", self.switch, "link", "set", "lo", "up")
+            _ip("-n", self.switch, "addr", "add", f"{self.switch_ip}/24", "dev", "br0")
             for i, ns in enumerate(self.hosts, 1):
                 self._add(ns)
                 _ip("-n", ns, "link", "set", "lo", "up")
