@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from haagent.agent import AgentSettings, NodeSettings
+from haagent.core.netneeds import NetNeedsError, needed_interfaces
 from haagent.fencing.agent_runner import validate_params
 from haagent.model import FenceMethod, GuestSpec, NodeRole, StorageKind
 from haagent.ports import FenceDevice
@@ -739,11 +740,12 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
             )
         storage = StorageKind.SHARED
         xml_path: Path | None = None
+        networks: tuple[str, ...] = ()
         if gt.has("xml"):
             xml_path = gt.path("xml", base)
             try:
-                read_small_text(xml_path, MAX_XML_BYTES)
-            except UntrustedInputError as exc:
+                networks = needed_interfaces(read_small_text(xml_path, MAX_XML_BYTES))
+            except (UntrustedInputError, NetNeedsError) as exc:
                 raise gt.error("xml", str(exc)) from None
         gt.done()
         spec = GuestSpec(
@@ -755,6 +757,7 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
             allowed_nodes=allowed,
             storage=storage,
             anti_affinity=group,
+            networks=networks,
         )
         guests[name] = GuestConfig(spec, xml_path)
     return guests

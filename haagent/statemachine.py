@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from haagent.commands import (
+    MAX_MISSING_NETWORKS,
     AssignGuests,
     Command,
     ConfirmFenced,
@@ -36,6 +37,7 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
     SetDesired,
@@ -321,6 +323,8 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
             why = f"{a.node} is in maintenance"
         elif not guest.spec.allows(a.node):
             why = f"{a.node} is not allowed"
+        elif target.lacks(guest.spec):
+            why = f"{a.node} lacks {', '.join(target.lacks(guest.spec))}"
         elif not movable(state, guest):
             why = (
                 f"owner {guest.owner} is {state.node(guest.owner or '').state}, guest {guest.state}"
@@ -484,6 +488,21 @@ def _confirm_fenced(state: ClusterState, c: ConfirmFenced) -> tuple[ClusterState
     return state.with_node(new), OK
 
 
+def _network_condition(state: ClusterState, c: NetworkCondition) -> tuple[ClusterState, Result]:
+    """Record what the node reported missing. Only its current incarnation speaks for it, and
+    only the names change: no heartbeat, lease or guest is touched (a guest that needs a lost
+    network moves through its owner's own stop, after the owner's hold-down)."""
+    rec = state.node(c.node)
+    if rec.state is not NodeState.UP or rec.incarnation != c.incarnation:
+        return _refuse(state, f"{c.node} is {rec.state} (incarnation {rec.incarnation!r})")
+    missing = tuple(sorted(set(c.missing)))
+    if len(missing) > MAX_MISSING_NETWORKS:
+        return _refuse(state, f"{len(missing)} missing networks (at most {MAX_MISSING_NETWORKS})")
+    if missing == rec.missing_networks:
+        return state, Result(True, "unchanged")
+    return state.with_node(replace(rec, missing_networks=missing)), OK
+
+
 _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState, Result]]] = {
     Join: _join,
     Leave: _leave,
@@ -502,4 +521,5 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     ReplicaOutdated: _replica,
     ReplicaUpToDate: _replica,
     ConfirmFenced: _confirm_fenced,
+    NetworkCondition: _network_condition,
 }
