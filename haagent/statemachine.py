@@ -367,6 +367,9 @@ def _guest_starting(state: ClusterState, c: GuestStarting) -> tuple[ClusterState
         return _refuse(state, f"{c.guest} is disabled")
     if guest.state is not GuestState.STOPPED:
         return _refuse(state, f"{c.guest} is {guest.state}")
+    lacks = state.node(c.node).lacks(guest.spec)
+    if lacks:
+        return _refuse(state, f"{c.node} lacks {', '.join(lacks)}")
     # Every start gets its own generation, not only every change of owner: the reports about
     # one start (running, stopped) name it, so a report about an earlier start that pysyncobj
     # delivers again later is refused instead of undoing what happened since.

@@ -33,6 +33,8 @@ CORE = [
     "core.guests",
     "core.storage",
     "core.drbd",
+    "core.networks",
+    "core.netneeds",
 ]
 PACKAGE = Path(__file__).resolve().parents[2] / "haagent"
 FORBIDDEN = {
