@@ -167,6 +167,7 @@ class Config:
             failure_reset_s=self.failure_reset_s,
             max_relocations=self.max_relocations,
             initial_placement_wait_s=t.initial_placement_wait_s,
+            network_hold_down_s=t.network_hold_down_s,
         )
 
     def fence_levels(self, node: str) -> list[list[FenceDevice]]:

@@ -58,7 +58,7 @@ class AgentSettings:
     initial_placement_wait_s: float = DEFAULT_TIMING.initial_placement_wait_s
     # How long this node's committed condition must lack a running guest's network before the
     # guest is stopped here to move (a link that flaps faster never bounces a guest).
-    network_hold_down_s: float = 10.0
+    network_hold_down_s: float = DEFAULT_TIMING.network_hold_down_s
 
     @property
     def role(self) -> NodeRole:

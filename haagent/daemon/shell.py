@@ -32,6 +32,7 @@ import signal
 import time
 import uuid
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 from haagent.agent import Action, ActionResult, AgentCore, Proposal, RunFence
@@ -41,6 +42,7 @@ from haagent.config import Config
 from haagent.consensus import JournalDamagedError, RaftConsensus
 from haagent.daemon.admin import AdminService
 from haagent.daemon.executor import ActionExecutor
+from haagent.daemon.netwatch import NetworkObserver, needed_here
 from haagent.daemon.observer import Observer
 from haagent.daemon.offload import Offload
 from haagent.daemon.surface import Surface
@@ -98,6 +100,7 @@ class Daemon:
         )
         self.observer = Observer(None, self.wake, on_error=self.telemetry.agent.observation_failed)
         self.executor = ActionExecutor(config, self.settings, None, self.fencer, self.telemetry)
+        self.networks = NetworkObserver(needed_here(config.node, self.settings.guests), self.wake)
         self._protected = frozenset(spec.domain for spec in self.settings.guests)
         self._wake = asyncio.Event()
         self._due_at: float | None = None  # earliest time a pass was asked for since the last
@@ -164,6 +167,8 @@ class Daemon:
         self.consensus = consensus
         consensus.start()
         self.observer.start()
+        if cfg.me.role is NodeRole.HYPERVISOR:
+            self.networks.start()
         log.info(
             "started node=%s incarnation=%s cluster=%s api=%s",
             cfg.node,
@@ -232,6 +237,7 @@ class Daemon:
 
     async def _shutdown(self, runner: Any) -> None:
         await self.observer.stop()
+        await self.networks.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -330,8 +336,9 @@ class Daemon:
         due = started if self._due_at is None else self._due_at
         self._due_at = None
         self.observer.check()
+        self.networks.check()
         view = self.consensus.view()
-        local = self.observer.view()
+        local = replace(self.observer.view(), missing_networks=self.networks.missing())
         step = self.core.tick(started, view, local)
         for proposal in step.proposals:
             if isinstance(proposal.command, Heartbeat):
