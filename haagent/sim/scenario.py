@@ -28,6 +28,8 @@ partition `*` stands for every node not named in another group):
     crash G | fail_starts N G COUNT | fence_script N ATTEMPT[,ATTEMPT...] | clock_jump N SECONDS
     hang N | resume N | restart N (the agent, kill -9) | shutdown N (clean leave, agent exits)
     disable G | enable G | maintenance N on|off | confirm_fenced N (admin: N is verified off)
+    link_down N IFACE | link_up N IFACE (the fake network: N's bridge/device IFACE stops or
+    starts working; a guest line's nets=A,B names the interfaces the guest needs)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
     pysyncobj re-sends a queued command; TYPE as in the trace, e.g. guest_running)
 
@@ -224,6 +226,8 @@ def _guest_line(g: GuestSpec) -> str:
         parts.append(f"group={g.anti_affinity}")
     if g.storage is StorageKind.DRBD:
         parts.append("drbd=" + ",".join(g.replica_nodes))
+    if g.networks:
+        parts.append("nets=" + ",".join(g.networks))
     return " ".join(parts)
 
 
@@ -251,6 +255,8 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "maintenance": (2, 2),
     "resend": (2, 2),
     "confirm_fenced": (1, 1),
+    "link_down": (2, 2),
+    "link_up": (2, 2),
 }
 
 NODE_ARGS: dict[str, tuple[int, ...]] = {
@@ -271,6 +277,8 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "maintenance": (0,),
     "resend": (0,),
     "confirm_fenced": (0,),
+    "link_down": (0,),
+    "link_up": (0,),
 }
 GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "crash": (0,),
@@ -496,6 +504,8 @@ def _guest(args: list[str], where: str) -> GuestSpec:
             kw["allowed_nodes"] = tuple(value.split(","))
         elif key == "group":
             kw["anti_affinity"] = value
+        elif key == "nets":
+            kw["networks"] = tuple(value.split(","))
         elif key == "drbd":
             replicas = tuple(value.split(","))
             if len(replicas) != 2:
@@ -572,6 +582,8 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "maintenance": lambda: world.maintenance(a[0], a[1] == "on"),
         "resend": lambda: world.resend(a[0], a[1]),
         "confirm_fenced": lambda: world.confirm_fenced(a[0]),
+        "link_down": lambda: world.fake_network.set_link(a[0], a[1], up=False),
+        "link_up": lambda: world.fake_network.set_link(a[0], a[1], up=True),
     }
     actions[fault]()
 

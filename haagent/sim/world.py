@@ -90,6 +90,7 @@ from haagent.ports import (
     Outcome,
     OutcomeKind,
 )
+from haagent.sim.network import FakeNetwork
 from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
 from haagent.timing import FAST_TIMING
@@ -239,6 +240,7 @@ class World:
         self.guest_specs = tuple(guests)
         self.spec_by_name = {g.name: g for g in self.guest_specs}
         self.drbd = FakeDrbd(self.guest_specs)
+        self.fake_network = FakeNetwork(self._fault)
         self._settings_overrides = dict(settings or {})
         self._pending: list[_Pending] = []
         self._admin_queue: list[_Pending] = []
@@ -365,7 +367,9 @@ class World:
         view = self._view(node)
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
         replicas = self.drbd.observe(node.name, self.drbd_link, self.now)
-        step = node.agent.tick(local_now, view, LocalView(domains, local_now, replicas))
+        missing = self.fake_network.missing(node.name, self.spec_by_name.values())
+        local = LocalView(domains, local_now, replicas, missing_networks=missing)
+        step = node.agent.tick(local_now, view, local)
         for ev in step.events:
             self.record(node.name, ev.name, dict(ev.data))
         if step.pet_watchdog:
