@@ -143,3 +143,44 @@ def test_a_bridge_with_only_guest_taps_needs_no_carrier() -> None:
         "eth2": "down",
         "nope": "absent",
     }
+
+
+def test_check_config_here_reports_what_this_host_lacks(netns: str, tmp_path: Path) -> None:
+    from tests.unit.test_config import VALID, write
+
+    xml = (
+        "<domain type='test'><name>web</name><devices>"
+        "<interface type='bridge'><source bridge='br-up'/></interface>"
+        "<interface type='bridge'><source bridge='br-new'/></interface>"
+        "<interface type='direct'><source dev='v0' mode='bridge'/></interface>"
+        "</devices></domain>"
+    )
+    (tmp_path / "web.xml").write_text(xml)
+    path = write(tmp_path, VALID.replace("priority = 5", 'priority = 5\nxml = "web.xml"'))
+    ip(netns, "link", "set", "v1", "down")
+
+    in_netns = ["ip", "netns", "exec", netns, sys.executable, "-m", "haagent"]
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*in_netns, "check-config", "--here", str(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = check()
+    assert done.returncode == 1, done.stderr
+    assert "guest web needs br-up, br-new, v0" in done.stdout
+    assert (
+        "guest web may move to n1 (this host), which lacks br-new absent, v0 no carrier"
+        in done.stdout
+    )
+    ip(netns, "link", "add", "br-new", "type", "bridge")
+    ip(netns, "link", "set", "br-new", "up")
+    ip(netns, "link", "set", "v1", "up")
+    done = check()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "n1: all 3 needed interfaces exist, are up, have carrier" in done.stdout
