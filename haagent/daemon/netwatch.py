@@ -22,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 
+from haagent.daemon.observer import cancel, raise_if_ended
 from haagent.model import GuestSpec
 
 log = logging.getLogger("haagent")
@@ -87,16 +88,11 @@ class NetworkObserver:
 
     def check(self) -> None:
         """Re-raise what ended the check task (only a bug ends it), as the observer does."""
-        task = self._task
-        if task is not None and task.done() and not task.cancelled():
-            raise RuntimeError("the network observer stopped") from task.exception()
+        raise_if_ended(self._task, "the network observer stopped")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         if self._watcher is not None:
             self._watcher.close()  # type: ignore[attr-defined]
             self._watcher = None
