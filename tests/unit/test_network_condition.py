@@ -75,3 +75,38 @@ def test_a_spec_written_before_networks_decodes_with_none() -> None:
     )
     command = decode(old)
     assert isinstance(command, DefineGuest) and command.spec.networks == ()
+
+
+def test_status_shows_what_each_node_lacks_and_why_a_guest_cannot_go_there() -> None:
+    from haagent.ports import ConsensusView
+    from haagent.status import build_status, format_status
+
+    state = cluster("n1", "n2", "n3")
+    state, _ = run(
+        state,
+        DefineGuest(SPEC, 0.0),
+        DefineGuest(GuestSpec("h", "h", 1), 0.0),
+        NetworkCondition("n1", "n1-1", ("br-backend",), 1.0),
+        NetworkCondition("n3", "n3-1", ("br-backend", "eth0.100"), 1.0),
+    )
+    doc = build_status(
+        node="n2",
+        cluster="c",
+        pid=1,
+        incarnation="n2-1",
+        view=ConsensusView(state=state, leader="n1"),
+        now=1.0,
+        lease_until=2.0,
+        loop_age_s=0.0,
+        local={},
+    )
+    assert doc["nodes"]["n1"]["missing_networks"] == ["br-backend"]
+    assert doc["nodes"]["n2"]["missing_networks"] == []
+    assert doc["guests"]["g"]["networks"] == ["br-backend", "eth0.100"]
+    assert doc["guests"]["g"]["network_refusals"] == [
+        "n1 lacks br-backend",
+        "n3 lacks br-backend, eth0.100",
+    ]
+    assert doc["guests"]["h"]["network_refusals"] == []
+    text = format_status(doc)
+    assert "up (lacks br-backend, eth0.100)" in text
