@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2 import NetlinkError as Pyroute2NetlinkError
+
+log = logging.getLogger("haagent")
 
 IFF_UP = 0x1
 RTMGRP_LINK = 0x1
@@ -98,7 +102,9 @@ def check_links(needed: Iterable[str]) -> dict[str, str]:
     try:
         with IPRoute() as ipr:
             links = [link_info(m) for m in ipr.get_links()]
-    except OSError as exc:
+    except (OSError, Pyroute2NetlinkError) as exc:
+        # An operating error (netlink refused or failed the dump), not a bug: the caller
+        # treats the condition as unknown and tries again.
         raise NetlinkError(f"cannot list links: {exc}") from exc
     return problems(links, needed)
 
@@ -134,10 +140,15 @@ class LinkWatcher:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                seen += 1  # the kernel dropped messages: something changed, re-check all
-                continue
+                if exc.errno == errno.ENOBUFS:
+                    seen += 1  # the kernel dropped messages: something changed, re-check all
+                    continue
+                # Never a busy loop on a broken socket: stop watching (the periodic check
+                # goes on) and ask for one more check now.
+                log.warning("netlink link watcher stopped: %s", exc)
+                self.close()
+                self._on_change()
+                return
             if not data:
                 break
             seen += 1
