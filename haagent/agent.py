@@ -203,8 +203,12 @@ class AgentCore:
                     self.fencing.advance(out, name, view)
             self.scheduling.place(out, view, leaving=self.lease.leaving)
 
+        evacuate: dict[str, str] = {}
         if self.settings.role is NodeRole.HYPERVISOR:
             self.networks.report(out, state, local.missing_networks)
+            # Every pass, observed or not: the hold-down is measured without gaps, so a loss
+            # and a return hidden by a failed hypervisor observation still reset it.
+            evacuate = self.networks.evacuations(out, state)
         if self.settings.role is NodeRole.HYPERVISOR and local.domains is not None:
             self.guests.reconcile(
                 out,
@@ -214,7 +218,7 @@ class AgentCore:
                 leaving=self.lease.leaving,
                 startup_grace=self.lease.in_startup_grace(now),
                 proven_at=self.lease.until - self.settings.lease_s,
-                evacuate=self.networks.evacuations(out, state),
+                evacuate=evacuate,
             )
 
         if self.lease.leaving and not self.lease.left:
