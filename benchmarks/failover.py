@@ -36,6 +36,7 @@ from haagent.localcluster.cluster import (
     running_cluster,
     wait_for,
 )
+from haagent.localcluster.measure import cpu_seconds, rss_mib
 
 GUEST = "g1"
 
@@ -85,18 +86,6 @@ def failovers(fence: str, runs: int) -> list[float]:
         running_cluster(Path(d), plan) as cluster,
     ):
         return [one_failover(cluster, fence) for _ in range(runs)]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def idle_cost(seconds: float) -> dict[str, Any]:

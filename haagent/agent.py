@@ -12,10 +12,11 @@ lives in its own module under `haagent.core` and keeps its own memory; this clas
 composes them, in this fixed order (each pass, every step sees the same committed state):
 
 1. results of the previous pass that must be committed (fence verdicts)      core.inflight
-2. lease: join, or heartbeat every `heartbeat_s`                             core.lease
-3. leader duties, only as the leader with a valid lease and a decodable log:
+2. divergence (a replica or config the cluster does not share: no lease)  core.divergence
+   lease: join, or heartbeat every `heartbeat_s`                             core.lease
+3. leader duties, only as the leader with a valid lease and a trusted replica:
    a. spec sync                                                              core.scheduling
-   b. per peer in name order: silent and UP -> DeclareFailed                 core.failure_detection
+   b. per peer in name order: diverged or silent and UP -> DeclareFailed     core.failure_detection
                               FAILED        -> the next fencing step         core.fencing
    c. placement, give-up, error, cold start                                  core.scheduling
 4. this host's network condition, reported when it changed                    core.networks
@@ -50,6 +51,7 @@ The public names the shell, the simulator and the tests use are re-exported from
 
 from __future__ import annotations
 
+from haagent.core import divergence
 from haagent.core.decisions import (
     Action,
     ActionResult,
@@ -59,12 +61,15 @@ from haagent.core.decisions import (
     LocalView,
     PromoteReplica,
     Proposal,
+    ResumeReplicaIo,
     RunFence,
     StartGuest,
     Step,
     StopGuest,
     event,
 )
+from haagent.core.digests import config_digest
+from haagent.core.divergence import NO_VERDICTS, Verdicts
 from haagent.core.failure_detection import FailureDetector
 from haagent.core.fencing import Fencing
 from haagent.core.guests import GuestReconciler, storage_gates
@@ -94,6 +99,7 @@ __all__ = [
     "Proposal",
     "ProposalKey",
     "ProposalKind",
+    "ResumeReplicaIo",
     "RunFence",
     "StartGuest",
     "Step",
@@ -112,6 +118,7 @@ class AgentCore:
         self._wall_offset_s = 0.0
         self._in_flight = InFlight()
         self.lease = Lease(settings, incarnation, started_at)
+        self.lease.config_digest = config_digest(settings)
         self.failure_detection = FailureDetector(settings)
         self.fencing = Fencing(settings, self.failure_detection)
         self.scheduling = Scheduler(settings, started_at, self.failure_detection)
@@ -188,14 +195,18 @@ class AgentCore:
 
         self.failure_detection.observe_progress(view.commit_index, now)
         self.failure_detection.observe_incarnations(view.state.nodes, now)
-        self.lease.renew(out, state, nothing_running, view.commit_index)
+        verdicts = self._divergence(out, view)
+        self.lease.renew(out, state, nothing_running, view.commit_index, view.checkpoint)
 
-        if view.is_leader and lease_valid and view.incompatible is None:
+        if view.is_leader and lease_valid and self.lease.diverged is None:
             self.scheduling.sync_specs(out, state)
             for name, record in sorted(state.nodes.items()):
                 if name == self.settings.node:
                     continue
-                if record.state is NodeState.UP:
+                diverged = verdicts.peers.get(name)
+                if record.state is NodeState.UP and diverged is not None:
+                    self.failure_detection.declare_diverged(out, name, record, diverged)
+                elif record.state is NodeState.UP:
                     self.failure_detection.check(
                         out, name, record, view, self.lease.held_continuously_since(now)
                     )
@@ -231,7 +242,22 @@ class AgentCore:
             pet_watchdog=self.lease.may_pet(now, nothing_running),
             lease_valid=lease_valid,
             left=self.lease.left,
+            diverged=self.lease.diverged,
         )
+
+    def _divergence(self, out: Outbox, view: ConsensusView) -> Verdicts:
+        """Judge the replicas' checkpoints (O(nodes)); a reason to distrust this replica (an
+        undecodable command or snapshot, a diverged state, a refused config) is sticky."""
+        verdicts = NO_VERDICTS
+        if view.checkpoints:
+            verdicts = divergence.judge(
+                view.state, self.settings.node, len(self.settings.nodes), view.checkpoints
+            )
+        reason = self.lease.diverged or view.incompatible or verdicts.own
+        if reason is not None and self.lease.diverged is None:
+            self.lease.diverged = reason
+            out.note("diverged", node=self.settings.node, reason=reason)
+        return verdicts
 
     def _wall(self, now: float) -> float:
         return round(now + self._wall_offset_s, 3)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from haagent.codec import DecodeError, from_json, to_json
 from haagent.model import (
+    Checkpoint,
     DesiredState,
     FailureEvidence,
     FenceMethod,
@@ -61,6 +62,10 @@ class Join(Command):
     # The sender's applied Raft index when it sent this (None: unknown, as in entries written
     # before this field existed). Lets the leader tell a node that commits but does not apply.
     applied_index: int | None = None
+    # The digest of the sender's cluster-wide config (`core.digests.config_digest`; None from
+    # agents older than the field, which are not checked). Refused while another up node joined
+    # with a different one: the cluster's settings are those its up nodes joined with.
+    config_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,9 @@ class Heartbeat(Command):
     # before this field existed): a heartbeat from a replica that stopped advancing commits
     # but proves nothing about the sender being current (issue 8 item 8).
     applied_index: int | None = None
+    # The sender's latest state checkpoint (None: none yet, or an agent older than the field):
+    # compared with the other replicas' digests at the same index to find a diverged one.
+    checkpoint: Checkpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,9 @@ class DeclareFailed(Command):
     # Declared because its replica stopped advancing: still accepted after newer heartbeats
     # as long as the latest one reports an applied index below this (None: plain silence).
     behind_index: int | None = None
+    # Declared because its replica's state diverged: still accepted after newer heartbeats as
+    # long as its latest reported checkpoint is still this one (None: not for divergence).
+    diverged: Checkpoint | None = None
 
 
 @dataclass(frozen=True)

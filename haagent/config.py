@@ -19,13 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from haagent.agent import AgentSettings, NodeSettings
 from haagent.core.netneeds import NetNeedsError, needed_interfaces
 from haagent.fencing.agent_runner import validate_params
 from haagent.model import FenceMethod, GuestSpec, NodeRole, StorageKind
 from haagent.ports import FenceDevice
+from haagent.resources.drbd_fence import DEFAULT_SOCKET as DEFAULT_DRBD_FENCE_SOCKET
 from haagent.timing import (
     DEFAULT_LIMITS,
     DEFAULT_TIMING_PROFILE,
@@ -68,6 +69,9 @@ _HOST_RE = re.compile(
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _AGENT_NAME_RE = re.compile(r"fence_[A-Za-z0-9_]{1,100}")
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]*")
+# A DRBD resource name as resources/drbd.sh accepts it (never an option, no shell or path
+# characters), and short enough for drbd.conf.
+DRBD_RESOURCE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}")
 
 
 class ConfigError(ValueError):
@@ -130,6 +134,8 @@ class Config:
     fence_devices: Mapping[str, FenceDevice] = field(repr=False)
     guests: Mapping[str, GuestConfig]
     log_level: str = "info"
+    # The unix socket DRBD's fence-peer handler asks (served only where a replica lives).
+    drbd_fence_socket: Path = Path(DEFAULT_DRBD_FENCE_SOCKET)
 
     @property
     def me(self) -> NodeConfig:
@@ -168,6 +174,17 @@ class Config:
             max_relocations=self.max_relocations,
             initial_placement_wait_s=t.initial_placement_wait_s,
             network_hold_down_s=t.network_hold_down_s,
+        )
+
+    def drbd_resources(self) -> tuple[str, ...]:
+        """The DRBD resources with a replica on this node (sorted): what its watcher and fence
+        socket serve. Empty on a witness and on hosts of shared storage only."""
+        return tuple(
+            sorted(
+                g.spec.resource
+                for g in self.guests.values()
+                if g.spec.storage is StorageKind.DRBD and self.node in g.spec.replica_nodes
+            )
         )
 
     def fence_levels(self, node: str) -> list[list[FenceDevice]]:
@@ -312,6 +329,26 @@ def _path_problem(value: str) -> str | None:
     if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
         return f"a path component is longer than {MAX_NAME_BYTES} bytes"
     return None
+
+
+def _socket_problem(value: str) -> str | None:
+    """Why `value` cannot be the path of a unix socket this node listens on, or None."""
+    problem = _path_problem(value)
+    if problem:
+        return problem
+    if not value.startswith("/"):
+        return f"needs an absolute socket path, got {show(value)}"
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH_BYTES:
+        return f"a socket path may be at most {MAX_SOCKET_PATH_BYTES} bytes long"
+    return None
+
+
+def _socket_path(t: _Table, name: str, default: str) -> str:
+    value = t.string(name, default)
+    problem = _socket_problem(value)
+    if problem:
+        raise t.error(name, problem)
+    return value
 
 
 def _secret(t: _Table, name: str, base: Path) -> str:
@@ -463,16 +500,9 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         )
     api_listen = local_t.string("api_listen", required=True)
     if api_listen.startswith("unix:"):
-        socket_path = api_listen[5:]
-        problem = _path_problem(socket_path)
+        problem = _socket_problem(api_listen[5:])
         if problem:
-            raise local_t.error("api_listen", problem)
-        if not socket_path.startswith("/"):
-            raise local_t.error("api_listen", "unix: needs an absolute socket path")
-        if len(socket_path.encode()) > MAX_SOCKET_PATH_BYTES:
-            raise local_t.error(
-                "api_listen", f"a socket path may be at most {MAX_SOCKET_PATH_BYTES} bytes long"
-            )
+            raise local_t.error("api_listen", f"unix: {problem}")
     else:
         _address(local_t, "api_listen")
     api_token = _secret(local_t, "api_token", base)
@@ -498,6 +528,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     log_level = local_t.string("log_level", "info")
     if log_level not in ("debug", "info", "warning", "error"):
         raise local_t.error("log_level", "must be one of debug, info, warning, error")
+    fence_socket = _socket_path(local_t, "drbd_fence_socket", DEFAULT_DRBD_FENCE_SOCKET)
     local_t.done()
 
     guests = _guests(root.table("guests"), nodes, base)
@@ -524,6 +555,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         fence_devices=devices,
         guests=guests,
         log_level=log_level,
+        drbd_fence_socket=Path(fence_socket),
     )
 
 
@@ -701,6 +733,7 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
 def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str, GuestConfig]:
     guests: dict[str, GuestConfig] = {}
     domains: dict[str, str] = {}
+    resources: dict[str, str] = {}  # DRBD resource -> guest
     hypervisors = {n for n, c in nodes.items() if c.role is NodeRole.HYPERVISOR}
     for name in list(t.data):
         _check_name(t, name, name, "guest name")
@@ -730,16 +763,27 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
         group = gt.string("anti_affinity", "")
         if group:
             _check_name(gt, "anti_affinity", group, "anti-affinity group")
-        storage_s = gt.string("storage", "shared")
-        if storage_s != StorageKind.SHARED.value:
-            # The core and the simulator handle DRBD (data before compute); the daemon has no
-            # DRBD adapter yet, so accepting it here would promise what nothing does.
+        storage_s = gt.string("storage", StorageKind.SHARED.value)
+        try:
+            storage = StorageKind(storage_s)
+        except ValueError:
             raise gt.error(
                 "storage",
-                f"unsupported storage kind {show(storage_s)} (supported: shared; drbd is "
-                "implemented in the simulator only so far)",
-            )
-        storage = StorageKind.SHARED
+                f"unsupported storage kind {show(storage_s)} (supported: shared, drbd)",
+            ) from None
+        resource, replicas = "", cast(tuple[str, ...], ())
+        if storage is StorageKind.DRBD:
+            resource, replicas = _drbd(gt, name, hypervisors, resources)
+            for key, listed in (("preferred_nodes", preferred), ("allowed_nodes", allowed)):
+                for n in listed:
+                    if n not in replicas:
+                        raise gt.error(
+                            key, f"{show(n)} holds no replica (replica_nodes): it cannot run it"
+                        )
+        else:
+            for key in ("resource", "replica_nodes"):
+                if gt.has(key):
+                    raise gt.error(key, 'only for storage = "drbd"')
         xml_path: Path | None = None
         networks: tuple[str, ...] = ()
         if gt.has("xml"):
@@ -758,7 +802,37 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
             allowed_nodes=allowed,
             storage=storage,
             anti_affinity=group,
+            replica_nodes=replicas,
+            resource=resource,
             networks=networks,
         )
         guests[name] = GuestConfig(spec, xml_path)
     return guests
+
+
+def _drbd(
+    gt: _Table, guest: str, hypervisors: set[str], resources: dict[str, str]
+) -> tuple[str, tuple[str, ...]]:
+    """A DRBD guest's resource name (default: the guest's name) and its two replica hosts.
+    One resource serves one guest: the fence-peer handler names only the resource."""
+    resource = gt.string("resource", guest)
+    if not DRBD_RESOURCE_RE.fullmatch(resource):
+        raise gt.error(
+            "resource", f"DRBD resource {show(resource)} must match {DRBD_RESOURCE_RE.pattern}"
+        )
+    if resource in resources:
+        raise gt.error(
+            "resource", f"{show(resource)} is also the resource of guest {resources[resource]}"
+        )
+    resources[resource] = guest
+    if not gt.has("replica_nodes"):
+        raise gt.error("replica_nodes", 'missing (required with storage = "drbd")')
+    replicas = gt.names("replica_nodes")
+    if len(replicas) != 2 or replicas[0] == replicas[1]:
+        raise gt.error(
+            "replica_nodes", "must name exactly two different hypervisors (the DRBD peers)"
+        )
+    for n in replicas:
+        if n not in hypervisors:
+            raise gt.error("replica_nodes", f"{show(n)} is not a hypervisor in [nodes]")
+    return resource, replicas

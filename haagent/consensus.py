@@ -19,9 +19,14 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
   outcome, never a failure we act on. Commands are conditional, so a late apply is harmless.
 - Commands are versioned JSON (`haagent.commands`). Snapshots use our own JSON serializer, so
   our state is never pickled; the journal holds the JSON command bytes.
-- A committed command this agent cannot decode (written by a newer agent) freezes the local
-  state machine and is reported as `incompatible`: applying it differently from the other nodes
-  would split the state. The node then loses its lease and stops its guests.
+- A committed command this agent cannot decode (written by a newer agent), or a snapshot that
+  fails to load (the vendored pysyncobj then applies nothing more: `dumpLoadError`), freezes
+  the local state machine and is reported as `incompatible`: applying it differently from the
+  other nodes would split the state. The node then holds no lease, stops its guests and leaves
+  Raft (`leave`, asked by the daemon), so it is declared failed and fenced (issue 8 item 6).
+- Every `CHECKPOINT_EVERY` commands the state is digested on a thread of its own
+  (`haagent.checkpointer.Checkpointer`; the apply path only hands over the immutable state), and
+  `view().checkpoints` feeds the heartbeats and the divergence check.
 - The Raft port is bounded against hostile peers (patched transport, see `RAFT_PORT_LIMITS` and
   haagent/vendor/pysyncobj/PATCHES.md): frame sizes, read budget per tick, a handshake deadline,
   a cap on unauthenticated connections, no utility commands, no read-only nodes.
@@ -41,8 +46,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from haagent.codec import DecodeError, from_json, to_json
+from haagent.checkpointer import Checkpointer
+from haagent.codec import from_json, to_json
 from haagent.commands import Command, CommandError, Heartbeat, Join, decode, encode
+from haagent.core.digests import CHECKPOINT_EVERY
 from haagent.model import ClusterState
 from haagent.ports import ConsensusView, HeartbeatSeen, Outcome, OutcomeKind
 from haagent.statemachine import apply
@@ -71,6 +78,21 @@ def append_entries_period(election_min_s: float) -> float:
     agent's CPU at 50 ms.
     """
     return min(0.2, election_min_s / 5)
+
+
+def append_min_interval(nodes: int, election_min_s: float) -> float:
+    """Least time between two append-entries a leader sends for new entries or a commit
+    advance (vendored patch `appendEntriesMinInterval`).
+
+    With batching off, every heartbeat of every node used to go to every follower in a message
+    of its own, and its commit in another: the leader's traffic grew with nodes x nodes (at 22
+    nodes and one heartbeat a second, ~1,900 messages a second). Entries that arrive within
+    this interval of the last send leave together, so each follower gets at most
+    1 / interval of them a second. 5 ms per node, at most 0.1 s and half the idle period: a
+    3-node cluster's commits wait at most 15 ms; a 22-node one's 0.1 s, twice per heartbeat
+    (the append, then the commit notice), against a lease that tolerates 2 s.
+    """
+    return min(0.005 * nodes, 0.1, append_entries_period(election_min_s) / 2)
 
 
 MAX_COMMAND_BYTES = 60 * 2**10
@@ -158,6 +180,7 @@ class RaftConsensus:
         wake: Callable[[], None] | None = None,
         persist: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> None:
         self.node = node
         self._addresses = dict(addresses)
@@ -173,7 +196,9 @@ class RaftConsensus:
         self._heartbeats: dict[str, HeartbeatSeen] = {}
         self._incompatible: str | None = None
         self._sync: _ReplicatedLog | None = None
+        self._left: _ReplicatedLog | None = None  # asked to stop by `leave`, not joined yet
         self._too_large_logged: dict[str, float] = {}
+        self.checkpoints = Checkpointer(every=checkpoint_every)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -221,6 +246,7 @@ class RaftConsensus:
             raftMinTimeout=min_s,
             raftMaxTimeout=max_s,
             appendEntriesPeriod=append_entries_period(min_s),
+            appendEntriesMinInterval=append_min_interval(len(self._addresses), min_s),
             autoTickPeriod=AUTO_TICK_PERIOD_S,
             appendEntriesUseBatch=False,
             connectionRetryTime=0.2,
@@ -240,9 +266,33 @@ class RaftConsensus:
     def stop(self) -> None:
         """Stop Raft and wait until its thread is gone: after this returns the replica no
         longer votes or acknowledges anything (pysyncobj's plain destroy() only asks)."""
-        if self._sync is not None:
-            self._sync.destroy_synchronous()
-            self._sync = None
+        for sync in (self._sync, self._left):
+            if sync is not None:
+                sync.destroy_synchronous()
+        self._sync = self._left = None
+        self.checkpoints.stop()
+
+    def leave(self, reason: str) -> None:
+        """Take this replica out of the cluster for good (this process): it stops voting,
+        acknowledging and leading, without blocking the caller (the tick thread finishes its
+        tick and closes its connections). For a replica or config the cluster does not share
+        (issue 8 item 6): a diverged leader would otherwise keep the leadership while holding
+        no lease, and nobody would declare anything failed. `view()` keeps reporting the
+        state as last applied, and `incompatible` names the reason."""
+        sync = self._sync
+        if sync is None:
+            return
+        with self._lock:
+            if self._incompatible is None:
+                self._incompatible = reason
+        log.critical("leaving the Raft cluster: %s", reason)
+        self._sync, self._left = None, sync
+        sync.destroy()
+
+    @property
+    def running(self) -> bool:
+        """The replica takes part in Raft (started, not stopped, not left)."""
+        return self._sync is not None
 
     # -- the replicated state machine (runs in pysyncobj's tick thread) ---------------------
 
@@ -263,6 +313,7 @@ class RaftConsensus:
             if result.accepted and isinstance(command, Heartbeat | Join):
                 seq = new_state.node(command.node).heartbeat_seq
                 self._heartbeats[command.node] = HeartbeatSeen(seq, self._clock())
+        self.checkpoints.offer(new_state)  # O(1): the digest is taken on its own thread
         # A heartbeat decides nothing by itself (silence is measured from `HeartbeatSeen.at`,
         # and the proposer learns its own outcome from the proposal): no wake-up for it, or
         # every agent would run a pass per heartbeat of every node.
@@ -287,31 +338,49 @@ class RaftConsensus:
             os.fsync(f.fileno())
 
     def _read_snapshot(self, file_name: str) -> tuple[Any, Any, Any]:
-        with open(file_name) as f:
-            doc = json.load(f)
-        if doc.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"{file_name}: unsupported snapshot format {doc.get('format')!r}")
+        """pysyncobj's snapshot loading hook. Any failure freezes this replica: the vendored
+        pysyncobj then applies nothing more (`dumpLoadError`) and `view()` reports the node
+        incompatible, instead of applying the journal to a state it does not follow."""
         try:
+            with open(file_name) as f:
+                doc = json.load(f)
+            if not isinstance(doc, dict) or doc.get("format") != SNAPSHOT_FORMAT:
+                raise ValueError(f"unsupported snapshot format {_format_of(doc)!r}")
             state = from_json(ClusterState, doc["state"], "state")
-        except DecodeError as exc:
-            raise ValueError(f"{file_name}: {exc}") from None
+            entry_1, entry_0 = (_entry_from_json(e) for e in doc["entries"])
+            cluster = list(doc["cluster"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            reason = f"snapshot {file_name} failed to load: {exc}"
+            with self._lock:
+                if self._incompatible is None:
+                    self._incompatible = reason
+            self._wake()
+            raise ValueError(reason) from None
         with self._lock:
             self._state = state
-        entry_1, entry_0 = (_entry_from_json(e) for e in doc["entries"])
-        return entry_1, entry_0, list(doc["cluster"])
+        return entry_1, entry_0, cluster
 
     # -- the Consensus port ----------------------------------------------------------------
 
     def view(self) -> ConsensusView:
         sync = self._sync
+        load_error = sync.dumpLoadError if sync is not None else None
         with self._lock:
+            if load_error is not None and self._incompatible is None:
+                self._incompatible = f"snapshot failed to load: {load_error}"
             state, heartbeats, incompatible = (
                 self._state,
                 dict(self._heartbeats),
                 self._incompatible,
             )
+        checkpoints = self.checkpoints.recent()
         if sync is None:
-            return ConsensusView(state=state, heartbeats=heartbeats, incompatible=incompatible)
+            return ConsensusView(
+                state=state,
+                heartbeats=heartbeats,
+                incompatible=incompatible,
+                checkpoints=checkpoints,
+            )
         leader_node = sync._getLeader()
         leader = None
         if leader_node is not None:
@@ -334,6 +403,7 @@ class RaftConsensus:
             elections=stats["elections"],
             pre_votes_refused=stats["pre_votes_refused"],
             storage_error=sync.getStorageError(),
+            checkpoints=checkpoints,
         )
 
     async def propose(self, command: Command, timeout_s: float) -> Outcome:
@@ -393,6 +463,10 @@ def _durable_mkdir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _format_of(doc: Any) -> Any:
+    return doc.get("format") if isinstance(doc, dict) else type(doc).__name__
 
 
 def _entry_to_json(entry: Any) -> list[Any]:

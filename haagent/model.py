@@ -122,6 +122,17 @@ class FailureEvidence:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A digest of the replicated state right after the command that made
+    `ClusterState.applied` equal `index` (every `haagent.core.digests.CHECKPOINT_EVERY`
+    commands). Replicas that applied the same commands hold the same digest at the same index;
+    comparing at any other index means nothing."""
+
+    index: int
+    digest: str
+
+
+@dataclass(frozen=True)
 class FenceRecord:
     """Progress of fencing a failed node, for one failure epoch."""
 
@@ -152,6 +163,11 @@ class NodeRecord:
     # `Join`); None: unknown (no usable watchdog, or an agent older than this field), and
     # then its watchdog cannot stand in for a fence.
     watchdog_timeout_s: float | None = None
+    # The digest of the cluster-wide config its current incarnation joined with (None: an agent
+    # older than the field); every up node holds the same one (`Join` enforces it).
+    config_digest: str | None = None
+    # The latest state checkpoint its heartbeats reported (None: none yet, or an older agent).
+    checkpoint: Checkpoint | None = None
     # The needed host interfaces this node last reported missing, down or without carrier
     # (`NetworkCondition`); empty also while it never reported (agents older than the field).
     missing_networks: tuple[str, ...] = ()

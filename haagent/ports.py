@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from haagent.commands import Command
-from haagent.model import ClusterState
+from haagent.model import Checkpoint, ClusterState
 
 # --- consensus -------------------------------------------------------------------------------
 
@@ -73,6 +73,18 @@ class ConsensusView:
     # Why the Raft journal cannot be written now (disk full, I/O error): this replica then
     # acknowledges nothing, so it stops counting toward any majority.
     storage_error: str | None = None
+
+    # This replica's recent state checkpoints (index -> digest, `haagent.core.digests`), newest
+    # last; heartbeats report the newest, `haagent.core.divergence` compares them with others'.
+    checkpoints: Mapping[int, str] = field(default_factory=dict)
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint this replica digested (None: none yet)."""
+        if not self.checkpoints:
+            return None
+        index = max(self.checkpoints)
+        return Checkpoint(index, self.checkpoints[index])
 
     @property
     def replica_lag(self) -> int:
@@ -176,6 +188,15 @@ class ReplicaObservation:
     peer_role: ReplicaRole | None = None  # known only while connected
     peer_disk: DiskState | None = None
     split_brain: bool = False
+    suspended: bool = False  # I/O suspended (frozen): DRBD holds every write, for any reason
+    # Suspended by resource-and-stonith fencing alone (no admin's suspend-io, no quorum loss):
+    # the only freeze the agent may lift itself (`resume-io`, see haagent.core.drbd).
+    fence_frozen: bool = False
+    fence_pending: bool = False  # a fence-peer handler runs now (its verdict is still to come)
+
+
+class ReplicaError(RuntimeError):
+    """An expected failure of a replica operation: DRBD refused it, or it timed out."""
 
 
 class Replicas(Protocol):
@@ -184,10 +205,15 @@ class Replicas(Protocol):
         ...
 
     async def promote(self, resource: str) -> None:
-        """Make this side Primary. DRBD itself refuses while the peer is Primary."""
+        """Make this side Primary. DRBD itself refuses while the peer is Primary.
+        Raises ReplicaError (as do `demote` and `resume_io`)."""
         ...
 
     async def demote(self, resource: str) -> None: ...
+
+    async def resume_io(self, resource: str) -> None:
+        """Unfreeze I/O that fencing froze (after a failed fence-peer handler)."""
+        ...
 
 
 # --- fencing ---------------------------------------------------------------------------------

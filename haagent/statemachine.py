@@ -86,6 +86,9 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
             state,
             f"{c.node} is {rec.state}: stop every protected guest before rejoining",
         )
+    drift = _config_drift(state, c)
+    if drift is not None:
+        return _refuse(state, drift)
     if (
         rec.state is NodeState.UP
         and rec.incarnation == c.incarnation
@@ -118,8 +121,39 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
         reason=reason,
         changed_at=c.at,
         watchdog_timeout_s=c.watchdog_timeout_s,
+        config_digest=c.config_digest,
+        checkpoint=None,
     )
     return state.with_node(new), OK
+
+
+CONFIG_DRIFT = "config differs from the cluster's"
+"""How the refusal of a join for a different config begins: the refused agent reads it as
+"my file is not the cluster's" (`haagent.core.lease`)."""
+
+
+def _config_drift(state: ClusterState, c: Join) -> str | None:
+    """Why `c` may not join: another up node joined with a different cluster-wide config.
+
+    The cluster's config is the one its up nodes joined with (the first node up sets it; it
+    changes only once every node has left, e.g. a stop of all agents). A node whose file says
+    otherwise gets no lease, so it never runs a guest under settings the others do not share.
+    O(nodes), and only for joins. Agents older than the field (None) are not checked.
+    """
+    if c.config_digest is None:
+        return None
+    for name, other in state.nodes.items():
+        if (
+            name != c.node
+            and other.state is NodeState.UP
+            and other.config_digest is not None
+            and other.config_digest != c.config_digest
+        ):
+            return (
+                f"{CONFIG_DRIFT}: {c.config_digest} here, "
+                f"{other.config_digest} on {name} (and every up node)"
+            )
+    return None
 
 
 def _leave(state: ClusterState, c: Leave) -> tuple[ClusterState, Result]:
@@ -144,7 +178,12 @@ def _heartbeat(state: ClusterState, c: Heartbeat) -> tuple[ClusterState, Result]
     if rec.incarnation != c.incarnation:
         return _refuse(state, f"stale incarnation {c.incarnation!r} (current {rec.incarnation!r})")
     applied_index = _newest_index(rec.applied_index, c.applied_index)
-    new = replace(rec, heartbeat_seq=rec.heartbeat_seq + 1, applied_index=applied_index)
+    checkpoint = rec.checkpoint
+    if c.checkpoint is not None and (checkpoint is None or c.checkpoint.index >= checkpoint.index):
+        checkpoint = c.checkpoint  # a late or repeated heartbeat never reports an older one
+    new = replace(
+        rec, heartbeat_seq=rec.heartbeat_seq + 1, applied_index=applied_index, checkpoint=checkpoint
+    )
     return state.with_node(new), OK
 
 
@@ -166,7 +205,8 @@ def _declare_failed(state: ClusterState, c: DeclareFailed) -> tuple[ClusterState
         and rec.applied_index is not None
         and rec.applied_index < c.behind_index
     )
-    if rec.heartbeat_seq != c.seq and not still_behind:
+    still_diverged = c.diverged is not None and rec.checkpoint == c.diverged
+    if rec.heartbeat_seq != c.seq and not still_behind and not still_diverged:
         return _refuse(state, f"{c.node} sent heartbeat {rec.heartbeat_seq} after {c.seq}")
     new = replace(
         rec,

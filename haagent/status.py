@@ -10,13 +10,46 @@ from collections.abc import Mapping
 from typing import Any
 
 from haagent.codec import to_json
-from haagent.ports import ConsensusView, DomainObservation
+from haagent.core.divergence import judge
+from haagent.model import ClusterState, NodeState, StorageKind
+from haagent.ports import ConsensusView, DomainObservation, ReplicaObservation
 
 STATUS_VERSION = 1
 
 REPLICA_LAG_ENTRIES = 20
 """A replica further behind the leader's commit than this is called lagging (in a healthy
 cluster it applies within one round trip: a few entries at most)."""
+
+
+def drbd_document(
+    state: ClusterState,
+    replicas: Mapping[str, ReplicaObservation],
+    unknown: frozenset[str] | set[str],
+) -> dict[str, Any]:
+    """This node's DRBD replicas by resource: what events2 says now, or `current: false`
+    while the watcher has no fresh state (events2 dead or restarting). `split_brain` is an
+    alert state: never resolved automatically."""
+    guest_of = {
+        g.spec.resource: g.name for g in state.guests.values() if g.spec.storage is StorageKind.DRBD
+    }
+    doc: dict[str, Any] = {}
+    for resource in sorted(set(replicas) | set(unknown)):
+        rep = replicas.get(resource)
+        entry: dict[str, Any] = {"guest": guest_of.get(resource), "current": rep is not None}
+        if rep is not None:
+            entry.update(
+                role=rep.role.value,
+                disk=rep.disk.value,
+                connected=rep.connected,
+                peer_role=None if rep.peer_role is None else rep.peer_role.value,
+                peer_disk=None if rep.peer_disk is None else rep.peer_disk.value,
+                suspended=rep.suspended,
+                fence_frozen=rep.fence_frozen,
+                fence_pending=rep.fence_pending,
+                split_brain=rep.split_brain,
+            )
+        doc[resource] = entry
+    return doc
 
 
 def lease_loss_reason(view: ConsensusView) -> str:
@@ -40,6 +73,32 @@ def lease_loss_reason(view: ConsensusView) -> str:
     return "heartbeats_not_committing"
 
 
+def divergence_report(
+    view: ConsensusView, node: str, voters: int, config_digest: str | None
+) -> dict[str, str]:
+    """The nodes this replica knows to diverge from the cluster, with why (issue 8 item 6):
+    itself when it is incompatible (its reason), up peers whose latest state checkpoint
+    differs from the majority's at that index, and up peers that joined with a config digest
+    other than this node's. O(nodes)."""
+    verdicts = judge(view.state, node, voters, view.checkpoints)
+    out = {
+        name: f"state digest {cp.digest} at checkpoint {cp.index} differs from the cluster's"
+        for name, cp in verdicts.peers.items()
+    }
+    for name, rec in view.state.nodes.items():
+        if (
+            name != node
+            and rec.state is NodeState.UP
+            and None not in (rec.config_digest, config_digest)
+            and rec.config_digest != config_digest
+        ):
+            out.setdefault(name, f"config digest {rec.config_digest}, this node's {config_digest}")
+    own = view.incompatible or verdicts.own
+    if own is not None:
+        out[node] = own
+    return dict(sorted(out.items()))
+
+
 def build_status(
     *,
     node: str,
@@ -54,10 +113,17 @@ def build_status(
     local_error: str | None = None,
     loop: Mapping[str, Any] | None = None,
     tolerated: Mapping[str, Any] | None = None,
+    voters: int | None = None,
+    config_digest: str | None = None,
+    replicas: Mapping[str, ReplicaObservation] | None = None,
+    replicas_unknown: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """`loop`: the reconcile loop's pass and lag figures; `tolerated`: the latest
     tolerated-failures count with its age (computed off the loop). Both as the daemon gives
-    them (None when unknown)."""
+    them (None when unknown). `voters`: the configured nodes; `config_digest`: this node's
+    (for the divergence report; the node count of the state when not given).
+    `replicas`/`replicas_unknown`: this node's DRBD replicas as the observer has them (see
+    `drbd_document`)."""
     state = view.state
     nodes: dict[str, Any] = {}
     for name, rec in sorted(state.nodes.items()):
@@ -73,6 +139,8 @@ def build_status(
             "failure": to_json(rec.evidence) if rec.evidence else None,
             "fence": to_json(rec.fence),
             "watchdog_timeout_s": rec.watchdog_timeout_s,
+            "config_digest": rec.config_digest,
+            "checkpoint": to_json(rec.checkpoint) if rec.checkpoint else None,
             "missing_networks": list(rec.missing_networks),
             "reason": rec.reason,
             "changed_at": rec.changed_at,
@@ -124,6 +192,11 @@ def build_status(
         "incompatible": view.incompatible,
         "commit_index": view.commit_index,
         "storage_error": view.storage_error,
+        "config_digest": config_digest,
+        "checkpoint": to_json(view.checkpoint) if view.checkpoint else None,
+        "diverged": divergence_report(
+            view, node, voters if voters is not None else len(state.nodes), config_digest
+        ),
         "replica": {
             "applied": view.last_applied,
             "leader_commit": view.leader_commit_index,
@@ -140,6 +213,7 @@ def build_status(
         "local_error": local_error,
         "loop": None if loop is None else dict(loop),
         "tolerated_node_failures": None if tolerated is None else dict(tolerated),
+        "drbd": drbd_document(state, replicas or {}, replicas_unknown),
     }
 
 
@@ -148,6 +222,34 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
+
+
+def _drbd_lines(drbd: Mapping[str, Any]) -> list[str]:
+    rows = [["REPLICA", "GUEST", "ROLE", "DISK", "CONNECTION", "PEER", "I/O"]]
+    alerts = []
+    for resource, r in drbd.items():
+        if not r["current"]:
+            rows.append([resource, r["guest"] or "-", "?", "?", "?", "?", "?"])
+            alerts.append(f"DRBD {resource}: state not known now (events2 not running)")
+            continue
+        peer = f"{r['peer_role'] or '?'}/{r['peer_disk'] or '?'}" if r["connected"] else "-"
+        io = "ok"
+        if r["suspended"]:
+            io = "frozen (fence-peer running)" if r["fence_pending"] else "frozen"
+        rows.append(
+            [
+                resource,
+                r["guest"] or "-",
+                r["role"],
+                r["disk"],
+                "connected" if r["connected"] else "disconnected",
+                peer,
+                io,
+            ]
+        )
+        if r["split_brain"]:
+            alerts.append(f"DRBD SPLIT BRAIN on {resource}: an admin must resolve it")
+    return [*alerts, _table(rows)]
 
 
 def format_status(doc: dict[str, Any]) -> str:
@@ -168,6 +270,8 @@ def format_status(doc: dict[str, Any]) -> str:
         lines.append(f"INCOMPATIBLE: {doc['incompatible']}")
     if doc.get("storage_error"):
         lines.append(f"RAFT STORAGE: {doc['storage_error']}")
+    for name, why in (doc.get("diverged") or {}).items():
+        lines.append(f"DIVERGED: {name}: {why}")
     rows = [["NODE", "STATE", "ROLE", "LAST HEARTBEAT", "FENCE", "REASON"]]
     for name, n in doc["nodes"].items():
         since = n["since_heartbeat_s"]
@@ -210,6 +314,9 @@ def format_status(doc: dict[str, Any]) -> str:
             ]
         )
     lines += ["", _table(rows)]
+    drbd = doc.get("drbd") or {}
+    if drbd:
+        lines += ["", *_drbd_lines(drbd)]
     local = doc.get("local")
     if local is None:
         lines += ["", f"local hypervisor: cannot observe ({doc.get('local_error')})"]

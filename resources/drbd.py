@@ -10,7 +10,8 @@
   the event loop through asyncio's subprocess pipes, so nothing ever blocks the loop.
 - `DrbdReplicas` implements the core's `Replicas` port on top of both.
 
-Not wired into the daemon yet (README "DRBD"); the daemon will own one `DrbdReplicas`.
+The daemon owns one `DrbdReplicas` for the resources with a replica on its node: the
+observer reads `snapshot()` every pass and the executor runs promote/demote/resume-io.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from haagent.ports import ReplicaObservation
+from haagent.ports import ReplicaError, ReplicaObservation
 from haagent.resources.drbd_events import (
     Events2Error,
     Kind,
@@ -42,7 +43,7 @@ EXIT_USAGE = 64
 EXIT_UNAVAILABLE = 69
 
 
-class DrbdError(RuntimeError):
+class DrbdError(ReplicaError):
     """An expected failure of a DRBD operation: DRBD refused it, or it timed out."""
 
 
@@ -276,12 +277,21 @@ class DrbdReplicas:
             await w.stop()
 
     async def observe(self) -> Mapping[str, ReplicaObservation]:
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[dict[str, ReplicaObservation], frozenset[str]]:
+        """(the current observations by resource, the resources whose state is not known
+        now). Never waits: it reads what the watchers folded. O(resources)."""
         out: dict[str, ReplicaObservation] = {}
+        unknown = set()
         for name, w in self.watchers.items():
+            if not w.current:
+                unknown.add(name)
+                continue
             obs = w.observation()
             if obs is not None:
                 out[name] = obs
-        return out
+        return out, frozenset(unknown)
 
     async def _change(self, command: str, resource: str) -> None:
         result = await run_wrapper(command, resource, self._timeout_s, self._wrapper, self._env)
@@ -302,3 +312,6 @@ class DrbdReplicas:
 
     async def outdate(self, resource: str) -> None:
         await self._change("outdate", resource)
+
+    async def resume_io(self, resource: str) -> None:
+        await self._change("resume-io", resource)

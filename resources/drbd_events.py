@@ -169,7 +169,10 @@ class ResourceState:
         - connected: DRBD's connection state is Connected;
         - peer_role / peer_disk: only while connected (DRBD keeps the last value otherwise,
           which would be stale), worst peer volume;
-        - split_brain: a split-brain helper was called and no connection came up since.
+        - split_brain: a split-brain helper was called and no connection came up since;
+        - suspended: I/O is frozen for any reason; fence_frozen: by fencing alone;
+          fence_pending: a fence-peer handler call has no response yet (after an events2
+          restart a call made before it is not known: the new dump cannot show it).
         """
         peer = next(iter(self.peers.values()), None)
         connected = peer is not None and peer.connected
@@ -178,6 +181,7 @@ class ResourceState:
         if peer is not None and connected:
             peer_role = _role(peer.role)
             peer_disk = _worst(_disk_state(d) for d in peer.peer_disks.values())
+        reasons = {r for r in self.suspended.split(",") if r not in ("", "no")}
         return ReplicaObservation(
             resource=self.name,
             role=ReplicaRole.PRIMARY if self.role == "Primary" else ReplicaRole.SECONDARY,
@@ -186,6 +190,9 @@ class ResourceState:
             peer_role=peer_role,
             peer_disk=peer_disk,
             split_brain=self.split_brain,
+            suspended=bool(reasons),
+            fence_frozen=reasons == {"fencing"},
+            fence_pending=any(h.helper == "fence-peer" for h in self.pending_helpers),
         )
 
 

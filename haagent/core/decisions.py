@@ -82,6 +82,20 @@ class DemoteReplica:
 
 
 @dataclass(frozen=True)
+class ResumeReplicaIo:
+    """Unfreeze this host's Primary replica whose fence-peer handler failed, now that the
+    peer is committed as outdated (what the handler's exit 4 would have told DRBD)."""
+
+    guest: str
+    resource: str
+    generation: int
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.RESUME_IO, self.resource)
+
+
+@dataclass(frozen=True)
 class RunFence:
     node: str
     epoch: int
@@ -91,7 +105,15 @@ class RunFence:
         return ActionKey(ActionKind.FENCE, self.node)
 
 
-Action = StartGuest | StopGuest | DestroyDomain | RunFence | PromoteReplica | DemoteReplica
+Action = (
+    StartGuest
+    | StopGuest
+    | DestroyDomain
+    | RunFence
+    | PromoteReplica
+    | DemoteReplica
+    | ResumeReplicaIo
+)
 
 
 @dataclass(frozen=True)
@@ -135,11 +157,17 @@ def event(name: str, **data: str | int | float | bool | None) -> Event:
 
 @dataclass(frozen=True)
 class LocalView:
-    """This host's hypervisor as last observed. `domains` None: the observation failed."""
+    """This host's hypervisor as last observed. `domains` None: the observation failed.
+
+    `replicas`: this host's DRBD replicas whose state is current, by resource.
+    `replicas_unknown`: resources this host holds whose state is not known now (events2 not
+    running, restarting, or its initial dump not complete): the DRBD gate waits on them and
+    never acts on them. A resource in neither does not exist on this host."""
 
     domains: Mapping[str, DomainObservation] | None
     observed_at: float
     replicas: Mapping[str, ReplicaObservation] = field(default_factory=dict)  # by resource
+    replicas_unknown: frozenset[str] = frozenset()
     # The needed host interfaces found missing, down or without carrier (sorted); None: not
     # checked (no network adapter, or its check failed), and then nothing is reported.
     missing_networks: tuple[str, ...] | None = None
@@ -153,6 +181,9 @@ class Step:
     pet_watchdog: bool
     lease_valid: bool
     left: bool = False  # a requested leave has committed; the agent may exit
+    # Why this replica or its config cannot be trusted (issue 8 item 6): the shell stops its
+    # Raft replica; the core holds no lease and runs nothing from then on.
+    diverged: str | None = None
 
     @property
     def reason(self) -> str:

@@ -6,12 +6,28 @@ Primary with newer data). A split brain is never resolved here. As the Primary, 
 disconnected peer is outdated (what a fence-peer handler does before I/O resumes), so after a
 failover every node knows which replica is behind. DRBD's own single-Primary rule is the
 second gate (rule 6).
+
+A replica whose state is not known now (`LocalView.replicas_unknown`: events2 down or
+restarting, no complete dump yet) is waited on, never acted on: no promotion, no give-up.
+
+Frozen I/O: with `fencing resource-and-stonith` DRBD freezes a Primary that lost its peer and
+runs the fence-peer handler; a handler that failed (no majority until its deadline) leaves
+I/O frozen for good. As the owner with a valid lease, once the peer is committed as outdated
+(this gate commits that itself), the freeze is lifted with `resume-io`: the same fact the
+handler's exit 4 would have given DRBD. Never while a handler still runs (its own verdict
+will come), never for a freeze that is not fencing's alone (an admin's suspend-io).
 """
 
 from __future__ import annotations
 
 from haagent.commands import Command, ReplicaOutdated, ReplicaUpToDate
-from haagent.core.decisions import DemoteReplica, LocalView, PromoteReplica, Proposal
+from haagent.core.decisions import (
+    DemoteReplica,
+    LocalView,
+    PromoteReplica,
+    Proposal,
+    ResumeReplicaIo,
+)
 from haagent.core.inflight import Outbox
 from haagent.core.keys import ProposalKey, ProposalKind
 from haagent.core.storage import StartBlocked, WantedHere
@@ -32,6 +48,12 @@ class DrbdStorage:
     def may_start(
         self, state: ClusterState, guest: GuestRecord, local: LocalView
     ) -> StartBlocked | None:
+        if guest.spec.resource in local.replicas_unknown:
+            return StartBlocked(
+                f"the state of DRBD resource {guest.spec.resource!r} is not known now "
+                "(events2 not current)",
+                False,
+            )
         rep = local.replicas.get(guest.spec.resource)
         peer = guest.spec.peer_of(self._node)
         if _ready(rep):
@@ -74,11 +96,20 @@ class DrbdStorage:
 
     def while_running(self, out: Outbox, guest: GuestRecord, local: LocalView) -> None:
         """As the Primary: commit that a disconnected peer is outdated, and that a
-        resynchronised one is current again."""
+        resynchronised one is current again; lift a freeze a failed fence-peer left."""
         rep = local.replicas.get(guest.spec.resource)
         peer = guest.spec.peer_of(self._node)
         if rep is None or peer is None or rep.role is not ReplicaRole.PRIMARY:
             return
+        if (
+            rep.fence_frozen
+            and not rep.fence_pending
+            and not rep.connected
+            and peer in guest.outdated_nodes
+        ):
+            resume = ResumeReplicaIo(guest.name, guest.spec.resource, guest.generation)
+            if out.act(resume):
+                out.note("resume_io", guest=guest.name, resource=guest.spec.resource, peer=peer)
         if not rep.connected and peer not in guest.outdated_nodes:
             command: Command = ReplicaOutdated(
                 guest.name, peer, self._node, guest.generation, out.wall()

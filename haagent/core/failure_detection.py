@@ -37,7 +37,7 @@ from haagent.core.decisions import Proposal
 from haagent.core.inflight import Outbox
 from haagent.core.keys import ProposalKey, ProposalKind
 from haagent.core.settings import AgentSettings
-from haagent.model import FailureEvidence, NodeRecord
+from haagent.model import Checkpoint, FailureEvidence, NodeRecord
 from haagent.ports import ConsensusView
 
 
@@ -173,3 +173,26 @@ class FailureDetector:
                 out.note(
                     "declare_failed", node=node, silent_s=round(silent_s, 3), behind=behind_index
                 )
+
+    def declare_diverged(
+        self, out: Outbox, node: str, record: NodeRecord, checkpoint: Checkpoint
+    ) -> None:
+        """Declare the UP peer `node` failed because the checkpoint it reports differs from
+        the cluster's (`haagent.core.divergence`): its state cannot be trusted, so it must run
+        nothing and be fenced. Accepted while it still reports that checkpoint."""
+        s = self._settings
+        detail = (
+            f"state diverged: digest {checkpoint.digest} at checkpoint {checkpoint.index} "
+            f"differs from the cluster's"
+        )
+        evidence = FailureEvidence(
+            declared_by=s.node,
+            last_heartbeat_seq=record.heartbeat_seq,
+            silent_s=0.0,
+            detail=detail,
+            declared_at=out.wall(),
+        )
+        declare = DeclareFailed(node, record.heartbeat_seq, evidence, diverged=checkpoint)
+        key = ProposalKey(ProposalKind.DECLARE_FAILED, node)
+        if out.propose(Proposal(key, declare, s.commit_timeout_s)):
+            out.note("declare_failed", node=node, diverged=checkpoint.index)

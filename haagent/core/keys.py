@@ -41,6 +41,7 @@ class ActionKind(StrEnum):
     DESTROY = "destroy"  # subject: domain
     PROMOTE = "promote"  # subject: DRBD resource
     DEMOTE = "demote"  # subject: DRBD resource
+    RESUME_IO = "resume_io"  # subject: DRBD resource
     FENCE = "fence"  # subject: node (one fencing of a node at a time, whatever its epoch)
 
 

@@ -18,8 +18,9 @@ from haagent.core.decisions import Event, Proposal, event
 from haagent.core.inflight import Outbox
 from haagent.core.keys import ProposalKey, ProposalKind
 from haagent.core.settings import AgentSettings
-from haagent.model import ClusterState, GuestState, NodeState
+from haagent.model import Checkpoint, ClusterState, GuestState, NodeState
 from haagent.ports import Outcome, OutcomeKind
+from haagent.statemachine import CONFIG_DRIFT
 
 # Tells whether no protected domain runs here: True, False, or None when unknown (the
 # hypervisor could not be observed). Called only when the answer matters, because it looks at
@@ -48,6 +49,11 @@ class Lease:
         # The armed watchdog's timeout as its device reports it, committed with `Join` so that
         # whoever fences this node waits on it; None: no watchdog the cluster may rely on.
         self.watchdog_timeout_s: float | None = None
+        # The digest of this node's cluster-wide config, committed with `Join`.
+        self.config_digest: str | None = None
+        # Why this replica or its config cannot be trusted (sticky for the process): it then
+        # neither joins nor heartbeats, so it holds no lease and falls silent (issue 8 item 6).
+        self.diverged: str | None = None
 
     def valid(self, now: float) -> bool:
         return now < self.until
@@ -63,6 +69,7 @@ class Lease:
         state: ClusterState,
         nothing_running: NothingRunning,
         applied_index: int,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         """Join when not a member with this incarnation, else heartbeat every `heartbeat_s`.
 
@@ -73,6 +80,8 @@ class Lease:
         runs here (the local pass destroys it first, having no lease): it comes back clean.
         """
         s = self._settings
+        if self.diverged is not None:
+            return  # no lease for a replica or config the cluster does not share
         me = state.node(s.node)
         joined = me.state is NodeState.UP and me.incarnation == self._incarnation
         if self.leaving and not joined:
@@ -93,6 +102,7 @@ class Lease:
                 at=out.wall(),
                 watchdog_timeout_s=self.watchdog_timeout_s,
                 applied_index=applied_index,
+                config_digest=self.config_digest,
             )
             out.propose(_proposal(ProposalKind.JOIN, self._incarnation, join, s.lease_s))
             out.note("join", node=s.node, was=str(me.state), clean=clean)
@@ -101,7 +111,10 @@ class Lease:
             self._heartbeat_counter += 1
             self._next_heartbeat_at = out.now + s.heartbeat_s
             heartbeat = Heartbeat(
-                node=s.node, incarnation=self._incarnation, applied_index=applied_index
+                node=s.node,
+                incarnation=self._incarnation,
+                applied_index=applied_index,
+                checkpoint=checkpoint,
             )
             out.propose(
                 _proposal(
@@ -116,6 +129,11 @@ class Lease:
         """Commit `Leave` once this node's guests are stopped and reported stopped, so the
         leader places them elsewhere without fencing this node."""
         s = self._settings
+        if self.diverged is not None:
+            # Its `Leave` could never commit (it left Raft): once its guests are gone there is
+            # nothing to hand over, and the cluster fences it for its silence.
+            self.left = nothing_running() is True
+            return
         me = state.node(s.node)
         if me.state is not NodeState.UP or me.incarnation != self._incarnation:
             self.left = True  # not a member: nothing to hand over
@@ -158,6 +176,10 @@ class Lease:
                 self._ever_leased = True
             elif outcome.kind is OutcomeKind.REFUSED:
                 events.append(event("heartbeat_refused", detail=outcome.detail))
+                if key.kind is ProposalKind.JOIN and outcome.detail.startswith(CONFIG_DRIFT):
+                    # Committed, so current: the up nodes joined with another config.
+                    self.diverged = outcome.detail
+                    events.append(event("diverged", node=self._settings.node, reason=self.diverged))
         return events
 
     def may_pet(self, now: float, nothing_running: NothingRunning) -> bool:

@@ -15,11 +15,8 @@ guests.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -27,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 import haagent
 from haagent.commands import Command
+from haagent.core.digests import config_digest
 from haagent.core.settings import AgentSettings
 from haagent.model import ClusterState, DesiredState, GuestState, NodeState
 from haagent.ports import Outcome
@@ -43,12 +41,10 @@ def settings_digest(settings: AgentSettings) -> str:
     """A short digest of the cluster-wide settings this agent decides with (nodes, guests,
     timing, placement limits; no secrets, no paths, not its own node name). Every agent of a
     healthy cluster exports the same value; two values mean their configs diverged, which
-    makes leaders decide differently (e.g. spec sync flapping between two guest specs)."""
-    shared = asdict(settings)
-    shared.pop("node")
-    shared["guests"] = sorted(shared["guests"], key=lambda g: g["name"])
-    text = json.dumps(shared, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    makes leaders decide differently (e.g. spec sync flapping between two guest specs). It is
+    the digest each agent commits with its join (`haagent.core.digests.config_digest`): the
+    state machine refuses a node whose digest differs from the up nodes'."""
+    return config_digest(settings)
 
 
 def _pysyncobj_version() -> str:

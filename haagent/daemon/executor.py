@@ -8,8 +8,11 @@ Contract:
 - The returned coroutine never raises for an operating error: a failed, refused or timed-out
   adapter call, or an unexpected exception inside an adapter, becomes `ActionResult(False)`.
   Every adapter call has a deadline, so an action cannot stay "in flight" forever.
-- Action types the daemon does not carry out yet (DRBD promote/demote: the adapter exists in
-  `haagent.resources.drbd` but is not wired in) fail explicitly, with that reason.
+- DRBD actions (promote, demote, resume-io) run through the `Replicas` port (the daemon's
+  `DrbdReplicas`: `resources/drbd.sh`). A node without DRBD resources fails them explicitly.
+  A promotion that timed out may still complete (DRBD 8.4 runs the fence-peer handler inside
+  `drbdadm primary` when the peer is gone): its result is unknown, and the next pass decides
+  on what the watcher then reports.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from haagent.agent import (
     DemoteReplica,
     DestroyDomain,
     PromoteReplica,
+    ResumeReplicaIo,
     RunFence,
     StartGuest,
     StopGuest,
@@ -38,6 +42,8 @@ from haagent.ports import (
     Fencer,
     Hypervisor,
     HypervisorError,
+    ReplicaError,
+    Replicas,
     UnknownOutcomeError,
 )
 
@@ -46,6 +52,8 @@ log = logging.getLogger("haagent")
 FENCER_GRACE_S = 10.0  # beyond fence_timeout_s: only a bug in the fencer needs this
 MIN_DESTROY_TIMEOUT_S = 10.0
 STOP_GRACE_EXTRA_S = 10.0
+# Beyond the wrapper's own timeout (DrbdReplicas kills drbd.sh after it): only a bug needs it.
+REPLICA_GRACE_S = 10.0
 
 
 class UnknownActionError(TypeError):
@@ -61,12 +69,17 @@ class ActionExecutor:
         hypervisor: Hypervisor | None,
         fencer: Fencer,
         telemetry: Telemetry,
+        replicas: Replicas | None = None,
+        replica_timeout_s: float = 0.0,
     ) -> None:
+        """`replica_timeout_s`: how long `replicas` itself lets one DRBD command run."""
         self._config = config
         self._s = settings
         self._hv = hypervisor
         self._fencer = fencer
         self._telemetry = telemetry
+        self._replicas = replicas
+        self._replica_timeout_s = replica_timeout_s
 
     def dispatch(self, action: Action) -> Coroutine[Any, Any, ActionResult]:
         """The coroutine that carries out `action`; raises UnknownActionError for a type without
@@ -80,8 +93,8 @@ class ActionExecutor:
                 return self._guarded(action, self._stop(action))
             case DestroyDomain():
                 return self._guarded(action, self._destroy(action))
-            case PromoteReplica() | DemoteReplica():
-                return self._guarded(action, self._no_replica_adapter(action))
+            case PromoteReplica() | DemoteReplica() | ResumeReplicaIo():
+                return self._guarded(action, self._replica(action))
             case _:
                 _exhaustive: Never = action  # mypy: every Action type has a case above
                 raise UnknownActionError(f"no handler for action {action!r}")
@@ -161,7 +174,30 @@ class ActionExecutor:
         log.log(level, "destroyed %s in %.3fs: %s", action.domain, took, action.reason)
         return ActionResult(True)
 
-    async def _no_replica_adapter(self, action: PromoteReplica | DemoteReplica) -> ActionResult:
-        detail = "the DRBD adapter is not wired into the daemon yet (storage 'drbd' is refused)"
-        log.error("%s: %s", action.key, detail)
-        return ActionResult(False, detail)
+    async def _replica(
+        self, action: PromoteReplica | DemoteReplica | ResumeReplicaIo
+    ) -> ActionResult:
+        replicas = self._replicas
+        if replicas is None:
+            detail = f"no DRBD resource of this node is configured ({action.resource!r})"
+            log.error("%s: %s", action.key, detail)
+            return ActionResult(False, detail)
+        match action:
+            case PromoteReplica():
+                call = replicas.promote(action.resource)
+            case DemoteReplica():
+                call = replicas.demote(action.resource)
+            case ResumeReplicaIo():
+                call = replicas.resume_io(action.resource)
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(call, self._replica_timeout_s + REPLICA_GRACE_S)
+        except TimeoutError:
+            detail = f"{action.key}: no answer in {self._replica_timeout_s}s (outcome unknown)"
+            log.error("%s", detail)
+            return ActionResult(False, detail, unknown=True)
+        except ReplicaError as exc:
+            log.error("%s failed: %s", action.key, exc)
+            return ActionResult(False, str(exc))
+        log.warning("%s done in %.3fs", action.key, time.monotonic() - t0)
+        return ActionResult(True)

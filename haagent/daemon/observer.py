@@ -10,6 +10,9 @@ Contract:
 - Every finished observation (success or failure) calls `wake`, so the loop decides with it.
 - A failed or timed-out listing publishes `domains=None` ("cannot see"), never an empty map:
   an empty map would read as "nothing runs here".
+- DRBD replicas (`replicas`, the daemon's `DrbdReplicas`) are event-driven already (their
+  watchers fold events2 and wake the loop): `view()` adds what they know now, O(local
+  replicas), with the resources whose state is not current in `replicas_unknown`.
 
 Listing every domain's metadata is one RPC per domain, which is why this is not done on every
 pass on a host with hundreds of guests.
@@ -22,14 +25,23 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Protocol
 
 from haagent.agent import LocalView
-from haagent.ports import DomainObservation, Hypervisor, HypervisorError
+from haagent.ports import DomainObservation, Hypervisor, HypervisorError, ReplicaObservation
 
 log = logging.getLogger("haagent")
 
 OBSERVE_INTERVAL_S = 1.0
 OBSERVE_TIMEOUT_S = 5.0
+
+
+class ReplicaSource(Protocol):
+    def snapshot(self) -> tuple[Mapping[str, ReplicaObservation], frozenset[str]]:
+        """(current observations by resource, resources whose state is not known now);
+        never waits."""
+        ...
 
 
 def raise_if_ended(task: asyncio.Task[None] | None, what: str) -> None:
@@ -54,9 +66,11 @@ class Observer:
         interval_s: float = OBSERVE_INTERVAL_S,
         timeout_s: float = OBSERVE_TIMEOUT_S,
         on_error: Callable[[str], None] | None = None,
+        replicas: ReplicaSource | None = None,
     ) -> None:
         self._hv = hypervisor
         self._on_error = on_error  # counts failed observations (telemetry)
+        self._replicas = replicas
         self._wake = wake
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -73,7 +87,10 @@ class Observer:
         return self._error
 
     def view(self) -> LocalView:
-        return self._view
+        if self._replicas is None:
+            return self._view
+        current, unknown = self._replicas.snapshot()
+        return replace(self._view, replicas=current, replicas_unknown=unknown)
 
     def request(self) -> None:
         """Ask for a fresh observation soon (safe from the loop thread only)."""

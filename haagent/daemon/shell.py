@@ -41,6 +41,7 @@ from haagent.commands import Heartbeat
 from haagent.config import Config
 from haagent.consensus import JournalDamagedError, RaftConsensus
 from haagent.daemon.admin import AdminService
+from haagent.daemon.drbd import DrbdService
 from haagent.daemon.executor import ActionExecutor
 from haagent.daemon.netwatch import NetworkObserver, needed_here
 from haagent.daemon.observer import Observer
@@ -100,6 +101,7 @@ class Daemon:
         )
         self.observer = Observer(None, self.wake, on_error=self.telemetry.agent.observation_failed)
         self.executor = ActionExecutor(config, self.settings, None, self.fencer, self.telemetry)
+        self.drbd: DrbdService | None = None  # where a DRBD replica lives (daemon/drbd.py)
         self.networks = NetworkObserver(needed_here(config.node, self.settings.guests), self.wake)
         self._protected = frozenset(spec.domain for spec in self.settings.guests)
         self._wake = asyncio.Event()
@@ -133,11 +135,27 @@ class Daemon:
             cleared = await hv.clear_autostart(self._protected)
             if cleared:
                 log.warning("turned libvirt autostart off for %s", ", ".join(cleared))
+            if cfg.drbd_resources():
+                self.drbd = DrbdService(
+                    cfg.node, cfg.drbd_resources(), cfg.drbd_fence_socket, self.wake
+                )
+            replicas = self.drbd.replicas if self.drbd else None
             self.observer = Observer(
-                hv, self.wake, on_error=self.telemetry.agent.observation_failed
+                hv,
+                self.wake,
+                on_error=self.telemetry.agent.observation_failed,
+                replicas=replicas,
             )
             hv.set_listener(self.observer.request)
-            self.executor = ActionExecutor(cfg, self.settings, hv, self.fencer, self.telemetry)
+            self.executor = ActionExecutor(
+                cfg,
+                self.settings,
+                hv,
+                self.fencer,
+                self.telemetry,
+                replicas,
+                self.drbd.command_timeout_s if self.drbd else 0.0,
+            )
         # The API binds before the watchdog is armed: a taken port must end in a clear error,
         # not in an armed hardware watchdog that resets the host after this process exits.
         try:
@@ -160,13 +178,25 @@ class Daemon:
                 ) from None
             except OSError as exc:
                 raise StartupError(f"cannot open the Raft journal: {exc}") from None
+            if self.drbd is not None:
+                # Bound before the watchdog is armed, like the API.
+                try:
+                    await self.drbd.serve(consensus, self.settings.commit_timeout_s)
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot serve the DRBD fence socket {cfg.drbd_fence_socket}: {_why(exc)}"
+                    ) from None
             self._arm_watchdog()
         except StartupError:
+            if self.drbd is not None:
+                await self.drbd.close()
             await runner.cleanup()
             raise
         self.consensus = consensus
         consensus.start()
         self.observer.start()
+        if self.drbd is not None:
+            self.drbd.start()
         if cfg.me.role is NodeRole.HYPERVISOR:
             self.networks.start()
         log.info(
@@ -237,6 +267,8 @@ class Daemon:
 
     async def _shutdown(self, runner: Any) -> None:
         await self.observer.stop()
+        if self.drbd is not None:
+            await self.drbd.close()
         await self.networks.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -340,6 +372,9 @@ class Daemon:
         view = self.consensus.view()
         local = replace(self.observer.view(), missing_networks=self.networks.missing())
         step = self.core.tick(started, view, local)
+        if step.diverged is not None and self.consensus.running:
+            # Not the cluster's replica or config: stop voting and leading (issue 8 item 6).
+            self.consensus.leave(step.diverged)
         for proposal in step.proposals:
             if isinstance(proposal.command, Heartbeat):
                 self._next_heartbeat_at = started + self.settings.heartbeat_s
@@ -360,6 +395,8 @@ class Daemon:
                 self._protected,
                 self._watchdog_required,
                 pet_at,
+                voters=len(self.settings.nodes),
+                config_digest=self.core.lease.config_digest,
             )
         )
         if self.admin.tolerance_due(started):

@@ -64,6 +64,7 @@ class Surface:
             except (HypervisorError, TimeoutError) as exc:
                 local, error = None, str(exc) or type(exc).__name__
         view = d.consensus.view()
+        drbd = d.observer.view()
         now = time.monotonic()
         tol = d.telemetry.tolerance
         tolerated = None
@@ -87,4 +88,8 @@ class Surface:
             local_error=error,
             loop=d.telemetry.loop.summary(now),
             tolerated=tolerated,
+            voters=len(d.settings.nodes),
+            config_digest=d.core.lease.config_digest,
+            replicas=drbd.replicas,
+            replicas_unknown=drbd.replicas_unknown,
         )

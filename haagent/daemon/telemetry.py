@@ -33,9 +33,9 @@ from haagent.daemon.agent_metrics import AgentEventMetrics, snapshot_families
 from haagent.daemon.failover import FailoverTracker
 from haagent.daemon.offload import Offload
 from haagent.daemon.raft_metrics import RaftEventMetrics
-from haagent.model import GuestState, NodeState
+from haagent.model import ClusterState, GuestState, NodeState, StorageKind
 from haagent.ports import ConsensusView, DomainObservation
-from haagent.status import build_status
+from haagent.status import build_status, divergence_report
 
 FAILOVER_BUCKETS_S = (0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
 PASS_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -66,6 +66,8 @@ class Snapshot:
     # last pet its own watchdog (monotonic; None: it has none open).
     watchdog_required: frozenset[str] = frozenset()
     watchdog_pet_at: float | None = None
+    voters: int = 0  # configured nodes (0: unknown, then the state's node count)
+    config_digest: str | None = None  # this node's cluster-wide config digest
 
 
 class LoopStats:
@@ -134,9 +136,15 @@ class ClusterCollector(Collector):
     can run in the offload process."""
 
     def __init__(
-        self, snap: Snapshot | None, tolerance: Tolerance | None, max_lag_s: float, now: float
+        self,
+        snap: Snapshot | None,
+        tolerance: Tolerance | None,
+        max_lag_s: float,
+        now: float,
+        node: str = "",
     ) -> None:
         self._snap, self._tol, self._lag, self._now = snap, tolerance, max_lag_s, now
+        self._node = node
 
     def collect(self) -> Iterator[Metric]:
         snap, tol, now = self._snap, self._tol, self._now
@@ -226,6 +234,19 @@ class ClusterCollector(Collector):
                 )
         yield node_state
         yield age
+        diverged = divergence_report(
+            view, self._node, snap.voters or len(state.nodes), snap.config_digest
+        )
+        diverged_gauge = GaugeMetricFamily(
+            "haagent_node_diverged",
+            "1 for a node whose replicated state (digest at a checkpoint) or cluster-wide "
+            "config differs from the cluster's, as this agent sees it (this node itself when "
+            "it is incompatible): it holds no lease and is declared failed and fenced.",
+            labels=["node"],
+        )
+        for name in sorted(set(state.nodes) | set(diverged) | {self._node}):
+            diverged_gauge.add_metric([name], 1 if name in diverged else 0)
+        yield diverged_gauge
         yield missing
         yield GaugeMetricFamily(
             "haagent_guests_lacking_network",
@@ -252,6 +273,7 @@ class ClusterCollector(Collector):
         yield guest_state
         yield owner
         yield from snapshot_families(snap, now)
+        yield from replica_metrics(snap.local, state)
         running = _local_running(snap.local.domains, snap.protected_domains, state)
         if running is not None:
             yield GaugeMetricFamily(
@@ -259,6 +281,70 @@ class ClusterCollector(Collector):
                 "Protected guests this node's hypervisor runs now (observed).",
                 value=running,
             )
+
+
+def replica_metrics(local: LocalView, state: ClusterState) -> Iterator[Metric]:
+    """`haagent_replica_*`: this node's DRBD replicas as last observed, one group of series
+    per local replica (never guests x nodes). A replica whose events2 state is not current
+    has only `haagent_replica_current 0`. Out-of-sync bytes are not exported: the events2
+    stream the watcher reads carries no statistics."""
+    resources = sorted(set(local.replicas) | set(local.replicas_unknown))
+    if not resources:
+        return
+    guest_of = {
+        g.spec.resource: g.name for g in state.guests.values() if g.spec.storage is StorageKind.DRBD
+    }
+    labels = ["guest", "resource"]
+    current = GaugeMetricFamily(
+        "haagent_replica_current",
+        "1 while this node's events2 watcher of the DRBD resource is current (0: events2 dead "
+        "or restarting; the agent then waits and never promotes it).",
+        labels=labels,
+    )
+    role = GaugeMetricFamily(
+        "haagent_replica_role",
+        "1, labelled with the local replica's DRBD role (one series per replica).",
+        labels=[*labels, "role"],
+    )
+    disk = GaugeMetricFamily(
+        "haagent_replica_disk_state",
+        "1, labelled with the local replica's disk state (the worst volume; one series per "
+        "replica).",
+        labels=[*labels, "state"],
+    )
+    flags = {
+        name: GaugeMetricFamily(name, help_text, labels=labels)
+        for name, help_text in (
+            ("haagent_replica_connected", "1 while the replication link is Connected."),
+            (
+                "haagent_replica_suspended",
+                "1 while DRBD holds the replica's I/O frozen (e.g. fence-peer running or failed).",
+            ),
+            (
+                "haagent_replica_split_brain",
+                "1 after a DRBD split brain until a connection comes up: never resolved "
+                "automatically, an admin must act.",
+            ),
+        )
+    }
+    for resource in resources:
+        ids = [guest_of.get(resource, ""), resource]
+        rep = local.replicas.get(resource)
+        current.add_metric(ids, 0 if rep is None else 1)
+        if rep is None:
+            continue
+        role.add_metric([*ids, rep.role.value], 1)
+        disk.add_metric([*ids, rep.disk.value], 1)
+        for name, value in (
+            ("haagent_replica_connected", rep.connected),
+            ("haagent_replica_suspended", rep.suspended),
+            ("haagent_replica_split_brain", rep.split_brain),
+        ):
+            flags[name].add_metric(ids, 1 if value else 0)
+    yield current
+    yield role
+    yield disk
+    yield from flags.values()
 
 
 def _local_running(
@@ -271,11 +357,15 @@ def _local_running(
 
 
 def render_cluster(
-    snap: Snapshot | None, tolerance: Tolerance | None, max_lag_s: float, now: float
+    snap: Snapshot | None,
+    tolerance: Tolerance | None,
+    max_lag_s: float,
+    now: float,
+    node: str = "",
 ) -> bytes:
     """The cluster part of the exposition (offload: thread or process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(snap, tolerance, max_lag_s, now))
+    registry.register(ClusterCollector(snap, tolerance, max_lag_s, now, node))
     return generate_latest(registry)
 
 
@@ -374,6 +464,7 @@ class Telemetry:
             self.tolerance,
             self.loop.max_lag_s(),
             time.monotonic(),
+            self.node,
             size=size,
         )
         return events + cluster

@@ -72,6 +72,8 @@ class GuestPlan:
     memory_mib: int = 128
     priority: int = 0
     preferred: tuple[str, ...] = ()
+    # storage = "drbd" on resource <name> between these two nodes (empty: shared storage)
+    replicas: tuple[str, ...] = ()
     bridges: tuple[str, ...] = ()  # host bridges its NICs attach to (type='bridge')
 
 
@@ -122,6 +124,10 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
     if me.fence in ("watchdog", "ipmi+watchdog"):
         lines.append("watchdog_standin_ok = true  # no /dev/watchdog here: a lab only")
     lines += [f"{k} = {_toml_value(v)}" for k, v in plan.extra_local.items()]
+    if any(node in g.replicas for g in plan.guests):
+        # One fence socket per agent: they share this machine.
+        sock = run_dir / "state" / node / "drbd-fence.sock"
+        lines.append(f"drbd_fence_socket = {_toml_value(str(sock))}")
     if plan.timing:
         lines += ["", "[timing]"] + [f"{k} = {_toml_value(v)}" for k, v in plan.timing.items()]
     for n in plan.nodes:
@@ -170,6 +176,8 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
         ]
         if g.preferred:
             lines.append(f"preferred_nodes = {_toml_value(list(g.preferred))}")
+        if g.replicas:
+            lines += ['storage = "drbd"', f"replica_nodes = {_toml_value(list(g.replicas))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -232,9 +240,9 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def http_get_json(listen: str, path: str, token: str | None, timeout_s: float = 2.0) -> Any:
-    """GET a JSON document from an agent listening on "host:port" or "unix:/path".
-    Raises OSError (incl. timeouts) or ValueError."""
+def http_get(listen: str, path: str, token: str | None, timeout_s: float = 2.0) -> bytes:
+    """GET `path` from an agent listening on "host:port" or "unix:/path" and return the body.
+    Raises OSError (incl. timeouts) or ValueError (an HTTP error status, except on health)."""
     conn: http.client.HTTPConnection
     if listen.startswith("unix:"):
         conn = _UnixHTTPConnection(listen[5:], timeout_s)
@@ -248,11 +256,17 @@ def http_get_json(listen: str, path: str, token: str | None, timeout_s: float = 
         body = resp.read()
         if resp.status >= 400 and path != "/v1/health":
             raise ValueError(f"HTTP {resp.status}: {body[:200]!r}")
-        return json.loads(body)
+        return body
     except http.client.HTTPException as exc:
         raise OSError(str(exc)) from exc
     finally:
         conn.close()
+
+
+def http_get_json(listen: str, path: str, token: str | None, timeout_s: float = 2.0) -> Any:
+    """GET a JSON document from an agent listening on "host:port" or "unix:/path".
+    Raises OSError (incl. timeouts) or ValueError."""
+    return json.loads(http_get(listen, path, token, timeout_s))
 
 
 def wait_for(
@@ -461,7 +475,10 @@ class LocalCluster:
             self.start_agent(node)
         self.wait_ready(timeout_s)
 
-    def wait_ready(self, timeout_s: float) -> dict[str, Any]:
+    def wait_ready(self, timeout_s: float, interval_s: float = 0.05) -> dict[str, Any]:
+        """Wait until an agent with a lease sees a leader and every guest running. Each poll
+        may ask every agent for its status (none holds a lease yet): with many agents, poll
+        less often (`interval_s`), or the polling itself starves them."""
         nodes = self.nodes()
 
         def ready() -> dict[str, Any] | None:
@@ -478,7 +495,7 @@ class LocalCluster:
                 return doc
             return None
 
-        return wait_for("a leader and all guests running", ready, timeout_s)
+        return wait_for("a leader and all guests running", ready, timeout_s, interval_s)
 
     def status(self, node: str, timeout_s: float = 2.0) -> dict[str, Any]:
         doc: dict[str, Any] = http_get_json(

@@ -8,8 +8,10 @@ fake keeps DRBD's rules that matter for safety:
 - Single primary: promoting a side while the connected peer is Primary is refused.
 - resource-and-stonith fencing: a Primary that loses its peer freezes its writes until the
   peer is known outdated (the agent commits `ReplicaOutdated`, which is what the fence-peer
-  handler waits for). Once it writes alone, the peer is behind but does not know it: like DRBD
-  8.4, a disconnected Secondary still reports its disk UpToDate.
+  handler waits for). Like real DRBD it reports that freeze (suspended by fencing, the
+  handler running) until then; the fake's handler never fails, so the freeze never outlives
+  the commit. Once it writes alone, the peer is behind but does not know it: like DRBD 8.4,
+  a disconnected Secondary still reports its disk UpToDate.
 - Reconnecting: the side that is behind resynchronises (Inconsistent for `resync_s`, then
   UpToDate); if both sides wrote while apart, that is a split brain, reported and never
   resolved.
@@ -72,7 +74,11 @@ class FakeDrbd:
                 )
 
     def observe(
-        self, node: str, connected: Callable[[str, str], bool], now: float
+        self,
+        node: str,
+        connected: Callable[[str, str], bool],
+        now: float,
+        outdated: Callable[[str], tuple[str, ...]] = lambda guest: (),
     ) -> dict[str, ReplicaObservation]:
         out: dict[str, ReplicaObservation] = {}
         for res in self.resources.values():
@@ -81,6 +87,12 @@ class FakeDrbd:
                 continue
             peer = res.peer(node)
             link = connected(node, peer.node) and not res.split_brain
+            frozen = (
+                side.role is ReplicaRole.PRIMARY
+                and not link
+                and not res.split_brain
+                and peer.node not in outdated(res.guest)
+            )
             out[res.name] = ReplicaObservation(
                 resource=res.name,
                 role=side.role,
@@ -89,6 +101,9 @@ class FakeDrbd:
                 peer_role=peer.role if link else None,
                 peer_disk=self._disk(peer, now) if link else None,
                 split_brain=res.split_brain,
+                suspended=frozen,
+                fence_frozen=frozen,
+                fence_pending=frozen,
             )
         return out
 

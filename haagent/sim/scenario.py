@@ -32,6 +32,10 @@ partition `*` stands for every node not named in another group):
     starts working; a guest line's nets=A,B names the interfaces the guest needs)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
     pysyncobj re-sends a queued command; TYPE as in the trace, e.g. guest_running)
+    snapshot_fails N (N's Raft snapshot is damaged: its next agent starts cannot load it)
+    corrupt N (N's replica state changes without a command: only the digests can tell)
+    config N KEY=VALUE... (N's config file changes, agent settings by name; its next agent
+    start reads it: config drift)
 
 A fence ATTEMPT is `ok`, `fail` or `hang`, or fencing levels joined by `/` (`fail/ok`: level 1
 fails, level 2 powers the node off).
@@ -255,6 +259,9 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "maintenance": (2, 2),
     "resend": (2, 2),
     "confirm_fenced": (1, 1),
+    "snapshot_fails": (1, 1),
+    "corrupt": (1, 1),
+    "config": (2, 99),
     "link_down": (2, 2),
     "link_up": (2, 2),
 }
@@ -277,6 +284,9 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "maintenance": (0,),
     "resend": (0,),
     "confirm_fenced": (0,),
+    "snapshot_fails": (0,),
+    "corrupt": (0,),
+    "config": (0,),
     "link_down": (0,),
     "link_up": (0,),
 }
@@ -396,6 +406,11 @@ def _validate(sc: Scenario) -> None:
             raise ScenarioError(f"{where}: maintenance takes on|off")
         if step.verb in ("fail_starts", "clock_jump"):
             _number(step.args[-1], where)
+        if step.verb == "config":
+            for arg in step.args[1:]:
+                key, eq, _ = arg.partition("=")
+                if not eq or key not in _SETTING_FIELDS:
+                    raise ScenarioError(f"{where}: config takes SETTING=VALUE, got {arg!r}")
 
 
 def _statement(sc: Scenario, verb: str, args: list[str], where: str, number: int) -> None:
@@ -582,10 +597,18 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "maintenance": lambda: world.maintenance(a[0], a[1] == "on"),
         "resend": lambda: world.resend(a[0], a[1]),
         "confirm_fenced": lambda: world.confirm_fenced(a[0]),
+        "snapshot_fails": lambda: world.snapshot_fails(a[0]),
+        "corrupt": lambda: world.corrupt(a[0]),
+        "config": lambda: world.config(a[0], _assignments(a[1:])),
         "link_down": lambda: world.fake_network.set_link(a[0], a[1], up=False),
         "link_up": lambda: world.fake_network.set_link(a[0], a[1], up=True),
     }
     actions[fault]()
+
+
+def _assignments(args: Sequence[str]) -> dict[str, Any]:
+    """`key=value ...` as agent settings (checked against `AgentSettings` when parsed)."""
+    return {k: _value(v) for k, _, v in (arg.partition("=") for arg in args)}
 
 
 def _groups(world: World, text: str) -> list[list[str]]:

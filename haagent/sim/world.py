@@ -45,7 +45,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Never
 
 from haagent.agent import (
     Action,
@@ -60,6 +60,7 @@ from haagent.agent import (
     PromoteReplica,
     Proposal,
     ProposalKey,
+    ResumeReplicaIo,
     RunFence,
     StartGuest,
     StopGuest,
@@ -73,6 +74,7 @@ from haagent.commands import (
     SetDesired,
     SetMaintenance,
 )
+from haagent.core.digests import CHECKPOINT_EVERY, KEEP_CHECKPOINTS, is_checkpoint, state_digest
 from haagent.core.settings import timing_overrides
 from haagent.model import (
     ClusterState,
@@ -138,6 +140,7 @@ class SimOptions:
     keep_guests_on_agent_restart: bool = True  # like libvirtd: guests outlive the agent
     hardware_watchdog: bool = True  # every hypervisor has one (required for watchdog fencing)
     heal_bound_s: float = 30.0  # after the last fault heals, every wanted guest runs by then
+    checkpoint_every: int = CHECKPOINT_EVERY  # commands between two state digests
 
 
 @dataclass
@@ -167,6 +170,13 @@ class _Node:
     start_after_exit: bool = False  # a start was asked while the agent was leaving
     # Results that arrived while the agent was hung.
     deferred: list[Callable[[], None]] = field(default_factory=list)
+    # Divergence (issue 8 item 6): the replica's state digests (process memory), why it
+    # cannot be trusted (a snapshot that failed to load), whether its snapshot on disk is
+    # damaged (every start fails to load it), and whether the agent took it out of Raft.
+    checkpoints: dict[int, str] = field(default_factory=dict)
+    incompatible: str | None = None
+    snapshot_broken: bool = False
+    left_raft: bool = False
 
     def local(self, t: float) -> float:
         return self.origin + t * self.rate
@@ -242,6 +252,8 @@ class World:
         self.drbd = FakeDrbd(self.guest_specs)
         self.fake_network = FakeNetwork(self._fault)
         self._settings_overrides = dict(settings or {})
+        # Per-node changes to its config file (`config`), read by its next agent start.
+        self.node_overrides: dict[str, dict[str, Any]] = {}
         self._pending: list[_Pending] = []
         self._admin_queue: list[_Pending] = []
         self._observers: list[Callable[[World], None]] = []
@@ -289,6 +301,7 @@ class World:
             **timing_overrides(FAST_TIMING),
         }
         base.update(self._settings_overrides)
+        base.update(self.node_overrides.get(node, {}))
         settings = AgentSettings(**base)
         self._settings_cache[node] = settings
         return settings
@@ -351,6 +364,14 @@ class World:
         node.agent = core
         node.hung = False
         self.stalled.discard(node.name)  # a new process has a new replica
+        node.checkpoints.clear()
+        node.left_raft = False
+        node.incompatible = None
+        if node.snapshot_broken:
+            # The vendored pysyncobj freezes a replica whose snapshot failed to load.
+            node.incompatible = "snapshot failed to load (simulated damage)"
+            node.state = ClusterState()
+            node.heartbeats.clear()
         node.deferred.clear()
         node.last_pet = None
         node.start_after_exit = False
@@ -366,7 +387,7 @@ class World:
         local_now = node.local(self.now)
         view = self._view(node)
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
-        replicas = self.drbd.observe(node.name, self.drbd_link, self.now)
+        replicas = self.drbd.observe(node.name, self.drbd_link, self.now, self._outdated)
         missing = self.fake_network.missing(node.name, self.spec_by_name.values())
         local = LocalView(domains, local_now, replicas, missing_networks=missing)
         step = node.agent.tick(local_now, view, local)
@@ -378,6 +399,10 @@ class World:
             self._propose(node, proposal)
         for action in step.actions:
             self._act(node, action)
+        if step.diverged is not None and not node.left_raft:
+            node.left_raft = True  # the shell's `RaftConsensus.leave`
+            self.topology_version += 1
+            self.record(node.name, "left_raft", reason=step.diverged)
         if step.left:
             self._agent_exits(node)
 
@@ -426,7 +451,7 @@ class World:
 
     def _raft_up(self, node: _Node) -> bool:
         # A hung agent is a stopped process: its Raft thread is stopped too.
-        return node.powered and node.agent is not None and not node.hung
+        return node.powered and node.agent is not None and not node.hung and not node.left_raft
 
     def _majority(self, node: str) -> bool:
         if self._majority_version != self.topology_version:
@@ -492,6 +517,8 @@ class World:
             has_quorum=self._majority(node.name),
             heartbeats=dict(node.heartbeats),
             commit_index=node.applied,
+            incompatible=node.incompatible,
+            checkpoints=dict(node.checkpoints),
         )
 
     def _propose(self, node: _Node, proposal: Proposal) -> None:
@@ -548,12 +575,17 @@ class World:
         return lambda: self._apply_up_to(node, index)
 
     def _apply_up_to(self, node: _Node, index: int) -> None:
-        if node.name in self.stalled:
+        if node.name in self.stalled or node.incompatible is not None:
             return
+        every = self.options.checkpoint_every
         while node.applied < min(index, len(self.log)):
             command = self.log[node.applied]
             node.state, result = apply(node.state, command)
             node.applied += 1
+            if is_checkpoint(node.state.applied, every):
+                node.checkpoints[node.state.applied] = state_digest(node.state)
+                for old in sorted(node.checkpoints)[:-KEEP_CHECKPOINTS]:
+                    del node.checkpoints[old]
             if result.accepted and isinstance(command, Heartbeat | Join):
                 node.heartbeats[command.node] = HeartbeatSeen(
                     node.state.node(command.node).heartbeat_seq, node.local(self.now)
@@ -612,8 +644,11 @@ class World:
             )
         elif isinstance(action, RunFence):
             self._fence(node, gen, life, action)
-        elif isinstance(action, PromoteReplica | DemoteReplica):
+        elif isinstance(action, PromoteReplica | DemoteReplica | ResumeReplicaIo):
             self.at(self.now + o.destroy_s, lambda: self._finish_replica(node, gen, life, action))
+        else:
+            _exhaustive: Never = action  # mypy: every Action type has a branch above
+            raise TypeError(f"the simulator cannot carry out {action!r}")
 
     # -- FakeDrbd glue ------------------------------------------------------------------------
 
@@ -628,7 +663,11 @@ class World:
         )
 
     def _finish_replica(
-        self, node: _Node, gen: int, life: int, action: PromoteReplica | DemoteReplica
+        self,
+        node: _Node,
+        gen: int,
+        life: int,
+        action: PromoteReplica | DemoteReplica | ResumeReplicaIo,
     ) -> None:
         if not node.powered or node.boot_count != life:
             return
@@ -636,22 +675,28 @@ class World:
             refused = self.drbd.promote(node.name, action.resource, self.drbd_link, self.now)
             self.record(node.name, "drbd_promote", resource=action.resource, ok=not refused)
             result = ActionResult(not refused, refused)
+        elif isinstance(action, ResumeReplicaIo):
+            # FakeDrbd's freeze lifts by itself once the peer is committed outdated (its
+            # fence-peer handler never fails), so this is never asked of it in practice.
+            self.record(node.name, "drbd_resume_io", resource=action.resource)
+            result = ActionResult(True)
         else:
             self.drbd.demote(node.name, action.resource)
             self.record(node.name, "drbd_demote", resource=action.resource)
             result = ActionResult(True)
         self._action_result(node, gen, action.key, result)
 
+    def _outdated(self, guest: str) -> tuple[str, ...]:
+        """The replicas committed as behind (what the fake fence-peer handler waits for)."""
+        record = self.committed_state.guests.get(guest)
+        return record.outdated_nodes if record is not None else ()
+
     def _drbd_step(self) -> None:
         def running(node: str, domain: str) -> bool:
             obs = self.nodes[node].domains.get(domain)
             return self.nodes[node].powered and obs is not None and obs.running
 
-        def outdated(guest: str) -> tuple[str, ...]:
-            record = self.committed_state.guests.get(guest)
-            return record.outdated_nodes if record is not None else ()
-
-        for name, resource in self.drbd.step(self.now, running, self.drbd_link, outdated):
+        for name, resource in self.drbd.step(self.now, running, self.drbd_link, self._outdated):
             self.record(None, name, resource=resource)
 
     def _finish_start(self, node: _Node, gen: int, life: int, action: StartGuest) -> None:
@@ -842,6 +887,27 @@ class World:
         and by a new agent process."""
         self._fault("fault_stall", node)
         self.stalled.add(node)
+
+    def snapshot_fails(self, node: str) -> None:
+        """`node`'s Raft snapshot is damaged on disk: its next agent start (restart, power on)
+        cannot load it, and every later one neither."""
+        self._fault("fault_snapshot_fails", node)
+        self.nodes[node].snapshot_broken = True
+
+    def corrupt(self, node: str) -> None:
+        """`node`'s replica state changes without a command (a bug, a bad disk): a detail
+        nothing decides with (its own record's display time), so only the digests can tell."""
+        self._fault("fault_corrupt", node)
+        n = self.nodes[node]
+        me = n.state.node(node)
+        n.state = n.state.with_node(replace(me, changed_at=me.changed_at + 1.0))
+
+    def config(self, node: str, changes: Mapping[str, Any]) -> None:
+        """`node`'s config file changes (agent settings by name); its next agent start reads
+        it. The other nodes keep theirs: config drift."""
+        self._fault("fault_config", node, **{k: str(v) for k, v in changes.items()})
+        self.node_overrides.setdefault(node, {}).update(changes)
+        self._settings_cache.pop(node, None)
 
     def deaf(self, node: str) -> None:
         """`node` hears nobody while everyone hears it (an inbound-only cut, issue 8 (b)).

@@ -29,7 +29,16 @@ from haagent.model import (
     NodeRole,
     NodeState,
 )
-from haagent.ports import ConsensusView, DomainObservation, HeartbeatSeen, Outcome, OutcomeKind
+from haagent.ports import (
+    ConsensusView,
+    DiskState,
+    DomainObservation,
+    HeartbeatSeen,
+    Outcome,
+    OutcomeKind,
+    ReplicaObservation,
+    ReplicaRole,
+)
 
 NOW = 1000.0
 NODE_STATES = (NodeState.UP, NodeState.UP, NodeState.UP, NodeState.FAILED, NodeState.FENCED)
@@ -94,7 +103,11 @@ def exposition(state: ClusterState, *, events: bool = True) -> str:
         for g in state.guests_of(settings.node)
     }
     required = frozenset(n for n, ns in settings.nodes.items() if ns.relies_on_watchdog)
-    snap = Snapshot(view, NOW, NOW + 2.0, LocalView(domains, NOW), frozenset(), required, NOW - 0.1)
+    # One DRBD replica here (current) and one whose events2 is not current: the agent's
+    # haagent_replica_* gauges (a handful per local replica, never per guest x node).
+    drbd = {"r0": ReplicaObservation("r0", ReplicaRole.PRIMARY, DiskState.UP_TO_DATE, True)}
+    local = LocalView(domains, NOW, drbd, frozenset({"r1"}))
+    snap = Snapshot(view, NOW, NOW + 2.0, local, frozenset(), required, NOW - 0.1)
     telemetry = Telemetry(settings.node, Offload())
     try:
         telemetry.set_config(settings)

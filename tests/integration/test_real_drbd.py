@@ -13,7 +13,9 @@ before left): (b) Inconsistent replicas are reported so and never promoted, (c) 
 calls the real handler, the endpoint answers "peer fenced" and I/O resumes (and the
 production DrbdWatcher, running in guest1, saw it live), the watcher restarts a killed
 events2, (b) the cut-off replica, outdated, is reported Outdated and never promoted, (d)
-when the endpoint answers "no majority" the handler fails and I/O stays frozen, and (a)
+when the endpoint answers "no majority" the handler fails and I/O stays frozen, (e) the
+core then resumes that I/O (the wrapper's `resume-io`) only once the peer is committed
+outdated, and (a)
 guest1 loses power and guest2 is promoted only after the fence is committed (adapter level:
 the core's decision and the endpoint's state are driven by the test, not by a daemon).
 
@@ -32,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from haagent.agent import PromoteReplica, StartGuest
+from haagent.agent import PromoteReplica, ResumeReplicaIo, StartGuest
 from haagent.commands import (
     AssignGuests,
     Assignment,
@@ -41,6 +43,7 @@ from haagent.commands import (
     GuestRunning,
     GuestStarting,
     GuestStopped,
+    ReplicaOutdated,
 )
 from haagent.model import FailureEvidence, FenceMethod
 from haagent.ports import DiskState, ReplicaObservation, ReplicaRole
@@ -307,12 +310,44 @@ def test_d_no_majority_keeps_io_frozen(pair: Pair) -> None:
     assert "suspended:fencing" in pair.g1.check(f"sh {WRAPPER} status r0")
 
 
+def test_e_frozen_io_resumes_only_once_the_peer_is_committed_outdated(pair: Pair) -> None:
+    """After (d) the handler has failed and guest1's write is still frozen. The core, on
+    guest1's real observation (as n1, the owner running the guest), resumes I/O only once
+    the peer is committed as outdated, and never from the local view alone; the action runs
+    the production wrapper's `resume-io` (what the executor's ResumeReplicaIo runs), and the
+    frozen write completes."""
+    obs = pair.status(pair.g1)
+    assert (obs.role, obs.connected, obs.suspended, obs.fence_frozen) == (
+        ReplicaRole.PRIMARY,
+        False,
+        True,
+        True,
+    )
+    running = build(GuestRunning("db", "n1", 2, 0.0), state=starting_on("n1"))
+    step = step_for("n1", running, obs, running=True)
+    assert not [a for a in step.actions if isinstance(a, ResumeReplicaIo)]
+    assert any(isinstance(p.command, ReplicaOutdated) for p in step.proposals)
+    committed = build(ReplicaOutdated("db", "n2", "n1", 2, 0.0), state=running)
+    step = step_for("n1", committed, obs, running=True)
+    (resume,) = [a for a in step.actions if isinstance(a, ResumeReplicaIo)]
+    t0 = time.monotonic()
+    pair.g1.check(f"sh {WRAPPER} resume-io {resume.resource}")
+    pair.timings["resume_io_to_write_done_s"] = wait_until(
+        "the frozen write to complete", lambda: pair.g1.run("test -e /tmp/write.done")[0] == 0
+    )
+    obs = pair.status(pair.g1)
+    assert (obs.role, obs.disk, obs.suspended) == (ReplicaRole.PRIMARY, DiskState.UP_TO_DATE, False)
+    pair.g1.check(WRITE, timeout_s=STEP_TIMEOUT_S)  # writes go through, without the peer
+    pair.timings["resume_io_s"] = time.monotonic() - t0
+
+
 def test_a_power_off_promotes_the_survivor_only_after_the_committed_fence(pair: Pair) -> None:
-    """guest1 (Primary, frozen since (d)) loses power; guest2 (Secondary, cut off) is promoted
-    only once the fence is committed. The core decides on guest2's real observation (as n2 of
-    the core's test cluster); the promotion runs the production wrapper, and DRBD 8.4 runs the
-    fence-peer handler on the promoting side first, which guest2's endpoint (the production
-    ConsensusFenceAuthority) answers by committing guest1's replica as outdated."""
+    """guest1 (Primary; frozen in (d), resumed in (e)) loses power; guest2 (Secondary, cut
+    off) is promoted only once the fence is committed. The core decides on guest2's real
+    observation (as n2 of the core's test cluster); the promotion runs the production wrapper,
+    and DRBD 8.4 runs the fence-peer handler on the promoting side first, which guest2's
+    endpoint (the production ConsensusFenceAuthority) answers by committing guest1's replica
+    as outdated."""
     assert pair.g1.proc is not None
     t0 = time.monotonic()
     os.kill(pair.g1.proc.pid, signal.SIGKILL)  # power loss of guest1's host

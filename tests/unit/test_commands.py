@@ -91,6 +91,7 @@ def test_wire_format_is_versioned_json_not_pickle() -> None:
         "node": "n1",
         "incarnation": "inc",
         "applied_index": 42,
+        "checkpoint": None,
     }
 
 

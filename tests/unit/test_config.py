@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from haagent.config import DEFAULT_TIMING_PROFILE, TIMING_PROFILES, ConfigError, load_config
-from haagent.model import FenceMethod, NodeRole
+from haagent.model import FenceMethod, NodeRole, StorageKind
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 
@@ -116,6 +116,39 @@ def mutate(old: str, new: str) -> str:
     return VALID.replace(old, new)
 
 
+def drbd(extra: str, *, preferred: bool = True) -> str:
+    """VALID with guest `web` on DRBD between n1 and n2, plus `extra` lines in its table."""
+    lines = 'storage = "drbd"\n'
+    if "replica_nodes" not in extra:
+        lines += 'replica_nodes = ["n1", "n2"]\n'
+    text = mutate("priority = 5", f"priority = 5\n{lines}{extra}")
+    return text if preferred else text.replace('preferred_nodes = ["n1"]\n', "")
+
+
+def drbd_3hv(extra: str) -> str:
+    """`drbd(extra)` with a third hypervisor n3."""
+    n3 = '[nodes.n3]\naddress = "10.0.0.4:7400"\nmemory_mib = 1024\nfence = "watchdog"\n\n'
+    return drbd(extra).replace("[nodes.w]", n3 + "[nodes.w]")
+
+
+def test_a_drbd_guest_parses(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, drbd('resource = "r0"')))
+    spec = cfg.guests["web"].spec
+    assert (spec.storage, spec.resource, spec.replica_nodes) == (
+        StorageKind.DRBD,
+        "r0",
+        ("n1", "n2"),
+    )
+    assert cfg.drbd_resources() == ("r0",)
+    assert cfg.drbd_fence_socket == Path("/run/haagent/drbd-fence.sock")
+    # The resource defaults to the guest's name; a third hypervisor holds no replica.
+    cfg = load_config(write(tmp_path, drbd_3hv("").replace('node = "n1"', 'node = "n3"')))
+    assert cfg.guests["web"].spec.resource == "web" and cfg.drbd_resources() == ()
+    assert not cfg.guests["web"].spec.allows("n3")
+    sock = mutate('api_token = "token', 'drbd_fence_socket = "/run/x.sock"\napi_token = "token')
+    assert load_config(write(tmp_path, sock)).drbd_fence_socket == Path("/run/x.sock")
+
+
 @pytest.mark.parametrize(
     ("text", "key", "message"),
     [
@@ -212,13 +245,66 @@ def mutate(old: str, new: str) -> str:
         (mutate("memory_mib = 1024\npriority", "priority"), "guests.web.memory_mib", "missing"),
         (
             mutate("priority = 5", 'priority = 5\nstorage = "drbd"'),
-            "guests.web.storage",
-            "drbd is implemented in the simulator only",
+            "guests.web.replica_nodes",
+            "required with storage",
         ),
         (
             mutate("priority = 5", 'priority = 5\nstorage = "nfs"'),
             "guests.web.storage",
-            "unsupported storage kind 'nfs'",
+            "unsupported storage kind 'nfs' (supported: shared, drbd)",
+        ),
+        (drbd('replica_nodes = ["n1"]'), "guests.web.replica_nodes", "exactly two different"),
+        (drbd('replica_nodes = ["n1", "n1"]'), "guests.web.replica_nodes", "exactly two"),
+        (
+            drbd('replica_nodes = ["n1", "n2", "n2"]'),
+            "guests.web.replica_nodes",
+            "exactly two different",
+        ),
+        (drbd('replica_nodes = ["n1", "w"]'), "guests.web.replica_nodes", "not a hypervisor"),
+        (drbd('replica_nodes = "n1,n2"'), "guests.web.replica_nodes", "list of node names"),
+        (drbd('resource = "-rf"'), "guests.web.resource", "must match"),
+        (drbd('resource = "r0;rm"'), "guests.web.resource", "must match"),
+        (drbd("resource = 7"), "guests.web.resource", "must be a string"),
+        (
+            drbd('preferred_nodes = ["n3"]', preferred=False),
+            "guests.web.preferred_nodes",
+            "'n3' is not a hypervisor",
+        ),
+        (
+            drbd_3hv('allowed_nodes = ["n1", "n3"]'),
+            "guests.web.allowed_nodes",
+            "'n3' holds no replica",
+        ),
+        (
+            drbd("") + '\n[guests.db]\nmemory_mib = 1\nstorage = "drbd"\nresource = "web"\n'
+            'replica_nodes = ["n1", "n2"]\n',
+            "guests.db.resource",
+            "also the resource of guest web",
+        ),
+        (
+            mutate("priority = 5", 'priority = 5\nresource = "r0"'),
+            "guests.web.resource",
+            'only for storage = "drbd"',
+        ),
+        (
+            mutate("priority = 5", 'priority = 5\nreplica_nodes = ["n1", "n2"]'),
+            "guests.web.replica_nodes",
+            'only for storage = "drbd"',
+        ),
+        (
+            mutate('api_token = "token', 'drbd_fence_socket = "fence.sock"\napi_token = "token'),
+            "local.drbd_fence_socket",
+            "absolute socket path",
+        ),
+        (
+            mutate('api_token = "token', f'drbd_fence_socket = "/{"s" * 120}"\napi_token = "token'),
+            "local.drbd_fence_socket",
+            "at most 107 bytes",
+        ),
+        (
+            mutate('api_token = "token', 'drbd_fence_socket = "/a\\u0000b"\napi_token = "token'),
+            "local.drbd_fence_socket",
+            "control characters",
         ),
         (
             mutate("priority = 5", 'priority = 5\nxml = "nope.xml"'),

@@ -37,12 +37,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haagent import cli
-from haagent.config import NAME_RE, SECRET_RE, Config, load_config
+from haagent.config import DRBD_RESOURCE_RE, NAME_RE, SECRET_RE, Config, load_config
 from haagent.fencing.agent_runner import validate_params
+from haagent.model import NodeRole, StorageKind
 from haagent.untrusted import escape
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "config" / "examples" / "local-3node"
-EXAMPLES = {p.name: tomllib.loads(p.read_text()) for p in sorted(EXAMPLE_DIR.glob("*.toml"))}
+DRBD_EXAMPLE_DIR = EXAMPLE_DIR.parent / "drbd-2hv"  # storage = "drbd", a witness
+EXAMPLES = {
+    p.name: tomllib.loads(p.read_text())
+    for d in (EXAMPLE_DIR, DRBD_EXAMPLE_DIR)
+    for p in sorted(d.glob("*.toml"))
+}
 SCALE = int(os.environ.get("HAAGENT_FUZZ_SCALE", "1"))
 CASES = 2000 * SCALE
 ALARM_S = 5.0
@@ -175,6 +181,16 @@ def hostile_strings(files: dict[str, str]) -> st.SearchStrategy[str]:
         "witness",
         "hypervisor",
         "drbd",
+        "shared",
+        "web1",
+        "r0",
+        "-r0",
+        "r0;reboot",
+        "hv1",
+        "hv2",
+        "/run/haagent/drbd-fence.sock",
+        "/run/" + "s" * 120,
+        "relative.sock",
         "debug",
         "bmc-n1",
         "n2",
@@ -221,6 +237,9 @@ def hostile_values(files: dict[str, str]) -> st.SearchStrategy[Any]:
                 [[1]],
                 ["n1", "n1"],
                 ["n4"],
+                ["hv1", "hv2"],
+                ["hv1", "witness"],
+                ["hv1", "hv2", "hv1"],
             ]
         ),
         hostile_strings(files),
@@ -317,8 +336,23 @@ def check_valid(cfg: Config) -> None:
     assert len(canonical) == len(cfg.nodes)
     for device in cfg.fence_devices.values():
         assert validate_params("off", device.params) is None
-    for guest in cfg.guests:
+    resources = set()
+    for guest, gc in cfg.guests.items():
         cfg.guest_xml(guest)  # readable within the limits
+        spec = gc.spec
+        if spec.storage is StorageKind.DRBD:
+            # Two hypervisors hold it, a name the wrapper accepts, one guest per resource.
+            assert len(set(spec.replica_nodes)) == len(spec.replica_nodes) == 2
+            assert all(cfg.nodes[n].role is NodeRole.HYPERVISOR for n in spec.replica_nodes)
+            assert DRBD_RESOURCE_RE.fullmatch(spec.resource), spec.resource
+            assert set(spec.preferred_nodes) | set(spec.allowed_nodes) <= set(spec.replica_nodes)
+            assert spec.resource not in resources
+            resources.add(spec.resource)
+        else:
+            assert spec.storage is StorageKind.SHARED and not spec.resource
+            assert not spec.replica_nodes
+    sock = str(cfg.drbd_fence_socket)
+    assert sock.startswith("/") and len(sock.encode()) <= 107 and sock.isprintable()
     if cfg.api_listen.startswith("unix:"):
         assert "\x00" not in cfg.api_listen
 

@@ -33,6 +33,8 @@ CORE = [
     "core.guests",
     "core.storage",
     "core.drbd",
+    "core.digests",
+    "core.divergence",
     "core.networks",
     "core.netneeds",
 ]

@@ -54,7 +54,7 @@ def test_an_action_without_a_handler_raises_in_the_pass_instead_of_succeeding() 
         executor().dispatch(cast(Action, Mystery()))
 
 
-def test_replica_actions_fail_explicitly_without_a_drbd_adapter() -> None:
+def test_replica_actions_fail_explicitly_without_a_drbd_resource() -> None:
     ex = executor()
     for action in (PromoteReplica("g1", "r0", 3), DemoteReplica("r0", "not used")):
         result = asyncio.run(ex.dispatch(action))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from haagent.agent import (
     AgentCore,
     AgentSettings,
@@ -9,6 +14,7 @@ from haagent.agent import (
     LocalView,
     NodeSettings,
     PromoteReplica,
+    ResumeReplicaIo,
     StartGuest,
     Step,
 )
@@ -45,6 +51,7 @@ from haagent.ports import (
     ReplicaObservation,
     ReplicaRole,
 )
+from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
 
 SPEC = GuestSpec(
@@ -222,3 +229,168 @@ def test_a_primary_that_no_longer_runs_its_guest_is_demoted() -> None:
         for a in step_for("n1", state, rep(role=PRI), running=True).actions
         if isinstance(a, DemoteReplica)
     ]
+
+
+def step_unknown(node: str, state: ClusterState) -> Step:
+    """A pass while this node's events2 for r0 is not current (dead, restarting, no dump)."""
+    core = AgentCore(
+        AgentSettings(cluster="c", node=node, nodes=NODES, guests=(SPEC,)),
+        f"{node}-inc",
+        started_at=0.0,
+    )
+    first = core.tick(1.0, ConsensusView(state=state), LocalView({}, 1.0))
+    hb = next(p for p in first.proposals if isinstance(p.command, Heartbeat))
+    core.proposal_done(hb.key, Outcome(OutcomeKind.ACCEPTED), 1.0)
+    local = LocalView({}, 1.01, {}, replicas_unknown=frozenset({"r0"}))
+    return core.tick(1.01, ConsensusView(state=state), local)
+
+
+def test_a_replica_whose_state_is_not_current_is_waited_on_never_acted_on() -> None:
+    step = step_unknown("n1", starting_on("n1"))
+    assert kinds(step) == [] and "not known now" in step.reason
+    # Waiting is not giving up: the guest is not reported stopped (it would move on).
+    assert not [p for p in step.proposals if isinstance(p.command, GuestStopped)]
+    # And with no observation at all (the resource is not on this host) it gives up.
+    step = step_for("n1", starting_on("n1"), None)
+    (stopped,) = [p.command for p in step.proposals if isinstance(p.command, GuestStopped)]
+    assert stopped.give_up
+
+
+def frozen(pending: bool = False, only_fencing: bool = True) -> ReplicaObservation:
+    """n1's Primary after its link was cut: I/O frozen by resource-and-stonith fencing."""
+    return ReplicaObservation(
+        "r0",
+        PRI,
+        UP,
+        False,
+        suspended=True,
+        fence_frozen=only_fencing,
+        fence_pending=pending,
+    )
+
+
+def test_io_frozen_by_a_failed_fence_peer_resumes_only_once_the_peer_is_committed_outdated() -> (
+    None
+):
+    running = build(GuestRunning("db", "n1", 2, 0.0), state=starting_on("n1"))
+    # Peer not committed outdated: commit that first, never resume on the local view alone.
+    step = step_for("n1", running, frozen(), running=True)
+    assert kinds(step) == []
+    assert [type(p.command).__name__ for p in step.proposals if "Replica" in str(p.key)] == []
+    assert any(isinstance(p.command, ReplicaOutdated) for p in step.proposals)
+    outdated = build(ReplicaOutdated("db", "n2", "n1", 2, 0.0), state=running)
+    step = step_for("n1", outdated, frozen(), running=True)
+    (resume,) = step.actions
+    assert isinstance(resume, ResumeReplicaIo)
+    assert (resume.resource, resume.generation) == ("r0", 2)
+    # Not while the handler still runs (its own verdict comes), not for an admin's suspend-io,
+    # not on a replica that is connected again or not Primary, not on a node not owning it.
+    assert kinds(step_for("n1", outdated, frozen(pending=True), running=True)) == []
+    assert kinds(step_for("n1", outdated, frozen(only_fencing=False), running=True)) == []
+    connected = replace(frozen(), connected=True, peer_role=SEC, peer_disk=UP)
+    assert "ResumeReplicaIo" not in kinds(step_for("n1", outdated, connected, running=True))
+    assert "ResumeReplicaIo" not in kinds(step_for("n2", outdated, frozen()))
+
+
+def test_resume_io_needs_a_valid_lease() -> None:
+    outdated = build(
+        GuestRunning("db", "n1", 2, 0.0),
+        ReplicaOutdated("db", "n2", "n1", 2, 0.0),
+        state=starting_on("n1"),
+    )
+    core = AgentCore(
+        AgentSettings(cluster="c", node="n1", nodes=NODES, guests=(SPEC,)), "n1-inc", 0.0
+    )
+    domains = {"db": DomainObservation("db", True, "n1", 2)}
+    # No heartbeat ever committed: no lease, so no resume (the guest is destroyed instead).
+    step = core.tick(
+        100.0, ConsensusView(state=outdated), LocalView(domains, 100.0, {"r0": frozen()})
+    )
+    assert "ResumeReplicaIo" not in kinds(step)
+
+
+disks = st.sampled_from([*DiskState])
+roles = st.sampled_from([*ReplicaRole])
+
+
+@given(
+    disk=disks,
+    connected=st.booleans(),
+    peer_role=st.none() | roles,
+    peer_disk=st.none() | disks,
+    split=st.booleans(),
+    suspended=st.booleans(),
+    unknown=st.booleans(),
+    peer_fenced=st.booleans(),
+    peer_outdated=st.booleans(),
+    self_outdated=st.booleans(),
+)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+def test_never_promote_a_replica_that_is_behind_or_whose_peer_may_write(
+    disk: DiskState,
+    connected: bool,
+    peer_role: ReplicaRole | None,
+    peer_disk: DiskState | None,
+    split: bool,
+    suspended: bool,
+    unknown: bool,
+    peer_fenced: bool,
+    peer_outdated: bool,
+    self_outdated: bool,
+) -> None:
+    """The safety rule of issue 9: a promotion only of an UpToDate replica, known current
+    (not outdated in Raft, state current), with a peer that is a connected Secondary or
+    committed fenced or committed outdated; never in a split brain."""
+    state = base()
+    seq = state.node("n1").heartbeat_seq
+    commands: list[Command] = [
+        AssignGuests((Assignment("db", "n1", 0),), "placed", 0.0),
+        GuestStarting("db", "n1", 1, 0.0),
+        GuestRunning("db", "n1", 2, 0.0),
+    ]
+    if self_outdated:
+        commands.append(ReplicaOutdated("db", "n2", "n1", 2, 0.0))
+    if peer_fenced:
+        commands += [
+            DeclareFailed("n1", seq, FailureEvidence("n3", seq, 2.0, "silent", 0.0)),
+            FenceResult("n1", 1, True, FenceMethod.AGENT, "off", 0.0),
+        ]
+    else:
+        commands.append(GuestStopped("db", "n1", 2, False, False, "moved", 0.0))
+    state = starting_on("n2", build(*commands, state=state))
+    if peer_outdated:
+        # n2 owns it now: it may commit its peer n1 as outdated.
+        state = build(ReplicaOutdated("db", "n1", "n2", state.guests["db"].generation, 0.0),
+                      state=state)  # fmt: skip
+    obs = ReplicaObservation(
+        "r0", SEC, disk, connected, peer_role if connected else None,
+        peer_disk if connected else None, split, suspended, suspended,
+    )  # fmt: skip
+    step = step_unknown("n2", state) if unknown else step_for("n2", state, obs)
+    if not any(isinstance(a, PromoteReplica) for a in step.actions):
+        return
+    assert not unknown and not split and not self_outdated
+    assert disk is DiskState.UP_TO_DATE
+    if connected:
+        assert peer_role is not ReplicaRole.PRIMARY
+    else:
+        assert peer_fenced or peer_outdated
+
+
+def test_the_simulators_fake_drbd_reports_the_fencing_freeze_like_real_drbd() -> None:
+    """Real DRBD 8.4 (tests/integration/test_real_drbd.py (c)): a Primary that loses its peer
+    reports suspended:fencing while fence-peer runs, and resumes once it answered."""
+    fake = FakeDrbd([SPEC])
+    fake.resources["r0"].sides["n1"].role = PRI
+
+    def cut(a: str, b: str) -> bool:
+        return False
+
+    (obs,) = fake.observe("n1", cut, 0.0).values()
+    assert (obs.suspended, obs.fence_frozen, obs.fence_pending) == (True, True, True)
+    (obs,) = fake.observe("n1", cut, 0.0, lambda guest: ("n2",)).values()
+    assert not obs.suspended
+    (obs,) = fake.observe("n1", lambda a, b: True, 0.0).values()
+    assert not obs.suspended and obs.connected
+    (obs,) = fake.observe("n2", cut, 0.0).values()
+    assert not obs.suspended  # a Secondary is never frozen

@@ -61,6 +61,13 @@ class SyncObjConf(object):
         #: Disabled - improve single request speed (don't wait till batch ready)
         self.appendEntriesUseBatch = kwargs.get('appendEntriesUseBatch', True)
 
+        #: haagent: with batching off, the least time between two append_entries a leader sends
+        #: because of new entries or a commit-index advance (0: at once, upstream behaviour).
+        #: Entries arriving sooner wait until it has passed and leave in one message, so a
+        #: follower gets at most 1 / appendEntriesMinInterval such messages a second however
+        #: many nodes propose: the leader's traffic grows with nodes, not nodes x proposals.
+        self.appendEntriesMinInterval = kwargs.get('appendEntriesMinInterval', 0.0)
+
         #: Max number of bytes per single append_entries command.
         self.appendEntriesBatchSizeBytes = kwargs.get('appendEntriesBatchSizeBytes', 2 ** 16)
 
@@ -213,6 +220,7 @@ class SyncObjConf(object):
         assert self.raftMinTimeout > self.appendEntriesPeriod * 3
         assert self.raftMaxTimeout > self.raftMinTimeout
         assert self.appendEntriesPeriod > 0
+        assert 0 <= self.appendEntriesMinInterval < self.appendEntriesPeriod
         assert self.leaderFallbackTimeout > self.appendEntriesPeriod
         assert self.connectionTimeout >= self.raftMaxTimeout
         assert self.connectionRetryTime >= 0

@@ -201,6 +201,9 @@ class SyncObj(object):
         self.__changeClusterIDx = None
         self.__noopIDx = None
         self.__destroying = False
+        # haagent: why the snapshot could not be loaded (None: it loaded, or there was none).
+        # Once set, this replica applies nothing more (see __applyLogEntries).
+        self.__dumpLoadError = None
         self.__recvTransmission = ''
 
         self.__onTickCallbacks = []
@@ -281,6 +284,10 @@ class SyncObj(object):
 
         self.__lastReadonlyCheck = 0
         self.__newAppendEntriesTime = 0
+        # haagent: entries or a commit advance not yet sent because the last append_entries left
+        # less than appendEntriesMinInterval ago (see __sendAppendEntriesSoon).
+        self.__appendPending = False
+        self.__lastAppendSent = 0.0
 
         self.__commandsWaitingCommit = collections.defaultdict(list)  # logID => [(termID, callback), ...]
         self.__commandsLocalCounter = 0
@@ -553,7 +560,7 @@ class SyncObj(object):
                             'log_term': term,
                         })
                     if not self.__conf.appendEntriesUseBatch:
-                        self.__sendAppendEntries()
+                        self.__appendPending = True  # haagent: one send for the whole drain, below
                 else:
 
                     if requestNode is None:
@@ -587,6 +594,9 @@ class SyncObj(object):
                     })
             else:
                 self.__callErrCallback(FAIL_REASON.MISSING_LEADER, callback)
+
+        if self.__appendPending and self.__raftState == _RAFT_STATE.LEADER:
+            self.__sendAppendEntriesSoon()
 
     def _autoTickThread(self):
         try:
@@ -695,8 +705,10 @@ class SyncObj(object):
         needSendAppendEntries = self.__applyLogEntries()
 
         if self.__raftState == _RAFT_STATE.LEADER:
-            if monotonicTime() > self.__newAppendEntriesTime or needSendAppendEntries:
+            if monotonicTime() > self.__newAppendEntriesTime:
                 self.__sendAppendEntries()
+            elif needSendAppendEntries or self.__appendPending:
+                self.__sendAppendEntriesSoon()
 
         if not self.__onReadyCalled and self.__raftLastApplied == self.__leaderCommitIndex:
             if self.__conf.onReady:
@@ -719,6 +731,8 @@ class SyncObj(object):
         due = now + maxWait
         if self.__raftState == _RAFT_STATE.LEADER:
             due = min(due, self.__newAppendEntriesTime)
+            if self.__appendPending:
+                due = min(due, self.__lastAppendSent + self.__conf.appendEntriesMinInterval)
         elif self.__selfNode is not None and self.__connectedToAnyone():
             due = min(due, self.__raftElectionDeadline)
         if self.__raftLeader is not None and len(self.__commandsQueue) > 0:
@@ -785,8 +799,18 @@ class SyncObj(object):
         """haagent: the leader's commit index as last heard from it (None before)."""
         return self.__leaderCommitIndex
 
+    @property
+    def dumpLoadError(self):
+        """haagent: why the snapshot (local, or installed from the leader) failed to load, or
+        None. A replica whose snapshot failed applies nothing more: the entries after it would
+        be applied to a state that is not the one they follow."""
+        return self.__dumpLoadError
+
     def __applyLogEntries(self):
         needSendAppendEntries = False
+
+        if self.__dumpLoadError is not None:
+            return needSendAppendEntries
 
         if self.__raftCommitIndex > self.__raftLastApplied:
             count = self.__raftCommitIndex - self.__raftLastApplied
@@ -1137,7 +1161,8 @@ class SyncObj(object):
             elif serialized is not None:
                 if self.__serializer.setTransmissionData(serialized):
                     self.__loadDumpFile(clearJournal=True)
-                    self.__ackWhenDurable(node, self.__getCurrentLogIndex() + 1)
+                    if self.__dumpLoadError is None:  # haagent: never ack what did not load
+                        self.__ackWhenDurable(node, self.__getCurrentLogIndex() + 1)
 
             # If the log was truncated below the commit index, don't persist a commit
             # index covering entries that are no longer the committed ones.
@@ -1410,8 +1435,19 @@ class SyncObj(object):
             self.__commandsWaitingReply[id](None, FAIL_REASON.LEADER_CHANGED)
         self.__commandsWaitingReply = {}
 
+    def __sendAppendEntriesSoon(self):
+        # haagent: new entries or a commit advance leave at once, unless the last append_entries
+        # left less than appendEntriesMinInterval ago: then they wait for it (__pollTimeout
+        # wakes the tick then) and leave together with whatever arrives meanwhile.
+        if monotonicTime() >= self.__lastAppendSent + self.__conf.appendEntriesMinInterval:
+            self.__sendAppendEntries()
+        else:
+            self.__appendPending = True
+
     def __sendAppendEntries(self):
         self.__newAppendEntriesTime = monotonicTime() + self.__conf.appendEntriesPeriod
+        self.__appendPending = False  # haagent: this send carries everything pending
+        self.__lastAppendSent = monotonicTime()
 
         startTime = monotonicTime()
 
@@ -1679,8 +1715,12 @@ class SyncObj(object):
             if self.__conf.dynamicMembershipChange:
                 self.__updateClusterConfiguration([node for node in data[3] if node != self.__selfNode])
             self.__onSetCodeVersion(0)
-        except:
-            logger.exception('failed to load full dump')
+        except Exception as exc:
+            # haagent: upstream logged this and went on, applying the journal to whatever state
+            # it had; the replica then silently diverged. Record it: nothing more is applied,
+            # and haagent reports the node incompatible (it holds no lease and leaves Raft).
+            self.__dumpLoadError = '%s: %s' % (type(exc).__name__, exc)
+            logger.critical('failed to load the snapshot, replica frozen: %s', self.__dumpLoadError)
 
     def __updateClusterConfiguration(self, newNodes):
         # newNodes: list of Node or node ID
