@@ -1,16 +1,21 @@
 """The HTTP surface, served by aiohttp inside the agent's own event loop.
 
 GET  /v1/health                    200 with a valid lease and a fresh loop, else 503. No token.
-GET  /metrics                      Prometheus text from this agent's registry. No token.
+GET  /metrics                      Prometheus text from this agent's registry (open by
+                                   default; `api_open_metrics = false`: the read token).
 GET  /v1/status                    the status document (haagent.status).
+GET  /v1/events?since=N&limit=M    recent committed transitions with reasons (haagent.events)
 GET  /v1/whatif?fail=n3[,n4]       where the failed nodes' guests would go (haagent.whatif).
+GET  /v1/openapi.json              the OpenAPI 3 document of this API (haagent.openapi)
 POST /v1/guests/{guest}/disable    stop the guest and keep it stopped
 POST /v1/guests/{guest}/enable     run it again (also clears its error state)
 POST /v1/nodes/{node}/maintenance  body {"on": true|false}: drain the node, or end that
 POST /v1/nodes/{node}/confirm-fenced  optional body {"by": "who"}: an admin verified that the
                                    failed node is powered off; its guests may move (README)
 
-Everything but health and metrics needs ``Authorization: Bearer <token>``. Errors are JSON
+Access (haagent.api_access): reads take the read or the admin token (or none when
+`api_open_reads`), the POST verbs only the admin token, as ``Authorization: Bearer <token>``;
+401 without a valid one, 403 for the read token on an admin verb. Errors are JSON
 ``{"error": "..."}`` with a 4xx/5xx status, never a traceback. Admin actions answer with the
 outcome of the replicated command: 200 applied, 409 refused (with the reason), 503 unknown
 (no majority reached in time: it may still apply; look at the status).
@@ -31,8 +36,6 @@ real agent):
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -43,6 +46,14 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from haagent.api_access import (
+    TLS_HANDSHAKE_TIMEOUT_S,
+    ApiAccess,
+    Gate,
+    bearer_token,
+    server_tls_context,
+)
+from haagent.openapi import OPENAPI_DOCUMENT
 from haagent.ports import Outcome, OutcomeKind
 from haagent.untrusted import UntrustedInputError, escape, loads_json
 
@@ -51,6 +62,8 @@ MAX_BODY_BYTES = 4096  # the largest valid body is {"on": false}
 MAX_JSON_DEPTH = 4
 MAX_REQUEST_BYTES = 64 * 1024  # aiohttp's own bound on any request body it buffers
 MAX_WHATIF_NODES = 256
+MAX_QUERY_CHARS = 4096  # aiohttp refuses a request line over 8,190 bytes anyway
+MAX_EVENTS_LIMIT = 1000
 BAD_INPUT_LINES_PER_MINUTE = 20
 MAX_CONNECTIONS = 128  # admins, scrapers and health checks; far below a 1,024 fd limit
 KEEPALIVE_S = 15.0
@@ -170,6 +183,8 @@ class Handlers(Protocol):
 
     async def whatif(self, fail: list[str]) -> dict[str, Any]: ...
 
+    def events(self, since: int, limit: int) -> dict[str, Any]: ...
+
     async def set_desired(self, guest: str, running: bool) -> Outcome: ...
 
     async def set_maintenance(self, node: str, on: bool) -> Outcome: ...
@@ -191,19 +206,6 @@ def outcome_response(outcome: Outcome) -> web.Response:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def token_matches(request: web.Request, token_digest: bytes) -> bool:
-    """Does the request carry exactly one `Authorization: Bearer <token>` header with our
-    token? Compared as bytes (any header bytes work, non-ASCII included) and in constant time:
-    both sides are hashed first, so not even the token's length leaks."""
-    values = [v for k, v in request.raw_headers if k.lower() == b"authorization"]
-    if len(values) != 1:
-        return False
-    scheme, _, given = values[0].strip().partition(b" ")
-    if scheme.lower() != b"bearer":
-        return False
-    return hmac.compare_digest(hashlib.sha256(given.strip()).digest(), token_digest)
 
 
 async def read_json_body(request: web.Request) -> Any:
@@ -249,20 +251,30 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "(no route)"
 
 
-def build_app(token: str, h: Handlers) -> web.Application:
-    token_digest = hashlib.sha256(token.encode()).digest()
+def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or int(raw) > maximum:
+        raise ApiError(400, f"{name} must be an integer from 0 to {maximum}", f"bad {name}")
+    return int(raw)
+
+
+def build_app(access: ApiAccess | str, h: Handlers) -> web.Application:
+    """The API over `h`. `access` may be a plain token: the admin token of an old config."""
+    gate = Gate(access if isinstance(access, ApiAccess) else ApiAccess(access))
     bad_input = BadInputLog(log)
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in ("/v1/health", "/metrics") and not token_matches(
-            request, token_digest
-        ):
-            bad_input.note("401 missing or wrong API token", f"from {request.remote}")
-            return json_response(
-                {"error": "missing or wrong API token (Authorization: Bearer)"}, 401
-            )
+        refused = gate.check(request.method, request.path, bearer_token(request.raw_headers))
+        if refused is not None:
+            status, message = refused
+            bad_input.note(f"{status} API token refused", f"from {request.remote}")
+            return json_response({"error": message}, status)
         try:
+            if len(request.query_string) > MAX_QUERY_CHARS:
+                raise ApiError(414, f"query longer than {MAX_QUERY_CHARS} characters", "query")
             return await handler(request)
         except ApiError as exc:
             if exc.status < 500:
@@ -303,6 +315,14 @@ def build_app(token: str, h: Handlers) -> web.Application:
             raise ApiError(400, f"at most {MAX_WHATIF_NODES} nodes to fail", "whatif too many")
         return json_response(await h.whatif(fail))
 
+    async def get_events(request: web.Request) -> web.Response:
+        since = _int_param(request, "since", 0, 2**63 - 1)
+        limit = _int_param(request, "limit", 100, MAX_EVENTS_LIMIT)
+        return json_response(h.events(since, limit))
+
+    async def get_openapi(request: web.Request) -> web.Response:
+        return json_response(OPENAPI_DOCUMENT)
+
     async def post_guest(request: web.Request) -> web.Response:
         action = request.match_info["action"]
         if action not in ("enable", "disable"):
@@ -342,6 +362,8 @@ def build_app(token: str, h: Handlers) -> web.Application:
     app.router.add_get("/v1/health", get_health)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/whatif", get_whatif)
+    app.router.add_get("/v1/events", get_events)
+    app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_post("/v1/guests/{guest}/{action}", post_guest)
     app.router.add_post("/v1/nodes/{node}/maintenance", post_maintenance)
     app.router.add_post("/v1/nodes/{node}/confirm-fenced", post_confirm_fenced)
@@ -375,11 +397,15 @@ class _Refuse(asyncio.Protocol):
         transport.close()
 
 
-async def serve(app: web.Application, listen: str) -> web.AppRunner:
-    """Start serving on "host:port" or "unix:/path". Returns the runner (call cleanup()).
+async def serve(
+    app: web.Application, listen: str, access: ApiAccess | None = None
+) -> web.AppRunner:
+    """Start serving on "host:port" or "unix:/path", with TLS when `access` has a certificate.
+    Returns the runner (call cleanup()).
 
-    At most MAX_CONNECTIONS connections are open at once (see `_ConnectionLimit`), and an
-    idle kept-alive connection is closed after KEEPALIVE_S.
+    At most MAX_CONNECTIONS connections are open at once (see `_ConnectionLimit`), an idle
+    kept-alive connection is closed after KEEPALIVE_S, and a TLS handshake must finish within
+    TLS_HANDSHAKE_TIMEOUT_S (a stalled one would hold a slot).
     """
     # Malformed HTTP never reaches a handler: aiohttp reports it on the logger given here,
     # which this module turns into rate-limited single lines. Bodies are never decompressed
@@ -409,6 +435,9 @@ async def serve(app: web.Application, listen: str) -> web.AppRunner:
     assert runner.server is not None
     factory = _ConnectionLimit(runner.server, MAX_CONNECTIONS)
     loop = asyncio.get_running_loop()
+    tls = None
+    if access is not None and access.tls_cert_file and access.tls_key_file:
+        tls = server_tls_context(access.tls_cert_file, access.tls_key_file)
     try:
         if listen.startswith("unix:"):
             listeners.append(await loop.create_unix_server(factory, listen[5:], backlog=128))
@@ -416,7 +445,13 @@ async def serve(app: web.Application, listen: str) -> web.AppRunner:
             host, _, port = listen.rpartition(":")
             listeners.append(
                 await loop.create_server(
-                    factory, host.strip("[]"), int(port), backlog=128, reuse_address=True
+                    factory,
+                    host.strip("[]"),
+                    int(port),
+                    backlog=128,
+                    reuse_address=True,
+                    ssl=tls,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls else None,
                 )
             )
     except BaseException:

@@ -3,6 +3,7 @@
     haagent run --config FILE            run the agent (what systemd starts)
     haagent check-config FILE...         validate config files, exit 2 on the first error
     haagent status [--config FILE | --url URL --token T] [--json]
+    haagent events [--since N] [--limit M] [--config FILE | --url URL --token T] [--json]
     haagent guest enable|disable NAME [--config FILE | --url URL --token T]
     haagent node maintenance NAME on|off [--config FILE | --url URL --token T]
     haagent node confirm-fenced NAME [--by WHO] [...]   you verified that NAME is powered off
@@ -11,6 +12,12 @@
     haagent simulate --scenario FILE [--seed N] [--trace]
     haagent local up|down|demo|status    a 3-node cluster on this machine (see README)
     haagent drbd fence-peer|unfence-peer [RESOURCE]   DRBD's handler (exit codes: README)
+
+Reaching an agent: --config FILE takes the URL (https:// when the config has a TLS
+certificate), the token (reads: the read token if the config has one, else the admin token;
+admin verbs: the admin token) and the CA (the agent's own certificate) from a node's config;
+--url, --token or --token-file, and --cacert override each. With https:// and no --cacert the
+system's CAs verify the agent.
 
 Exit codes: 0 success, 1 operation failed (e.g. the agent is unreachable, or it answered
 something this CLI cannot read), 2 bad usage or an invalid config. Errors are one line on
@@ -27,12 +34,13 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
 
 from haagent import __version__
+from haagent.api_access import client_tls_context
 from haagent.config import SECRET_RE, Config, ConfigError, load_config
 from haagent.localcluster.cli import add_local_parser
 from haagent.ports import HypervisorError
@@ -104,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON document")
     status.set_defaults(func=_cmd_status)
 
+    events = sub.add_parser("events", help="recent committed transitions with their reasons")
+    events.add_argument("--since", type=int, default=0, help="only events after this index")
+    events.add_argument("--limit", type=int, default=100, help="at most this many (<= 1000)")
+    _agent_args(events)
+    events.add_argument("--json", action="store_true", help="print the raw JSON document")
+    events.set_defaults(func=_cmd_events)
+
     guest = sub.add_parser("guest", help="enable or disable a protected guest")
     guest.add_argument("action", choices=["enable", "disable"])
     guest.add_argument("name", help="guest name")
@@ -164,17 +179,43 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _agent_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", type=Path, help="read URL and token from this config")
-    p.add_argument("--url", help="agent API, e.g. http://127.0.0.1:8401 or unix:/path")
-    p.add_argument("--token", help="API token (default: from --config)")
+    p.add_argument("--config", "-c", type=Path, help="read URL, token and CA from this config")
+    p.add_argument("--url", help="agent API: http(s)://HOST:PORT or unix:/path")
+    p.add_argument("--token", help="API token (default: from --config); see --token-file")
+    p.add_argument(
+        "--token-file", type=Path, help="read the token from this file (keeps it out of ps)"
+    )
+    p.add_argument(
+        "--cacert", type=Path, help="CA or the agent's certificate that verifies https://"
+    )
 
 
-def _agent(args: argparse.Namespace) -> tuple[str, str]:
-    url, token = args.url, args.token
+class Endpoint(NamedTuple):
+    url: str
+    token: str
+    cacert: Path | None = None
+
+
+def endpoint_from_config(cfg: Config, admin: bool) -> Endpoint:
+    """How to reach the agent of this config: admin verbs use the admin token, reads the
+    read token when there is one (the least that works)."""
+    access = cfg.api_access
+    token = cfg.api_token if admin or access.read_token is None else access.read_token
+    return Endpoint(api_url(cfg.api_listen, access.tls), token, access.tls_cert_file)
+
+
+def _agent(args: argparse.Namespace, admin: bool = True) -> Endpoint:
+    url, token, cacert = args.url, args.token, args.cacert
+    if args.token_file is not None:
+        if token is not None:
+            raise CliError("give --token or --token-file, not both", EXIT_USAGE)
+        try:
+            token = read_small_text(args.token_file, 64 * 1024).strip()
+        except UntrustedInputError as exc:
+            raise CliError(f"--token-file: {exc}", EXIT_USAGE) from None
     if args.config is not None:
-        cfg = load_config(args.config)
-        url = url or api_url(cfg.api_listen)
-        token = token or cfg.api_token
+        ep = endpoint_from_config(load_config(args.config), admin)
+        url, token, cacert = url or ep.url, token or ep.token, cacert or ep.cacert
     if not url or not token:
         raise CliError("give --config FILE, or --url and --token", EXIT_USAGE)
     if not url.startswith(("http://", "https://", "unix:/")):
@@ -183,7 +224,7 @@ def _agent(args: argparse.Namespace) -> tuple[str, str]:
         )
     if not SECRET_RE.fullmatch(token):
         raise CliError("--token: an API token is visible ASCII only (no blanks)", EXIT_USAGE)
-    return url, token
+    return Endpoint(url, token, cacert)
 
 
 def _report_outcome(doc: dict[str, Any], what: str) -> int:
@@ -211,9 +252,9 @@ def _shape_error(url: str, what: str, exc: Exception) -> CliError:
 
 
 def _cmd_guest(args: argparse.Namespace) -> int:
-    url, token = _agent(args)
+    ep = _agent(args)
     path = f"/v1/guests/{quote(args.name, safe='')}/{args.action}"
-    doc = asyncio.run(request_json(url, "POST", path, token))
+    doc = asyncio.run(request_json(ep, "POST", path))
     return _report_outcome(doc, f"{args.action} {args.name}")
 
 
@@ -222,15 +263,15 @@ def _cmd_node(args: argparse.Namespace) -> int:
         if args.state is not None:
             raise CliError("confirm-fenced takes a node name only", EXIT_USAGE)
         by = args.by if args.by is not None else _who()
-        url, token = _agent(args)
+        ep = _agent(args)
         path = f"/v1/nodes/{quote(args.name, safe='')}/confirm-fenced"
-        doc = asyncio.run(request_json(url, "POST", path, token, body={"by": by}))
+        doc = asyncio.run(request_json(ep, "POST", path, body={"by": by}))
         return _report_outcome(doc, f"confirm-fenced {args.name}")
     if args.state is None or args.by is not None:
         raise CliError("maintenance takes a node name and on|off", EXIT_USAGE)
-    url, token = _agent(args)
+    ep = _agent(args)
     path = f"/v1/nodes/{quote(args.name, safe='')}/maintenance"
-    doc = asyncio.run(request_json(url, "POST", path, token, body={"on": args.state == "on"}))
+    doc = asyncio.run(request_json(ep, "POST", path, body={"on": args.state == "on"}))
     return _report_outcome(doc, f"maintenance {args.state} for {args.name}")
 
 
@@ -273,10 +314,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         try:
             doc = asyncio.run(
                 request_json(
-                    api_url(cfg.api_listen),
+                    endpoint_from_config(cfg, admin=False),
                     "GET",
                     f"/v1/whatif?fail={','.join(fail)}",
-                    cfg.api_token,
                     timeout_s=3.0,
                 )
             )
@@ -375,47 +415,70 @@ def _check_networks_here(cfg: Config) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    url, token = _agent(args)
-    doc = fetch_status(url, token)
+    ep = _agent(args, admin=False)
+    doc = fetch_status(ep)
     if args.json:
         print(json.dumps(doc, indent=1, sort_keys=True))
     else:
         try:
             text = format_status(doc)
         except _SHAPE_ERRORS as exc:
-            raise _shape_error(url, "a status document", exc) from None
+            raise _shape_error(ep.url, "a status document", exc) from None
         print(_printable(text))
     return 0
 
 
-def api_url(listen: str) -> str:
-    return listen if listen.startswith("unix:") else f"http://{listen}"
+def _cmd_events(args: argparse.Namespace) -> int:
+    if not (args.since >= 0 and 0 <= args.limit <= 1000):
+        raise CliError("--since must be >= 0 and --limit from 0 to 1000", EXIT_USAGE)
+    ep = _agent(args, admin=False)
+    path = f"/v1/events?since={args.since}&limit={args.limit}"
+    doc = asyncio.run(request_json(ep, "GET", path))
+    if args.json:
+        print(json.dumps(doc, indent=1, sort_keys=True))
+        return 0
+    try:
+        lines = [f"{e['index']:>8}  {e['type']:<16} {e['summary']}" for e in doc["events"]]
+    except _SHAPE_ERRORS as exc:
+        raise _shape_error(ep.url, "an events document", exc) from None
+    if doc.get("truncated"):
+        lines.insert(0, "(older events left out: use --since or a larger --limit)")
+    print(_printable("\n".join(lines) if lines else "no events"))
+    return 0
 
 
-def fetch_status(url: str, token: str, timeout_s: float = 5.0) -> dict[str, Any]:
+def api_url(listen: str, tls: bool = False) -> str:
+    if listen.startswith("unix:"):
+        return listen
+    return f"{'https' if tls else 'http'}://{listen}"
+
+
+def fetch_status(ep: Endpoint, timeout_s: float = 5.0) -> dict[str, Any]:
     """GET /v1/status; raises CliError with a readable reason."""
-    return asyncio.run(fetch_json(url, "/v1/status", token, timeout_s))
-
-
-async def fetch_json(url: str, path: str, token: str | None, timeout_s: float) -> dict[str, Any]:
-    return await request_json(url, "GET", path, token, timeout_s=timeout_s)
+    return asyncio.run(request_json(ep, "GET", "/v1/status", timeout_s=timeout_s))
 
 
 async def request_json(
-    url: str,
+    ep: Endpoint,
     method: str,
     path: str,
-    token: str | None,
     body: Any = None,
     timeout_s: float = 10.0,
 ) -> dict[str, Any]:
     """One request to an agent; raises CliError with a readable reason. Admin actions answer
-    409 (refused) or 503 (unknown outcome) with an `outcome` document: those are returned."""
+    409 (refused) or 503 (unknown outcome) with an `outcome` document: those are returned.
+    https:// is verified against `ep.cacert` (else the system's CAs), never skipped."""
+    url, token = ep.url, ep.token
     connector: aiohttp.BaseConnector | None = None
     base = url
     if url.startswith("unix:"):
         connector = aiohttp.UnixConnector(path=url[5:])
         base = "http://localhost"
+    elif url.startswith("https://"):
+        try:
+            connector = aiohttp.TCPConnector(ssl=client_tls_context(ep.cacert))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--cacert: cannot load {ep.cacert}: {exc}", EXIT_USAGE) from None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with (

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from haagent.agent import AgentSettings, NodeSettings
+from haagent.api_access import ApiAccess, is_loopback_listen, server_tls_context
 from haagent.core.netneeds import NetNeedsError, needed_interfaces
 from haagent.fencing.agent_runner import validate_params
 from haagent.model import FenceMethod, GuestSpec, NodeRole, StorageKind
@@ -136,6 +137,12 @@ class Config:
     log_level: str = "info"
     # The unix socket DRBD's fence-peer handler asks (served only where a replica lives).
     drbd_fence_socket: Path = Path(DEFAULT_DRBD_FENCE_SOCKET)
+    api: ApiAccess | None = field(default=None, repr=False)
+
+    @property
+    def api_access(self) -> ApiAccess:
+        """Who may do what on the API (`api_token` alone: the admin token, as always)."""
+        return self.api if self.api is not None else ApiAccess(self.api_token)
 
     @property
     def me(self) -> NodeConfig:
@@ -506,6 +513,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     else:
         _address(local_t, "api_listen")
     api_token = _secret(local_t, "api_token", base)
+    api = _api_access(local_t, base, api_listen, api_token)
     watchdog_device: str | None = None
     if local_t.has("watchdog_device"):
         watchdog_device = str(local_t.path("watchdog_device", base))
@@ -520,11 +528,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
                 "watchdog_device", f"{show(watchdog_device)} is not a character device"
             )
     standin = local_t.path("watchdog_standin", base, str(data_dir / "watchdog.standin"))
-    standin_ok = local_t.raw("watchdog_standin_ok")
-    if standin_ok is None:
-        standin_ok = False
-    elif not isinstance(standin_ok, bool):
-        raise local_t.error("watchdog_standin_ok", "must be true or false")
+    standin_ok = _flag(local_t, "watchdog_standin_ok", False)
     log_level = local_t.string("log_level", "info")
     if log_level not in ("debug", "info", "warning", "error"):
         raise local_t.error("log_level", "must be one of debug, info, warning, error")
@@ -556,6 +560,62 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         guests=guests,
         log_level=log_level,
         drbd_fence_socket=Path(fence_socket),
+        api=api,
+    )
+
+
+def _flag(t: _Table, name: str, default: bool) -> bool:
+    value = t.raw(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise t.error(name, "must be true or false")
+    return value
+
+
+def _api_access(t: _Table, base: Path, listen: str, admin_token: str) -> ApiAccess:
+    """The API's tokens and TLS (haagent.api_access). A non-loopback TCP listener without
+    TLS is refused unless `api_plaintext_ok`: tokens would cross the network in clear."""
+    read_token = None
+    if t.has("api_read_token") or t.has("api_read_token_file"):
+        read_token = _secret(t, "api_read_token", base)
+        if read_token == admin_token:
+            name = "api_read_token_file" if t.has("api_read_token_file") else "api_read_token"
+            raise t.error(name, "must differ from api_token (the admin token)")
+    cert = t.path("api_tls_cert_file", base) if t.has("api_tls_cert_file") else None
+    key = t.path("api_tls_key_file", base) if t.has("api_tls_key_file") else None
+    if (cert is None) != (key is None):
+        raise t.error(
+            "api_tls_key_file" if key is None else "api_tls_cert_file",
+            "set both api_tls_cert_file and api_tls_key_file, or neither",
+        )
+    if cert is not None and key is not None:
+        if listen.startswith("unix:"):
+            raise t.error("api_tls_cert_file", "TLS needs a TCP api_listen, not a unix socket")
+        try:
+            server_tls_context(cert, key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            why = escape(str(exc) or type(exc).__name__, 200)
+            raise t.error(
+                "api_tls_cert_file", f"cannot load the certificate and key: {why}"
+            ) from None
+    plaintext_ok = _flag(t, "api_plaintext_ok", False)
+    if cert is None and not plaintext_ok and not is_loopback_listen(listen):
+        raise t.error(
+            "api_listen",
+            f"{show(listen)} is not a loopback address, and without TLS the API tokens would "
+            "cross the network in clear: set api_tls_cert_file and api_tls_key_file (README "
+            '"The API"), listen on 127.0.0.1 or a unix: socket, or set api_plaintext_ok = true '
+            "if a TLS proxy or a private network protects it",
+        )
+    return ApiAccess(
+        admin_token=admin_token,
+        read_token=read_token,
+        open_reads=_flag(t, "api_open_reads", False),
+        open_metrics=_flag(t, "api_open_metrics", True),
+        tls_cert_file=cert,
+        tls_key_file=key,
+        plaintext_ok=plaintext_ok,
     )
 
 

@@ -50,6 +50,7 @@ from haagent.checkpointer import Checkpointer
 from haagent.codec import from_json, to_json
 from haagent.commands import Command, CommandError, Heartbeat, Join, decode, encode
 from haagent.core.digests import CHECKPOINT_EVERY
+from haagent.events import EventRing
 from haagent.model import ClusterState
 from haagent.ports import ConsensusView, HeartbeatSeen, Outcome, OutcomeKind
 from haagent.statemachine import apply
@@ -198,6 +199,8 @@ class RaftConsensus:
         self._sync: _ReplicatedLog | None = None
         self._left: _ReplicatedLog | None = None  # asked to stop by `leave`, not joined yet
         self._too_large_logged: dict[str, float] = {}
+        # Recent transitions for GET /v1/events (haagent.events: why a ring and not state).
+        self.events = EventRing()
         self.checkpoints = Checkpointer(every=checkpoint_every)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -313,6 +316,7 @@ class RaftConsensus:
             if result.accepted and isinstance(command, Heartbeat | Join):
                 seq = new_state.node(command.node).heartbeat_seq
                 self._heartbeats[command.node] = HeartbeatSeen(seq, self._clock())
+        self.events.record(new_state.applied, command, result.accepted)
         self.checkpoints.offer(new_state)  # O(1): the digest is taken on its own thread
         # A heartbeat decides nothing by itself (silence is measured from `HeartbeatSeen.at`,
         # and the proposer learns its own outcome from the proposal): no wake-up for it, or

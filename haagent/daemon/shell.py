@@ -159,7 +159,9 @@ class Daemon:
         # The API binds before the watchdog is armed: a taken port must end in a clear error,
         # not in an armed hardware watchdog that resets the host after this process exits.
         try:
-            runner = await serve(build_app(cfg.api_token, Surface(self)), cfg.api_listen)
+            runner = await serve(
+                build_app(cfg.api_access, Surface(self)), cfg.api_listen, cfg.api_access
+            )
         except OSError as exc:
             raise StartupError(f"cannot serve the API on {cfg.api_listen}: {_why(exc)}") from None
         consensus = self.make_consensus()

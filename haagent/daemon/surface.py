@@ -43,6 +43,11 @@ class Surface:
     async def whatif(self, fail: list[str]) -> dict[str, Any]:
         return await self._d.admin.whatif(fail)
 
+    def events(self, since: int, limit: int) -> dict[str, Any]:
+        if self._d.consensus is None:
+            raise ApiError(503, "the agent is starting")
+        return self._d.consensus.events.page(since, limit)
+
     async def set_desired(self, guest: str, running: bool) -> Outcome:
         return await self._d.admin.set_desired(guest, running)
 

@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -240,12 +241,19 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def http_get(listen: str, path: str, token: str | None, timeout_s: float = 2.0) -> bytes:
-    """GET `path` from an agent listening on "host:port" or "unix:/path" and return the body.
-    Raises OSError (incl. timeouts) or ValueError (an HTTP error status, except on health)."""
+def http_get(
+    listen: str, path: str, token: str | None, timeout_s: float = 2.0, cafile: str | None = None
+) -> bytes:
+    """GET `path` from an agent listening on "host:port" or "unix:/path" (over TLS, verified
+    against `cafile`, when given) and return the body. Raises OSError (incl. timeouts) or
+    ValueError (an HTTP error status, except on health)."""
     conn: http.client.HTTPConnection
     if listen.startswith("unix:"):
         conn = _UnixHTTPConnection(listen[5:], timeout_s)
+    elif cafile is not None:
+        host, _, port = listen.rpartition(":")
+        context = ssl.create_default_context(cafile=cafile)
+        conn = http.client.HTTPSConnection(host, int(port), timeout=timeout_s, context=context)
     else:
         host, _, port = listen.rpartition(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
@@ -263,10 +271,12 @@ def http_get(listen: str, path: str, token: str | None, timeout_s: float = 2.0) 
         conn.close()
 
 
-def http_get_json(listen: str, path: str, token: str | None, timeout_s: float = 2.0) -> Any:
-    """GET a JSON document from an agent listening on "host:port" or "unix:/path".
-    Raises OSError (incl. timeouts) or ValueError."""
-    return json.loads(http_get(listen, path, token, timeout_s))
+def http_get_json(
+    listen: str, path: str, token: str | None, timeout_s: float = 2.0, cafile: str | None = None
+) -> Any:
+    """GET a JSON document from an agent listening on "host:port" or "unix:/path" (over TLS,
+    verified against `cafile`, when given). Raises OSError (incl. timeouts) or ValueError."""
+    return json.loads(http_get(listen, path, token, timeout_s, cafile))
 
 
 def wait_for(
@@ -499,9 +509,14 @@ class LocalCluster:
 
     def status(self, node: str, timeout_s: float = 2.0) -> dict[str, Any]:
         doc: dict[str, Any] = http_get_json(
-            self.api_listen(node), "/v1/status", self.token(node), timeout_s
+            self.api_listen(node), "/v1/status", self.token(node), timeout_s, self.cafile(node)
         )
         return doc
+
+    def cafile(self, node: str) -> str | None:
+        """The agent's TLS certificate (what verifies it), or None without TLS."""
+        cert = self._config(node)["local"].get("api_tls_cert_file")
+        return None if cert is None else str(self.config_path(node).parent / str(cert))
 
     def any_status(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         """The status from the first agent whose view is provably fresh (skipping `exclude`).
