@@ -4,7 +4,15 @@ never touches the lease) and the guest never runs twice.
 
 Three real agents, each in its own network namespace (tests/helpers/netns.py) with a bridge
 `br-g` made there; the guest's domain XML names `br-g` (libvirt's test driver does not check
-bridges, the agent does, with pyroute2, inside its namespace)."""
+bridges, the agent does, with pyroute2, inside its namespace).
+
+Never two copies: both agents stay alive here (nobody is killed), so the watch's sampled
+single-copy check cannot resolve a hand-over where the new owner starts ~70 ms after the old
+one stopped (a status answer that took 100 ms on a loaded machine spans both). The exact
+evidence is the agents' own logs on one clock: the old owner logs `stopped g1` once its domain
+is confirmed inactive, the new owner logs its start decision before it starts; the first must
+come before the second. Rule 1 (a node runs only what its committed view gives it) is still
+checked on every sample."""
 
 from __future__ import annotations
 
@@ -22,11 +30,11 @@ from tests.helpers.netns import NetnsLab
 from tests.integration.test_cluster_failover import (
     RECOVERY_TIMEOUT_S,
     StartWatched,
-    check_common,
     collect,
     netns_plan,
     running_elsewhere,
     settled,
+    start_line,
 )
 
 pytestmark = pytest.mark.integration
@@ -77,7 +85,14 @@ def test_guest_moves_when_its_bridge_disappears_on_its_node(
     )
     collect(watch, cluster.nodes(), 10)
     watch.stop()
-    check_common(watch)  # never two copies; each node runs only what it owns
+    watch.assert_runs_only_what_it_owns()
+    stopped = log_lines(cluster, "n1", r"stopped g1 in [0-9.]+s")
+    assert stopped, "n1 never logged g1 stopped"
+    new_gen = first.local["g1"]["generation"] if first.local else None
+    assert new_gen is not None
+    assert stopped[0][0] < start_line(cluster, first.node, "g1", int(new_gen)), (
+        "the new owner decided to start g1 before the old one had stopped it"
+    )
     moved_s = first.t1 - t_del
     print(
         f"\nbridge deleted -> condition seen committed {t_reported - t_del:.2f}s, "
