@@ -19,9 +19,11 @@ composes them, in this fixed order (each pass, every step sees the same committe
    b. per peer in name order: diverged or silent and UP -> DeclareFailed     core.failure_detection
                               FAILED        -> the next fencing step         core.fencing
    c. placement, give-up, error, cold start                                  core.scheduling
-4. this host's guests (on a hypervisor node whose libvirt could be observed):
+4. this host's network condition, reported when it changed                    core.networks
+   this host's guests (on a hypervisor node whose libvirt could be observed):
    destroy what must not run here, release storage no longer needed, then
-   start/stop/report what the state gives this node                          core.guests,
+   start/stop/report what the state gives this node (and hand over the guests
+   that lacked a network here for the hold-down)                              core.guests,
                                                                              core.storage/drbd
 5. leave, once a requested clean shutdown has handed everything over         core.lease
 6. whether to pet the watchdog                                               core.lease
@@ -74,6 +76,7 @@ from haagent.core.guests import GuestReconciler, storage_gates
 from haagent.core.inflight import InFlight, Outbox
 from haagent.core.keys import ActionKey, ActionKind, ProposalKey, ProposalKind
 from haagent.core.lease import LEASE_KINDS, Lease
+from haagent.core.networks import NetworkConditions
 from haagent.core.scheduling import MAX_ASSIGNMENTS_PER_COMMAND, Scheduler
 from haagent.core.settings import AgentSettings, NodeSettings
 from haagent.model import NodeRole, NodeState
@@ -120,6 +123,7 @@ class AgentCore:
         self.fencing = Fencing(settings, self.failure_detection)
         self.scheduling = Scheduler(settings, started_at, self.failure_detection)
         self.guests = GuestReconciler(settings, storage_gates(settings))
+        self.networks = NetworkConditions(settings, incarnation)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -210,6 +214,12 @@ class AgentCore:
                     self.fencing.advance(out, name, view)
             self.scheduling.place(out, view, leaving=self.lease.leaving)
 
+        evacuate: dict[str, str] = {}
+        if self.settings.role is NodeRole.HYPERVISOR:
+            self.networks.report(out, state, local.missing_networks)
+            # Every pass, observed or not: the hold-down is measured without gaps, so a loss
+            # and a return hidden by a failed hypervisor observation still reset it.
+            evacuate = self.networks.evacuations(out, state)
         if self.settings.role is NodeRole.HYPERVISOR and local.domains is not None:
             self.guests.reconcile(
                 out,
@@ -219,6 +229,7 @@ class AgentCore:
                 leaving=self.lease.leaving,
                 startup_grace=self.lease.in_startup_grace(now),
                 proven_at=self.lease.until - self.settings.lease_s,
+                evacuate=evacuate,
             )
 
         if self.lease.leaving and not self.lease.left:

@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate config files")
     check.add_argument("files", nargs="+", type=Path)
+    check.add_argument(
+        "--here",
+        action="store_true",
+        help="also check that this host has, up and with carrier, every bridge/device the "
+        "guests that may run on the config's [local] node need (exit 1 if not)",
+    )
     check.set_defaults(func=_cmd_check)
 
     status = sub.add_parser("status", help="show the cluster as one agent sees it")
@@ -369,13 +375,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    status = 0
     for f in args.files:
         cfg = load_config(f)
         print(
             f"{f}: ok (cluster {cfg.cluster}, node {cfg.node}, {len(cfg.nodes)} nodes, "
             f"{len(cfg.guests)} guests)"
         )
-    return 0
+        for name, gc in sorted(cfg.guests.items()):
+            if gc.spec.networks:
+                print(f"  guest {name} needs {', '.join(gc.spec.networks)}")
+        if args.here:
+            status = max(status, _check_networks_here(cfg))
+    return status
+
+
+def _check_networks_here(cfg: Config) -> int:
+    """This host's interfaces against what the guests that may run on `cfg.node` need."""
+    from haagent.daemon.netwatch import needed_here
+    from haagent.resources.netlink import NetlinkError, check_links
+
+    specs = [gc.spec for gc in cfg.guests.values()]
+    needed = needed_here(cfg.node, specs)
+    if not needed:
+        print(f"  {cfg.node}: no guest that may run here needs a host network")
+        return 0
+    try:
+        found = check_links(needed)
+    except NetlinkError as exc:
+        raise CliError(f"cannot check this host's networks: {exc}") from None
+    for spec in sorted(specs, key=lambda s: s.name):
+        bad = [f"{n} {found[n]}" for n in spec.networks if n in found and spec.allows(cfg.node)]
+        if bad:
+            lacks = ", ".join(bad)
+            print(f"  guest {spec.name} may move to {cfg.node} (this host), which lacks {lacks}")
+    if not found:
+        print(f"  {cfg.node}: all {len(needed)} needed interfaces exist, are up, have carrier")
+    return 1 if found else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

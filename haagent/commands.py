@@ -228,6 +228,27 @@ class ReplicaUpToDate(Command):
     at: float
 
 
+MAX_MISSING_NETWORKS = 64
+"""At most this many names in one `NetworkCondition` (64 x 15 characters stays far below the
+largest command): a node missing more reports the first 64 in name order, enough to refuse it
+every guest that needs any of them is not promised, so `apply` refuses a longer list."""
+
+
+@dataclass(frozen=True)
+class NetworkCondition(Command):
+    """A hypervisor: which of the host interfaces its possible guests need are missing, down
+    or without carrier here (sorted names; empty: all work). Proposed only when it differs
+    from the committed record, so a steady host adds nothing to the log. Accepted only from
+    the current incarnation of an up node. It never touches the lease or the heartbeat
+    sequence: losing a bridge is a placement fact, not a liveness one."""
+
+    type_name: ClassVar[str] = "network_condition"
+    node: str
+    incarnation: str
+    missing: tuple[str, ...]
+    at: float
+
+
 @dataclass(frozen=True)
 class Assignment:
     guest: str
@@ -310,6 +331,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         ReplicaOutdated,
         ReplicaUpToDate,
         ConfirmFenced,
+        NetworkCondition,
     )
 }
 

@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from haagent.agent import AgentSettings, NodeSettings
 from haagent.api_access import ApiAccess, is_loopback_listen, server_tls_context
+from haagent.core.netneeds import NetNeedsError, needed_interfaces
 from haagent.fencing.agent_runner import validate_params
 from haagent.model import FenceMethod, GuestSpec, NodeRole, StorageKind
 from haagent.ports import FenceDevice
@@ -179,6 +180,7 @@ class Config:
             failure_reset_s=self.failure_reset_s,
             max_relocations=self.max_relocations,
             initial_placement_wait_s=t.initial_placement_wait_s,
+            network_hold_down_s=t.network_hold_down_s,
         )
 
     def drbd_resources(self) -> tuple[str, ...]:
@@ -843,11 +845,12 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
                 if gt.has(key):
                     raise gt.error(key, 'only for storage = "drbd"')
         xml_path: Path | None = None
+        networks: tuple[str, ...] = ()
         if gt.has("xml"):
             xml_path = gt.path("xml", base)
             try:
-                read_small_text(xml_path, MAX_XML_BYTES)
-            except UntrustedInputError as exc:
+                networks = needed_interfaces(read_small_text(xml_path, MAX_XML_BYTES))
+            except (UntrustedInputError, NetNeedsError) as exc:
                 raise gt.error("xml", str(exc)) from None
         gt.done()
         spec = GuestSpec(
@@ -861,6 +864,7 @@ def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str,
             anti_affinity=group,
             replica_nodes=replicas,
             resource=resource,
+            networks=networks,
         )
         guests[name] = GuestConfig(spec, xml_path)
     return guests

@@ -95,6 +95,9 @@ class GuestSpec:
     anti_affinity: str = ""  # guests sharing a non-empty group never share a node
     replica_nodes: tuple[str, ...] = ()  # drbd: the two hosts holding the replicas
     resource: str = ""  # drbd: the DRBD resource name
+    # Host interfaces (bridges, macvtap lower devices, VLAN devices) its NICs attach to, read
+    # from its domain XML (haagent.core.netneeds): it is placed only where all of them work.
+    networks: tuple[str, ...] = ()
 
     def allows(self, node: str) -> bool:
         if self.storage is StorageKind.DRBD and node not in self.replica_nodes:
@@ -165,6 +168,15 @@ class NodeRecord:
     config_digest: str | None = None
     # The latest state checkpoint its heartbeats reported (None: none yet, or an older agent).
     checkpoint: Checkpoint | None = None
+    # The needed host interfaces this node last reported missing, down or without carrier
+    # (`NetworkCondition`); empty also while it never reported (agents older than the field).
+    missing_networks: tuple[str, ...] = ()
+
+    def lacks(self, spec: GuestSpec) -> tuple[str, ...]:
+        """The guest's networks this node reported missing, in the guest's order."""
+        if not self.missing_networks or not spec.networks:
+            return ()
+        return tuple(n for n in spec.networks if n in self.missing_networks)
 
 
 @dataclass(frozen=True)

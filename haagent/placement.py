@@ -47,7 +47,12 @@ def needs_owner(state: ClusterState, guest: GuestRecord) -> bool:
     if guest.owner is None:
         return True
     owner = state.node(guest.owner)
-    return owner.state is not NodeState.UP or owner.maintenance or guest.owner in guest.failed_nodes
+    return (
+        owner.state is not NodeState.UP
+        or owner.maintenance
+        or guest.owner in guest.failed_nodes
+        or bool(owner.lacks(guest.spec))
+    )
 
 
 def occupies(guest: GuestRecord) -> bool:
@@ -138,6 +143,12 @@ def plan(
             outdated = ", ".join(guest.outdated_nodes)
             unplaced.append(Unplaced(guest.name, f"only outdated replicas are up ({outdated})"))
             continue
+        if spec.networks:
+            lacking = {n: state.node(n).lacks(spec) for n in untried}
+            untried = [n for n in untried if not lacking[n]]
+            if not untried:
+                unplaced.append(Unplaced(guest.name, _lacking(lacking)))
+                continue
         fitting = [n for n in untried if load[n].free_mib >= spec.memory_mib]
         if not fitting:
             best = max(load[n].free_mib for n in untried)
@@ -173,6 +184,13 @@ def plan(
             slot.groups.add(spec.anti_affinity)
         placements.append(Placement(guest.name, node, guest.generation))
     return Plan(tuple(placements), tuple(unplaced))
+
+
+def _lacking(lacking: Mapping[str, tuple[str, ...]]) -> str:
+    """ "hv3 lacks br-backend; hv4 lacks br-backend, eth1" (at most 8 nodes named, by name)."""
+    parts = [f"{n} lacks {', '.join(nets)}" for n, nets in sorted(lacking.items())]
+    more = f"; and {len(parts) - 8} more" if len(parts) > 8 else ""
+    return "; ".join(parts[:8]) + more
 
 
 def _preference(guest: GuestRecord, node: str) -> int:

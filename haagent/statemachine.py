@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from haagent.commands import (
+    MAX_MISSING_NETWORKS,
     AssignGuests,
     Command,
     ConfirmFenced,
@@ -36,6 +37,7 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
     SetDesired,
@@ -361,6 +363,8 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
             why = f"{a.node} is in maintenance"
         elif not guest.spec.allows(a.node):
             why = f"{a.node} is not allowed"
+        elif target.lacks(guest.spec):
+            why = f"{a.node} lacks {', '.join(target.lacks(guest.spec))}"
         elif not movable(state, guest):
             why = (
                 f"owner {guest.owner} is {state.node(guest.owner or '').state}, guest {guest.state}"
@@ -403,6 +407,9 @@ def _guest_starting(state: ClusterState, c: GuestStarting) -> tuple[ClusterState
         return _refuse(state, f"{c.guest} is disabled")
     if guest.state is not GuestState.STOPPED:
         return _refuse(state, f"{c.guest} is {guest.state}")
+    lacks = state.node(c.node).lacks(guest.spec)
+    if lacks:
+        return _refuse(state, f"{c.node} lacks {', '.join(lacks)}")
     # Every start gets its own generation, not only every change of owner: the reports about
     # one start (running, stopped) name it, so a report about an earlier start that pysyncobj
     # delivers again later is refused instead of undoing what happened since.
@@ -524,6 +531,21 @@ def _confirm_fenced(state: ClusterState, c: ConfirmFenced) -> tuple[ClusterState
     return state.with_node(new), OK
 
 
+def _network_condition(state: ClusterState, c: NetworkCondition) -> tuple[ClusterState, Result]:
+    """Record what the node reported missing. Only its current incarnation speaks for it, and
+    only the names change: no heartbeat, lease or guest is touched (a guest that needs a lost
+    network moves through its owner's own stop, after the owner's hold-down)."""
+    rec = state.node(c.node)
+    if rec.state is not NodeState.UP or rec.incarnation != c.incarnation:
+        return _refuse(state, f"{c.node} is {rec.state} (incarnation {rec.incarnation!r})")
+    missing = tuple(sorted(set(c.missing)))
+    if len(missing) > MAX_MISSING_NETWORKS:
+        return _refuse(state, f"{len(missing)} missing networks (at most {MAX_MISSING_NETWORKS})")
+    if missing == rec.missing_networks:
+        return state, Result(True, "unchanged")
+    return state.with_node(replace(rec, missing_networks=missing)), OK
+
+
 _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState, Result]]] = {
     Join: _join,
     Leave: _leave,
@@ -542,4 +564,5 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     ReplicaOutdated: _replica,
     ReplicaUpToDate: _replica,
     ConfirmFenced: _confirm_fenced,
+    NetworkCondition: _network_condition,
 }

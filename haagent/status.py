@@ -141,11 +141,18 @@ def build_status(
             "watchdog_timeout_s": rec.watchdog_timeout_s,
             "config_digest": rec.config_digest,
             "checkpoint": to_json(rec.checkpoint) if rec.checkpoint else None,
+            "missing_networks": list(rec.missing_networks),
             "reason": rec.reason,
             "changed_at": rec.changed_at,
         }
+    lacking_nodes = [r for _, r in sorted(state.nodes.items()) if r.missing_networks]
     guests: dict[str, Any] = {}
     for name, g in sorted(state.guests.items()):
+        # Which nodes cannot take it for its networks ("hv3 lacks br-backend"): only nodes
+        # that reported something missing are looked at, so this stays cheap.
+        lacks = [
+            f"{r.name} lacks {', '.join(r.lacks(g.spec))}" for r in lacking_nodes if r.lacks(g.spec)
+        ]
         guests[name] = {
             "domain": g.spec.domain,
             "owner": g.owner,
@@ -157,6 +164,8 @@ def build_status(
             "last_transition": {"at": g.changed_at, "reason": g.reason},
             "memory_mib": g.spec.memory_mib,
             "priority": g.spec.priority,
+            "networks": list(g.spec.networks),
+            "network_refusals": lacks,
         }
     local_doc: dict[str, Any] | None = None
     if local is not None:
@@ -278,7 +287,13 @@ def format_status(doc: dict[str, Any]) -> str:
         rows.append(
             [
                 name,
-                n["state"] + (" (maintenance)" if n.get("maintenance") else ""),
+                n["state"]
+                + (" (maintenance)" if n.get("maintenance") else "")
+                + (
+                    f" (lacks {', '.join(n['missing_networks'])})"
+                    if n.get("missing_networks")
+                    else ""
+                ),
                 n["role"],
                 "-" if since is None else f"{since:.2f}s ago",
                 fence_s,

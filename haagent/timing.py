@@ -36,6 +36,9 @@ class Timing:
     election_timeout_min_s: float = 1.0  # Raft election timeout range; max < lease_s
     election_timeout_max_s: float = 2.0
     initial_placement_wait_s: float = 5.0  # at cold start, wait for every hypervisor to join
+    # A guest leaves a node that lacks one of its networks only after this long without a
+    # break (a flapping link must not bounce guests).
+    network_hold_down_s: float = 10.0
 
 
 ROBUST_TIMING = Timing()

@@ -9,6 +9,11 @@ every wanted guest still running: the smaller of what Raft's majority allows and
 and placement rules allow in the worst case. Small clusters are checked exhaustively (every
 combination of failed nodes); beyond `EXHAUSTIVE_LIMIT` combinations the worst case is
 estimated by failing the most loaded nodes first, and the answer says so.
+
+Networks count as they do for the leader: a node whose committed condition lacks one of a
+guest's networks is skipped by `plan`, and the answer names it ("n2 lacks br-backend"). The
+offline answer (`planned_state`, from the config) knows no node's condition: every node
+counts as having every network.
 """
 
 from __future__ import annotations

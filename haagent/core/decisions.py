@@ -173,6 +173,9 @@ class LocalView:
     observed_at: float
     replicas: Mapping[str, ReplicaObservation] = field(default_factory=dict)  # by resource
     replicas_unknown: frozenset[str] = frozenset()
+    # The needed host interfaces found missing, down or without carrier (sorted); None: not
+    # checked (no network adapter, or its check failed), and then nothing is reported.
+    missing_networks: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -104,11 +104,14 @@ class GuestReconciler:
         leaving: bool,
         startup_grace: bool,
         proven_at: float,
+        evacuate: Mapping[str, str] | None = None,
     ) -> None:
         """One pass over this host. `local.domains` must have been observed (not None).
 
         `proven_at`: when this node sent the latest heartbeat it knows committed (its own
-        clock); its state holds every entry committed before then."""
+        clock); its state holds every entry committed before then. `evacuate`: guests to hand
+        over although the node stays (guest -> reason, from core.networks), stopped and
+        reported stopped like a drained node's."""
         assert local.domains is not None
         s = self._settings
         # Guests are handed over (stopped here, placed elsewhere) when the node leaves or an
@@ -118,15 +121,17 @@ class GuestReconciler:
             drain = "node leaving"
         elif state.node(s.node).maintenance:
             drain = "node in maintenance"
+        evacuate = evacuate or {}
         for domain, obs in sorted(local.domains.items()):
-            self._check_running(
-                out, state, domain, obs, lease_valid, startup_grace, drain, proven_at
-            )
+            record = state.by_domain.get(domain)
+            why = drain or (evacuate.get(record.name, "") if record is not None else "")
+            self._check_running(out, state, domain, obs, lease_valid, startup_grace, why, proven_at)
 
         def wanted_here(guest: GuestRecord) -> bool:
             return (
                 lease_valid
                 and not drain
+                and guest.name not in evacuate
                 and guest.owner == s.node
                 and guest.desired is DesiredState.RUNNING
                 and guest.state in (GuestState.STARTING, GuestState.RUNNING)
@@ -137,7 +142,7 @@ class GuestReconciler:
         if not lease_valid:
             return
         for guest in state.guests_of(s.node):
-            self._converge(out, state, guest, local, drain)
+            self._converge(out, state, guest, local, drain or evacuate.get(guest.name, ""))
 
     def _check_running(
         self,
@@ -239,6 +244,8 @@ class GuestReconciler:
             if out.propose(stopped):
                 name = "guest_lost" if absence.crashed else "guest_not_running"
                 out.note(name, guest=guest.name, generation=guest.generation, why=absence.why)
+        elif guest.state is GuestState.STOPPED and state.node(s.node).lacks(guest.spec):
+            return  # never started where its network is missing: the leader moves it
         elif guest.state is GuestState.STOPPED:
             starting = GuestStarting(guest.name, s.node, guest.generation, out.wall())
             key = ProposalKey(ProposalKind.GUEST_STARTING, guest.name)

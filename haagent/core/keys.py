@@ -30,6 +30,7 @@ class ProposalKind(StrEnum):
     GUEST_STOPPED = "stopped"  # subject: guest
     PEER_OUTDATED = "outdated"  # subject: guest (its DRBD peer)
     PEER_UP_TO_DATE = "uptodate"  # subject: guest (its DRBD peer)
+    NETWORK_CONDITION = "network"  # no subject: this node's one condition
 
 
 class ActionKind(StrEnum):

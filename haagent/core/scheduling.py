@@ -84,7 +84,10 @@ class Scheduler:
             and self._detector.silent_s(n, r, view, now) > s.lease_s
         )
         nodes_basis = (
-            tuple((n, r.state, r.role, r.maintenance) for n, r in sorted(state.nodes.items())),
+            tuple(
+                (n, r.state, r.role, r.maintenance, r.missing_networks)
+                for n, r in sorted(state.nodes.items())
+            ),
             silent,
         )
         last = self._idle_plan

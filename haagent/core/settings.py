@@ -56,6 +56,9 @@ class AgentSettings:
     failure_reset_s: float = DEFAULT_LIMITS.failure_reset_s
     max_relocations: int = DEFAULT_LIMITS.max_relocations
     initial_placement_wait_s: float = DEFAULT_TIMING.initial_placement_wait_s
+    # How long this node's committed condition must lack a running guest's network before the
+    # guest is stopped here to move (a link that flaps faster never bounces a guest).
+    network_hold_down_s: float = DEFAULT_TIMING.network_hold_down_s
 
     @property
     def role(self) -> NodeRole:

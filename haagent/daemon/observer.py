@@ -44,6 +44,20 @@ class ReplicaSource(Protocol):
         ...
 
 
+def raise_if_ended(task: asyncio.Task[None] | None, what: str) -> None:
+    """Re-raise, as RuntimeError(`what`), what ended a task that should run forever."""
+    if task is not None and task.done() and not task.cancelled():
+        raise RuntimeError(what) from task.exception()
+
+
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel `task` (if any) and wait until it ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class Observer:
     def __init__(
         self,
@@ -90,17 +104,11 @@ class Observer:
         """Re-raise what ended the observer task, if anything did. Only a bug ends it (its
         operating errors are observations): the loop calls this every pass and crashes with
         it, rather than deciding forever on an observation that no longer refreshes."""
-        task = self._task
-        if task is not None and task.done() and not task.cancelled():
-            exc = task.exception()
-            raise RuntimeError("the hypervisor observer stopped") from exc
+        raise_if_ended(self._task, "the hypervisor observer stopped")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self, hv: Hypervisor) -> None:
         while True:

@@ -32,6 +32,7 @@ import signal
 import time
 import uuid
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 from haagent.agent import Action, ActionResult, AgentCore, Proposal, RunFence
@@ -43,6 +44,7 @@ from haagent.daemon.admin import AdminService
 from haagent.daemon.authority import ActAuthority
 from haagent.daemon.drbd import DrbdService
 from haagent.daemon.executor import ActionExecutor
+from haagent.daemon.netwatch import NetworkObserver, needed_here
 from haagent.daemon.observer import Observer
 from haagent.daemon.offload import Offload
 from haagent.daemon.surface import Surface
@@ -99,6 +101,7 @@ class Daemon:
         self.watchdogs = WatchdogKeeper(config, self.core, self.authority)
         self.drbd: DrbdService | None = None  # where a DRBD replica lives (daemon/drbd.py)
         self.executor = self._executor(None)
+        self.networks = NetworkObserver(needed_here(config.node, self.settings.guests), self.wake)
         self._protected = frozenset(spec.domain for spec in self.settings.guests)
         self._wake = asyncio.Event()
         self._due_at: float | None = None  # earliest time a pass was asked for since the last
@@ -185,6 +188,8 @@ class Daemon:
         self.observer.start()
         if self.drbd is not None:
             self.drbd.start()
+        if cfg.me.role is NodeRole.HYPERVISOR:
+            self.networks.start()
         log.info(
             "started node=%s incarnation=%s cluster=%s api=%s",
             cfg.node,
@@ -244,6 +249,7 @@ class Daemon:
         await self.observer.stop()
         if self.drbd is not None:
             await self.drbd.close()
+        await self.networks.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -342,8 +348,9 @@ class Daemon:
         due = started if self._due_at is None else self._due_at
         self._due_at = None
         self.observer.check()
+        self.networks.check()
         view = self.consensus.view()
-        local = self.observer.view()
+        local = replace(self.observer.view(), missing_networks=self.networks.missing())
         step = self.core.tick(started, view, local)
         if step.diverged is not None and self.consensus.running:
             # Not the cluster's replica or config: stop voting and leading (issue 8 item 6).

@@ -33,7 +33,7 @@ from haagent.daemon.agent_metrics import AgentEventMetrics, snapshot_families
 from haagent.daemon.failover import FailoverTracker
 from haagent.daemon.offload import Offload
 from haagent.daemon.raft_metrics import RaftEventMetrics
-from haagent.model import ClusterState, NodeState, StorageKind
+from haagent.model import ClusterState, GuestState, NodeState, StorageKind
 from haagent.ports import ConsensusView, DomainObservation
 from haagent.status import build_status, divergence_report
 
@@ -210,12 +210,28 @@ class ClusterCollector(Collector):
             "Seconds since this agent applied the node's last heartbeat.",
             labels=["node"],
         )
+        # One series per node (a count, never one per node and network: the names are in the
+        # status document), and one cluster-wide count of guests that sit on a node lacking
+        # one of their networks (held down, or with nowhere better to go: alert on it).
+        missing = GaugeMetricFamily(
+            "haagent_node_missing_networks",
+            "Needed host networks each node reports missing, down or without carrier.",
+            labels=["node"],
+        )
+        stranded = 0
         for name, rec in state.nodes.items():
             for s in NodeState:
                 node_state.add_metric([name, s.value], 1 if rec.state is s else 0)
             seen = view.heartbeats.get(name)
             if seen is not None:
                 age.add_metric([name], max(0.0, now - seen.at))
+            missing.add_metric([name], len(rec.missing_networks))
+            if rec.missing_networks:
+                stranded += sum(
+                    1
+                    for g in state.guests_of(name)
+                    if g.state in (GuestState.STARTING, GuestState.RUNNING) and rec.lacks(g.spec)
+                )
         yield node_state
         yield age
         diverged = divergence_report(
@@ -231,6 +247,12 @@ class ClusterCollector(Collector):
         for name in sorted(set(state.nodes) | set(diverged) | {self._node}):
             diverged_gauge.add_metric([name], 1 if name in diverged else 0)
         yield diverged_gauge
+        yield missing
+        yield GaugeMetricFamily(
+            "haagent_guests_lacking_network",
+            "Guests starting or running on a node that reports one of their networks missing.",
+            value=stranded,
+        )
         # One series per guest, never one per guest and node (or state): at 64 nodes and
         # 10,000 guests a 0/1 series per pair would be 640,000 series per agent. The series
         # of the state (owner) a guest left disappears, which Prometheus marks stale at once.

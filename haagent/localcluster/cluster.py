@@ -77,6 +77,7 @@ class GuestPlan:
     preferred: tuple[str, ...] = ()
     # storage = "drbd" on resource <name> between these two nodes (empty: shared storage)
     replicas: tuple[str, ...] = ()
+    bridges: tuple[str, ...] = ()  # host bridges its NICs attach to (type='bridge')
 
 
 @dataclass(frozen=True)
@@ -184,10 +185,14 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def guest_xml(name: str, memory_mib: int) -> str:
+def guest_xml(name: str, memory_mib: int, bridges: tuple[str, ...] = ()) -> str:
+    # The test driver does not check that a bridge exists, so a NIC may name a bridge made in
+    # the agent's network namespace (the agent checks it there with pyroute2).
+    nics = "".join(f"<interface type='bridge'><source bridge='{b}'/></interface>" for b in bridges)
+    devices = f"<devices>{nics}</devices>" if nics else ""
     return (
         f"<domain type='test'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory>"
-        "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>\n"
+        f"<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>{devices}</domain>\n"
     )
 
 
@@ -331,7 +336,9 @@ class LocalCluster:
         for sub in ("guests", "pids", "logs", "bmc", "state"):
             (self.run_dir / sub).mkdir(exist_ok=True)
         for g in self.plan.guests:
-            (self.run_dir / "guests" / f"{g.name}.xml").write_text(guest_xml(g.name, g.memory_mib))
+            (self.run_dir / "guests" / f"{g.name}.xml").write_text(
+                guest_xml(g.name, g.memory_mib, g.bridges)
+            )
         for n in self.plan.nodes:
             self.config_path(n.name).write_text(render_config(self.plan, n.name, self.run_dir))
             if n.fence == "dummy":

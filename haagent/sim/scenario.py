@@ -30,6 +30,8 @@ partition `*` stands for every node not named in another group):
     start_timeout_s the agent hears "unknown" and the domain comes up late)
     hang N | resume N | restart N (the agent, kill -9) | shutdown N (clean leave, agent exits)
     disable G | enable G | maintenance N on|off | confirm_fenced N (admin: N is verified off)
+    link_down N IFACE | link_up N IFACE (the fake network: N's bridge/device IFACE stops or
+    starts working; a guest line's nets=A,B names the interfaces the guest needs)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
     pysyncobj re-sends a queued command; TYPE as in the trace, e.g. guest_running)
     snapshot_fails N (N's Raft snapshot is damaged: its next agent starts cannot load it)
@@ -230,6 +232,8 @@ def _guest_line(g: GuestSpec) -> str:
         parts.append(f"group={g.anti_affinity}")
     if g.storage is StorageKind.DRBD:
         parts.append("drbd=" + ",".join(g.replica_nodes))
+    if g.networks:
+        parts.append("nets=" + ",".join(g.networks))
     return " ".join(parts)
 
 
@@ -261,6 +265,8 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "snapshot_fails": (1, 1),
     "corrupt": (1, 1),
     "config": (2, 99),
+    "link_down": (2, 2),
+    "link_up": (2, 2),
 }
 
 NODE_ARGS: dict[str, tuple[int, ...]] = {
@@ -285,6 +291,8 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "snapshot_fails": (0,),
     "corrupt": (0,),
     "config": (0,),
+    "link_down": (0,),
+    "link_up": (0,),
 }
 GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "crash": (0,),
@@ -516,6 +524,8 @@ def _guest(args: list[str], where: str) -> GuestSpec:
             kw["allowed_nodes"] = tuple(value.split(","))
         elif key == "group":
             kw["anti_affinity"] = value
+        elif key == "nets":
+            kw["networks"] = tuple(value.split(","))
         elif key == "drbd":
             replicas = tuple(value.split(","))
             if len(replicas) != 2:
@@ -596,6 +606,8 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "snapshot_fails": lambda: world.snapshot_fails(a[0]),
         "corrupt": lambda: world.corrupt(a[0]),
         "config": lambda: world.config(a[0], _assignments(a[1:])),
+        "link_down": lambda: world.fake_network.set_link(a[0], a[1], up=False),
+        "link_up": lambda: world.fake_network.set_link(a[0], a[1], up=True),
     }
     actions[fault]()
 

@@ -102,6 +102,7 @@ from haagent.ports import (
     Outcome,
     OutcomeKind,
 )
+from haagent.sim.network import FakeNetwork
 from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
 from haagent.timing import FAST_TIMING
@@ -266,6 +267,7 @@ class World:
         self.guest_specs = tuple(guests)
         self.spec_by_name = {g.name: g for g in self.guest_specs}
         self.drbd = FakeDrbd(self.guest_specs)
+        self.fake_network = FakeNetwork(self._fault)
         self._settings_overrides = dict(settings or {})
         # Per-node changes to its config file (`config`), read by its next agent start.
         self.node_overrides: dict[str, dict[str, Any]] = {}
@@ -407,8 +409,10 @@ class World:
         view = self._view(node)
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
         replicas = self.drbd.observe(node.name, self.drbd_link, self.now, self._outdated)
+        missing = self.fake_network.missing(node.name, self.spec_by_name.values())
+        local = LocalView(domains, local_now, replicas, missing_networks=missing)
         agent = node.agent
-        step = agent.tick(local_now, view, LocalView(domains, local_now, replicas))
+        step = agent.tick(local_now, view, local)
         for ev in step.events:
             self.record(node.name, ev.name, dict(ev.data))
         pet = step.pet_watchdog

@@ -23,6 +23,7 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
     SetDesired,
@@ -54,6 +55,8 @@ EXAMPLES = [
     SetDesired("g", DesiredState.RUNNING, "admin", 17.0, expect_version=3),
     SetMaintenance("n1", False, "admin", 18.0, expect_version=2),
     DefineGuest(GuestSpec("g", "g", 512), 19.0, expect_version=1),
+    NetworkCondition("n1", "inc", ("br-backend", "eth0.100"), 20.0),
+    DefineGuest(GuestSpec("g", "g", 512, networks=("br0", "eth1")), 21.0, expect_version=2),
 ]
 
 

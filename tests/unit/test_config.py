@@ -511,3 +511,22 @@ def test_hostile_inputs_are_one_clear_line_from_the_real_cli(
     prefix = f"haagent: invalid config: {path}: " + (f"{key}: " if key else "")
     assert line.startswith(prefix), line
     assert message in line, line
+
+
+DOMAINS = Path(__file__).resolve().parents[1] / "fixtures" / "domains"
+
+
+def test_a_guests_networks_come_from_its_domain_xml(tmp_path: Path) -> None:
+    shutil.copy(DOMAINS / "bridge-vlan-direct.xml", tmp_path / "web.xml")
+    config = load_config(
+        write(tmp_path, VALID.replace("priority = 5", 'priority = 5\nxml = "web.xml"'))
+    )
+    assert config.guests["web"].spec.networks == ("br-backend", "br0.100", "eth0.200", "eth1")
+
+
+def test_a_libvirt_network_in_the_domain_xml_is_a_config_error(tmp_path: Path) -> None:
+    shutil.copy(DOMAINS / "network.xml", tmp_path / "web.xml")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, VALID.replace("priority = 5", 'priority = 5\nxml = "web.xml"')))
+    assert err.value.key == "guests.web.xml"
+    assert "libvirt network 'default' is not supported" in err.value.message

@@ -36,6 +36,8 @@ CORE = [
     "core.drbd",
     "core.digests",
     "core.divergence",
+    "core.networks",
+    "core.netneeds",
 ]
 PACKAGE = Path(__file__).resolve().parents[2] / "haagent"
 FORBIDDEN = {

@@ -12,10 +12,10 @@ from tests.helpers.metrics_state import exposition, promtool, sample_counts, syn
 
 NODES, GUESTS = 64, 10_000
 # Per guest: its state and its owner, and (only while it waits for one) "unplaced".
-# Per node: 4 node states, heartbeat age, 3 watchdog gauges, 5 guest-state counts, and the
-# fence operations by result (2, made at 0 from the config). The rest is a fixed number
-# (histogram buckets included) that does not grow with either.
-PER_GUEST, PER_NODE, FIXED = 3, 15, 300
+# Per node: 4 node states, heartbeat age, 3 watchdog gauges, 5 guest-state counts, the fence
+# operations by result (2, made at 0 from the config) and the missing-network count. The rest
+# is a fixed number (histogram buckets included) that does not grow with either.
+PER_GUEST, PER_NODE, FIXED = 3, 16, 300
 
 
 def test_series_stay_linear_in_nodes_plus_guests_at_64_nodes_and_10000_guests() -> None:
@@ -84,3 +84,26 @@ def test_names_follow_prometheus_conventions_and_promtool_accepts_the_exposition
         if "duration" in family.name or family.name.endswith("_age"):
             assert family.name.endswith("_seconds"), family.name
     promtool("check", "metrics", stdin=text)
+
+
+def test_network_conditions_are_one_count_per_node_and_one_cluster_wide() -> None:
+    from dataclasses import replace
+
+    from haagent.model import GuestState
+
+    state = synthetic_state(5, 10)
+    active = (GuestState.STARTING, GuestState.RUNNING)
+    lacking = next(g.owner for g in state.guests.values() if g.owner and g.state in active)
+    nodes = dict(state.nodes)
+    nodes[lacking] = replace(nodes[lacking], missing_networks=("br0", "eth1"))
+    guests = {
+        n: replace(g, spec=replace(g.spec, networks=("br0",))) for n, g in state.guests.items()
+    }
+    state = replace(state, nodes=nodes, guests=guests)
+    families = {f.name: f for f in text_string_to_metric_families(exposition(state))}
+    missing = {s.labels["node"]: s.value for s in families["haagent_node_missing_networks"].samples}
+    assert missing == {n: 2 if n == lacking else 0 for n in state.nodes}
+    stranded = [g for g in state.guests_of(lacking) if g.state in active]
+    assert stranded
+    (sample,) = families["haagent_guests_lacking_network"].samples
+    assert sample.value == len(stranded)

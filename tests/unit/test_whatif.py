@@ -63,3 +63,19 @@ def test_large_clusters_are_estimated_and_say_so() -> None:
     state = planned_state(nodes, [GuestSpec(f"g{i}", f"g{i}", 1000) for i in range(80)], cap)
     count, why = tolerated_failures(state, cap)
     assert count == 19 and "estimated" in why
+
+
+def test_the_what_if_skips_nodes_lacking_a_guests_network_and_says_so() -> None:
+    from dataclasses import replace
+
+    nodes = {"n1": HV, "n2": HV, "n3": HV}
+    cap = dict.fromkeys(nodes, 1000)
+    spec = GuestSpec("web", "web", 100, preferred_nodes=("n1", "n2"), networks=("br-backend",))
+    state = planned_state(nodes, [spec], cap)
+    lacking = {**state.nodes, "n2": replace(state.nodes["n2"], missing_networks=("br-backend",))}
+    state = replace(state, nodes=lacking)
+    assert what_if(state, cap, ["n1"]).moves == {"web": ("n1", "n3")}  # not the preferred n2
+    lacking["n3"] = replace(state.nodes["n3"], missing_networks=("br-backend", "eth1"))
+    result = what_if(replace(state, nodes=lacking), cap, ["n1"])
+    assert not result.moves
+    assert result.unplaced == {"web": "n2 lacks br-backend; n3 lacks br-backend"}
