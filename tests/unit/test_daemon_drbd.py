@@ -7,6 +7,7 @@ not current), and `DrbdService` serves the fence socket and watches events2."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import stat
 from collections.abc import Callable
@@ -24,12 +25,14 @@ from haagent.agent import (
 )
 from haagent.commands import GuestRunning
 from haagent.config import Config
+from haagent.core.lease import Lease
+from haagent.daemon.authority import ActAuthority
 from haagent.daemon.drbd import DrbdService
 from haagent.daemon.executor import ActionExecutor
 from haagent.daemon.observer import Observer
 from haagent.daemon.offload import Offload
 from haagent.daemon.telemetry import Telemetry
-from haagent.model import NodeRole
+from haagent.model import ClusterState, GuestRecord, GuestSpec, NodeRole
 from haagent.ports import ConsensusView, DiskState, Outcome, OutcomeKind, ReplicaRole
 from haagent.resources.drbd import DrbdReplicas
 from haagent.resources.drbd_fence import FenceRequest, Op, Verdict, ask
@@ -69,11 +72,16 @@ def fake_drbd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
-def executor(replicas: DrbdReplicas | None) -> ActionExecutor:
+def executor(replicas: DrbdReplicas | None, leased: bool = True) -> ActionExecutor:
     settings = AgentSettings("c", "n1", {"n1": NodeSettings(NodeRole.HYPERVISOR, 1024)})
+    # The committed state gives guest db to n1 at generation 3; the lease holds or has lapsed.
+    lease = Lease(settings, "n1-inc", 0.0)
+    lease.until, lease.held_since = (math.inf, 0.0) if leased else (-math.inf, math.inf)
+    state = ClusterState().with_guest(GuestRecord(GuestSpec("db", "db", 64), "n1", 3))
+    authority = ActAuthority("n1", lease, lambda: state)
     return ActionExecutor(
         cast(Config, None), settings, None, cast(object, None),  # type: ignore[arg-type]
-        Telemetry("n1", Offload()), replicas, 5.0,
+        Telemetry("n1", Offload()), authority, replicas, 5.0,
     )  # fmt: skip
 
 
@@ -97,6 +105,14 @@ async def test_the_executor_runs_replica_actions_through_the_wrapper(
     # A node without DRBD resources fails them explicitly.
     result = await executor(None).dispatch(PromoteReplica("db", "r0", 3))
     assert not result.ok and "no DRBD resource" in result.detail
+    # Checked at the moment of acting: without a lease, or for a generation that moved on,
+    # the wrapper is not even called, and the refusal is not a failure of the node.
+    monkeypatch.delenv("FAKE_DRBDADM_EXIT")
+    calls = len(fake_drbd.read_text().splitlines())
+    for ex_, generation in ((executor(replicas, leased=False), 3), (executor(replicas), 2)):
+        result = await ex_.dispatch(PromoteReplica("db", "r0", generation))
+        assert not result.ok and result.refused, result
+    assert len(fake_drbd.read_text().splitlines()) == calls
 
 
 class Source:
