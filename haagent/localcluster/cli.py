@@ -13,6 +13,7 @@ from typing import Any
 
 from haagent.config import ConfigError, load_config
 from haagent.localcluster.cluster import ClusterError, LocalCluster, wait_for
+from haagent.localcluster.drbd_demo import run_drbd_demo
 from haagent.status import format_status
 
 REPO_EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "local-3node"
@@ -48,6 +49,12 @@ def add_local_parser(sub: Any) -> None:
                 help="the owner dies together with its BMC, so every power fence fails; its "
                 f"fencing ends with a watchdog level ({TENTH_FLOOR_WATCHDOG_S:g} s stand-in "
                 "watchdog) that recovers the guest",
+            )
+            p.add_argument(
+                "--drbd",
+                action="store_true",
+                help="the DRBD failover of two hypervisors and a witness, SIMULATED (this "
+                "host has no DRBD module): the agents' core against the simulator's DRBD",
             )
             p.add_argument("--keep", action="store_true", help="leave the cluster running")
         p.set_defaults(func=func)
@@ -170,6 +177,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.drbd:
+        if args.tenth_floor or args.keep:
+            return _fail("--drbd runs in the simulator: no --tenth-floor, no --keep")
+        return run_drbd_demo()
     try:
         cluster = _up(args.dir, args.example, tenth_floor=args.tenth_floor)
     except ClusterError as exc:
