@@ -4,7 +4,8 @@ The real daemon (`haagent.daemon.Daemon`: its loop, observer, executor, admin se
 telemetry) with the real pysyncobj consensus, in this process. This node, n1, is a witness and
 the only Raft voter, so its heartbeats really commit through Raft and its lease is the real
 one. 21 more hypervisors and 1,000 guests (22 nodes x 1,000 guests: ~2,700 metric lines with
-one series per guest since issue 12, ~27,000 before) are committed through that same Raft log as the agents of those nodes would have (Join,
+one series per guest since issue 12, ~27,000 before) are committed through that same Raft log
+as the agents of those nodes would have (Join,
 DefineGuest, AssignGuests, GuestStarting, GuestRunning). Their silence is not held against
 them while the test runs (failure_timeout_s = 600).
 
