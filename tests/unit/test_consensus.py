@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from haagent.commands import Heartbeat, Join
 from haagent.consensus import RaftConsensus
@@ -47,16 +45,6 @@ class Trio:
 
     def leader(self) -> RaftConsensus | None:
         return next((c for c in self.nodes.values() if c.view().is_leader), None)
-
-
-@pytest.fixture
-async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
-    t = Trio(tmp_path)
-    try:
-        yield t
-    finally:
-        for name in list(t.nodes):
-            t.stop(name)
 
 
 async def joined(t: Trio) -> None:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from haagent.commands import Heartbeat, Join
 from haagent.consensus import RaftConsensus
@@ -28,16 +25,6 @@ from haagent.vendor.pysyncobj.journal import createJournal
 from tests.unit.test_consensus import Trio, until
 
 NO_OP = b"\x01"  # pysyncobj's _COMMAND_TYPE.NO_OP: harmless to apply, if it ever were
-
-
-@pytest.fixture
-async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
-    t = Trio(tmp_path)
-    try:
-        yield t
-    finally:
-        for name in list(t.nodes):
-            t.stop(name)
 
 
 async def join_all(t: Trio, names: tuple[str, ...]) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -22,16 +20,6 @@ from tests.unit.test_consensus import Trio, until
 from tests.unit.test_consensus_catchup import join_all
 
 BURST = 60
-
-
-@pytest.fixture
-async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
-    t = Trio(tmp_path)
-    try:
-        yield t
-    finally:
-        for name in list(t.nodes):
-            t.stop(name)
 
 
 def count_appends(c: RaftConsensus) -> Counter[str]:
