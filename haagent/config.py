@@ -181,6 +181,7 @@ class Config:
             max_relocations=self.max_relocations,
             initial_placement_wait_s=t.initial_placement_wait_s,
             network_hold_down_s=t.network_hold_down_s,
+            migration_timeout_s=t.migration_timeout_s,
         )
 
     def drbd_resources(self) -> tuple[str, ...]:
