@@ -522,6 +522,8 @@ class LibvirtHypervisor:
                 try:
                     name = dom.name()
                     running = dom.isActive() == 1
+                    # A migration's incoming copy is paused until its hand-over commits.
+                    paused = running and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
                     owner = _read_owner(dom)
                 except libvirt.libvirtError as exc:
                     if _error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
@@ -533,6 +535,7 @@ class LibvirtHypervisor:
                     owner=owner.node if owner else None,
                     generation=owner.generation if owner else None,
                     cluster=owner.cluster if owner else None,
+                    paused=paused,
                 )
             return observed
 
@@ -614,6 +617,24 @@ class LibvirtHypervisor:
                 dom.create()
 
         await self._call(f"start {domain}", start)
+
+    async def migrate(
+        self,
+        domain: str,
+        dest_uri: str,
+        cluster: str,
+        dest_node: str,
+        generation: int,
+        timeout_s: float,
+        authorise: Authorise | None = None,
+    ) -> None:
+        """See `haagent.ports.Hypervisor.migrate` (placeholder: the real one is issue 11's
+        libvirt part)."""
+        raise HypervisorError("live migration is not implemented by this libvirt adapter yet")
+
+    async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
+        """See `haagent.ports.Hypervisor.resume` (placeholder, as `migrate`)."""
+        raise HypervisorError("resume is not implemented by this libvirt adapter yet")
 
     async def stop(self, domain: str, timeout_s: float) -> None:
         """Ask the guest to shut down (ACPI); destroy it if it is still active after
