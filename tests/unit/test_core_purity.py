@@ -38,6 +38,7 @@ CORE = [
     "core.divergence",
     "core.networks",
     "core.netneeds",
+    "core.migration",
 ]
 PACKAGE = Path(__file__).resolve().parents[2] / "haagent"
 FORBIDDEN = {
