@@ -1159,7 +1159,8 @@ class World:
     def migrate(self, guest: str, node: str) -> None:
         """Admin: `haagent guest migrate GUEST NODE`, conditional on the generation the
         committed state shows now, as the CLI reads it from an agent."""
-        generation = self.committed_state.guests[guest].generation
+        record = self.committed_state.guests.get(guest)
+        generation = record.generation if record is not None else 0  # refused if undefined
         self.admin(
             MigrateGuest(guest, node, generation, by="admin", at=0.0),
             guest=guest,
