@@ -237,13 +237,17 @@ class Migrations:
         if not moving:
             self._idle = (state.guests, basis)
             return
-        self._idle = None
         result = plan(
             state.with_guests(hypothetical), s.capacity_mib, s.max_concurrent_starts, exclude
         )
         names = {g.name for g in moving}
-        for p in result.placements:
-            if p.guest not in names or migration_refusal(state, state.guests[p.guest], p.node):
+        placements = [p for p in result.placements if p.guest in names]
+        if not placements:
+            # Nothing fits now (or every start slot is taken): plan again only once the
+            # guests or the nodes changed (at 10,000 guests a plan costs milliseconds).
+            self._idle = (state.guests, basis)
+        for p in placements:
+            if migration_refusal(state, state.guests[p.guest], p.node):
                 continue
             intent = MigrateGuest(p.guest, p.node, p.expected_generation, s.node, out.wall())
             key = ProposalKey(ProposalKind.MIGRATE, p.guest)
