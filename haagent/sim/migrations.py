@@ -40,6 +40,9 @@ class FakeMigrator:
         # (source, guest) -> scripted behaviours of the next migrations, in order: "fail" or
         # a duration in seconds.
         self.script: dict[tuple[str, str], list[str]] = {}
+        # (source, domain) of the migration jobs running: like libvirt, one job per domain
+        # (a restarted agent that migrates again is refused while its predecessor's runs).
+        self._jobs: set[tuple[str, str]] = set()
 
     def act(self, node: _Node, gen: int, life: int, action: LiveMigrate | ResumeGuest) -> None:
         w = self._w
@@ -73,6 +76,8 @@ class FakeMigrator:
             # Like libvirt, it does not read the metadata's generation: after an abort the
             # source's domain still carries the older one (the committed record moved on).
             failure = "domain is not running"
+        elif (node.name, action.domain) in self._jobs:
+            failure = "another migration job is active for domain"
         elif dest is None or not dest.powered or not w.linked_hosts(node.name, dest.name):
             failure = f"cannot connect to {action.dest_uri}"
         if failure:
@@ -97,12 +102,15 @@ class FakeMigrator:
         w.record(
             dest.name, "domain_incoming", domain=action.domain, generation=action.dest_generation
         )
+        job = (node.name, action.domain)
+        self._jobs.add(job)
         took_s = w.options.migrate_s if behaviour == "fail" else float(behaviour)
         timeout_s = action.timeout_s / node.rate
         ends_at = w.now + min(took_s, timeout_s)
 
         def finish() -> None:
             node.calls.release(handle)
+            self._jobs.discard(job)
             if not node.powered or node.boot_count != life:
                 return  # the source died mid-way: nobody hears back; the copy stays paused
             detail = ""
@@ -115,8 +123,15 @@ class FakeMigrator:
             elif took_s > timeout_s:
                 detail = f"migration did not complete in {action.timeout_s:g}s (job aborted)"
             source = node.domains.get(action.domain)
+            incoming = dest.domains.get(action.domain)
             if not detail and (source is None or not source.running):
                 detail = "domain stopped during the migration"
+            elif not detail and (
+                incoming is None
+                or not incoming.running
+                or incoming.generation != action.dest_generation
+            ):
+                detail = "the destination's incoming domain went away"
             if detail:
                 self._drop_incoming(node.name, dest, dest_life, action)
                 w.record(node.name, "domain_migration_failed", domain=action.domain, why=detail)
