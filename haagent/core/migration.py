@@ -169,6 +169,8 @@ class Migrations:
         why = ""
         if seen is None or not seen.running:
             why = "not running on the source"
+        elif guest.desired is not DesiredState.RUNNING:
+            why = "disabled"  # it is stopped here instead (a migrate call would be refused)
         elif not dest_uri:
             why = f"{m.dest} has no migration_uri"
         elif state.node(m.dest).state is not NodeState.UP:
