@@ -98,6 +98,9 @@ class FakeMigrator:
             paused=True,
         )
         dest_life = dest.boot_count
+        # Like a start that completes: a destination without a lease must destroy it within
+        # the stop grace from its appearance (invariant 4).
+        dest.appeared_at[action.domain] = dest.local(w.now)
         w.physical_version += 1
         w.record(
             dest.name, "domain_incoming", domain=action.domain, generation=action.dest_generation
