@@ -30,7 +30,9 @@ from haagent.model import (
     NodeRole,
     StorageKind,
 )
+from haagent.ports import ConsensusView
 from haagent.statemachine import Result, apply
+from haagent.status import build_status, format_status
 
 SPEC = GuestSpec("g", "g", 256)
 
@@ -166,3 +168,26 @@ def test_stop_on_the_source_ends_a_pending_migration() -> None:
     after, (r,) = run(pending, GuestStopped("g", "n1", 2, True, False, "crashed", 2.0))
     assert r.accepted
     assert after.guests["g"].migration.phase is MigrationPhase.ABORTED  # type: ignore[union-attr]
+
+
+def test_status_shows_migrations_in_flight_and_their_outcomes() -> None:
+    pending, _ = run(running_on_n1(), MigrateGuest("g", "n2", 2, "api@n1", 1.0))
+    aborted, _ = run(pending, MigrationAborted("g", "n1", 2, "libvirt: no route", 2.0))
+    for state, line in (
+        (pending, "MIGRATING g: n1 -> n2 (generation 3), pending"),
+        (aborted, "migration of g n1 -> n2 (generation 3): aborted: libvirt: no route"),
+    ):
+        doc = build_status(
+            node="n1",
+            cluster="c",
+            pid=1,
+            incarnation="i",
+            view=ConsensusView(state=state),
+            now=0.0,
+            lease_until=1.0,
+            loop_age_s=0.0,
+            local={},
+        )
+        m = doc["guests"]["g"]["migration"]
+        assert (m["source"], m["dest"], m["generation"]) == ("n1", "n2", 3)
+        assert line in format_status(doc)
