@@ -42,7 +42,7 @@ import aiohttp
 from haagent import __version__
 from haagent.api_access import client_tls_context
 from haagent.config import SECRET_RE, Config, ConfigError, load_config
-from haagent.localcluster.cli import add_local_parser
+from haagent.localcluster.parser import add_local_parser
 from haagent.ports import HypervisorError
 from haagent.resources import drbd_fence
 from haagent.status import format_status
