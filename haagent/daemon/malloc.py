@@ -43,7 +43,7 @@ def tune_malloc() -> bool:
         return False  # not glibc (musl has no mallopt): its allocator has no per-thread arenas
     mallopt.restype = ctypes.c_int
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    applied = (
+    applied: bool = (
         mallopt(M_ARENA_MAX, ARENAS) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     )
     if applied:
