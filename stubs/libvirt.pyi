@@ -8,6 +8,26 @@ VIR_DOMAIN_AFFECT_LIVE: int
 VIR_DOMAIN_AFFECT_CONFIG: int
 VIR_DOMAIN_METADATA_ELEMENT: int
 
+VIR_DOMAIN_XML_SECURE: int
+VIR_DOMAIN_XML_INACTIVE: int
+VIR_DOMAIN_XML_MIGRATABLE: int
+
+VIR_MIGRATE_LIVE: int
+VIR_MIGRATE_PEER2PEER: int
+VIR_MIGRATE_PERSIST_DEST: int
+VIR_MIGRATE_PAUSED: int
+VIR_MIGRATE_PARAM_DEST_XML: str
+VIR_MIGRATE_PARAM_PERSIST_XML: str
+
+VIR_DOMAIN_NOSTATE: int
+VIR_DOMAIN_RUNNING: int
+VIR_DOMAIN_PAUSED: int
+VIR_DOMAIN_SHUTOFF: int
+VIR_DOMAIN_SHUTOFF_MIGRATED: int
+VIR_DOMAIN_PAUSED_MIGRATION: int
+VIR_DOMAIN_PAUSED_USER: int
+VIR_DOMAIN_JOB_STATS_COMPLETED: int
+
 VIR_DOMAIN_EVENT_ID_LIFECYCLE: int
 VIR_DOMAIN_EVENT_DEFINED: int
 VIR_DOMAIN_EVENT_UNDEFINED: int
@@ -46,6 +66,12 @@ class virDomain:
     def XMLDesc(self, flags: int = 0) -> str: ...
     def blockStats(self, path: str) -> tuple[int, int, int, int, int]: ...
     def metadata(self, type: int, uri: str | None, flags: int = 0) -> str: ...
+    def state(self, flags: int = 0) -> list[int]: ...
+    def resume(self) -> int: ...
+    def abortJob(self) -> int: ...
+    def migrateToURI3(self, dconnuri: str, params: dict[str, Any], flags: int = 0) -> int: ...
+    def migrateSetMaxSpeed(self, bandwidth: int, flags: int = 0) -> int: ...
+    def jobStats(self, flags: int = 0) -> dict[str, Any]: ...
     def setMetadata(
         self, type: int, metadata: str | None, key: str | None, uri: str | None, flags: int = 0
     ) -> int: ...
