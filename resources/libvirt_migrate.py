@@ -219,8 +219,9 @@ def _log_late_result(future: asyncio.Future[Any]) -> None:
 
 
 def resume_domain(conn: libvirt.virConnect, domain: str, authorise: Authorise | None) -> None:
-    """Blocking. Resume the paused `domain`; a domain that already runs is left alone (libvirt
-    treats it as a no-op). Raises HypervisorError if it is not defined or not active here."""
+    """Blocking. Resume the paused `domain`. Idempotent: a domain that already runs is left
+    alone (libvirt itself would answer "domain is already running"), and `authorise` is then not
+    entered, as no call is made. Raises HypervisorError if it is not defined or not active."""
     try:
         dom = conn.lookupByName(domain)
     except libvirt.libvirtError as exc:
@@ -229,8 +230,16 @@ def resume_domain(conn: libvirt.virConnect, domain: str, authorise: Authorise | 
         raise
     if dom.isActive() != 1:
         raise HypervisorError(f"resume {domain}: not running here (nothing to resume)")
-    if authorise is None:
-        dom.resume()
+    if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
         return
-    with authorise():
-        dom.resume()
+    try:
+        if authorise is None:
+            dom.resume()
+            return
+        with authorise():
+            dom.resume()
+    except libvirt.libvirtError as exc:
+        # Resumed by someone else between the check and the call.
+        invalid = exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
+        if not (invalid and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING):
+            raise
