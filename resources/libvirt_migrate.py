@@ -38,6 +38,7 @@ import logging
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import libvirt
@@ -89,13 +90,13 @@ def with_owner(domain_xml: str, owner_element: str, owner_ns: str, prefix: str) 
     return ET.tostring(root, encoding="unicode")
 
 
+@dataclass(frozen=True)
 class MigrationPlan:
     """What `perform_migration` sends: the source domain and the migration parameters."""
 
-    def __init__(self, dom: libvirt.virDomain, params: dict[str, Any], flags: int) -> None:
-        self.dom = dom
-        self.params = params
-        self.flags = flags
+    dom: libvirt.virDomain
+    params: dict[str, Any]
+    flags: int
 
 
 def plan_migration(

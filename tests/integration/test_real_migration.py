@@ -213,6 +213,8 @@ def test_migrate_leaves_destination_paused_then_resume_runs_it(pair: LibvirtdPai
             assert not c.watch.latest().running()  # type: ignore[union-attr]
 
             resume_called = time.monotonic()
+            early = [s for s in c.watch.samples if s.at < resume_called and s.running() == [1]]
+            assert early == [], f"the destination ran before resume: {early[:3]}"
             await c.dst.resume(GUEST, permit)
             running = c.watch.wait_for(1, "running", 5)
             await c.dst.resume(GUEST)  # already running: a no-op
@@ -232,9 +234,10 @@ def test_migrate_leaves_destination_paused_then_resume_runs_it(pair: LibvirtdPai
                 f"{stats.get('time_elapsed')} ms, downtime {stats.get('downtime')} ms, "
                 f"{stats.get('memory_normal_bytes', 0) / 2**20:.1f} MiB sent at "
                 f"{stats.get('memory_bps', 0) / 2**20:.1f} MiB/s in "
-                f"{stats.get('memory_iteration')} iterations; guest stopped "
-                f"(first paused sample on h1) to running on h2: {running.at - paused.at:.2f} s "
-                "(includes the 0.5 s wait before resume)"
+                f"{stats.get('memory_iteration')} iterations; guest down from its first "
+                f"paused sample on h1 to the call's return {returned - paused.at:.2f} s, to "
+                f"its first running sample on h2 {running.at - paused.at:.2f} s (this includes "
+                f"the {resume_called - returned:.2f} s the test waited before resume)"
             )
 
     asyncio.run(scenario())
@@ -289,6 +292,11 @@ def test_source_dies_mid_migration(pair: LibvirtdPair) -> None:
                 c.src.migrate(GUEST, pair.peer_uri(2), "C", "n2", 4, 120.0)
             )
             await asyncio.to_thread(wait_copying, pair.uri(1))
+            # The incoming domain is active (paused) and already carries its new owner record:
+            # what lets the destination's agent tell it from a foreign instance.
+            assert (await c.dst.domains())[GUEST] == DomainObservation(
+                name=GUEST, running=True, owner="n2", generation=4, cluster="C"
+            )
             killed_at = time.monotonic()
             killed = await asyncio.to_thread(pair.crash, 1)
             failure = await failure_of(migration)
