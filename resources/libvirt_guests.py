@@ -622,6 +622,54 @@ class LibvirtHypervisor:
 
         await self._call(f"start {domain}", start)
 
+    async def migrate(
+        self,
+        domain: str,
+        dest_uri: str,
+        cluster: str,
+        dest_node: str,
+        generation: int,
+        timeout_s: float,
+        authorise: Authorise | None = None,
+    ) -> None:
+        """Live-migrate the running `domain` peer-to-peer to the libvirt at `dest_uri` (as the
+        source libvirtd reaches it): persistent there and left PAUSED, its definition carrying
+        the owner record (cluster, dest_node, generation); the source's definition is kept and
+        its instance ends shut off ("migrated"). Returns once libvirt reports it complete.
+
+        Raises HypervisorError when libvirt refused or failed (the guest is then still on the
+        source), or after `timeout_s`, once the job was aborted; UnknownOutcomeError (a
+        HypervisorError) when the connection to the source died or the job outlived its
+        abort. `authorise` is entered right before the migration call and held until it
+        returns. Details: resources/libvirt_migrate.py.
+        """
+        if generation < 0:
+            raise ValueError("generation must be >= 0")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        what = f"migrate {domain} to {dest_uri}"
+        record = format_owner(Owner(cluster=cluster, node=dest_node, generation=generation))
+        plan = await self._call(
+            what,
+            lambda conn: plan_migration(conn, domain, record, OWNER_NS, OWNER_PREFIX),
+        )
+        perform = self._call(
+            what, lambda _conn: perform_migration(plan, dest_uri, authorise), bounded=False
+        )
+        await run_migration(
+            what,
+            perform,
+            lambda: self._call(f"abort {what}", lambda _conn: abort_migration(plan)),
+            timeout_s,
+            abort_grace_s=self.call_timeout_s,
+        )
+
+    async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
+        """Resume the paused `domain` (the destination of a migration, once the hand-over is
+        committed); a running one is left alone. Raises HypervisorError if it is not active
+        here. `authorise` is entered right before the resume call, held until it returns."""
+        await self._call(f"resume {domain}", lambda conn: resume_domain(conn, domain, authorise))
+
     async def stop(self, domain: str, timeout_s: float) -> None:
         """Ask the guest to shut down (ACPI); destroy it if it is still active after
         `timeout_s`. Succeeds at once if the domain is not running or not defined."""
@@ -704,54 +752,6 @@ class LibvirtHypervisor:
             return cleared
 
         return await self._call("clear autostart", clear)
-
-    async def migrate(
-        self,
-        domain: str,
-        dest_uri: str,
-        cluster: str,
-        dest_node: str,
-        generation: int,
-        timeout_s: float,
-        authorise: Authorise | None = None,
-    ) -> None:
-        """Live-migrate the running `domain` peer-to-peer to the libvirt at `dest_uri` (as the
-        source libvirtd reaches it): persistent there and left PAUSED, its definition carrying
-        the owner record (cluster, dest_node, generation); the source's definition is kept and
-        its instance ends shut off ("migrated"). Returns once libvirt reports it complete.
-
-        Raises HypervisorError when libvirt refused or failed (the guest is then still on the
-        source), or after `timeout_s`, once the job was aborted; UnknownOutcomeError (a
-        HypervisorError) when the connection to the source died or the job outlived its
-        abort. `authorise` is entered right before the migration call and held until it
-        returns. Details: resources/libvirt_migrate.py.
-        """
-        if generation < 0:
-            raise ValueError("generation must be >= 0")
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
-        what = f"migrate {domain} to {dest_uri}"
-        record = format_owner(Owner(cluster=cluster, node=dest_node, generation=generation))
-        plan = await self._call(
-            what,
-            lambda conn: plan_migration(conn, domain, record, OWNER_NS, OWNER_PREFIX),
-        )
-        perform = self._call(
-            what, lambda _conn: perform_migration(plan, dest_uri, authorise), bounded=False
-        )
-        await run_migration(
-            what,
-            perform,
-            lambda: self._call(f"abort {what}", lambda _conn: abort_migration(plan)),
-            timeout_s,
-            abort_grace_s=self.call_timeout_s,
-        )
-
-    async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
-        """Resume the paused `domain` (the destination of a migration, once the hand-over is
-        committed); a running one is left alone. Raises HypervisorError if it is not active
-        here. `authorise` is entered right before the resume call, held until it returns."""
-        await self._call(f"resume {domain}", lambda conn: resume_domain(conn, domain, authorise))
 
     async def capacity_mib(self) -> int:
         """The host's memory in MiB (libvirt's node info)."""
