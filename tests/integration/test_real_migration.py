@@ -29,6 +29,7 @@ import pytest
 
 from haagent.ports import DomainObservation, HypervisorError, RefusedError
 from haagent.resources.libvirt_guests import OWNER_NS, LibvirtHypervisor, Owner, parse_owner
+from tests.helpers.libvirt_host import make_empty_disk, qemu_guest_xml
 from tests.helpers.libvirtd_pair import LibvirtdPair
 from tests.helpers.migration_watch import DomainWatch
 
@@ -174,6 +175,17 @@ def test_migrate_leaves_destination_paused_then_resume_runs_it(pair: LibvirtdPai
             with pytest.raises(RefusedError):
                 await c.src.migrate(GUEST, pair.peer_uri(2), "C", "n2", 4, 60.0, refuse)
             assert c.watch.wait_for(0, "running", 2).states[1] == "absent"
+
+            # libvirt's own storage check stays on: a disk file on a local filesystem is
+            # refused, and the refusal is a HypervisorError with the guest still running.
+            disk = make_empty_disk(pair.host(1).dir("lib") / "images" / "local.qcow2")
+            await c.src.start("local", qemu_guest_xml("local", disk), "C", "n1", 1)
+            refusal = await failure_of(c.src.migrate("local", pair.peer_uri(2), "C", "n2", 2, 60.0))
+            assert refusal.startswith("HypervisorError: ") and "unsafe" in refusal, refusal
+            assert (await c.src.domains())["local"].running
+            assert "local" not in await c.dst.domains()
+            await c.src.destroy("local")
+            print(f"local disk refused: {refusal}")
 
             entered: list[str] = []
 
