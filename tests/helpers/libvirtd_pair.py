@@ -256,12 +256,13 @@ class LibvirtdPair:
 
     # --- faults -----------------------------------------------------------------------------
 
-    def crash(self, i: int) -> list[int]:
+    def crash(self, i: int, *, guests: bool = True) -> list[int]:
         """Host i crashes as far as its guests are concerned: SIGKILL its libvirtd and every
-        QEMU it runs (virtlockd/virtlogd stay, so `host(i).restart_libvirtd()` can re-enter the
-        namespaces afterwards). Returns the pids killed."""
+        QEMU it runs (only libvirtd if not `guests`: the management daemon dies, the guests
+        run on). virtlockd/virtlogd stay, so `host(i).restart_libvirtd()` can re-enter the
+        namespaces afterwards. Returns the pids killed."""
         host = self.hosts[i]
-        pids = [host.libvirtd_pid(), *host.qemu_pids().values()]
+        pids = [host.libvirtd_pid(), *(host.qemu_pids().values() if guests else ())]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

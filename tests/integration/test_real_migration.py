@@ -291,11 +291,14 @@ def test_destination_dies_mid_migration(pair: LibvirtdPair) -> None:
     asyncio.run(scenario())
 
 
-def test_source_dies_mid_migration(pair: LibvirtdPair) -> None:
-    """The source's libvirtd and QEMU are SIGKILLed while memory is copied: the call raises
-    HypervisorError (the connection to the source is gone: outcome unknown), the incoming
-    domain on the destination is destroyed without ever running, and the source's libvirtd,
-    once back, shows the guest shut off: it runs nowhere, HA must start it again."""
+@pytest.mark.parametrize("guests", [True, False], ids=["host", "libvirtd-only"])
+def test_source_dies_mid_migration(pair: LibvirtdPair, guests: bool) -> None:
+    """The source's libvirtd (and its QEMU, `host`) is SIGKILLed while memory is copied: the
+    call raises UnknownOutcomeError (the connection to the source is gone), and the incoming
+    domain on the destination is destroyed without ever running. The source's libvirtd, once
+    back, shows the guest shut off when its QEMU died (it runs nowhere: HA must start it
+    again), and running, re-attached, when only libvirtd died: "unknown" really can mean
+    "still running on the source"."""
 
     async def scenario() -> None:
         async with running_guest(pair) as c:
@@ -309,17 +312,18 @@ def test_source_dies_mid_migration(pair: LibvirtdPair) -> None:
             # what lets the destination's agent tell it from a foreign instance.
             assert seen_as((await c.dst.domains())[GUEST]) == (True, "C", "n2", 4)
             killed_at = time.monotonic()
-            killed = await asyncio.to_thread(pair.crash, 1)
+            killed = await asyncio.to_thread(pair.crash, 1, guests=guests)
             failure = await failure_of(migration)
             returned = time.monotonic()
             del migration
+            assert failure.startswith("UnknownOutcomeError: "), failure
             gone = c.watch.wait_for(1, "absent", DEADLINE_S)
             destination = [s.states[1] for s in c.watch.samples if s.at > called]
             assert not any(state.startswith("running") for state in destination)
             restart_s = await asyncio.to_thread(pair.host(1).restart_libvirtd)
-            back = c.watch.wait_for(0, "shutoff", DEADLINE_S)
+            back = c.watch.wait_for(0, "shutoff" if guests else "running", DEADLINE_S)
             assert back.states[1] == "absent", back
-            show(c, "source killed mid-migration")
+            show(c, f"source {'host' if guests else 'libvirtd'} killed mid-migration")
             print(
                 f"killed {killed} {killed_at - called:.2f} s into the call; the call raised "
                 f"{returned - killed_at:.2f} s after the kill: {failure}; destination "
