@@ -13,6 +13,7 @@ OUT=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+# shellcheck source=/dev/null  # lib.sh is checked on its own
 . "$HERE/../guest_image/lib.sh"
 gi_begin
 want="$KPKG $(cat "$0" "$HERE/../guest_image/lib.sh" "$HERE/guest-init.sh" | cksum)"

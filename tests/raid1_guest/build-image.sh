@@ -6,16 +6,17 @@
 #   build-image.sh OUT_DIR     -> OUT_DIR/vmlinuz, OUT_DIR/initrd.gz, OUT_DIR/stamp
 #
 # The common steps live in tests/guest_image/lib.sh. The result is rebuilt only when this
-# script, lib.sh, guest-init.sh, leg-hotplug.sh or the kernel package changes (OUT_DIR/stamp).
+# script, lib.sh, guest-init.sh, leg-watch.sh or the kernel package changes (OUT_DIR/stamp).
 set -eu
 OUT=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+# shellcheck source=/dev/null  # lib.sh is checked on its own
 . "$HERE/../guest_image/lib.sh"
 gi_begin
 want="$KPKG $(cat "$0" "$HERE/../guest_image/lib.sh" "$HERE/guest-init.sh" \
-    "$HERE/leg-hotplug.sh" | cksum)"
+    "$HERE/leg-watch.sh" | cksum)"
 gi_up_to_date "$want" && exit 0
 echo "build-image: building the RAID1 test guest ($KPKG) in $OUT" >&2
 
@@ -29,6 +30,6 @@ done
 gi_binaries "$R" "$OUT/pkgroot" /sbin/mdadm /usr/sbin/qemu-ga
 rm -rf "$OUT/pkgroot"
 cp "$HERE/guest-init.sh" "$R/init"
-cp "$HERE/leg-hotplug.sh" "$R/bin/leg-hotplug"
-chmod 755 "$R/init" "$R/bin/leg-hotplug"
+cp "$HERE/leg-watch.sh" "$R/bin/leg-watch"
+chmod 755 "$R/init" "$R/bin/leg-watch"
 gi_pack "$R" "$want"

@@ -63,6 +63,7 @@ def main(out: Path) -> None:
             conn.createXML(raid1_domain_xml("r1", image, console, spec, "report"), 0)
             g = Raid1Guest(conn, "r1", console)
             g.wait_ready()
+            g.check("touch /run/leg-watch.off")  # members are failed and removed by hand here
             g.check("echo 4000 > /proc/sys/dev/raid/speed_limit_max")
             g.check(
                 "mdadm --create /dev/md0 --level=1 --raid-devices=2 --bitmap=none --run "
