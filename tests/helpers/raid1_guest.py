@@ -107,12 +107,12 @@ class NbdServer:
             capture_output=True,
             timeout=30,
         )
-        self.pid = wait_for(
-            f"nbd-server {self.export} pid file",
-            lambda: int(self.pid_file.read_text()) if self.pid_file.exists() else None,
-            10,
-            0.05,
-        )
+        self.pid = wait_for(f"nbd-server {self.export} pid file", self._read_pid, 10, 0.05)
+
+    def _read_pid(self) -> int | None:
+        # The file may exist before nbd-server has written its number.
+        text = self.pid_file.read_text().strip() if self.pid_file.exists() else ""
+        return int(text) if text.isdigit() else None
 
     def kill(self) -> None:
         if self.pid is None:

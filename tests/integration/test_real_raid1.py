@@ -155,6 +155,12 @@ async def scenario(lab: Lab) -> dict[str, float]:
         returned_at = time.monotonic()
         await mirrors.attach_leg(GUEST, "legb", lab.legb.uri)
         await mirrors.attach_leg(GUEST, "legb", lab.legb.uri)  # idempotent
+        # Never replaces a disk: another source for a leg, or a leg onto an occupied target.
+        with pytest.raises(MirrorError, match="detach it first"):
+            await mirrors.attach_leg(GUEST, "lega", lab.legb.uri)
+        crossed = LibvirtMirrors(hypervisor, {GUEST: {"legx": "vda"}})
+        with pytest.raises(MirrorError, match="already holds leg lega"):
+            await crossed.attach_leg(GUEST, "legx", lab.legb.uri)
         resync: list[MirrorObservation] = []
         await observe_until(
             mirrors, "resync in progress", {"lega": "in_sync", "legb": "resyncing"}, resync
