@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from haagent.ports import HypervisorError
 from haagent.resources.libvirt_guests import LibvirtHypervisor
 from haagent.resources.mirrors import (
     LegSource,
@@ -19,6 +20,7 @@ from haagent.resources.mirrors import (
 
 
 def test_leg_sources() -> None:
+    assert parse_leg_source("/dev/vg0/web1") == LegSource("block", "", 0, "/dev/vg0/web1")
     assert parse_leg_source("nbd://hv2:10810/web1") == LegSource("nbd", "hv2", 10810, "web1")
     assert parse_leg_source("nbd://10.1.0.2/web1").port == 10809
     iscsi = parse_leg_source("iscsi://hv2/iqn.2006-01.org.mhcodi:hv2.web1/1")
@@ -36,6 +38,8 @@ def test_leg_sources() -> None:
         ("iscsi://hv2/iqn.x/lun1", "target and LUN"),
         ("nbd://user:pw@hv2/web1", "user info"),
         ("nbd://hv2:99999/web1", "out of range"),
+        ("/dev/vg0/../sda", "plain absolute device path"),
+        ("/dev/vg0/web1\n", "plain absolute device path"),
     ],
 )
 def test_bad_leg_sources_are_refused_with_the_reason(uri: str, why: str) -> None:
@@ -57,7 +61,11 @@ def test_leg_disk_carries_policy_serial_and_source() -> None:
     with pytest.raises(ValueError, match="disk serial"):
         leg_disk_xml("a-leg-id-longer-than-20", "vdb", parse_leg_source("nbd://h/e"))
     with pytest.raises(ValueError, match="target dev"):
-        leg_disk_xml("a", "hda1", parse_leg_source("nbd://h/e"))
+        leg_disk_xml("a", "hda", parse_leg_source("nbd://h/e"))
+    local = ET.fromstring(leg_disk_xml("web1-hv1", "vdc", parse_leg_source("/dev/vg0/web1")))
+    assert local.get("type") == "block"
+    local_source = local.find("source")
+    assert local_source is not None and local_source.get("dev") == "/dev/vg0/web1"
 
 
 async def on_test_driver() -> None:
@@ -65,9 +73,8 @@ async def on_test_driver() -> None:
     await hypervisor.open()
     try:
         # "test" is the test driver's running domain; it has no guest agent.
-        mirrors = LibvirtMirrors(
-            hypervisor, {"test": {"lega": "vdb"}, "absent": {"lega": "vdb"}}, agent_timeout_s=1
-        )
+        legs = {"test": ("lega",), "absent": ("lega",)}
+        mirrors = LibvirtMirrors(hypervisor, lambda g: legs.get(g, ()), agent_timeout_s=1)
         assert await mirrors.observe("unconfigured") is None
         assert await mirrors.observe("absent") is None  # not defined here
         assert await mirrors.observe("test") is None  # no agent answers: no evidence
@@ -78,6 +85,9 @@ async def on_test_driver() -> None:
         with pytest.raises(MirrorError, match="no such guest"):
             await mirrors.attach_leg("absent", "lega", "nbd://h/e")
         await mirrors.detach_leg("test", "lega")  # not attached: nothing to do
+        # Its errors are hypervisor errors, as the port promises.
+        with pytest.raises(HypervisorError):
+            await mirrors.detach_leg("test", "legz")
     finally:
         await hypervisor.close()
 
