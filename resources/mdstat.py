@@ -18,7 +18,10 @@ array and refuses to guess without it.
 
 During a whole-array `resync` (after creation, or after an unclean stop without a bitmap) md
 keeps every member `in_sync` while it makes them identical; the verdict is then "resyncing"
-for every member, because until it ends md itself does not hold the halves equal.
+for every member, because until it ends md itself does not hold the halves equal. That is
+the cautious side: after an unclean stop the halves differ only in the writes that were in
+flight, but after a creation one half may still be mostly empty, and mdstat does not say
+which of the two it is (nor which member md copies from).
 
 Nothing here does I/O; the texts come from real captured outputs in tests/fixtures/mdstat/.
 """
