@@ -126,6 +126,72 @@ class NbdServer:
     close = kill
 
 
+class TgtServer:
+    """One userspace iSCSI target (`tgtd`) exporting one leg image as LUN 1 of one target,
+    admitted to 127.0.0.1. Its control socket number is private to it (`-C`), so tests of
+    other sessions' tgtd are never touched; `kill()` SIGKILLs it (tgtd ignores SIGTERM while
+    it has targets) and removes its control socket files."""
+
+    IQN = "iqn.2024-01.test.haagent:{name}"
+
+    def __init__(self, run_dir: Path, name: str, size_mib: int) -> None:
+        self.name = name
+        self.image = run_dir / f"{name}.img"
+        with open(self.image, "wb") as f:
+            f.truncate(size_mib * 1024 * 1024)
+        self.port = free_port()
+        # Any number no other tgtd uses (tgtd refuses large ones: 60307 is "out of range").
+        self.control = 1000 + os.getpid() % 20000
+        self.log = run_dir / f"tgtd-{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"iscsi://127.0.0.1:{self.port}/{self.IQN.format(name=self.name)}/1"
+
+    def _adm(self, *args: str) -> None:
+        subprocess.run(
+            ["tgtadm", "-C", str(self.control), "--lld", "iscsi", *args],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{self.port}", "-C", str(self.control)],
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.log, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        sock = Path(f"/var/run/tgtd/socket.{self.control}")
+        wait_for("tgtd control socket", lambda: sock.exists() or None, 10, 0.05)
+        self._adm(
+            "--op", "new", "--mode", "target", "--tid", "1", "-T", self.IQN.format(name=self.name)
+        )
+        self._adm(
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            str(self.image),
+        )
+        self._adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "127.0.0.1")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+        for suffix in ("", ".lock"):
+            Path(f"/var/run/tgtd/socket.{self.control}{suffix}").unlink(missing_ok=True)
+
+
 def raid1_domain_xml(
     name: str,
     image_dir: Path,

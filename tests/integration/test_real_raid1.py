@@ -46,6 +46,7 @@ from tests.helpers.libvirt_host import LibvirtHost, grant_kvm_to_group
 from tests.helpers.raid1_guest import (
     NbdServer,
     Raid1Guest,
+    TgtServer,
     ensure_image,
     raid1_domain_xml,
 )
@@ -59,10 +60,14 @@ LEG_MIB = 64
 # Recovery speed cap (KiB/s) so that a resync lasts long enough (~13 s) to be seen in progress.
 RESYNC_KIBPS = 5000
 STEP_TIMEOUT_S = 120.0
-LEGS: dict[str, tuple[str, ...]] = {GUEST: ("lega", "legb")}
+LEGS: dict[str, tuple[str, ...]] = {GUEST: ("lega", "legb", "legc")}
 
 
 OBSERVE_S: list[float] = []  # the duration of every observation (printed)
+
+
+def legs(a: str, b: str, c: str = "missing") -> dict[str, str]:
+    return {"lega": a, "legb": b, "legc": c}
 
 
 def leg_ids(guest: str) -> tuple[str, ...]:
@@ -77,6 +82,7 @@ class Lab:
     host: LibvirtHost
     lega: NbdServer
     legb: NbdServer
+    legc: TgtServer
     image_dir: Path
     console: Path
 
@@ -88,15 +94,18 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     lega = NbdServer(tmp_path, "lega", LEG_MIB)
     legb = NbdServer(tmp_path, "legb", LEG_MIB)
+    legc = TgtServer(tmp_path, "legc", LEG_MIB)
     host = LibvirtHost(tmp_path / "h1")
     try:
         lega.start()
         legb.start()
+        legc.start()
         host.up()
-        yield Lab(host, lega, legb, image_dir, tmp_path / "console.log")
+        yield Lab(host, lega, legb, legc, image_dir, tmp_path / "console.log")
     finally:
         lega.kill()
         legb.kill()
+        legc.kill()
         host.down()
         assert host.processes() == []
 
@@ -130,8 +139,8 @@ async def scenario(lab: Lab) -> dict[str, float]:
     await hypervisor.open()
     conn = libvirt.open(lab.host.uri)
     try:
-        legs = [("lega", "vda", lab.lega.uri), ("legb", "vdb", lab.legb.uri)]
-        xml = raid1_domain_xml(GUEST, lab.image_dir, lab.console, legs, "report")
+        disks = [("lega", "vda", lab.lega.uri), ("legb", "vdb", lab.legb.uri)]
+        xml = raid1_domain_xml(GUEST, lab.image_dir, lab.console, disks, "report")
         await asyncio.to_thread(conn.createXML, xml, 0)
         guest = Raid1Guest(conn, GUEST, lab.console)
         timings["boot_s"] = await asyncio.to_thread(guest.wait_ready)
@@ -145,7 +154,7 @@ async def scenario(lab: Lab) -> dict[str, float]:
             "--run /dev/vda /dev/vdb",
         )
         seen: list[MirrorObservation] = []
-        await observe_until(mirrors, "clean array", {"lega": "in_sync", "legb": "in_sync"}, seen)
+        await observe_until(mirrors, "clean array", legs("in_sync", "in_sync"), seen)
         assert seen[-1].resync_progress is None
 
         # 2. legb's holder fails; the next write fails on legb and md fails that leg.
@@ -153,7 +162,7 @@ async def scenario(lab: Lab) -> dict[str, float]:
         lab.legb.kill()
         failed_at = time.monotonic()
         await asyncio.to_thread(run, WRITE.format(seek=64))
-        await observe_until(mirrors, "faulty legb", {"lega": "in_sync", "legb": "faulty"}, seen)
+        await observe_until(mirrors, "faulty legb", legs("in_sync", "faulty"), seen)
         timings["holder_failure_to_faulty_s"] = time.monotonic() - failed_at
         # Degraded, the guest goes on writing.
         await asyncio.to_thread(run, WRITE.format(seek=128))
@@ -161,7 +170,7 @@ async def scenario(lab: Lab) -> dict[str, float]:
 
         # 3. Detach the dead leg, the holder returns, re-attach: md recovers the leg.
         await mirrors.detach_leg(GUEST, "legb")
-        await observe_until(mirrors, "detached legb", {"lega": "in_sync", "legb": "missing"}, seen)
+        await observe_until(mirrors, "detached legb", legs("in_sync", "missing"), seen)
         await mirrors.detach_leg(GUEST, "legb")  # idempotent
         lab.legb.start()
         await asyncio.to_thread(run, f"echo {RESYNC_KIBPS} > /proc/sys/dev/raid/speed_limit_max")
@@ -172,10 +181,8 @@ async def scenario(lab: Lab) -> dict[str, float]:
         with pytest.raises(MirrorError, match="detach it first"):
             await mirrors.attach_leg(GUEST, "lega", lab.legb.uri)
         resync: list[MirrorObservation] = []
-        await observe_until(
-            mirrors, "resync in progress", {"lega": "in_sync", "legb": "resyncing"}, resync
-        )
-        await observe_until(mirrors, "resync done", {"lega": "in_sync", "legb": "in_sync"}, resync)
+        await observe_until(mirrors, "resync in progress", legs("in_sync", "resyncing"), resync)
+        await observe_until(mirrors, "resync done", legs("in_sync", "in_sync"), resync)
         timings["reattach_to_in_sync_s"] = time.monotonic() - returned_at
         progress = [o.resync_progress for o in resync if o.members["legb"] == "resyncing"]
         assert any(p is not None and 0.0 < p < 1.0 for p in progress), progress
@@ -192,6 +199,23 @@ async def scenario(lab: Lab) -> dict[str, float]:
             STEP_TIMEOUT_S,
         )
         assert (await asyncio.to_thread(run, "cat /sys/block/md0/md/mismatch_cnt")).strip() == "0"
+
+        # iSCSI, as the MHCoDi hosts export their legs, attaches the same way (QEMU's libiscsi
+        # initiator against tgtd): the guest adds it to the healthy array as a spare, which
+        # holds no copy, so it stays "missing"; then it leaves again.
+        await mirrors.attach_leg(GUEST, "legc", lab.legc.uri)
+        spare = await asyncio.to_thread(
+            run,
+            "for i in $(seq 100); do grep -q 'vdc\\[[0-9]*\\](S)' /proc/mdstat && break; "
+            "sleep 0.2; done; cat /sys/block/vdc/serial; echo; cat /proc/mdstat",
+        )
+        assert spare.startswith("legc") and "(S)" in spare, spare
+        await observe_until(mirrors, "idle iSCSI spare", legs("in_sync", "in_sync"), seen)
+        await mirrors.detach_leg(GUEST, "legc")
+        await asyncio.to_thread(
+            run,
+            "for i in $(seq 100); do grep -q vdc /proc/mdstat || exit 0; sleep 0.2; done; exit 1",
+        )
 
         # 4. Storage fence: revoke this host's access to legb, as a configured fence level.
         device = FenceDevice(
