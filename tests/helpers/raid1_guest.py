@@ -116,7 +116,19 @@ class NbdServer:
 
     def kill(self) -> None:
         if self.pid is None:
-            return
+            # A start that failed after nbd-server forked: find it through its pid file, and
+            # only if that pid still runs our config (pids are reused).
+            pid = self._read_pid()
+            try:
+                ours = (
+                    pid is not None and str(self.config) in Path(f"/proc/{pid}/cmdline").read_text()
+                )
+            except OSError:
+                ours = False
+            if not ours:
+                return
+            self.pid = pid
+        assert self.pid is not None
         pids = [self.pid, *_children(self.pid)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
