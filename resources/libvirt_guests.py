@@ -761,6 +761,12 @@ class LibvirtHypervisor:
 
         return await self._call("node info", memory)
 
+    async def call(self, what: str, operation: Callable[[libvirt.virConnect], _T]) -> _T:
+        """Run `operation(conn)` on this adapter's connection, with the same worker thread,
+        deadline, reconnect and error mapping as the port's own calls (for sibling adapters on
+        the same host, such as the guest-RAID1 legs in haagent.resources.mirrors)."""
+        return await self._call(what, operation)
+
     # --- connection handling ------------------------------------------------------------------
 
     async def _call(
