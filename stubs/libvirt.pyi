@@ -7,7 +7,20 @@ VIR_DOMAIN_AFFECT_CURRENT: int
 VIR_DOMAIN_AFFECT_LIVE: int
 VIR_DOMAIN_AFFECT_CONFIG: int
 VIR_DOMAIN_METADATA_ELEMENT: int
+VIR_DOMAIN_RUNNING: int
 VIR_DOMAIN_PAUSED: int
+VIR_DOMAIN_PAUSED_IOERROR: int
+
+VIR_DOMAIN_XML_SECURE: int
+VIR_DOMAIN_XML_INACTIVE: int
+VIR_DOMAIN_XML_MIGRATABLE: int
+
+VIR_MIGRATE_LIVE: int
+VIR_MIGRATE_PEER2PEER: int
+VIR_MIGRATE_PERSIST_DEST: int
+VIR_MIGRATE_PAUSED: int
+VIR_MIGRATE_PARAM_DEST_XML: str
+VIR_MIGRATE_PARAM_PERSIST_XML: str
 
 VIR_DOMAIN_EVENT_ID_LIFECYCLE: int
 VIR_DOMAIN_EVENT_DEFINED: int
@@ -47,7 +60,12 @@ class virDomain:
     def setAutostart(self, autostart: int) -> int: ...
     def XMLDesc(self, flags: int = 0) -> str: ...
     def blockStats(self, path: str) -> tuple[int, int, int, int, int]: ...
+    def attachDeviceFlags(self, xml: str, flags: int = 0) -> int: ...
+    def detachDeviceFlags(self, xml: str, flags: int = 0) -> int: ...
     def metadata(self, type: int, uri: str | None, flags: int = 0) -> str: ...
+    def resume(self) -> int: ...
+    def abortJob(self) -> int: ...
+    def migrateToURI3(self, dconnuri: str, params: dict[str, Any], flags: int = 0) -> int: ...
     def setMetadata(
         self, type: int, metadata: str | None, key: str | None, uri: str | None, flags: int = 0
     ) -> int: ...

@@ -213,6 +213,9 @@ class ActionExecutor:
             detail = f"migrate did not return in {action.timeout_s + MIGRATE_GRACE_S}s"
             log.error("migrate %s to %s: %s", action.guest, action.dest, detail)
             return ActionResult(False, detail, unknown=True)
+        except UnknownOutcomeError as exc:
+            log.error("migrate %s to %s: outcome unknown: %s", action.guest, action.dest, exc)
+            return ActionResult(False, str(exc), unknown=True)
         except HypervisorError as exc:
             log.error("migrate %s to %s failed: %s", action.guest, action.dest, exc)
             return ActionResult(False, str(exc))

@@ -44,6 +44,7 @@ from haagent.daemon.admin import AdminService
 from haagent.daemon.authority import ActAuthority
 from haagent.daemon.drbd import DrbdService
 from haagent.daemon.executor import ActionExecutor
+from haagent.daemon.malloc import tune_malloc
 from haagent.daemon.netwatch import NetworkObserver, needed_here
 from haagent.daemon.observer import Observer
 from haagent.daemon.offload import Offload
@@ -429,6 +430,7 @@ def _why(exc: OSError) -> str:
 
 
 def run_daemon(config: Config) -> int:
+    tune_malloc()  # before any thread starts
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
         format=f"%(asctime)s {config.node} %(levelname)s %(name)s: %(message)s",

@@ -39,6 +39,7 @@ CORE = [
     "core.networks",
     "core.netneeds",
     "core.migration",
+    "core.diskneeds",
 ]
 PACKAGE = Path(__file__).resolve().parents[2] / "haagent"
 FORBIDDEN = {
