@@ -58,9 +58,11 @@ from haagent.core.decisions import (
     DemoteReplica,
     DestroyDomain,
     Event,
+    LiveMigrate,
     LocalView,
     PromoteReplica,
     Proposal,
+    ResumeGuest,
     ResumeReplicaIo,
     RunFence,
     StartGuest,
@@ -93,12 +95,14 @@ __all__ = [
     "DemoteReplica",
     "DestroyDomain",
     "Event",
+    "LiveMigrate",
     "LocalView",
     "NodeSettings",
     "PromoteReplica",
     "Proposal",
     "ProposalKey",
     "ProposalKind",
+    "ResumeGuest",
     "ResumeReplicaIo",
     "RunFence",
     "StartGuest",
@@ -213,6 +217,8 @@ class AgentCore:
                 elif record.state is NodeState.FAILED:
                     self.fencing.advance(out, name, view)
             self.scheduling.place(out, view, leaving=self.lease.leaving)
+            exclude = frozenset({self.settings.node}) if self.lease.leaving else frozenset()
+            self.guests.migrations.evacuate(out, state, exclude)
 
         evacuate: dict[str, str] = {}
         if self.settings.role is NodeRole.HYPERVISOR:

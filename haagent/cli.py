@@ -5,6 +5,7 @@
     haagent status [--config FILE | --url URL --token T] [--json]
     haagent events [--since N] [--limit M] [--config FILE | --url URL --token T] [--json]
     haagent guest enable|disable NAME [--config FILE | --url URL --token T]
+    haagent guest migrate NAME NODE [--generation G] [...]   live-migrate a running guest
     haagent node maintenance NAME on|off [--config FILE | --url URL --token T]
     haagent node confirm-fenced NAME [--by WHO] [...]   you verified that NAME is powered off
     haagent simulate --config FILE --fail NODE[,NODE] [--offline] [--json]   what-if
@@ -120,9 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="print the raw JSON document")
     events.set_defaults(func=_cmd_events)
 
-    guest = sub.add_parser("guest", help="enable or disable a protected guest")
-    guest.add_argument("action", choices=["enable", "disable"])
+    guest = sub.add_parser(
+        "guest", help="enable or disable a protected guest, or live-migrate it to a node"
+    )
+    guest.add_argument("action", choices=["enable", "disable", "migrate"])
     guest.add_argument("name", help="guest name")
+    _migrate_args(guest)
     _agent_args(guest)
     guest.set_defaults(func=_cmd_guest)
 
@@ -252,7 +256,37 @@ def _shape_error(url: str, what: str, exc: Exception) -> CliError:
     )
 
 
+def _migrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", nargs="?", metavar="NODE", help="migrate: the destination node")
+    p.add_argument(
+        "--generation",
+        type=int,
+        help="migrate: only if the guest is still at this generation (`haagent status`); "
+        "default: the generation the agent sees",
+    )
+
+
+def _cmd_guest_migrate(args: argparse.Namespace) -> int:
+    """`haagent guest migrate NAME NODE`: the hand-over is committed; the answer comes once
+    the intent committed (the migration itself then runs; `haagent status` shows it)."""
+    if args.target is None:
+        raise CliError("migrate takes a guest name and a destination node", EXIT_USAGE)
+    if args.generation is not None and args.generation < 0:
+        raise CliError("--generation: a non-negative integer", EXIT_USAGE)
+    ep = _agent(args)
+    path = f"/v1/guests/{quote(args.name, safe='')}/migrate"
+    body: dict[str, Any] = {"node": args.target}
+    if args.generation is not None:
+        body["generation"] = args.generation
+    doc = asyncio.run(request_json(ep, "POST", path, body=body))
+    return _report_outcome(doc, f"migrate {args.name} to {args.target}")
+
+
 def _cmd_guest(args: argparse.Namespace) -> int:
+    if args.action == "migrate":
+        return _cmd_guest_migrate(args)
+    if args.target is not None or args.generation is not None:
+        raise CliError(f"{args.action} takes a guest name only", EXIT_USAGE)
     ep = _agent(args)
     path = f"/v1/guests/{quote(args.name, safe='')}/{args.action}"
     doc = asyncio.run(request_json(ep, "POST", path))

@@ -250,6 +250,63 @@ class NetworkCondition(Command):
 
 
 @dataclass(frozen=True)
+class MigrateGuest(Command):
+    """Admin (or the leader evacuating a node in maintenance): live-migrate the running guest
+    from its owner to `node`. Accepted only while the guest runs at `expect_generation` (so a
+    retry or a late copy does nothing once anything moved), on shared storage, towards an up
+    hypervisor that may take it. It records the intent with the destination's generation
+    (`expect_generation + 1`) and changes nothing else: the source keeps the guest until
+    `MigrationDone` commits (README, "Live migration")."""
+
+    type_name: ClassVar[str] = "migrate_guest"
+    guest: str
+    node: str
+    expect_generation: int
+    by: str
+    at: float
+
+
+@dataclass(frozen=True)
+class MigrationDone(Command):
+    """The source: libvirt reported the migration complete (the source's copy is shut off,
+    the destination's is paused). Applies only from the owner at `generation` with the
+    intent still pending: the destination becomes the owner at the intent's generation, and
+    only then resumes its copy."""
+
+    type_name: ClassVar[str] = "migration_done"
+    guest: str
+    node: str
+    generation: int
+    at: float
+
+
+@dataclass(frozen=True)
+class MigrationAborted(Command):
+    """The source (libvirt refused or failed, the call timed out, the destination left) or the
+    leader (the source or the destination left the cluster's trust): give up the pending
+    migration at `generation`. The guest stays with its source and its generation grows past
+    the intent's, so a leftover incoming copy on the destination is destroyed, never resumed."""
+
+    type_name: ClassVar[str] = "migration_aborted"
+    guest: str
+    node: str
+    generation: int
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class MigrationResumed(Command):
+    """The destination, now owner at `generation`: it resumed the migrated copy."""
+
+    type_name: ClassVar[str] = "migration_resumed"
+    guest: str
+    node: str
+    generation: int
+    at: float
+
+
+@dataclass(frozen=True)
 class Assignment:
     guest: str
     node: str
@@ -332,6 +389,10 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         ReplicaUpToDate,
         ConfirmFenced,
         NetworkCondition,
+        MigrateGuest,
+        MigrationDone,
+        MigrationAborted,
+        MigrationResumed,
     )
 }
 

@@ -70,6 +70,10 @@ _HOST_RE = re.compile(
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _AGENT_NAME_RE = re.compile(r"fence_[A-Za-z0-9_]{1,100}")
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]*")
+# A libvirt URI another host can reach: driver[+transport]://[user@]host[:port]/path[?query]
+# (a local URI such as qemu:///system names the caller's own libvirtd, never this node's).
+MIGRATION_URI_RE = re.compile(r"[a-z][a-z0-9]*(\+[a-z0-9]+)?://[^/@\s]+@?[^/\s]*/[!-~]*")
+MAX_URI_CHARS = 512
 # A DRBD resource name as resources/drbd.sh accepts it (never an option, no shell or path
 # characters), and short enough for drbd.conf.
 DRBD_RESOURCE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}")
@@ -97,6 +101,7 @@ class NodeConfig:
     fence_levels: tuple[tuple[str, ...], ...]  # device names per level
     watchdog_timeout_s: float
     watchdog_level: bool = False  # fence = [[...], "watchdog"]: a final watchdog level
+    migration_uri: str = ""  # the libvirt URI other hosts migrate guests to ("": none)
 
     @property
     def host(self) -> str:
@@ -160,6 +165,7 @@ class Config:
                     fence_method=n.fence_method,
                     watchdog_timeout_s=n.watchdog_timeout_s,
                     watchdog_level=n.watchdog_level,
+                    migration_uri=n.migration_uri,
                 )
                 for n in self.nodes.values()
             },
@@ -181,6 +187,7 @@ class Config:
             max_relocations=self.max_relocations,
             initial_placement_wait_s=t.initial_placement_wait_s,
             network_hold_down_s=t.network_hold_down_s,
+            migration_timeout_s=t.migration_timeout_s,
         )
 
     def drbd_resources(self) -> tuple[str, ...]:
@@ -774,9 +781,18 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
                     'missing: a list of levels of [fence_devices] names, e.g. [["bmc-n1"]], '
                     'or "watchdog" (a hypervisor must be fenceable)',
                 )
+        migration_uri = _migration_uri(nt, role)
         nt.done()
         nodes[name] = NodeConfig(
-            name, address, role, memory, method, levels, watchdog_timeout, watchdog_level
+            name,
+            address,
+            role,
+            memory,
+            method,
+            levels,
+            watchdog_timeout,
+            watchdog_level,
+            migration_uri,
         )
     if not nodes:
         raise ConfigError(t.file, t.prefix, "no nodes configured")
@@ -788,6 +804,22 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
             '(role = "witness") as the third voter',
         )
     return nodes
+
+
+def _migration_uri(nt: _Table, role: NodeRole) -> str:
+    """`migration_uri`: how other hosts' libvirtd reach this node's for live migration."""
+    uri = nt.string("migration_uri", "")
+    if not uri:
+        return ""
+    if role is NodeRole.WITNESS:
+        raise nt.error("migration_uri", "a witness runs no guests and takes no migration")
+    if len(uri) > MAX_URI_CHARS or not MIGRATION_URI_RE.fullmatch(uri):
+        raise nt.error(
+            "migration_uri",
+            f"must be a remote libvirt URI such as qemu+tcp://hv2.example/system (at most "
+            f"{MAX_URI_CHARS} characters, a host name, no blanks), got {show(uri, 80)}",
+        )
+    return uri
 
 
 def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str, GuestConfig]:

@@ -179,6 +179,44 @@ class NodeRecord:
         return tuple(n for n in spec.networks if n in self.missing_networks)
 
 
+class MigrationPhase(StrEnum):
+    """Where a live migration stands (README, "Live migration").
+
+    pending      the intent committed: the source may migrate; the destination's incoming
+                 (paused) domain at the intent's generation is recognised, never adopted
+    handed_over  the completion committed: the destination owns it at the new generation and
+                 resumes its paused copy
+    done         the destination resumed it (a record for status until the next migration)
+    aborted      the source keeps it (libvirt error, timeout, a party left); the guest's
+                 generation moved past the intent's, so a leftover incoming copy is destroyed
+    """
+
+    PENDING = "pending"
+    HANDED_OVER = "handed_over"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """The guest's latest live migration. `generation` is the destination's (the source's
+    generation + 1 at the intent): written into the incoming domain's metadata by the source's
+    libvirt call, it is what lets the destination tell the migration's copy from a foreign one."""
+
+    source: str
+    dest: str
+    generation: int
+    phase: MigrationPhase = MigrationPhase.PENDING
+    by: str = ""
+    reason: str = ""
+    started_at: float = 0.0  # wall clock, display only
+    changed_at: float = 0.0  # wall clock, display only
+
+    @property
+    def in_flight(self) -> bool:
+        return self.phase in (MigrationPhase.PENDING, MigrationPhase.HANDED_OVER)
+
+
 @dataclass(frozen=True)
 class GuestRecord:
     spec: GuestSpec
@@ -193,10 +231,22 @@ class GuestRecord:
     spec_version: int = 0  # grows with every accepted change of its spec
     reason: str = ""
     changed_at: float = 0.0  # wall clock, display only
+    migration: Migration | None = None  # the latest live migration (None: none since moved)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def storage_kind_blocks_migration(self) -> bool:
+        """Only shared storage is live-migrated (DRBD would need dual-primary)."""
+        return self.spec.storage is not StorageKind.SHARED
+
+    @property
+    def migrating(self) -> Migration | None:
+        """The migration in flight (pending or handed over), if any."""
+        m = self.migration
+        return m if m is not None and m.in_flight else None
 
 
 @dataclass(frozen=True)

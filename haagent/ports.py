@@ -129,8 +129,9 @@ class DomainObservation:
     """One domain as the local hypervisor reports it.
 
     `running` is True for every active state (running, paused, blocked...): for safety, a
-    paused domain still holds its disks. `owner`/`generation`/`cluster` come from the haagent
-    metadata written into the domain at start; None when absent.
+    paused domain still holds its disks. `paused`: active but paused (a migration's incoming
+    copy is paused until the hand-over commits). `owner`/`generation`/`cluster` come from the
+    haagent metadata written into the domain at start (or by a migration); None when absent.
     """
 
     name: str
@@ -138,6 +139,7 @@ class DomainObservation:
     owner: str | None = None
     generation: int | None = None
     cluster: str | None = None
+    paused: bool = False
 
 
 class Hypervisor(Protocol):
@@ -168,6 +170,30 @@ class Hypervisor(Protocol):
 
     async def destroy(self, domain: str) -> None:
         """Hard power-off. Succeeds if the domain is not running."""
+        ...
+
+    async def migrate(
+        self,
+        domain: str,
+        dest_uri: str,
+        cluster: str,
+        dest_node: str,
+        generation: int,
+        timeout_s: float,
+        authorise: Authorise | None = None,
+    ) -> None:
+        """Live-migrate the running `domain` peer-to-peer to the libvirt at `dest_uri`:
+        persistent there, the source's definition kept, the destination left PAUSED, its
+        definition carrying the ownership metadata (cluster, dest_node, generation). Returns
+        when libvirt reports the migration complete (the source is then shut off, reason
+        'migrated'). Raises HypervisorError if libvirt refused or failed (the guest is then
+        still on the source, running or paused) or after `timeout_s` (the job aborted first).
+        `authorise` as for start, entered right before the migrate call and held until it
+        returns."""
+        ...
+
+    async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
+        """Resume a paused domain (the destination, once the hand-over is committed)."""
         ...
 
     async def clear_autostart(self, domains: Collection[str]) -> list[str]:

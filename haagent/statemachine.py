@@ -37,6 +37,10 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    MigrateGuest,
+    MigrationAborted,
+    MigrationDone,
+    MigrationResumed,
     NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
@@ -51,6 +55,8 @@ from haagent.model import (
     GuestRecord,
     GuestSpec,
     GuestState,
+    Migration,
+    MigrationPhase,
     NodeRecord,
     NodeRole,
     NodeState,
@@ -381,6 +387,9 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
             failures=0,
             reason=f"{c.reason}{previous}",
             changed_at=c.at,
+            # A new owner ends any migration: a copy the old destination still holds is no
+            # longer recognised as incoming (README, "Live migration").
+            migration=_ended(guest.migration, "the guest was assigned elsewhere", c.at),
         )
     if not changed:
         return _refuse(state, "; ".join(refused))
@@ -465,6 +474,7 @@ def _guest_stopped(state: ClusterState, c: GuestStopped) -> tuple[ClusterState, 
         failed_nodes=failed_nodes,
         reason=c.reason,
         changed_at=c.at,
+        migration=_ended(guest.migration, f"stopped on {c.node}", c.at),
     )
     return state.with_guest(record), OK
 
@@ -546,6 +556,139 @@ def _network_condition(state: ClusterState, c: NetworkCondition) -> tuple[Cluste
     return state.with_node(replace(rec, missing_networks=missing)), OK
 
 
+MIGRATION_STORAGE_REFUSAL = (
+    "live migration needs shared storage ({storage} is not: DRBD dual-primary is not "
+    "supported); stop it and let it start elsewhere instead"
+)
+
+
+def migration_refusal(state: ClusterState, guest: GuestRecord, node: str) -> str:
+    """Why `guest` may not be live-migrated to `node` now ("" if it may). The same checks as
+    `apply` makes, so the API and the leader can refuse early with the same words."""
+    if guest.storage_kind_blocks_migration:
+        return MIGRATION_STORAGE_REFUSAL.format(storage=guest.spec.storage)
+    if guest.desired is not DesiredState.RUNNING or guest.state is not GuestState.RUNNING:
+        return f"{guest.name} is {guest.state} (desired {guest.desired}), not running"
+    if guest.migrating is not None:
+        m = guest.migrating
+        return f"{guest.name} is already migrating ({m.source} -> {m.dest}, {m.phase})"
+    if guest.owner is None or state.node(guest.owner).state is not NodeState.UP:
+        return f"its owner {guest.owner} is not up"
+    if node == guest.owner:
+        return f"{guest.name} already runs on {node}"
+    target = state.node(node)
+    if target.state is not NodeState.UP or target.role is not NodeRole.HYPERVISOR:
+        return f"{node} is not an up hypervisor"
+    if target.maintenance:
+        return f"{node} is in maintenance"
+    if not guest.spec.allows(node):
+        return f"{node} is not allowed"
+    if target.lacks(guest.spec):
+        return f"{node} lacks {', '.join(target.lacks(guest.spec))}"
+    return ""
+
+
+def _ended(migration: Migration | None, why: str, at: float) -> Migration | None:
+    """A migration record once the guest stopped or changed owner: one still in flight is
+    aborted (a pending one's incoming copy is then destroyed; a handed-over one was never
+    resumed), a finished one is kept for status."""
+    if migration is None or not migration.in_flight:
+        return migration
+    return replace(migration, phase=MigrationPhase.ABORTED, reason=why, changed_at=at)
+
+
+def _migrate_guest(state: ClusterState, c: MigrateGuest) -> tuple[ClusterState, Result]:
+    guest = state.guests.get(c.guest)
+    if guest is None:
+        return _refuse(state, f"unknown guest {c.guest!r}")
+    if guest.generation != c.expect_generation:
+        return _refuse(state, _stale("migration", c.expect_generation, guest.generation))
+    why = migration_refusal(state, guest, c.node)
+    if why:
+        return _refuse(state, why)
+    assert guest.owner is not None
+    intent = Migration(
+        source=guest.owner,
+        dest=c.node,
+        generation=guest.generation + 1,
+        by=c.by,
+        started_at=c.at,
+        changed_at=c.at,
+    )
+    record = replace(
+        guest, migration=intent, reason=f"migrating to {c.node} (by {c.by})", changed_at=c.at
+    )
+    return state.with_guest(record), OK
+
+
+def _pending_migration(state: ClusterState, guest_name: str, generation: int) -> str:
+    guest = state.guests.get(guest_name)
+    if guest is None:
+        return f"unknown guest {guest_name!r}"
+    m = guest.migration
+    if m is None or m.phase is not MigrationPhase.PENDING:
+        return f"{guest_name} has no pending migration"
+    if guest.generation != generation:
+        return f"{guest_name} is at generation {guest.generation}, not {generation}"
+    return ""
+
+
+def _migration_done(state: ClusterState, c: MigrationDone) -> tuple[ClusterState, Result]:
+    why = _pending_migration(state, c.guest, c.generation) or _owner_check(
+        state, c.guest, c.node, c.generation
+    )
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    m = guest.migration
+    assert m is not None
+    if guest.state is not GuestState.RUNNING:
+        return _refuse(state, f"{c.guest} is {guest.state}, not running")
+    if state.node(m.dest).state is not NodeState.UP:
+        return _refuse(state, f"the destination {m.dest} is {state.node(m.dest).state}")
+    record = replace(
+        guest,
+        owner=m.dest,
+        generation=m.generation,
+        failures=0,
+        migration=replace(m, phase=MigrationPhase.HANDED_OVER, changed_at=c.at),
+        reason=f"migrated from {m.source}",
+        changed_at=c.at,
+    )
+    return state.with_guest(record), OK
+
+
+def _migration_aborted(state: ClusterState, c: MigrationAborted) -> tuple[ClusterState, Result]:
+    why = _pending_migration(state, c.guest, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    m = guest.migration
+    assert m is not None
+    # The intent's generation is spent: the guest moves past it, so the incoming copy (which
+    # carries it) is never mistaken for a later start, and a late migrate call is refused.
+    record = replace(
+        guest,
+        generation=m.generation,
+        migration=replace(m, phase=MigrationPhase.ABORTED, reason=c.reason, changed_at=c.at),
+        reason=f"migration to {m.dest} aborted: {c.reason}",
+        changed_at=c.at,
+    )
+    return state.with_guest(record), OK
+
+
+def _migration_resumed(state: ClusterState, c: MigrationResumed) -> tuple[ClusterState, Result]:
+    why = _owner_check(state, c.guest, c.node, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    m = guest.migration
+    if m is None or m.phase is not MigrationPhase.HANDED_OVER or m.dest != c.node:
+        return _refuse(state, f"{c.guest} has no migration handed over to {c.node}")
+    record = replace(guest, migration=replace(m, phase=MigrationPhase.DONE, changed_at=c.at))
+    return state.with_guest(record), OK
+
+
 _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState, Result]]] = {
     Join: _join,
     Leave: _leave,
@@ -565,4 +708,8 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     ReplicaUpToDate: _replica,
     ConfirmFenced: _confirm_fenced,
     NetworkCondition: _network_condition,
+    MigrateGuest: _migrate_guest,
+    MigrationDone: _migration_done,
+    MigrationAborted: _migration_aborted,
+    MigrationResumed: _migration_resumed,
 }

@@ -11,7 +11,7 @@ from typing import Any
 
 from haagent.codec import to_json
 from haagent.core.divergence import judge
-from haagent.model import ClusterState, NodeState, StorageKind
+from haagent.model import ClusterState, Migration, NodeState, StorageKind
 from haagent.ports import ConsensusView, DomainObservation, ReplicaObservation
 
 STATUS_VERSION = 1
@@ -166,12 +166,18 @@ def build_status(
             "priority": g.spec.priority,
             "networks": list(g.spec.networks),
             "network_refusals": lacks,
+            "migration": migration_document(g.migration),
         }
     local_doc: dict[str, Any] | None = None
     if local is not None:
         protected = {g.spec.domain for g in state.guests.values()}
         local_doc = {
-            d.name: {"running": d.running, "owner": d.owner, "generation": d.generation}
+            d.name: {
+                "running": d.running,
+                "paused": d.paused,
+                "owner": d.owner,
+                "generation": d.generation,
+            }
             for d in sorted(local.values(), key=lambda d: d.name)
             if d.name in protected and d.running
         }
@@ -215,6 +221,42 @@ def build_status(
         "tolerated_node_failures": None if tolerated is None else dict(tolerated),
         "drbd": drbd_document(state, replicas or {}, replicas_unknown),
     }
+
+
+def migration_document(m: Migration | None) -> dict[str, Any] | None:
+    """The guest's latest live migration: in flight (pending: the source migrates;
+    handed_over: the destination resumes it) or its outcome (done, aborted with the reason).
+    Times are the proposers' wall clocks (display only)."""
+    if m is None:
+        return None
+    return {
+        "source": m.source,
+        "dest": m.dest,
+        "generation": m.generation,
+        "phase": m.phase.value,
+        "in_flight": m.in_flight,
+        "by": m.by,
+        "reason": m.reason,
+        "started_at": m.started_at,
+        "changed_at": m.changed_at,
+    }
+
+
+def _migration_lines(guests: Mapping[str, Any]) -> list[str]:
+    """One line per migration in flight, and the outcome of each guest's latest one."""
+    lines = []
+    for name, g in guests.items():
+        m = g.get("migration")
+        if not m:
+            continue
+        how = f"{m['source']} -> {m['dest']} (generation {m['generation']})"
+        if m["in_flight"]:
+            lines.append(f"MIGRATING {name}: {how}, {m['phase']}")
+        elif m["phase"] == "aborted":
+            lines.append(f"migration of {name} {how}: aborted: {m['reason']}")
+        else:
+            lines.append(f"migration of {name} {how}: {m['phase']}")
+    return lines
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -314,6 +356,9 @@ def format_status(doc: dict[str, Any]) -> str:
             ]
         )
     lines += ["", _table(rows)]
+    migrations = _migration_lines(doc["guests"])
+    if migrations:
+        lines += ["", *migrations]
     drbd = doc.get("drbd") or {}
     if drbd:
         lines += ["", *_drbd_lines(drbd)]

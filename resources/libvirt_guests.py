@@ -529,6 +529,8 @@ class LibvirtHypervisor:
                 try:
                     name = dom.name()
                     running = dom.isActive() == 1
+                    # A migration's incoming copy is paused until its hand-over commits.
+                    paused = running and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
                     owner = _read_owner(dom)
                 except libvirt.libvirtError as exc:
                     if _error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
@@ -540,6 +542,7 @@ class LibvirtHypervisor:
                     owner=owner.node if owner else None,
                     generation=owner.generation if owner else None,
                     cluster=owner.cluster if owner else None,
+                    paused=paused,
                 )
             return observed
 

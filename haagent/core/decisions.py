@@ -96,6 +96,38 @@ class ResumeReplicaIo:
 
 
 @dataclass(frozen=True)
+class LiveMigrate:
+    """The source: live-migrate the running guest to `dest` (reached at `dest_uri`), leaving
+    it paused there with ownership metadata at `dest_generation`. Authorised, like a start,
+    against the source's lease and its committed generation `generation`."""
+
+    guest: str
+    domain: str
+    dest: str
+    dest_uri: str
+    generation: int
+    dest_generation: int
+    timeout_s: float
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.MIGRATE, self.guest)
+
+
+@dataclass(frozen=True)
+class ResumeGuest:
+    """The destination, owner since the hand-over committed: resume the paused copy."""
+
+    guest: str
+    domain: str
+    generation: int
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.RESUME, self.guest)
+
+
+@dataclass(frozen=True)
 class RunFence:
     node: str
     epoch: int
@@ -113,6 +145,8 @@ Action = (
     | PromoteReplica
     | DemoteReplica
     | ResumeReplicaIo
+    | LiveMigrate
+    | ResumeGuest
 )
 
 

@@ -32,8 +32,10 @@ from haagent.core.decisions import (
     ActionResult,
     DestroyDomain,
     Event,
+    LiveMigrate,
     LocalView,
     Proposal,
+    ResumeGuest,
     StartGuest,
     StopGuest,
     event,
@@ -42,6 +44,7 @@ from haagent.core.drbd import DrbdStorage
 from haagent.core.inflight import Outbox
 from haagent.core.instances import InstanceTracker
 from haagent.core.keys import ActionKey, ProposalKey, ProposalKind
+from haagent.core.migration import Migrations
 from haagent.core.settings import AgentSettings
 from haagent.core.storage import SharedStorage, StorageGate
 from haagent.model import (
@@ -53,6 +56,8 @@ from haagent.model import (
     StorageKind,
 )
 from haagent.ports import DomainObservation
+
+IN_MAINTENANCE = "node in maintenance"
 
 
 def storage_gates(settings: AgentSettings) -> Mapping[StorageKind, StorageGate]:
@@ -73,6 +78,7 @@ class GuestReconciler:
         self._gates = gates
         self._config_domains = frozenset(spec.domain for spec in settings.guests)
         self.instances = InstanceTracker()
+        self.migrations = Migrations(settings)
 
     # -- questions other concerns ask ------------------------------------------------------
 
@@ -120,8 +126,9 @@ class GuestReconciler:
         if leaving:
             drain = "node leaving"
         elif state.node(s.node).maintenance:
-            drain = "node in maintenance"
+            drain = IN_MAINTENANCE
         evacuate = evacuate or {}
+        self.migrations.forget(state)
         for domain, obs in sorted(local.domains.items()):
             record = state.by_domain.get(domain)
             why = drain or (evacuate.get(record.name, "") if record is not None else "")
@@ -171,6 +178,8 @@ class GuestReconciler:
             return
         if guest is None:
             return  # not yet registered by the leader: nobody owns it yet
+        if self.migrations.incoming(guest, obs):
+            return  # a migration's paused copy: kept until its hand-over or abort commits
         if obs.generation is not None and obs.generation > guest.generation:
             first = self.instances.first_seen_ahead(domain, obs.generation, out.now)
             if proven_at > first:
@@ -187,7 +196,8 @@ class GuestReconciler:
                 f" (found generation {obs.generation})",
             )
             return
-        if guest.desired is DesiredState.STOPPED or drain:
+        stopping = guest.desired is DesiredState.STOPPED or bool(drain)
+        if stopping and not self.migrations.holds(guest, drain == IN_MAINTENANCE):
             stop = StopGuest(guest.name, domain, guest.generation, s.shutdown_timeout_s)
             if out.act(stop):
                 out.note("stop", guest=guest.name, reason=drain or "disabled")
@@ -210,11 +220,15 @@ class GuestReconciler:
         s = self._settings
         domain = guest.spec.domain
         gate = self._gates[guest.spec.storage]
+        if self.migrations.migrating_out(guest):
+            self.migrations.as_source(out, state, guest, local)
+            return
         seen = local.domains.get(domain)
         if seen is not None and seen.running:
             self.instances.forget_start(domain)
             self.instances.resolve_unknown_start(domain)
             gate.while_running(out, guest, local)
+            self.migrations.resume(out, guest, seen, drain)
             return
         start = StartGuest(guest.name, domain, guest.generation)
         if start.key in out.in_flight.actions:
@@ -354,6 +368,8 @@ class GuestReconciler:
                 # guest's failure count; until then it is not started again.
                 events.append(event("start_failed", guest=action.guest, detail=result.detail))
                 self.instances.start_failed(action.domain, action.generation, result.detail)
+        elif isinstance(action, LiveMigrate | ResumeGuest):
+            events.extend(self.migrations.action_done(action, result))
         elif isinstance(action, StopGuest | DestroyDomain):
             if not result.ok:
                 events.append(event("stop_failed", key=str(key), detail=result.detail))

@@ -31,6 +31,10 @@ class ProposalKind(StrEnum):
     PEER_OUTDATED = "outdated"  # subject: guest (its DRBD peer)
     PEER_UP_TO_DATE = "uptodate"  # subject: guest (its DRBD peer)
     NETWORK_CONDITION = "network"  # no subject: this node's one condition
+    MIGRATE = "migrate"  # subject: guest (the leader's evacuation intent)
+    MIGRATION_DONE = "migrated"  # subject: guest
+    MIGRATION_ABORTED = "migration_aborted"  # subject: guest
+    MIGRATION_RESUMED = "migration_resumed"  # subject: guest
 
 
 class ActionKind(StrEnum):
@@ -43,6 +47,8 @@ class ActionKind(StrEnum):
     DEMOTE = "demote"  # subject: DRBD resource
     RESUME_IO = "resume_io"  # subject: DRBD resource
     FENCE = "fence"  # subject: node (one fencing of a node at a time, whatever its epoch)
+    MIGRATE = "migrate"  # subject: guest (the source's libvirt migration)
+    RESUME = "resume"  # subject: guest (the destination resumes its migrated copy)
 
 
 @dataclass(frozen=True)

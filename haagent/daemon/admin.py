@@ -27,12 +27,13 @@ from typing import Any
 
 from haagent.agent import AgentSettings
 from haagent.api import ApiError
-from haagent.commands import ConfirmFenced, SetDesired, SetMaintenance
+from haagent.commands import ConfirmFenced, MigrateGuest, SetDesired, SetMaintenance
 from haagent.config import Config
 from haagent.consensus import RaftConsensus
 from haagent.daemon.telemetry import Telemetry, Tolerance, state_size
 from haagent.model import ClusterState, DesiredState, NodeState
 from haagent.ports import Outcome, OutcomeKind
+from haagent.statemachine import migration_refusal
 from haagent.whatif import tolerated_failures, what_if
 
 log = logging.getLogger("haagent")
@@ -212,6 +213,30 @@ class AdminService:
             node, on, f"api@{self._config.node}", time.time(), expect_version=version
         )
         log.info("admin: maintenance %s %s", "on" if on else "off", node)
+        return await consensus.propose(command, self._s.commit_timeout_s)
+
+    async def migrate(self, guest: str, node: str, generation: int | None) -> Outcome:
+        """Live-migrate `guest` to `node`: propose `MigrateGuest` conditional on `generation`
+        (None: the one this agent's view shows), so a request decided on a guest that moved,
+        restarted or migrated since is refused by `apply`, never applied to its new instance.
+        Refused early, with the same words as `apply`, when this view already says no."""
+        consensus = self._serving()
+        state = consensus.view().state
+        record = state.guests.get(guest)
+        if record is None:
+            raise ApiError(404, f"unknown guest {guest!r}")
+        if node not in self._config.nodes:
+            raise ApiError(404, f"unknown node {node!r}")
+        expect = record.generation if generation is None else generation
+        why = migration_refusal(state, record, node)
+        if why:
+            return Outcome(OutcomeKind.REFUSED, why)
+        if not self._s.nodes[node].migration_uri:
+            return Outcome(
+                OutcomeKind.REFUSED, f"{node} has no migration_uri in the config: it takes none"
+            )
+        command = MigrateGuest(guest, node, expect, f"api@{self._config.node}", time.time())
+        log.warning("admin: migrate %s (generation %d) to %s", guest, expect, node)
         return await consensus.propose(command, self._s.commit_timeout_s)
 
     async def confirm_fenced(self, node: str, by: str) -> Outcome:

@@ -34,7 +34,9 @@ from haagent.agent import (
     AgentSettings,
     DemoteReplica,
     DestroyDomain,
+    LiveMigrate,
     PromoteReplica,
+    ResumeGuest,
     ResumeReplicaIo,
     RunFence,
     StartGuest,
@@ -61,6 +63,9 @@ MIN_DESTROY_TIMEOUT_S = 10.0
 STOP_GRACE_EXTRA_S = 10.0
 # Beyond the wrapper's own timeout (DrbdReplicas kills drbd.sh after it): only a bug needs it.
 REPLICA_GRACE_S = 10.0
+# Beyond `migration_timeout_s`, which the adapter enforces itself by aborting the job: only a
+# bug or a hung libvirt needs it (the outcome is then unknown, and the core aborts).
+MIGRATE_GRACE_S = 30.0
 
 
 class UnknownActionError(TypeError):
@@ -104,6 +109,10 @@ class ActionExecutor:
                 return self._guarded(action, self._destroy(action))
             case PromoteReplica() | DemoteReplica() | ResumeReplicaIo():
                 return self._guarded(action, self._replica(action))
+            case LiveMigrate():
+                return self._guarded(action, self._migrate(action))
+            case ResumeGuest():
+                return self._guarded(action, self._resume(action))
             case _:
                 _exhaustive: Never = action  # mypy: every Action type has a case above
                 raise UnknownActionError(f"no handler for action {action!r}")
@@ -171,6 +180,67 @@ class ActionExecutor:
         except HypervisorError as exc:
             return ActionResult(False, str(exc))
         log.info("started %s at generation %d", action.guest, action.generation)
+        return ActionResult(True)
+
+    async def _migrate(self, action: LiveMigrate) -> ActionResult:
+        """The source's libvirt migration, authorised like a start (the lease and the source's
+        committed generation, right before the call). Any failure, even an unknown outcome,
+        is reported as not done: the core then aborts, which is safe whatever libvirt did
+        (haagent.core.migration)."""
+        t0 = time.monotonic()
+        try:
+            hv = self._hypervisor()
+            refused = self._authority.check(action.guest, action.generation)
+            if refused is not None:
+                raise RefusedError(f"{action.key} refused before the call: {refused}")
+            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            await asyncio.wait_for(
+                hv.migrate(
+                    action.domain,
+                    action.dest_uri,
+                    self._s.cluster,
+                    action.dest,
+                    action.dest_generation,
+                    action.timeout_s,
+                    authorise=authorise,
+                ),
+                action.timeout_s + MIGRATE_GRACE_S,
+            )
+        except RefusedError as exc:
+            log.warning("migrate %s not made: %s", action.guest, exc)
+            return ActionResult(False, str(exc), refused=True)
+        except TimeoutError:
+            detail = f"migrate did not return in {action.timeout_s + MIGRATE_GRACE_S}s"
+            log.error("migrate %s to %s: %s", action.guest, action.dest, detail)
+            return ActionResult(False, detail, unknown=True)
+        except UnknownOutcomeError as exc:
+            log.error("migrate %s to %s: outcome unknown: %s", action.guest, action.dest, exc)
+            return ActionResult(False, str(exc), unknown=True)
+        except HypervisorError as exc:
+            log.error("migrate %s to %s failed: %s", action.guest, action.dest, exc)
+            return ActionResult(False, str(exc))
+        took = time.monotonic() - t0
+        self._telemetry.agent.migration_seconds.observe(took)
+        log.warning("migrated %s to %s in %.3fs", action.guest, action.dest, took)
+        return ActionResult(True)
+
+    async def _resume(self, action: ResumeGuest) -> ActionResult:
+        """The destination resumes its copy, authorised against its lease and the committed
+        hand-over (it owns the guest at the copy's generation)."""
+        try:
+            hv = self._hypervisor()
+            refused = self._authority.check(action.guest, action.generation)
+            if refused is not None:
+                raise RefusedError(f"{action.key} refused before the call: {refused}")
+            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            await asyncio.wait_for(
+                hv.resume(action.domain, authorise=authorise), MIN_DESTROY_TIMEOUT_S
+            )
+        except RefusedError as exc:
+            return ActionResult(False, str(exc), refused=True)
+        except (HypervisorError, TimeoutError) as exc:
+            return ActionResult(False, str(exc) or "timed out")
+        log.warning("resumed %s at generation %d", action.guest, action.generation)
         return ActionResult(True)
 
     async def _stop(self, action: StopGuest) -> ActionResult:

@@ -57,6 +57,9 @@ class Surface:
     async def confirm_fenced(self, node: str, by: str) -> Outcome:
         return await self._d.admin.confirm_fenced(node, by)
 
+    async def migrate(self, guest: str, node: str, generation: int | None) -> Outcome:
+        return await self._d.admin.migrate(guest, node, generation)
+
     async def status(self) -> str:
         d = self._d
         if d.consensus is None:

@@ -4,7 +4,9 @@ They look at the simulated world from outside — what the fake hypervisors actu
 was actually committed and when — not at what the agents believe, so a bug in the agent's
 reasoning shows up as a physical violation.
 
-1. Never two running copies of a guest.
+1. Never two running copies of a guest: never unpaused on two hosts (a live migration's
+   incoming copy is paused until its hand-over commits), and a paused copy is resumed only by
+   the owner a committed `MigrationDone` named, at its generation (checked with 3).
 2. Every recovery is preceded by a committed successful fence of the previous owner (or, for a
    node fenced by watchdog, its lease + watchdog timeout + margin has elapsed since its last
    accepted heartbeat), unless that owner had committed the guest stopped or left cleanly.
@@ -30,7 +32,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from haagent.commands import AssignGuests, GuestStarting, Heartbeat, Join
+from haagent.commands import AssignGuests, GuestStarting, Heartbeat, Join, MigrationDone
 from haagent.model import ClusterState, DesiredState, FenceMethod, GuestState, NodeState
 from haagent.sim.world import TraceEvent, World
 from haagent.statemachine import apply
@@ -52,6 +54,7 @@ class InvariantChecker:
     _heartbeat_at: dict[str, float] = field(default_factory=dict)  # true time of last commit
     _max_started: dict[str, int] = field(default_factory=dict)
     _starting: set[tuple[str, str, int]] = field(default_factory=set)  # (domain, node, gen)
+    _handed_over: set[tuple[str, str, int]] = field(default_factory=set)  # (domain, node, gen)
     _trace_seen: int = 0
     _physical_seen: int = -1
     _protected: frozenset[str] = frozenset()
@@ -123,6 +126,12 @@ class InvariantChecker:
                 # The start runs at the generation the committed intent gave it.
                 started = after.guests[command.guest]
                 self._starting.add((started.spec.domain, command.node, started.generation))
+            elif isinstance(command, MigrationDone):
+                moved = after.guests[command.guest]
+                if moved.owner is None or moved.generation <= command.generation:
+                    self.fail(f"{command.guest} was handed over without a new generation")
+                else:
+                    self._handed_over.add((moved.spec.domain, moved.owner, moved.generation))
             elif isinstance(command, AssignGuests):
                 for a in command.assignments:
                     old, new = before.guests.get(a.guest), after.guests.get(a.guest)
@@ -169,6 +178,9 @@ class InvariantChecker:
         trace = world.trace
         for index in range(self._trace_seen, len(trace)):
             ev = trace[index]
+            if ev.name == "domain_resumed":
+                self._resumed(ev)
+                continue
             if ev.name != "domain_started":
                 continue
             data = dict(ev.data)
@@ -186,6 +198,17 @@ class InvariantChecker:
                 )
             self._max_started[domain] = max(gen, self._max_started.get(domain, 0))
         self._trace_seen = len(trace)
+
+    def _resumed(self, ev: TraceEvent) -> None:
+        data = dict(ev.data)
+        domain, gen = str(data["domain"]), data["generation"]
+        assert isinstance(gen, int) and ev.node is not None
+        if (domain, ev.node, gen) not in self._handed_over:
+            self.fail(
+                f"{ev.node} resumed {domain} at generation {gen} without a committed "
+                "migration_done handing it over"
+            )
+        self._max_started[domain] = max(gen, self._max_started.get(domain, 0))
 
     # 4 --------------------------------------------------------------------------------------
 
@@ -236,6 +259,9 @@ class InvariantChecker:
             if g.desired is not DesiredState.RUNNING or g.state is GuestState.ERROR:
                 continue
             hosts = world.running(spec.name)
+            paused = world.running(spec.name, paused=True)
+            if paused:
+                problems.append(f"{spec.name} is held paused on {', '.join(paused)}")
             if hosts != [g.owner] or g.state is not GuestState.RUNNING:
                 text = (
                     f"{spec.name} runs on {', '.join(hosts) or 'no node'} (committed: {g.state}"

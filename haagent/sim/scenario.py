@@ -10,6 +10,8 @@ first comment block is the scenario's description. Everything else is one statem
     fence watchdog n2                   fencing method of some nodes (default: agent);
                                         `agent+watchdog`: power levels, then a watchdog level
     watchdog_timeout 5                  seconds, all nodes
+    migration_uri n1 n2 n3              nodes reachable for live migration (maintenance
+                                        evacuates by live migration when every one is)
     guest g1 memory=256 priority=10 prefer=n1,n2 allow=n1,n2 group=db
     set lease_s=1.0 failure_timeout_s=1.4    agent settings (AgentSettings fields)
     option drop_probability=0.01        simulator knobs (SimOptions fields)
@@ -30,6 +32,9 @@ partition `*` stands for every node not named in another group):
     start_timeout_s the agent hears "unknown" and the domain comes up late)
     hang N | resume N | restart N (the agent, kill -9) | shutdown N (clean leave, agent exits)
     disable G | enable G | maintenance N on|off | confirm_fenced N (admin: N is verified off)
+    migrate G N (admin: live-migrate G to N, at the generation committed then)
+    migrate_fault N G WHAT[,WHAT...] (the next migrations of G from N: `fail` (libvirt fails
+    it) or a duration in seconds (past migration_timeout_s the job is aborted))
     link_down N IFACE | link_up N IFACE (the fake network: N's bridge/device IFACE stops or
     starts working; a guest line's nets=A,B names the interfaces the guest needs)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
@@ -125,6 +130,7 @@ class Scenario:
     fence: dict[str, FenceMethod] = field(default_factory=dict)
     watchdog_level: set[str] = field(default_factory=set)  # agent levels, then a watchdog level
     watchdog_timeout_s: float = 5.0
+    migration_uri: list[str] = field(default_factory=list)  # nodes with a migration URI
     guests: list[GuestSpec] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -143,6 +149,7 @@ class Scenario:
                 self.fence.get(n, FenceMethod.AGENT),
                 self.watchdog_timeout_s,
                 watchdog_level=n in self.watchdog_level,
+                migration_uri=f"sim+tcp://{n}/system" if n in self.migration_uri else "",
             )
         for w in self.witnesses:
             out[w] = NodeSettings(NodeRole.WITNESS)
@@ -176,6 +183,8 @@ class Scenario:
         if self.watchdog_level:
             out.append("fence agent+watchdog " + " ".join(sorted(self.watchdog_level)))
         out.append(f"watchdog_timeout {_num(self.watchdog_timeout_s)}")
+        if self.migration_uri:
+            out.append("migration_uri " + " ".join(self.migration_uri))
         out += [_guest_line(g) for g in self.guests]
         if self.settings:
             out.append("set " + " ".join(f"{k}={_text(v)}" for k, v in self.settings.items()))
@@ -267,6 +276,8 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "config": (2, 99),
     "link_down": (2, 2),
     "link_up": (2, 2),
+    "migrate": (2, 2),
+    "migrate_fault": (3, 3),
 }
 
 NODE_ARGS: dict[str, tuple[int, ...]] = {
@@ -293,6 +304,8 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "config": (0,),
     "link_down": (0,),
     "link_up": (0,),
+    "migrate": (1,),
+    "migrate_fault": (0,),
 }
 GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "crash": (0,),
@@ -300,6 +313,8 @@ GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "enable": (0,),
     "fail_starts": (1,),
     "slow_start": (1,),
+    "migrate": (0,),
+    "migrate_fault": (1,),
 }
 
 EXPECTATIONS: dict[str, tuple[int, int]] = {  # kind -> (min args, max args) after the kind
@@ -379,7 +394,7 @@ def _validate(sc: Scenario) -> None:
     if len(nodes) != len(sc.nodes) + len(sc.witnesses):
         raise ScenarioError(f"{name}: a node is named twice")
     guests = {g.name for g in sc.guests}
-    for node in [*sc.memory, *sc.fence]:
+    for node in [*sc.memory, *sc.fence, *sc.migration_uri]:
         if node not in sc.nodes:
             raise ScenarioError(f"{name}: {node!r} is not a hypervisor")
     for g in sc.guests:
@@ -440,6 +455,8 @@ def _statement(sc: Scenario, verb: str, args: list[str], where: str, number: int
                 sc.watchdog_level.discard(node)
     elif verb == "watchdog_timeout":
         sc.watchdog_timeout_s = _number(args[0], where)
+    elif verb == "migration_uri":
+        sc.migration_uri = list(args)
     elif verb == "guest":
         sc.guests.append(_guest(args, where))
     elif verb in ("set", "option"):
@@ -608,6 +625,8 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "config": lambda: world.config(a[0], _assignments(a[1:])),
         "link_down": lambda: world.fake_network.set_link(a[0], a[1], up=False),
         "link_up": lambda: world.fake_network.set_link(a[0], a[1], up=True),
+        "migrate": lambda: world.migrate(a[0], a[1]),
+        "migrate_fault": lambda: world.migrate_fault(a[0], a[1], a[2].split(",")),
     }
     actions[fault]()
 

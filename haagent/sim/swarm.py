@@ -223,6 +223,7 @@ def draw(seed: int) -> tuple[Scenario, bool]:
 
     sc.faults = _faults(rng, sc, everyone)
     _acting_faults(seed, sc)
+    _migrations(seed, sc)
     sc.heal_bound_s = HEAL_BOUND_S
     sc.description = (
         f"swarm seed {seed}: {hypervisors} hypervisors, {witnesses} witness, "
@@ -251,6 +252,31 @@ def _acting_faults(seed: int, sc: Scenario) -> None:
         seconds = act_rng.choice([0.5, 2.0, 8.0, 20.0])  # past 5 s: unknown, completes late
         args = (act_rng.choice(sc.nodes), act_rng.choice(sc.guests).name, str(seconds))
         faults.append(Step(t, "slow_start", args))
+    faults.sort(key=lambda f: f.t)
+    numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
+    sc.faults = numbered + healing
+
+
+def _migrations(seed: int, sc: Scenario) -> None:
+    """Live migrations (issue 11): in some seeds every hypervisor gets a migration URI (so
+    maintenance evacuates by live migration) and an admin migrates guests at random times,
+    some of them scripted to fail or to outlast `migration_timeout_s`, while the other faults
+    happen. Drawn from a random of their own, so every other draw of a seed stays the same."""
+    mig_rng = random.Random(f"haagent-swarm-mig-{seed}")
+    if not sc.guests or mig_rng.random() >= 0.3:
+        return
+    sc.migration_uri = list(sc.nodes)
+    sc.settings["migration_timeout_s"] = 3.0
+    faults = [f for f in sc.faults if f.line < HEALING_LINE]
+    healing = [f for f in sc.faults if f.line >= HEALING_LINE]
+    last = faults[-1].t if faults else 1.0
+    for _ in range(mig_rng.randint(1, 4)):
+        t = round(mig_rng.uniform(1.0, max(1.0, last)), 3)
+        guest = mig_rng.choice(sc.guests).name
+        if mig_rng.random() < 0.3:
+            what = mig_rng.choice(["fail", "0.2", "5"])  # 5 s: past the timeout, aborted
+            faults.append(Step(t - 0.001, "migrate_fault", (mig_rng.choice(sc.nodes), guest, what)))
+        faults.append(Step(t, "migrate", (guest, mig_rng.choice(sc.nodes))))
     faults.sort(key=lambda f: f.t)
     numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
     sc.faults = numbered + healing

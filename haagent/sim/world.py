@@ -64,11 +64,13 @@ from haagent.agent import (
     AgentSettings,
     DemoteReplica,
     DestroyDomain,
+    LiveMigrate,
     LocalView,
     NodeSettings,
     PromoteReplica,
     Proposal,
     ProposalKey,
+    ResumeGuest,
     ResumeReplicaIo,
     RunFence,
     StartGuest,
@@ -80,6 +82,7 @@ from haagent.commands import (
     DefineGuest,
     Heartbeat,
     Join,
+    MigrateGuest,
     SetDesired,
     SetMaintenance,
 )
@@ -102,6 +105,7 @@ from haagent.ports import (
     Outcome,
     OutcomeKind,
 )
+from haagent.sim.migrations import FakeMigrator
 from haagent.sim.network import FakeNetwork
 from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
@@ -141,6 +145,7 @@ class SimOptions:
     stale_leader_s: float | None = None  # an isolated leader's belief; None: election min
     start_s: float = 0.05
     destroy_s: float = 0.02
+    migrate_s: float = 1.0  # one live migration's copy (FakeMigrator)
     stop_s: float = 0.3
     fence_s: float = 0.1  # one fencing level that answers
     boot_s: float = 3.0  # power on -> agent running
@@ -268,6 +273,7 @@ class World:
         self.spec_by_name = {g.name: g for g in self.guest_specs}
         self.drbd = FakeDrbd(self.guest_specs)
         self.fake_network = FakeNetwork(self._fault)
+        self.migrator = FakeMigrator(self)
         self._settings_overrides = dict(settings or {})
         # Per-node changes to its config file (`config`), read by its next agent start.
         self.node_overrides: dict[str, dict[str, Any]] = {}
@@ -674,6 +680,8 @@ class World:
             self._fence(node, gen, life, action)
         elif isinstance(action, PromoteReplica | DemoteReplica | ResumeReplicaIo):
             self.at(self.now + o.destroy_s, lambda: self._finish_replica(node, gen, life, action))
+        elif isinstance(action, LiveMigrate | ResumeGuest):
+            self.migrator.act(node, gen, life, action)
         else:
             _exhaustive: Never = action  # mypy: every Action type has a branch above
             raise TypeError(f"the simulator cannot carry out {action!r}")
@@ -821,10 +829,18 @@ class World:
         if not node.powered or node.boot_count != life:
             return
         if domain in node.domains and node.domains[domain].running:
-            node.domains[domain] = replace(node.domains[domain], running=False)
+            node.domains[domain] = replace(node.domains[domain], running=False, paused=False)
             self.physical_version += 1
             self.record(node.name, f"domain_{how}", domain=domain)
         self._action_result(node, gen, key, ActionResult(True))
+
+    def linked_hosts(self, a: str, b: str) -> bool:
+        """Two hypervisors can reach each other's libvirtd (both powered, no cut between)."""
+        return self.drbd_link(a, b)
+
+    def deliver_result(self, node: _Node, gen: int, key: ActionKey, result: ActionResult) -> None:
+        """Hand an action's result to the agent that asked (for the fakes in other modules)."""
+        self._action_result(node, gen, key, result)
 
     def _action_result(self, node: _Node, gen: int, key: ActionKey, result: ActionResult) -> None:
         def give() -> None:
@@ -1140,6 +1156,24 @@ class World:
         """Admin: put `node` in maintenance (drain it) or take it out."""
         self.admin(SetMaintenance(node, on, by="admin", at=0.0), node=node, on=on)
 
+    def migrate(self, guest: str, node: str) -> None:
+        """Admin: `haagent guest migrate GUEST NODE`, conditional on the generation the
+        committed state shows now, as the CLI reads it from an agent."""
+        record = self.committed_state.guests.get(guest)
+        generation = record.generation if record is not None else 0  # refused if undefined
+        self.admin(
+            MigrateGuest(guest, node, generation, by="admin", at=0.0),
+            guest=guest,
+            node=node,
+            generation=generation,
+        )
+
+    def migrate_fault(self, node: str, guest: str, behaviours: list[str]) -> None:
+        """The next migrations of `guest` from `node`: "fail" (libvirt fails it) or a duration
+        in seconds (past `migration_timeout_s` the job is aborted)."""
+        self._fault("fault_migrate", node, guest=guest, script=",".join(behaviours))
+        self.migrator.script[(node, guest)] = list(behaviours)
+
     def confirm_fenced(self, node: str) -> None:
         """Admin: "I have verified that `node` is off" (`haagent node confirm-fenced`), for the
         failure epoch the committed state shows now, as the CLI reads it from an agent."""
@@ -1148,13 +1182,14 @@ class World:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def running(self, guest: str) -> list[str]:
-        """Powered hosts whose hypervisor runs the guest's domain right now (hung or not)."""
+    def running(self, guest: str, paused: bool = False) -> list[str]:
+        """Powered hosts whose hypervisor runs the guest's domain right now (hung or not),
+        unpaused (`paused`: those that hold it paused, e.g. a migration's incoming copy)."""
         domain = self.spec_by_name[guest].domain
         out: list[str] = []
         for n in self.nodes.values():
             obs = n.domains.get(domain)
-            if obs is not None and obs.running and n.powered:
+            if obs is not None and obs.running and n.powered and obs.paused == paused:
                 out.append(n.name)
         return out
 

@@ -216,6 +216,8 @@ def test_migrate_leaves_destination_paused_then_resume_runs_it(pair: LibvirtdPai
             # Destination: paused, persistent, new owner record live and in its config.
             c.watch.wait_for(1, "paused", 2)
             assert seen_as((await c.dst.domains())[GUEST]) == (True, "C", "n2", 4)
+            # ... and reported paused: the agents' hand-over waits on exactly this (migcore).
+            assert (await c.dst.domains())[GUEST].paused
             new = Owner("C", "n2", 4)
             assert owner_of(pair.uri(2), libvirt.VIR_DOMAIN_AFFECT_CONFIG) == new
             # Source: shut off "migrated", its definition (and old owner record) kept.
@@ -231,6 +233,7 @@ def test_migrate_leaves_destination_paused_then_resume_runs_it(pair: LibvirtdPai
             await c.dst.resume(GUEST, permit)
             running = c.watch.wait_for(1, "running", 5)
             await c.dst.resume(GUEST)  # already running: a no-op
+            assert not (await c.dst.domains())[GUEST].paused
             conn, dom = raw_domain(pair.uri(2))
             try:
                 stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)

@@ -23,6 +23,10 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    MigrateGuest,
+    MigrationAborted,
+    MigrationDone,
+    MigrationResumed,
     NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
@@ -57,6 +61,10 @@ EXAMPLES = [
     DefineGuest(GuestSpec("g", "g", 512), 19.0, expect_version=1),
     NetworkCondition("n1", "inc", ("br-backend", "eth0.100"), 20.0),
     DefineGuest(GuestSpec("g", "g", 512, networks=("br0", "eth1")), 21.0, expect_version=2),
+    MigrateGuest("g", "n2", 3, "api@n1 (token)", 22.0),
+    MigrationDone("g", "n1", 3, 23.0),
+    MigrationAborted("g", "n1", 3, "libvirt: connection refused", 24.0),
+    MigrationResumed("g", "n2", 4, 25.0),
 ]
 
 

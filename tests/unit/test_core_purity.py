@@ -38,6 +38,8 @@ CORE = [
     "core.divergence",
     "core.networks",
     "core.netneeds",
+    "core.migration",
+    "core.diskneeds",
 ]
 PACKAGE = Path(__file__).resolve().parents[2] / "haagent"
 FORBIDDEN = {
