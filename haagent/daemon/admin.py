@@ -16,8 +16,10 @@ Contract:
   (staleness <= 2 intervals + budget + one queued job once the cluster settled, <= the max
   age + budget while it keeps changing, in a healthy agent). Why wait for a settled state: at
   a cold start or a failover the state changes with every start, and every agent of the
-  cluster computed a count (up to the budget in CPU each) on every interval; 22 agents
-  sharing one host asked for ~4 cores at once and starved their own leases (issue 7). A
+  cluster computed a count (up to the budget in CPU each) on every interval, each one stale
+  by the time it was done; at 12 nodes / 500 guests a count takes the whole budget (issue 7:
+  12 agents on one 2-core host spent 16 CPU-s in their worker processes before all held a
+  lease, 10 with this schedule). A
   what-if answer reuses that count when it is younger than `TOLERANCE_REUSE_S`, else computes
   one under `WHATIF_BUDGET_S`.
 - One what-if at a time: a second request while one runs is answered 503 (retry), so requests

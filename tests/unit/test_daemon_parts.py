@@ -169,10 +169,11 @@ def _cluster(guests: int) -> ClusterState:
 
 
 def test_the_tolerated_count_waits_while_the_state_changes_and_follows_once_it_settled() -> None:
-    """At a cold start of 22 agents every agent computed the count on every interval, since
-    every start changed the guests (up to its 2 s budget in CPU each: ~4 cores asked of a
-    2-core host at once, which starved the leases). Now a changing state is only looked at;
-    the count follows once the state stayed the same for a whole interval."""
+    """During a start every agent computed the count on every interval, since every start
+    changed the guests, each count up to its 2 s budget in CPU and stale when done (12 agents
+    / 500 guests on one host: 16 CPU-s in worker processes before all held a lease, 10 now).
+    Now a changing state is only looked at; the count follows once the state stayed the same
+    for a whole interval."""
     nodes = {n: NodeSettings(NodeRole.HYPERVISOR, 1024) for n in ("n1", "n2", "n3")}
     config = cast(Config, SimpleNamespace(nodes=nodes))
     telemetry = Telemetry("n1", Offload())
