@@ -270,7 +270,12 @@ class Mirrors(Protocol):
         the running guest, where its RAID1 adds and resyncs it."""
         ...
 
-    async def detach_leg(self, guest: str, leg_id: str) -> None: ...
+    async def detach_leg(self, guest: str, leg_id: str) -> None:
+        """Detach the leg's disk from the running guest (a leg not attached: done). A guest
+        paused on a write error of that leg (`error_policy='stop'`) is resumed once the disk
+        is gone, so its RAID1 writes on without the leg: the core detaches a leg only after
+        committing it stale."""
+        ...
 
 
 # --- fencing ---------------------------------------------------------------------------------

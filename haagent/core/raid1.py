@@ -11,10 +11,13 @@ the guest's owner at its generation (DESIGN rule 5):
 - Never a start from stale legs alone: with no fresh leg reachable the start waits, and says
   why ("only leg b (stale) reachable"). `apply` keeps at least one leg fresh.
 - While the guest runs here: a leg the guest's array reports faulty, missing or resyncing, or
-  whose holder is not up, is committed stale at once. A stale leg whose holder is up is
-  re-attached (`AttachLeg`; a faulty one is detached first), the array resyncs it, and only
-  when an observation from inside the guest shows it in sync, after this owner saw it out of
-  sync at this generation, is it committed fresh (`LegFresh`). Never on a timer.
+  whose holder is not up, is committed stale at once. Leg disks pause the guest on a write
+  error (`error_policy='stop'`), so it writes nothing without the leg before that commit;
+  only then is the dead leg detached, which lets the guest write on (the `Mirrors` contract).
+  A stale leg whose holder is up is re-attached (`AttachLeg`; a faulty one is detached
+  first), the array resyncs it, and only when an observation from inside the guest shows it
+  in sync, after this owner saw it out of sync at this generation, is it committed fresh
+  (`LegFresh`). Never on a timer.
 - A stale leg the array shows in sync although this agent never saw it out of sync (it
   restarted mid-way, or its holder came back before the array noticed) is not trusted: it is
   detached, so the re-attach and resync prove it.
@@ -180,8 +183,15 @@ class Raid1Storage:
         """A stale leg of a guest running here: re-attach it, watch the resync, and commit it
         fresh on the evidence (module docstring)."""
         key = (guest.name, leg.id)
-        if obs is None or member is None or not reachable(state, leg, self._node):
-            return  # not known now, or nothing to attach
+        if not reachable(state, leg, self._node):
+            # Its disk is dead here: the guest's next write to it pauses the guest
+            # (error_policy='stop') until it is detached. Now that it is committed stale,
+            # detach it, so the guest writes on without it.
+            if member != MEMBER_MISSING and self._settled(key, out.now):
+                self._detach(out, guest, leg, f"{leg.holder} is {state.node(leg.holder).state}")
+            return
+        if obs is None or member is None:
+            return  # not known now: neither attached nor trusted on a guess
         seen = self._unsynced.get(key)
         if seen is not None and seen[0] != guest.generation:
             seen = None  # evidence from another start proves nothing about this one

@@ -44,6 +44,7 @@ from haagent.daemon.admin import AdminService
 from haagent.daemon.authority import ActAuthority
 from haagent.daemon.drbd import DrbdService
 from haagent.daemon.executor import ActionExecutor
+from haagent.daemon.mirrors import UnknownMirrors
 from haagent.daemon.netwatch import NetworkObserver, needed_here
 from haagent.daemon.observer import Observer
 from haagent.daemon.offload import Offload
@@ -58,8 +59,8 @@ from haagent.daemon.watchdogs import (
 )
 from haagent.fencing.levels import AgentFencer
 from haagent.fencing.sdnotify import SystemdNotifier
-from haagent.model import ClusterState, NodeRole
-from haagent.ports import Fencer, Hypervisor
+from haagent.model import ClusterState, NodeRole, StorageKind
+from haagent.ports import Fencer, Hypervisor, Mirrors
 
 __all__ = [
     "Daemon",
@@ -100,6 +101,13 @@ class Daemon:
         self.authority = ActAuthority(config.node, self.core.lease, self._committed_state)
         self.watchdogs = WatchdogKeeper(config, self.core, self.authority)
         self.drbd: DrbdService | None = None  # where a DRBD replica lives (daemon/drbd.py)
+        # Raid1 guests' legs: a stand-in until the guest-RAID1 adapter lands (daemon/mirrors).
+        self.mirrors: Mirrors = UnknownMirrors()
+        self._raid1_domains = {
+            spec.domain: spec.name
+            for spec in self.settings.guests
+            if spec.storage is StorageKind.RAID1
+        }
         self.executor = self._executor(None)
         self.networks = NetworkObserver(needed_here(config.node, self.settings.guests), self.wake)
         self._protected = frozenset(spec.domain for spec in self.settings.guests)
@@ -142,6 +150,8 @@ class Daemon:
                 self.wake,
                 on_error=self.telemetry.agent.observation_failed,
                 replicas=replicas,
+                mirrors=self.mirrors,
+                raid1_domains=self._raid1_domains,
             )
             hv.set_listener(self.observer.request)
             self.executor = self._executor(hv)
@@ -215,6 +225,7 @@ class Daemon:
             self.authority,
             drbd.replicas if drbd is not None else None,
             drbd.command_timeout_s if drbd is not None else 0.0,
+            self.mirrors if hv is not None else None,
         )
 
     def _committed_state(self) -> ClusterState:
