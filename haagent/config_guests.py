@@ -113,6 +113,12 @@ def parse_guests(t: Table, hypervisors: Collection[str], base: Path) -> dict[str
                 networks = needed_interfaces(read_small_text(xml_path, MAX_XML_BYTES))
             except (UntrustedInputError, NetNeedsError) as exc:
                 raise gt.error("xml", str(exc)) from None
+        if storage is StorageKind.RAID1 and xml_path is None:
+            raise gt.error(
+                "xml",
+                'missing (required with storage = "raid1": the agent adds the leg disks it '
+                "chose for each start to it)",
+            )
         gt.done()
         spec = GuestSpec(
             name=name,

@@ -24,7 +24,7 @@ _HOST_RE = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
-_URI_RE = re.compile(r"(nbd|iscsi)://(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]+)(?::([0-9]{1,5}))?/(.+)")
+_URI_RE = re.compile(r"(nbd|iscsi)://(\[[^\]/]*\]|[^/:\[\]]+)(?::([0-9]{1,5}))?/(.+)")
 _EXPORT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:-]{0,254}")
 # iqn.YYYY-MM.reversed.domain[:unique name] (RFC 3720 3.2.6.3.1), or eui. with 16 hex digits.
 _IQN_RE = re.compile(
