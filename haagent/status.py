@@ -11,7 +11,7 @@ from typing import Any
 
 from haagent.codec import to_json
 from haagent.core.divergence import judge
-from haagent.model import ClusterState, NodeState, StorageKind
+from haagent.model import ClusterState, GuestRecord, NodeState, StorageKind
 from haagent.ports import ConsensusView, DomainObservation, ReplicaObservation
 
 STATUS_VERSION = 1
@@ -167,6 +167,8 @@ def build_status(
             "networks": list(g.spec.networks),
             "network_refusals": lacks,
         }
+        if g.spec.legs:
+            guests[name]["legs"] = _legs_document(g)
     local_doc: dict[str, Any] | None = None
     if local is not None:
         protected = {g.spec.domain for g in state.guests.values()}
@@ -215,6 +217,31 @@ def build_status(
         "tolerated_node_failures": None if tolerated is None else dict(tolerated),
         "drbd": drbd_document(state, replicas or {}, replicas_unknown),
     }
+
+
+def _legs_document(g: GuestRecord) -> dict[str, Any]:
+    """A raid1 guest's legs as committed: fresh, or stale since a generation and why."""
+    doc: dict[str, Any] = {}
+    for leg in g.spec.legs:
+        stale = next((s for s in g.stale_legs if s.leg == leg.id), None)
+        doc[leg.id] = {
+            "holder": leg.holder,
+            "fresh": stale is None,
+            "stale_since_generation": None if stale is None else stale.generation,
+            "stale_reason": None if stale is None else stale.reason,
+        }
+    return doc
+
+
+def _legs_lines(guests: Mapping[str, Any]) -> list[str]:
+    rows = [["GUEST", "LEG", "HOLDER", "DATA"]]
+    for name, g in guests.items():
+        for leg_id, leg in (g.get("legs") or {}).items():
+            data = "fresh"
+            if not leg["fresh"]:
+                data = f"STALE since gen {leg['stale_since_generation']}: {leg['stale_reason']}"
+            rows.append([name, leg_id, leg["holder"], data])
+    return [_table(rows)] if len(rows) > 1 else []
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -314,6 +341,9 @@ def format_status(doc: dict[str, Any]) -> str:
             ]
         )
     lines += ["", _table(rows)]
+    legs = _legs_lines(doc["guests"])
+    if legs:
+        lines += ["", *legs]
     drbd = doc.get("drbd") or {}
     if drbd:
         lines += ["", *_drbd_lines(drbd)]

@@ -33,6 +33,7 @@ from haagent.model import (
 from haagent.placement import plan
 from haagent.ports import MirrorObservation
 from haagent.statemachine import apply
+from haagent.status import _legs_document, _legs_lines
 from tests.helpers.core_views import build, joined
 
 LEGS = (
@@ -269,3 +270,22 @@ def test_a_failed_attach_is_retried_only_after_a_pause() -> None:
     out = outbox(10.0 + LEG_REATTACH_S)
     gate.while_running(out, state, guest(state), seen(out.now, a="missing", b="in_sync"))
     assert out.actions == [attach]
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def test_status_shows_each_legs_freshness() -> None:
+    state = build(LegStale("g", "a", "n2", 2, "n1 is fenced", 0.0), state=running_on("n2", "n1"))
+    doc = {"guests": {"g": {"legs": _legs_document(guest(state))}}}
+    assert doc["guests"]["g"]["legs"] == {
+        "a": {
+            "holder": "n1",
+            "fresh": False,
+            "stale_since_generation": 2,
+            "stale_reason": "n1 is fenced",
+        },
+        "b": {"holder": "n2", "fresh": True, "stale_since_generation": None, "stale_reason": None},
+    }
+    text = "\n".join(_legs_lines(doc["guests"]))
+    assert "a    n1      STALE since gen 2: n1 is fenced" in text
