@@ -284,8 +284,23 @@ def test_status_shows_each_legs_freshness() -> None:
             "fresh": False,
             "stale_since_generation": 2,
             "stale_reason": "n1 is fenced",
+            "member": None,
+            "resync_progress": None,
         },
-        "b": {"holder": "n2", "fresh": True, "stale_since_generation": None, "stale_reason": None},
+        "b": {
+            "holder": "n2",
+            "fresh": True,
+            "stale_since_generation": None,
+            "stale_reason": None,
+            "member": None,
+            "resync_progress": None,
+        },
     }
+    # Where it runs, how its RAID1 sees each leg, with the resync's progress.
+    seen = MirrorObservation("g", {"a": "resyncing", "b": "in_sync"}, 0.42)
+    doc = {"guests": {"g": {"legs": _legs_document(guest(state), seen)}}}
+    assert doc["guests"]["g"]["legs"]["a"]["resync_progress"] == 0.42
+    assert doc["guests"]["g"]["legs"]["b"]["resync_progress"] is None
     text = "\n".join(_legs_lines(doc["guests"]))
-    assert "a    n1      STALE since gen 2: n1 is fenced" in text
+    assert "a    n1      resyncing 42%  STALE since gen 2: n1 is fenced" in text, text
+    assert "b    n2      in_sync        fresh" in text, text
