@@ -211,8 +211,8 @@ def _lacking(lacking: Mapping[str, tuple[str, ...]]) -> str:
 
 
 def _preference(state: ClusterState, guest: GuestRecord, node: str) -> tuple[int, int]:
-    """(storage rank, rank in preferred_nodes): a raid1 guest prefers the holder of a fresh
-    leg, then the holder of a stale one, then any other node; then the admin's order."""
+    """(rank in preferred_nodes, storage rank): the admin's order first; then a raid1 guest
+    prefers the holder of a fresh leg, then the holder of a stale one, then any other node."""
     prefs = guest.spec.preferred_nodes
     rank = placement_rank(state, guest, node) if guest.spec.storage is StorageKind.RAID1 else 0
-    return rank, prefs.index(node) if node in prefs else len(prefs)
+    return prefs.index(node) if node in prefs else len(prefs), rank
