@@ -53,7 +53,6 @@ from haagent.api_access import (
     bearer_token,
     server_tls_context,
 )
-from haagent.openapi import OPENAPI_DOCUMENT
 from haagent.ports import Outcome, OutcomeKind
 from haagent.untrusted import UntrustedInputError, escape, loads_json
 
@@ -321,6 +320,9 @@ def build_app(access: ApiAccess | str, h: Handlers) -> web.Application:
         return json_response(h.events(since, limit))
 
     async def get_openapi(request: web.Request) -> web.Response:
+        # Imported on first request: the document is large and rarely read (issue 7: RSS).
+        from haagent.openapi import OPENAPI_DOCUMENT
+
         return json_response(OPENAPI_DOCUMENT)
 
     async def post_guest(request: web.Request) -> web.Response:

@@ -42,7 +42,7 @@ import aiohttp
 from haagent import __version__
 from haagent.api_access import client_tls_context
 from haagent.config import SECRET_RE, Config, ConfigError, load_config
-from haagent.localcluster.cli import add_local_parser
+from haagent.localcluster.parser import add_local_parser
 from haagent.ports import HypervisorError
 from haagent.resources import drbd_fence
 from haagent.status import format_status
@@ -103,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
         "--here",
         action="store_true",
         help="also check that this host has, up and with carrier, every bridge/device the "
-        "guests that may run on the config's [local] node need (exit 1 if not)",
+        "guests that may run on the config's [local] node need, and each of their file and "
+        "block disks (exit 1 if anything is missing)",
     )
     check.set_defaults(func=_cmd_check)
 
@@ -386,32 +387,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
             if gc.spec.networks:
                 print(f"  guest {name} needs {', '.join(gc.spec.networks)}")
         if args.here:
-            status = max(status, _check_networks_here(cfg))
+            from haagent.doctor import DoctorError, check_here
+
+            try:
+                status = max(status, check_here(cfg))
+            except DoctorError as exc:
+                raise CliError(str(exc)) from None
     return status
-
-
-def _check_networks_here(cfg: Config) -> int:
-    """This host's interfaces against what the guests that may run on `cfg.node` need."""
-    from haagent.daemon.netwatch import needed_here
-    from haagent.resources.netlink import NetlinkError, check_links
-
-    specs = [gc.spec for gc in cfg.guests.values()]
-    needed = needed_here(cfg.node, specs)
-    if not needed:
-        print(f"  {cfg.node}: no guest that may run here needs a host network")
-        return 0
-    try:
-        found = check_links(needed)
-    except NetlinkError as exc:
-        raise CliError(f"cannot check this host's networks: {exc}") from None
-    for spec in sorted(specs, key=lambda s: s.name):
-        bad = [f"{n} {found[n]}" for n in spec.networks if n in found and spec.allows(cfg.node)]
-        if bad:
-            lacks = ", ".join(bad)
-            print(f"  guest {spec.name} may move to {cfg.node} (this host), which lacks {lacks}")
-    if not found:
-        print(f"  {cfg.node}: all {len(needed)} needed interfaces exist, are up, have carrier")
-    return 1 if found else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -271,10 +271,11 @@ class Mirrors(Protocol):
         ...
 
     async def detach_leg(self, guest: str, leg_id: str) -> None:
-        """Detach the leg's disk from the running guest (a leg not attached: done). A guest
-        paused on a write error of that leg (`error_policy='stop'`) is resumed once the disk
-        is gone, so its RAID1 writes on without the leg: the core detaches a leg only after
-        committing it stale."""
+        """Detach the leg's disk from the running guest (a leg not attached: done); the core
+        detaches a leg only after committing it stale. A guest paused on a write error of
+        that leg (`error_policy='stop'`) cannot acknowledge the unplug (measured by the real
+        adapter, resources/mirrors.py): then this raises, and the core restarts the guest
+        from its fresh leg instead (haagent.core.raid1)."""
         ...
 
 

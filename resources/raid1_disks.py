@@ -7,7 +7,7 @@ Contract:
 - `error_policy='stop'`: a write the leg refuses (its holder stopped exporting it to this
   node: storage fencing) pauses the guest instead of failing the member silently.
 - A source starting with "/" is the holder's local block device; else an nbd:// or iscsi://
-  URI (haagent.leguri), parsed strictly again here.
+  URI (the config checked it strictly with haagent.leguri; parsed again here).
 - `with_leg_disks` refuses a domain XML that already names a leg's serial or has no
   <devices>: the admin's XML holds everything but the legs, which the agent decides per start.
 """
@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from haagent.core.decisions import StartLeg
-from haagent.leguri import LegUriError, parse_leg_uri
+from haagent.resources.mirrors import leg_disk_xml, parse_leg_source
 
 
 class LegDiskError(ValueError):
@@ -26,28 +26,12 @@ class LegDiskError(ValueError):
 
 
 def leg_disk(leg_id: str, source: str, target: str) -> ET.Element:
-    """The <disk> element of one leg, attached as virtio disk `target` (e.g. "vdb")."""
-    disk = ET.Element("disk", device="disk")
-    driver = ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none")
-    driver.set("error_policy", "stop")
-    if source.startswith("/"):
-        disk.set("type", "block")
-        ET.SubElement(disk, "source", dev=source)
-    else:
-        try:
-            uri = parse_leg_uri(source)
-        except LegUriError as exc:
-            raise LegDiskError(f"leg {leg_id}: {exc}") from None
-        disk.set("type", "network")
-        src = ET.SubElement(disk, "source", protocol=uri.scheme, name=uri.name)
-        ET.SubElement(src, "host", name=uri.host, port=str(uri.port))
-    ET.SubElement(disk, "target", dev=target, bus="virtio")
-    ET.SubElement(disk, "serial").text = leg_id
-    return disk
-
-
-def leg_disk_xml(leg_id: str, source: str, target: str) -> str:
-    return ET.tostring(leg_disk(leg_id, source, target), encoding="unicode")
+    """The <disk> element of one leg, attached as virtio disk `target` (e.g. "vdb"): the
+    same disk the re-attach adds (resources/mirrors.py), built by the same code."""
+    try:
+        return ET.fromstring(leg_disk_xml(leg_id, target, parse_leg_source(source)))
+    except ValueError as exc:
+        raise LegDiskError(f"leg {leg_id}: {exc}") from None
 
 
 def free_targets(root: ET.Element, count: int) -> list[str]:

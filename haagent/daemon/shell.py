@@ -44,6 +44,7 @@ from haagent.daemon.admin import AdminService
 from haagent.daemon.authority import ActAuthority
 from haagent.daemon.drbd import DrbdService
 from haagent.daemon.executor import ActionExecutor
+from haagent.daemon.malloc import tune_malloc
 from haagent.daemon.mirrors import UnknownMirrors
 from haagent.daemon.netwatch import NetworkObserver, needed_here
 from haagent.daemon.observer import Observer
@@ -101,7 +102,8 @@ class Daemon:
         self.authority = ActAuthority(config.node, self.core.lease, self._committed_state)
         self.watchdogs = WatchdogKeeper(config, self.core, self.authority)
         self.drbd: DrbdService | None = None  # where a DRBD replica lives (daemon/drbd.py)
-        # Raid1 guests' legs: a stand-in until the guest-RAID1 adapter lands (daemon/mirrors).
+        # Raid1 guests' legs: libvirt (resources/mirrors.py) on a hypervisor with raid1 guests,
+        # else the stand-in that knows nothing (daemon/mirrors.py).
         self.mirrors: Mirrors = UnknownMirrors()
         self._raid1_domains = {
             spec.domain: spec.name
@@ -144,6 +146,11 @@ class Daemon:
                 self.drbd = DrbdService(
                     cfg.node, cfg.drbd_resources(), cfg.drbd_fence_socket, self.wake
                 )
+            if self._raid1_domains:
+                from haagent.resources.mirrors import LibvirtMirrors  # only raid1 hosts
+
+                legs = {s.name: tuple(leg.id for leg in s.legs) for s in self.settings.guests}
+                self.mirrors = LibvirtMirrors(hv, lambda guest: legs.get(guest, ()))
             replicas = self.drbd.replicas if self.drbd else None
             self.observer = Observer(
                 hv,
@@ -440,6 +447,7 @@ def _why(exc: OSError) -> str:
 
 
 def run_daemon(config: Config) -> int:
+    tune_malloc()  # before any thread starts
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
         format=f"%(asctime)s {config.node} %(levelname)s %(name)s: %(message)s",

@@ -39,6 +39,7 @@ CORE = [
     "core.divergence",
     "core.networks",
     "core.netneeds",
+    "core.diskneeds",
 ]
 PACKAGE = Path(__file__).resolve().parents[2] / "haagent"
 FORBIDDEN = {
