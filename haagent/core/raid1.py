@@ -13,7 +13,9 @@ the guest's owner at its generation (DESIGN rule 5):
 - While the guest runs here: a leg the guest's array reports faulty, missing or resyncing, or
   whose holder is not up, is committed stale at once. Leg disks pause the guest on a write
   error (`error_policy='stop'`), so it writes nothing without the leg before that commit;
-  only then is the dead leg detached, which lets the guest write on (the `Mirrors` contract).
+  only then is the dead leg detached, so the guest writes on without it. A guest already
+  paused cannot acknowledge that detach: once it failed, the guest is destroyed here and
+  started again from its fresh legs (a restart instead of a failover; never a stale start).
   A stale leg whose holder is up is re-attached (`AttachLeg`; a faulty one is detached
   first), the array resyncs it, and only when an observation from inside the guest shows it
   in sync, after this owner saw it out of sync at this generation, is it committed fresh
@@ -32,6 +34,7 @@ from haagent.commands import LegFresh, LegStale
 from haagent.core.decisions import (
     ActionResult,
     AttachLeg,
+    DestroyDomain,
     DetachLeg,
     Event,
     LocalView,
@@ -105,6 +108,8 @@ class Raid1Storage:
         self._unsynced: dict[tuple[str, str], tuple[int, float]] = {}
         # (guest, leg) -> when this node's last attach or detach of it returned.
         self._touched_at: dict[tuple[str, str], float] = {}
+        # (guest, leg) -> the generation at which a detach of it failed (unknown included).
+        self._detach_failed: dict[tuple[str, str], int] = {}
 
     # -- the gate ---------------------------------------------------------------------------
 
@@ -162,9 +167,13 @@ class Raid1Storage:
     def action_done(
         self, action: AttachLeg | DetachLeg, result: ActionResult, now: float
     ) -> list[Event]:
-        self._touched_at[(action.guest, action.leg)] = now
+        key = (action.guest, action.leg)
+        self._touched_at[key] = now
         if result.ok or result.refused:
+            self._detach_failed.pop(key, None)
             return []
+        if isinstance(action, DetachLeg):
+            self._detach_failed[key] = action.generation
         name = "leg_attach_failed" if isinstance(action, AttachLeg) else "leg_detach_failed"
         return [event(name, guest=action.guest, leg=action.leg, detail=result.detail)]
 
@@ -184,11 +193,21 @@ class Raid1Storage:
         fresh on the evidence (module docstring)."""
         key = (guest.name, leg.id)
         if not reachable(state, leg, self._node):
-            # Its disk is dead here: the guest's next write to it pauses the guest
-            # (error_policy='stop') until it is detached. Now that it is committed stale,
-            # detach it, so the guest writes on without it.
-            if member != MEMBER_MISSING and self._settled(key, out.now):
-                self._detach(out, guest, leg, f"{leg.holder} is {state.node(leg.holder).state}")
+            # Its disk is dead here, and it is committed stale: detach it, so the guest writes
+            # on without it. A guest already paused on a write to it (error_policy='stop')
+            # cannot acknowledge the unplug: once a detach failed, restart the guest (destroy
+            # it here; it starts again from its fresh legs only, the stale one left out).
+            why = f"{leg.holder} is {state.node(leg.holder).state}"
+            if self._detach_failed.get(key) == guest.generation:
+                destroy = DestroyDomain(
+                    guest.spec.domain,
+                    f"stuck on the dead leg {leg.id} ({why}): restart from its fresh legs",
+                    guest.generation,
+                )
+                if out.act(destroy):
+                    out.note("leg_restart", guest=guest.name, leg=leg.id, reason=why)
+            elif member != MEMBER_MISSING and self._settled(key, out.now):
+                self._detach(out, guest, leg, why)
             return
         if obs is None or member is None:
             return  # not known now: neither attached nor trusted on a guess

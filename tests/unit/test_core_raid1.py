@@ -12,11 +12,19 @@ from haagent.commands import (
     FenceResult,
     GuestRunning,
     GuestStarting,
+    GuestStopped,
     Join,
     LegFresh,
     LegStale,
 )
-from haagent.core.decisions import ActionResult, AttachLeg, DetachLeg, LocalView, StartLeg
+from haagent.core.decisions import (
+    ActionResult,
+    AttachLeg,
+    DestroyDomain,
+    DetachLeg,
+    LocalView,
+    StartLeg,
+)
 from haagent.core.inflight import InFlight, Outbox
 from haagent.core.keys import ProposalKind
 from haagent.core.raid1 import LEG_REATTACH_S, Raid1Storage, placement_rank, why_no_fresh_leg
@@ -206,6 +214,30 @@ def test_a_leg_whose_holder_failed_is_committed_stale_then_detached() -> None:
     out = outbox(11.0)
     gate.while_running(out, state, guest(state), LocalView({}, 11.0))
     assert out.actions == [DetachLeg("g", "b", 2, "n2 is failed")]
+
+
+def test_a_guest_that_cannot_unplug_its_dead_leg_is_restarted_from_its_fresh_leg() -> None:
+    """Paused on the dead leg (error_policy='stop'), the guest cannot acknowledge the
+    detach: once it failed, the owner destroys it here, so it starts again from leg a."""
+    state = running_on("n1")
+    ev = FailureEvidence("n3", 1, 9.0, "silent", 0.0)
+    state = build(DeclareFailed("n2", 1, ev), LegStale("g", "b", "n1", 2, "x", 0.0), state=state)
+    gate = Raid1Storage("n1", 1.0)
+    detach = DetachLeg("g", "b", 2, "n2 is failed")
+    events = gate.action_done(detach, ActionResult(False, "detach timed out", unknown=True), 10.0)
+    assert [e.name for e in events] == ["leg_detach_failed"]
+    out = outbox(10.1)
+    gate.while_running(out, state, guest(state), LocalView({}, 10.1))
+    (destroy,) = out.actions
+    assert isinstance(destroy, DestroyDomain) and destroy.domain == "dom-g"
+    assert destroy.generation == 2
+    # Started again: leg b (stale, unreachable) is left out.
+    state = build(
+        GuestStopped("g", "n1", 2, False, False, "stopped", 0.0),
+        GuestStarting("g", "n1", 2, 0.0),
+        state=state,
+    )
+    assert gate.start_legs(state, guest(state)) == (StartLeg("a", "/dev/vg/g-a"),)
 
 
 def test_a_faulty_member_is_committed_stale() -> None:
