@@ -228,6 +228,43 @@ class ReplicaUpToDate(Command):
     at: float
 
 
+MAX_LEG_TEXT = 500
+"""At most this many characters in a `LegStale` reason or a `LegFresh` evidence (`apply`
+refuses longer ones): they are for humans, and every node keeps them in its state."""
+
+
+@dataclass(frozen=True)
+class LegStale(Command):
+    """Owner of a raid1 guest: the guest is about to start, or runs, without `leg`, so that
+    leg misses writes from `generation` on and must never be started from alone. Committed
+    before a start without the leg, and as soon as a running guest is seen without it.
+    Applies only from the owner at its generation; refused when it would leave the guest
+    with no fresh leg (then nothing may start it: an admin must decide)."""
+
+    type_name: ClassVar[str] = "leg_stale"
+    guest: str
+    leg: str
+    by: str
+    generation: int
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class LegFresh(Command):
+    """Owner of a raid1 guest: the guest's RAID1 resynced `leg` and reports it in sync,
+    observed from inside the guest after the leg was re-attached (`evidence` says what was
+    seen). Never proposed on a timer. Applies only from the owner at its generation."""
+
+    type_name: ClassVar[str] = "leg_fresh"
+    guest: str
+    leg: str
+    by: str
+    generation: int
+    evidence: str
+    at: float
+
+
 MAX_MISSING_NETWORKS = 64
 """At most this many names in one `NetworkCondition` (64 x 15 characters stays far below the
 largest command): a node missing more reports the first 64 in name order, enough to refuse it
@@ -393,6 +430,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         MigrationDone,
         MigrationAborted,
         MigrationResumed,
+        LegStale,
+        LegFresh,
     )
 }
 

@@ -264,6 +264,47 @@ class Replicas(Protocol):
         ...
 
 
+# --- guest RAID1 legs -----------------------------------------------------------------------
+
+# A member's state as the guest's md array reports it (`MirrorObservation.members`).
+MEMBER_IN_SYNC = "in_sync"
+MEMBER_RESYNCING = "resyncing"
+MEMBER_FAULTY = "faulty"
+MEMBER_MISSING = "missing"
+MEMBER_STATES = frozenset({MEMBER_IN_SYNC, MEMBER_RESYNCING, MEMBER_FAULTY, MEMBER_MISSING})
+
+
+@dataclass(frozen=True)
+class MirrorObservation:
+    """The guest's md array, seen from inside the guest (qemu-guest-agent reading
+    /proc/mdstat, or an equivalent)."""
+
+    guest: str
+    members: Mapping[str, str]  # leg id -> "in_sync" | "resyncing" | "faulty" | "missing"
+    resync_progress: float | None  # 0.0-1.0 while resyncing, else None
+
+
+class Mirrors(Protocol):
+    """The raid1 guests' mirrors on this host. Each call raises HypervisorError on failure."""
+
+    async def observe(self, guest: str) -> MirrorObservation | None:
+        """The guest's array now; None: unknown (no guest agent answer, not running here)."""
+        ...
+
+    async def attach_leg(self, guest: str, leg_id: str, source: str) -> None:
+        """Attach the leg's disk (`source`: a local device or an nbd:// / iscsi:// URI) to
+        the running guest, where its RAID1 adds and resyncs it."""
+        ...
+
+    async def detach_leg(self, guest: str, leg_id: str) -> None:
+        """Detach the leg's disk from the running guest (a leg not attached: done); the core
+        detaches a leg only after committing it stale. A guest paused on a write error of
+        that leg (`error_policy='stop'`) cannot acknowledge the unplug (measured by the real
+        adapter, resources/mirrors.py): then this raises, and the core restarts the guest
+        from its fresh leg instead (haagent.core.raid1)."""
+        ...
+
+
 # --- fencing ---------------------------------------------------------------------------------
 
 

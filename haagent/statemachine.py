@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from haagent.commands import (
+    MAX_LEG_TEXT,
     MAX_MISSING_NETWORKS,
     AssignGuests,
     Command,
@@ -37,6 +38,8 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    LegFresh,
+    LegStale,
     MigrateGuest,
     MigrationAborted,
     MigrationDone,
@@ -60,6 +63,8 @@ from haagent.model import (
     NodeRecord,
     NodeRole,
     NodeState,
+    StaleLeg,
+    StorageKind,
 )
 
 
@@ -286,13 +291,16 @@ def _define_guest(state: ClusterState, c: DefineGuest) -> tuple[ClusterState, Re
     why = spec_change_blocked(current, c.spec)
     if why:
         return _refuse(state, why)
-    record = replace(current, spec=c.spec, spec_version=current.spec_version + 1)
+    # A leg that left the spec takes its staleness with it; one that stays keeps it (a leg
+    # known stale stays stale whatever else changed).
+    kept = tuple(s for s in current.stale_legs if c.spec.leg(s.leg) is not None)
+    record = replace(current, spec=c.spec, spec_version=current.spec_version + 1, stale_legs=kept)
     return state.with_guest(record), OK
 
 
 # Fields that name what runs and where its disks are: changing them under a live instance
 # would leave that instance unrecognised (a second copy could start under the new name).
-_IDENTITY_FIELDS = ("domain", "storage", "replica_nodes", "resource")
+_IDENTITY_FIELDS = ("domain", "storage", "replica_nodes", "resource", "legs")
 
 
 def spec_change_blocked(current: GuestRecord, spec: GuestSpec) -> str:
@@ -506,6 +514,35 @@ def _replica(
     return state.with_guest(replace(guest, outdated_nodes=outdated)), OK
 
 
+def _leg(state: ClusterState, c: LegStale | LegFresh) -> tuple[ClusterState, Result]:
+    """Leg freshness of a raid1 guest, from its owner at its generation. The one rule kept
+    here whatever the proposer believes: at least one leg stays fresh, since a guest is
+    never started from stale legs alone (a stale-only guest would wait for an admin)."""
+    why = _owner_check(state, c.guest, c.by, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    if guest.spec.storage is not StorageKind.RAID1 or guest.spec.leg(c.leg) is None:
+        return _refuse(state, f"{c.guest} has no raid1 leg {c.leg!r}")
+    text = c.reason if isinstance(c, LegStale) else c.evidence
+    if len(text) > MAX_LEG_TEXT:
+        return _refuse(state, f"{c.type_name} text longer than {MAX_LEG_TEXT} characters")
+    others = tuple(s for s in guest.stale_legs if s.leg != c.leg)
+    if isinstance(c, LegFresh):
+        if len(others) == len(guest.stale_legs):
+            return state, Result(True, "unchanged")
+        record = replace(guest, stale_legs=others, reason=f"leg {c.leg} fresh: {c.evidence}")
+        return state.with_guest(record), OK
+    if guest.leg_stale(c.leg):
+        return state, Result(True, "unchanged")
+    fresh = [leg.id for leg in guest.spec.legs if leg.id != c.leg and not guest.leg_stale(leg.id)]
+    if not fresh:
+        return _refuse(state, f"{c.guest}: leg {c.leg} is its last fresh leg")
+    stale = (*others, StaleLeg(c.leg, c.generation, c.by, c.reason))
+    record = replace(guest, stale_legs=stale, reason=f"leg {c.leg} stale: {c.reason}")
+    return state.with_guest(record), OK
+
+
 def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterState, Result]:
     if c.node not in state.nodes:
         return _refuse(state, f"unknown node {c.node!r} (it never joined)")
@@ -712,4 +749,6 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     MigrationDone: _migration_done,
     MigrationAborted: _migration_aborted,
     MigrationResumed: _migration_resumed,
+    LegStale: _leg,
+    LegFresh: _leg,
 }

@@ -51,14 +51,15 @@ import logging
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import libvirt
 
-from haagent.ports import HypervisorError
+# The port lives in haagent/ports.py; re-exported here for the tests that import it from here.
+from haagent.ports import HypervisorError, MirrorObservation, Mirrors
 from haagent.resources.guest_agent import GuestAgentError, GuestFileMissingError, read_file
 from haagent.resources.mdstat import LegState, MdstatError, member_verdict, parse_mdstat
 
@@ -76,25 +77,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-# --- the port (copied from haagent/ports.py of the raid1core branch; import it from there once
-# both branches are merged) ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MirrorObservation:
-    guest: str
-    members: Mapping[str, str]  # leg id -> "in_sync" | "resyncing" | "faulty" | "missing"
-    resync_progress: float | None
-
-
-class Mirrors(Protocol):
-    async def observe(self, guest: str) -> MirrorObservation | None: ...
-    async def attach_leg(self, guest: str, leg_id: str, source: str) -> None: ...
-    async def detach_leg(self, guest: str, leg_id: str) -> None: ...
-
-
-# ------------------------------------------------------------------------------------------------
 
 ErrorPolicy = Literal["stop", "report"]
 

@@ -25,6 +25,7 @@ here), then over the guests the state gives this node (what should run here).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from haagent.commands import GuestRunning, GuestStarting, GuestStopped
 from haagent.core.decisions import (
@@ -45,6 +46,7 @@ from haagent.core.inflight import Outbox
 from haagent.core.instances import InstanceTracker
 from haagent.core.keys import ActionKey, ProposalKey, ProposalKind
 from haagent.core.migration import Migrations
+from haagent.core.raid1 import Raid1Storage
 from haagent.core.settings import AgentSettings
 from haagent.core.storage import SharedStorage, StorageGate
 from haagent.model import (
@@ -66,6 +68,7 @@ def storage_gates(settings: AgentSettings) -> Mapping[StorageKind, StorageGate]:
     gates: dict[StorageKind, StorageGate] = {
         StorageKind.SHARED: SharedStorage(),
         StorageKind.DRBD: DrbdStorage(settings.node, settings.commit_timeout_s),
+        StorageKind.RAID1: Raid1Storage(settings.node, settings.commit_timeout_s),
     }
     missing = set(StorageKind) - set(gates)
     assert not missing, f"no storage gate for {sorted(missing)}"
@@ -227,7 +230,7 @@ class GuestReconciler:
         if seen is not None and seen.running:
             self.instances.forget_start(domain)
             self.instances.resolve_unknown_start(domain)
-            gate.while_running(out, guest, local)
+            gate.while_running(out, state, guest, local)
             self.migrations.resume(out, guest, seen, drain)
             return
         start = StartGuest(guest.name, domain, guest.generation)
@@ -311,11 +314,12 @@ class GuestReconciler:
             if self.instances.wait_changed(domain, blocked.why):
                 out.note("start_waits", guest=guest.name, why=blocked.why)
             return
-        if not gate.before_start(out, guest, local):
+        if not gate.before_start(out, state, guest, local):
             return
         self.instances.stop_waiting(domain)
         self.instances.forget_start(domain)
-        out.act(start)
+        legs = gate.start_legs(state, guest)
+        out.act(replace(start, legs=legs) if legs else start)
         out.note("start", guest=guest.name, generation=guest.generation)
 
     def _resolve_unknown_start(

@@ -35,6 +35,8 @@ class ProposalKind(StrEnum):
     MIGRATION_DONE = "migrated"  # subject: guest
     MIGRATION_ABORTED = "migration_aborted"  # subject: guest
     MIGRATION_RESUMED = "migration_resumed"  # subject: guest
+    LEG_STALE = "leg_stale"  # subject: guest/leg (a raid1 leg)
+    LEG_FRESH = "leg_fresh"  # subject: guest/leg
 
 
 class ActionKind(StrEnum):
@@ -49,6 +51,8 @@ class ActionKind(StrEnum):
     FENCE = "fence"  # subject: node (one fencing of a node at a time, whatever its epoch)
     MIGRATE = "migrate"  # subject: guest (the source's libvirt migration)
     RESUME = "resume"  # subject: guest (the destination resumes its migrated copy)
+    ATTACH_LEG = "attach_leg"  # subject: guest/leg (a raid1 leg)
+    DETACH_LEG = "detach_leg"  # subject: guest/leg
 
 
 @dataclass(frozen=True)

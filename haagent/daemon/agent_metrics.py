@@ -148,6 +148,19 @@ def _unplaced(state: ClusterState, guest_owner: str | None) -> bool:
     return state.node(guest_owner).state is not NodeState.UP
 
 
+def _leg_stale(state: ClusterState) -> GaugeMetricFamily:
+    stale = GaugeMetricFamily(
+        "haagent_guest_leg_stale",
+        "Each raid1 guest's legs: 1 while the leg is committed stale (it missed writes; the "
+        "guest runs degraded on its other leg until a resync makes it fresh), else 0.",
+        labels=["guest", "leg"],
+    )
+    for name, guest in state.guests.items():
+        for leg in guest.spec.legs:
+            stale.add_metric([name, leg.id], 1 if guest.leg_stale(leg.id) else 0)
+    return stale
+
+
 def snapshot_families(snap: Snapshot, now: float) -> Iterator[Metric]:
     """The scrape-time gauges added for alerts and the dashboard (see the module docstring)."""
     view, state = snap.view, snap.view.state
@@ -204,6 +217,7 @@ def snapshot_families(snap: Snapshot, now: float) -> Iterator[Metric]:
         if wanted and guest.state is GuestState.STOPPED and _unplaced(state, guest.owner):
             unplaced.add_metric([name], 1)
     yield unplaced
+    yield _leg_stale(state)
     guests = GaugeMetricFamily(
         "haagent_guests", "Guests in each state (committed).", labels=["state"]
     )

@@ -32,8 +32,10 @@ from haagent.agent import (
     Action,
     ActionResult,
     AgentSettings,
+    AttachLeg,
     DemoteReplica,
     DestroyDomain,
+    DetachLeg,
     LiveMigrate,
     PromoteReplica,
     ResumeGuest,
@@ -50,11 +52,13 @@ from haagent.ports import (
     Fencer,
     Hypervisor,
     HypervisorError,
+    Mirrors,
     RefusedError,
     ReplicaError,
     Replicas,
     UnknownOutcomeError,
 )
+from haagent.resources.raid1_disks import LegDiskError, with_leg_disks
 
 log = logging.getLogger("haagent")
 
@@ -66,6 +70,9 @@ REPLICA_GRACE_S = 10.0
 # Beyond `migration_timeout_s`, which the adapter enforces itself by aborting the job: only a
 # bug or a hung libvirt needs it (the outcome is then unknown, and the core aborts).
 MIGRATE_GRACE_S = 30.0
+# One attach or detach of a raid1 leg (a libvirt device hot-plug): past this its outcome is
+# unknown, and the core decides again on what the guest's array then shows.
+LEG_TIMEOUT_S = 30.0
 
 
 class UnknownActionError(TypeError):
@@ -84,8 +91,10 @@ class ActionExecutor:
         authority: ActAuthority,
         replicas: Replicas | None = None,
         replica_timeout_s: float = 0.0,
+        mirrors: Mirrors | None = None,
     ) -> None:
-        """`replica_timeout_s`: how long `replicas` itself lets one DRBD command run."""
+        """`replica_timeout_s`: how long `replicas` itself lets one DRBD command run.
+        `mirrors`: raid1 guests' legs (None: no raid1 guest can run here)."""
         self._config = config
         self._s = settings
         self._hv = hypervisor
@@ -94,6 +103,7 @@ class ActionExecutor:
         self._authority = authority
         self._replicas = replicas
         self._replica_timeout_s = replica_timeout_s
+        self._mirrors = mirrors
 
     def dispatch(self, action: Action) -> Coroutine[Any, Any, ActionResult]:
         """The coroutine that carries out `action`; raises UnknownActionError for a type without
@@ -113,6 +123,8 @@ class ActionExecutor:
                 return self._guarded(action, self._migrate(action))
             case ResumeGuest():
                 return self._guarded(action, self._resume(action))
+            case AttachLeg() | DetachLeg():
+                return self._guarded(action, self._leg(action))
             case _:
                 _exhaustive: Never = action  # mypy: every Action type has a case above
                 raise UnknownActionError(f"no handler for action {action!r}")
@@ -152,6 +164,14 @@ class ActionExecutor:
         try:
             hv = self._hypervisor()
             xml = self._config.guest_xml(action.guest)
+            if action.legs:
+                # A raid1 guest starts from the legs the core chose (never a stale one).
+                if xml is None:
+                    raise HypervisorError(f"{action.guest}: a raid1 guest needs its xml")
+                try:
+                    xml = with_leg_disks(xml, action.legs)
+                except LegDiskError as exc:
+                    raise HypervisorError(f"{action.guest}: {exc}") from None
             refused = self._authority.check(action.guest, action.generation)
             if refused is not None:
                 raise RefusedError(f"{action.key} refused before the call: {refused}")
@@ -303,4 +323,29 @@ class ActionExecutor:
             log.error("%s failed: %s", action.key, exc)
             return ActionResult(False, str(exc))
         log.warning("%s done in %.3fs", action.key, time.monotonic() - t0)
+        return ActionResult(True)
+
+    async def _leg(self, action: AttachLeg | DetachLeg) -> ActionResult:
+        """Attach or detach a raid1 leg of a guest running here, checked against the lease
+        and the committed generation right before the call (like a start)."""
+        mirrors = self._mirrors
+        if mirrors is None:
+            return ActionResult(False, f"{action.key}: no raid1 legs on this node")
+        refused = self._authority.check(action.guest, action.generation)
+        if refused is not None:
+            log.warning("%s not made: %s", action.key, refused)
+            return ActionResult(False, f"{action.key} refused: {refused}", refused=True)
+        match action:
+            case AttachLeg():
+                call = mirrors.attach_leg(action.guest, action.leg, action.source)
+            case DetachLeg():
+                call = mirrors.detach_leg(action.guest, action.leg)
+        try:
+            await asyncio.wait_for(call, LEG_TIMEOUT_S)
+        except TimeoutError:
+            return ActionResult(False, f"{action.key}: no answer in {LEG_TIMEOUT_S}s", unknown=True)
+        except HypervisorError as exc:
+            log.error("%s failed: %s", action.key, exc)
+            return ActionResult(False, str(exc))
+        log.warning("%s done", action.key)
         return ActionResult(True)

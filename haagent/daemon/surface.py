@@ -100,4 +100,5 @@ class Surface:
             config_digest=d.core.lease.config_digest,
             replicas=drbd.replicas,
             replicas_unknown=drbd.replicas_unknown,
+            mirrors=drbd.mirrors,
         )

@@ -21,6 +21,8 @@ reasoning shows up as a physical violation.
    committed state says, within a stated bound (`check_healed`).
 6. Data before compute: never two DRBD primaries of a resource, and no replica is ever promoted
    while another holds more data (checked against the FakeDrbd's own record of writes).
+   Guest RAID1: never a start from stale legs only (an instance whose legs hold less data
+   than the newest leg), never two writers on one leg (FakeRaid1's record).
 
 The checker replays the committed log through the real `apply` itself, one command at a time,
 so a transition hidden between two steps (assigned and started within one step) is still seen.
@@ -59,6 +61,8 @@ class InvariantChecker:
     _physical_seen: int = -1
     _protected: frozenset[str] = frozenset()
     _promotions_seen: dict[str, int] = field(default_factory=dict)
+    _raid1_starts_seen: dict[str, int] = field(default_factory=dict)
+    _raid1_problems_seen: int = 0
 
     def __post_init__(self) -> None:
         self._protected = frozenset(g.domain for g in self.world.guest_specs)
@@ -73,6 +77,8 @@ class InvariantChecker:
         self._leases(world)
         if world.drbd.resources:
             self._replicas(world)
+        if world.raid1.guests:
+            self._legs(world)
 
     def fail(self, message: str) -> None:
         text = f"t={self.world.now:.3f}s seed={self.world.seed}: {message}"
@@ -99,6 +105,21 @@ class InvariantChecker:
                         f"newest replica has {newest}: started from stale data"
                     )
             self._promotions_seen[res.name] = len(res.promotions)
+
+    def _legs(self, world: World) -> None:
+        """Guest RAID1: never a start from stale legs only, never two writers on one leg."""
+        for g in world.raid1.guests.values():
+            seen = self._raid1_starts_seen.get(g.name, 0)
+            for node, version, newest in g.starts[seen:]:
+                if version < newest:
+                    self.fail(
+                        f"{node} started {g.name} from legs with {version} writes while the "
+                        f"newest leg has {newest}: started from stale legs only"
+                    )
+            self._raid1_starts_seen[g.name] = len(g.starts)
+        for problem in world.raid1_problems[self._raid1_problems_seen :]:
+            self.fail(problem)
+        self._raid1_problems_seen = len(world.raid1_problems)
 
     # 1 --------------------------------------------------------------------------------------
 

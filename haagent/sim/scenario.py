@@ -91,8 +91,10 @@ from haagent.model import (
     FenceMethod,
     GuestSpec,
     GuestState,
+    Leg,
     NodeRole,
     NodeState,
+    Raid1RunOn,
     StorageKind,
 )
 from haagent.sim.invariants import InvariantChecker
@@ -241,6 +243,10 @@ def _guest_line(g: GuestSpec) -> str:
         parts.append(f"group={g.anti_affinity}")
     if g.storage is StorageKind.DRBD:
         parts.append("drbd=" + ",".join(g.replica_nodes))
+    if g.storage is StorageKind.RAID1:
+        parts.append("raid1=" + ",".join(g.leg_holders))
+        if g.raid1_run_on is Raid1RunOn.ANY:
+            parts.append("run_on=any")
     if g.networks:
         parts.append("nets=" + ",".join(g.networks))
     return " ".join(parts)
@@ -398,7 +404,7 @@ def _validate(sc: Scenario) -> None:
         if node not in sc.nodes:
             raise ScenarioError(f"{name}: {node!r} is not a hypervisor")
     for g in sc.guests:
-        for node in (*g.preferred_nodes, *g.allowed_nodes, *g.replica_nodes):
+        for node in (*g.preferred_nodes, *g.allowed_nodes, *g.replica_nodes, *g.leg_holders):
             if node not in sc.nodes:
                 raise ScenarioError(f"{name}: guest {g.name}: {node!r} is not a hypervisor")
     if not sc.options.get("hardware_watchdog", True) and FenceMethod.WATCHDOG in sc.fence.values():
@@ -548,9 +554,31 @@ def _guest(args: list[str], where: str) -> GuestSpec:
             if len(replicas) != 2:
                 raise ScenarioError(f"{where}: drbd= names exactly two replica hosts")
             kw.update(storage=StorageKind.DRBD, replica_nodes=replicas, resource=f"r-{name}")
+        elif key == "raid1":
+            kw.update(storage=StorageKind.RAID1, legs=sim_legs(name, value.split(",")))
+            if len(kw["legs"]) != 2 or kw["legs"][0].holder == kw["legs"][1].holder:
+                raise ScenarioError(f"{where}: raid1= names exactly two different leg holders")
+        elif key == "run_on":
+            try:
+                kw["raid1_run_on"] = Raid1RunOn(value)
+            except ValueError:
+                raise ScenarioError(f"{where}: run_on= is holders or any") from None
         else:
             raise ScenarioError(f"{where}: unknown guest attribute {key!r}")
     return GuestSpec(**kw)
+
+
+def sim_legs(guest: str, holders: list[str]) -> tuple[Leg, ...]:
+    """A simulated raid1 guest's legs a, b, ... held by `holders` in order."""
+    return tuple(
+        Leg(
+            chr(ord("a") + i),
+            holder,
+            f"/dev/sim/{guest}-{chr(ord('a') + i)}",
+            f"nbd://{holder}:10809/{guest}-{chr(ord('a') + i)}",
+        )
+        for i, holder in enumerate(holders)
+    )
 
 
 @dataclass

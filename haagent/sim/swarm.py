@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
-from haagent.model import FenceMethod, GuestSpec, StorageKind
+from haagent.model import FenceMethod, GuestSpec, Raid1RunOn, StorageKind
 from haagent.sim.invariants import shorten_trace
-from haagent.sim.scenario import LEADER, Scenario, Step, run_scenario
+from haagent.sim.scenario import LEADER, Scenario, Step, run_scenario, sim_legs
 
 HEAL_BOUND_S = 45.0
 """After the last healing step, every enabled guest (not in error) runs again within this:
@@ -224,6 +224,7 @@ def draw(seed: int) -> tuple[Scenario, bool]:
     sc.faults = _faults(rng, sc, everyone)
     _acting_faults(seed, sc)
     _migrations(seed, sc)
+    _raid1_guest(seed, sc, tight)
     sc.heal_bound_s = HEAL_BOUND_S
     sc.description = (
         f"swarm seed {seed}: {hypervisors} hypervisors, {witnesses} witness, "
@@ -231,6 +232,30 @@ def draw(seed: int) -> tuple[Scenario, bool]:
         f"{len(sc.faults)} steps (the last ones heal everything)"
     )
     return sc, tight
+
+
+def _raid1_guest(seed: int, sc: Scenario, tight: bool) -> None:
+    """Sometimes one guest mirroring two legs held by two of the hypervisors (guest RAID1:
+    never a start from stale legs only, never two writers on one leg). Drawn from a random
+    of its own and added after the faults were drawn, so every other draw of a seed stays
+    what it was before this existed (the faults never name it)."""
+    raid1_rng = random.Random(f"haagent-swarm-raid1-{seed}")
+    if tight or len(sc.nodes) < 2 or raid1_rng.random() >= 0.3:
+        return
+    holders = sorted(raid1_rng.sample(sc.nodes, 2))
+    name = f"g{len(sc.guests) + 200}"
+    any_node = len(sc.nodes) >= 3 and raid1_rng.random() < 0.3
+    sc.guests.append(
+        GuestSpec(
+            name,
+            name,
+            256,
+            preferred_nodes=tuple(holders[:1]),
+            storage=StorageKind.RAID1,
+            legs=sim_legs(name, holders),
+            raid1_run_on=Raid1RunOn.ANY if any_node else Raid1RunOn.HOLDERS,
+        )
+    )
 
 
 def _acting_faults(seed: int, sc: Scenario) -> None:

@@ -62,8 +62,10 @@ from haagent.agent import (
     ActionResult,
     AgentCore,
     AgentSettings,
+    AttachLeg,
     DemoteReplica,
     DestroyDomain,
+    DetachLeg,
     LiveMigrate,
     LocalView,
     NodeSettings,
@@ -107,6 +109,7 @@ from haagent.ports import (
 )
 from haagent.sim.migrations import FakeMigrator
 from haagent.sim.network import FakeNetwork
+from haagent.sim.raid1 import FakeRaid1
 from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
 from haagent.timing import FAST_TIMING
@@ -272,6 +275,8 @@ class World:
         self.guest_specs = tuple(guests)
         self.spec_by_name = {g.name: g for g in self.guest_specs}
         self.drbd = FakeDrbd(self.guest_specs)
+        self.raid1 = FakeRaid1(self.guest_specs)
+        self.raid1_problems: list[str] = []  # FakeRaid1's "two writers on one leg" findings
         self.fake_network = FakeNetwork(self._fault)
         self.migrator = FakeMigrator(self)
         self._settings_overrides = dict(settings or {})
@@ -351,6 +356,10 @@ class World:
             self._watchdogs()
             if self.drbd.resources:
                 self._drbd_step()
+            if self.raid1.guests:
+                self.raid1_problems.extend(
+                    self.raid1.step(self.now, self._domain_running, self.drbd_link)
+                )
             for node in nodes:
                 if node.next_tick <= self.now:
                     node.next_tick = self.now + self.options.tick_s / node.rate
@@ -416,7 +425,8 @@ class World:
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
         replicas = self.drbd.observe(node.name, self.drbd_link, self.now, self._outdated)
         missing = self.fake_network.missing(node.name, self.spec_by_name.values())
-        local = LocalView(domains, local_now, replicas, missing_networks=missing)
+        mirrors = self.raid1.observe(node.name, self._domain_running) if self.raid1.guests else {}
+        local = LocalView(domains, local_now, replicas, missing_networks=missing, mirrors=mirrors)
         agent = node.agent
         step = agent.tick(local_now, view, local)
         for ev in step.events:
@@ -682,6 +692,8 @@ class World:
             self.at(self.now + o.destroy_s, lambda: self._finish_replica(node, gen, life, action))
         elif isinstance(action, LiveMigrate | ResumeGuest):
             self.migrator.act(node, gen, life, action)
+        elif isinstance(action, AttachLeg | DetachLeg):
+            self.at(self.now + o.destroy_s, lambda: self._finish_leg(node, gen, life, action))
         else:
             _exhaustive: Never = action  # mypy: every Action type has a branch above
             raise TypeError(f"the simulator cannot carry out {action!r}")
@@ -721,6 +733,35 @@ class World:
             self.record(node.name, "drbd_demote", resource=action.resource)
             result = ActionResult(True)
         self._action_result(node, gen, action.key, result)
+
+    def _domain_running(self, node: str, domain: str) -> bool:
+        obs = self.nodes[node].domains.get(domain)
+        return self.nodes[node].powered and obs is not None and obs.running
+
+    def _finish_leg(self, node: _Node, gen: int, life: int, action: AttachLeg | DetachLeg) -> None:
+        """FakeExecutor for raid1 legs: checked against the lease and generation at the call,
+        like a start; then the FakeRaid1 attaches or detaches."""
+        if not node.powered or node.boot_count != life or node.agent is None:
+            return
+        now = node.local(self.now)
+        why = refusal(
+            node.state,
+            node.name,
+            action.guest,
+            action.generation,
+            now=now,
+            lease_until=node.agent.lease.until,
+        )
+        if why is not None:
+            self._action_result(node, gen, action.key, ActionResult(False, why, refused=True))
+            return
+        if isinstance(action, AttachLeg):
+            why = self.raid1.attach(node.name, action.guest, action.leg, self.drbd_link, self.now)
+        else:
+            why = self.raid1.detach(node.name, action.guest, action.leg)
+        name = "leg_attached" if isinstance(action, AttachLeg) else "leg_detached"
+        self.record(node.name, name, guest=action.guest, leg=action.leg, ok=not why)
+        self._action_result(node, gen, action.key, ActionResult(not why, why))
 
     def _outdated(self, guest: str) -> tuple[str, ...]:
         """The replicas committed as behind (what the fake fence-peer handler waits for)."""
@@ -806,6 +847,10 @@ class World:
             self.record(node.name, "domain_start_failed", domain=action.domain)
         elif current is not None and current.running and current.generation != action.generation:
             result = ActionResult(False, "already running with another generation")
+        elif raid1_refused := self._raid1_start(node.name, action):
+            # QEMU cannot open a leg it cannot reach.
+            result = ActionResult(False, raid1_refused)
+            self.record(node.name, "domain_start_failed", domain=action.domain)
         else:
             node.domains[action.domain] = DomainObservation(
                 action.domain,
@@ -822,6 +867,16 @@ class World:
             result = ActionResult(True)
         if answer:
             self._action_result(node, gen, action.key, result)
+
+    def _raid1_start(self, node: str, action: StartGuest) -> str:
+        """'' unless the guest is raid1 and the FakeRaid1 refuses its legs."""
+        if action.guest not in self.raid1.guests:
+            return ""
+        legs = [leg.leg for leg in action.legs]
+        why = self.raid1.start(node, action.guest, legs, self.drbd_link)
+        if not why:
+            self.record(node, "raid1_assembled", guest=action.guest, legs=",".join(legs))
+        return why
 
     def _finish_stop(
         self, node: _Node, gen: int, life: int, key: ActionKey, domain: str, how: str

@@ -261,7 +261,7 @@ def test_a_drbd_guest_parses(tmp_path: Path) -> None:
         (
             mutate("priority = 5", 'priority = 5\nstorage = "nfs"'),
             "guests.web.storage",
-            "unsupported storage kind 'nfs' (supported: shared, drbd)",
+            "unsupported storage kind 'nfs' (supported: shared, drbd, raid1)",
         ),
         (drbd('replica_nodes = ["n1"]'), "guests.web.replica_nodes", "exactly two different"),
         (drbd('replica_nodes = ["n1", "n1"]'), "guests.web.replica_nodes", "exactly two"),

@@ -34,6 +34,7 @@ CORE = [
     "core.guests",
     "core.storage",
     "core.drbd",
+    "core.raid1",
     "core.digests",
     "core.divergence",
     "core.networks",
