@@ -21,9 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import haagent.statemachine_admin as admin
 from haagent.commands import (
     MAX_MISSING_NETWORKS,
     AssignGuests,
+    CleanupGuest,
     Command,
     ConfirmFenced,
     DeclareFailed,
@@ -37,11 +39,15 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    MoveGuest,
     NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
+    SetArming,
     SetDesired,
+    SetFrozen,
     SetMaintenance,
+    WatchdogRearmed,
 )
 from haagent.model import (
     ClusterState,
@@ -123,6 +129,9 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
         watchdog_timeout_s=c.watchdog_timeout_s,
         config_digest=c.config_digest,
         checkpoint=None,
+        # A joining incarnation armed its watchdog (or found the predecessor's countdown
+        # running), unless the cluster is disarmed, when its agent releases it.
+        watchdog_released=state.arming.disarmed,
     )
     return state.with_node(new), OK
 
@@ -200,6 +209,10 @@ def _declare_failed(state: ClusterState, c: DeclareFailed) -> tuple[ClusterState
     rec = state.node(c.node)
     if rec.state is not NodeState.UP:
         return _refuse(state, f"{c.node} is {rec.state}")
+    if state.arming.disarmed:
+        return _refuse(state, "the cluster is disarmed: no node is declared failed")
+    if rec.frozen:
+        return _refuse(state, f"{c.node} is frozen: it is not declared failed")
     still_behind = (
         c.behind_index is not None
         and rec.applied_index is not None
@@ -276,7 +289,7 @@ def _define_guest(state: ClusterState, c: DefineGuest) -> tuple[ClusterState, Re
     if current.spec == c.spec:
         return state, Result(True, "unchanged")
     if c.expect_version is not None and c.expect_version != current.spec_version:
-        return _refuse(state, _stale("definition", c.expect_version, current.spec_version))
+        return _refuse(state, admin.stale("definition", c.expect_version, current.spec_version))
     why = spec_change_blocked(current, c.spec)
     if why:
         return _refuse(state, why)
@@ -302,19 +315,14 @@ def spec_change_blocked(current: GuestRecord, spec: GuestSpec) -> str:
     return ""
 
 
-def _stale(what: str, expected: int, current: int) -> str:
-    return (
-        f"stale {what}: decided on version {expected}, the record is at version {current} "
-        "(a newer decision won)"
-    )
-
-
 def _set_desired(state: ClusterState, c: SetDesired) -> tuple[ClusterState, Result]:
     current = state.guests.get(c.guest)
     if current is None:
         return _refuse(state, f"unknown guest {c.guest!r}")
     if c.expect_version is not None and c.expect_version != current.admin_version:
-        return _refuse(state, _stale("enable/disable", c.expect_version, current.admin_version))
+        return _refuse(
+            state, admin.stale("enable/disable", c.expect_version, current.admin_version)
+        )
     # Disabling or enabling is also how an admin clears the error state: it resets the count
     # and forgets the nodes that gave up on it.
     new_state = GuestState.STOPPED if current.state is GuestState.ERROR else current.state
@@ -379,6 +387,7 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
             generation=guest.generation + 1,
             state=GuestState.STOPPED,
             failures=0,
+            move_to=None,
             reason=f"{c.reason}{previous}",
             changed_at=c.at,
         )
@@ -501,7 +510,7 @@ def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterSta
         return _refuse(state, f"unknown node {c.node!r} (it never joined)")
     rec = state.nodes[c.node]
     if c.expect_version is not None and c.expect_version != rec.admin_version:
-        return _refuse(state, _stale("maintenance", c.expect_version, rec.admin_version))
+        return _refuse(state, admin.stale("maintenance", c.expect_version, rec.admin_version))
     reason = f"maintenance {'on' if c.on else 'off'} by {c.by}"
     new = replace(
         rec, maintenance=c.on, admin_version=rec.admin_version + 1, reason=reason, changed_at=c.at
@@ -546,6 +555,16 @@ def _network_condition(state: ClusterState, c: NetworkCondition) -> tuple[Cluste
     return state.with_node(replace(rec, missing_networks=missing)), OK
 
 
+def _admin(
+    handler: Callable[[ClusterState, Any], admin.Handled],
+) -> Callable[[ClusterState, Any], tuple[ClusterState, Result]]:
+    def handle(state: ClusterState, c: Command) -> tuple[ClusterState, Result]:
+        new_state, refusal, note = handler(state, c)
+        return (state, Result(False, refusal)) if refusal else (new_state, Result(True, note))
+
+    return handle
+
+
 _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState, Result]]] = {
     Join: _join,
     Leave: _leave,
@@ -565,4 +584,9 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     ReplicaUpToDate: _replica,
     ConfirmFenced: _confirm_fenced,
     NetworkCondition: _network_condition,
+    CleanupGuest: _admin(admin.cleanup_guest),
+    MoveGuest: _admin(admin.move_guest),
+    SetArming: _admin(admin.set_arming),
+    SetFrozen: _admin(admin.set_frozen),
+    WatchdogRearmed: _admin(admin.watchdog_rearmed),
 }

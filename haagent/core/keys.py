@@ -31,6 +31,8 @@ class ProposalKind(StrEnum):
     PEER_OUTDATED = "outdated"  # subject: guest (its DRBD peer)
     PEER_UP_TO_DATE = "uptodate"  # subject: guest (its DRBD peer)
     NETWORK_CONDITION = "network"  # no subject: this node's one condition
+    REARM = "rearm"  # subject: the arming version the leader re-arms at its planned end
+    WATCHDOG_REARMED = "wd_rearmed"  # subject: the arming version it confirms
 
 
 class ActionKind(StrEnum):

@@ -10,6 +10,7 @@ from haagent.commands import (
     COMMAND_TYPES,
     AssignGuests,
     Assignment,
+    CleanupGuest,
     CommandError,
     ConfirmFenced,
     DeclareFailed,
@@ -23,11 +24,15 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    MoveGuest,
     NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
+    SetArming,
     SetDesired,
+    SetFrozen,
     SetMaintenance,
+    WatchdogRearmed,
     decode,
     encode,
 )
@@ -57,6 +62,12 @@ EXAMPLES = [
     DefineGuest(GuestSpec("g", "g", 512), 19.0, expect_version=1),
     NetworkCondition("n1", "inc", ("br-backend", "eth0.100"), 20.0),
     DefineGuest(GuestSpec("g", "g", 512, networks=("br0", "eth1")), 21.0, expect_version=2),
+    CleanupGuest("g", "alice@laptop via api@n1", "crashed twice: disk fixed", 22.0, 4),
+    MoveGuest("g", "n2", "alice@laptop via api@n1", "kernel update on n1", 23.0, 5),
+    SetArming(True, 1800.0, "alice@laptop via api@n1", "switch firmware", 24.0, 0),
+    SetArming(False, 0.0, "automatic re-arm at the planned end", "", 25.0, 1),
+    SetFrozen("n1", True, "alice@laptop via api@n1", "agent upgrade", 26.0, 3),
+    WatchdogRearmed("n1", "inc", 2, 27.0),
 ]
 
 

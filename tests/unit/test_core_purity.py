@@ -15,6 +15,7 @@ CORE = [
     "codec",
     "commands",
     "statemachine",
+    "statemachine_admin",
     "placement",
     "agent",
     "ports",
@@ -37,6 +38,7 @@ CORE = [
     "core.digests",
     "core.divergence",
     "core.networks",
+    "core.arming",
     "core.netneeds",
 ]
 PACKAGE = Path(__file__).resolve().parents[2] / "haagent"
