@@ -7,6 +7,8 @@
     haagent guest enable|disable NAME [--config FILE | --url URL --token T]
     haagent node maintenance NAME on|off [--config FILE | --url URL --token T]
     haagent node confirm-fenced NAME [--by WHO] [...]   you verified that NAME is powered off
+    haagent guest cleanup NAME | guest move NAME NODE    [--reason WHY] [--by WHO] [...]
+    haagent node freeze|thaw NAME | cluster disarm --for DURATION | cluster arm   (cli_admin)
     haagent simulate --config FILE --fail NODE[,NODE] [--offline] [--json]   what-if
     haagent simulate --swarm --seeds N [--start S] [--workers W] [--verbose]
     haagent simulate --scenario FILE [--seed N] [--trace]
@@ -39,7 +41,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from haagent import __version__
+from haagent import __version__, cli_admin
 from haagent.api_access import client_tls_context
 from haagent.config import SECRET_RE, Config, ConfigError, load_config
 from haagent.localcluster.cli import add_local_parser
@@ -119,9 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="print the raw JSON document")
     events.set_defaults(func=_cmd_events)
 
-    guest = sub.add_parser("guest", help="enable or disable a protected guest")
-    guest.add_argument("action", choices=["enable", "disable"])
+    guest = sub.add_parser(
+        "guest",
+        help="enable or disable a protected guest, forget its failures (cleanup) or move it",
+    )
+    guest.add_argument("action", choices=["enable", "disable", "cleanup", "move"])
     guest.add_argument("name", help="guest name")
+    guest.add_argument("node", nargs="?", help="move: the node to run it on")
+    cli_admin.audit_args(guest)
     _agent_args(guest)
     guest.set_defaults(func=_cmd_guest)
 
@@ -130,14 +137,16 @@ def _parser() -> argparse.ArgumentParser:
         help="put a node in maintenance (drain it) or take it out; or confirm that a failed "
         "node is powered off (confirm-fenced: only once you verified it, see the README)",
     )
-    node.add_argument("action", choices=["maintenance", "confirm-fenced"])
+    node.add_argument("action", choices=["maintenance", "confirm-fenced", "freeze", "thaw"])
     node.add_argument("name", help="node name")
     node.add_argument("state", nargs="?", choices=["on", "off"], help="maintenance: on|off")
     node.add_argument(
-        "--by", help="confirm-fenced: who verified it, for the audit (default: USER@HOST)"
+        "--by", help="confirm-fenced, freeze, thaw: who, for the audit (default: USER@HOST)"
     )
+    node.add_argument("--reason", default="", help="freeze, thaw: why, for the audit")
     _agent_args(node)
     node.set_defaults(func=_cmd_node)
+    cli_admin.add_parsers(sub, _agent_args, _cmd_cluster)
 
     sim = sub.add_parser(
         "simulate",
@@ -251,14 +260,41 @@ def _shape_error(url: str, what: str, exc: Exception) -> CliError:
     )
 
 
+def _post(ep: Endpoint) -> cli_admin.Request:
+    return lambda path, body: request_json(ep, "POST", path, body=body)
+
+
 def _cmd_guest(args: argparse.Namespace) -> int:
+    if args.action in ("cleanup", "move"):
+        if (args.node is None) == (args.action == "move"):
+            usage = "move takes a guest and a node" if args.action == "move" else "one guest"
+            raise CliError(f"{args.action}: {usage}", EXIT_USAGE)
+        doc, what = cli_admin.guest_verb(args, _who, _post(_agent(args)))
+        return _report_outcome(doc, what)
+    if args.node is not None or args.reason or args.by is not None:
+        raise CliError(f"{args.action} takes a guest name only", EXIT_USAGE)
     ep = _agent(args)
     path = f"/v1/guests/{quote(args.name, safe='')}/{args.action}"
     doc = asyncio.run(request_json(ep, "POST", path))
     return _report_outcome(doc, f"{args.action} {args.name}")
 
 
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    try:
+        doc, what = cli_admin.cluster_verb(args, _who, _post(_agent(args)))
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return _report_outcome(doc, what)
+
+
 def _cmd_node(args: argparse.Namespace) -> int:
+    if args.action in ("freeze", "thaw"):
+        if args.state is not None:
+            raise CliError(f"{args.action} takes a node name only", EXIT_USAGE)
+        doc, what = cli_admin.node_verb(args, _who, _post(_agent(args)))
+        return _report_outcome(doc, what)
+    if args.reason:
+        raise CliError(f"{args.action} takes no --reason", EXIT_USAGE)
     if args.action == "confirm-fenced":
         if args.state is not None:
             raise CliError("confirm-fenced takes a node name only", EXIT_USAGE)
