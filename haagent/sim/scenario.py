@@ -30,6 +30,7 @@ partition `*` stands for every node not named in another group):
     start_timeout_s the agent hears "unknown" and the domain comes up late)
     hang N | resume N | restart N (the agent, kill -9) | shutdown N (clean leave, agent exits)
     disable G | enable G | maintenance N on|off | confirm_fenced N (admin: N is verified off)
+    cleanup G | move G N | disarm SECONDS | arm | freeze N | thaw N (admin, issue 12 part 5)
     link_down N IFACE | link_up N IFACE (the fake network: N's bridge/device IFACE stops or
     starts working; a guest line's nets=A,B names the interfaces the guest needs)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
@@ -53,6 +54,8 @@ Expectations:
     failed_nodes G A,B|-    the nodes that gave up on it, in order
     node N STATE            committed node state (down, up, failed, fenced)
     maintenance N [on|off]
+    frozen N [on|off]
+    disarmed [on|off]       the committed arming
     powered N [on|off]
     event NAME [k=v ...]    the trace holds such an event (k=v match its fields; `at` is the
                             node; `after=T` matches events at T seconds or later)
@@ -90,6 +93,7 @@ from haagent.model import (
     NodeState,
     StorageKind,
 )
+from haagent.sim import admin_verbs
 from haagent.sim.invariants import InvariantChecker
 from haagent.sim.world import FENCE_STEPS, SimOptions, TraceEvent, TraceValue, World
 
@@ -267,6 +271,12 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "config": (2, 99),
     "link_down": (2, 2),
     "link_up": (2, 2),
+    "cleanup": (1, 1),
+    "move": (2, 2),
+    "disarm": (1, 1),
+    "arm": (0, 0),
+    "freeze": (1, 1),
+    "thaw": (1, 1),
 }
 
 NODE_ARGS: dict[str, tuple[int, ...]] = {
@@ -293,9 +303,14 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "config": (0,),
     "link_down": (0,),
     "link_up": (0,),
+    "move": (1,),
+    "freeze": (0,),
+    "thaw": (0,),
 }
 GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "crash": (0,),
+    "cleanup": (0,),
+    "move": (0,),
     "disable": (0,),
     "enable": (0,),
     "fail_starts": (1,),
@@ -312,6 +327,8 @@ EXPECTATIONS: dict[str, tuple[int, int]] = {  # kind -> (min args, max args) aft
     "failed_nodes": (2, 2),
     "node": (2, 2),
     "maintenance": (1, 2),
+    "frozen": (1, 2),
+    "disarmed": (0, 1),
     "powered": (1, 2),
     "event": (1, 99),
     "no_event": (1, 99),
@@ -409,7 +426,7 @@ def _validate(sc: Scenario) -> None:
             raise ScenarioError(f"{where}: unknown command type {step.args[1]!r}")
         if step.verb == "maintenance" and step.args[1] not in ("on", "off"):
             raise ScenarioError(f"{where}: maintenance takes on|off")
-        if step.verb in ("fail_starts", "clock_jump", "slow_start"):
+        if step.verb in ("fail_starts", "clock_jump", "slow_start", "disarm"):
             _number(step.args[-1], where)
         if step.verb == "config":
             for arg in step.args[1:]:
@@ -497,8 +514,10 @@ def _check_expectation(args: tuple[str, ...], where: str) -> None:
             raise ScenarioError(
                 f"{where}: expect {kind}: {args[2]!r} is not one of {known}"
             ) from None
-    if kind in ("maintenance", "powered") and args[2:] and args[2] not in ("on", "off"):
+    if kind in ("maintenance", "powered", "frozen") and args[2:] and args[2] not in ("on", "off"):
         raise ScenarioError(f"{where}: expect {kind} N [on|off]")
+    if kind == "disarmed" and args[1:] and args[1] not in ("on", "off"):
+        raise ScenarioError(f"{where}: expect disarmed [on|off]")
     if kind == "events":
         int(args[1])
     if kind == "before":
@@ -608,6 +627,12 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "config": lambda: world.config(a[0], _assignments(a[1:])),
         "link_down": lambda: world.fake_network.set_link(a[0], a[1], up=False),
         "link_up": lambda: world.fake_network.set_link(a[0], a[1], up=True),
+        "cleanup": lambda: admin_verbs.cleanup(world, a[0]),
+        "move": lambda: admin_verbs.move(world, a[0], a[1]),
+        "disarm": lambda: admin_verbs.set_arming(world, True, float(a[0])),
+        "arm": lambda: admin_verbs.set_arming(world, False),
+        "freeze": lambda: admin_verbs.set_frozen(world, a[0], True),
+        "thaw": lambda: admin_verbs.set_frozen(world, a[0], False),
     }
     actions[fault]()
 
@@ -712,9 +737,18 @@ def expectation(world: World, args: Sequence[str]) -> str:
             if rec.state.value == rest[1]
             else f"expected node {rest[0]} {rest[1]}, is {rec.state}"
         )
-    if kind in ("maintenance", "powered"):
+    if kind == "disarmed":
+        want = (rest[0] if rest else "on") == "on"
+        if state.arming.disarmed != want:
+            return f"expected disarmed {'on' if want else 'off'}"
+        return ""
+    if kind in ("maintenance", "powered", "frozen"):
         want = (rest[1] if len(rest) > 1 else "on") == "on"
-        is_on = state.node(rest[0]).maintenance if kind == "maintenance" else world.powered(rest[0])
+        if kind == "frozen":
+            is_on = state.node(rest[0]).frozen
+        else:
+            rec = state.node(rest[0])
+            is_on = rec.maintenance if kind == "maintenance" else world.powered(rest[0])
         if is_on != want:
             return f"expected {kind} {'on' if want else 'off'} for {rest[0]}"
         return ""
