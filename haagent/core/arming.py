@@ -48,6 +48,12 @@ class ArmingClock:
             self._seen = (arming.version, now)
         return now < self._seen[1] + arming.for_s
 
+    def disarmed_since(self, state: ClusterState) -> float | None:
+        """When this node first saw the committed disarm (its clock), None when armed."""
+        if not state.arming.disarmed or self._seen[0] != state.arming.version:
+            return None
+        return self._seen[1]
+
     def hold(self, state: ClusterState, now: float) -> bool:
         """Keep this node's guests running without a lease (disarmed, or this node frozen)."""
         return self.disarmed(state, now) or state.node(self._settings.node).frozen

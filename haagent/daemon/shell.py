@@ -383,6 +383,7 @@ class Daemon:
                 pet_at,
                 voters=len(self.settings.nodes),
                 config_digest=self.core.lease.config_digest,
+                disarmed_since=self.core.arming.disarmed_since(view.state),
             )
         )
         if self.admin.tolerance_due(started):
