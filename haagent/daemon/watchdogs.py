@@ -36,6 +36,7 @@ from haagent.config import Config
 from haagent.daemon.authority import ActAuthority
 from haagent.fencing.watchdog import (
     ArmedState,
+    DescribedWatchdog,
     DeviceWatchdog,
     FileWatchdog,
     WatchdogError,
@@ -139,14 +140,20 @@ class WatchdogKeeper:
         """Open the deferred watchdog, this agent's lease being valid at `now`. A device that
         then reports another timeout than the one committed is fatal: the loop ends with it
         and the device stays armed, so the host resets."""
-        cfg = self._config
         assert self.deferred is not None and self._core.lease_valid(now)
         self.deferred = None
+        watchdog = self._open_committed(keep_armed=True)
+        log.info("watchdog re-opened holding a lease: %s", watchdog.description)
+
+    def _open_committed(self, keep_armed: bool) -> DescribedWatchdog:
+        """Open the watchdog as `self.watchdog`; it must arm the timeout committed for this
+        node. Raises WatchdogError otherwise (fatal for the loop)."""
+        cfg = self._config
         watchdog = open_watchdog(
             cfg.watchdog_device,
             cfg.me.watchdog_timeout_s,
             str(cfg.watchdog_standin),
-            keep_armed=True,
+            keep_armed=keep_armed,
         )
         self.watchdog = watchdog
         committed = self._core.lease.watchdog_timeout_s
@@ -156,7 +163,7 @@ class WatchdogKeeper:
                 f"{watchdog.description} armed another timeout than the {committed:g} s "
                 "committed for this node"
             )
-        log.info("watchdog re-opened holding a lease: %s", watchdog.description)
+        return watchdog
 
     def _unusable(self) -> str:
         # The others will recover this node's guests once its watchdog "must" have reset
@@ -257,24 +264,13 @@ class WatchdogKeeper:
     def _rearm(self, now: float) -> None:
         """Open the watchdog again; it must arm the timeout committed for this node, else the
         loop ends with it (a fatal error, as in `_open_deferred`)."""
-        cfg = self._config
         self.released = False
         if self.held is not None:
             self.watchdog, self.held = self.held, None
             log.info("watchdog armed again (it was petted throughout)")
             return
-        watchdog = open_watchdog(
-            cfg.watchdog_device, cfg.me.watchdog_timeout_s, str(cfg.watchdog_standin)
-        )
-        self.watchdog = watchdog
+        watchdog = self._open_committed(keep_armed=False)
         self.last_pet = now
-        committed = self._core.lease.watchdog_timeout_s
-        armed_s = watchdog_commitment(watchdog, cfg.watchdog_standin_ok)
-        if committed is not None and armed_s != committed:
-            raise WatchdogError(
-                f"{watchdog.description} armed another timeout than the {committed:g} s "
-                "committed for this node"
-            )
         log.warning("watchdog armed again: %s", watchdog.description)
 
     # -- shutdown --------------------------------------------------------------------------
