@@ -31,7 +31,9 @@ from haagent.model import (
     NodeRole,
     NodeState,
 )
+from haagent.ports import ConsensusView
 from haagent.statemachine import apply
+from haagent.status import build_status, format_status
 from tests.unit.test_statemachine import cluster, evidence, fail, run, with_guest_on
 
 WHO = "alice@laptop via api@n1"
@@ -215,3 +217,39 @@ def test_the_audit_is_bounded() -> None:
         assert r.accepted
     assert len(state.audit) == MAX_AUDIT_ENTRIES
     assert state.audit[-1].action == "node freeze n2"
+
+
+def test_the_status_shows_the_arming_the_freeze_the_move_and_the_audit() -> None:
+    state = with_guest_on(cluster("n1", "n2"), "n1")
+    state, results = run(
+        state,
+        SetArming(True, 1800.0, WHO, "switch firmware", 1764806400.0, 0),
+        SetFrozen("n2", True, WHO, "agent upgrade", 1764806401.0, 0),
+        MoveGuest("g", "n2", WHO, "", 1764806402.0, 0),
+    )
+    assert all(r.accepted for r in results), results
+    doc = build_status(
+        node="n1",
+        cluster="c",
+        pid=1,
+        incarnation="i",
+        view=ConsensusView(state=state, leader="n1"),
+        now=1.0,
+        lease_until=2.0,
+        loop_age_s=0.0,
+        local={},
+    )
+    assert doc["arming"]["disarmed"] and doc["arming"]["for_s"] == 1800.0
+    assert doc["nodes"]["n2"]["frozen"] and doc["nodes"]["n2"]["watchdog_released"]
+    assert doc["guests"]["g"]["move_to"] == "n2"
+    assert [e["action"] for e in doc["audit"]] == [
+        "cluster disarm for 1800s",
+        "node freeze n2",
+        "guest move g n2",
+    ]
+    text = format_status(doc)
+    assert (
+        f"DISARMED for 1800s by {WHO} until about 2025-12-04 00:30:00 UTC: switch firmware" in text
+    )
+    assert "up (FROZEN)" in text and "running (moving to n2)" in text
+    assert f"2025-12-04 00:00:01 UTC  node freeze n2 by {WHO}: agent upgrade" in text
