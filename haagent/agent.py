@@ -16,7 +16,10 @@ composes them, in this fixed order (each pass, every step sees the same committe
    lease: join, or heartbeat every `heartbeat_s`                             core.lease
 3. leader duties, only as the leader with a valid lease and a trusted replica:
    a. spec sync                                                              core.scheduling
-   b. per peer in name order: diverged or silent and UP -> DeclareFailed     core.failure_detection
+   a'. the automatic re-arm at the end of a disarm                           core.arming
+   b. per peer in name order: held (cluster disarmed, or the peer frozen)
+                              -> nothing (its silence restarts at the end)
+                              diverged or silent and UP -> DeclareFailed     core.failure_detection
                               FAILED        -> the next fencing step         core.fencing
    c. placement, give-up, error, cold start                                  core.scheduling
 4. this host's network condition, reported when it changed                    core.networks
@@ -25,8 +28,11 @@ composes them, in this fixed order (each pass, every step sees the same committe
    start/stop/report what the state gives this node (and hand over the guests
    that lacked a network here for the hold-down)                              core.guests,
                                                                              core.storage/drbd
-5. leave, once a requested clean shutdown has handed everything over         core.lease
-6. whether to pet the watchdog                                               core.lease
+5. the watchdog re-arm confirmation after a disarm                          core.arming
+   leave, once a requested clean shutdown has handed everything over         core.lease
+   (a frozen node's agent exits at once instead, keeping its guests)
+6. whether to pet the watchdog (always while held), whether to release it    core.lease,
+                                                                             core.arming
 
 The order is part of the behaviour: proposals go out in it, and the simulator's traces record
 it. The lease comes before anything a leader decides so that a heartbeat is never queued behind

@@ -15,13 +15,20 @@ if TYPE_CHECKING:
 BY = "admin"
 
 
+def _guest_version(world: World, guest: str) -> int:
+    """The guest's admin version now (0 before the leader registered it: then the command is
+    refused or applies to the new record, as the CLI's would)."""
+    record = world.committed_state.guests.get(guest)
+    return record.admin_version if record is not None else 0
+
+
 def cleanup(world: World, guest: str) -> None:
-    version = world.committed_state.guests[guest].admin_version
+    version = _guest_version(world, guest)
     world.admin(CleanupGuest(guest, BY, "", 0.0, version), guest=guest)
 
 
 def move(world: World, guest: str, node: str) -> None:
-    version = world.committed_state.guests[guest].admin_version
+    version = _guest_version(world, guest)
     world.admin(MoveGuest(guest, node, BY, "", 0.0, version), guest=guest, node=node)
 
 
