@@ -45,6 +45,9 @@ _IOC_READ = 2
 _INT_SIZE = struct.calcsize("i")
 WDIOC_SETTIMEOUT = _ioc(_IOC_READ | _IOC_WRITE, 6, _INT_SIZE)  # _IOWR('W', 6, int)
 WDIOC_GETTIMEOUT = _ioc(_IOC_READ, 7, _INT_SIZE)  # _IOR('W', 7, int)
+_WATCHDOG_INFO = struct.Struct("II32s")  # struct watchdog_info: options, firmware, identity
+WDIOC_GETSUPPORT = _ioc(_IOC_READ, 0, _WATCHDOG_INFO.size)  # _IOR('W', 0, watchdog_info)
+WDIOF_MAGICCLOSE = 0x0100  # the driver honours the magic 'V' (unless built with nowayout)
 
 # Writing 'V' just before close tells a driver without "nowayout" to disarm instead of
 # resetting the machine ("magic close").
@@ -131,6 +134,29 @@ class DeviceWatchdog:
     def description(self) -> str:
         return f"device {self.path} (timeout {self.timeout_s:g} s)"
 
+    def releasable(self, sysfs: Path | None = None) -> tuple[bool, str]:
+        """Can a magic close disarm this device (`cluster disarm`)? Only when the driver
+        says it supports the magic close (WDIOC_GETSUPPORT) and its `nowayout` is known to be
+        off (/sys/class/watchdog/*/nowayout): otherwise a close would leave it counting down
+        and reset the host, so the caller keeps petting it instead. Never raises."""
+        if self._fd is None:
+            return False, "closed"
+        try:
+            answer = fcntl.ioctl(self._fd, WDIOC_GETSUPPORT, bytes(_WATCHDOG_INFO.size))
+            options = _WATCHDOG_INFO.unpack(answer)[0]
+        except OSError as exc:
+            return False, f"its features cannot be read ({exc.strerror or exc})"
+        if not options & WDIOF_MAGICCLOSE:
+            return False, "its driver does not support the magic close"
+        try:
+            entry = _sysfs_entry(self.path, sysfs or SYSFS_WATCHDOG)
+            nowayout = (entry / "nowayout").read_text().strip() if entry else "?"
+        except OSError:
+            nowayout = "?"
+        if nowayout != "0":
+            return False, f"its nowayout is {'on' if nowayout == '1' else 'unknown'}"
+        return True, "magic close"
+
     def pet(self) -> None:
         """Restart the device's countdown. Raises `WatchdogError` if the write fails and
         RuntimeError after `close()` (a programmer error)."""
@@ -192,6 +218,10 @@ class FileWatchdog:
             raise RuntimeError(f"watchdog stand-in {self.path} petted after close")
         self._write("pet")
 
+    def releasable(self) -> tuple[bool, str]:
+        """The stand-in models a device with the magic close and nowayout off."""
+        return not self._closed, "stand-in"
+
     def close(self) -> None:
         """Record a clean disarm. Idempotent."""
         if self._closed:
@@ -244,18 +274,24 @@ def armed_state(
     return ArmedState(True, timeout_s, f"stand-in {standin_path} is {state}")
 
 
+def _sysfs_entry(device: str, sysfs: Path) -> Path | None:
+    """The /sys/class/watchdog entry of `device` (by device number), None if not found.
+    Raises OSError."""
+    rdev = os.stat(device).st_rdev
+    number = f"{os.major(rdev)}:{os.minor(rdev)}"
+    if number == LEGACY_DEVICE:
+        return sysfs / "watchdog0"
+    for candidate in sorted(sysfs.iterdir()):
+        if (candidate / "dev").read_text().strip() == number:
+            return candidate
+    return None
+
+
 def _device_armed_state(device: str, sysfs: Path) -> ArmedState:
     try:
-        rdev = os.stat(device).st_rdev
-        number = f"{os.major(rdev)}:{os.minor(rdev)}"
-        entry: Path | None = sysfs / "watchdog0" if number == LEGACY_DEVICE else None
+        entry = _sysfs_entry(device, sysfs)
         if entry is None:
-            for candidate in sorted(sysfs.iterdir()):
-                if (candidate / "dev").read_text().strip() == number:
-                    entry = candidate
-                    break
-        if entry is None:
-            return ArmedState(True, None, f"no {sysfs} entry for {device} ({number})")
+            return ArmedState(True, None, f"no {sysfs} entry for {device}")
         state = (entry / "state").read_text().strip()
         timeout_s = float((entry / "timeout").read_text().strip())
     except (OSError, ValueError) as exc:

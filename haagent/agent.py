@@ -16,7 +16,10 @@ composes them, in this fixed order (each pass, every step sees the same committe
    lease: join, or heartbeat every `heartbeat_s`                             core.lease
 3. leader duties, only as the leader with a valid lease and a trusted replica:
    a. spec sync                                                              core.scheduling
-   b. per peer in name order: diverged or silent and UP -> DeclareFailed     core.failure_detection
+   a'. the automatic re-arm at the end of a disarm                           core.arming
+   b. per peer in name order: held (cluster disarmed, or the peer frozen)
+                              -> nothing (its silence restarts at the end)
+                              diverged or silent and UP -> DeclareFailed     core.failure_detection
                               FAILED        -> the next fencing step         core.fencing
    c. placement, give-up, error, cold start                                  core.scheduling
 4. this host's network condition, reported when it changed                    core.networks
@@ -25,8 +28,11 @@ composes them, in this fixed order (each pass, every step sees the same committe
    start/stop/report what the state gives this node (and hand over the guests
    that lacked a network here for the hold-down)                              core.guests,
                                                                              core.storage/drbd/raid1
-5. leave, once a requested clean shutdown has handed everything over         core.lease
-6. whether to pet the watchdog                                               core.lease
+5. the watchdog re-arm confirmation after a disarm                          core.arming
+   leave, once a requested clean shutdown has handed everything over         core.lease
+   (a frozen node's agent exits at once instead, keeping its guests)
+6. whether to pet the watchdog (always while held), whether to release it    core.lease,
+                                                                             core.arming
 
 The order is part of the behaviour: proposals go out in it, and the simulator's traces record
 it. The lease comes before anything a leader decides so that a heartbeat is never queued behind
@@ -52,6 +58,7 @@ The public names the shell, the simulator and the tests use are re-exported from
 from __future__ import annotations
 
 from haagent.core import divergence
+from haagent.core.arming import ArmingClock
 from haagent.core.decisions import (
     Action,
     ActionResult,
@@ -139,6 +146,7 @@ class AgentCore:
         self.raid1 = raid1
         self.guests = GuestReconciler(settings, gates)
         self.networks = NetworkConditions(settings, incarnation)
+        self.arming = ArmingClock(settings, incarnation)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -202,6 +210,11 @@ class AgentCore:
         out = Outbox(now, self._wall_offset_s, self._in_flight)
         state = view.state
         lease_valid = self.lease.valid(now)
+        disarmed = self.arming.disarmed(state, now)
+        hold = self.arming.hold(state, now)
+        # The clean exit of a frozen node's agent (a restart, an upgrade): its guests stay and
+        # it leaves nothing; the shell releases the watchdog and exits.
+        frozen_exit = self.lease.leaving and state.node(self.settings.node).frozen
 
         def nothing_running() -> bool | None:
             return self.guests.no_protected_running(state, local)
@@ -217,11 +230,16 @@ class AgentCore:
 
         if view.is_leader and lease_valid and self.lease.diverged is None:
             self.scheduling.sync_specs(out, state)
+            self.arming.rearm_when_due(out, state)
             for name, record in sorted(state.nodes.items()):
                 if name == self.settings.node:
                     continue
                 diverged = verdicts.peers.get(name)
-                if record.state is NodeState.UP and diverged is not None:
+                if disarmed or record.frozen:
+                    # No declaration, no fence (apply refuses them too); silence counts again
+                    # from the re-arm or the thaw.
+                    self.failure_detection.hold(name, now)
+                elif record.state is NodeState.UP and diverged is not None:
                     self.failure_detection.declare_diverged(out, name, record, diverged)
                 elif record.state is NodeState.UP:
                     self.failure_detection.check(
@@ -245,12 +263,18 @@ class AgentCore:
                 state,
                 local,
                 lease_valid=lease_valid,
-                leaving=self.lease.leaving,
+                leaving=self.lease.leaving and not frozen_exit,
                 startup_grace=self.lease.in_startup_grace(now),
+                hold=hold,
                 proven_at=self.lease.until - self.settings.lease_s,
                 evacuate=evacuate,
             )
 
+        if not disarmed:
+            self.arming.confirm_watchdog(out, state, lease_valid)
+        if frozen_exit and not self.lease.left:
+            self.lease.left = True
+            out.note("frozen_exit", node=self.settings.node)
         if self.lease.leaving and not self.lease.left:
             self.lease.leave(out, state, nothing_running)
 
@@ -258,10 +282,11 @@ class AgentCore:
             proposals=tuple(out.proposals),
             actions=tuple(out.actions),
             events=tuple(out.events),
-            pet_watchdog=self.lease.may_pet(now, nothing_running),
+            pet_watchdog=hold or self.lease.may_pet(now, nothing_running),
             lease_valid=lease_valid,
             left=self.lease.left,
             diverged=self.lease.diverged,
+            release_watchdog=disarmed or frozen_exit,
         )
 
     def _divergence(self, out: Outbox, view: ConsensusView) -> Verdicts:

@@ -15,6 +15,8 @@ POST /v1/guests/{guest}/migrate    body {"node": "n2"[, "generation": G]}: live-
 POST /v1/nodes/{node}/maintenance  body {"on": true|false}: drain the node, or end that
 POST /v1/nodes/{node}/confirm-fenced  optional body {"by": "who"}: an admin verified that the
                                    failed node is powered off; its guests may move (README)
+POST /v1/guests/{guest}/cleanup|move, /v1/cluster/disarm|arm, /v1/nodes/{node}/freeze|thaw
+                                   the admin verbs of haagent.api_admin (audited)
 
 Access (haagent.api_access): reads take the read or the admin token (or none when
 `api_open_reads`), the POST verbs only the admin token, as ``Authorization: Bearer <token>``;
@@ -49,6 +51,7 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from haagent import api_admin
 from haagent.api_access import (
     TLS_HANDSHAKE_TIMEOUT_S,
     ApiAccess,
@@ -170,10 +173,10 @@ class _OneLineFilter(logging.Filter):
 _BAD_INPUT_KEY = web.AppKey("bad_input", BadInputLog)
 
 
-MAX_BY_CHARS = 64  # who confirmed a fence, as the audit shows it
+MAX_BY_CHARS = api_admin.MAX_BY_CHARS  # who confirmed a fence, as the audit shows it
 
 
-class Handlers(Protocol):
+class Handlers(api_admin.AdminVerbs, Protocol):
     """Status, metrics and what-if are computed off the agent's loop and arrive ready; the
     status document as JSON text (serializing thousands of guests is not loop work)."""
 
@@ -404,6 +407,7 @@ def build_app(access: ApiAccess | str, h: Handlers) -> web.Application:
     app.router.add_get("/v1/openapi.json", get_openapi)
     # Before the generic guest route, which would answer "unknown guest action" (404).
     app.router.add_post("/v1/guests/{guest}/migrate", post_migrate)
+    api_admin.add_routes(app, h, read_json_body, outcome_response, ApiError)
     app.router.add_post("/v1/guests/{guest}/{action}", post_guest)
     app.router.add_post("/v1/nodes/{node}/maintenance", post_maintenance)
     app.router.add_post("/v1/nodes/{node}/confirm-fenced", post_confirm_fenced)

@@ -8,6 +8,8 @@
     haagent guest migrate NAME NODE [--generation G] [...]   live-migrate a running guest
     haagent node maintenance NAME on|off [--config FILE | --url URL --token T]
     haagent node confirm-fenced NAME [--by WHO] [...]   you verified that NAME is powered off
+    haagent guest cleanup NAME | guest move NAME NODE    [--reason WHY] [--by WHO] [...]
+    haagent node freeze|thaw NAME | cluster disarm --for DURATION | cluster arm   (cli_admin)
     haagent simulate --config FILE --fail NODE[,NODE] [--offline] [--json]   what-if
     haagent simulate --swarm --seeds N [--start S] [--workers W] [--verbose]
     haagent simulate --scenario FILE [--seed N] [--trace]
@@ -40,7 +42,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from haagent import __version__
+from haagent import __version__, cli_admin
 from haagent.api_access import client_tls_context
 from haagent.config import SECRET_RE, Config, ConfigError, load_config
 from haagent.localcluster.parser import add_local_parser
@@ -122,11 +124,15 @@ def _parser() -> argparse.ArgumentParser:
     events.set_defaults(func=_cmd_events)
 
     guest = sub.add_parser(
-        "guest", help="enable or disable a protected guest, or live-migrate it to a node"
+        "guest",
+        help="enable or disable a protected guest, forget its failures (cleanup), move it "
+        "(stop and start) or live-migrate it to a node",
     )
-    guest.add_argument("action", choices=["enable", "disable", "migrate"])
+    guest.add_argument("action", choices=["enable", "disable", "cleanup", "move", "migrate"])
     guest.add_argument("name", help="guest name")
+    guest.add_argument("node", nargs="?", help="move, migrate: the node to run it on")
     _migrate_args(guest)
+    cli_admin.audit_args(guest)
     _agent_args(guest)
     guest.set_defaults(func=_cmd_guest)
 
@@ -135,14 +141,16 @@ def _parser() -> argparse.ArgumentParser:
         help="put a node in maintenance (drain it) or take it out; or confirm that a failed "
         "node is powered off (confirm-fenced: only once you verified it, see the README)",
     )
-    node.add_argument("action", choices=["maintenance", "confirm-fenced"])
+    node.add_argument("action", choices=["maintenance", "confirm-fenced", "freeze", "thaw"])
     node.add_argument("name", help="node name")
     node.add_argument("state", nargs="?", choices=["on", "off"], help="maintenance: on|off")
     node.add_argument(
-        "--by", help="confirm-fenced: who verified it, for the audit (default: USER@HOST)"
+        "--by", help="confirm-fenced, freeze, thaw: who, for the audit (default: USER@HOST)"
     )
+    node.add_argument("--reason", default="", help="freeze, thaw: why, for the audit")
     _agent_args(node)
     node.set_defaults(func=_cmd_node)
+    cli_admin.add_parsers(sub, _agent_args, _cmd_cluster)
 
     sim = sub.add_parser(
         "simulate",
@@ -257,7 +265,6 @@ def _shape_error(url: str, what: str, exc: Exception) -> CliError:
 
 
 def _migrate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", nargs="?", metavar="NODE", help="migrate: the destination node")
     p.add_argument(
         "--generation",
         type=int,
@@ -269,23 +276,37 @@ def _migrate_args(p: argparse.ArgumentParser) -> None:
 def _cmd_guest_migrate(args: argparse.Namespace) -> int:
     """`haagent guest migrate NAME NODE`: the hand-over is committed; the answer comes once
     the intent committed (the migration itself then runs; `haagent status` shows it)."""
-    if args.target is None:
+    if args.node is None:
         raise CliError("migrate takes a guest name and a destination node", EXIT_USAGE)
     if args.generation is not None and args.generation < 0:
         raise CliError("--generation: a non-negative integer", EXIT_USAGE)
+    if args.reason or args.by is not None:
+        raise CliError("migrate: --reason and --by are for cleanup and move", EXIT_USAGE)
     ep = _agent(args)
     path = f"/v1/guests/{quote(args.name, safe='')}/migrate"
-    body: dict[str, Any] = {"node": args.target}
+    body: dict[str, Any] = {"node": args.node}
     if args.generation is not None:
         body["generation"] = args.generation
     doc = asyncio.run(request_json(ep, "POST", path, body=body))
-    return _report_outcome(doc, f"migrate {args.name} to {args.target}")
+    return _report_outcome(doc, f"migrate {args.name} to {args.node}")
+
+
+def _post(ep: Endpoint) -> cli_admin.Request:
+    return lambda path, body: request_json(ep, "POST", path, body=body)
 
 
 def _cmd_guest(args: argparse.Namespace) -> int:
     if args.action == "migrate":
         return _cmd_guest_migrate(args)
-    if args.target is not None or args.generation is not None:
+    if args.generation is not None:
+        raise CliError("--generation is for migrate", EXIT_USAGE)
+    if args.action in ("cleanup", "move"):
+        if (args.node is None) == (args.action == "move"):
+            usage = "move takes a guest and a node" if args.action == "move" else "one guest"
+            raise CliError(f"{args.action}: {usage}", EXIT_USAGE)
+        doc, what = cli_admin.guest_verb(args, _who, _post(_agent(args)))
+        return _report_outcome(doc, what)
+    if args.node is not None or args.reason or args.by is not None:
         raise CliError(f"{args.action} takes a guest name only", EXIT_USAGE)
     ep = _agent(args)
     path = f"/v1/guests/{quote(args.name, safe='')}/{args.action}"
@@ -293,7 +314,22 @@ def _cmd_guest(args: argparse.Namespace) -> int:
     return _report_outcome(doc, f"{args.action} {args.name}")
 
 
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    try:
+        doc, what = cli_admin.cluster_verb(args, _who, _post(_agent(args)))
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return _report_outcome(doc, what)
+
+
 def _cmd_node(args: argparse.Namespace) -> int:
+    if args.action in ("freeze", "thaw"):
+        if args.state is not None:
+            raise CliError(f"{args.action} takes a node name only", EXIT_USAGE)
+        doc, what = cli_admin.node_verb(args, _who, _post(_agent(args)))
+        return _report_outcome(doc, what)
+    if args.reason:
+        raise CliError(f"{args.action} takes no --reason", EXIT_USAGE)
     if args.action == "confirm-fenced":
         if args.state is not None:
             raise CliError("confirm-fenced takes a node name only", EXIT_USAGE)

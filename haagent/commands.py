@@ -286,6 +286,86 @@ class NetworkCondition(Command):
     at: float
 
 
+# -- admin verbs of issue 12 part 5 (applied by haagent.statemachine_admin) -------------------
+#
+# Each is conditional on the version of the record it was decided on (the guest's or node's
+# `admin_version`, the cluster's `arming.version`), so a late re-delivery never undoes a newer
+# decision, and each leaves an `AuditEntry` (who: `by`, when: `at`, why: `reason`).
+
+MAX_REASON_CHARS = 200
+"""An admin's `--reason` is at most this long (the API refuses longer; `apply` cuts it)."""
+
+
+@dataclass(frozen=True)
+class CleanupGuest(Command):
+    """Admin: forget the guest's failure history (count, nodes that gave up, the error state)
+    without stopping it (`haagent guest cleanup`)."""
+
+    type_name: ClassVar[str] = "cleanup_guest"
+    guest: str
+    by: str
+    reason: str
+    at: float
+    expect_version: int
+
+
+@dataclass(frozen=True)
+class MoveGuest(Command):
+    """Admin: stop the guest where it runs and start it on `node` (`haagent guest move`).
+    Accepted only if `node` may run it now (an up hypervisor out of maintenance, allowed by
+    the guest, with its networks); naming the current owner cancels a pending move."""
+
+    type_name: ClassVar[str] = "move_guest"
+    guest: str
+    node: str
+    by: str
+    reason: str
+    at: float
+    expect_version: int
+
+
+@dataclass(frozen=True)
+class SetArming(Command):
+    """Admin (`haagent cluster disarm --for D` / `arm`), or the leader's automatic re-arm at
+    the planned end. A disarm is refused while a fence or a recovery is in flight (a node
+    failed and not yet handled, a guest still owned by a failed or fenced node)."""
+
+    type_name: ClassVar[str] = "set_arming"
+    disarm: bool
+    for_s: float
+    by: str
+    reason: str
+    at: float
+    expect_version: int  # the cluster's arming.version it was decided on
+
+
+@dataclass(frozen=True)
+class SetFrozen(Command):
+    """Admin (`haagent node freeze/thaw`): a frozen node is neither declared failed nor
+    fenced and its guests do not move, so its agent can be restarted or upgraded. Freezing is
+    accepted only for an up node."""
+
+    type_name: ClassVar[str] = "set_frozen"
+    node: str
+    on: bool
+    by: str
+    reason: str
+    at: float
+    expect_version: int  # the node's admin_version it was decided on
+
+
+@dataclass(frozen=True)
+class WatchdogRearmed(Command):
+    """A node: it armed its watchdog again after the cluster was re-armed (`arming_version`).
+    Until this commits, its watchdog fence level is not trusted (core.fencing)."""
+
+    type_name: ClassVar[str] = "watchdog_rearmed"
+    node: str
+    incarnation: str
+    arming_version: int
+    at: float
+
+
 @dataclass(frozen=True)
 class MigrateGuest(Command):
     """Admin (or the leader evacuating a node in maintenance): live-migrate the running guest
@@ -432,6 +512,11 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         MigrationResumed,
         LegStale,
         LegFresh,
+        CleanupGuest,
+        MoveGuest,
+        SetArming,
+        SetFrozen,
+        WatchdogRearmed,
     )
 }
 

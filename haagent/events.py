@@ -31,6 +31,7 @@ from typing import Any
 from haagent.codec import to_json
 from haagent.commands import (
     AssignGuests,
+    CleanupGuest,
     Command,
     ConfirmFenced,
     DeclareFailed,
@@ -38,7 +39,10 @@ from haagent.commands import (
     GuestError,
     GuestStopped,
     Heartbeat,
+    MoveGuest,
+    SetArming,
     SetDesired,
+    SetFrozen,
     SetMaintenance,
 )
 
@@ -70,8 +74,23 @@ def summary(command: Command) -> str:
         return f"guest {c.guest} set {c.desired.value} by {c.by}"
     if isinstance(c, SetMaintenance):
         return f"node {c.node} maintenance {'on' if c.on else 'off'} by {c.by}"
+    if isinstance(c, (CleanupGuest, MoveGuest, SetArming, SetFrozen)):
+        return _admin_verb(c)
     subject = [f"{k} {getattr(c, k)}" for k in ("guest", "node") if hasattr(c, k)]
     return " ".join([c.type_name.replace("_", " "), *subject])
+
+
+def _admin_verb(c: CleanupGuest | MoveGuest | SetArming | SetFrozen) -> str:
+    """The admin verbs of issue 12 part 5: what, by whom, why."""
+    if isinstance(c, CleanupGuest):
+        what = f"guest {c.guest} failure history cleared"
+    elif isinstance(c, MoveGuest):
+        what = f"guest {c.guest} to be moved to {c.node}"
+    elif isinstance(c, SetArming):
+        what = f"cluster disarmed for {c.for_s:g}s" if c.disarm else "cluster armed"
+    else:
+        what = f"node {c.node} {'frozen' if c.on else 'thawed'}"
+    return f"{what} by {c.by}" + (f": {c.reason}" if c.reason else "")
 
 
 def _bounded(value: Any) -> Any:

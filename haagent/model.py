@@ -216,6 +216,14 @@ class NodeRecord:
     # The needed host interfaces this node last reported missing, down or without carrier
     # (`NetworkCondition`); empty also while it never reported (agents older than the field).
     missing_networks: tuple[str, ...] = ()
+    # Admin (`haagent node freeze`): its agent may be away (a restart, an upgrade) without it
+    # being declared failed or fenced, and its guests stay where they are (`SetFrozen`).
+    frozen: bool = False
+    # Its watchdog was released by `cluster disarm` and it has not committed `WatchdogRearmed`
+    # since the cluster was armed again: nobody may count on it resetting the host, so its
+    # watchdog fence level waits (core.fencing). A `Join` while armed clears it (the joining
+    # incarnation armed the device or found the predecessor's countdown running).
+    watchdog_released: bool = False
 
     def lacks(self, spec: GuestSpec) -> tuple[str, ...]:
         """The guest's networks this node reported missing, in the guest's order."""
@@ -289,6 +297,9 @@ class GuestRecord:
     reason: str = ""
     changed_at: float = 0.0  # wall clock, display only
     migration: Migration | None = None  # the latest live migration (None: none since moved)
+    # Admin (`haagent guest move`): the node it is to be stopped and started on. Its owner
+    # stops it; placement then assigns it to this node only; any change of owner clears it.
+    move_to: str | None = None
 
     @property
     def name(self) -> str:
@@ -310,12 +321,55 @@ class GuestRecord:
 
 
 @dataclass(frozen=True)
+class AuditEntry:
+    """One accepted admin decision, for the status: what, who (the CLI's USER@HOST or the
+    API client's `by`, and the agent that proposed it: "alice@laptop via api@n1"), when (wall
+    clock of the proposing agent, display only) and why (the admin's `--reason`)."""
+
+    action: str
+    by: str
+    reason: str
+    at: float
+
+
+MAX_AUDIT_ENTRIES = 64
+"""The replicated audit keeps the newest 64 admin decisions (the state travels whole in every
+snapshot, so it stays bounded); the events log and the agents' logs keep the rest."""
+
+
+@dataclass(frozen=True)
+class Arming:
+    """Whether the cluster fences and recovers (`haagent cluster disarm/arm`).
+
+    While disarmed no node is declared failed or fenced, no guest is recovered, a node that
+    loses its lease keeps its guests, and watchdogs are released. `for_s` is the planned
+    duration: every node counts it on its own monotonic clock from when it first saw this
+    `version` disarmed (wall clocks are never compared) and acts armed after it, and the leader
+    commits the re-arm then. `until_at` is the proposer's wall-clock guess, for humans."""
+
+    disarmed: bool = False
+    version: int = 0  # grows with every accepted disarm or arm
+    for_s: float = 0.0
+    until_at: float | None = None  # wall clock, display only
+    by: str = ""
+    reason: str = ""
+    changed_at: float = 0.0  # wall clock, display only
+
+
+@dataclass(frozen=True)
 class ClusterState:
     """The whole replicated state. Treat the dicts as read-only: `apply` builds new ones."""
 
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     guests: dict[str, GuestRecord] = field(default_factory=dict)
     applied: int = 0  # commands applied (accepted or not); a cheap change counter
+    arming: Arming = field(default_factory=Arming)
+    audit: tuple[AuditEntry, ...] = ()  # newest last, at most MAX_AUDIT_ENTRIES
+
+    def audited(self, entry: AuditEntry) -> ClusterState:
+        """This state with `entry` appended to the bounded audit."""
+        audit = (*self.audit, entry)[-MAX_AUDIT_ENTRIES:]
+        return self._keeping_indexes(replace(self, audit=audit))
 
     def node(self, name: str) -> NodeRecord:
         """The node's record; nodes that never joined read as `down`."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from haagent import __version__
+from haagent import __version__, api_admin
 
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -338,5 +338,6 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 "responses": _OUTCOMES,
             }
         },
+        **api_admin.openapi_paths(_name_param, _OUTCOMES, _ADMIN),
     },
 }

@@ -59,6 +59,7 @@ def needs_owner(state: ClusterState, guest: GuestRecord) -> bool:
     return (
         owner.state is not NodeState.UP
         or owner.maintenance
+        or (guest.move_to is not None and guest.move_to != guest.owner)
         or guest.owner in guest.failed_nodes
         or bool(owner.lacks(guest.spec))
     )
@@ -133,6 +134,12 @@ def plan(
     for guest in orphans:
         spec = guest.spec
         allowed = [n for n in load if spec.allows(n)]
+        if guest.move_to is not None:
+            # An admin's move (`haagent guest move`) goes to its target only, or waits.
+            allowed = [n for n in allowed if n == guest.move_to]
+            if not allowed:
+                unplaced.append(Unplaced(guest.name, f"move target {guest.move_to} unavailable"))
+                continue
         if not allowed:
             unplaced.append(Unplaced(guest.name, "no allowed node is up"))
             continue

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import haagent.statemachine_admin as admin
 from haagent.commands import (
     MAX_LEG_TEXT,
     MAX_MISSING_NETWORKS,
     AssignGuests,
+    CleanupGuest,
     Command,
     ConfirmFenced,
     DeclareFailed,
@@ -44,11 +46,15 @@ from haagent.commands import (
     MigrationAborted,
     MigrationDone,
     MigrationResumed,
+    MoveGuest,
     NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
+    SetArming,
     SetDesired,
+    SetFrozen,
     SetMaintenance,
+    WatchdogRearmed,
 )
 from haagent.model import (
     ClusterState,
@@ -134,6 +140,9 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
         watchdog_timeout_s=c.watchdog_timeout_s,
         config_digest=c.config_digest,
         checkpoint=None,
+        # A joining incarnation armed its watchdog (or found the predecessor's countdown
+        # running), unless the cluster is disarmed, when its agent releases it.
+        watchdog_released=state.arming.disarmed,
     )
     return state.with_node(new), OK
 
@@ -211,6 +220,10 @@ def _declare_failed(state: ClusterState, c: DeclareFailed) -> tuple[ClusterState
     rec = state.node(c.node)
     if rec.state is not NodeState.UP:
         return _refuse(state, f"{c.node} is {rec.state}")
+    if state.arming.disarmed:
+        return _refuse(state, "the cluster is disarmed: no node is declared failed")
+    if rec.frozen:
+        return _refuse(state, f"{c.node} is frozen: it is not declared failed")
     still_behind = (
         c.behind_index is not None
         and rec.applied_index is not None
@@ -287,7 +300,7 @@ def _define_guest(state: ClusterState, c: DefineGuest) -> tuple[ClusterState, Re
     if current.spec == c.spec:
         return state, Result(True, "unchanged")
     if c.expect_version is not None and c.expect_version != current.spec_version:
-        return _refuse(state, _stale("definition", c.expect_version, current.spec_version))
+        return _refuse(state, admin.stale("definition", c.expect_version, current.spec_version))
     why = spec_change_blocked(current, c.spec)
     if why:
         return _refuse(state, why)
@@ -316,19 +329,14 @@ def spec_change_blocked(current: GuestRecord, spec: GuestSpec) -> str:
     return ""
 
 
-def _stale(what: str, expected: int, current: int) -> str:
-    return (
-        f"stale {what}: decided on version {expected}, the record is at version {current} "
-        "(a newer decision won)"
-    )
-
-
 def _set_desired(state: ClusterState, c: SetDesired) -> tuple[ClusterState, Result]:
     current = state.guests.get(c.guest)
     if current is None:
         return _refuse(state, f"unknown guest {c.guest!r}")
     if c.expect_version is not None and c.expect_version != current.admin_version:
-        return _refuse(state, _stale("enable/disable", c.expect_version, current.admin_version))
+        return _refuse(
+            state, admin.stale("enable/disable", c.expect_version, current.admin_version)
+        )
     # Disabling or enabling is also how an admin clears the error state: it resets the count
     # and forgets the nodes that gave up on it.
     new_state = GuestState.STOPPED if current.state is GuestState.ERROR else current.state
@@ -393,6 +401,7 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
             generation=guest.generation + 1,
             state=GuestState.STOPPED,
             failures=0,
+            move_to=None,
             reason=f"{c.reason}{previous}",
             changed_at=c.at,
             # A new owner ends any migration: a copy the old destination still holds is no
@@ -548,7 +557,7 @@ def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterSta
         return _refuse(state, f"unknown node {c.node!r} (it never joined)")
     rec = state.nodes[c.node]
     if c.expect_version is not None and c.expect_version != rec.admin_version:
-        return _refuse(state, _stale("maintenance", c.expect_version, rec.admin_version))
+        return _refuse(state, admin.stale("maintenance", c.expect_version, rec.admin_version))
     reason = f"maintenance {'on' if c.on else 'off'} by {c.by}"
     new = replace(
         rec, maintenance=c.on, admin_version=rec.admin_version + 1, reason=reason, changed_at=c.at
@@ -639,7 +648,7 @@ def _migrate_guest(state: ClusterState, c: MigrateGuest) -> tuple[ClusterState, 
     if guest is None:
         return _refuse(state, f"unknown guest {c.guest!r}")
     if guest.generation != c.expect_generation:
-        return _refuse(state, _stale("migration", c.expect_generation, guest.generation))
+        return _refuse(state, admin.stale("migration", c.expect_generation, guest.generation))
     why = migration_refusal(state, guest, c.node)
     if why:
         return _refuse(state, why)
@@ -726,6 +735,16 @@ def _migration_resumed(state: ClusterState, c: MigrationResumed) -> tuple[Cluste
     return state.with_guest(record), OK
 
 
+def _admin(
+    handler: Callable[[ClusterState, Any], admin.Handled],
+) -> Callable[[ClusterState, Any], tuple[ClusterState, Result]]:
+    def handle(state: ClusterState, c: Command) -> tuple[ClusterState, Result]:
+        new_state, refusal, note = handler(state, c)
+        return (state, Result(False, refusal)) if refusal else (new_state, Result(True, note))
+
+    return handle
+
+
 _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState, Result]]] = {
     Join: _join,
     Leave: _leave,
@@ -751,4 +770,9 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     MigrationResumed: _migration_resumed,
     LegStale: _leg,
     LegFresh: _leg,
+    CleanupGuest: _admin(admin.cleanup_guest),
+    MoveGuest: _admin(admin.move_guest),
+    SetArming: _admin(admin.set_arming),
+    SetFrozen: _admin(admin.set_frozen),
+    WatchdogRearmed: _admin(admin.watchdog_rearmed),
 }

@@ -150,6 +150,8 @@ def build_status(
             "config_digest": rec.config_digest,
             "checkpoint": to_json(rec.checkpoint) if rec.checkpoint else None,
             "missing_networks": list(rec.missing_networks),
+            "frozen": rec.frozen,
+            "watchdog_released": rec.watchdog_released,
             "reason": rec.reason,
             "changed_at": rec.changed_at,
         }
@@ -175,6 +177,7 @@ def build_status(
             "networks": list(g.spec.networks),
             "network_refusals": lacks,
             "migration": migration_document(g.migration),
+            "move_to": g.move_to,
         }
         if g.spec.legs:
             guests[name]["legs"] = _legs_document(g, (mirrors or {}).get(name))
@@ -230,6 +233,8 @@ def build_status(
         "loop": None if loop is None else dict(loop),
         "tolerated_node_failures": None if tolerated is None else dict(tolerated),
         "drbd": drbd_document(state, replicas or {}, replicas_unknown),
+        "arming": to_json(state.arming),
+        "audit": [to_json(e) for e in state.audit],
     }
 
 
@@ -339,6 +344,23 @@ def _drbd_lines(drbd: Mapping[str, Any]) -> list[str]:
     return [*alerts, _table(rows)]
 
 
+def _clock(at: float) -> str:
+    """A wall-clock timestamp from a command, in UTC (display only). Pure arithmetic (the
+    civil-from-days algorithm of H. Hinnant): this module reads no clock and no time zone."""
+    days, secs = divmod(int(at), 86400)
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
+    h, rest = divmod(secs, 3600)
+    return f"{year:04d}-{month:02d}-{day:02d} {h:02d}:{rest // 60:02d}:{rest % 60:02d} UTC"
+
+
 def format_status(doc: dict[str, Any]) -> str:
     """The status document as tables, for humans."""
     lines = [
@@ -359,6 +381,15 @@ def format_status(doc: dict[str, Any]) -> str:
         lines.append(f"RAFT STORAGE: {doc['storage_error']}")
     for name, why in (doc.get("diverged") or {}).items():
         lines.append(f"DIVERGED: {name}: {why}")
+    arming = doc.get("arming") or {}
+    if arming.get("disarmed"):
+        until = arming.get("until_at")
+        lines.append(
+            f"DISARMED for {arming['for_s']:g}s by {arming['by']}"
+            + (f" until about {_clock(until)}" if until is not None else "")
+            + (f": {arming['reason']}" if arming.get("reason") else "")
+            + " (no fencing, no recovery)"
+        )
     rows = [["NODE", "STATE", "ROLE", "LAST HEARTBEAT", "FENCE", "REASON"]]
     for name, n in doc["nodes"].items():
         since = n["since_heartbeat_s"]
@@ -376,6 +407,7 @@ def format_status(doc: dict[str, Any]) -> str:
                 name,
                 n["state"]
                 + (" (maintenance)" if n.get("maintenance") else "")
+                + (" (FROZEN)" if n.get("frozen") else "")
                 + (
                     f" (lacks {', '.join(n['missing_networks'])})"
                     if n.get("missing_networks")
@@ -396,7 +428,7 @@ def format_status(doc: dict[str, Any]) -> str:
                 g["owner"] or "-",
                 str(g["generation"]),
                 g["desired"],
-                g["state"],
+                g["state"] + (f" (moving to {g['move_to']})" if g.get("move_to") else ""),
                 g["last_transition"]["reason"],
             ]
         )
@@ -411,6 +443,12 @@ def format_status(doc: dict[str, Any]) -> str:
     drbd = doc.get("drbd") or {}
     if drbd:
         lines += ["", *_drbd_lines(drbd)]
+    audit = doc.get("audit") or []
+    if audit:
+        lines += ["", "RECENT ADMIN ACTIONS (newest last)"]
+        for e in audit[-5:]:
+            why = f": {e['reason']}" if e.get("reason") else ""
+            lines.append(f"  {_clock(e['at'])}  {e['action']} by {e['by']}{why}")
     local = doc.get("local")
     if local is None:
         lines += ["", f"local hypervisor: cannot observe ({doc.get('local_error')})"]

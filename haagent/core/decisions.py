@@ -276,6 +276,10 @@ class Step:
     # Why this replica or its config cannot be trusted (issue 8 item 6): the shell stops its
     # Raft replica; the core holds no lease and runs nothing from then on.
     diverged: str | None = None
+    # The cluster is disarmed (as this node counts it): the shell releases the watchdog (magic
+    # close, or keeps petting a device that cannot be closed safely) and opens it again once
+    # this turns False; also True for the clean exit of a frozen node's agent.
+    release_watchdog: bool = False
 
     @property
     def reason(self) -> str:

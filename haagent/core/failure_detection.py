@@ -58,6 +58,14 @@ class FailureDetector:
         self._horizon_s = settings.failure_timeout_s + settings.lease_s
         # node -> (incarnation, when this core first saw it): one entry per node.
         self.incarnation_seen: dict[str, tuple[str, float]] = {}
+        # node -> the last pass at which it was frozen or the cluster disarmed (one entry per
+        # node): its silence counts only from then, so a thaw or a re-arm gives it a full
+        # failure timeout before a declaration.
+        self.held_at: dict[str, float] = {}
+
+    def hold(self, node: str, now: float) -> None:
+        """`node` may not be declared failed now (frozen, or the cluster disarmed)."""
+        self.held_at[node] = now
 
     def observe_progress(self, index: int, now: float) -> None:
         """Record this replica's applied index at the start of a pass (every node, every
@@ -142,7 +150,7 @@ class FailureDetector:
         s = self._settings
         heard = self.silence_start(node, record.heartbeat_seq, view, out.now)
         current = self.evidence_start(node, record, view, out.now)
-        joined = self.incarnation_since(node, record, out.now)
+        joined = max(self.incarnation_since(node, record, out.now), self.held_at.get(node, -1e18))
         silent_s = out.now - max(current, lease_held_since, joined)
         if silent_s <= s.failure_timeout_s:
             return

@@ -41,6 +41,7 @@ class Fencing:
         self._detector = detector
         self._next_attempt_at: dict[str, float] = {}  # node -> end of its back-off
         self._failures: dict[str, int] = {}  # node -> failed attempts in a row
+        self._released_noted: dict[str, int] = {}  # node -> failure epoch already noted
         # (node, failure epoch, attempt) this agent has already run: each committed
         # FenceStarted launches the fence agents once, however often it is read.
         self._launched: set[tuple[str, int, int]] = set()
@@ -53,6 +54,15 @@ class Fencing:
         if method is None:
             return
         result_key = ProposalKey(ProposalKind.FENCE_RESULT, node)
+        if record.watchdog_released and (
+            method is FenceMethod.WATCHDOG or s.nodes[node].watchdog_level
+        ):
+            # Released by a disarm and not confirmed armed again since: nothing proves it can
+            # reset the host, so its watchdog level waits (power levels still run; an admin
+            # can confirm-fenced). Logged once per failure epoch.
+            self._note_released(out, node, record.failure_epoch)
+            if method is FenceMethod.WATCHDOG:
+                return
         if method is FenceMethod.WATCHDOG:
             # Watchdog only. A node that joined before `Join` carried its timeout (a mixed-
             # version cluster) falls back to the configured one, as before.
@@ -63,6 +73,7 @@ class Fencing:
             return
         if (
             s.nodes[node].watchdog_level
+            and not record.watchdog_released
             and record.watchdog_timeout_s is not None
             and record.fence.attempts >= 1
             and record.fence.last_result == "failed"
@@ -85,6 +96,11 @@ class Fencing:
         out.propose(
             Proposal(ProposalKey(ProposalKind.FENCE_STARTED, node), started, s.commit_timeout_s)
         )
+
+    def _note_released(self, out: Outbox, node: str, epoch: int) -> None:
+        if self._released_noted.get(node) != epoch:
+            self._released_noted[node] = epoch
+            out.note("watchdog_untrusted", node=node, why="released by a disarm, not re-armed")
 
     def _watchdog_verdict(
         self, out: Outbox, node: str, record: NodeRecord, view: ConsensusView, timeout_s: float

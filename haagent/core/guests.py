@@ -114,13 +114,17 @@ class GuestReconciler:
         startup_grace: bool,
         proven_at: float,
         evacuate: Mapping[str, str] | None = None,
+        hold: bool = False,
     ) -> None:
         """One pass over this host. `local.domains` must have been observed (not None).
 
         `proven_at`: when this node sent the latest heartbeat it knows committed (its own
         clock); its state holds every entry committed before then. `evacuate`: guests to hand
         over although the node stays (guest -> reason, from core.networks), stopped and
-        reported stopped like a drained node's."""
+        reported stopped like a drained node's. `hold`: the cluster is disarmed or this node
+        frozen (core.arming): without a lease its guests are kept, not destroyed (nobody may
+        declare it failed, so nobody recovers them elsewhere); nothing starts without one.
+        A guest an admin moves elsewhere (`move_to`) is stopped here like a drained one."""
         assert local.domains is not None
         s = self._settings
         # Guests are handed over (stopped here, placed elsewhere) when the node leaves or an
@@ -134,14 +138,16 @@ class GuestReconciler:
         self.migrations.forget(state)
         for domain, obs in sorted(local.domains.items()):
             record = state.by_domain.get(domain)
-            why = drain or (evacuate.get(record.name, "") if record is not None else "")
-            self._check_running(out, state, domain, obs, lease_valid, startup_grace, why, proven_at)
+            why = drain or (self._handover(record, evacuate) if record is not None else "")
+            keep = startup_grace or hold
+            self._check_running(out, state, domain, obs, lease_valid, keep, why, proven_at)
 
         def wanted_here(guest: GuestRecord) -> bool:
             return (
                 lease_valid
                 and not drain
                 and guest.name not in evacuate
+                and guest.move_to in (None, s.node)
                 and guest.owner == s.node
                 and guest.desired is DesiredState.RUNNING
                 and guest.state in (GuestState.STARTING, GuestState.RUNNING)
@@ -152,7 +158,13 @@ class GuestReconciler:
         if not lease_valid:
             return
         for guest in state.guests_of(s.node):
-            self._converge(out, state, guest, local, drain or evacuate.get(guest.name, ""))
+            self._converge(out, state, guest, local, drain or self._handover(guest, evacuate))
+
+    def _handover(self, guest: GuestRecord, evacuate: Mapping[str, str]) -> str:
+        """Why this node hands `guest` over although it stays ("" if it keeps it)."""
+        if guest.move_to is not None and guest.move_to != self._settings.node:
+            return f"moving to {guest.move_to}"
+        return evacuate.get(guest.name, "")
 
     def _check_running(
         self,
@@ -161,7 +173,7 @@ class GuestReconciler:
         domain: str,
         obs: DomainObservation,
         lease_valid: bool,
-        startup_grace: bool,
+        keep_without_lease: bool,
         drain: str,
         proven_at: float,
     ) -> None:
@@ -173,7 +185,7 @@ class GuestReconciler:
         if not obs.running or not is_protected:
             return
         if not lease_valid:
-            if not startup_grace:
+            if not keep_without_lease:
                 self._destroy(out, domain, "no valid lease", obs.generation)
             return
         if obs.cluster is not None and obs.cluster != s.cluster:

@@ -37,6 +37,8 @@ class ProposalKind(StrEnum):
     MIGRATION_RESUMED = "migration_resumed"  # subject: guest
     LEG_STALE = "leg_stale"  # subject: guest/leg (a raid1 leg)
     LEG_FRESH = "leg_fresh"  # subject: guest/leg
+    REARM = "rearm"  # subject: the arming version the leader re-arms at its planned end
+    WATCHDOG_REARMED = "wd_rearmed"  # subject: the arming version it confirms
 
 
 class ActionKind(StrEnum):

@@ -196,7 +196,9 @@ def snapshot_families(snap: Snapshot, now: float) -> Iterator[Metric]:
     per_node: dict[str, dict[GuestState, int]] = {}
     for name, rec in state.nodes.items():
         required.add_metric([name], 1 if name in snap.watchdog_required else 0)
-        armed.add_metric([name], 0 if rec.watchdog_timeout_s is None else 1)
+        # Released by a disarm and not confirmed re-armed: nobody may rely on it either.
+        usable = rec.watchdog_timeout_s is not None and not rec.watchdog_released
+        armed.add_metric([name], 1 if usable else 0)
         if rec.watchdog_timeout_s is not None:
             timeout.add_metric([name], rec.watchdog_timeout_s)
         per_node[name] = dict.fromkeys(GuestState, 0)

@@ -41,6 +41,7 @@ from haagent.commands import Heartbeat
 from haagent.config import Config
 from haagent.consensus import JournalDamagedError, RaftConsensus
 from haagent.daemon.admin import AdminService
+from haagent.daemon.admin_verbs import AdminVerbService
 from haagent.daemon.authority import ActAuthority
 from haagent.daemon.drbd import DrbdService
 from haagent.daemon.executor import ActionExecutor
@@ -98,6 +99,7 @@ class Daemon:
         self.admin = AdminService(
             config, self.settings, self.telemetry, lambda: self.consensus, self.core.lease_valid
         )
+        self.admin_verbs = AdminVerbService(config, self.settings, lambda: self.consensus)
         self.observer = Observer(None, self.wake, on_error=self.telemetry.agent.observation_failed)
         self.authority = ActAuthority(config.node, self.core.lease, self._committed_state)
         self.watchdogs = WatchdogKeeper(config, self.core, self.authority)
@@ -255,9 +257,11 @@ class Daemon:
         )
 
     def request_stop(self) -> None:
-        """SIGTERM: leave the cluster cleanly (hand guests over), then exit."""
+        """SIGTERM: leave the cluster cleanly (hand guests over), then exit. On a frozen node
+        (`haagent node freeze`) the core keeps the guests running and releases the watchdog
+        instead, and the agent exits at once (an agent restart or upgrade)."""
         if not self._stop_requested:
-            log.info("stop requested: stopping guests and leaving the cluster")
+            log.info("stop requested: stopping guests and leaving the cluster (unless frozen)")
             self.notifier.stopping()
             self._stop_requested = True
             self.core.begin_leave()
@@ -381,7 +385,9 @@ class Daemon:
             self._spawn(self._run_action(action, self.executor.dispatch(action)))
         if step.reason:
             log.info("pass: %s", step.reason)
+        self.watchdogs.set_released(step.release_watchdog, started)
         self._feed_watchdogs(started, step.pet_watchdog)
+        self.core.arming.watchdog_armed = self.watchdogs.armed
         keeper = self.watchdogs
         pet_at = None if keeper.watchdog is None or keeper.last_pet < 0 else keeper.last_pet
         self.telemetry.publish(
@@ -395,12 +401,15 @@ class Daemon:
                 pet_at,
                 voters=len(self.settings.nodes),
                 config_digest=self.core.lease.config_digest,
+                disarmed_since=self.core.arming.disarmed_since(view.state),
             )
         )
         if self.admin.tolerance_due(started):
             self._spawn(self.admin.refresh_tolerance(view.state, view.commit_index))
         self.telemetry.loop.record(started, due, time.monotonic() - started)
-        return step.left
+        # A frozen node's agent exits only once its watchdog is released (an authorised
+        # call still in the hypervisor holds the release back, see WatchdogKeeper).
+        return step.left and (not step.release_watchdog or self.watchdogs.released)
 
     def _feed_watchdogs(self, now: float, pet: bool) -> None:
         self.watchdogs.feed(now, pet)

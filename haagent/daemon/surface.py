@@ -102,3 +102,15 @@ class Surface:
             replicas_unknown=drbd.replicas_unknown,
             mirrors=drbd.mirrors,
         )
+
+    async def cleanup_guest(self, guest: str, by: str, reason: str) -> Outcome:
+        return await self._d.admin_verbs.cleanup_guest(guest, by, reason)
+
+    async def move_guest(self, guest: str, node: str, by: str, reason: str) -> Outcome:
+        return await self._d.admin_verbs.move_guest(guest, node, by, reason)
+
+    async def set_arming(self, disarm: bool, for_s: float, by: str, reason: str) -> Outcome:
+        return await self._d.admin_verbs.set_arming(disarm, for_s, by, reason)
+
+    async def set_frozen(self, node: str, on: bool, by: str, reason: str) -> Outcome:
+        return await self._d.admin_verbs.set_frozen(node, on, by, reason)

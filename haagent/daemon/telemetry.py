@@ -29,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from haagent.agent import AgentSettings, LocalView
+from haagent.daemon.admin_metrics import admin_families
 from haagent.daemon.agent_metrics import AgentEventMetrics, snapshot_families
 from haagent.daemon.failover import FailoverTracker
 from haagent.daemon.offload import Offload
@@ -68,6 +69,7 @@ class Snapshot:
     watchdog_pet_at: float | None = None
     voters: int = 0  # configured nodes (0: unknown, then the state's node count)
     config_digest: str | None = None  # this node's cluster-wide config digest
+    disarmed_since: float | None = None  # when this agent first saw the current disarm
 
 
 class LoopStats:
@@ -273,6 +275,7 @@ class ClusterCollector(Collector):
         yield guest_state
         yield owner
         yield from snapshot_families(snap, now)
+        yield from admin_families(snap, now)
         yield from replica_metrics(snap.local, state)
         running = _local_running(snap.local.domains, snap.protected_domains, state)
         if running is not None:

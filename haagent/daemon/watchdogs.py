@@ -15,7 +15,14 @@ Rules (README, "Safety model"; DESIGN rule 3; issue 8 item 5):
   on its watchdog refuses to start when the device (or the countdown left running) cannot do
   the configured timeout, or when only the stand-in is there and the lab did not opt into it.
 - Disarm (magic close) only on a clean shutdown with nothing protected running and no
-  authorised call still in the hypervisor.
+  authorised call still in the hypervisor, or when the core says to release it
+  (`Step.release_watchdog`: the cluster is disarmed, or a frozen node's agent exits cleanly),
+  again with no authorised call in the hypervisor. A device that cannot be released safely
+  (no magic close, nowayout on or unknown: a close would leave it counting down) stays open
+  and is petted on every pass while released, so it never fires; the stand-in closes (its
+  `closed` line is what a supervisor reads as released). When the release ends (re-armed),
+  the device is opened again with the timeout committed for this node, and the core then
+  commits `WatchdogRearmed`: only after that may the cluster count on it (core.arming).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from haagent.config import Config
 from haagent.daemon.authority import ActAuthority
 from haagent.fencing.watchdog import (
     ArmedState,
+    DescribedWatchdog,
     DeviceWatchdog,
     FileWatchdog,
     WatchdogError,
@@ -65,6 +73,15 @@ class WatchdogKeeper:
         self.last_pet = -math.inf
         self._petting = False
         self._overdue_logged = False
+        # Released by a disarm or a frozen exit: closed (released) or kept petted (held).
+        self.released = False
+        self.held: Watchdog | None = None  # a device that cannot be released, petted always
+
+    @property
+    def armed(self) -> bool:
+        """A watchdog is open and counting (what `WatchdogRearmed` asserts), or the
+        predecessor's countdown runs (deferred)."""
+        return not self.released and (self.watchdog is not None or self.deferred is not None)
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -123,14 +140,20 @@ class WatchdogKeeper:
         """Open the deferred watchdog, this agent's lease being valid at `now`. A device that
         then reports another timeout than the one committed is fatal: the loop ends with it
         and the device stays armed, so the host resets."""
-        cfg = self._config
         assert self.deferred is not None and self._core.lease_valid(now)
         self.deferred = None
+        watchdog = self._open_committed(keep_armed=True)
+        log.info("watchdog re-opened holding a lease: %s", watchdog.description)
+
+    def _open_committed(self, keep_armed: bool) -> DescribedWatchdog:
+        """Open the watchdog as `self.watchdog`; it must arm the timeout committed for this
+        node. Raises WatchdogError otherwise (fatal for the loop)."""
+        cfg = self._config
         watchdog = open_watchdog(
             cfg.watchdog_device,
             cfg.me.watchdog_timeout_s,
             str(cfg.watchdog_standin),
-            keep_armed=True,
+            keep_armed=keep_armed,
         )
         self.watchdog = watchdog
         committed = self._core.lease.watchdog_timeout_s
@@ -140,7 +163,7 @@ class WatchdogKeeper:
                 f"{watchdog.description} armed another timeout than the {committed:g} s "
                 "committed for this node"
             )
-        log.info("watchdog re-opened holding a lease: %s", watchdog.description)
+        return watchdog
 
     def _unusable(self) -> str:
         # The others will recover this node's guests once its watchdog "must" have reset
@@ -180,6 +203,9 @@ class WatchdogKeeper:
         else:
             self._overdue_logged = False
         self._petting = pet
+        if self.held is not None and not overdue:
+            self.held.pet()  # released but not closable: never let it fire
+            self.last_pet = now
         if pet and self.deferred is not None and self._core.lease_valid(now):
             self._open_deferred(now)
             self.last_pet = now  # opening pinged it
@@ -194,6 +220,59 @@ class WatchdogKeeper:
             return self.last_pet + pet_interval(self.watchdog.timeout_s)
         return None
 
+    # -- disarm and frozen exit -------------------------------------------------------------
+
+    def set_released(self, release: bool, now: float) -> None:
+        """Follow the core's `release_watchdog` (every pass, before `feed`)."""
+        if release and not self.released:
+            self._release(now)
+        elif not release and self.released:
+            self._rearm(now)
+
+    def _release(self, now: float) -> None:
+        watchdog = self.watchdog
+        if self._authority.in_flight():
+            return  # a start may still complete: release on a later pass
+        if self.deferred is not None:
+            # A predecessor's countdown: opening it pings it, which is harmless while no node
+            # may be declared failed; then it is released like any other.
+            self._open_for_release()
+            watchdog = self.watchdog
+        self.released = True
+        if watchdog is None:
+            return
+        releasable, why = releasable_watchdog(watchdog)
+        if releasable:
+            watchdog.close()
+            self.watchdog = None
+            log.warning("watchdog released (%s): the cluster is disarmed or this node frozen", why)
+        else:
+            self.held = watchdog
+            watchdog.pet()
+            self.last_pet = now
+            log.warning(
+                "watchdog cannot be released safely (%s): petted on every pass instead", why
+            )
+
+    def _open_for_release(self) -> None:
+        cfg = self._config
+        self.deferred = None
+        self.watchdog = open_watchdog(
+            cfg.watchdog_device, cfg.me.watchdog_timeout_s, str(cfg.watchdog_standin), True
+        )
+
+    def _rearm(self, now: float) -> None:
+        """Open the watchdog again; it must arm the timeout committed for this node, else the
+        loop ends with it (a fatal error, as in `_open_deferred`)."""
+        self.released = False
+        if self.held is not None:
+            self.watchdog, self.held = self.held, None
+            log.info("watchdog armed again (it was petted throughout)")
+            return
+        watchdog = self._open_committed(keep_armed=False)
+        self.last_pet = now
+        log.warning("watchdog armed again: %s", watchdog.description)
+
     # -- shutdown --------------------------------------------------------------------------
 
     def close_if_safe(self, nothing_runs: bool) -> None:
@@ -201,6 +280,14 @@ class WatchdogKeeper:
         call still in the hypervisor (it could complete after the disarm)."""
         if self.watchdog is not None and nothing_runs and not self._authority.in_flight():
             self.watchdog.close()
+
+
+def releasable_watchdog(watchdog: Watchdog) -> tuple[bool, str]:
+    """Whether a magic close disarms `watchdog` (devices and the stand-in say; anything else
+    is assumed not to)."""
+    if isinstance(watchdog, (DeviceWatchdog, FileWatchdog)):
+        return watchdog.releasable()
+    return False, f"{type(watchdog).__name__} cannot say"
 
 
 def watchdog_commitment(watchdog: Watchdog, standin_ok: bool) -> float | None:

@@ -16,7 +16,11 @@ reasoning shows up as a physical violation.
 4. A node whose agent runs (not hung) but holds no valid lease runs no protected guest after
    lease + stop grace (for a new agent process that never held one: its start + lease + grace;
    for an agent that was stopped: its resume + grace; for a start authorised under the lease
-   that completed after it: its appearance + grace).
+   that completed after it: its appearance + grace). While the committed state says the
+   cluster is disarmed or the node frozen nobody may be declared failed (`apply` refuses it),
+   so nobody can recover its guests and it may keep them: the grace then runs from the end of
+   that hold in the committed state (a node counts the disarm on its own clock from its own
+   apply, a few milliseconds after the commit).
 5. After every fault healed, every wanted guest runs again, exactly once and where the
    committed state says, within a stated bound (`check_healed`).
 6. Data before compute: never two DRBD primaries of a resource, and no replica is ever promoted
@@ -66,6 +70,7 @@ class InvariantChecker:
 
     def __post_init__(self) -> None:
         self._protected = frozenset(g.domain for g in self.world.guest_specs)
+        self._hold_seen_at: dict[str, float] = {}  # node -> last step with a committed hold
         self.world.observe(self)
 
     def __call__(self, world: World) -> None:
@@ -240,6 +245,10 @@ class InvariantChecker:
                 continue
             agent = node.agent
             local_now = node.local(world.now)
+            committed = world.committed_state
+            if committed.arming.disarmed or committed.node(node.name).frozen:
+                self._hold_seen_at[node.name] = local_now
+                continue
             if agent.lease_valid(local_now):
                 continue
             running = [n for n, d in node.domains.items() if d.running and n in protected]
@@ -253,7 +262,7 @@ class InvariantChecker:
             )
             # A stopped (SIGSTOP) agent cannot act; its host is covered by fencing and the
             # watchdog (invariants 1 and 2). Once it continues, the grace starts again.
-            since = max(since, node.resumed_at)
+            since = max(since, node.resumed_at, self._hold_seen_at.get(node.name, -math.inf))
             # A start authorised under the lease (the executor checks it at the call) may
             # complete after the lease: the watchdog, not petted meanwhile, covers it until
             # then (README, "Safety model"); from its appearance the grace applies again.

@@ -35,6 +35,7 @@ partition `*` stands for every node not named in another group):
     migrate G N (admin: live-migrate G to N, at the generation committed then)
     migrate_fault N G WHAT[,WHAT...] (the next migrations of G from N: `fail` (libvirt fails
     it) or a duration in seconds (past migration_timeout_s the job is aborted))
+    cleanup G | move G N | disarm SECONDS | arm | freeze N | thaw N (admin, issue 12 part 5)
     link_down N IFACE | link_up N IFACE (the fake network: N's bridge/device IFACE stops or
     starts working; a guest line's nets=A,B names the interfaces the guest needs)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
@@ -58,6 +59,8 @@ Expectations:
     failed_nodes G A,B|-    the nodes that gave up on it, in order
     node N STATE            committed node state (down, up, failed, fenced)
     maintenance N [on|off]
+    frozen N [on|off]
+    disarmed [on|off]       the committed arming
     powered N [on|off]
     event NAME [k=v ...]    the trace holds such an event (k=v match its fields; `at` is the
                             node; `after=T` matches events at T seconds or later)
@@ -97,6 +100,7 @@ from haagent.model import (
     Raid1RunOn,
     StorageKind,
 )
+from haagent.sim import admin_verbs
 from haagent.sim.invariants import InvariantChecker
 from haagent.sim.world import FENCE_STEPS, SimOptions, TraceEvent, TraceValue, World
 
@@ -284,6 +288,12 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "link_up": (2, 2),
     "migrate": (2, 2),
     "migrate_fault": (3, 3),
+    "cleanup": (1, 1),
+    "move": (2, 2),
+    "disarm": (1, 1),
+    "arm": (0, 0),
+    "freeze": (1, 1),
+    "thaw": (1, 1),
 }
 
 NODE_ARGS: dict[str, tuple[int, ...]] = {
@@ -312,9 +322,14 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "link_up": (0,),
     "migrate": (1,),
     "migrate_fault": (0,),
+    "move": (1,),
+    "freeze": (0,),
+    "thaw": (0,),
 }
 GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "crash": (0,),
+    "cleanup": (0,),
+    "move": (0,),
     "disable": (0,),
     "enable": (0,),
     "fail_starts": (1,),
@@ -333,6 +348,8 @@ EXPECTATIONS: dict[str, tuple[int, int]] = {  # kind -> (min args, max args) aft
     "failed_nodes": (2, 2),
     "node": (2, 2),
     "maintenance": (1, 2),
+    "frozen": (1, 2),
+    "disarmed": (0, 1),
     "powered": (1, 2),
     "event": (1, 99),
     "no_event": (1, 99),
@@ -430,7 +447,7 @@ def _validate(sc: Scenario) -> None:
             raise ScenarioError(f"{where}: unknown command type {step.args[1]!r}")
         if step.verb == "maintenance" and step.args[1] not in ("on", "off"):
             raise ScenarioError(f"{where}: maintenance takes on|off")
-        if step.verb in ("fail_starts", "clock_jump", "slow_start"):
+        if step.verb in ("fail_starts", "clock_jump", "slow_start", "disarm"):
             _number(step.args[-1], where)
         if step.verb == "config":
             for arg in step.args[1:]:
@@ -520,8 +537,10 @@ def _check_expectation(args: tuple[str, ...], where: str) -> None:
             raise ScenarioError(
                 f"{where}: expect {kind}: {args[2]!r} is not one of {known}"
             ) from None
-    if kind in ("maintenance", "powered") and args[2:] and args[2] not in ("on", "off"):
+    if kind in ("maintenance", "powered", "frozen") and args[2:] and args[2] not in ("on", "off"):
         raise ScenarioError(f"{where}: expect {kind} N [on|off]")
+    if kind == "disarmed" and args[1:] and args[1] not in ("on", "off"):
+        raise ScenarioError(f"{where}: expect disarmed [on|off]")
     if kind == "events":
         int(args[1])
     if kind == "before":
@@ -655,6 +674,12 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "link_up": lambda: world.fake_network.set_link(a[0], a[1], up=True),
         "migrate": lambda: world.migrate(a[0], a[1]),
         "migrate_fault": lambda: world.migrate_fault(a[0], a[1], a[2].split(",")),
+        "cleanup": lambda: admin_verbs.cleanup(world, a[0]),
+        "move": lambda: admin_verbs.move(world, a[0], a[1]),
+        "disarm": lambda: admin_verbs.set_arming(world, True, float(a[0])),
+        "arm": lambda: admin_verbs.set_arming(world, False),
+        "freeze": lambda: admin_verbs.set_frozen(world, a[0], True),
+        "thaw": lambda: admin_verbs.set_frozen(world, a[0], False),
     }
     actions[fault]()
 
@@ -759,9 +784,18 @@ def expectation(world: World, args: Sequence[str]) -> str:
             if rec.state.value == rest[1]
             else f"expected node {rest[0]} {rest[1]}, is {rec.state}"
         )
-    if kind in ("maintenance", "powered"):
+    if kind == "disarmed":
+        want = (rest[0] if rest else "on") == "on"
+        if state.arming.disarmed != want:
+            return f"expected disarmed {'on' if want else 'off'}"
+        return ""
+    if kind in ("maintenance", "powered", "frozen"):
         want = (rest[1] if len(rest) > 1 else "on") == "on"
-        is_on = state.node(rest[0]).maintenance if kind == "maintenance" else world.powered(rest[0])
+        if kind == "frozen":
+            is_on = state.node(rest[0]).frozen
+        else:
+            rec = state.node(rest[0])
+            is_on = rec.maintenance if kind == "maintenance" else world.powered(rest[0])
         if is_on != want:
             return f"expected {kind} {'on' if want else 'off'} for {rest[0]}"
         return ""

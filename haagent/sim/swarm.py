@@ -225,6 +225,8 @@ def draw(seed: int) -> tuple[Scenario, bool]:
     _acting_faults(seed, sc)
     _migrations(seed, sc)
     _raid1_guest(seed, sc, tight)
+
+    _admin_faults(seed, sc)
     sc.heal_bound_s = HEAL_BOUND_S
     sc.description = (
         f"swarm seed {seed}: {hypervisors} hypervisors, {witnesses} witness, "
@@ -305,6 +307,39 @@ def _migrations(seed: int, sc: Scenario) -> None:
     faults.sort(key=lambda f: f.t)
     numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
     sc.faults = numbered + healing
+
+
+def _admin_faults(seed: int, sc: Scenario) -> None:
+    """The admin verbs of issue 12 part 5 (disarm, freeze/thaw, move, cleanup) among the
+    faults of 30 % of the seeds. Drawn from a random of their own, so every other draw of a
+    seed stays what it was before they existed. A frozen node is thawed with the healing (a
+    frozen node's guests recover only after its thaw); a disarm ends by itself."""
+    rng = random.Random(f"haagent-swarm-admin-{seed}")
+    if not sc.guests or rng.random() >= 0.3:
+        return
+    faults = [f for f in sc.faults if f.line < HEALING_LINE]
+    healing = [f for f in sc.faults if f.line >= HEALING_LINE]
+    last = faults[-1].t if faults else 1.0
+    heal_t = healing[0].t if healing else last
+    frozen: set[str] = set()
+    for _ in range(rng.randint(1, 3)):
+        t = round(rng.uniform(0.0, last), 3)
+        kind = rng.choice(["disarm", "freeze", "move", "cleanup"])
+        if kind == "disarm":
+            faults.append(Step(t, "disarm", (str(rng.choice([2.0, 5.0, 15.0])),)))
+        elif kind == "freeze":
+            node = rng.choice(sc.nodes)
+            frozen.add(node)
+            faults.append(Step(t, "freeze", (node,)))
+        elif kind == "move":
+            guest = rng.choice(sc.guests).name
+            faults.append(Step(t, "move", (guest, rng.choice(sc.nodes))))
+        else:
+            faults.append(Step(t, "cleanup", (rng.choice(sc.guests).name,)))
+    healing += [Step(heal_t, "thaw", (n,)) for n in sorted(frozen)]
+    faults.sort(key=lambda f: f.t)
+    numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
+    sc.faults = numbered + [replace(f, line=HEALING_LINE + i) for i, f in enumerate(healing)]
 
 
 def _guests(

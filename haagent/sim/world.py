@@ -181,6 +181,7 @@ class _Node:
     slow_starts: dict[str, float] = field(default_factory=dict)  # guest -> next start's duration
     calls: ActingCalls = field(default_factory=ActingCalls)  # the agent's authorised calls
     watchdog_deferred: bool = False  # armed by a predecessor: open only with a lease
+    watchdog_released: bool = False  # released by a disarm or a frozen exit (magic close)
     # Local time each domain last came up (a start authorised under a lease may complete
     # after it: invariant 4 then counts the stop grace from here).
     appeared_at: dict[str, float] = field(default_factory=dict)
@@ -410,6 +411,7 @@ class World:
         # A device the old process left armed keeps counting; the new one opens it (a ping)
         # only once it holds a lease (haagent.daemon.watchdogs).
         node.watchdog_deferred = node.last_pet is not None
+        node.watchdog_released = False  # a new process opens its watchdog at start-up
         node.start_after_exit = False
         self.topology_version += 1
 
@@ -434,6 +436,16 @@ class World:
         pet = step.pet_watchdog
         if pet and node.calls.overdue(local_now, agent.lease.until, agent.lease.held_since):
             pet = False  # a start is in the hypervisor past the lease that authorised it
+        if step.release_watchdog and not node.watchdog_released and not node.calls.open():
+            # Magic close (the simulated devices allow it), as the daemon's WatchdogKeeper.
+            node.watchdog_released, node.watchdog_deferred, node.last_pet = True, False, None
+            self.record(node.name, "watchdog_released")
+        elif not step.release_watchdog and node.watchdog_released:
+            node.watchdog_released = False  # opened again: armed from the next pet
+            self.record(node.name, "watchdog_reopened")
+        agent.arming.watchdog_armed = not node.watchdog_released
+        if node.watchdog_released:
+            pet = False
         if pet and node.watchdog_deferred:
             pet = agent.lease_valid(local_now)
             node.watchdog_deferred = not pet

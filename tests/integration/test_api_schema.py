@@ -171,6 +171,109 @@ def test_events_name_admin_actions_and_transitions(agent: Agent) -> None:
         assert agent.call("POST", "/v1/guests/g1/enable", ADMIN)[0] == 200
 
 
+def test_the_admin_verbs_are_audited_and_answer_as_documented(agent: Agent) -> None:
+    """cleanup, move, disarm/arm, freeze/thaw: admin token only, bodies checked, answers as the
+    document says, each accepted one in the status's audit and in the events."""
+    audit = {"by": "tester", "reason": "api test"}
+    # (schema, documented path, expected status, the real answer)
+    answers = [
+        (
+            "Outcome",
+            "/v1/guests/{guest}/cleanup",
+            200,
+            agent.call("POST", "/v1/guests/g1/cleanup", ADMIN, audit),
+        ),
+        (
+            "Outcome",
+            "/v1/guests/{guest}/cleanup",
+            200,
+            agent.call("POST", "/v1/guests/g1/cleanup", ADMIN),
+        ),
+        (
+            "Error",
+            "/v1/guests/{guest}/cleanup",
+            404,
+            agent.call("POST", "/v1/guests/nope/cleanup", ADMIN),
+        ),
+        (
+            "Error",
+            "/v1/guests/{guest}/cleanup",
+            403,
+            agent.call("POST", "/v1/guests/g1/cleanup", READ),
+        ),
+        (
+            "Outcome",
+            "/v1/guests/{guest}/move",
+            409,
+            agent.call("POST", "/v1/guests/g1/move", ADMIN, {"node": "n1", **audit}),
+        ),
+        (
+            "Error",
+            "/v1/guests/{guest}/move",
+            400,
+            agent.call("POST", "/v1/guests/g1/move", ADMIN, {"reason": "no node"}),
+        ),
+        (
+            "Error",
+            "/v1/guests/{guest}/move",
+            404,
+            agent.call("POST", "/v1/guests/g1/move", ADMIN, {"node": "n9"}),
+        ),
+        (
+            "Error",
+            "/v1/cluster/disarm",
+            400,
+            agent.call("POST", "/v1/cluster/disarm", ADMIN, {"for_s": -1}),
+        ),
+        (
+            "Error",
+            "/v1/cluster/disarm",
+            400,
+            agent.call("POST", "/v1/cluster/disarm", ADMIN, {"for_s": 60, "extra": 1}),
+        ),
+        (
+            "Outcome",
+            "/v1/cluster/disarm",
+            200,
+            agent.call("POST", "/v1/cluster/disarm", ADMIN, {"for_s": 60, **audit}),
+        ),
+        ("Outcome", "/v1/cluster/arm", 200, agent.call("POST", "/v1/cluster/arm", ADMIN, audit)),
+        (
+            "Outcome",
+            "/v1/nodes/{node}/freeze",
+            200,
+            agent.call("POST", "/v1/nodes/n1/freeze", ADMIN, audit),
+        ),
+        ("Outcome", "/v1/nodes/{node}/thaw", 200, agent.call("POST", "/v1/nodes/n1/thaw", ADMIN)),
+        ("Error", "/v1/nodes/{node}/thaw", 404, agent.call("POST", "/v1/nodes/n9/thaw", ADMIN)),
+    ]
+    for name, path, expected, (status, ctype, body) in answers:
+        assert status == expected, (path, status, body[:300])
+        assert ctype.startswith("application/json"), (path, status)
+        schema_of(name).validate(json.loads(body))
+        assert str(status) in OPENAPI_DOCUMENT["paths"][path]["post"]["responses"], (path, status)
+    status_doc = json.loads(agent.call("GET", "/v1/status", READ)[2])
+    actions = [(e["action"], e["by"], e["reason"]) for e in status_doc["audit"]]
+    who = "tester via api@n1"
+    assert ("guest cleanup g1", who, "api test") in actions
+    assert ("guest cleanup g1", "api@n1", "") in actions
+    assert ("cluster disarm for 60s", who, "api test") in actions
+    assert ("node freeze n1", who, "api test") in actions
+    assert actions[-1] == ("node thaw n1", "api@n1", "")
+    assert not status_doc["arming"]["disarmed"] and not status_doc["nodes"]["n1"]["frozen"]
+
+    # After the re-arm the node opened its watchdog stand-in again and confirmed it.
+    def rearmed() -> bool | None:
+        doc = json.loads(agent.call("GET", "/v1/status", READ)[2])
+        return True if not doc["nodes"]["n1"]["watchdog_released"] else None
+
+    wait_for("n1 confirms its watchdog re-armed", rearmed, 10)
+    events = json.loads(agent.call("GET", "/v1/events?limit=1000", READ)[2])["events"]
+    summaries = [e["summary"] for e in events]
+    assert f"cluster disarmed for 60s by {who}: api test" in summaries
+    assert "node n1 thawed by api@n1" in summaries
+
+
 def haagent(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "haagent"), *args], check=False, capture_output=True, text=True, timeout=60
@@ -193,6 +296,28 @@ def test_the_cli_uses_tls_and_the_right_token(agent: Agent, tmp_path: Path) -> N
     assert done.returncode == 1 and "HTTP 403" in done.stderr and "Traceback" not in done.stderr
     done = haagent("status", "--url", url, "--token", READ)  # not trusted: no CA given
     assert done.returncode == 1 and "certificate" in done.stderr.lower()
+    cfg = ("--config", str(agent.config))
+    for args, out in (
+        (("cluster", "disarm", "--for", "1m30s", "--reason", "cli test"), "disarm for 1m30s: done"),
+        (("cluster", "arm"), "arm: done"),
+        (("node", "freeze", "n1", "--reason", "upgrade"), "freeze n1: done"),
+        (("node", "thaw", "n1"), "thaw n1: done"),
+        (("guest", "cleanup", "g1", "--by", "ops"), "cleanup g1: done"),
+    ):
+        done = haagent(*args, *cfg)
+        assert done.returncode == 0 and out in done.stdout, (args, done.stdout, done.stderr)
+    done = haagent("guest", "move", "g1", "n1", *cfg)
+    assert done.returncode == 1 and "already runs on n1" in done.stderr, done.stderr
+    for bad in (
+        ("cluster", "disarm"),
+        ("cluster", "disarm", "--for", "2w"),
+        ("guest", "move", "g1"),
+    ):
+        done = haagent(*bad, *cfg)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (bad, done.stderr)
+    audit = json.loads(agent.call("GET", "/v1/status", READ)[2])["audit"]
+    assert audit[-1]["action"] == "guest cleanup g1" and audit[-1]["by"] == "ops via api@n1"
+    assert any(e["reason"] == "cli test" and e["by"].endswith(" via api@n1") for e in audit)
 
 
 def test_schemathesis_finds_no_server_error(agent: Agent, tmp_path: Path) -> None:

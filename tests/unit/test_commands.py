@@ -10,6 +10,7 @@ from haagent.commands import (
     COMMAND_TYPES,
     AssignGuests,
     Assignment,
+    CleanupGuest,
     CommandError,
     ConfirmFenced,
     DeclareFailed,
@@ -29,11 +30,15 @@ from haagent.commands import (
     MigrationAborted,
     MigrationDone,
     MigrationResumed,
+    MoveGuest,
     NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
+    SetArming,
     SetDesired,
+    SetFrozen,
     SetMaintenance,
+    WatchdogRearmed,
     decode,
     encode,
 )
@@ -91,6 +96,12 @@ EXAMPLES = [
     DefineGuest(RAID1_SPEC, 22.0, expect_version=3),
     LegStale("g", "b", "n1", 4, "starting on n1 while n2 is fenced", 23.0),
     LegFresh("g", "b", "n1", 4, "the guest's RAID1 reports it in sync", 24.0),
+    CleanupGuest("g", "alice@laptop via api@n1", "crashed twice: disk fixed", 22.0, 4),
+    MoveGuest("g", "n2", "alice@laptop via api@n1", "kernel update on n1", 23.0, 5),
+    SetArming(True, 1800.0, "alice@laptop via api@n1", "switch firmware", 24.0, 0),
+    SetArming(False, 0.0, "automatic re-arm at the planned end", "", 25.0, 1),
+    SetFrozen("n1", True, "alice@laptop via api@n1", "agent upgrade", 26.0, 3),
+    WatchdogRearmed("n1", "inc", 2, 27.0),
 ]
 
 
