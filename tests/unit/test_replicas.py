@@ -51,7 +51,6 @@ from haagent.ports import (
     ReplicaObservation,
     ReplicaRole,
 )
-from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
 
 SPEC = GuestSpec(
@@ -375,22 +374,3 @@ def test_never_promote_a_replica_that_is_behind_or_whose_peer_may_write(
         assert peer_role is not ReplicaRole.PRIMARY
     else:
         assert peer_fenced or peer_outdated
-
-
-def test_the_simulators_fake_drbd_reports_the_fencing_freeze_like_real_drbd() -> None:
-    """Real DRBD 8.4 (tests/integration/test_real_drbd.py (c)): a Primary that loses its peer
-    reports suspended:fencing while fence-peer runs, and resumes once it answered."""
-    fake = FakeDrbd([SPEC])
-    fake.resources["r0"].sides["n1"].role = PRI
-
-    def cut(a: str, b: str) -> bool:
-        return False
-
-    (obs,) = fake.observe("n1", cut, 0.0).values()
-    assert (obs.suspended, obs.fence_frozen, obs.fence_pending) == (True, True, True)
-    (obs,) = fake.observe("n1", cut, 0.0, lambda guest: ("n2",)).values()
-    assert not obs.suspended
-    (obs,) = fake.observe("n1", lambda a, b: True, 0.0).values()
-    assert not obs.suspended and obs.connected
-    (obs,) = fake.observe("n2", cut, 0.0).values()
-    assert not obs.suspended  # a Secondary is never frozen
