@@ -15,7 +15,7 @@ disk flags. The fake follows what real DRBD 8.4.11 did in the test guests
   (`suspended:fencing`) and calls the fence-peer handler (`fence_peer`, the world's fake of
   `haagent drbd fence-peer`: it commits "peer outdated" through the simulated Raft). Exit 3,
   4, 5 or 7 resumes I/O and marks the peer disk Outdated; any other exit leaves I/O frozen
-  for good, until `resume-io`.
+  for good, until `resume-io` or until the peer connects again.
 - A Secondary promoted while disconnected, its peer disk not known Outdated, calls the
   handler first; promotion proceeds only on success ("(-7) Refusing to be Primary while peer
   is not outdated" otherwise); exit 6 ("the peer is Primary") outdates this side instead.
@@ -380,6 +380,9 @@ class FakeDrbd:
             return
         res.link = True
         a.peer_disk_seen = b.peer_disk_seen = "DUnknown"
+        # 8.4 lifts a fencing freeze once the connection is established again (the peer is
+        # back as a Secondary that resyncs from this side: nothing diverges).
+        a.suspended = b.suspended = False
         if a.version != b.version or a.outdated or b.outdated:
             ahead = max((a, b), key=lambda s: (s.version, not s.outdated))
             behind = b if ahead is a else a

@@ -147,6 +147,22 @@ def test_a_failed_fence_peer_handler_leaves_io_frozen_until_resume_io() -> None:
     assert rig.drbd.resources["r0"].sides["n1"].version > version
 
 
+def test_a_freeze_ends_when_the_peer_connects_again() -> None:
+    """8.4 clears `susp_fen` when the connection is established again (drbd_state.c,
+    after_state_ch: "The connection was established again")."""
+    rig = Rig()
+    rig.primary_n1()
+    rig.link = False
+    rig.step()
+    rig.handlers.pop()[1](1)
+    rig.step()
+    assert rig.obs("n1").suspended
+    rig.link = True
+    rig.step()
+    obs = rig.obs("n1")
+    assert obs.connected and not obs.suspended
+
+
 def test_promoting_while_disconnected_runs_fence_peer_first_as_84_does() -> None:
     rig = Rig()
     rig.link = False
