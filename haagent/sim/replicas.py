@@ -191,20 +191,9 @@ class FakeDrbd:
                 res = self.resources[name]
                 watcher.start(res.reported[n])
 
-    def watcher_dies(self, node: str) -> None:
-        for (n, _name), watcher in self.watchers.items():
-            if n == node:
-                watcher.die()
-
-    def watcher_stalls(self, node: str) -> None:
-        for (n, _name), watcher in self.watchers.items():
-            if n == node:
-                watcher.stall()
-
-    def watcher_catches_up(self, node: str) -> None:
-        for (n, _name), watcher in self.watchers.items():
-            if n == node:
-                watcher.catch_up()
+    def node_watchers(self, node: str) -> list[FakeWatcher]:
+        """`node`'s agent's watchers (faults make them die, stall and catch up)."""
+        return [w for (n, _name), w in self.watchers.items() if n == node]
 
     def observe(self, node: str) -> tuple[dict[str, ReplicaObservation], frozenset[str]]:
         """What `node`'s agent sees through its watchers: observations of the resources whose

@@ -1202,18 +1202,20 @@ class World:
         self._fault("fault_drbd_events2", node, how=how, seconds=seconds)
         n = self.nodes[node]
         agent_gen = n.generation_of_agent
-        if how == "dies":
-            self.drbd.watcher_dies(node)
-        else:
-            self.drbd.watcher_stalls(node)
+        for watcher in self.drbd.node_watchers(node):
+            if how == "dies":
+                watcher.die()
+            else:
+                watcher.stall()
 
         def back() -> None:
             if n.generation_of_agent != agent_gen or not n.powered:
                 return  # a new agent started its own watchers
             if how == "dies":
-                self.drbd.agent_started(node)
+                self.drbd.agent_started(node)  # restarted: a fresh dump
             else:
-                self.drbd.watcher_catches_up(node)
+                for watcher in self.drbd.node_watchers(node):
+                    watcher.catch_up()
 
         self.at(self.now + seconds, back)
 

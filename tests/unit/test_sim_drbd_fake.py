@@ -265,7 +265,8 @@ def test_stale_peer_values_after_a_disconnect_are_printed_and_hidden_by_the_pars
 def test_a_dead_events2_leaves_the_state_unknown_until_the_watcher_restarts_it() -> None:
     rig = Rig()
     rig.primary_n1()
-    rig.drbd.watcher_dies("n2")
+    (watcher,) = rig.drbd.node_watchers("n2")
+    watcher.die()
     replicas, unknown = rig.drbd.observe("n2")
     assert replicas == {} and unknown == {"r0"}
     rig.link = False
@@ -278,9 +279,10 @@ def test_a_dead_events2_leaves_the_state_unknown_until_the_watcher_restarts_it()
 def test_a_stalled_events2_shows_an_old_state_until_it_catches_up() -> None:
     rig = Rig()
     rig.primary_n1()
-    rig.drbd.watcher_stalls("n2")
+    (watcher,) = rig.drbd.node_watchers("n2")
+    watcher.stall()
     rig.link = False
     rig.step()
     assert rig.obs("n2").connected  # stale: the lines wait in the pipe
-    rig.drbd.watcher_catches_up("n2")
+    watcher.catch_up()
     assert not rig.obs("n2").connected
