@@ -11,7 +11,7 @@ fence_dummy, real pysyncobj on loopback, APIs on unix sockets, Raft ports outsid
 ephemeral range) with the guests spread over them (haagent.localcluster.scale). It prints
 
 * the time from the first agent's start to every guest running (and to every agent holding a
-  lease);
+  lease), and the CPU time all agents and their worker processes used until then;
 * over the idle window: lease-loss samples, self-fences, nodes declared failed, fences and Raft
   term changes (all must be 0), CPU % of one core and RSS per agent (all agents share this
   machine's cores), reconcile-pass duration p50/p99 from `haagent_loop_pass_seconds`, Raft
@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from haagent.config import DEFAULT_TIMING_PROFILE, TIMING_PROFILES
 from haagent.localcluster.cluster import ClusterError, LocalCluster
+from haagent.localcluster.measure import cpu_seconds
 from haagent.localcluster.scale import (
     FailoverFigures,
     IdleFigures,
@@ -126,6 +127,22 @@ def failover_lines(f: FailoverFigures) -> list[str]:
     ]
 
 
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def startup_cpu_s(cluster: LocalCluster) -> tuple[float, float]:
+    """CPU time all agents used since they started (they all started with the cluster), and
+    what their worker processes (the offload's) used: what a start-up costs, to set against
+    the cores this machine shares with other sessions."""
+    pids = [p for n in cluster.nodes() if (p := cluster.agent_pid(n)) is not None]
+    workers = [c for p in pids for c in _children(p)]
+    return sum(cpu_seconds(p) for p in pids), sum(cpu_seconds(c) for c in workers)
+
+
 def run_size(
     agents: int, guests: int, args: argparse.Namespace, base: Path
 ) -> tuple[bool, list[str]]:
@@ -143,9 +160,12 @@ def run_size(
             lines.append(f"  did not come up: {exc}")
             print("\n".join(lines), flush=True)
             return False, lines
+        cpu_s, workers_s = startup_cpu_s(cluster)
         lines.append(
             f"  up: every guest running {running_s:.1f} s after the first agent started, "
-            f"every agent holding a lease {leases_s:.1f} s"
+            f"every agent holding a lease {leases_s:.1f} s; by then the agents used "
+            f"{cpu_s:.0f} CPU-seconds and their worker processes {workers_s:.0f} "
+            f"({(cpu_s + workers_s) / leases_s:.2f} cores on average)"
         )
         print("\n".join(lines), flush=True)
         idle = idle_window(cluster, args.idle_seconds)

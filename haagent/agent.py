@@ -24,7 +24,7 @@ composes them, in this fixed order (each pass, every step sees the same committe
    destroy what must not run here, release storage no longer needed, then
    start/stop/report what the state gives this node (and hand over the guests
    that lacked a network here for the hold-down)                              core.guests,
-                                                                             core.storage/drbd
+                                                                             core.storage/drbd/raid1
 5. leave, once a requested clean shutdown has handed everything over         core.lease
 6. whether to pet the watchdog                                               core.lease
 
@@ -42,7 +42,7 @@ Safety rules implemented here (numbers as in DESIGN.md):
 4. Guests of a failed node move only after `FenceResult(ok)` is committed; in watchdog mode that
    result is proposed only once lease + watchdog timeout + margin has passed since the leader
    last applied the node's heartbeat (core.fencing).
-5. Data before compute (core.storage, core.drbd).
+5. Data before compute (core.storage, core.drbd, core.raid1).
 7. Every proposal is conditional; an unknown outcome just means "look again next pass"
    (core.inflight: a key in flight is not decided again until its outcome is back).
 
@@ -55,15 +55,20 @@ from haagent.core import divergence
 from haagent.core.decisions import (
     Action,
     ActionResult,
+    AttachLeg,
     DemoteReplica,
     DestroyDomain,
+    DetachLeg,
     Event,
+    LiveMigrate,
     LocalView,
     PromoteReplica,
     Proposal,
+    ResumeGuest,
     ResumeReplicaIo,
     RunFence,
     StartGuest,
+    StartLeg,
     Step,
     StopGuest,
     event,
@@ -77,9 +82,10 @@ from haagent.core.inflight import InFlight, Outbox
 from haagent.core.keys import ActionKey, ActionKind, ProposalKey, ProposalKind
 from haagent.core.lease import LEASE_KINDS, Lease
 from haagent.core.networks import NetworkConditions
+from haagent.core.raid1 import Raid1Storage
 from haagent.core.scheduling import MAX_ASSIGNMENTS_PER_COMMAND, Scheduler
 from haagent.core.settings import AgentSettings, NodeSettings
-from haagent.model import NodeRole, NodeState
+from haagent.model import NodeRole, NodeState, StorageKind
 from haagent.ports import ConsensusView, Outcome, OutcomeKind
 
 __all__ = [
@@ -90,18 +96,23 @@ __all__ = [
     "ActionResult",
     "AgentCore",
     "AgentSettings",
+    "AttachLeg",
     "DemoteReplica",
     "DestroyDomain",
+    "DetachLeg",
     "Event",
+    "LiveMigrate",
     "LocalView",
     "NodeSettings",
     "PromoteReplica",
     "Proposal",
     "ProposalKey",
     "ProposalKind",
+    "ResumeGuest",
     "ResumeReplicaIo",
     "RunFence",
     "StartGuest",
+    "StartLeg",
     "Step",
     "StopGuest",
     "event",
@@ -122,7 +133,11 @@ class AgentCore:
         self.failure_detection = FailureDetector(settings)
         self.fencing = Fencing(settings, self.failure_detection)
         self.scheduling = Scheduler(settings, started_at, self.failure_detection)
-        self.guests = GuestReconciler(settings, storage_gates(settings))
+        gates = storage_gates(settings)
+        raid1 = gates[StorageKind.RAID1]
+        assert isinstance(raid1, Raid1Storage)
+        self.raid1 = raid1
+        self.guests = GuestReconciler(settings, gates)
         self.networks = NetworkConditions(settings, incarnation)
 
     # -- inputs ----------------------------------------------------------------------------
@@ -157,6 +172,8 @@ class AgentCore:
             return events
         if action is None:
             return []
+        if isinstance(action, AttachLeg | DetachLeg):
+            return self.raid1.action_done(action, result, now)
         return self.guests.action_done(key, action, result, now)
 
     def set_watchdog_timeout(self, timeout_s: float | None) -> None:
@@ -213,6 +230,8 @@ class AgentCore:
                 elif record.state is NodeState.FAILED:
                     self.fencing.advance(out, name, view)
             self.scheduling.place(out, view, leaving=self.lease.leaving)
+            exclude = frozenset({self.settings.node}) if self.lease.leaving else frozenset()
+            self.guests.migrations.evacuate(out, state, exclude)
 
         evacuate: dict[str, str] = {}
         if self.settings.role is NodeRole.HYPERVISOR:

@@ -9,6 +9,9 @@ GET  /v1/whatif?fail=n3[,n4]       where the failed nodes' guests would go (haag
 GET  /v1/openapi.json              the OpenAPI 3 document of this API (haagent.openapi)
 POST /v1/guests/{guest}/disable    stop the guest and keep it stopped
 POST /v1/guests/{guest}/enable     run it again (also clears its error state)
+POST /v1/guests/{guest}/migrate    body {"node": "n2"[, "generation": G]}: live-migrate the
+                                   running guest to n2 (conditional on its generation: G, or
+                                   the one this agent's view shows; README, "Live migration")
 POST /v1/nodes/{node}/maintenance  body {"on": true|false}: drain the node, or end that
 POST /v1/nodes/{node}/confirm-fenced  optional body {"by": "who"}: an admin verified that the
                                    failed node is powered off; its guests may move (README)
@@ -53,7 +56,6 @@ from haagent.api_access import (
     bearer_token,
     server_tls_context,
 )
-from haagent.openapi import OPENAPI_DOCUMENT
 from haagent.ports import Outcome, OutcomeKind
 from haagent.untrusted import UntrustedInputError, escape, loads_json
 
@@ -191,6 +193,35 @@ class Handlers(Protocol):
 
     async def confirm_fenced(self, node: str, by: str) -> Outcome: ...
 
+    async def migrate(self, guest: str, node: str, generation: int | None) -> Outcome: ...
+
+
+MAX_NAME_CHARS = 63  # a node name (config.py checks configured names against the same bound)
+
+
+def migrate_body(body: Any) -> tuple[str, int | None]:
+    """`{"node": NAME[, "generation": G]}` of a migrate request, or ApiError 400 saying what
+    is wrong (the node's existence is the state machine's to judge: 409 with the reason)."""
+    ok = (
+        isinstance(body, dict)
+        and "node" in body
+        and set(body) <= {"node", "generation"}
+        and isinstance(body["node"], str)
+        and 0 < len(body["node"]) <= MAX_NAME_CHARS
+        and body["node"].isprintable()
+    )
+    generation = body.get("generation") if isinstance(body, dict) else None
+    if ok and generation is not None:
+        ok = type(generation) is int and 0 <= generation < 2**63
+    if not ok:
+        raise ApiError(
+            400,
+            f'body must be {{"node": "NAME"}} (at most {MAX_NAME_CHARS} printable characters) '
+            'with an optional "generation": a non-negative integer',
+            "body not {node}",
+        )
+    return body["node"], generation
+
 
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(
@@ -321,6 +352,9 @@ def build_app(access: ApiAccess | str, h: Handlers) -> web.Application:
         return json_response(h.events(since, limit))
 
     async def get_openapi(request: web.Request) -> web.Response:
+        # Imported on first request: the document is large and rarely read (issue 7: RSS).
+        from haagent.openapi import OPENAPI_DOCUMENT
+
         return json_response(OPENAPI_DOCUMENT)
 
     async def post_guest(request: web.Request) -> web.Response:
@@ -329,6 +363,10 @@ def build_app(access: ApiAccess | str, h: Handlers) -> web.Application:
             raise ApiError(404, f"unknown guest action {action!r} (enable, disable)")
         outcome = await h.set_desired(request.match_info["guest"], action == "enable")
         return outcome_response(outcome)
+
+    async def post_migrate(request: web.Request) -> web.Response:
+        node, generation = migrate_body(await read_json_body(request))
+        return outcome_response(await h.migrate(request.match_info["guest"], node, generation))
 
     async def post_maintenance(request: web.Request) -> web.Response:
         body = await read_json_body(request)
@@ -364,6 +402,8 @@ def build_app(access: ApiAccess | str, h: Handlers) -> web.Application:
     app.router.add_get("/v1/whatif", get_whatif)
     app.router.add_get("/v1/events", get_events)
     app.router.add_get("/v1/openapi.json", get_openapi)
+    # Before the generic guest route, which would answer "unknown guest action" (404).
+    app.router.add_post("/v1/guests/{guest}/migrate", post_migrate)
     app.router.add_post("/v1/guests/{guest}/{action}", post_guest)
     app.router.add_post("/v1/nodes/{node}/maintenance", post_maintenance)
     app.router.add_post("/v1/nodes/{node}/confirm-fenced", post_confirm_fenced)

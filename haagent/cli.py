@@ -5,6 +5,7 @@
     haagent status [--config FILE | --url URL --token T] [--json]
     haagent events [--since N] [--limit M] [--config FILE | --url URL --token T] [--json]
     haagent guest enable|disable NAME [--config FILE | --url URL --token T]
+    haagent guest migrate NAME NODE [--generation G] [...]   live-migrate a running guest
     haagent node maintenance NAME on|off [--config FILE | --url URL --token T]
     haagent node confirm-fenced NAME [--by WHO] [...]   you verified that NAME is powered off
     haagent simulate --config FILE --fail NODE[,NODE] [--offline] [--json]   what-if
@@ -42,7 +43,7 @@ import aiohttp
 from haagent import __version__
 from haagent.api_access import client_tls_context
 from haagent.config import SECRET_RE, Config, ConfigError, load_config
-from haagent.localcluster.cli import add_local_parser
+from haagent.localcluster.parser import add_local_parser
 from haagent.ports import HypervisorError
 from haagent.resources import drbd_fence
 from haagent.status import format_status
@@ -103,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
         "--here",
         action="store_true",
         help="also check that this host has, up and with carrier, every bridge/device the "
-        "guests that may run on the config's [local] node need (exit 1 if not)",
+        "guests that may run on the config's [local] node need, and each of their file and "
+        "block disks (exit 1 if anything is missing)",
     )
     check.set_defaults(func=_cmd_check)
 
@@ -119,9 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="print the raw JSON document")
     events.set_defaults(func=_cmd_events)
 
-    guest = sub.add_parser("guest", help="enable or disable a protected guest")
-    guest.add_argument("action", choices=["enable", "disable"])
+    guest = sub.add_parser(
+        "guest", help="enable or disable a protected guest, or live-migrate it to a node"
+    )
+    guest.add_argument("action", choices=["enable", "disable", "migrate"])
     guest.add_argument("name", help="guest name")
+    _migrate_args(guest)
     _agent_args(guest)
     guest.set_defaults(func=_cmd_guest)
 
@@ -251,7 +256,37 @@ def _shape_error(url: str, what: str, exc: Exception) -> CliError:
     )
 
 
+def _migrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", nargs="?", metavar="NODE", help="migrate: the destination node")
+    p.add_argument(
+        "--generation",
+        type=int,
+        help="migrate: only if the guest is still at this generation (`haagent status`); "
+        "default: the generation the agent sees",
+    )
+
+
+def _cmd_guest_migrate(args: argparse.Namespace) -> int:
+    """`haagent guest migrate NAME NODE`: the hand-over is committed; the answer comes once
+    the intent committed (the migration itself then runs; `haagent status` shows it)."""
+    if args.target is None:
+        raise CliError("migrate takes a guest name and a destination node", EXIT_USAGE)
+    if args.generation is not None and args.generation < 0:
+        raise CliError("--generation: a non-negative integer", EXIT_USAGE)
+    ep = _agent(args)
+    path = f"/v1/guests/{quote(args.name, safe='')}/migrate"
+    body: dict[str, Any] = {"node": args.target}
+    if args.generation is not None:
+        body["generation"] = args.generation
+    doc = asyncio.run(request_json(ep, "POST", path, body=body))
+    return _report_outcome(doc, f"migrate {args.name} to {args.target}")
+
+
 def _cmd_guest(args: argparse.Namespace) -> int:
+    if args.action == "migrate":
+        return _cmd_guest_migrate(args)
+    if args.target is not None or args.generation is not None:
+        raise CliError(f"{args.action} takes a guest name only", EXIT_USAGE)
     ep = _agent(args)
     path = f"/v1/guests/{quote(args.name, safe='')}/{args.action}"
     doc = asyncio.run(request_json(ep, "POST", path))
@@ -386,32 +421,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
             if gc.spec.networks:
                 print(f"  guest {name} needs {', '.join(gc.spec.networks)}")
         if args.here:
-            status = max(status, _check_networks_here(cfg))
+            from haagent.doctor import DoctorError, check_here
+
+            try:
+                status = max(status, check_here(cfg))
+            except DoctorError as exc:
+                raise CliError(str(exc)) from None
     return status
-
-
-def _check_networks_here(cfg: Config) -> int:
-    """This host's interfaces against what the guests that may run on `cfg.node` need."""
-    from haagent.daemon.netwatch import needed_here
-    from haagent.resources.netlink import NetlinkError, check_links
-
-    specs = [gc.spec for gc in cfg.guests.values()]
-    needed = needed_here(cfg.node, specs)
-    if not needed:
-        print(f"  {cfg.node}: no guest that may run here needs a host network")
-        return 0
-    try:
-        found = check_links(needed)
-    except NetlinkError as exc:
-        raise CliError(f"cannot check this host's networks: {exc}") from None
-    for spec in sorted(specs, key=lambda s: s.name):
-        bad = [f"{n} {found[n]}" for n in spec.networks if n in found and spec.allows(cfg.node)]
-        if bad:
-            lacks = ", ".join(bad)
-            print(f"  guest {spec.name} may move to {cfg.node} (this host), which lacks {lacks}")
-    if not found:
-        print(f"  {cfg.node}: all {len(needed)} needed interfaces exist, are up, have carrier")
-    return 1 if found else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -228,6 +228,43 @@ class ReplicaUpToDate(Command):
     at: float
 
 
+MAX_LEG_TEXT = 500
+"""At most this many characters in a `LegStale` reason or a `LegFresh` evidence (`apply`
+refuses longer ones): they are for humans, and every node keeps them in its state."""
+
+
+@dataclass(frozen=True)
+class LegStale(Command):
+    """Owner of a raid1 guest: the guest is about to start, or runs, without `leg`, so that
+    leg misses writes from `generation` on and must never be started from alone. Committed
+    before a start without the leg, and as soon as a running guest is seen without it.
+    Applies only from the owner at its generation; refused when it would leave the guest
+    with no fresh leg (then nothing may start it: an admin must decide)."""
+
+    type_name: ClassVar[str] = "leg_stale"
+    guest: str
+    leg: str
+    by: str
+    generation: int
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class LegFresh(Command):
+    """Owner of a raid1 guest: the guest's RAID1 resynced `leg` and reports it in sync,
+    observed from inside the guest after the leg was re-attached (`evidence` says what was
+    seen). Never proposed on a timer. Applies only from the owner at its generation."""
+
+    type_name: ClassVar[str] = "leg_fresh"
+    guest: str
+    leg: str
+    by: str
+    generation: int
+    evidence: str
+    at: float
+
+
 MAX_MISSING_NETWORKS = 64
 """At most this many names in one `NetworkCondition` (64 x 15 characters stays far below the
 largest command): a node missing more reports the first 64 in name order, enough to refuse it
@@ -246,6 +283,63 @@ class NetworkCondition(Command):
     node: str
     incarnation: str
     missing: tuple[str, ...]
+    at: float
+
+
+@dataclass(frozen=True)
+class MigrateGuest(Command):
+    """Admin (or the leader evacuating a node in maintenance): live-migrate the running guest
+    from its owner to `node`. Accepted only while the guest runs at `expect_generation` (so a
+    retry or a late copy does nothing once anything moved), on shared storage, towards an up
+    hypervisor that may take it. It records the intent with the destination's generation
+    (`expect_generation + 1`) and changes nothing else: the source keeps the guest until
+    `MigrationDone` commits (README, "Live migration")."""
+
+    type_name: ClassVar[str] = "migrate_guest"
+    guest: str
+    node: str
+    expect_generation: int
+    by: str
+    at: float
+
+
+@dataclass(frozen=True)
+class MigrationDone(Command):
+    """The source: libvirt reported the migration complete (the source's copy is shut off,
+    the destination's is paused). Applies only from the owner at `generation` with the
+    intent still pending: the destination becomes the owner at the intent's generation, and
+    only then resumes its copy."""
+
+    type_name: ClassVar[str] = "migration_done"
+    guest: str
+    node: str
+    generation: int
+    at: float
+
+
+@dataclass(frozen=True)
+class MigrationAborted(Command):
+    """The source (libvirt refused or failed, the call timed out, the destination left) or the
+    leader (the source or the destination left the cluster's trust): give up the pending
+    migration at `generation`. The guest stays with its source and its generation grows past
+    the intent's, so a leftover incoming copy on the destination is destroyed, never resumed."""
+
+    type_name: ClassVar[str] = "migration_aborted"
+    guest: str
+    node: str
+    generation: int
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class MigrationResumed(Command):
+    """The destination, now owner at `generation`: it resumed the migrated copy."""
+
+    type_name: ClassVar[str] = "migration_resumed"
+    guest: str
+    node: str
+    generation: int
     at: float
 
 
@@ -332,6 +426,12 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         ReplicaUpToDate,
         ConfirmFenced,
         NetworkCondition,
+        MigrateGuest,
+        MigrationDone,
+        MigrationAborted,
+        MigrationResumed,
+        LegStale,
+        LegFresh,
     )
 }
 

@@ -19,13 +19,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from haagent.agent import AgentSettings, NodeSettings
 from haagent.api_access import ApiAccess, is_loopback_listen, server_tls_context
-from haagent.core.netneeds import NetNeedsError, needed_interfaces
+from haagent.config_guests import (
+    DRBD_RESOURCE_RE,
+    MAX_MEMORY_MIB,
+    MAX_XML_BYTES,
+    GuestConfig,
+    parse_guests,
+)
+from haagent.config_table import (
+    NAME_RE,
+    ConfigError,
+    Table,
+    check_name,
+    kind,
+    path_problem,
+)
 from haagent.fencing.agent_runner import validate_params
-from haagent.model import FenceMethod, GuestSpec, NodeRole, StorageKind
+from haagent.model import FenceMethod, NodeRole, StorageKind
 from haagent.ports import FenceDevice
 from haagent.resources.drbd_fence import DEFAULT_SOCKET as DEFAULT_DRBD_FENCE_SOCKET
 from haagent.timing import (
@@ -37,8 +51,19 @@ from haagent.timing import (
 )
 from haagent.untrusted import UntrustedInputError, escape, read_small_text, show
 
-# Matched in full (re.fullmatch): `$` would also accept a trailing newline.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# Names other modules and tests read from here (the config's one public face).
+__all__ = [
+    "DRBD_RESOURCE_RE",
+    "NAME_RE",
+    "SECRET_RE",
+    "Config",
+    "ConfigError",
+    "GuestConfig",
+    "NodeConfig",
+    "load_config",
+    "parse_config",
+]
+
 MIN_SECRET_LEN = 12
 MAX_SECRET_LEN = 4096
 # Secrets and tokens are visible ASCII: the API compares the token with the bytes of an HTTP
@@ -47,17 +72,9 @@ MAX_SECRET_LEN = 4096
 SECRET_RE = re.compile(r"[!-~]+")
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_SECRET_FILE_BYTES = 64 * 1024
-MAX_XML_BYTES = 1024 * 1024
 # Linux: PATH_MAX counts the NUL, NAME_MAX is per component, sun_path holds 108 bytes with NUL.
-MAX_PATH_BYTES = 4095
-MAX_NAME_BYTES = 255
 MAX_SOCKET_PATH_BYTES = 107
-MIN_SECONDS = 0.001
-MAX_SECONDS = 365 * 24 * 3600.0
 MAX_WATCHDOG_TIMEOUT_S = 3600.0
-MAX_MEMORY_MIB = 2**31
-MAX_PRIORITY = 1000
-MAX_COUNT = 1000
 # Cross-field rules compare the decimal numbers the file spells (0.7 + 0.2 is 0.9, not
 # 0.8999999999999999), and a strict "greater than" needs this much room: a rule that keeps a
 # cut-off node from being declared failed before it stopped its guests must not pass on a
@@ -70,21 +87,10 @@ _HOST_RE = re.compile(
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _AGENT_NAME_RE = re.compile(r"fence_[A-Za-z0-9_]{1,100}")
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]*")
-# A DRBD resource name as resources/drbd.sh accepts it (never an option, no shell or path
-# characters), and short enough for drbd.conf.
-DRBD_RESOURCE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}")
-
-
-class ConfigError(ValueError):
-    """An invalid config file. `str()` reads "FILE: KEY: what is wrong", on one line: control
-    characters anywhere in it (the file name, a quoted TOML key, a value) are escaped."""
-
-    def __init__(self, file: Path | str, key: str, message: str) -> None:
-        text = f"{file}: {key}: {message}" if key else f"{file}: {message}"
-        super().__init__(escape(text))
-        self.file = str(file)
-        self.key = key
-        self.message = message
+# A libvirt URI another host can reach: driver[+transport]://[user@]host[:port]/path[?query]
+# (a local URI such as qemu:///system names the caller's own libvirtd, never this node's).
+MIGRATION_URI_RE = re.compile(r"[a-z][a-z0-9]*(\+[a-z0-9]+)?://[^/@\s]+@?[^/\s]*/[!-~]*")
+MAX_URI_CHARS = 512
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class NodeConfig:
     fence_levels: tuple[tuple[str, ...], ...]  # device names per level
     watchdog_timeout_s: float
     watchdog_level: bool = False  # fence = [[...], "watchdog"]: a final watchdog level
+    migration_uri: str = ""  # the libvirt URI other hosts migrate guests to ("": none)
 
     @property
     def host(self) -> str:
@@ -105,12 +112,6 @@ class NodeConfig:
     @property
     def port(self) -> int:
         return int(self.address.rsplit(":", 1)[1])
-
-
-@dataclass(frozen=True)
-class GuestConfig:
-    spec: GuestSpec
-    xml_path: Path | None
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class Config:
                     fence_method=n.fence_method,
                     watchdog_timeout_s=n.watchdog_timeout_s,
                     watchdog_level=n.watchdog_level,
+                    migration_uri=n.migration_uri,
                 )
                 for n in self.nodes.values()
             },
@@ -181,6 +183,7 @@ class Config:
             max_relocations=self.max_relocations,
             initial_placement_wait_s=t.initial_placement_wait_s,
             network_hold_down_s=t.network_hold_down_s,
+            migration_timeout_s=t.migration_timeout_s,
         )
 
     def drbd_resources(self) -> tuple[str, ...]:
@@ -210,137 +213,9 @@ class Config:
 # --- reading ---------------------------------------------------------------------------------
 
 
-class _Table:
-    """A TOML table being read; remembers which keys were used so leftovers are reported."""
-
-    def __init__(self, file: Path, prefix: str, data: Any) -> None:
-        self.file = file
-        self.prefix = prefix
-        if not isinstance(data, dict):
-            raise ConfigError(file, prefix, "must be a table")
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.file, self.key(name), message)
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def raw(self, name: str) -> Any:
-        self.used.add(name)
-        return self.data.get(name)
-
-    def table(self, name: str, required: bool = False) -> _Table:
-        if name not in self.data:
-            if required:
-                raise self.error(name, "missing (required section)")
-            return _Table(self.file, self.key(name), {})
-        return _Table(self.file, self.key(name), self.raw(name))
-
-    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self.raw(name)
-        if value is None:
-            if required or default is None:
-                raise self.error(name, "missing (required)")
-            return default
-        if not isinstance(value, str):
-            raise self.error(name, f"must be a string, got {_kind(value)}")
-        return value
-
-    def number(self, name: str, default: float, *, maximum: float = MAX_SECONDS) -> float:
-        """A number of seconds: finite, at least MIN_SECONDS (a smaller period would spin the
-        loop), at most `maximum`."""
-        value = self.raw(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(name, f"must be a number of seconds, got {_kind(value)}")
-        if not math.isfinite(value):
-            raise self.error(name, f"must be a finite number of seconds, got {value}")
-        if not MIN_SECONDS <= value <= maximum:
-            raise self.error(
-                name, f"must be between {MIN_SECONDS:g} and {maximum:g}, got {show(value, 40)}"
-            )
-        return float(value)
-
-    def integer(
-        self,
-        name: str,
-        default: int | None = None,
-        *,
-        minimum: int = 0,
-        maximum: int = MAX_COUNT,
-    ) -> int:
-        value = self.raw(name)
-        if value is None:
-            if default is None:
-                raise self.error(name, "missing (required)")
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(name, f"must be an integer, got {_kind(value)}")
-        if not minimum <= value <= maximum:
-            raise self.error(
-                name, f"must be between {minimum} and {maximum}, got {show(value, 40)}"
-            )
-        return value
-
-    def names(self, name: str) -> tuple[str, ...]:
-        value = self.raw(name)
-        if value is None:
-            return ()
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.error(name, "must be a list of node names")
-        return tuple(value)
-
-    def path(self, name: str, base: Path, default: str | None = None) -> Path:
-        """A file system path, relative to the config's folder unless absolute."""
-        value = self.string(name, default)
-        problem = _path_problem(value)
-        if problem:
-            raise self.error(name, problem)
-        joined = base / value
-        if len(str(joined).encode()) > MAX_PATH_BYTES:
-            raise self.error(name, f"the path is longer than {MAX_PATH_BYTES} bytes")
-        return joined
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.error(unknown[0], "unknown key (check the spelling; see the README)")
-
-
-def _kind(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
-def _path_problem(value: str) -> str | None:
-    """Why `value` cannot name a file on this system, or None."""
-    if not value:
-        return "must not be empty"
-    if any(not ch.isprintable() for ch in value):
-        return f"must not contain control characters, got {show(value)}"
-    encoded = value.encode("utf-8", "surrogateescape")
-    if len(encoded) > MAX_PATH_BYTES:
-        return f"the path is longer than {MAX_PATH_BYTES} bytes"
-    if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
-        return f"a path component is longer than {MAX_NAME_BYTES} bytes"
-    return None
-
-
 def _socket_problem(value: str) -> str | None:
     """Why `value` cannot be the path of a unix socket this node listens on, or None."""
-    problem = _path_problem(value)
+    problem = path_problem(value)
     if problem:
         return problem
     if not value.startswith("/"):
@@ -350,7 +225,7 @@ def _socket_problem(value: str) -> str | None:
     return None
 
 
-def _socket_path(t: _Table, name: str, default: str) -> str:
+def _socket_path(t: Table, name: str, default: str) -> str:
     value = t.string(name, default)
     problem = _socket_problem(value)
     if problem:
@@ -358,7 +233,7 @@ def _socket_path(t: _Table, name: str, default: str) -> str:
     return value
 
 
-def _secret(t: _Table, name: str, base: Path) -> str:
+def _secret(t: Table, name: str, base: Path) -> str:
     """Read `name` or `name_file` (relative to the config's folder): 12 to 4096 visible ASCII
     characters; a file's surrounding blanks and final newline do not count."""
     file_key = f"{name}_file"
@@ -388,7 +263,7 @@ def _secret(t: _Table, name: str, base: Path) -> str:
     return value
 
 
-def _host_port(t: _Table, name: str, value: str) -> tuple[str, int]:
+def _host_port(t: Table, name: str, value: str) -> tuple[str, int]:
     """Split "host:port" ("[v6]:port" for IPv6); the port is ASCII digits 1..65535 and the
     host an IP address or a DNS name."""
     host, sep, port = value.rpartition(":")
@@ -413,13 +288,13 @@ def _is_ipv4(host: str) -> bool:
     return True
 
 
-def _address(t: _Table, name: str) -> str:
+def _address(t: Table, name: str) -> str:
     value = t.string(name, required=True)
     _host_port(t, name, value)
     return value
 
 
-def _raft_address(t: _Table, name: str) -> tuple[str, tuple[str, int]]:
+def _raft_address(t: Table, name: str) -> tuple[str, tuple[str, int]]:
     """A Raft endpoint: an IP address (no DNS name: finding one's peers during a failure
     must not depend on a resolver) and a port. Returns the address as written and its
     canonical form, so one endpoint spelt two ways ("[::1]" and "[0::1]") is one."""
@@ -436,11 +311,6 @@ def _raft_address(t: _Table, name: str) -> tuple[str, tuple[str, int]]:
     if ip.is_unspecified or ip.is_multicast:
         raise t.error(name, f"must be this node's own unicast address, got {show(value)}")
     return value, (str(ip), port)
-
-
-def _check_name(t: _Table, key: str, value: str, what: str) -> None:
-    if not NAME_RE.fullmatch(value):
-        raise t.error(key, f"{what} {show(value)} must match {NAME_RE.pattern}")
 
 
 def load_config(path: str | Path) -> Config:
@@ -463,11 +333,11 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     base = path.resolve().parent
-    root = _Table(path, "", dict(data))
+    root = Table(path, "", dict(data))
 
     cluster_t = root.table("cluster", required=True)
     cluster = cluster_t.string("name", required=True)
-    _check_name(cluster_t, "name", cluster, "cluster name")
+    check_name(cluster_t, "name", cluster, "cluster name")
     secret = _secret(cluster_t, "secret", base)
     cluster_t.done()
 
@@ -535,7 +405,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     fence_socket = _socket_path(local_t, "drbd_fence_socket", DEFAULT_DRBD_FENCE_SOCKET)
     local_t.done()
 
-    guests = _guests(root.table("guests"), nodes, base)
+    hypervisors = [n for n, c in nodes.items() if c.role is NodeRole.HYPERVISOR]
+    guests = parse_guests(root.table("guests"), hypervisors, base)
     root.done()
 
     return Config(
@@ -564,7 +435,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     )
 
 
-def _flag(t: _Table, name: str, default: bool) -> bool:
+def _flag(t: Table, name: str, default: bool) -> bool:
     value = t.raw(name)
     if value is None:
         return default
@@ -573,7 +444,7 @@ def _flag(t: _Table, name: str, default: bool) -> bool:
     return value
 
 
-def _api_access(t: _Table, base: Path, listen: str, admin_token: str) -> ApiAccess:
+def _api_access(t: Table, base: Path, listen: str, admin_token: str) -> ApiAccess:
     """The API's tokens and TLS (haagent.api_access). A non-loopback TCP listener without
     TLS is refused unless `api_plaintext_ok`: tokens would cross the network in clear."""
     read_token = None
@@ -624,7 +495,7 @@ def _exact(seconds: float) -> Decimal:
     return Decimal(repr(seconds))
 
 
-def _timing(t: _Table) -> Timing:
+def _timing(t: Table) -> Timing:
     profile = t.string("profile", DEFAULT_TIMING_PROFILE)
     if profile not in TIMING_PROFILES:
         raise t.error("profile", f"must be one of {', '.join(sorted(TIMING_PROFILES))}")
@@ -661,14 +532,14 @@ def _timing(t: _Table) -> Timing:
     return timing
 
 
-def _fence_devices(t: _Table) -> dict[str, FenceDevice]:
+def _fence_devices(t: Table) -> dict[str, FenceDevice]:
     devices: dict[str, FenceDevice] = {}
     for name in list(t.data):
-        _check_name(t, name, name, "fence device name")
+        check_name(t, name, name, "fence device name")
         dt = t.table(name)
         agent = dt.string("agent", required=True)
         if agent.startswith("/"):
-            problem = _path_problem(agent)
+            problem = path_problem(agent)
             if problem:
                 raise dt.error("agent", problem)
         elif not _AGENT_NAME_RE.fullmatch(agent):
@@ -688,9 +559,7 @@ def _fence_devices(t: _Table) -> dict[str, FenceDevice]:
             elif isinstance(value, (str, int, float)):
                 params[key] = str(value)
             else:
-                raise params_t.error(
-                    key, f"must be a string, number or boolean, got {_kind(value)}"
-                )
+                raise params_t.error(key, f"must be a string, number or boolean, got {kind(value)}")
         # The very check the fence runner makes before every call, so a device that passes
         # here is never refused when its node has to be fenced.
         for action in ("off", "status"):
@@ -702,11 +571,11 @@ def _fence_devices(t: _Table) -> dict[str, FenceDevice]:
     return devices
 
 
-def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfig]:
+def _nodes(t: Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfig]:
     nodes: dict[str, NodeConfig] = {}
     addresses: dict[tuple[str, int], str] = {}
     for name in list(t.data):
-        _check_name(t, name, name, "node name")
+        check_name(t, name, name, "node name")
         nt = t.table(name)
         address, endpoint = _raft_address(nt, "address")
         if endpoint in addresses:
@@ -774,9 +643,18 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
                     'missing: a list of levels of [fence_devices] names, e.g. [["bmc-n1"]], '
                     'or "watchdog" (a hypervisor must be fenceable)',
                 )
+        migration_uri = _migration_uri(nt, role)
         nt.done()
         nodes[name] = NodeConfig(
-            name, address, role, memory, method, levels, watchdog_timeout, watchdog_level
+            name,
+            address,
+            role,
+            memory,
+            method,
+            levels,
+            watchdog_timeout,
+            watchdog_level,
+            migration_uri,
         )
     if not nodes:
         raise ConfigError(t.file, t.prefix, "no nodes configured")
@@ -790,109 +668,17 @@ def _nodes(t: _Table, devices: Mapping[str, FenceDevice]) -> dict[str, NodeConfi
     return nodes
 
 
-def _guests(t: _Table, nodes: Mapping[str, NodeConfig], base: Path) -> dict[str, GuestConfig]:
-    guests: dict[str, GuestConfig] = {}
-    domains: dict[str, str] = {}
-    resources: dict[str, str] = {}  # DRBD resource -> guest
-    hypervisors = {n for n, c in nodes.items() if c.role is NodeRole.HYPERVISOR}
-    for name in list(t.data):
-        _check_name(t, name, name, "guest name")
-        gt = t.table(name)
-        domain = gt.string("domain", name)
-        if not 0 < len(domain) <= 200 or "/" in domain or not domain.isprintable():
-            raise gt.error(
-                "domain",
-                f"must be a libvirt domain name (1-200 printable characters, no '/'), "
-                f"got {show(domain)}",
-            )
-        if domain in domains:
-            raise gt.error(
-                "domain", f"{show(domain)} is also the domain of guest {domains[domain]}"
-            )
-        domains[domain] = name
-        memory = gt.integer("memory_mib", minimum=1, maximum=MAX_MEMORY_MIB)
-        priority = gt.integer("priority", 0, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY)
-        preferred = gt.names("preferred_nodes")
-        allowed = gt.names("allowed_nodes")
-        for key, listed in (("preferred_nodes", preferred), ("allowed_nodes", allowed)):
-            for n in listed:
-                if n not in hypervisors:
-                    raise gt.error(key, f"{show(n)} is not a hypervisor in [nodes]")
-        if allowed and not set(preferred) <= set(allowed):
-            raise gt.error("preferred_nodes", "every preferred node must also be allowed")
-        group = gt.string("anti_affinity", "")
-        if group:
-            _check_name(gt, "anti_affinity", group, "anti-affinity group")
-        storage_s = gt.string("storage", StorageKind.SHARED.value)
-        try:
-            storage = StorageKind(storage_s)
-        except ValueError:
-            raise gt.error(
-                "storage",
-                f"unsupported storage kind {show(storage_s)} (supported: shared, drbd)",
-            ) from None
-        resource, replicas = "", cast(tuple[str, ...], ())
-        if storage is StorageKind.DRBD:
-            resource, replicas = _drbd(gt, name, hypervisors, resources)
-            for key, listed in (("preferred_nodes", preferred), ("allowed_nodes", allowed)):
-                for n in listed:
-                    if n not in replicas:
-                        raise gt.error(
-                            key, f"{show(n)} holds no replica (replica_nodes): it cannot run it"
-                        )
-        else:
-            for key in ("resource", "replica_nodes"):
-                if gt.has(key):
-                    raise gt.error(key, 'only for storage = "drbd"')
-        xml_path: Path | None = None
-        networks: tuple[str, ...] = ()
-        if gt.has("xml"):
-            xml_path = gt.path("xml", base)
-            try:
-                networks = needed_interfaces(read_small_text(xml_path, MAX_XML_BYTES))
-            except (UntrustedInputError, NetNeedsError) as exc:
-                raise gt.error("xml", str(exc)) from None
-        gt.done()
-        spec = GuestSpec(
-            name=name,
-            domain=domain,
-            memory_mib=memory,
-            priority=priority,
-            preferred_nodes=preferred,
-            allowed_nodes=allowed,
-            storage=storage,
-            anti_affinity=group,
-            replica_nodes=replicas,
-            resource=resource,
-            networks=networks,
+def _migration_uri(nt: Table, role: NodeRole) -> str:
+    """`migration_uri`: how other hosts' libvirtd reach this node's for live migration."""
+    uri = nt.string("migration_uri", "")
+    if not uri:
+        return ""
+    if role is NodeRole.WITNESS:
+        raise nt.error("migration_uri", "a witness runs no guests and takes no migration")
+    if len(uri) > MAX_URI_CHARS or not MIGRATION_URI_RE.fullmatch(uri):
+        raise nt.error(
+            "migration_uri",
+            f"must be a remote libvirt URI such as qemu+tcp://hv2.example/system (at most "
+            f"{MAX_URI_CHARS} characters, a host name, no blanks), got {show(uri, 80)}",
         )
-        guests[name] = GuestConfig(spec, xml_path)
-    return guests
-
-
-def _drbd(
-    gt: _Table, guest: str, hypervisors: set[str], resources: dict[str, str]
-) -> tuple[str, tuple[str, ...]]:
-    """A DRBD guest's resource name (default: the guest's name) and its two replica hosts.
-    One resource serves one guest: the fence-peer handler names only the resource."""
-    resource = gt.string("resource", guest)
-    if not DRBD_RESOURCE_RE.fullmatch(resource):
-        raise gt.error(
-            "resource", f"DRBD resource {show(resource)} must match {DRBD_RESOURCE_RE.pattern}"
-        )
-    if resource in resources:
-        raise gt.error(
-            "resource", f"{show(resource)} is also the resource of guest {resources[resource]}"
-        )
-    resources[resource] = guest
-    if not gt.has("replica_nodes"):
-        raise gt.error("replica_nodes", 'missing (required with storage = "drbd")')
-    replicas = gt.names("replica_nodes")
-    if len(replicas) != 2 or replicas[0] == replicas[1]:
-        raise gt.error(
-            "replica_nodes", "must name exactly two different hypervisors (the DRBD peers)"
-        )
-    for n in replicas:
-        if n not in hypervisors:
-            raise gt.error("replica_nodes", f"{show(n)} is not a hypervisor in [nodes]")
-    return resource, replicas
+    return uri

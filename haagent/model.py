@@ -66,10 +66,39 @@ class StorageKind(StrEnum):
     shared  every allowed host sees the same disks (iSCSI, NFS, ...)
     drbd    one DRBD resource replicated between exactly two hosts (`replica_nodes`); the
             guest runs where the replica is promoted (DESIGN rule 5: data before compute)
+    raid1   two legs (`legs`), each a disk held by one hypervisor, mirrored by a software
+            RAID1 inside the guest; the guest starts only from legs known fresh
+            (haagent.core.raid1)
     """
 
     SHARED = "shared"
     DRBD = "drbd"
+    RAID1 = "raid1"
+
+
+class Raid1RunOn(StrEnum):
+    """Where a raid1 guest may run: only on a node holding one of its legs (`holders`), or on
+    any allowed hypervisor, which then reaches both legs over the network (`any`)."""
+
+    HOLDERS = "holders"
+    ANY = "any"
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One half of a raid1 guest's mirror: a disk held by hypervisor `holder`.
+
+    `local`: how the holder attaches it (a block device path); `remote`: how every other node
+    reaches it (an `nbd://host:port/export` or `iscsi://host:port/iqn/lun` URI)."""
+
+    id: str
+    holder: str
+    local: str
+    remote: str
+
+    def source_for(self, node: str) -> str:
+        """How `node` attaches this leg: the local device on its holder, else the URI."""
+        return self.local if node == self.holder else self.remote
 
 
 class FenceMethod(StrEnum):
@@ -98,11 +127,27 @@ class GuestSpec:
     # Host interfaces (bridges, macvtap lower devices, VLAN devices) its NICs attach to, read
     # from its domain XML (haagent.core.netneeds): it is placed only where all of them work.
     networks: tuple[str, ...] = ()
+    legs: tuple[Leg, ...] = ()  # raid1: its two legs
+    raid1_run_on: Raid1RunOn = Raid1RunOn.HOLDERS  # raid1: where it may run
 
     def allows(self, node: str) -> bool:
         if self.storage is StorageKind.DRBD and node not in self.replica_nodes:
             return False
+        if (
+            self.storage is StorageKind.RAID1
+            and self.raid1_run_on is Raid1RunOn.HOLDERS
+            and node not in self.leg_holders
+        ):
+            return False
         return not self.allowed_nodes or node in self.allowed_nodes
+
+    @property
+    def leg_holders(self) -> tuple[str, ...]:
+        """The hypervisors holding a raid1 guest's legs, in leg order."""
+        return tuple(leg.holder for leg in self.legs)
+
+    def leg(self, leg_id: str) -> Leg | None:
+        return next((leg for leg in self.legs if leg.id == leg_id), None)
 
     def peer_of(self, node: str) -> str | None:
         """The other replica host of a drbd guest."""
@@ -179,6 +224,55 @@ class NodeRecord:
         return tuple(n for n in spec.networks if n in self.missing_networks)
 
 
+class MigrationPhase(StrEnum):
+    """Where a live migration stands (README, "Live migration").
+
+    pending      the intent committed: the source may migrate; the destination's incoming
+                 (paused) domain at the intent's generation is recognised, never adopted
+    handed_over  the completion committed: the destination owns it at the new generation and
+                 resumes its paused copy
+    done         the destination resumed it (a record for status until the next migration)
+    aborted      the source keeps it (libvirt error, timeout, a party left); the guest's
+                 generation moved past the intent's, so a leftover incoming copy is destroyed
+    """
+
+    PENDING = "pending"
+    HANDED_OVER = "handed_over"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """The guest's latest live migration. `generation` is the destination's (the source's
+    generation + 1 at the intent): written into the incoming domain's metadata by the source's
+    libvirt call, it is what lets the destination tell the migration's copy from a foreign one."""
+
+    source: str
+    dest: str
+    generation: int
+    phase: MigrationPhase = MigrationPhase.PENDING
+    by: str = ""
+    reason: str = ""
+    started_at: float = 0.0  # wall clock, display only
+    changed_at: float = 0.0  # wall clock, display only
+
+    @property
+    def in_flight(self) -> bool:
+        return self.phase in (MigrationPhase.PENDING, MigrationPhase.HANDED_OVER)
+
+
+@dataclass(frozen=True)
+class StaleLeg:
+    """A raid1 leg that missed writes: the guest ran without it from `generation` on. Never
+    a start from it alone; fresh again only on evidence of a completed resync (`LegFresh`)."""
+
+    leg: str
+    generation: int
+    by: str  # the owner that committed it
+    reason: str
+
+
 @dataclass(frozen=True)
 class GuestRecord:
     spec: GuestSpec
@@ -189,14 +283,30 @@ class GuestRecord:
     failures: int = 0  # failed starts/crashes at the current owner
     failed_nodes: tuple[str, ...] = ()  # owners that gave up on it (it moves on, then errors)
     outdated_nodes: tuple[str, ...] = ()  # drbd: replicas known to be behind (never promoted)
+    stale_legs: tuple[StaleLeg, ...] = ()  # raid1: legs known to have missed writes (by id)
     admin_version: int = 0  # grows with every accepted enable/disable of this guest
     spec_version: int = 0  # grows with every accepted change of its spec
     reason: str = ""
     changed_at: float = 0.0  # wall clock, display only
+    migration: Migration | None = None  # the latest live migration (None: none since moved)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def storage_kind_blocks_migration(self) -> bool:
+        """Only shared storage is live-migrated (DRBD would need dual-primary)."""
+        return self.spec.storage is not StorageKind.SHARED
+
+    @property
+    def migrating(self) -> Migration | None:
+        """The migration in flight (pending or handed over), if any."""
+        m = self.migration
+        return m if m is not None and m.in_flight else None
+
+    def leg_stale(self, leg_id: str) -> bool:
+        return any(s.leg == leg_id for s in self.stale_legs)
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,36 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                 "responses": _OUTCOMES,
             }
         },
+        "/v1/guests/{guest}/migrate": {
+            "post": {
+                "summary": "live-migrate a running guest to a node, conditional on its "
+                "generation (given, or the one this agent sees); answers once the intent "
+                "committed, the status then shows the migration",
+                "security": _ADMIN,
+                "parameters": [_name_param("guest", "guest name")],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["node"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "node": {"type": "string", "minLength": 1, "maxLength": 63},
+                                    "generation": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "maximum": 2**63 - 1,
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": _OUTCOMES,
+            }
+        },
         "/v1/nodes/{node}/maintenance": {
             "post": {
                 "summary": "put a node in maintenance (drain it) or end that",

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from haagent.core.raid1 import placement_rank, why_no_fresh_leg
 from haagent.model import (
     ClusterState,
     DesiredState,
@@ -168,6 +169,14 @@ def plan(
             outdated = ", ".join(guest.outdated_nodes)
             unplaced.append(Unplaced(guest.name, f"only outdated replicas are up ({outdated})"))
             continue
+        if spec.storage is StorageKind.RAID1:
+            # Data before compute: never a start from stale legs alone; a node from which no
+            # fresh leg is reachable could only wait.
+            why = why_no_fresh_leg(state, guest, untried[0])
+            untried = [n for n in untried if not why_no_fresh_leg(state, guest, n)]
+            if not untried:
+                unplaced.append(Unplaced(guest.name, why))
+                continue
         if spec.networks:
             lacking = {n: state.node(n).lacks(spec) for n in untried}
             untried = [n for n in untried if not lacking[n]]
@@ -201,7 +210,7 @@ def plan(
                 Unplaced(guest.name, "waiting: start limit reached on fitting nodes", waiting=True)
             )
             continue
-        node = min(ready, key=lambda n: (_preference(guest, n), -load[n].free_mib, n))
+        node = min(ready, key=lambda n: (*_preference(state, guest, n), -load[n].free_mib, n))
         slot = load[node]
         slot.free_mib -= spec.memory_mib
         slot.starts += 1
@@ -218,6 +227,9 @@ def _lacking(lacking: Mapping[str, tuple[str, ...]]) -> str:
     return "; ".join(parts[:8]) + more
 
 
-def _preference(guest: GuestRecord, node: str) -> int:
+def _preference(state: ClusterState, guest: GuestRecord, node: str) -> tuple[int, int]:
+    """(rank in preferred_nodes, storage rank): the admin's order first; then a raid1 guest
+    prefers the holder of a fresh leg, then the holder of a stale one, then any other node."""
     prefs = guest.spec.preferred_nodes
-    return prefs.index(node) if node in prefs else len(prefs)
+    rank = placement_rank(state, guest, node) if guest.spec.storage is StorageKind.RAID1 else 0
+    return prefs.index(node) if node in prefs else len(prefs), rank

@@ -129,8 +129,9 @@ class DomainObservation:
     """One domain as the local hypervisor reports it.
 
     `running` is True for every active state (running, paused, blocked...): for safety, a
-    paused domain still holds its disks. `owner`/`generation`/`cluster` come from the haagent
-    metadata written into the domain at start; None when absent.
+    paused domain still holds its disks. `paused`: active but paused (a migration's incoming
+    copy is paused until the hand-over commits). `owner`/`generation`/`cluster` come from the
+    haagent metadata written into the domain at start (or by a migration); None when absent.
     """
 
     name: str
@@ -138,6 +139,7 @@ class DomainObservation:
     owner: str | None = None
     generation: int | None = None
     cluster: str | None = None
+    paused: bool = False
 
 
 class Hypervisor(Protocol):
@@ -168,6 +170,30 @@ class Hypervisor(Protocol):
 
     async def destroy(self, domain: str) -> None:
         """Hard power-off. Succeeds if the domain is not running."""
+        ...
+
+    async def migrate(
+        self,
+        domain: str,
+        dest_uri: str,
+        cluster: str,
+        dest_node: str,
+        generation: int,
+        timeout_s: float,
+        authorise: Authorise | None = None,
+    ) -> None:
+        """Live-migrate the running `domain` peer-to-peer to the libvirt at `dest_uri`:
+        persistent there, the source's definition kept, the destination left PAUSED, its
+        definition carrying the ownership metadata (cluster, dest_node, generation). Returns
+        when libvirt reports the migration complete (the source is then shut off, reason
+        'migrated'). Raises HypervisorError if libvirt refused or failed (the guest is then
+        still on the source, running or paused) or after `timeout_s` (the job aborted first).
+        `authorise` as for start, entered right before the migrate call and held until it
+        returns."""
+        ...
+
+    async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
+        """Resume a paused domain (the destination, once the hand-over is committed)."""
         ...
 
     async def clear_autostart(self, domains: Collection[str]) -> list[str]:
@@ -235,6 +261,47 @@ class Replicas(Protocol):
 
     async def resume_io(self, resource: str) -> None:
         """Unfreeze I/O that fencing froze (after a failed fence-peer handler)."""
+        ...
+
+
+# --- guest RAID1 legs -----------------------------------------------------------------------
+
+# A member's state as the guest's md array reports it (`MirrorObservation.members`).
+MEMBER_IN_SYNC = "in_sync"
+MEMBER_RESYNCING = "resyncing"
+MEMBER_FAULTY = "faulty"
+MEMBER_MISSING = "missing"
+MEMBER_STATES = frozenset({MEMBER_IN_SYNC, MEMBER_RESYNCING, MEMBER_FAULTY, MEMBER_MISSING})
+
+
+@dataclass(frozen=True)
+class MirrorObservation:
+    """The guest's md array, seen from inside the guest (qemu-guest-agent reading
+    /proc/mdstat, or an equivalent)."""
+
+    guest: str
+    members: Mapping[str, str]  # leg id -> "in_sync" | "resyncing" | "faulty" | "missing"
+    resync_progress: float | None  # 0.0-1.0 while resyncing, else None
+
+
+class Mirrors(Protocol):
+    """The raid1 guests' mirrors on this host. Each call raises HypervisorError on failure."""
+
+    async def observe(self, guest: str) -> MirrorObservation | None:
+        """The guest's array now; None: unknown (no guest agent answer, not running here)."""
+        ...
+
+    async def attach_leg(self, guest: str, leg_id: str, source: str) -> None:
+        """Attach the leg's disk (`source`: a local device or an nbd:// / iscsi:// URI) to
+        the running guest, where its RAID1 adds and resyncs it."""
+        ...
+
+    async def detach_leg(self, guest: str, leg_id: str) -> None:
+        """Detach the leg's disk from the running guest (a leg not attached: done); the core
+        detaches a leg only after committing it stale. A guest paused on a write error of
+        that leg (`error_policy='stop'`) cannot acknowledge the unplug (measured by the real
+        adapter, resources/mirrors.py): then this raises, and the core restarts the guest
+        from its fresh leg instead (haagent.core.raid1)."""
         ...
 
 

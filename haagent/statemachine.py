@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from haagent.commands import (
+    MAX_LEG_TEXT,
     MAX_MISSING_NETWORKS,
     AssignGuests,
     Command,
@@ -37,6 +38,12 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    LegFresh,
+    LegStale,
+    MigrateGuest,
+    MigrationAborted,
+    MigrationDone,
+    MigrationResumed,
     NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
@@ -51,9 +58,13 @@ from haagent.model import (
     GuestRecord,
     GuestSpec,
     GuestState,
+    Migration,
+    MigrationPhase,
     NodeRecord,
     NodeRole,
     NodeState,
+    StaleLeg,
+    StorageKind,
 )
 
 
@@ -280,13 +291,16 @@ def _define_guest(state: ClusterState, c: DefineGuest) -> tuple[ClusterState, Re
     why = spec_change_blocked(current, c.spec)
     if why:
         return _refuse(state, why)
-    record = replace(current, spec=c.spec, spec_version=current.spec_version + 1)
+    # A leg that left the spec takes its staleness with it; one that stays keeps it (a leg
+    # known stale stays stale whatever else changed).
+    kept = tuple(s for s in current.stale_legs if c.spec.leg(s.leg) is not None)
+    record = replace(current, spec=c.spec, spec_version=current.spec_version + 1, stale_legs=kept)
     return state.with_guest(record), OK
 
 
 # Fields that name what runs and where its disks are: changing them under a live instance
 # would leave that instance unrecognised (a second copy could start under the new name).
-_IDENTITY_FIELDS = ("domain", "storage", "replica_nodes", "resource")
+_IDENTITY_FIELDS = ("domain", "storage", "replica_nodes", "resource", "legs")
 
 
 def spec_change_blocked(current: GuestRecord, spec: GuestSpec) -> str:
@@ -381,6 +395,9 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
             failures=0,
             reason=f"{c.reason}{previous}",
             changed_at=c.at,
+            # A new owner ends any migration: a copy the old destination still holds is no
+            # longer recognised as incoming (README, "Live migration").
+            migration=_ended(guest.migration, "the guest was assigned elsewhere", c.at),
         )
     if not changed:
         return _refuse(state, "; ".join(refused))
@@ -465,6 +482,7 @@ def _guest_stopped(state: ClusterState, c: GuestStopped) -> tuple[ClusterState, 
         failed_nodes=failed_nodes,
         reason=c.reason,
         changed_at=c.at,
+        migration=_ended(guest.migration, f"stopped on {c.node}", c.at),
     )
     return state.with_guest(record), OK
 
@@ -494,6 +512,35 @@ def _replica(
     if outdated == guest.outdated_nodes:
         return state, Result(True, "unchanged")
     return state.with_guest(replace(guest, outdated_nodes=outdated)), OK
+
+
+def _leg(state: ClusterState, c: LegStale | LegFresh) -> tuple[ClusterState, Result]:
+    """Leg freshness of a raid1 guest, from its owner at its generation. The one rule kept
+    here whatever the proposer believes: at least one leg stays fresh, since a guest is
+    never started from stale legs alone (a stale-only guest would wait for an admin)."""
+    why = _owner_check(state, c.guest, c.by, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    if guest.spec.storage is not StorageKind.RAID1 or guest.spec.leg(c.leg) is None:
+        return _refuse(state, f"{c.guest} has no raid1 leg {c.leg!r}")
+    text = c.reason if isinstance(c, LegStale) else c.evidence
+    if len(text) > MAX_LEG_TEXT:
+        return _refuse(state, f"{c.type_name} text longer than {MAX_LEG_TEXT} characters")
+    others = tuple(s for s in guest.stale_legs if s.leg != c.leg)
+    if isinstance(c, LegFresh):
+        if len(others) == len(guest.stale_legs):
+            return state, Result(True, "unchanged")
+        record = replace(guest, stale_legs=others, reason=f"leg {c.leg} fresh: {c.evidence}")
+        return state.with_guest(record), OK
+    if guest.leg_stale(c.leg):
+        return state, Result(True, "unchanged")
+    fresh = [leg.id for leg in guest.spec.legs if leg.id != c.leg and not guest.leg_stale(leg.id)]
+    if not fresh:
+        return _refuse(state, f"{c.guest}: leg {c.leg} is its last fresh leg")
+    stale = (*others, StaleLeg(c.leg, c.generation, c.by, c.reason))
+    record = replace(guest, stale_legs=stale, reason=f"leg {c.leg} stale: {c.reason}")
+    return state.with_guest(record), OK
 
 
 def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterState, Result]:
@@ -546,6 +593,139 @@ def _network_condition(state: ClusterState, c: NetworkCondition) -> tuple[Cluste
     return state.with_node(replace(rec, missing_networks=missing)), OK
 
 
+MIGRATION_STORAGE_REFUSAL = (
+    "live migration needs shared storage ({storage} is not: DRBD dual-primary is not "
+    "supported); stop it and let it start elsewhere instead"
+)
+
+
+def migration_refusal(state: ClusterState, guest: GuestRecord, node: str) -> str:
+    """Why `guest` may not be live-migrated to `node` now ("" if it may). The same checks as
+    `apply` makes, so the API and the leader can refuse early with the same words."""
+    if guest.storage_kind_blocks_migration:
+        return MIGRATION_STORAGE_REFUSAL.format(storage=guest.spec.storage)
+    if guest.desired is not DesiredState.RUNNING or guest.state is not GuestState.RUNNING:
+        return f"{guest.name} is {guest.state} (desired {guest.desired}), not running"
+    if guest.migrating is not None:
+        m = guest.migrating
+        return f"{guest.name} is already migrating ({m.source} -> {m.dest}, {m.phase})"
+    if guest.owner is None or state.node(guest.owner).state is not NodeState.UP:
+        return f"its owner {guest.owner} is not up"
+    if node == guest.owner:
+        return f"{guest.name} already runs on {node}"
+    target = state.node(node)
+    if target.state is not NodeState.UP or target.role is not NodeRole.HYPERVISOR:
+        return f"{node} is not an up hypervisor"
+    if target.maintenance:
+        return f"{node} is in maintenance"
+    if not guest.spec.allows(node):
+        return f"{node} is not allowed"
+    if target.lacks(guest.spec):
+        return f"{node} lacks {', '.join(target.lacks(guest.spec))}"
+    return ""
+
+
+def _ended(migration: Migration | None, why: str, at: float) -> Migration | None:
+    """A migration record once the guest stopped or changed owner: one still in flight is
+    aborted (a pending one's incoming copy is then destroyed; a handed-over one was never
+    resumed), a finished one is kept for status."""
+    if migration is None or not migration.in_flight:
+        return migration
+    return replace(migration, phase=MigrationPhase.ABORTED, reason=why, changed_at=at)
+
+
+def _migrate_guest(state: ClusterState, c: MigrateGuest) -> tuple[ClusterState, Result]:
+    guest = state.guests.get(c.guest)
+    if guest is None:
+        return _refuse(state, f"unknown guest {c.guest!r}")
+    if guest.generation != c.expect_generation:
+        return _refuse(state, _stale("migration", c.expect_generation, guest.generation))
+    why = migration_refusal(state, guest, c.node)
+    if why:
+        return _refuse(state, why)
+    assert guest.owner is not None
+    intent = Migration(
+        source=guest.owner,
+        dest=c.node,
+        generation=guest.generation + 1,
+        by=c.by,
+        started_at=c.at,
+        changed_at=c.at,
+    )
+    record = replace(
+        guest, migration=intent, reason=f"migrating to {c.node} (by {c.by})", changed_at=c.at
+    )
+    return state.with_guest(record), OK
+
+
+def _pending_migration(state: ClusterState, guest_name: str, generation: int) -> str:
+    guest = state.guests.get(guest_name)
+    if guest is None:
+        return f"unknown guest {guest_name!r}"
+    m = guest.migration
+    if m is None or m.phase is not MigrationPhase.PENDING:
+        return f"{guest_name} has no pending migration"
+    if guest.generation != generation:
+        return f"{guest_name} is at generation {guest.generation}, not {generation}"
+    return ""
+
+
+def _migration_done(state: ClusterState, c: MigrationDone) -> tuple[ClusterState, Result]:
+    why = _pending_migration(state, c.guest, c.generation) or _owner_check(
+        state, c.guest, c.node, c.generation
+    )
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    m = guest.migration
+    assert m is not None
+    if guest.state is not GuestState.RUNNING:
+        return _refuse(state, f"{c.guest} is {guest.state}, not running")
+    if state.node(m.dest).state is not NodeState.UP:
+        return _refuse(state, f"the destination {m.dest} is {state.node(m.dest).state}")
+    record = replace(
+        guest,
+        owner=m.dest,
+        generation=m.generation,
+        failures=0,
+        migration=replace(m, phase=MigrationPhase.HANDED_OVER, changed_at=c.at),
+        reason=f"migrated from {m.source}",
+        changed_at=c.at,
+    )
+    return state.with_guest(record), OK
+
+
+def _migration_aborted(state: ClusterState, c: MigrationAborted) -> tuple[ClusterState, Result]:
+    why = _pending_migration(state, c.guest, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    m = guest.migration
+    assert m is not None
+    # The intent's generation is spent: the guest moves past it, so the incoming copy (which
+    # carries it) is never mistaken for a later start, and a late migrate call is refused.
+    record = replace(
+        guest,
+        generation=m.generation,
+        migration=replace(m, phase=MigrationPhase.ABORTED, reason=c.reason, changed_at=c.at),
+        reason=f"migration to {m.dest} aborted: {c.reason}",
+        changed_at=c.at,
+    )
+    return state.with_guest(record), OK
+
+
+def _migration_resumed(state: ClusterState, c: MigrationResumed) -> tuple[ClusterState, Result]:
+    why = _owner_check(state, c.guest, c.node, c.generation)
+    if why:
+        return _refuse(state, why)
+    guest = state.guests[c.guest]
+    m = guest.migration
+    if m is None or m.phase is not MigrationPhase.HANDED_OVER or m.dest != c.node:
+        return _refuse(state, f"{c.guest} has no migration handed over to {c.node}")
+    record = replace(guest, migration=replace(m, phase=MigrationPhase.DONE, changed_at=c.at))
+    return state.with_guest(record), OK
+
+
 _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState, Result]]] = {
     Join: _join,
     Leave: _leave,
@@ -565,4 +745,10 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     ReplicaUpToDate: _replica,
     ConfirmFenced: _confirm_fenced,
     NetworkCondition: _network_condition,
+    MigrateGuest: _migrate_guest,
+    MigrationDone: _migration_done,
+    MigrationAborted: _migration_aborted,
+    MigrationResumed: _migration_resumed,
+    LegStale: _leg,
+    LegFresh: _leg,
 }

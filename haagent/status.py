@@ -11,8 +11,14 @@ from typing import Any
 
 from haagent.codec import to_json
 from haagent.core.divergence import judge
-from haagent.model import ClusterState, NodeState, StorageKind
-from haagent.ports import ConsensusView, DomainObservation, ReplicaObservation
+from haagent.model import ClusterState, GuestRecord, Migration, NodeState, StorageKind
+from haagent.ports import (
+    MEMBER_RESYNCING,
+    ConsensusView,
+    DomainObservation,
+    MirrorObservation,
+    ReplicaObservation,
+)
 
 STATUS_VERSION = 1
 
@@ -117,13 +123,15 @@ def build_status(
     config_digest: str | None = None,
     replicas: Mapping[str, ReplicaObservation] | None = None,
     replicas_unknown: frozenset[str] = frozenset(),
+    mirrors: Mapping[str, MirrorObservation] | None = None,
 ) -> dict[str, Any]:
     """`loop`: the reconcile loop's pass and lag figures; `tolerated`: the latest
     tolerated-failures count with its age (computed off the loop). Both as the daemon gives
     them (None when unknown). `voters`: the configured nodes; `config_digest`: this node's
     (for the divergence report; the node count of the state when not given).
     `replicas`/`replicas_unknown`: this node's DRBD replicas as the observer has them (see
-    `drbd_document`)."""
+    `drbd_document`). `mirrors`: the arrays of the raid1 guests running here, by guest (each
+    leg then shows how the guest's RAID1 sees it)."""
     state = view.state
     nodes: dict[str, Any] = {}
     for name, rec in sorted(state.nodes.items()):
@@ -166,12 +174,20 @@ def build_status(
             "priority": g.spec.priority,
             "networks": list(g.spec.networks),
             "network_refusals": lacks,
+            "migration": migration_document(g.migration),
         }
+        if g.spec.legs:
+            guests[name]["legs"] = _legs_document(g, (mirrors or {}).get(name))
     local_doc: dict[str, Any] | None = None
     if local is not None:
         protected = {g.spec.domain for g in state.guests.values()}
         local_doc = {
-            d.name: {"running": d.running, "owner": d.owner, "generation": d.generation}
+            d.name: {
+                "running": d.running,
+                "paused": d.paused,
+                "owner": d.owner,
+                "generation": d.generation,
+            }
             for d in sorted(local.values(), key=lambda d: d.name)
             if d.name in protected and d.running
         }
@@ -215,6 +231,77 @@ def build_status(
         "tolerated_node_failures": None if tolerated is None else dict(tolerated),
         "drbd": drbd_document(state, replicas or {}, replicas_unknown),
     }
+
+
+def migration_document(m: Migration | None) -> dict[str, Any] | None:
+    """The guest's latest live migration: in flight (pending: the source migrates;
+    handed_over: the destination resumes it) or its outcome (done, aborted with the reason).
+    Times are the proposers' wall clocks (display only)."""
+    if m is None:
+        return None
+    return {
+        "source": m.source,
+        "dest": m.dest,
+        "generation": m.generation,
+        "phase": m.phase.value,
+        "in_flight": m.in_flight,
+        "by": m.by,
+        "reason": m.reason,
+        "started_at": m.started_at,
+        "changed_at": m.changed_at,
+    }
+
+
+def _migration_lines(guests: Mapping[str, Any]) -> list[str]:
+    """One line per migration in flight, and the outcome of each guest's latest one."""
+    lines = []
+    for name, g in guests.items():
+        m = g.get("migration")
+        if not m:
+            continue
+        how = f"{m['source']} -> {m['dest']} (generation {m['generation']})"
+        if m["in_flight"]:
+            lines.append(f"MIGRATING {name}: {how}, {m['phase']}")
+        elif m["phase"] == "aborted":
+            lines.append(f"migration of {name} {how}: aborted: {m['reason']}")
+        else:
+            lines.append(f"migration of {name} {how}: {m['phase']}")
+    return lines
+
+
+def _legs_document(g: GuestRecord, seen: MirrorObservation | None = None) -> dict[str, Any]:
+    """A raid1 guest's legs as committed (fresh, or stale since a generation and why), and,
+    where it runs here and its array could be read, how its RAID1 sees each leg (`member`:
+    in_sync, resyncing, faulty, missing; None: not known here) and the resync's progress."""
+    doc: dict[str, Any] = {}
+    for leg in g.spec.legs:
+        stale = next((s for s in g.stale_legs if s.leg == leg.id), None)
+        member = seen.members.get(leg.id) if seen is not None else None
+        doc[leg.id] = {
+            "holder": leg.holder,
+            "fresh": stale is None,
+            "stale_since_generation": None if stale is None else stale.generation,
+            "stale_reason": None if stale is None else stale.reason,
+            "member": member,
+            "resync_progress": seen.resync_progress
+            if seen is not None and member == MEMBER_RESYNCING
+            else None,
+        }
+    return doc
+
+
+def _legs_lines(guests: Mapping[str, Any]) -> list[str]:
+    rows = [["GUEST", "LEG", "HOLDER", "IN ITS RAID1", "DATA"]]
+    for name, g in guests.items():
+        for leg_id, leg in (g.get("legs") or {}).items():
+            data = "fresh"
+            if not leg["fresh"]:
+                data = f"STALE since gen {leg['stale_since_generation']}: {leg['stale_reason']}"
+            member = leg.get("member") or "-"
+            if leg.get("resync_progress") is not None:
+                member += f" {leg['resync_progress']:.0%}"
+            rows.append([name, leg_id, leg["holder"], member, data])
+    return [_table(rows)] if len(rows) > 1 else []
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -314,6 +401,13 @@ def format_status(doc: dict[str, Any]) -> str:
             ]
         )
     lines += ["", _table(rows)]
+    migrations = _migration_lines(doc["guests"])
+    if migrations:
+        lines += ["", *migrations]
+
+    legs = _legs_lines(doc["guests"])
+    if legs:
+        lines += ["", *legs]
     drbd = doc.get("drbd") or {}
     if drbd:
         lines += ["", *_drbd_lines(drbd)]

@@ -39,6 +39,9 @@ class Timing:
     # A guest leaves a node that lacks one of its networks only after this long without a
     # break (a flapping link must not bounce guests).
     network_hold_down_s: float = 10.0
+    # One live migration, from the libvirt call to its completion; past it the job is aborted
+    # and the guest stays on its source (README, "Live migration").
+    migration_timeout_s: float = 300.0
 
 
 ROBUST_TIMING = Timing()

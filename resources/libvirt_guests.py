@@ -55,6 +55,13 @@ import libvirt
 import libvirtaio
 
 from haagent.ports import Authorise, DomainObservation, HypervisorError, UnknownOutcomeError
+from haagent.resources.libvirt_migrate import (
+    abort_migration,
+    perform_migration,
+    plan_migration,
+    resume_domain,
+    run_migration,
+)
 
 __all__ = [
     "OWNER_NS",
@@ -522,6 +529,8 @@ class LibvirtHypervisor:
                 try:
                     name = dom.name()
                     running = dom.isActive() == 1
+                    # A migration's incoming copy is paused until its hand-over commits.
+                    paused = running and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
                     owner = _read_owner(dom)
                 except libvirt.libvirtError as exc:
                     if _error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
@@ -533,6 +542,7 @@ class LibvirtHypervisor:
                     owner=owner.node if owner else None,
                     generation=owner.generation if owner else None,
                     cluster=owner.cluster if owner else None,
+                    paused=paused,
                 )
             return observed
 
@@ -614,6 +624,54 @@ class LibvirtHypervisor:
                 dom.create()
 
         await self._call(f"start {domain}", start)
+
+    async def migrate(
+        self,
+        domain: str,
+        dest_uri: str,
+        cluster: str,
+        dest_node: str,
+        generation: int,
+        timeout_s: float,
+        authorise: Authorise | None = None,
+    ) -> None:
+        """Live-migrate the running `domain` peer-to-peer to the libvirt at `dest_uri` (as the
+        source libvirtd reaches it): persistent there and left PAUSED, its definition carrying
+        the owner record (cluster, dest_node, generation); the source's definition is kept and
+        its instance ends shut off ("migrated"). Returns once libvirt reports it complete.
+
+        Raises HypervisorError when libvirt refused or failed (the guest is then still on the
+        source), or after `timeout_s`, once the job was aborted; UnknownOutcomeError (a
+        HypervisorError) when the connection to the source died or the job outlived its
+        abort. `authorise` is entered right before the migration call and held until it
+        returns. Details: resources/libvirt_migrate.py.
+        """
+        if generation < 0:
+            raise ValueError("generation must be >= 0")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        what = f"migrate {domain} to {dest_uri}"
+        record = format_owner(Owner(cluster=cluster, node=dest_node, generation=generation))
+        plan = await self._call(
+            what,
+            lambda conn: plan_migration(conn, domain, record, OWNER_NS, OWNER_PREFIX),
+        )
+        perform = self._call(
+            what, lambda _conn: perform_migration(plan, dest_uri, authorise), bounded=False
+        )
+        await run_migration(
+            what,
+            perform,
+            lambda: self._call(f"abort {what}", lambda _conn: abort_migration(plan)),
+            timeout_s,
+            abort_grace_s=self.call_timeout_s,
+        )
+
+    async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
+        """Resume the paused `domain` (the destination of a migration, once the hand-over is
+        committed); a running one is left alone. Raises HypervisorError if it is not active
+        here. `authorise` is entered right before the resume call, held until it returns."""
+        await self._call(f"resume {domain}", lambda conn: resume_domain(conn, domain, authorise))
 
     async def stop(self, domain: str, timeout_s: float) -> None:
         """Ask the guest to shut down (ACPI); destroy it if it is still active after
@@ -706,10 +764,23 @@ class LibvirtHypervisor:
 
         return await self._call("node info", memory)
 
+    async def call(self, what: str, operation: Callable[[libvirt.virConnect], _T]) -> _T:
+        """Run `operation(conn)` on this adapter's connection, with the same worker thread,
+        deadline, reconnect and error mapping as the port's own calls (for sibling adapters on
+        the same host, such as the guest-RAID1 legs in haagent.resources.mirrors)."""
+        return await self._call(what, operation)
+
     # --- connection handling ------------------------------------------------------------------
 
-    async def _call(self, what: str, operation: Callable[[libvirt.virConnect], _T]) -> _T:
-        """Run `operation(conn)` in a worker thread under the call deadline."""
+    async def _call(
+        self,
+        what: str,
+        operation: Callable[[libvirt.virConnect], _T],
+        *,
+        bounded: bool = True,
+    ) -> _T:
+        """Run `operation(conn)` in a worker thread under the call deadline (none when not
+        `bounded`: the caller bounds it itself, as `migrate` does)."""
         conn = await self._connection()
         epoch = self._epoch
 
@@ -730,11 +801,11 @@ class LibvirtHypervisor:
                     ) from exc
                 raise
 
-        return await self._run(what, guarded)
+        return await self._run(what, guarded, bounded=bounded)
 
-    async def _run(self, what: str, blocking: Callable[[], _T]) -> _T:
+    async def _run(self, what: str, blocking: Callable[[], _T], *, bounded: bool = True) -> _T:
         try:
-            async with asyncio.timeout(self.call_timeout_s):
+            async with asyncio.timeout(self.call_timeout_s if bounded else None):
                 return await asyncio.to_thread(blocking)
         except TimeoutError:
             raise UnknownOutcomeError(

@@ -13,16 +13,34 @@ from dataclasses import dataclass, field
 
 from haagent.commands import Command
 from haagent.core.keys import ActionKey, ActionKind, ProposalKey
-from haagent.ports import DomainObservation, FenceOutcome, ReplicaObservation
+from haagent.ports import (
+    DomainObservation,
+    FenceOutcome,
+    MirrorObservation,
+    ReplicaObservation,
+)
 
 # --- what the core asks the shell to do ------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class StartLeg:
+    """A raid1 leg a start attaches: its id and how this host reaches it (local device or
+    nbd:// / iscsi:// URI)."""
+
+    leg: str
+    source: str
+
+
+@dataclass(frozen=True)
 class StartGuest:
+    """`legs`: for a raid1 guest, the fresh legs it starts from (never a stale one); empty
+    for other storage kinds."""
+
     guest: str
     domain: str
     generation: int
+    legs: tuple[StartLeg, ...] = ()
 
     @property
     def key(self) -> ActionKey:
@@ -96,6 +114,68 @@ class ResumeReplicaIo:
 
 
 @dataclass(frozen=True)
+class LiveMigrate:
+    """The source: live-migrate the running guest to `dest` (reached at `dest_uri`), leaving
+    it paused there with ownership metadata at `dest_generation`. Authorised, like a start,
+    against the source's lease and its committed generation `generation`."""
+
+    guest: str
+    domain: str
+    dest: str
+    dest_uri: str
+    generation: int
+    dest_generation: int
+    timeout_s: float
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.MIGRATE, self.guest)
+
+
+@dataclass(frozen=True)
+class ResumeGuest:
+    """The destination, owner since the hand-over committed: resume the paused copy."""
+
+    guest: str
+    domain: str
+    generation: int
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.RESUME, self.guest)
+
+
+@dataclass(frozen=True)
+class AttachLeg:
+    """Attach a raid1 leg to the guest running here (its RAID1 then resyncs it). Checked
+    against the lease and the committed generation right before the call, like a start."""
+
+    guest: str
+    leg: str
+    source: str
+    generation: int
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.ATTACH_LEG, f"{self.guest}/{self.leg}")
+
+
+@dataclass(frozen=True)
+class DetachLeg:
+    """Detach a raid1 leg from the guest running here (a faulty one before re-attaching it,
+    or one whose resync this agent never saw, to prove it by a resync)."""
+
+    guest: str
+    leg: str
+    generation: int
+    reason: str
+
+    @property
+    def key(self) -> ActionKey:
+        return ActionKey(ActionKind.DETACH_LEG, f"{self.guest}/{self.leg}")
+
+
+@dataclass(frozen=True)
 class RunFence:
     node: str
     epoch: int
@@ -113,6 +193,10 @@ Action = (
     | PromoteReplica
     | DemoteReplica
     | ResumeReplicaIo
+    | LiveMigrate
+    | ResumeGuest
+    | AttachLeg
+    | DetachLeg
 )
 
 
@@ -176,6 +260,9 @@ class LocalView:
     # The needed host interfaces found missing, down or without carrier (sorted); None: not
     # checked (no network adapter, or its check failed), and then nothing is reported.
     missing_networks: tuple[str, ...] | None = None
+    # The md arrays of raid1 guests running here, by guest, each observed from inside the
+    # guest no earlier than `observed_at`; a guest absent: its array is not known now.
+    mirrors: Mapping[str, MirrorObservation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from haagent.core.decisions import (
     PromoteReplica,
     Proposal,
     ResumeReplicaIo,
+    StartLeg,
 )
 from haagent.core.inflight import Outbox
 from haagent.core.keys import ProposalKey, ProposalKind
@@ -80,7 +81,9 @@ class DrbdStorage:
             )
         return None
 
-    def before_start(self, out: Outbox, guest: GuestRecord, local: LocalView) -> bool:
+    def before_start(
+        self, out: Outbox, state: ClusterState, guest: GuestRecord, local: LocalView
+    ) -> bool:
         """Promote the local replica (which `may_start` found safe); start once Primary."""
         if _ready(local.replicas.get(guest.spec.resource)):
             return True
@@ -94,7 +97,12 @@ class DrbdStorage:
             )
         return False
 
-    def while_running(self, out: Outbox, guest: GuestRecord, local: LocalView) -> None:
+    def start_legs(self, state: ClusterState, guest: GuestRecord) -> tuple[StartLeg, ...]:
+        return ()
+
+    def while_running(
+        self, out: Outbox, state: ClusterState, guest: GuestRecord, local: LocalView
+    ) -> None:
         """As the Primary: commit that a disconnected peer is outdated, and that a
         resynchronised one is current again; lift a freeze a failed fence-peer left."""
         rep = local.replicas.get(guest.spec.resource)

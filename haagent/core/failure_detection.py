@@ -11,14 +11,18 @@ it, so that stretch proves nothing about the peer. A leader that has just (re)ga
 therefore waits a full failure timeout of fresh evidence before declaring anyone failed.
 
 Liveness means progress (issue 8 item 8): heartbeats and joins carry the sender's applied Raft
-index. A heartbeat proves the sender current only as of when this node's own replica reached
-that index (`as_of`, from a short history of this node's progress) when that is more than `lease_s`
-behind the heartbeat's apply, so a node whose replica
-stopped advancing stays silent however many heartbeats or joins it commits: it gets no
-assignment (scheduling asks `silent_s`) and is declared failed. Such a declaration names the
-index (`behind_index`), so newer heartbeats that still report a replica behind it do not
-refuse it. Fencing's watchdog arithmetic keeps the apply time of the last heartbeat: that is
-the latest moment the node may have held a lease, which is what it needs.
+index. A heartbeat proves the sender current only as of when this node's own replica moved past
+that index (`as_of`, from a short history of this node's progress) when that is more than
+`lease_s` behind the heartbeat's apply, so a node whose replica stopped advancing stays silent
+however many heartbeats or joins it commits: it gets no assignment (scheduling asks
+`silent_s`) and is declared failed. "Moved past", not "reached": while nothing new commits, a
+replica at the latest index is as current as this one however long ago that index was
+reached. (Measured from "reached", every node that joined at a real cold start looked behind:
+the joins carry the index the cluster sat at while it elected a leader, which took longer than
+a lease on 22 agents, so the leader placed the first guests on itself only.) Such a
+declaration names the index (`behind_index`), so newer heartbeats that still report a replica
+behind it do not refuse it. Fencing's watchdog arithmetic keeps the apply time of the last
+heartbeat: that is the latest moment the node may have held a lease, which is what it needs.
 
 A node that (re)joined as a new incarnation is behind by nature while it catches up (an empty
 or old journal): its silence counts only from when this node first saw that incarnation, so it
@@ -64,13 +68,15 @@ class FailureDetector:
             self.progress.popleft()
 
     def as_of(self, index: int, now: float) -> float:
-        """Since when, on this node's clock, its own replica has held `index`: a replica
-        that applied `index` is current at least as of then. Never earlier than the truth
-        (a pass sees an index after it was reached), so it never makes a node look staler
-        than it is; an index this node has not reached yet counts as `now`."""
-        if not self.progress or index > self.progress[-1][0]:
+        """Until when, on this node's clock, a replica that applied `index` was as current as
+        this node's own: until this replica moved past `index` (before that it held nothing
+        the other lacked). The time is the first pass that saw an index above `index`, never
+        earlier than the truth (a pass sees an index after it was reached), so it never makes
+        a node look staler than it is; an index this node has not moved past yet counts as
+        `now`."""
+        i = bisect.bisect_right(self.progress, index, key=lambda entry: entry[0])
+        if i == len(self.progress):
             return now
-        i = bisect.bisect_left(self.progress, index, key=lambda entry: entry[0])
         return self.progress[i][1]
 
     def evidence_start(

@@ -25,6 +25,7 @@ here), then over the guests the state gives this node (what should run here).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from haagent.commands import GuestRunning, GuestStarting, GuestStopped
 from haagent.core.decisions import (
@@ -32,8 +33,10 @@ from haagent.core.decisions import (
     ActionResult,
     DestroyDomain,
     Event,
+    LiveMigrate,
     LocalView,
     Proposal,
+    ResumeGuest,
     StartGuest,
     StopGuest,
     event,
@@ -42,6 +45,8 @@ from haagent.core.drbd import DrbdStorage
 from haagent.core.inflight import Outbox
 from haagent.core.instances import InstanceTracker
 from haagent.core.keys import ActionKey, ProposalKey, ProposalKind
+from haagent.core.migration import Migrations
+from haagent.core.raid1 import Raid1Storage
 from haagent.core.settings import AgentSettings
 from haagent.core.storage import SharedStorage, StorageGate
 from haagent.model import (
@@ -54,6 +59,8 @@ from haagent.model import (
 )
 from haagent.ports import DomainObservation
 
+IN_MAINTENANCE = "node in maintenance"
+
 
 def storage_gates(settings: AgentSettings) -> Mapping[StorageKind, StorageGate]:
     """One gate per storage kind. Every kind must have one: a guest whose storage has no gate
@@ -61,6 +68,7 @@ def storage_gates(settings: AgentSettings) -> Mapping[StorageKind, StorageGate]:
     gates: dict[StorageKind, StorageGate] = {
         StorageKind.SHARED: SharedStorage(),
         StorageKind.DRBD: DrbdStorage(settings.node, settings.commit_timeout_s),
+        StorageKind.RAID1: Raid1Storage(settings.node, settings.commit_timeout_s),
     }
     missing = set(StorageKind) - set(gates)
     assert not missing, f"no storage gate for {sorted(missing)}"
@@ -73,6 +81,7 @@ class GuestReconciler:
         self._gates = gates
         self._config_domains = frozenset(spec.domain for spec in settings.guests)
         self.instances = InstanceTracker()
+        self.migrations = Migrations(settings)
 
     # -- questions other concerns ask ------------------------------------------------------
 
@@ -120,8 +129,9 @@ class GuestReconciler:
         if leaving:
             drain = "node leaving"
         elif state.node(s.node).maintenance:
-            drain = "node in maintenance"
+            drain = IN_MAINTENANCE
         evacuate = evacuate or {}
+        self.migrations.forget(state)
         for domain, obs in sorted(local.domains.items()):
             record = state.by_domain.get(domain)
             why = drain or (evacuate.get(record.name, "") if record is not None else "")
@@ -171,6 +181,8 @@ class GuestReconciler:
             return
         if guest is None:
             return  # not yet registered by the leader: nobody owns it yet
+        if self.migrations.incoming(guest, obs):
+            return  # a migration's paused copy: kept until its hand-over or abort commits
         if obs.generation is not None and obs.generation > guest.generation:
             first = self.instances.first_seen_ahead(domain, obs.generation, out.now)
             if proven_at > first:
@@ -187,7 +199,8 @@ class GuestReconciler:
                 f" (found generation {obs.generation})",
             )
             return
-        if guest.desired is DesiredState.STOPPED or drain:
+        stopping = guest.desired is DesiredState.STOPPED or bool(drain)
+        if stopping and not self.migrations.holds(guest, drain == IN_MAINTENANCE):
             stop = StopGuest(guest.name, domain, guest.generation, s.shutdown_timeout_s)
             if out.act(stop):
                 out.note("stop", guest=guest.name, reason=drain or "disabled")
@@ -210,11 +223,15 @@ class GuestReconciler:
         s = self._settings
         domain = guest.spec.domain
         gate = self._gates[guest.spec.storage]
+        if self.migrations.migrating_out(guest):
+            self.migrations.as_source(out, state, guest, local)
+            return
         seen = local.domains.get(domain)
         if seen is not None and seen.running:
             self.instances.forget_start(domain)
             self.instances.resolve_unknown_start(domain)
-            gate.while_running(out, guest, local)
+            gate.while_running(out, state, guest, local)
+            self.migrations.resume(out, guest, seen, drain)
             return
         start = StartGuest(guest.name, domain, guest.generation)
         if start.key in out.in_flight.actions:
@@ -297,11 +314,12 @@ class GuestReconciler:
             if self.instances.wait_changed(domain, blocked.why):
                 out.note("start_waits", guest=guest.name, why=blocked.why)
             return
-        if not gate.before_start(out, guest, local):
+        if not gate.before_start(out, state, guest, local):
             return
         self.instances.stop_waiting(domain)
         self.instances.forget_start(domain)
-        out.act(start)
+        legs = gate.start_legs(state, guest)
+        out.act(replace(start, legs=legs) if legs else start)
         out.note("start", guest=guest.name, generation=guest.generation)
 
     def _resolve_unknown_start(
@@ -354,6 +372,8 @@ class GuestReconciler:
                 # guest's failure count; until then it is not started again.
                 events.append(event("start_failed", guest=action.guest, detail=result.detail))
                 self.instances.start_failed(action.domain, action.generation, result.detail)
+        elif isinstance(action, LiveMigrate | ResumeGuest):
+            events.extend(self.migrations.action_done(action, result))
         elif isinstance(action, StopGuest | DestroyDomain):
             if not result.ok:
                 events.append(event("stop_failed", key=str(key), detail=result.detail))

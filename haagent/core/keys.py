@@ -31,6 +31,12 @@ class ProposalKind(StrEnum):
     PEER_OUTDATED = "outdated"  # subject: guest (its DRBD peer)
     PEER_UP_TO_DATE = "uptodate"  # subject: guest (its DRBD peer)
     NETWORK_CONDITION = "network"  # no subject: this node's one condition
+    MIGRATE = "migrate"  # subject: guest (the leader's evacuation intent)
+    MIGRATION_DONE = "migrated"  # subject: guest
+    MIGRATION_ABORTED = "migration_aborted"  # subject: guest
+    MIGRATION_RESUMED = "migration_resumed"  # subject: guest
+    LEG_STALE = "leg_stale"  # subject: guest/leg (a raid1 leg)
+    LEG_FRESH = "leg_fresh"  # subject: guest/leg
 
 
 class ActionKind(StrEnum):
@@ -43,6 +49,10 @@ class ActionKind(StrEnum):
     DEMOTE = "demote"  # subject: DRBD resource
     RESUME_IO = "resume_io"  # subject: DRBD resource
     FENCE = "fence"  # subject: node (one fencing of a node at a time, whatever its epoch)
+    MIGRATE = "migrate"  # subject: guest (the source's libvirt migration)
+    RESUME = "resume"  # subject: guest (the destination resumes its migrated copy)
+    ATTACH_LEG = "attach_leg"  # subject: guest/leg (a raid1 leg)
+    DETACH_LEG = "detach_leg"  # subject: guest/leg
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ class NodeSettings:
     # fence = [[...], "watchdog"]: after a failed pass through the power levels, the watchdog
     # deadline (lease + the timeout the node committed + margin) counts as a fence.
     watchdog_level: bool = False
+    # The libvirt URI other hosts reach this node's libvirtd at for live migration
+    # (`migration_uri` in its [nodes] table); "": this node takes no live migration.
+    migration_uri: str = ""
 
     @property
     def relies_on_watchdog(self) -> bool:
@@ -59,10 +62,18 @@ class AgentSettings:
     # How long this node's committed condition must lack a running guest's network before the
     # guest is stopped here to move (a link that flaps faster never bounces a guest).
     network_hold_down_s: float = DEFAULT_TIMING.network_hold_down_s
+    migration_timeout_s: float = DEFAULT_TIMING.migration_timeout_s
 
     @property
     def role(self) -> NodeRole:
         return self.nodes[self.node].role
+
+    @property
+    def live_evacuation(self) -> bool:
+        """Maintenance evacuates shared-storage guests by live migration: every hypervisor
+        has a `migration_uri` (else it stops and restarts them, as without migration)."""
+        hypervisors = [ns for ns in self.nodes.values() if ns.role is NodeRole.HYPERVISOR]
+        return bool(hypervisors) and all(ns.migration_uri for ns in hypervisors)
 
     @property
     def capacity_mib(self) -> dict[str, int]:

@@ -6,15 +6,18 @@ guest reconciliation at fixed points of a pass:
 
   may_start      before a start: is the data here usable at all? `None` yes (possibly after
                  `before_start`), else why not and whether this node should give up on it
-  before_start   right before the start: prepare the storage (e.g. promote a replica); True
-                 once it is ready, False while its preparation runs (the start waits a pass)
+  before_start   right before the start: prepare the storage (e.g. promote a replica, commit
+                 a missing raid1 leg stale); True once it is ready, False while its
+                 preparation runs (the start waits a pass)
+  start_legs     the raid1 legs the start attaches (empty for other kinds)
   while_running  every pass the guest runs here with a lease: keep what the cluster knows
                  about the data current (e.g. a peer replica fell behind)
   after_stop     every pass, for this host's storage: release what no guest running or about
                  to start here needs any more (e.g. demote a Primary replica)
 
 Implementations: `SharedStorage` (every allowed host sees the same disks: nothing to gate; the
-second gate is QEMU's image locking / virtlockd) and `DrbdStorage` (haagent.core.drbd).
+second gate is QEMU's image locking / virtlockd), `DrbdStorage` (haagent.core.drbd) and
+`Raid1Storage` (haagent.core.raid1).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from haagent.core.decisions import LocalView
+from haagent.core.decisions import LocalView, StartLeg
 from haagent.core.inflight import Outbox
 from haagent.model import ClusterState, GuestRecord
 
@@ -42,9 +45,15 @@ class StorageGate(Protocol):
         self, state: ClusterState, guest: GuestRecord, local: LocalView
     ) -> StartBlocked | None: ...
 
-    def before_start(self, out: Outbox, guest: GuestRecord, local: LocalView) -> bool: ...
+    def before_start(
+        self, out: Outbox, state: ClusterState, guest: GuestRecord, local: LocalView
+    ) -> bool: ...
 
-    def while_running(self, out: Outbox, guest: GuestRecord, local: LocalView) -> None: ...
+    def start_legs(self, state: ClusterState, guest: GuestRecord) -> tuple[StartLeg, ...]: ...
+
+    def while_running(
+        self, out: Outbox, state: ClusterState, guest: GuestRecord, local: LocalView
+    ) -> None: ...
 
     def after_stop(
         self, out: Outbox, state: ClusterState, local: LocalView, wanted_here: WantedHere
@@ -59,10 +68,17 @@ class SharedStorage:
     ) -> StartBlocked | None:
         return None
 
-    def before_start(self, out: Outbox, guest: GuestRecord, local: LocalView) -> bool:
+    def before_start(
+        self, out: Outbox, state: ClusterState, guest: GuestRecord, local: LocalView
+    ) -> bool:
         return True
 
-    def while_running(self, out: Outbox, guest: GuestRecord, local: LocalView) -> None:
+    def start_legs(self, state: ClusterState, guest: GuestRecord) -> tuple[StartLeg, ...]:
+        return ()
+
+    def while_running(
+        self, out: Outbox, state: ClusterState, guest: GuestRecord, local: LocalView
+    ) -> None:
         return None
 
     def after_stop(

@@ -7,12 +7,21 @@ Contract:
   combinations of failed nodes, one placement of every guest each), so they never run on the
   loop: they run in the offload (thread or process, see `haagent.daemon.offload`), under a
   time budget.
-- The tolerated-failures count is refreshed every `TOLERANCE_INTERVAL_S` while this node holds
-  a lease and only when the guests or the nodes' states changed (otherwise the last count is
-  confirmed and its age restarts), under `TOLERANCE_BUDGET_S`; a count cut short by the
-  budget is a lower bound and says so. Its age is shown with it (staleness <= interval +
-  budget + one queued job, in a healthy agent). A what-if answer reuses that count when it
-  is younger than `TOLERANCE_REUSE_S`, else computes one under `WHATIF_BUDGET_S`.
+- The tolerated-failures count is looked at every `TOLERANCE_INTERVAL_S` while this node
+  holds a lease (`ToleranceSchedule`): while the guests and the nodes' states are the very
+  same as when it was computed, the last count is confirmed (its age restarts); once they
+  changed, it is recomputed, under `TOLERANCE_BUDGET_S`, when they have stayed the same for a
+  whole interval, or when the count is `TOLERANCE_MAX_AGE_S` old while they keep changing. A
+  count cut short by the budget is a lower bound and says so. Its age is shown with it
+  (staleness <= 2 intervals + budget + one queued job once the cluster settled, <= the max
+  age + budget while it keeps changing, in a healthy agent). Why wait for a settled state: at
+  a cold start or a failover the state changes with every start, and every agent of the
+  cluster computed a count (up to the budget in CPU each) on every interval, each one stale
+  by the time it was done; at 12 nodes / 500 guests a count takes the whole budget (issue 7:
+  12 agents on one 2-core host spent 16 CPU-s in their worker processes before all held a
+  lease, 10 with this schedule). A
+  what-if answer reuses that count when it is younger than `TOLERANCE_REUSE_S`, else computes
+  one under `WHATIF_BUDGET_S`.
 - One what-if at a time: a second request while one runs is answered 503 (retry), so requests
   cannot pile up work behind the scrapes.
 """
@@ -23,24 +32,73 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from haagent.agent import AgentSettings
 from haagent.api import ApiError
-from haagent.commands import ConfirmFenced, SetDesired, SetMaintenance
+from haagent.commands import ConfirmFenced, MigrateGuest, SetDesired, SetMaintenance
 from haagent.config import Config
 from haagent.consensus import RaftConsensus
 from haagent.daemon.telemetry import Telemetry, Tolerance, state_size
 from haagent.model import ClusterState, DesiredState, NodeState
 from haagent.ports import Outcome, OutcomeKind
+from haagent.statemachine import migration_refusal
 from haagent.whatif import tolerated_failures, what_if
 
 log = logging.getLogger("haagent")
 
 TOLERANCE_INTERVAL_S = 5.0
 TOLERANCE_BUDGET_S = 2.0
+TOLERANCE_MAX_AGE_S = 30.0
 TOLERANCE_REUSE_S = 2 * TOLERANCE_INTERVAL_S
 WHATIF_BUDGET_S = 5.0
+
+ToleranceBasis = tuple[object, tuple[object, ...]]
+"""What the count depends on: the guests mapping (compared by identity: the state is immutable,
+so the same object means nothing changed in between) and each node's state, role and
+maintenance (not heartbeats)."""
+
+
+def tolerance_basis(state: ClusterState) -> ToleranceBasis:
+    return (
+        state.guests,
+        tuple((n, r.state, r.role, r.maintenance) for n, r in sorted(state.nodes.items())),
+    )
+
+
+def _same(a: ToleranceBasis | None, b: ToleranceBasis) -> bool:
+    return a is not None and a[0] is b[0] and a[1] == b[1]
+
+
+class ToleranceSchedule:
+    """Whether a look at the count (one every `TOLERANCE_INTERVAL_S`) confirms the last
+    count, waits for the cluster to settle, or spends the budget on a new one (see the module
+    docstring). Pure bookkeeping, O(nodes) per look; `now` from the caller's clock."""
+
+    def __init__(self, started_at: float) -> None:
+        self._computed: ToleranceBasis | None = None
+        self._looked: ToleranceBasis | None = None
+        # The start counts as a count of age 0: a cold start waits to settle like a change.
+        self._computed_at = started_at
+
+    def decide(self, basis: ToleranceBasis, now: float) -> Literal["confirm", "wait", "compute"]:
+        """What to do at this look; "compute" assumes the caller computes now."""
+        settled = _same(self._looked, basis)
+        self._looked = basis
+        if _same(self._computed, basis):
+            return "confirm"
+        if settled or now - self._computed_at >= TOLERANCE_MAX_AGE_S:
+            self.computed(basis, now)
+            return "compute"
+        return "wait"
+
+    def computed(self, basis: ToleranceBasis, now: float) -> None:
+        """A count of `basis` is (being) computed now (also by a what-if request)."""
+        self._computed, self._computed_at = basis, now
+
+    def failed(self) -> None:
+        """The count last decided on was not computed: the next look decides afresh."""
+        self._computed = None
 
 
 def compute_tolerance(
@@ -88,7 +146,7 @@ class AdminService:
         self._tolerance_due_at = -float("inf")
         self._tolerance_running = False
         self._whatif_running = False
-        self._tolerance_basis: tuple[object, tuple[object, ...]] | None = None
+        self._tolerance_schedule = ToleranceSchedule(time.monotonic())
 
     def _serving(self) -> RaftConsensus:
         """The consensus adapter for a request; 503 between the API binding and Raft
@@ -107,29 +165,24 @@ class AdminService:
         )
 
     async def refresh_tolerance(self, state: ClusterState, commit_index: int) -> None:
-        """Recompute the count off the loop. Spawned by the loop, never awaited by a pass.
-
-        The count depends only on the guests and on the nodes' states, roles and maintenance
-        (not on heartbeats): while those are the very same, the last answer is confirmed
-        (its age restarts) instead of spending the budget again."""
+        """Confirm, keep or recompute the count (`ToleranceSchedule`), off the loop. Spawned
+        by the loop, never awaited by a pass."""
         now = time.monotonic()
         self._tolerance_due_at = now + TOLERANCE_INTERVAL_S
-        basis = (
-            state.guests,
-            tuple((n, r.state, r.role, r.maintenance) for n, r in sorted(state.nodes.items())),
-        )
+        decision = self._tolerance_schedule.decide(tolerance_basis(state), now)
         last = self._telemetry.tolerance
-        if last is not None and self._tolerance_basis is not None:
-            same_guests = self._tolerance_basis[0] is basis[0]
-            if same_guests and self._tolerance_basis[1] == basis[1]:
-                self._telemetry.tolerance = replace(last, computed_at=now)
-                return
+        if decision == "confirm" and last is not None:
+            self._telemetry.tolerance = replace(last, computed_at=now)
+        if decision != "compute":
+            return
         self._tolerance_running = True
         try:
             self._telemetry.tolerance = await self._tolerance(
                 state, commit_index, TOLERANCE_BUDGET_S
             )
-            self._tolerance_basis = basis
+        except BaseException:
+            self._tolerance_schedule.failed()
+            raise
         finally:
             self._tolerance_running = False
 
@@ -168,6 +221,7 @@ class AdminService:
             if tol is None or now - tol.computed_at > TOLERANCE_REUSE_S:
                 tol = await self._tolerance(view.state, view.commit_index, WHATIF_BUDGET_S)
                 self._telemetry.tolerance = tol
+                self._tolerance_schedule.computed(tolerance_basis(view.state), now)
             doc = await self._telemetry.offload.run(
                 compute_whatif,
                 view.state,
@@ -212,6 +266,30 @@ class AdminService:
             node, on, f"api@{self._config.node}", time.time(), expect_version=version
         )
         log.info("admin: maintenance %s %s", "on" if on else "off", node)
+        return await consensus.propose(command, self._s.commit_timeout_s)
+
+    async def migrate(self, guest: str, node: str, generation: int | None) -> Outcome:
+        """Live-migrate `guest` to `node`: propose `MigrateGuest` conditional on `generation`
+        (None: the one this agent's view shows), so a request decided on a guest that moved,
+        restarted or migrated since is refused by `apply`, never applied to its new instance.
+        Refused early, with the same words as `apply`, when this view already says no."""
+        consensus = self._serving()
+        state = consensus.view().state
+        record = state.guests.get(guest)
+        if record is None:
+            raise ApiError(404, f"unknown guest {guest!r}")
+        if node not in self._config.nodes:
+            raise ApiError(404, f"unknown node {node!r}")
+        expect = record.generation if generation is None else generation
+        why = migration_refusal(state, record, node)
+        if why:
+            return Outcome(OutcomeKind.REFUSED, why)
+        if not self._s.nodes[node].migration_uri:
+            return Outcome(
+                OutcomeKind.REFUSED, f"{node} has no migration_uri in the config: it takes none"
+            )
+        command = MigrateGuest(guest, node, expect, f"api@{self._config.node}", time.time())
+        log.warning("admin: migrate %s (generation %d) to %s", guest, expect, node)
         return await consensus.propose(command, self._s.commit_timeout_s)
 
     async def confirm_fenced(self, node: str, by: str) -> Outcome:

@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 
 PROPOSAL_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10)
 FENCE_BUCKETS_S = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120)
+MIGRATION_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+# Migration commands this agent's loop committed -> the outcome of haagent_migrations_total
+# (the source commits the hand-over or the abort; the destination the resume).
+MIGRATION_OUTCOMES = {
+    "migration_done": "handed_over",
+    "migration_aborted": "aborted",
+    "migration_resumed": "resumed",
+}
 
 
 def settings_digest(settings: AgentSettings) -> str:
@@ -92,6 +100,23 @@ class AgentEventMetrics:
             buckets=FENCE_BUCKETS_S,
             registry=r,
         )
+        self.migrations = Counter(
+            "haagent_migrations",
+            "Live-migration steps this agent committed, by outcome: handed_over and aborted "
+            "(counted by the source: every migration ends in one of them unless the source "
+            "was fenced), resumed (by the destination, once it runs the guest).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in MIGRATION_OUTCOMES.values():
+            self.migrations.labels(outcome)  # every series from the start (0, not absent)
+        self.migration_seconds = Histogram(
+            "haagent_migration_duration_seconds",
+            "Duration of each live migration's libvirt call on this agent (the source), from "
+            "the call to libvirt reporting it complete.",
+            buckets=MIGRATION_BUCKETS_S,
+            registry=r,
+        )
         self.observation_errors = Counter(
             "haagent_observation_errors",
             "Failed or timed-out listings of the local hypervisor (the agent then cannot "
@@ -107,6 +132,8 @@ class AgentEventMetrics:
         name = command.type_name or type(command).__name__
         self.proposals.labels(name, outcome.kind.value).inc()
         self.proposal_seconds.labels(name).observe(max(0.0, took_s))
+        if outcome.accepted and name in MIGRATION_OUTCOMES:
+            self.migrations.labels(MIGRATION_OUTCOMES[name]).inc()
 
     def fence_done(self, ok: bool, took_s: float) -> None:
         self.fence_seconds.labels("ok" if ok else "failed").observe(max(0.0, took_s))
@@ -119,6 +146,19 @@ def _unplaced(state: ClusterState, guest_owner: str | None) -> bool:
     if guest_owner is None:
         return True
     return state.node(guest_owner).state is not NodeState.UP
+
+
+def _leg_stale(state: ClusterState) -> GaugeMetricFamily:
+    stale = GaugeMetricFamily(
+        "haagent_guest_leg_stale",
+        "Each raid1 guest's legs: 1 while the leg is committed stale (it missed writes; the "
+        "guest runs degraded on its other leg until a resync makes it fresh), else 0.",
+        labels=["guest", "leg"],
+    )
+    for name, guest in state.guests.items():
+        for leg in guest.spec.legs:
+            stale.add_metric([name, leg.id], 1 if guest.leg_stale(leg.id) else 0)
+    return stale
 
 
 def snapshot_families(snap: Snapshot, now: float) -> Iterator[Metric]:
@@ -177,6 +217,7 @@ def snapshot_families(snap: Snapshot, now: float) -> Iterator[Metric]:
         if wanted and guest.state is GuestState.STOPPED and _unplaced(state, guest.owner):
             unplaced.add_metric([name], 1)
     yield unplaced
+    yield _leg_stale(state)
     guests = GaugeMetricFamily(
         "haagent_guests", "Guests in each state (committed).", labels=["state"]
     )

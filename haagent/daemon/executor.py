@@ -32,9 +32,13 @@ from haagent.agent import (
     Action,
     ActionResult,
     AgentSettings,
+    AttachLeg,
     DemoteReplica,
     DestroyDomain,
+    DetachLeg,
+    LiveMigrate,
     PromoteReplica,
+    ResumeGuest,
     ResumeReplicaIo,
     RunFence,
     StartGuest,
@@ -48,11 +52,13 @@ from haagent.ports import (
     Fencer,
     Hypervisor,
     HypervisorError,
+    Mirrors,
     RefusedError,
     ReplicaError,
     Replicas,
     UnknownOutcomeError,
 )
+from haagent.resources.raid1_disks import LegDiskError, with_leg_disks
 
 log = logging.getLogger("haagent")
 
@@ -61,6 +67,12 @@ MIN_DESTROY_TIMEOUT_S = 10.0
 STOP_GRACE_EXTRA_S = 10.0
 # Beyond the wrapper's own timeout (DrbdReplicas kills drbd.sh after it): only a bug needs it.
 REPLICA_GRACE_S = 10.0
+# Beyond `migration_timeout_s`, which the adapter enforces itself by aborting the job: only a
+# bug or a hung libvirt needs it (the outcome is then unknown, and the core aborts).
+MIGRATE_GRACE_S = 30.0
+# One attach or detach of a raid1 leg (a libvirt device hot-plug): past this its outcome is
+# unknown, and the core decides again on what the guest's array then shows.
+LEG_TIMEOUT_S = 30.0
 
 
 class UnknownActionError(TypeError):
@@ -79,8 +91,10 @@ class ActionExecutor:
         authority: ActAuthority,
         replicas: Replicas | None = None,
         replica_timeout_s: float = 0.0,
+        mirrors: Mirrors | None = None,
     ) -> None:
-        """`replica_timeout_s`: how long `replicas` itself lets one DRBD command run."""
+        """`replica_timeout_s`: how long `replicas` itself lets one DRBD command run.
+        `mirrors`: raid1 guests' legs (None: no raid1 guest can run here)."""
         self._config = config
         self._s = settings
         self._hv = hypervisor
@@ -89,6 +103,7 @@ class ActionExecutor:
         self._authority = authority
         self._replicas = replicas
         self._replica_timeout_s = replica_timeout_s
+        self._mirrors = mirrors
 
     def dispatch(self, action: Action) -> Coroutine[Any, Any, ActionResult]:
         """The coroutine that carries out `action`; raises UnknownActionError for a type without
@@ -104,6 +119,12 @@ class ActionExecutor:
                 return self._guarded(action, self._destroy(action))
             case PromoteReplica() | DemoteReplica() | ResumeReplicaIo():
                 return self._guarded(action, self._replica(action))
+            case LiveMigrate():
+                return self._guarded(action, self._migrate(action))
+            case ResumeGuest():
+                return self._guarded(action, self._resume(action))
+            case AttachLeg() | DetachLeg():
+                return self._guarded(action, self._leg(action))
             case _:
                 _exhaustive: Never = action  # mypy: every Action type has a case above
                 raise UnknownActionError(f"no handler for action {action!r}")
@@ -143,6 +164,14 @@ class ActionExecutor:
         try:
             hv = self._hypervisor()
             xml = self._config.guest_xml(action.guest)
+            if action.legs:
+                # A raid1 guest starts from the legs the core chose (never a stale one).
+                if xml is None:
+                    raise HypervisorError(f"{action.guest}: a raid1 guest needs its xml")
+                try:
+                    xml = with_leg_disks(xml, action.legs)
+                except LegDiskError as exc:
+                    raise HypervisorError(f"{action.guest}: {exc}") from None
             refused = self._authority.check(action.guest, action.generation)
             if refused is not None:
                 raise RefusedError(f"{action.key} refused before the call: {refused}")
@@ -171,6 +200,67 @@ class ActionExecutor:
         except HypervisorError as exc:
             return ActionResult(False, str(exc))
         log.info("started %s at generation %d", action.guest, action.generation)
+        return ActionResult(True)
+
+    async def _migrate(self, action: LiveMigrate) -> ActionResult:
+        """The source's libvirt migration, authorised like a start (the lease and the source's
+        committed generation, right before the call). Any failure, even an unknown outcome,
+        is reported as not done: the core then aborts, which is safe whatever libvirt did
+        (haagent.core.migration)."""
+        t0 = time.monotonic()
+        try:
+            hv = self._hypervisor()
+            refused = self._authority.check(action.guest, action.generation)
+            if refused is not None:
+                raise RefusedError(f"{action.key} refused before the call: {refused}")
+            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            await asyncio.wait_for(
+                hv.migrate(
+                    action.domain,
+                    action.dest_uri,
+                    self._s.cluster,
+                    action.dest,
+                    action.dest_generation,
+                    action.timeout_s,
+                    authorise=authorise,
+                ),
+                action.timeout_s + MIGRATE_GRACE_S,
+            )
+        except RefusedError as exc:
+            log.warning("migrate %s not made: %s", action.guest, exc)
+            return ActionResult(False, str(exc), refused=True)
+        except TimeoutError:
+            detail = f"migrate did not return in {action.timeout_s + MIGRATE_GRACE_S}s"
+            log.error("migrate %s to %s: %s", action.guest, action.dest, detail)
+            return ActionResult(False, detail, unknown=True)
+        except UnknownOutcomeError as exc:
+            log.error("migrate %s to %s: outcome unknown: %s", action.guest, action.dest, exc)
+            return ActionResult(False, str(exc), unknown=True)
+        except HypervisorError as exc:
+            log.error("migrate %s to %s failed: %s", action.guest, action.dest, exc)
+            return ActionResult(False, str(exc))
+        took = time.monotonic() - t0
+        self._telemetry.agent.migration_seconds.observe(took)
+        log.warning("migrated %s to %s in %.3fs", action.guest, action.dest, took)
+        return ActionResult(True)
+
+    async def _resume(self, action: ResumeGuest) -> ActionResult:
+        """The destination resumes its copy, authorised against its lease and the committed
+        hand-over (it owns the guest at the copy's generation)."""
+        try:
+            hv = self._hypervisor()
+            refused = self._authority.check(action.guest, action.generation)
+            if refused is not None:
+                raise RefusedError(f"{action.key} refused before the call: {refused}")
+            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            await asyncio.wait_for(
+                hv.resume(action.domain, authorise=authorise), MIN_DESTROY_TIMEOUT_S
+            )
+        except RefusedError as exc:
+            return ActionResult(False, str(exc), refused=True)
+        except (HypervisorError, TimeoutError) as exc:
+            return ActionResult(False, str(exc) or "timed out")
+        log.warning("resumed %s at generation %d", action.guest, action.generation)
         return ActionResult(True)
 
     async def _stop(self, action: StopGuest) -> ActionResult:
@@ -233,4 +323,29 @@ class ActionExecutor:
             log.error("%s failed: %s", action.key, exc)
             return ActionResult(False, str(exc))
         log.warning("%s done in %.3fs", action.key, time.monotonic() - t0)
+        return ActionResult(True)
+
+    async def _leg(self, action: AttachLeg | DetachLeg) -> ActionResult:
+        """Attach or detach a raid1 leg of a guest running here, checked against the lease
+        and the committed generation right before the call (like a start)."""
+        mirrors = self._mirrors
+        if mirrors is None:
+            return ActionResult(False, f"{action.key}: no raid1 legs on this node")
+        refused = self._authority.check(action.guest, action.generation)
+        if refused is not None:
+            log.warning("%s not made: %s", action.key, refused)
+            return ActionResult(False, f"{action.key} refused: {refused}", refused=True)
+        match action:
+            case AttachLeg():
+                call = mirrors.attach_leg(action.guest, action.leg, action.source)
+            case DetachLeg():
+                call = mirrors.detach_leg(action.guest, action.leg)
+        try:
+            await asyncio.wait_for(call, LEG_TIMEOUT_S)
+        except TimeoutError:
+            return ActionResult(False, f"{action.key}: no answer in {LEG_TIMEOUT_S}s", unknown=True)
+        except HypervisorError as exc:
+            log.error("%s failed: %s", action.key, exc)
+            return ActionResult(False, str(exc))
+        log.warning("%s done", action.key)
         return ActionResult(True)

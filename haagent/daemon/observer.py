@@ -10,6 +10,9 @@ Contract:
 - Every finished observation (success or failure) calls `wake`, so the loop decides with it.
 - A failed or timed-out listing publishes `domains=None` ("cannot see"), never an empty map:
   an empty map would read as "nothing runs here".
+- Raid1 guests' arrays (`mirrors`, the `Mirrors` port): observed from inside each raid1 guest
+  running here right after the listing, each within `timeout_s`; one that fails or answers
+  None is left out of `LocalView.mirrors` (not known now), never reported as healthy.
 - DRBD replicas (`replicas`, the daemon's `DrbdReplicas`) are event-driven already (their
   watchers fold events2 and wake the loop): `view()` adds what they know now, O(local
   replicas), with the resources whose state is not current in `replicas_unknown`.
@@ -29,7 +32,14 @@ from dataclasses import replace
 from typing import Protocol
 
 from haagent.agent import LocalView
-from haagent.ports import DomainObservation, Hypervisor, HypervisorError, ReplicaObservation
+from haagent.ports import (
+    DomainObservation,
+    Hypervisor,
+    HypervisorError,
+    MirrorObservation,
+    Mirrors,
+    ReplicaObservation,
+)
 
 log = logging.getLogger("haagent")
 
@@ -67,8 +77,14 @@ class Observer:
         timeout_s: float = OBSERVE_TIMEOUT_S,
         on_error: Callable[[str], None] | None = None,
         replicas: ReplicaSource | None = None,
+        mirrors: Mirrors | None = None,
+        raid1_domains: Mapping[str, str] | None = None,
     ) -> None:
+        """`raid1_domains`: the raid1 guests' domains (domain -> guest) whose arrays
+        `mirrors` observes while they run here."""
         self._hv = hypervisor
+        self._mirrors = mirrors
+        self._raid1_domains = dict(raid1_domains or {})
         self._on_error = on_error  # counts failed observations (telemetry)
         self._replicas = replicas
         self._wake = wake
@@ -128,6 +144,32 @@ class Observer:
             log.warning("cannot observe the hypervisor: %s", self._error)
             if self._on_error is not None:
                 self._on_error(self._error)
-        # observed_at is when the listing began: the domains were at least that fresh.
-        self._view = LocalView(domains, started)
+        mirrors = await self._observe_mirrors(domains)
+        # observed_at is when the listing began: the domains (and arrays) were at least that
+        # fresh.
+        self._view = LocalView(domains, started, mirrors=mirrors)
         self._wake()
+
+    async def _observe_mirrors(
+        self, domains: Mapping[str, DomainObservation] | None
+    ) -> dict[str, MirrorObservation]:
+        """The arrays of the raid1 guests running here, asked concurrently (one guest whose
+        agent hangs costs `timeout_s`, not one each)."""
+        mirrors = self._mirrors
+        if mirrors is None or not domains:
+            return {}
+        guests = [
+            guest
+            for domain, guest in sorted(self._raid1_domains.items())
+            if (seen := domains.get(domain)) is not None and seen.running
+        ]
+
+        async def one(guest: str) -> MirrorObservation | None:
+            try:
+                return await asyncio.wait_for(mirrors.observe(guest), self._timeout_s)
+            except (HypervisorError, TimeoutError) as exc:
+                log.warning("cannot observe the RAID1 of %s: %s", guest, exc or "timed out")
+                return None
+
+        seen_all = await asyncio.gather(*(one(g) for g in guests))
+        return {g: obs for g, obs in zip(guests, seen_all, strict=True) if obs is not None}

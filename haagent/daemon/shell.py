@@ -44,6 +44,8 @@ from haagent.daemon.admin import AdminService
 from haagent.daemon.authority import ActAuthority
 from haagent.daemon.drbd import DrbdService
 from haagent.daemon.executor import ActionExecutor
+from haagent.daemon.malloc import tune_malloc
+from haagent.daemon.mirrors import UnknownMirrors
 from haagent.daemon.netwatch import NetworkObserver, needed_here
 from haagent.daemon.observer import Observer
 from haagent.daemon.offload import Offload
@@ -58,8 +60,8 @@ from haagent.daemon.watchdogs import (
 )
 from haagent.fencing.levels import AgentFencer
 from haagent.fencing.sdnotify import SystemdNotifier
-from haagent.model import ClusterState, NodeRole
-from haagent.ports import Fencer, Hypervisor
+from haagent.model import ClusterState, NodeRole, StorageKind
+from haagent.ports import Fencer, Hypervisor, Mirrors
 
 __all__ = [
     "Daemon",
@@ -100,6 +102,14 @@ class Daemon:
         self.authority = ActAuthority(config.node, self.core.lease, self._committed_state)
         self.watchdogs = WatchdogKeeper(config, self.core, self.authority)
         self.drbd: DrbdService | None = None  # where a DRBD replica lives (daemon/drbd.py)
+        # Raid1 guests' legs: libvirt (resources/mirrors.py) on a hypervisor with raid1 guests,
+        # else the stand-in that knows nothing (daemon/mirrors.py).
+        self.mirrors: Mirrors = UnknownMirrors()
+        self._raid1_domains = {
+            spec.domain: spec.name
+            for spec in self.settings.guests
+            if spec.storage is StorageKind.RAID1
+        }
         self.executor = self._executor(None)
         self.networks = NetworkObserver(needed_here(config.node, self.settings.guests), self.wake)
         self._protected = frozenset(spec.domain for spec in self.settings.guests)
@@ -136,12 +146,19 @@ class Daemon:
                 self.drbd = DrbdService(
                     cfg.node, cfg.drbd_resources(), cfg.drbd_fence_socket, self.wake
                 )
+            if self._raid1_domains:
+                from haagent.resources.mirrors import LibvirtMirrors  # only raid1 hosts
+
+                legs = {s.name: tuple(leg.id for leg in s.legs) for s in self.settings.guests}
+                self.mirrors = LibvirtMirrors(hv, lambda guest: legs.get(guest, ()))
             replicas = self.drbd.replicas if self.drbd else None
             self.observer = Observer(
                 hv,
                 self.wake,
                 on_error=self.telemetry.agent.observation_failed,
                 replicas=replicas,
+                mirrors=self.mirrors,
+                raid1_domains=self._raid1_domains,
             )
             hv.set_listener(self.observer.request)
             self.executor = self._executor(hv)
@@ -215,6 +232,7 @@ class Daemon:
             self.authority,
             drbd.replicas if drbd is not None else None,
             drbd.command_timeout_s if drbd is not None else 0.0,
+            self.mirrors if hv is not None else None,
         )
 
     def _committed_state(self) -> ClusterState:
@@ -429,6 +447,7 @@ def _why(exc: OSError) -> str:
 
 
 def run_daemon(config: Config) -> int:
+    tune_malloc()  # before any thread starts
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
         format=f"%(asctime)s {config.node} %(levelname)s %(name)s: %(message)s",

@@ -57,6 +57,9 @@ class Surface:
     async def confirm_fenced(self, node: str, by: str) -> Outcome:
         return await self._d.admin.confirm_fenced(node, by)
 
+    async def migrate(self, guest: str, node: str, generation: int | None) -> Outcome:
+        return await self._d.admin.migrate(guest, node, generation)
+
     async def status(self) -> str:
         d = self._d
         if d.consensus is None:
@@ -97,4 +100,5 @@ class Surface:
             config_digest=d.core.lease.config_digest,
             replicas=drbd.replicas,
             replicas_unknown=drbd.replicas_unknown,
+            mirrors=drbd.mirrors,
         )

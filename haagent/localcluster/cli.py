@@ -14,50 +14,10 @@ from typing import Any
 from haagent.config import ConfigError, load_config
 from haagent.localcluster.cluster import ClusterError, LocalCluster, wait_for
 from haagent.localcluster.drbd_demo import run_drbd_demo
+from haagent.localcluster.parser import DEFAULT_DIR, REPO_EXAMPLE, TENTH_FLOOR_WATCHDOG_S
 from haagent.status import format_status
 
-REPO_EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "local-3node"
-DEFAULT_DIR = Path(".haagent-local")
-
-
-def add_local_parser(sub: Any) -> None:
-    local = sub.add_parser("local", help="run a 3-node cluster on this machine (demo)")
-    lsub = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
-    for name, help_text, func in (
-        ("up", "start the cluster and return once guests run", _cmd_up),
-        ("down", "stop everything `up` started", _cmd_down),
-        ("status", "print the cluster status", _cmd_status),
-        ("demo", "up, kill a guest's owner, show the failover timeline, down", _cmd_demo),
-    ):
-        p = lsub.add_parser(name, help=help_text)
-        p.add_argument(
-            "--dir", type=Path, default=DEFAULT_DIR, help=f"run folder (default {DEFAULT_DIR})"
-        )
-        if name in ("up", "demo"):
-            p.add_argument(
-                "--example",
-                type=Path,
-                default=REPO_EXAMPLE,
-                help="folder with the node configs (default: the repo's "
-                "config/examples/local-3node)",
-            )
-        if name == "demo":
-            p.add_argument("--guest", default="web1", help="guest whose owner to kill")
-            p.add_argument(
-                "--tenth-floor",
-                action="store_true",
-                help="the owner dies together with its BMC, so every power fence fails; its "
-                f"fencing ends with a watchdog level ({TENTH_FLOOR_WATCHDOG_S:g} s stand-in "
-                "watchdog) that recovers the guest",
-            )
-            p.add_argument(
-                "--drbd",
-                action="store_true",
-                help="the DRBD failover of two hypervisors and a witness, SIMULATED (this "
-                "host has no DRBD module): the agents' core against the simulator's DRBD",
-            )
-            p.add_argument("--keep", action="store_true", help="leave the cluster running")
-        p.set_defaults(func=func)
+__all__ = ["DEFAULT_DIR", "REPO_EXAMPLE", "TENTH_FLOOR_WATCHDOG_S"]
 
 
 def _fail(message: str) -> int:
@@ -89,7 +49,6 @@ def check_example(example: Path) -> None:
                 )
 
 
-TENTH_FLOOR_WATCHDOG_S = 3.0
 TENTH_FLOOR_POWER_TIMEOUT_S = 2  # fence_ipmilan gives up on a dead BMC after this, not 20 s
 
 

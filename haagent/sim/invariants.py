@@ -4,7 +4,9 @@ They look at the simulated world from outside — what the fake hypervisors actu
 was actually committed and when — not at what the agents believe, so a bug in the agent's
 reasoning shows up as a physical violation.
 
-1. Never two running copies of a guest.
+1. Never two running copies of a guest: never unpaused on two hosts (a live migration's
+   incoming copy is paused until its hand-over commits), and a paused copy is resumed only by
+   the owner a committed `MigrationDone` named, at its generation (checked with 3).
 2. Every recovery is preceded by a committed successful fence of the previous owner (or, for a
    node fenced by watchdog, its lease + watchdog timeout + margin has elapsed since its last
    accepted heartbeat), unless that owner had committed the guest stopped or left cleanly.
@@ -19,6 +21,8 @@ reasoning shows up as a physical violation.
    committed state says, within a stated bound (`check_healed`).
 6. Data before compute: never two DRBD primaries of a resource, and no replica is ever promoted
    while another holds more data (checked against the FakeDrbd's own record of writes).
+   Guest RAID1: never a start from stale legs only (an instance whose legs hold less data
+   than the newest leg), never two writers on one leg (FakeRaid1's record).
 
 The checker replays the committed log through the real `apply` itself, one command at a time,
 so a transition hidden between two steps (assigned and started within one step) is still seen.
@@ -30,7 +34,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from haagent.commands import AssignGuests, GuestStarting, Heartbeat, Join
+from haagent.commands import AssignGuests, GuestStarting, Heartbeat, Join, MigrationDone
 from haagent.model import ClusterState, DesiredState, FenceMethod, GuestState, NodeState
 from haagent.sim.world import TraceEvent, World
 from haagent.statemachine import apply
@@ -52,10 +56,13 @@ class InvariantChecker:
     _heartbeat_at: dict[str, float] = field(default_factory=dict)  # true time of last commit
     _max_started: dict[str, int] = field(default_factory=dict)
     _starting: set[tuple[str, str, int]] = field(default_factory=set)  # (domain, node, gen)
+    _handed_over: set[tuple[str, str, int]] = field(default_factory=set)  # (domain, node, gen)
     _trace_seen: int = 0
     _physical_seen: int = -1
     _protected: frozenset[str] = frozenset()
     _promotions_seen: dict[str, int] = field(default_factory=dict)
+    _raid1_starts_seen: dict[str, int] = field(default_factory=dict)
+    _raid1_problems_seen: int = 0
 
     def __post_init__(self) -> None:
         self._protected = frozenset(g.domain for g in self.world.guest_specs)
@@ -70,6 +77,8 @@ class InvariantChecker:
         self._leases(world)
         if world.drbd.resources:
             self._replicas(world)
+        if world.raid1.guests:
+            self._legs(world)
 
     def fail(self, message: str) -> None:
         text = f"t={self.world.now:.3f}s seed={self.world.seed}: {message}"
@@ -97,6 +106,21 @@ class InvariantChecker:
                     )
             self._promotions_seen[res.name] = len(res.promotions)
 
+    def _legs(self, world: World) -> None:
+        """Guest RAID1: never a start from stale legs only, never two writers on one leg."""
+        for g in world.raid1.guests.values():
+            seen = self._raid1_starts_seen.get(g.name, 0)
+            for node, version, newest in g.starts[seen:]:
+                if version < newest:
+                    self.fail(
+                        f"{node} started {g.name} from legs with {version} writes while the "
+                        f"newest leg has {newest}: started from stale legs only"
+                    )
+            self._raid1_starts_seen[g.name] = len(g.starts)
+        for problem in world.raid1_problems[self._raid1_problems_seen :]:
+            self.fail(problem)
+        self._raid1_problems_seen = len(world.raid1_problems)
+
     # 1 --------------------------------------------------------------------------------------
 
     def _two_copies(self, world: World) -> None:
@@ -123,6 +147,12 @@ class InvariantChecker:
                 # The start runs at the generation the committed intent gave it.
                 started = after.guests[command.guest]
                 self._starting.add((started.spec.domain, command.node, started.generation))
+            elif isinstance(command, MigrationDone):
+                moved = after.guests[command.guest]
+                if moved.owner is None or moved.generation <= command.generation:
+                    self.fail(f"{command.guest} was handed over without a new generation")
+                else:
+                    self._handed_over.add((moved.spec.domain, moved.owner, moved.generation))
             elif isinstance(command, AssignGuests):
                 for a in command.assignments:
                     old, new = before.guests.get(a.guest), after.guests.get(a.guest)
@@ -169,6 +199,9 @@ class InvariantChecker:
         trace = world.trace
         for index in range(self._trace_seen, len(trace)):
             ev = trace[index]
+            if ev.name == "domain_resumed":
+                self._resumed(ev)
+                continue
             if ev.name != "domain_started":
                 continue
             data = dict(ev.data)
@@ -186,6 +219,17 @@ class InvariantChecker:
                 )
             self._max_started[domain] = max(gen, self._max_started.get(domain, 0))
         self._trace_seen = len(trace)
+
+    def _resumed(self, ev: TraceEvent) -> None:
+        data = dict(ev.data)
+        domain, gen = str(data["domain"]), data["generation"]
+        assert isinstance(gen, int) and ev.node is not None
+        if (domain, ev.node, gen) not in self._handed_over:
+            self.fail(
+                f"{ev.node} resumed {domain} at generation {gen} without a committed "
+                "migration_done handing it over"
+            )
+        self._max_started[domain] = max(gen, self._max_started.get(domain, 0))
 
     # 4 --------------------------------------------------------------------------------------
 
@@ -236,6 +280,9 @@ class InvariantChecker:
             if g.desired is not DesiredState.RUNNING or g.state is GuestState.ERROR:
                 continue
             hosts = world.running(spec.name)
+            paused = world.running(spec.name, paused=True)
+            if paused:
+                problems.append(f"{spec.name} is held paused on {', '.join(paused)}")
             if hosts != [g.owner] or g.state is not GuestState.RUNNING:
                 text = (
                     f"{spec.name} runs on {', '.join(hosts) or 'no node'} (committed: {g.state}"

@@ -10,6 +10,8 @@ first comment block is the scenario's description. Everything else is one statem
     fence watchdog n2                   fencing method of some nodes (default: agent);
                                         `agent+watchdog`: power levels, then a watchdog level
     watchdog_timeout 5                  seconds, all nodes
+    migration_uri n1 n2 n3              nodes reachable for live migration (maintenance
+                                        evacuates by live migration when every one is)
     guest g1 memory=256 priority=10 prefer=n1,n2 allow=n1,n2 group=db
     set lease_s=1.0 failure_timeout_s=1.4    agent settings (AgentSettings fields)
     option drop_probability=0.01        simulator knobs (SimOptions fields)
@@ -30,6 +32,9 @@ partition `*` stands for every node not named in another group):
     start_timeout_s the agent hears "unknown" and the domain comes up late)
     hang N | resume N | restart N (the agent, kill -9) | shutdown N (clean leave, agent exits)
     disable G | enable G | maintenance N on|off | confirm_fenced N (admin: N is verified off)
+    migrate G N (admin: live-migrate G to N, at the generation committed then)
+    migrate_fault N G WHAT[,WHAT...] (the next migrations of G from N: `fail` (libvirt fails
+    it) or a duration in seconds (past migration_timeout_s the job is aborted))
     link_down N IFACE | link_up N IFACE (the fake network: N's bridge/device IFACE stops or
     starts working; a guest line's nets=A,B names the interfaces the guest needs)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
@@ -91,8 +96,10 @@ from haagent.model import (
     FenceMethod,
     GuestSpec,
     GuestState,
+    Leg,
     NodeRole,
     NodeState,
+    Raid1RunOn,
     StorageKind,
 )
 from haagent.sim.invariants import InvariantChecker
@@ -130,6 +137,7 @@ class Scenario:
     fence: dict[str, FenceMethod] = field(default_factory=dict)
     watchdog_level: set[str] = field(default_factory=set)  # agent levels, then a watchdog level
     watchdog_timeout_s: float = 5.0
+    migration_uri: list[str] = field(default_factory=list)  # nodes with a migration URI
     guests: list[GuestSpec] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +156,7 @@ class Scenario:
                 self.fence.get(n, FenceMethod.AGENT),
                 self.watchdog_timeout_s,
                 watchdog_level=n in self.watchdog_level,
+                migration_uri=f"sim+tcp://{n}/system" if n in self.migration_uri else "",
             )
         for w in self.witnesses:
             out[w] = NodeSettings(NodeRole.WITNESS)
@@ -181,6 +190,8 @@ class Scenario:
         if self.watchdog_level:
             out.append("fence agent+watchdog " + " ".join(sorted(self.watchdog_level)))
         out.append(f"watchdog_timeout {_num(self.watchdog_timeout_s)}")
+        if self.migration_uri:
+            out.append("migration_uri " + " ".join(self.migration_uri))
         out += [_guest_line(g) for g in self.guests]
         if self.settings:
             out.append("set " + " ".join(f"{k}={_text(v)}" for k, v in self.settings.items()))
@@ -237,6 +248,10 @@ def _guest_line(g: GuestSpec) -> str:
         parts.append(f"group={g.anti_affinity}")
     if g.storage is StorageKind.DRBD:
         parts.append("drbd=" + ",".join(g.replica_nodes))
+    if g.storage is StorageKind.RAID1:
+        parts.append("raid1=" + ",".join(g.leg_holders))
+        if g.raid1_run_on is Raid1RunOn.ANY:
+            parts.append("run_on=any")
     if g.networks:
         parts.append("nets=" + ",".join(g.networks))
     return " ".join(parts)
@@ -272,6 +287,8 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "config": (2, 99),
     "link_down": (2, 2),
     "link_up": (2, 2),
+    "migrate": (2, 2),
+    "migrate_fault": (3, 3),
     "drbd_handler": (2, 2),
     "drbd_outdate": (2, 2),
     "drbd_events2": (3, 3),
@@ -301,6 +318,8 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "config": (0,),
     "link_down": (0,),
     "link_up": (0,),
+    "migrate": (1,),
+    "migrate_fault": (0,),
     "drbd_handler": (0,),
     "drbd_outdate": (0,),
     "drbd_events2": (0,),
@@ -312,6 +331,8 @@ GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "enable": (0,),
     "fail_starts": (1,),
     "slow_start": (1,),
+    "migrate": (0,),
+    "migrate_fault": (1,),
 }
 
 EXPECTATIONS: dict[str, tuple[int, int]] = {  # kind -> (min args, max args) after the kind
@@ -391,11 +412,11 @@ def _validate(sc: Scenario) -> None:
     if len(nodes) != len(sc.nodes) + len(sc.witnesses):
         raise ScenarioError(f"{name}: a node is named twice")
     guests = {g.name for g in sc.guests}
-    for node in [*sc.memory, *sc.fence]:
+    for node in [*sc.memory, *sc.fence, *sc.migration_uri]:
         if node not in sc.nodes:
             raise ScenarioError(f"{name}: {node!r} is not a hypervisor")
     for g in sc.guests:
-        for node in (*g.preferred_nodes, *g.allowed_nodes, *g.replica_nodes):
+        for node in (*g.preferred_nodes, *g.allowed_nodes, *g.replica_nodes, *g.leg_holders):
             if node not in sc.nodes:
                 raise ScenarioError(f"{name}: guest {g.name}: {node!r} is not a hypervisor")
     if not sc.options.get("hardware_watchdog", True) and FenceMethod.WATCHDOG in sc.fence.values():
@@ -456,6 +477,8 @@ def _statement(sc: Scenario, verb: str, args: list[str], where: str, number: int
                 sc.watchdog_level.discard(node)
     elif verb == "watchdog_timeout":
         sc.watchdog_timeout_s = _number(args[0], where)
+    elif verb == "migration_uri":
+        sc.migration_uri = list(args)
     elif verb == "guest":
         sc.guests.append(_guest(args, where))
     elif verb in ("set", "option"):
@@ -547,9 +570,31 @@ def _guest(args: list[str], where: str) -> GuestSpec:
             if len(replicas) != 2:
                 raise ScenarioError(f"{where}: drbd= names exactly two replica hosts")
             kw.update(storage=StorageKind.DRBD, replica_nodes=replicas, resource=f"r-{name}")
+        elif key == "raid1":
+            kw.update(storage=StorageKind.RAID1, legs=sim_legs(name, value.split(",")))
+            if len(kw["legs"]) != 2 or kw["legs"][0].holder == kw["legs"][1].holder:
+                raise ScenarioError(f"{where}: raid1= names exactly two different leg holders")
+        elif key == "run_on":
+            try:
+                kw["raid1_run_on"] = Raid1RunOn(value)
+            except ValueError:
+                raise ScenarioError(f"{where}: run_on= is holders or any") from None
         else:
             raise ScenarioError(f"{where}: unknown guest attribute {key!r}")
     return GuestSpec(**kw)
+
+
+def sim_legs(guest: str, holders: list[str]) -> tuple[Leg, ...]:
+    """A simulated raid1 guest's legs a, b, ... held by `holders` in order."""
+    return tuple(
+        Leg(
+            chr(ord("a") + i),
+            holder,
+            f"/dev/sim/{guest}-{chr(ord('a') + i)}",
+            f"nbd://{holder}:10809/{guest}-{chr(ord('a') + i)}",
+        )
+        for i, holder in enumerate(holders)
+    )
 
 
 @dataclass
@@ -624,6 +669,8 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "config": lambda: world.config(a[0], _assignments(a[1:])),
         "link_down": lambda: world.fake_network.set_link(a[0], a[1], up=False),
         "link_up": lambda: world.fake_network.set_link(a[0], a[1], up=True),
+        "migrate": lambda: world.migrate(a[0], a[1]),
+        "migrate_fault": lambda: world.migrate_fault(a[0], a[1], a[2].split(",")),
         "drbd_handler": lambda: world.drbd_handler(a[0], a[1] == "broken"),
         "drbd_outdate": lambda: world.drbd_outdate(a[0], a[1]),
         "drbd_events2": lambda: world.drbd_events2(a[0], a[1], float(a[2])),

@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TextIO
 
-from haagent.model import FenceMethod, GuestSpec, StorageKind
+from haagent.model import FenceMethod, GuestSpec, Raid1RunOn, StorageKind
 from haagent.sim.invariants import shorten_trace
-from haagent.sim.scenario import LEADER, Scenario, Step, run_scenario
+from haagent.sim.scenario import LEADER, Scenario, Step, run_scenario, sim_legs
 
 HEAL_BOUND_S = 45.0
 """After the last healing step, every enabled guest (not in error) runs again within this:
@@ -223,6 +223,8 @@ def draw(seed: int) -> tuple[Scenario, bool]:
 
     sc.faults = _faults(rng, sc, everyone)
     _acting_faults(seed, sc)
+    _migrations(seed, sc)
+    _raid1_guest(seed, sc, tight)
     _drbd_faults(seed, sc)
     sc.heal_bound_s = HEAL_BOUND_S
     sc.description = (
@@ -231,6 +233,30 @@ def draw(seed: int) -> tuple[Scenario, bool]:
         f"{len(sc.faults)} steps (the last ones heal everything)"
     )
     return sc, tight
+
+
+def _raid1_guest(seed: int, sc: Scenario, tight: bool) -> None:
+    """Sometimes one guest mirroring two legs held by two of the hypervisors (guest RAID1:
+    never a start from stale legs only, never two writers on one leg). Drawn from a random
+    of its own and added after the faults were drawn, so every other draw of a seed stays
+    what it was before this existed (the faults never name it)."""
+    raid1_rng = random.Random(f"haagent-swarm-raid1-{seed}")
+    if tight or len(sc.nodes) < 2 or raid1_rng.random() >= 0.3:
+        return
+    holders = sorted(raid1_rng.sample(sc.nodes, 2))
+    name = f"g{len(sc.guests) + 200}"
+    any_node = len(sc.nodes) >= 3 and raid1_rng.random() < 0.3
+    sc.guests.append(
+        GuestSpec(
+            name,
+            name,
+            256,
+            preferred_nodes=tuple(holders[:1]),
+            storage=StorageKind.RAID1,
+            legs=sim_legs(name, holders),
+            raid1_run_on=Raid1RunOn.ANY if any_node else Raid1RunOn.HOLDERS,
+        )
+    )
 
 
 def _acting_faults(seed: int, sc: Scenario) -> None:
@@ -292,6 +318,31 @@ def _drbd_faults(seed: int, sc: Scenario) -> None:
     start = len(healing)
     extra = [replace(f, line=HEALING_LINE + start + i) for i, f in enumerate(repairs)]
     sc.faults = numbered + healing + extra
+
+
+def _migrations(seed: int, sc: Scenario) -> None:
+    """Live migrations (issue 11): in some seeds every hypervisor gets a migration URI (so
+    maintenance evacuates by live migration) and an admin migrates guests at random times,
+    some of them scripted to fail or to outlast `migration_timeout_s`, while the other faults
+    happen. Drawn from a random of their own, so every other draw of a seed stays the same."""
+    mig_rng = random.Random(f"haagent-swarm-mig-{seed}")
+    if not sc.guests or mig_rng.random() >= 0.3:
+        return
+    sc.migration_uri = list(sc.nodes)
+    sc.settings["migration_timeout_s"] = 3.0
+    faults = [f for f in sc.faults if f.line < HEALING_LINE]
+    healing = [f for f in sc.faults if f.line >= HEALING_LINE]
+    last = faults[-1].t if faults else 1.0
+    for _ in range(mig_rng.randint(1, 4)):
+        t = round(mig_rng.uniform(1.0, max(1.0, last)), 3)
+        guest = mig_rng.choice(sc.guests).name
+        if mig_rng.random() < 0.3:
+            what = mig_rng.choice(["fail", "0.2", "5"])  # 5 s: past the timeout, aborted
+            faults.append(Step(t - 0.001, "migrate_fault", (mig_rng.choice(sc.nodes), guest, what)))
+        faults.append(Step(t, "migrate", (guest, mig_rng.choice(sc.nodes))))
+    faults.sort(key=lambda f: f.t)
+    numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
+    sc.faults = numbered + healing
 
 
 def _guests(

@@ -65,13 +65,17 @@ from haagent.agent import (
     ActionResult,
     AgentCore,
     AgentSettings,
+    AttachLeg,
     DemoteReplica,
     DestroyDomain,
+    DetachLeg,
+    LiveMigrate,
     LocalView,
     NodeSettings,
     PromoteReplica,
     Proposal,
     ProposalKey,
+    ResumeGuest,
     ResumeReplicaIo,
     RunFence,
     StartGuest,
@@ -83,6 +87,7 @@ from haagent.commands import (
     DefineGuest,
     Heartbeat,
     Join,
+    MigrateGuest,
     SetDesired,
     SetMaintenance,
 )
@@ -106,7 +111,9 @@ from haagent.ports import (
     OutcomeKind,
 )
 from haagent.sim.fence_peer import run_fence_peer
+from haagent.sim.migrations import FakeMigrator
 from haagent.sim.network import FakeNetwork
+from haagent.sim.raid1 import FakeRaid1
 from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
 from haagent.timing import FAST_TIMING
@@ -145,6 +152,7 @@ class SimOptions:
     stale_leader_s: float | None = None  # an isolated leader's belief; None: election min
     start_s: float = 0.05
     destroy_s: float = 0.02
+    migrate_s: float = 1.0  # one live migration's copy (FakeMigrator)
     stop_s: float = 0.3
     fence_s: float = 0.1  # one fencing level that answers
     boot_s: float = 3.0  # power on -> agent running
@@ -276,7 +284,10 @@ class World:
             self.guest_specs, self._fence_peer, self.record, functools.partial(getattr, self, "now")
         )
         self.broken_handlers: set[str] = set()  # nodes whose fence-peer handler exits 1
+        self.raid1 = FakeRaid1(self.guest_specs)
+        self.raid1_problems: list[str] = []  # FakeRaid1's "two writers on one leg" findings
         self.fake_network = FakeNetwork(self._fault)
+        self.migrator = FakeMigrator(self)
         self._settings_overrides = dict(settings or {})
         # Per-node changes to its config file (`config`), read by its next agent start.
         self.node_overrides: dict[str, dict[str, Any]] = {}
@@ -354,6 +365,10 @@ class World:
             self._watchdogs()
             if self.drbd.resources:
                 self._drbd_step()
+            if self.raid1.guests:
+                self.raid1_problems.extend(
+                    self.raid1.step(self.now, self._domain_running, self.drbd_link)
+                )
             for node in nodes:
                 if node.next_tick <= self.now:
                     node.next_tick = self.now + self.options.tick_s / node.rate
@@ -420,8 +435,14 @@ class World:
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
         replicas, unknown = self.drbd.observe(node.name)
         missing = self.fake_network.missing(node.name, self.spec_by_name.values())
+        mirrors = self.raid1.observe(node.name, self._domain_running) if self.raid1.guests else {}
         local = LocalView(
-            domains, local_now, replicas, replicas_unknown=unknown, missing_networks=missing
+            domains,
+            local_now,
+            replicas,
+            replicas_unknown=unknown,
+            missing_networks=missing,
+            mirrors=mirrors,
         )
         agent = node.agent
         step = agent.tick(local_now, view, local)
@@ -706,6 +727,10 @@ class World:
             self._fence(node, gen, life, action)
         elif isinstance(action, PromoteReplica | DemoteReplica | ResumeReplicaIo):
             self.at(self.now + o.destroy_s, lambda: self._finish_replica(node, gen, life, action))
+        elif isinstance(action, LiveMigrate | ResumeGuest):
+            self.migrator.act(node, gen, life, action)
+        elif isinstance(action, AttachLeg | DetachLeg):
+            self.at(self.now + o.destroy_s, lambda: self._finish_leg(node, gen, life, action))
         else:
             _exhaustive: Never = action  # mypy: every Action type has a branch above
             raise TypeError(f"the simulator cannot carry out {action!r}")
@@ -751,6 +776,35 @@ class World:
             self.record(node.name, "drbd_demote", resource=action.resource)
             result = ActionResult(True)
         self._action_result(node, gen, action.key, result)
+
+    def _domain_running(self, node: str, domain: str) -> bool:
+        obs = self.nodes[node].domains.get(domain)
+        return self.nodes[node].powered and obs is not None and obs.running
+
+    def _finish_leg(self, node: _Node, gen: int, life: int, action: AttachLeg | DetachLeg) -> None:
+        """FakeExecutor for raid1 legs: checked against the lease and generation at the call,
+        like a start; then the FakeRaid1 attaches or detaches."""
+        if not node.powered or node.boot_count != life or node.agent is None:
+            return
+        now = node.local(self.now)
+        why = refusal(
+            node.state,
+            node.name,
+            action.guest,
+            action.generation,
+            now=now,
+            lease_until=node.agent.lease.until,
+        )
+        if why is not None:
+            self._action_result(node, gen, action.key, ActionResult(False, why, refused=True))
+            return
+        if isinstance(action, AttachLeg):
+            why = self.raid1.attach(node.name, action.guest, action.leg, self.drbd_link, self.now)
+        else:
+            why = self.raid1.detach(node.name, action.guest, action.leg)
+        name = "leg_attached" if isinstance(action, AttachLeg) else "leg_detached"
+        self.record(node.name, name, guest=action.guest, leg=action.leg, ok=not why)
+        self._action_result(node, gen, action.key, ActionResult(not why, why))
 
     def _drbd_step(self) -> None:
         def running(node: str, domain: str) -> bool:
@@ -830,6 +884,10 @@ class World:
             self.record(node.name, "domain_start_failed", domain=action.domain)
         elif current is not None and current.running and current.generation != action.generation:
             result = ActionResult(False, "already running with another generation")
+        elif raid1_refused := self._raid1_start(node.name, action):
+            # QEMU cannot open a leg it cannot reach.
+            result = ActionResult(False, raid1_refused)
+            self.record(node.name, "domain_start_failed", domain=action.domain)
         else:
             node.domains[action.domain] = DomainObservation(
                 action.domain,
@@ -847,16 +905,34 @@ class World:
         if answer:
             self._action_result(node, gen, action.key, result)
 
+    def _raid1_start(self, node: str, action: StartGuest) -> str:
+        """'' unless the guest is raid1 and the FakeRaid1 refuses its legs."""
+        if action.guest not in self.raid1.guests:
+            return ""
+        legs = [leg.leg for leg in action.legs]
+        why = self.raid1.start(node, action.guest, legs, self.drbd_link)
+        if not why:
+            self.record(node, "raid1_assembled", guest=action.guest, legs=",".join(legs))
+        return why
+
     def _finish_stop(
         self, node: _Node, gen: int, life: int, key: ActionKey, domain: str, how: str
     ) -> None:
         if not node.powered or node.boot_count != life:
             return
         if domain in node.domains and node.domains[domain].running:
-            node.domains[domain] = replace(node.domains[domain], running=False)
+            node.domains[domain] = replace(node.domains[domain], running=False, paused=False)
             self.physical_version += 1
             self.record(node.name, f"domain_{how}", domain=domain)
         self._action_result(node, gen, key, ActionResult(True))
+
+    def linked_hosts(self, a: str, b: str) -> bool:
+        """Two hypervisors can reach each other's libvirtd (both powered, no cut between)."""
+        return self.drbd_link(a, b)
+
+    def deliver_result(self, node: _Node, gen: int, key: ActionKey, result: ActionResult) -> None:
+        """Hand an action's result to the agent that asked (for the fakes in other modules)."""
+        self._action_result(node, gen, key, result)
 
     def _action_result(self, node: _Node, gen: int, key: ActionKey, result: ActionResult) -> None:
         def give() -> None:
@@ -1173,6 +1249,24 @@ class World:
         """Admin: put `node` in maintenance (drain it) or take it out."""
         self.admin(SetMaintenance(node, on, by="admin", at=0.0), node=node, on=on)
 
+    def migrate(self, guest: str, node: str) -> None:
+        """Admin: `haagent guest migrate GUEST NODE`, conditional on the generation the
+        committed state shows now, as the CLI reads it from an agent."""
+        record = self.committed_state.guests.get(guest)
+        generation = record.generation if record is not None else 0  # refused if undefined
+        self.admin(
+            MigrateGuest(guest, node, generation, by="admin", at=0.0),
+            guest=guest,
+            node=node,
+            generation=generation,
+        )
+
+    def migrate_fault(self, node: str, guest: str, behaviours: list[str]) -> None:
+        """The next migrations of `guest` from `node`: "fail" (libvirt fails it) or a duration
+        in seconds (past `migration_timeout_s` the job is aborted)."""
+        self._fault("fault_migrate", node, guest=guest, script=",".join(behaviours))
+        self.migrator.script[(node, guest)] = list(behaviours)
+
     def confirm_fenced(self, node: str) -> None:
         """Admin: "I have verified that `node` is off" (`haagent node confirm-fenced`), for the
         failure epoch the committed state shows now, as the CLI reads it from an agent."""
@@ -1221,13 +1315,14 @@ class World:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def running(self, guest: str) -> list[str]:
-        """Powered hosts whose hypervisor runs the guest's domain right now (hung or not)."""
+    def running(self, guest: str, paused: bool = False) -> list[str]:
+        """Powered hosts whose hypervisor runs the guest's domain right now (hung or not),
+        unpaused (`paused`: those that hold it paused, e.g. a migration's incoming copy)."""
         domain = self.spec_by_name[guest].domain
         out: list[str] = []
         for n in self.nodes.values():
             obs = n.domains.get(domain)
-            if obs is not None and obs.running and n.powered:
+            if obs is not None and obs.running and n.powered and obs.paused == paused:
                 out.append(n.name)
         return out
 

@@ -5,7 +5,8 @@ The host kernel cannot load DRBD; a guest kernel can. Each `DrbdGuest` is one QE
 the other guest (a QEMU socket netdev on 127.0.0.1), the host's root file system read-only over
 9p (so the guest can run this checkout's Python code under `chroot /host`) and a virtio-serial
 command channel (`run`). The image is built once and cached in `.cache/drbd-guest/` (ignored
-by git); `ensure_image()` rebuilds it only when the build script or the guest's /init changed.
+by git, see tests/helpers/guest_image.py); `ensure_image()` rebuilds it only when the build
+script or the guest's /init changed.
 
 Everything started here is stopped by `close()` (SIGKILL of the QEMU pid we started), which
 the fixtures call even when a test fails.
@@ -21,9 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGE_DIR = REPO / ".cache" / "drbd-guest"
-BUILD_SCRIPT = REPO / "tests" / "drbd_guest" / "build-image.sh"
+from tests.helpers import guest_image
+from tests.helpers.guest_image import REPO
+
+__all__ = ["IMAGE_DIR", "REPO", "DrbdGuest", "GuestError", "ensure_image", "free_port"]
+
+IMAGE_DIR = guest_image.CACHE / "drbd-guest"
 BOOT_TIMEOUT_S = 400.0  # measured 40-160 s on a loaded 2-core host
 
 
@@ -33,8 +37,7 @@ class GuestError(RuntimeError):
 
 def ensure_image() -> Path:
     """Build (or reuse) the guest kernel and initramfs; return their folder."""
-    subprocess.run(["sh", str(BUILD_SCRIPT), str(IMAGE_DIR)], check=True, timeout=600)
-    return IMAGE_DIR
+    return guest_image.ensure_image("drbd_guest", IMAGE_DIR.name)
 
 
 def free_port() -> int:

@@ -17,6 +17,10 @@ Why each detail is there (see shared/lab/FINDINGS.md section 1):
   mode 0700, so libvirt's unprivileged `libvirt-qemu` user could not open the disk image.
 * `/dev/kvm` made `root:kvm 0660` (what udev would do): with `0600 root`, libvirtd keeps
   re-probing QEMU and every define takes ~48 s.
+* Optional, for hosts that migrate to each other (tests/helpers/libvirtd_pair.py): `netns`
+  runs the daemons (and so their QEMU children) inside that network namespace, `listen` starts
+  libvirtd with `--listen` (its TCP listener is configured through `conf_overrides`, appended
+  to the named files under etc/ at the first `prepare`).
 * Teardown never kills by name. It kills the QEMU and daemon pids from the pid files, then
   every process still inside this host's mount namespace (identified by its inode, recorded at
   start), and checks that none is left. The namespace disappears with its last process.
@@ -32,6 +36,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +168,9 @@ class LibvirtHost:
 
     base: Path
     startup_timeout_s: float = 30.0
+    netns: str | None = None
+    listen: bool = False
+    conf_overrides: Mapping[str, str] = field(default_factory=dict)
     namespace: str | None = field(default=None, init=False)
     daemon_pids: dict[str, int] = field(default_factory=dict, init=False)
     startup_s: float | None = field(default=None, init=False)
@@ -206,6 +214,12 @@ class LibvirtHost:
         for daemon in DAEMONS:
             with (etc / f"{daemon}.conf").open("a") as conf:
                 conf.write(f'\nlog_outputs = "3:file:/var/log/libvirt/{daemon}.log"\n')
+        for file_name, text in self.conf_overrides.items():
+            with (etc / file_name).open("a") as conf:
+                conf.write(f"\n# --- test overrides ---\n{text}\n")
+
+    def _libvirtd_args(self) -> list[str]:
+        return ["libvirtd", "-d", *(["--listen"] if self.listen else [])]
 
     def up(self) -> float:
         """Start the daemons and wait until libvirtd accepts connections; returns the seconds
@@ -221,13 +235,15 @@ class LibvirtHost:
             f"mount --bind {shlex.quote(str(self.dir(name)))} {target}"
             for name, target in BIND_MOUNTS.items()
         ]
-        lines += [f"{d} -d -p {shlex.quote(str(self.pid_file(d)))}" for d in DAEMONS]
+        lines += [f"{d} -d -p {shlex.quote(str(self.pid_file(d)))}" for d in DAEMONS[:-1]]
+        lines.append(shlex.join([*self._libvirtd_args(), "-p", str(self.pid_file("libvirtd"))]))
+        netns = ("ip", "netns", "exec", self.netns) if self.netns else ()
         started = time.monotonic()
         deadline = started + self.startup_timeout_s
         with (self.dir("log") / "unshare.out").open("w") as out:
             try:
                 result = subprocess.run(
-                    [*UNSHARE, "/bin/sh", "-ec", "\n".join(lines)],
+                    [*netns, *UNSHARE, "/bin/sh", "-ec", "\n".join(lines)],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     timeout=self.startup_timeout_s,
@@ -329,9 +345,19 @@ class LibvirtHost:
         if anchor is None or not self._ours(anchor):
             raise LibvirtHostError(f"libvirt host {self.base}: virtlockd is gone")
         pid_file = str(self.pid_file("libvirtd"))
+        namespaces = ["-m", *(["-n"] if self.netns else [])]
         started = time.monotonic()
         subprocess.run(
-            ["nsenter", "-t", str(anchor), "-m", "--", "libvirtd", "-d", "-p", pid_file],
+            [
+                "nsenter",
+                "-t",
+                str(anchor),
+                *namespaces,
+                "--",
+                *self._libvirtd_args(),
+                "-p",
+                pid_file,
+            ],
             check=True,
             timeout=self.startup_timeout_s,
         )

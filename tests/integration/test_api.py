@@ -213,6 +213,17 @@ def test_admin_actions_and_whatif_through_the_api(cluster: LocalCluster) -> None
         assert code == 400 and "body must be" in str(doc["error"]), (bad, doc)
     code, _ = post(cluster, via, f"/v1/nodes/{owner}/confirm-fenced", token="wrong-token-123")
     assert code == 401
+    # migrate: these nodes have no migration_uri, so a well-formed request is refused (409)
+    # with the reason; bad bodies are 400, unknown names 404, a bad token 401.
+    code, doc = post(cluster, via, "/v1/guests/g1/migrate", {"node": owner})
+    assert code == 409 and "migration_uri" in str(doc["detail"]), doc
+    assert post(cluster, via, "/v1/guests/g1/migrate", {"node": "n9"})[0] == 404
+    assert post(cluster, via, "/v1/guests/nope/migrate", {"node": owner})[0] == 404
+    for bad in ({}, {"node": 1}, {"node": owner, "generation": -1}, {"node": owner, "x": 1}):
+        code, doc = post(cluster, via, "/v1/guests/g1/migrate", bad)
+        assert code == 400 and "body must be" in str(doc["error"]), (bad, doc)
+    code, _ = post(cluster, via, "/v1/guests/g1/migrate", {"node": owner}, token="wrong-token-123")
+    assert code == 401
     assert cluster.any_status()["nodes"][owner]["state"] == "up"
     status, _, body = get(cluster, via, "/v1/whatif?fail=n9", token=cluster.token(via))
     assert status == 400 and "unknown node" in body

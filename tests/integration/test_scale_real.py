@@ -15,15 +15,18 @@ promise of the README:
   and no node running a guest it does not own, and none of the victim's guests moved before
   the victim's fence was committed.
 
-Why 6 agents and not 22 or 12 (issue 7 asks for 22 if it fits, else 12): on this machine's
-2 cores, shared with other sessions' tests, neither is deterministic (README "How large a
-cluster", measured on 2026-12-04). With the robust profile's 1.0 s heartbeat, 12 agents / 60
-guests came up in 19 s at load 39, but in 132 s once and not within 180 s once at load ~44;
-with the former 0.2 s heartbeat they failed four times at load 19-35. 22 agents never came up.
-The cause is the Raft leader, not the loop: every log entry goes to every follower in a
-message of its own, and under fair scheduling the leader gets no more CPU than any other
-agent. 6 agents / 30 guests passed four times at load 30-38. Raise AGENTS once the leader's
-cost per entry no longer grows with the cluster.
+Why 12 agents (issue 7 asks for 22 if it fits the CI budget, else 12): with the leader's
+appends coalesced (one per follower per drained burst instead of one per entry) and joiners no
+longer taken for stale replicas, 12 agents / 60 guests passed this test 4 times out of 4 at load
+7-36 on this machine's 2 shared cores (2026-12-04), each run 36-42 s, up in 7-10 s, every idle
+window clean. Before, 12 agents were not deterministic here (once 132 s, once not within
+180 s at load ~44) and CI ran 6. 22 agents / 110 guests now come up too (README "How large a
+cluster": 14 s, no lease lost, at load 11-28), but a run takes about twice as long, and a
+start-up measured before the tolerated-count change lost one node's lease: too few runs yet
+to rely on in CI.
+Each wait is bounded so that a bad run fails rather than hangs: UP_BOUND_S + 15 s for every
+guest to run (the stamp on its GuestRunning decides the UP_BOUND_S promise; polling may see it
+later) and as long again for every lease, 2 x FAILOVER_BOUND_S for the failover.
 The figures go to $TMPDIR/haagent_scale_report.txt.
 """
 
@@ -42,7 +45,7 @@ from tests.helpers.cluster_watch import ClusterWatch
 
 pytestmark = pytest.mark.integration
 
-AGENTS = 6
+AGENTS = 12
 GUESTS = 5 * AGENTS
 STEADY_S = 20.0
 UP_BOUND_S = 60.0  # issue 7's target for every size
@@ -57,9 +60,9 @@ def test_real_agents_come_up_stay_steady_and_fail_over(
     plan: ClusterPlan = scale_plan(AGENTS, GUESTS, api_dir)
     cluster = make_cluster(plan, start=False)
     with ClusterWatch(cluster, interval_s=1.0, request_timeout_s=5.0) as watch:
-        running_s, leases_s = start_cluster(cluster, timeout_s=3 * UP_BOUND_S)
+        running_s, leases_s = start_cluster(cluster, timeout_s=UP_BOUND_S + 15)
         idle = idle_window(cluster, STEADY_S)
-        failover = kill_owner(cluster, timeout_s=3 * FAILOVER_BOUND_S)
+        failover = kill_owner(cluster, timeout_s=2 * FAILOVER_BOUND_S)
     report = (
         f"{AGENTS} agents / {GUESTS} guests on {os.cpu_count()} cores: up {running_s:.1f} s "
         f"(leases {leases_s:.1f} s); idle {idle.seconds:.0f} s: lease-loss samples "

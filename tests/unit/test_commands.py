@@ -23,6 +23,12 @@ from haagent.commands import (
     Heartbeat,
     Join,
     Leave,
+    LegFresh,
+    LegStale,
+    MigrateGuest,
+    MigrationAborted,
+    MigrationDone,
+    MigrationResumed,
     NetworkCondition,
     ReplicaOutdated,
     ReplicaUpToDate,
@@ -31,7 +37,28 @@ from haagent.commands import (
     decode,
     encode,
 )
-from haagent.model import DesiredState, FailureEvidence, FenceMethod, GuestSpec, NodeRole
+from haagent.model import (
+    DesiredState,
+    FailureEvidence,
+    FenceMethod,
+    GuestSpec,
+    Leg,
+    NodeRole,
+    Raid1RunOn,
+    StorageKind,
+)
+
+RAID1_SPEC = GuestSpec(
+    "g",
+    "g",
+    512,
+    storage=StorageKind.RAID1,
+    legs=(
+        Leg("a", "n1", "/dev/vg/g-a", "nbd://n1:10809/g-a"),
+        Leg("b", "n2", "/dev/vg/g-b", "iscsi://n2:3260/iqn.2026-12.org.example:g-b/1"),
+    ),
+    raid1_run_on=Raid1RunOn.ANY,
+)
 
 EXAMPLES = [
     Join("n1", "inc", NodeRole.HYPERVISOR, True, 1.5),
@@ -57,6 +84,13 @@ EXAMPLES = [
     DefineGuest(GuestSpec("g", "g", 512), 19.0, expect_version=1),
     NetworkCondition("n1", "inc", ("br-backend", "eth0.100"), 20.0),
     DefineGuest(GuestSpec("g", "g", 512, networks=("br0", "eth1")), 21.0, expect_version=2),
+    MigrateGuest("g", "n2", 3, "api@n1 (token)", 22.0),
+    MigrationDone("g", "n1", 3, 23.0),
+    MigrationAborted("g", "n1", 3, "libvirt: connection refused", 24.0),
+    MigrationResumed("g", "n2", 4, 25.0),
+    DefineGuest(RAID1_SPEC, 22.0, expect_version=3),
+    LegStale("g", "b", "n1", 4, "starting on n1 while n2 is fenced", 23.0),
+    LegFresh("g", "b", "n1", 4, "the guest's RAID1 reports it in sync", 24.0),
 ]
 
 

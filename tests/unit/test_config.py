@@ -85,6 +85,16 @@ def test_a_full_config_parses(tmp_path: Path) -> None:
     assert cfg.guests["web"].spec.domain == "web"
 
 
+def test_a_migration_uri_reaches_the_core(tmp_path: Path) -> None:
+    text = VALID.replace(
+        'fence = "watchdog"', 'fence = "watchdog"\nmigration_uri = "qemu+ssh://root@hv2/system"'
+    )
+    settings = load_config(write(tmp_path, text)).agent_settings()
+    assert settings.nodes["n2"].migration_uri == "qemu+ssh://root@hv2/system"
+    assert settings.nodes["n1"].migration_uri == ""
+    assert not settings.live_evacuation  # n1 has none: maintenance stops and restarts
+
+
 def test_a_final_watchdog_level_follows_the_power_levels(tmp_path: Path) -> None:
     cfg = load_config(
         write(tmp_path, VALID.replace('["pdu-a", "pdu-b"]]', '["pdu-a", "pdu-b"], "watchdog"]'))
@@ -251,7 +261,7 @@ def test_a_drbd_guest_parses(tmp_path: Path) -> None:
         (
             mutate("priority = 5", 'priority = 5\nstorage = "nfs"'),
             "guests.web.storage",
-            "unsupported storage kind 'nfs' (supported: shared, drbd)",
+            "unsupported storage kind 'nfs' (supported: shared, drbd, raid1)",
         ),
         (drbd('replica_nodes = ["n1"]'), "guests.web.replica_nodes", "exactly two different"),
         (drbd('replica_nodes = ["n1", "n1"]'), "guests.web.replica_nodes", "exactly two"),
@@ -321,6 +331,21 @@ def test_a_drbd_guest_parses(tmp_path: Path) -> None:
             "nodes",
             "add a witness",
         ),
+        (
+            mutate('fence = "watchdog"', 'fence = "watchdog"\nmigration_uri = "qemu:///system"'),
+            "nodes.n2.migration_uri",
+            "must be a remote libvirt URI",
+        ),
+        (
+            mutate('fence = "watchdog"', 'fence = "watchdog"\nmigration_uri = "qemu+tcp://a b/x"'),
+            "nodes.n2.migration_uri",
+            "no blanks",
+        ),
+        (
+            mutate('role = "witness"', 'role = "witness"\nmigration_uri = "qemu+tcp://w/system"'),
+            "nodes.w.migration_uri",
+            "a witness runs no guests",
+        ),
     ],
 )
 def test_mistakes_name_the_key_and_the_problem(
@@ -366,6 +391,14 @@ def test_the_cli_rejects_bad_arguments_with_exit_2() -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     proc = haagent_cli("status")
     assert proc.returncode == 2 and "give --config" in proc.stderr
+    for args, why in (
+        (("guest", "migrate", "g1"), "migrate takes a guest name and a destination node"),
+        (("guest", "enable", "g1", "n2"), "enable takes a guest name only"),
+        (("guest", "migrate", "g1", "n2", "--generation", "-1"), "non-negative"),
+    ):
+        proc = haagent_cli(*args, "--url", "http://127.0.0.1:1", "--token", "t")
+        assert proc.returncode == 2 and why in proc.stderr, proc
+        assert "Traceback" not in proc.stderr
 
 
 def _example_copy(tmp_path: Path) -> Path:

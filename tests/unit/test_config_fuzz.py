@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,15 +38,18 @@ from hypothesis import strategies as st
 
 from haagent import cli
 from haagent.config import DRBD_RESOURCE_RE, NAME_RE, SECRET_RE, Config, load_config
+from haagent.config_guests import LEG_ID_RE
 from haagent.fencing.agent_runner import validate_params
-from haagent.model import NodeRole, StorageKind
+from haagent.leguri import parse_leg_uri
+from haagent.model import GuestSpec, NodeRole, Raid1RunOn, StorageKind
 from haagent.untrusted import escape
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "config" / "examples" / "local-3node"
 DRBD_EXAMPLE_DIR = EXAMPLE_DIR.parent / "drbd-2hv"  # storage = "drbd", a witness
+RAID1_EXAMPLE_DIR = EXAMPLE_DIR.parent / "raid1-2hv"  # storage = "raid1": legs in a list
 EXAMPLES = {
     p.name: tomllib.loads(p.read_text())
-    for d in (EXAMPLE_DIR, DRBD_EXAMPLE_DIR)
+    for d in (EXAMPLE_DIR, DRBD_EXAMPLE_DIR, RAID1_EXAMPLE_DIR)
     for p in sorted(d.glob("*.toml"))
 }
 SCALE = int(os.environ.get("HAAGENT_FUZZ_SCALE", "1"))
@@ -256,18 +259,26 @@ def hostile_values(files: dict[str, str]) -> st.SearchStrategy[Any]:
     )
 
 
-def paths_of(doc: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+def paths_of(
+    doc: dict[str, Any], prefix: tuple[str | int, ...] = ()
+) -> Iterator[tuple[str | int, ...]]:
+    """Every key's path; into tables, and into the tables of a list (a raid1 guest's legs:
+    such a path holds the list index, and its last item is always a key)."""
     for key, value in doc.items():
         yield (*prefix, key)
         if isinstance(value, dict):
             yield from paths_of(value, (*prefix, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield from paths_of(item, (*prefix, key, i))
 
 
-def parent_of(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-    node = doc
+def parent_of(doc: dict[str, Any], path: tuple[str | int, ...]) -> dict[str, Any]:
+    node: Any = doc
     for key in path[:-1]:
         node = node[key]
-    return node
+    return cast(dict[str, Any], node)
 
 
 @st.composite
@@ -337,6 +348,7 @@ def check_valid(cfg: Config) -> None:
     for device in cfg.fence_devices.values():
         assert validate_params("off", device.params) is None
     resources = set()
+    legs: set[str] = set()
     for guest, gc in cfg.guests.items():
         cfg.guest_xml(guest)  # readable within the limits
         spec = gc.spec
@@ -348,13 +360,33 @@ def check_valid(cfg: Config) -> None:
             assert set(spec.preferred_nodes) | set(spec.allowed_nodes) <= set(spec.replica_nodes)
             assert spec.resource not in resources
             resources.add(spec.resource)
+        elif spec.storage is StorageKind.RAID1:
+            check_raid1(cfg, gc.spec, gc.xml_path is not None, legs)
         else:
             assert spec.storage is StorageKind.SHARED and not spec.resource
-            assert not spec.replica_nodes
+            assert not spec.replica_nodes and not spec.legs
     sock = str(cfg.drbd_fence_socket)
     assert sock.startswith("/") and len(sock.encode()) <= 107 and sock.isprintable()
     if cfg.api_listen.startswith("unix:"):
         assert "\x00" not in cfg.api_listen
+
+
+def check_raid1(cfg: Config, spec: GuestSpec, has_xml: bool, disks: set[str]) -> None:
+    """Two legs held by two hypervisors, ids the guest can tell apart, sources QEMU reads
+    as parsed here, and each leg's disk serving this guest alone (never two writers)."""
+    assert has_xml and len(spec.legs) == 2 and not spec.replica_nodes
+    a, b = spec.legs
+    assert a.id != b.id and a.holder != b.holder and a.remote != b.remote
+    for leg in spec.legs:
+        assert cfg.nodes[leg.holder].role is NodeRole.HYPERVISOR
+        assert LEG_ID_RE.fullmatch(leg.id), leg.id
+        assert leg.local.startswith("/") and leg.local.isprintable(), leg.local
+        parse_leg_uri(leg.remote)
+        for disk in (f"{leg.holder}:{leg.local}", leg.remote):
+            assert disk not in disks, disk
+            disks.add(disk)
+    if spec.raid1_run_on is Raid1RunOn.HOLDERS:
+        assert set(spec.preferred_nodes) | set(spec.allowed_nodes) <= set(spec.leg_holders)
 
 
 class HangError(Exception):
@@ -382,6 +414,7 @@ def run_check(path: Path) -> tuple[int, str, str]:
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("config-fuzz")
     shutil.copytree(EXAMPLE_DIR / "guests", root / "guests")
+    shutil.copytree(RAID1_EXAMPLE_DIR / "guests", root / "guests", dirs_exist_ok=True)
     os.mkfifo(root / "fifo")
     (root / "not-utf8").write_bytes(b"secret-\xff\xfe-secret-secret\n")
     (root / "binary").write_bytes(bytes(range(256)))

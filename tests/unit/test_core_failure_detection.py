@@ -9,10 +9,12 @@ from haagent.agent import AgentCore, Step
 from haagent.commands import (
     AssignGuests,
     DeclareFailed,
+    DefineGuest,
     Heartbeat,
     Join,
 )
-from haagent.model import ClusterState, NodeRole, NodeState
+from haagent.model import ClusterState, GuestSpec, NodeRole, NodeState
+from haagent.ports import ConsensusView, Outcome, OutcomeKind
 from haagent.statemachine import apply
 from tests.helpers.core_views import (
     ACCEPTED,
@@ -210,6 +212,54 @@ def test_a_replica_a_little_behind_is_current() -> None:
             )
         step = run_leader(c, state, t, index, {"n2": t, "n3": t})
         assert not [x for x in commands(step) if isinstance(x, DeclareFailed)]
+
+
+def test_a_join_at_the_index_the_cluster_sat_at_is_current_and_one_behind_it_is_not() -> None:
+    """Cold start of 22 agents (benchmarks/scale_real.py, 0.6 of a core for all): nothing
+    committed for longer than a lease while the first leader was elected, so every Join
+    carried the index the cluster sat at; the leader counted each joiner as behind since it
+    had *reached* that index and placed the first guests on itself only. A replica at the
+    latest index is current however long ago that index was reached; one at an index this
+    node moved past more than a lease ago is still behind and gets nothing.
+
+    g prefers n3, then n2. n3 joins with index 4, which the leader moved past at 0.5 s; n2
+    with index 5, the latest until everything commits at 3.0 s: g must go to n2 (to n1
+    without the fix, to n3 if a node really behind got assignments)."""
+    spec = GuestSpec("g", "dom-g", 256, preferred_nodes=("n3", "n2"))
+    c = core(guests=(spec,))
+    defined = build(DefineGuest(spec, 0.0))
+
+    def at(state: ClusterState, index: int, leader: bool = False) -> ConsensusView:
+        return dataclasses.replace(
+            view(state, leader=leader, seen={"n2": 3.0, "n3": 3.0}), commit_index=index
+        )
+
+    join_key = None
+    for k in range(6):  # no leader yet: this node's own join times out every 0.5 s
+        t = 0.5 * k
+        step = c.tick(t, at(defined, 4 if k == 0 else 5), local(t))
+        (join,) = [p for p in step.proposals if isinstance(p.command, Join)]
+        if join_key is not None:
+            raise AssertionError("one join in flight at a time")
+        join_key = join.key
+        if k < 5:
+            c.proposal_done(join.key, Outcome(OutcomeKind.UNKNOWN, "timeout"), t + 0.4)
+            join_key = None
+    assert join_key is not None
+    c.proposal_done(join_key, ACCEPTED, 3.0)  # sent at 2.5: the lease runs until 3.5
+    after = build(
+        Join("n1", "n1-inc", NodeRole.HYPERVISOR, True, 2.5, applied_index=5),
+        Join("n2", "n2-inc", NodeRole.HYPERVISOR, True, 2.4, applied_index=5),
+        Join("n3", "n3-inc", NodeRole.HYPERVISOR, True, 2.4, applied_index=4),
+        state=defined,
+    )
+    v = at(after, 9, leader=True)
+    step = c.tick(3.05, v, local(3.05))
+    detector = c.failure_detection
+    assert detector.silent_s("n2", after.node("n2"), v, 3.05) < 0.1
+    assert detector.silent_s("n3", after.node("n3"), v, 3.05) > c.settings.lease_s
+    (assign,) = [x for x in commands(step) if isinstance(x, AssignGuests)]
+    assert [(a.guest, a.node) for a in assign.assignments] == [("g", "n2")]
 
 
 def test_a_repeated_join_records_the_replica_it_reports_without_counting_as_a_heartbeat() -> None:

@@ -98,7 +98,7 @@ def test_every_storage_kind_has_a_gate_and_shared_storage_never_blocks() -> None
     nothing = LocalView({}, 0.0)
     out = Outbox(0.0, 0.0, InFlight())
     assert shared.may_start(joined("n1"), guest, nothing) is None
-    assert shared.before_start(out, guest, nothing)
+    assert shared.before_start(out, joined("n1"), guest, nothing)
     assert not out.actions and not out.proposals
 
 

@@ -34,10 +34,13 @@ CORE = [
     "core.guests",
     "core.storage",
     "core.drbd",
+    "core.raid1",
     "core.digests",
     "core.divergence",
     "core.networks",
     "core.netneeds",
+    "core.migration",
+    "core.diskneeds",
 ]
 PACKAGE = Path(__file__).resolve().parents[2] / "haagent"
 FORBIDDEN = {

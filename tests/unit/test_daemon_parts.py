@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -21,8 +22,15 @@ from haagent.agent import (
     PromoteReplica,
     StartGuest,
 )
+from haagent.commands import DefineGuest, Join
 from haagent.config import Config
 from haagent.core.lease import Lease
+from haagent.daemon.admin import (
+    TOLERANCE_MAX_AGE_S,
+    AdminService,
+    ToleranceSchedule,
+    tolerance_basis,
+)
 from haagent.daemon.authority import ActAuthority
 from haagent.daemon.executor import ActionExecutor, UnknownActionError
 from haagent.daemon.observer import Observer
@@ -30,6 +38,7 @@ from haagent.daemon.offload import Offload
 from haagent.daemon.telemetry import LoopStats, Telemetry
 from haagent.model import ClusterState, GuestRecord, GuestSpec, NodeRole
 from haagent.ports import DomainObservation, FenceOutcome, HypervisorError
+from haagent.statemachine import apply
 from haagent.whatif import planned_state, tolerated_failures
 
 
@@ -144,3 +153,60 @@ def test_large_states_are_computed_in_a_worker_process() -> None:
 
     small, large = asyncio.run(scenario())
     assert small == os.getpid() != large
+
+
+# --- the tolerated-failures count waits for a settled state (issue 7, cold start at scale) ----
+
+
+def _cluster(guests: int) -> ClusterState:
+    """Three hypervisors up and `guests` wanted guests: a new guests mapping per call."""
+    state = ClusterState()
+    for n in ("n1", "n2", "n3"):
+        state, _ = apply(state, Join(n, f"{n}-inc", NodeRole.HYPERVISOR, True, 0.0))
+    for i in range(guests):
+        state, _ = apply(state, DefineGuest(GuestSpec(f"g{i}", f"g{i}", 64), 0.0))
+    return state
+
+
+def test_the_tolerated_count_waits_while_the_state_changes_and_follows_once_it_settled() -> None:
+    """During a start every agent computed the count on every interval, since every start
+    changed the guests, each count up to its 2 s budget in CPU and stale when done (12 agents
+    / 500 guests on one host: 16 CPU-s in worker processes before all held a lease, 10 now).
+    Now a changing state is only looked at; the count follows once the state stayed the same
+    for a whole interval."""
+    nodes = {n: NodeSettings(NodeRole.HYPERVISOR, 1024) for n in ("n1", "n2", "n3")}
+    config = cast(Config, SimpleNamespace(nodes=nodes))
+    telemetry = Telemetry("n1", Offload())
+    admin = AdminService(config, AgentSettings("c", "n1", nodes), telemetry, lambda: None, bool)
+
+    async def scenario() -> None:
+        for k in range(1, 6):  # five looks, a guest started (a new state) before each
+            await admin.refresh_tolerance(_cluster(k), k)
+            assert telemetry.tolerance is None, f"computed on a changing state at look {k}"
+        settled = _cluster(5)
+        await admin.refresh_tolerance(settled, 6)  # changed since the last look: wait
+        assert telemetry.tolerance is None
+        await admin.refresh_tolerance(settled, 6)  # the same for a whole interval: count
+        first = telemetry.tolerance
+        assert first is not None and first.commit_index == 6
+        await admin.refresh_tolerance(settled, 7)  # nothing changed: confirmed, not recounted
+        assert telemetry.tolerance is not None and telemetry.tolerance.took_s == first.took_s
+        assert telemetry.tolerance.commit_index == 6
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        telemetry.close()
+
+
+def test_a_state_that_keeps_changing_is_counted_at_the_max_age() -> None:
+    schedule = ToleranceSchedule(started_at=0.0)
+    looks = [(t, tolerance_basis(_cluster(int(t)))) for t in range(5, 70, 5)]
+    computed = [t for t, basis in looks if schedule.decide(basis, float(t)) == "compute"]
+    assert computed == [TOLERANCE_MAX_AGE_S, 2 * TOLERANCE_MAX_AGE_S]
+    basis = tolerance_basis(_cluster(99))
+    assert schedule.decide(basis, 70.0) == "wait"
+    assert schedule.decide(basis, 75.0) == "compute"
+    schedule.failed()  # the computation did not finish: decided afresh, not confirmed
+    assert schedule.decide(basis, 80.0) == "compute"
+    assert schedule.decide(basis, 85.0) == "confirm"

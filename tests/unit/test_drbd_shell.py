@@ -12,6 +12,10 @@ SCRIPTS = [
     REPO / "resources" / "drbd.sh",
     REPO / "tests" / "drbd_guest" / "build-image.sh",
     REPO / "tests" / "drbd_guest" / "guest-init.sh",
+    REPO / "tests" / "guest_image" / "lib.sh",
+    REPO / "tests" / "raid1_guest" / "build-image.sh",
+    REPO / "tests" / "raid1_guest" / "guest-init.sh",
+    REPO / "tests" / "raid1_guest" / "leg-watch.sh",
 ]
 
 

@@ -188,3 +188,38 @@ def test_promoting_an_outdated_replica_is_caught(monkeypatch: pytest.MonkeyPatch
     # And the unbroken core is fine with the same schedule.
     monkeypatch.undo()
     assert not run_scenario(parse_scenario(OUTDATED_PEER, "outdated_peer")).violations
+
+
+LIVE_MIGRATION = """\
+nodes n1 n2 n3
+migration_uri n1 n2 n3
+guest g1 prefer=n1
+at 5 migrate g1 n2
+"""
+
+
+def test_a_resume_before_the_hand_over_is_caught() -> None:
+    """A destination that resumes its incoming copy while the source still runs the guest
+    (what resuming before `MigrationDone` commits would do) breaks invariant 1 twice: two
+    unpaused copies, and a resume no committed hand-over allowed."""
+    sc = parse_scenario(LIVE_MIGRATION, "live_migration")
+    world = World(
+        sc.seed, sc.node_settings(), sc.guests, {"initial_placement_wait_s": 2.0}, cluster="sim"
+    )
+    checker = InvariantChecker(world)
+    world.at(5.0, lambda: world.migrate("g1", "n2"))
+    world.run_until(5.5)
+    assert world.running("g1") == ["n1"] and world.running("g1", paused=True) == ["n2"]
+    assert not checker.violations  # a paused incoming copy next to the source is allowed
+
+    def buggy_resume() -> None:
+        dest = world.nodes["n2"]
+        dest.domains["g1"] = replace(dest.domains["g1"], paused=False)
+        world.physical_version += 1
+        world.record("n2", "domain_resumed", domain="g1", generation=3)
+
+    world.at(5.6, buggy_resume)
+    world.run_until(5.7)
+    text = "\n".join(checker.violations)
+    assert "two running copies of g1: n1, n2" in text
+    assert "resumed g1 at generation 3 without a committed migration_done" in text

@@ -1,25 +1,12 @@
-import base64
-try:
-    import cryptography
-    from cryptography.fernet import Fernet
-    from cryptography.hazmat.backends import default_backend
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
-    HAS_CRYPTO = True
-except:
-    HAS_CRYPTO = False
+# haagent: Fernet on the system's OpenSSL (haagent/fernet.py) instead of the `cryptography`
+# package, whose bundled OpenSSL kept 8.5 MiB resident in every agent. Same key derivation and
+# the same tokens, so the wire format is unchanged.
+from haagent.fernet import Fernet, derive_key
 
-SALT = b'\x15%q\xe6\xbb\x02\xa6\xf8\x13q\x90\xcf6+\x1e\xeb'
+HAS_CRYPTO = True
+
 
 def getEncryptor(password):
     if not isinstance(password, bytes):
         password = bytes(password.encode())
-    kdf = PBKDF2HMAC(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=SALT,
-        iterations=100000,
-        backend=default_backend()
-    )
-    key = base64.urlsafe_b64encode(kdf.derive(password))
-    return Fernet(key)
+    return Fernet(derive_key(password))
