@@ -89,6 +89,14 @@ def committed_mib(state: ClusterState, node: str) -> int:
     return sum(g.spec.memory_mib for g in state.guests_of(node) if occupies(g))
 
 
+def _replica_hosts_away(guest: GuestRecord, load: Mapping[str, object]) -> list[str]:
+    """The replica hosts of a DRBD guest that have not given up on it but cannot take it now
+    (down, failed, fenced, in maintenance); none for other storage."""
+    if guest.spec.storage is not StorageKind.DRBD:
+        return []
+    return [n for n in guest.spec.replica_nodes if n not in load and n not in guest.failed_nodes]
+
+
 def plan(
     state: ClusterState,
     capacity_mib: Mapping[str, int],
@@ -144,6 +152,15 @@ def plan(
             unplaced.append(Unplaced(guest.name, "no allowed node is up"))
             continue
         untried = [n for n in allowed if n not in guest.failed_nodes]
+        away = _replica_hosts_away(guest, load)
+        if not untried and away:
+            # A DRBD guest whose up replica host gave up on it (its disk Outdated or
+            # Inconsistent, say) waits for the other replica's host rather than going to the
+            # error state: it is the only place the guest may run, and it may hold current data.
+            failed = ", ".join(guest.failed_nodes)
+            why = f"failed on {failed}; waiting for replica host {', '.join(away)}"
+            unplaced.append(Unplaced(guest.name, why, waiting=True))
+            continue
         if not untried:
             unplaced.append(
                 Unplaced(

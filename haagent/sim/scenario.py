@@ -44,6 +44,11 @@ partition `*` stands for every node not named in another group):
     corrupt N (N's replica state changes without a command: only the digests can tell)
     config N KEY=VALUE... (N's config file changes, agent settings by name; its next agent
     start reads it: config drift)
+    drbd_handler N broken|ok (N's DRBD fence-peer handler exits 1 at once, or works again)
+    drbd_outdate N G (an admin runs `drbdadm outdate` on N for G's resource; only a
+    disconnected Secondary can be outdated)
+    drbd_events2 N dies|stalls SECONDS (N's events2 dies and the agent's watcher restarts it
+    SECONDS later: unknown replica state meanwhile; or it stalls: its lines arrive late)
 
 A fence ATTEMPT is `ok`, `fail` or `hang`, or fencing levels joined by `/` (`fail/ok`: level 1
 fails, level 2 powers the node off).
@@ -294,6 +299,9 @@ FAULTS: dict[str, tuple[int, int]] = {  # name -> (min args, max args)
     "arm": (0, 0),
     "freeze": (1, 1),
     "thaw": (1, 1),
+    "drbd_handler": (2, 2),
+    "drbd_outdate": (2, 2),
+    "drbd_events2": (3, 3),
 }
 
 NODE_ARGS: dict[str, tuple[int, ...]] = {
@@ -325,11 +333,15 @@ NODE_ARGS: dict[str, tuple[int, ...]] = {
     "move": (1,),
     "freeze": (0,),
     "thaw": (0,),
+    "drbd_handler": (0,),
+    "drbd_outdate": (0,),
+    "drbd_events2": (0,),
 }
 GUEST_ARGS: dict[str, tuple[int, ...]] = {
     "crash": (0,),
     "cleanup": (0,),
     "move": (0,),
+    "drbd_outdate": (1,),
     "disable": (0,),
     "enable": (0,),
     "fail_starts": (1,),
@@ -447,8 +459,12 @@ def _validate(sc: Scenario) -> None:
             raise ScenarioError(f"{where}: unknown command type {step.args[1]!r}")
         if step.verb == "maintenance" and step.args[1] not in ("on", "off"):
             raise ScenarioError(f"{where}: maintenance takes on|off")
-        if step.verb in ("fail_starts", "clock_jump", "slow_start", "disarm"):
+        if step.verb in ("fail_starts", "clock_jump", "slow_start", "disarm", "drbd_events2"):
             _number(step.args[-1], where)
+        if step.verb == "drbd_handler" and step.args[1] not in ("broken", "ok"):
+            raise ScenarioError(f"{where}: drbd_handler takes broken|ok")
+        if step.verb == "drbd_events2" and step.args[1] not in ("dies", "stalls"):
+            raise ScenarioError(f"{where}: drbd_events2 takes dies|stalls SECONDS")
         if step.verb == "config":
             for arg in step.args[1:]:
                 key, eq, _ = arg.partition("=")
@@ -680,6 +696,9 @@ def apply_fault(world: World, fault: str, args: Sequence[str]) -> None:
         "arm": lambda: admin_verbs.set_arming(world, False),
         "freeze": lambda: admin_verbs.set_frozen(world, a[0], True),
         "thaw": lambda: admin_verbs.set_frozen(world, a[0], False),
+        "drbd_handler": lambda: world.drbd_handler(a[0], a[1] == "broken"),
+        "drbd_outdate": lambda: world.drbd_outdate(a[0], a[1]),
+        "drbd_events2": lambda: world.drbd_events2(a[0], a[1], float(a[2])),
     }
     actions[fault]()
 

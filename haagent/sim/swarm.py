@@ -225,8 +225,8 @@ def draw(seed: int) -> tuple[Scenario, bool]:
     _acting_faults(seed, sc)
     _migrations(seed, sc)
     _raid1_guest(seed, sc, tight)
-
     _admin_faults(seed, sc)
+    _drbd_faults(seed, sc)
     sc.heal_bound_s = HEAL_BOUND_S
     sc.description = (
         f"swarm seed {seed}: {hypervisors} hypervisors, {witnesses} witness, "
@@ -282,6 +282,43 @@ def _acting_faults(seed: int, sc: Scenario) -> None:
     faults.sort(key=lambda f: f.t)
     numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
     sc.faults = numbered + healing
+
+
+def _drbd_faults(seed: int, sc: Scenario) -> None:
+    """What real DRBD 8.4 does that the FakeDrbd can play (issue 9 item 7): a fence-peer
+    handler that fails (exit 1: I/O stays frozen), a disk an admin outdated, an events2 that
+    dies (unknown replica state until the watcher restarts it) or stalls (a late view). Only
+    for a seed with a DRBD guest, drawn from a random of its own so every other draw of a seed
+    stays what it was; the healing repairs the handlers."""
+    drbd = [g for g in sc.guests if g.storage is StorageKind.DRBD]
+    drbd_rng = random.Random(f"haagent-swarm-drbd-{seed}")
+    if not drbd or drbd_rng.random() >= 0.6:
+        return
+    faults = [f for f in sc.faults if f.line < HEALING_LINE]
+    healing = [f for f in sc.faults if f.line >= HEALING_LINE]
+    last = faults[-1].t if faults else 1.0
+    heal_t = healing[0].t if healing else last + 1.0
+    broken: set[str] = set()
+    for _ in range(drbd_rng.randint(1, 3)):
+        guest = drbd_rng.choice(drbd)
+        node = drbd_rng.choice(guest.replica_nodes)
+        t = round(drbd_rng.uniform(0.0, last), 3)
+        kind = drbd_rng.choice(["drbd_handler", "drbd_outdate", "drbd_events2", "drbd_events2"])
+        if kind == "drbd_handler":
+            broken.add(node)
+            args: tuple[str, ...] = (node, "broken")
+        elif kind == "drbd_outdate":
+            args = (node, guest.name)
+        else:
+            how = drbd_rng.choice(["dies", "stalls"])
+            args = (node, how, str(drbd_rng.choice([0.5, 2.0, 5.0])))
+        faults.append(Step(t, kind, args))
+    faults.sort(key=lambda f: f.t)
+    numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
+    repairs = [Step(heal_t, "drbd_handler", (n, "ok")) for n in sorted(broken)]
+    start = len(healing)
+    extra = [replace(f, line=HEALING_LINE + start + i) for i, f in enumerate(repairs)]
+    sc.faults = numbered + healing + extra
 
 
 def _migrations(seed: int, sc: Scenario) -> None:

@@ -32,9 +32,12 @@ each named as one:
   petted while a permit is overdue. A start can be scripted to take long (`slow_start`): past
   `start_timeout_s` the agent hears "unknown" and the domain comes up late.
 - FakeNetwork: blocked directed links; partitions; one-way drops.
-- FakeDrbd (haagent.sim.replicas): one DRBD-like resource per drbd guest, with roles and disk
-  states, protocol C writes, frozen I/O until the peer is known outdated, resync, split brain.
-  DRBD traffic uses the same simulated links; it needs both hosts powered, not their agents.
+- FakeDrbd (haagent.sim.replicas): one DRBD-8.4-like resource per drbd guest, with roles and
+  disk states (Outdated too), protocol C writes, frozen I/O and a fence-peer handler that
+  commits through this fake Raft as `haagent drbd fence-peer` does (and can fail), resync,
+  split brain with its helpers and StandAlone. DRBD traffic uses the same simulated links; it
+  needs both hosts powered, not their agents. The agents read it through fake events2
+  watchers and the production parser (haagent.sim.events2), which can die or stall.
 - FakeAdmin: admin commands (disable, enable, maintenance) go through the leader, or any
   running agent, and are retried every second until they commit, in the order given.
 
@@ -107,6 +110,7 @@ from haagent.ports import (
     Outcome,
     OutcomeKind,
 )
+from haagent.sim.fence_peer import run_fence_peer
 from haagent.sim.migrations import FakeMigrator
 from haagent.sim.network import FakeNetwork
 from haagent.sim.raid1 import FakeRaid1
@@ -228,6 +232,8 @@ class _Pending:
     dropped: bool = False
     index: int | None = None  # log index once committed
     duplicate: bool = False  # a second copy of a command that already committed
+    # Not the agent's own proposal: a fence-peer handler's, answered through its socket.
+    on_outcome: Callable[[Outcome], None] | None = None
 
     @property
     def done(self) -> bool:
@@ -275,7 +281,10 @@ class World:
         self.node_settings = dict(nodes)
         self.guest_specs = tuple(guests)
         self.spec_by_name = {g.name: g for g in self.guest_specs}
-        self.drbd = FakeDrbd(self.guest_specs)
+        self.drbd = FakeDrbd(
+            self.guest_specs, self._fence_peer, self.record, functools.partial(getattr, self, "now")
+        )
+        self.broken_handlers: set[str] = set()  # nodes whose fence-peer handler exits 1
         self.raid1 = FakeRaid1(self.guest_specs)
         self.raid1_problems: list[str] = []  # FakeRaid1's "two writers on one leg" findings
         self.fake_network = FakeNetwork(self._fault)
@@ -413,6 +422,7 @@ class World:
         node.watchdog_deferred = node.last_pet is not None
         node.watchdog_released = False  # a new process opens its watchdog at start-up
         node.start_after_exit = False
+        self.drbd.agent_started(node.name)  # its events2 watchers start with a fresh dump
         self.topology_version += 1
 
     def _alive(self, node: _Node) -> bool:
@@ -425,10 +435,17 @@ class World:
         local_now = node.local(self.now)
         view = self._view(node)
         domains = dict(node.domains) if node.role is NodeRole.HYPERVISOR else {}
-        replicas = self.drbd.observe(node.name, self.drbd_link, self.now, self._outdated)
+        replicas, unknown = self.drbd.observe(node.name)
         missing = self.fake_network.missing(node.name, self.spec_by_name.values())
         mirrors = self.raid1.observe(node.name, self._domain_running) if self.raid1.guests else {}
-        local = LocalView(domains, local_now, replicas, missing_networks=missing, mirrors=mirrors)
+        local = LocalView(
+            domains,
+            local_now,
+            replicas,
+            replicas_unknown=unknown,
+            missing_networks=missing,
+            mirrors=mirrors,
+        )
         agent = node.agent
         step = agent.tick(local_now, view, local)
         for ev in step.events:
@@ -579,8 +596,20 @@ class World:
 
     def _propose(self, node: _Node, proposal: Proposal) -> None:
         pending = _Pending(node.name, node.generation_of_agent, proposal.key, proposal.command)
+        self._submit(node, pending, proposal.timeout_s)
+
+    def propose_as(
+        self, node: str, command: Command, timeout_s: float, answer: Callable[[Outcome], None]
+    ) -> None:
+        """A proposal through `node`'s agent that the agent does not wait for itself (the fake
+        fence-peer handler's, over the agent's socket); `answer` hears its outcome."""
+        n = self.nodes[node]
+        pending = _Pending(node, n.generation_of_agent, None, command, on_outcome=answer)
+        self._submit(n, pending, timeout_s)
+
+    def _submit(self, node: _Node, pending: _Pending, timeout_s: float) -> None:
         self._pending.append(pending)
-        self.at(self.now + proposal.timeout_s / node.rate, lambda: self._expire(pending))
+        self.at(self.now + timeout_s / node.rate, lambda: self._expire(pending))
         if self.rng.random() < self.options.drop_probability:
             pending.dropped = True  # lost on the way: the proposer will time out
             return
@@ -666,6 +695,14 @@ class World:
         self._outcome(pending, Outcome(OutcomeKind.UNKNOWN, "timeout"))
 
     def _outcome(self, pending: _Pending, outcome: Outcome) -> None:
+        if pending.on_outcome is not None:
+            node = self.nodes[pending.node]
+            answer = pending.on_outcome
+            if node.generation_of_agent != pending.agent_gen or not node.powered:
+                answer(Outcome(OutcomeKind.UNKNOWN, "the agent went away"))
+            else:
+                self._deliver(node, pending.agent_gen, lambda: answer(outcome))
+            return
         if pending.agent_gen < 0:
             return  # an admin command: nobody waits
         node = self.nodes[pending.node]
@@ -732,12 +769,18 @@ class World:
         if not node.powered or node.boot_count != life:
             return
         if isinstance(action, PromoteReplica):
-            refused = self.drbd.promote(node.name, action.resource, self.drbd_link, self.now)
-            self.record(node.name, "drbd_promote", resource=action.resource, ok=not refused)
-            result = ActionResult(not refused, refused)
-        elif isinstance(action, ResumeReplicaIo):
-            # FakeDrbd's freeze lifts by itself once the peer is committed outdated (its
-            # fence-peer handler never fails), so this is never asked of it in practice.
+
+            def promoted(refused: str) -> None:
+                if not node.powered or node.boot_count != life:
+                    return
+                self.record(node.name, "drbd_promote", resource=action.resource, ok=not refused)
+                self._action_result(node, gen, action.key, ActionResult(not refused, refused))
+
+            # It may wait for the fence-peer handler (DRBD 8.4, promoting while disconnected).
+            self.drbd.promote(node.name, action.resource, promoted)
+            return
+        if isinstance(action, ResumeReplicaIo):
+            self.drbd.resume_io(node.name, action.resource)
             self.record(node.name, "drbd_resume_io", resource=action.resource)
             result = ActionResult(True)
         else:
@@ -775,18 +818,12 @@ class World:
         self.record(node.name, name, guest=action.guest, leg=action.leg, ok=not why)
         self._action_result(node, gen, action.key, ActionResult(not why, why))
 
-    def _outdated(self, guest: str) -> tuple[str, ...]:
-        """The replicas committed as behind (what the fake fence-peer handler waits for)."""
-        record = self.committed_state.guests.get(guest)
-        return record.outdated_nodes if record is not None else ()
-
     def _drbd_step(self) -> None:
         def running(node: str, domain: str) -> bool:
             obs = self.nodes[node].domains.get(domain)
             return self.nodes[node].powered and obs is not None and obs.running
 
-        for name, resource in self.drbd.step(self.now, running, self.drbd_link, self._outdated):
-            self.record(None, name, resource=resource)
+        self.drbd.step(running, self.drbd_link)
 
     def _call_start(self, node: _Node, gen: int, life: int, action: StartGuest) -> None:
         """FakeExecutor: check the lease and the generation at the moment of the call, then
@@ -1009,6 +1046,7 @@ class World:
         n.powered = True
         n.booting = True
         n.boot_count += 1
+        self.drbd.power_on(node)
         boot_count = n.boot_count
 
         def boot() -> None:
@@ -1246,6 +1284,46 @@ class World:
         failure epoch the committed state shows now, as the CLI reads it from an agent."""
         epoch = self.committed_state.node(node).failure_epoch
         self.admin(ConfirmFenced(node, epoch, by="admin", at=0.0), node=node, epoch=epoch)
+
+    # -- DRBD faults (FakeDrbd) ---------------------------------------------------------------
+
+    def _fence_peer(self, node: str, guest: str, on_exit: Callable[[int], None]) -> None:
+        run_fence_peer(self, node, guest, on_exit)
+
+    def drbd_handler(self, node: str, broken: bool) -> None:
+        """`node`'s fence-peer handler exits 1 from now on (`broken`), or works again."""
+        self._fault("fault_drbd_handler", node, broken=broken)
+        (self.broken_handlers.add if broken else self.broken_handlers.discard)(node)
+
+    def drbd_outdate(self, node: str, guest: str) -> None:
+        """An admin runs `drbdadm outdate` for `guest`'s resource on `node`."""
+        refused = self.drbd.outdate(node, self.spec_by_name[guest].resource)
+        self._fault("fault_drbd_outdate", node, guest=guest, ok=not refused, why=refused)
+
+    def drbd_events2(self, node: str, how: str, seconds: float) -> None:
+        """`node`'s events2 `dies` (its agent's watcher restarts it `seconds` later: the state
+        is unknown meanwhile) or `stalls` (its lines arrive `seconds` late)."""
+        if how not in ("dies", "stalls"):
+            raise ValueError(f"drbd_events2: 'dies' or 'stalls', not {how!r}")
+        self._fault("fault_drbd_events2", node, how=how, seconds=seconds)
+        n = self.nodes[node]
+        agent_gen = n.generation_of_agent
+        for watcher in self.drbd.node_watchers(node):
+            if how == "dies":
+                watcher.die()
+            else:
+                watcher.stall()
+
+        def back() -> None:
+            if n.generation_of_agent != agent_gen or not n.powered:
+                return  # a new agent started its own watchers
+            if how == "dies":
+                self.drbd.agent_started(node)  # restarted: a fresh dump
+            else:
+                for watcher in self.drbd.node_watchers(node):
+                    watcher.catch_up()
+
+        self.at(self.now + seconds, back)
 
     # -- queries ------------------------------------------------------------------------------
 

@@ -51,7 +51,6 @@ from haagent.ports import (
     ReplicaObservation,
     ReplicaRole,
 )
-from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
 
 SPEC = GuestSpec(
@@ -377,20 +376,33 @@ def test_never_promote_a_replica_that_is_behind_or_whose_peer_may_write(
         assert peer_fenced or peer_outdated
 
 
-def test_the_simulators_fake_drbd_reports_the_fencing_freeze_like_real_drbd() -> None:
-    """Real DRBD 8.4 (tests/integration/test_real_drbd.py (c)): a Primary that loses its peer
-    reports suspended:fencing while fence-peer runs, and resumes once it answered."""
-    fake = FakeDrbd([SPEC])
-    fake.resources["r0"].sides["n1"].role = PRI
-
-    def cut(a: str, b: str) -> bool:
-        return False
-
-    (obs,) = fake.observe("n1", cut, 0.0).values()
-    assert (obs.suspended, obs.fence_frozen, obs.fence_pending) == (True, True, True)
-    (obs,) = fake.observe("n1", cut, 0.0, lambda guest: ("n2",)).values()
-    assert not obs.suspended
-    (obs,) = fake.observe("n1", lambda a, b: True, 0.0).values()
-    assert not obs.suspended and obs.connected
-    (obs,) = fake.observe("n2", cut, 0.0).values()
-    assert not obs.suspended  # a Secondary is never frozen
+def test_a_drbd_guest_its_up_replica_gave_up_on_waits_for_the_other_replica_host() -> None:
+    """n2 gave up on the guest (its replica is Outdated: it can never start there) while n1,
+    the other replica host, is down: the guest waits for n1 instead of going to the error
+    state, and is placed on n1 once it is back (found by the FakeDrbd's Outdated disk state,
+    tests/scenarios/drbd_outdated_disk_never_promoted.scn)."""
+    state = base()
+    seq = state.node("n1").heartbeat_seq
+    state = build(
+        AssignGuests((Assignment("db", "n1", 0),), "placed", 0.0),
+        GuestStarting("db", "n1", 1, 0.0),
+        GuestRunning("db", "n1", 2, 0.0),
+        DeclareFailed("n1", seq, FailureEvidence("n3", seq, 2.0, "silent", 0.0)),
+        FenceResult("n1", 1, True, FenceMethod.AGENT, "off", 0.0),
+        state=state,
+    )
+    state = starting_on("n2", state)
+    g = state.guests["db"]
+    stopped = GuestStopped("db", "n2", g.generation, True, True, "local replica is outdated", 0.0)
+    state = build(stopped, state=state)
+    assert state.guests["db"].failed_nodes == ("n2",)
+    capacity = {"n1": 1000, "n2": 1000, "n3": 1000}
+    result = plan(state, capacity, 4)
+    (unplaced,) = result.unplaced
+    assert (
+        unplaced.waiting
+        and not unplaced.hopeless
+        and "waiting for replica host n1" in (unplaced.why)
+    )
+    state = build(Join("n1", "n1-2", NodeRole.HYPERVISOR, True, 0.0), state=state)
+    assert [(p.guest, p.node) for p in plan(state, capacity, 4).placements] == [("db", "n1")]

@@ -56,6 +56,7 @@ def test_schedules_vary() -> None:
     verbs = {step.verb for sc, _ in scenarios for step in sc.faults}
     assert {"power_off", "cut", "partition", "drop", "hang", "restart", "shutdown"} <= verbs
     assert {"fence_script", "fail_starts", "maintenance", "disable", "clock_jump"} <= verbs
+    assert {"drbd_handler", "drbd_outdate", "drbd_events2"} <= verbs  # seeds with a DRBD guest
     assert any(any(g.anti_affinity for g in sc.guests) for sc, _ in scenarios)
     assert any(sc.options.get("drop_probability") for sc, _ in scenarios)
     assert any(tight for _, tight in scenarios) and not all(tight for _, tight in scenarios)
@@ -68,6 +69,14 @@ def test_a_swarm_schedule_replays_as_a_scenario_file() -> None:
     file_trace = run_scenario(reparsed).trace_text()
     # The file runs to its full heal bound; the swarm stops once healed: same prefix.
     assert file_trace.startswith(swarm_trace)
+
+
+def test_a_swarm_schedule_with_drbd_faults_replays_as_a_scenario_file() -> None:
+    sc = generate(4)
+    assert {"drbd_events2", "drbd_handler"} <= {step.verb for step in sc.faults}
+    reparsed = parse_scenario(sc.to_text(), sc.name)
+    swarm_trace = run_scenario(sc, settle_s=SETTLE_S).trace_text()
+    assert run_scenario(reparsed).trace_text().startswith(swarm_trace)
 
 
 def test_classification() -> None:
