@@ -42,7 +42,7 @@ from haagent.localcluster.cluster import (
     wait_for,
 )
 from tests.helpers.libvirtd_pair import LibvirtdPair
-from tests.helpers.migration_watch import DomainWatch
+from tests.helpers.migration_watch import DomainWatch, Sample
 
 pytestmark = pytest.mark.integration
 
@@ -132,12 +132,30 @@ def agents_on(pair: LibvirtdPair, run_dir: Path) -> Iterator[Run]:
                 f"\nagents up, guest running on h1 in {time.monotonic() - started - filled:.2f}"
                 f" s, RAM filled {filled:.2f} s later"
             )
-            yield Run(pair, cluster, watch, time.monotonic())
+            try:
+                yield Run(pair, cluster, watch, time.monotonic())
+            except BaseException:
+                show_logs(cluster)
+                raise
+            if watch.both_running():
+                show_logs(cluster)
     finally:
         watch.stop()
     twice = watch.both_running()
     history = "\n".join(watch.transitions(twice[0].at - 30 if twice else 0))
     assert twice == [], f"the guest ran on both hosts: {twice[:3]}; states:\n{history}"
+
+
+def show_logs(cluster: LocalCluster, lines: int = 60) -> None:
+    """The end of every agent's log, for a failure's report (the run folder is removed)."""
+    for node in cluster.nodes():
+        tail = cluster.log_file(node).read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- {node}'s log (last {len(tail)} lines)", *tail, sep="\n")
+
+
+def running_on_h2_before(watch: DomainWatch, at: float) -> list[Sample]:
+    """The samples taken before `at` (monotonic) that show the guest running on host 2."""
+    return [s for s in watch.samples if s.at < at and s.states[1].startswith("running")]
 
 
 def migrate_cli(cluster: LocalCluster, node: str) -> subprocess.CompletedProcess[str]:
@@ -205,7 +223,7 @@ def test_migrate_hands_over_to_n2(pair: LibvirtdPair) -> None:
         assert intent and handed and resumed, run.events()
         assert run.event("migration_aborted", guest=GUEST) is None
         handed_mono = monotonic_of(handed["at"])
-        early = [s for s in run.watch.samples if s.at < handed_mono and s.states[1][:7] == "running"]
+        early = running_on_h2_before(run.watch, handed_mono)
         assert early == [], f"host 2 ran the guest before the hand-over: {early[:3]}"
         called_mono = monotonic_of(called)
         paused = next(
@@ -228,7 +246,7 @@ def test_source_host_crash_mid_migration(pair: LibvirtdPair) -> None:
     """Host 1 loses power while memory is copied: its agent SIGKILLed, its libvirtd and QEMU
     SIGKILLed. The paused copy on host 2 is never resumed: nothing runs on host 2 before n1's
     fence committed, no hand-over and no resume commit, and the guest ends running on host 2
-    alone (started cold) with n2 its owner; host 1's libvirtd, back, shows it shut off."""
+    alone (started cold) with n2 its owner, host 1 down throughout."""
     with agents_on(pair, pair.base / "run") as run:
         generation = run.status()["guests"][GUEST]["generation"]
         slow_down(pair.uri(1), SLOW_MIB_S)
@@ -252,22 +270,26 @@ def test_source_host_crash_mid_migration(pair: LibvirtdPair) -> None:
         assert fenced is not None, run.events()
         assert run.event("migration_done", guest=GUEST) is None
         assert run.event("migration_resumed", guest=GUEST) is None
-        fenced_mono = monotonic_of(fenced["at"])
-        early = [s for s in run.watch.samples if s.at < fenced_mono and s.states[1][:7] == "running"]
+        fenced_mono, crashed_mono = monotonic_of(fenced["at"]), monotonic_of(crashed)
+        early = running_on_h2_before(run.watch, fenced_mono)
         assert early == [], f"host 2 ran the guest before n1 was fenced: {early[:3]}"
-        assert run.watch.wait_for(1, "running", 5)
-        restart_s = pair.host(1).restart_libvirtd()
-        back = run.watch.wait_for(0, "shutoff", SETTLE_TIMEOUT_S)
-        assert back.states[1].startswith("running"), back
-        crashed_mono = monotonic_of(crashed)
-        running = next(
-            s for s in run.watch.samples if s.at > crashed_mono and s.states[1][:7] == "running"
-        )
+        settled = run.watch.wait_for(1, "running", 5)
+        # Host 1 stays down (its QEMU was SIGKILLed and reaped: `crash` checks). Its libvirtd
+        # is not restarted here: a restarted libvirtd reports the dead guest `running` for a
+        # few ms while it reconnects to the (gone) QEMU, before `shut off (crashed)`, which a
+        # 100 ms sample can catch and which says nothing about a guest running.
+        assert settled.states[0] == "down", settled
+        after_crash = [s.states[0] for s in run.watch.samples if s.at > crashed_mono + 0.5]
+        assert set(after_crash) == {"down"}, set(after_crash)
+        later = [s for s in run.watch.samples if s.at > crashed_mono]
+        running = next(s for s in later if s.states[1].startswith("running"))
+        gone = next((f"{s.at - crashed_mono:.2f} s" for s in later if s.states[1] == "absent"), "-")
         run.show("host 1 crashed mid-migration")
         print(
             f"crash (agent + {killed}) {crashed - called:.2f} s after the command; n1 fenced "
-            f"{fenced['at'] - crashed:.2f} s after the crash; guest running on h2 (cold) "
+            f"{fenced['at'] - crashed:.2f} s after the crash; paused copy on h2 gone {gone} after "
+            f"the crash; guest running on h2 (cold) "
             f"{running.at - crashed_mono:.2f} s after the crash, owner n2 at generation "
             f"{after['generation']} (was {generation}); migration record "
-            f"{after['migration']}; h1 libvirtd back in {restart_s:.2f} s showing {back.states[0]}"
+            f"{after['migration']}"
         )
