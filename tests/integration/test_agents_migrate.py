@@ -19,11 +19,9 @@ stopped by pid and removed even when a test fails.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -51,24 +49,6 @@ MEMORY_MIB = 64
 SLOW_MIB_S = 2  # ~55 MiB at 2 MiB/s: ~27 s of copying, a crash lands well inside it
 START_TIMEOUT_S = 90.0  # the first define probes QEMU: ~5 s on a loaded machine
 SETTLE_TIMEOUT_S = 60.0
-
-
-@pytest.fixture
-def pair() -> Iterator[LibvirtdPair]:
-    # A short base: unix socket paths are limited to 107 bytes, pytest's tmp_path is long.
-    base = Path(tempfile.mkdtemp(prefix="hamigA-", dir="/tmp"))
-    # The watch's lookups of an absent domain or a dead libvirtd are expected: keep libvirt's
-    # default handler from printing each one.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    lab = LibvirtdPair(base)
-    try:
-        lab.up()
-        yield lab
-    finally:
-        try:
-            lab.down()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
@@ -109,6 +89,9 @@ def agents_on(pair: LibvirtdPair, run_dir: Path) -> Iterator[Run]:
     """The three agents with the guest running on n1 (RAM filled), and the watch on both
     hosts. On exit: the watch stops, the agents stop, and no sample may show the guest
     running on both hosts."""
+    # The watch's lookups of an absent domain or a dead libvirtd are expected: keep libvirt's
+    # default handler from printing each one.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     xml = pair.guest_xml(GUEST, MEMORY_MIB)
     plan = local_plan(
         3,
