@@ -67,6 +67,10 @@ class NodePlan:
     bmc_host: str = "127.0.0.1"  # where its BMC listens (fence_ipmilan's `ip`) ...
     bmc_netns: str | None = None  # ... inside this network namespace (None: this one)
     secret: str | None = None  # this node's Raft secret if not the cluster's (tests: a stranger)
+    # Its libvirtd (default: libvirt's in-process test driver, so killing the agent is a power
+    # loss) and the URI the other hosts' libvirtds migrate guests to ("": it takes none).
+    libvirt_uri: str = "test:///default"
+    migration_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class GuestPlan:
     # storage = "drbd" on resource <name> between these two nodes (empty: shared storage)
     replicas: tuple[str, ...] = ()
     bridges: tuple[str, ...] = ()  # host bridges its NICs attach to (type='bridge')
+    xml: str | None = None  # its domain XML as given (None: a test-driver domain, `guest_xml`)
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
         f'data_dir = "state/{node}"',
     ]
     if me.role == "hypervisor":
-        lines.append('libvirt_uri = "test:///default"')
+        lines.append(f"libvirt_uri = {_toml_value(me.libvirt_uri)}")
     lines += [
         f"api_listen = {_toml_value(me.api_listen)}",
         f"api_token = {_toml_value(plan.token)}",
@@ -139,6 +144,8 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
             lines.append('role = "witness"')
             continue
         lines.append(f"memory_mib = {n.memory_mib}")
+        if n.migration_uri:
+            lines.append(f"migration_uri = {_toml_value(n.migration_uri)}")
         if n.fence == "watchdog":
             lines += ['fence = "watchdog"', f"watchdog_timeout_s = {plan.watchdog_timeout_s!r}"]
         elif n.fence == "ipmi+watchdog":
@@ -336,9 +343,8 @@ class LocalCluster:
         for sub in ("guests", "pids", "logs", "bmc", "state"):
             (self.run_dir / sub).mkdir(exist_ok=True)
         for g in self.plan.guests:
-            (self.run_dir / "guests" / f"{g.name}.xml").write_text(
-                guest_xml(g.name, g.memory_mib, g.bridges)
-            )
+            xml = g.xml if g.xml is not None else guest_xml(g.name, g.memory_mib, g.bridges)
+            (self.run_dir / "guests" / f"{g.name}.xml").write_text(xml)
         for n in self.plan.nodes:
             self.config_path(n.name).write_text(render_config(self.plan, n.name, self.run_dir))
             if n.fence == "dummy":

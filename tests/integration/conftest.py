@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 
 from haagent.localcluster.cluster import ClusterPlan, LocalCluster
 from tests.helpers.cluster_watch import ClusterWatch
+from tests.helpers.libvirtd_pair import LibvirtdPair
 from tests.helpers.netns import NetnsLab
 
 CLUSTER_TOOLS = ("ipmi_sim", "ipmitool", "fence_ipmilan", "fence_dummy")
@@ -143,3 +146,22 @@ def netns_lab() -> Iterator[Callable[[int], NetnsLab]]:
             except Exception as exc:
                 errors.append(str(exc))
         assert not errors, errors
+
+
+@pytest.fixture
+def pair() -> Iterator[LibvirtdPair]:
+    """Two libvirtd "hosts" that can live-migrate a guest (tests/helpers/libvirtd_pair.py),
+    under a short folder in /tmp (unix socket paths are limited to 107 bytes, pytest's
+    tmp_path is long); everything is stopped and removed after the test."""
+    base = Path(tempfile.mkdtemp(prefix="hamig-", dir="/tmp"))
+    lab = LibvirtdPair(base)
+    try:
+        started = time.perf_counter()
+        lab.up()
+        print(f"\ntwo libvirtd hosts up in {time.perf_counter() - started:.2f} s")
+        yield lab
+    finally:
+        try:
+            lab.down()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)

@@ -16,13 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import libvirt
 import pytest
@@ -39,23 +36,6 @@ GUEST = "g"
 MEMORY_MIB = 64
 SLOW_MIB_S = 2  # 55 MiB at 2 MiB/s: ~27 s of copying, a fault lands well inside it
 DEADLINE_S = 30.0
-
-
-@pytest.fixture
-def pair() -> Iterator[LibvirtdPair]:
-    # A short base: unix socket paths are limited to 107 bytes, pytest's tmp_path is long.
-    base = Path(tempfile.mkdtemp(prefix="hamig-", dir="/tmp"))
-    lab = LibvirtdPair(base)
-    try:
-        started = time.perf_counter()
-        lab.up()
-        print(f"\ntwo libvirtd hosts up in {time.perf_counter() - started:.2f} s")
-        yield lab
-    finally:
-        try:
-            lab.down()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
