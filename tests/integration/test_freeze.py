@@ -124,7 +124,9 @@ def test_an_agent_restart_under_freeze_neither_fences_nor_moves(
         assert doc["nodes"]["n1"]["incarnation"] != incarnation
         g = doc["guests"]["g1"]
         assert (g["owner"], g["generation"], g["state"]) == ("n1", generation, "running"), g
-        assert doc["local"] == {"g1": {"running": True, "owner": "n1", "generation": generation}}
+        assert doc["local"] == {
+            "g1": {"running": True, "paused": False, "owner": "n1", "generation": generation}
+        }
         assert host.qemu_pids() == qemu
         assert standin.read_text().split()[0] in ("armed", "pet")
         events = json.loads(haagent("events", "--limit", "1000", "--json", *n2).stdout)
