@@ -58,7 +58,6 @@ from haagent.ports import (
     Replicas,
     UnknownOutcomeError,
 )
-from haagent.resources.raid1_disks import LegDiskError, with_leg_disks
 
 log = logging.getLogger("haagent")
 
@@ -168,6 +167,10 @@ class ActionExecutor:
                 # A raid1 guest starts from the legs the core chose (never a stale one).
                 if xml is None:
                     raise HypervisorError(f"{action.guest}: a raid1 guest needs its xml")
+                # Imported here: it brings the guest-agent and mdstat readers, which only a
+                # host of raid1 guests needs in memory (issue 7: RSS).
+                from haagent.resources.raid1_disks import LegDiskError, with_leg_disks
+
                 try:
                     xml = with_leg_disks(xml, action.legs)
                 except LegDiskError as exc:
