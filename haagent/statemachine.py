@@ -194,10 +194,7 @@ def _heartbeat(state: ClusterState, c: Heartbeat) -> tuple[ClusterState, Result]
     checkpoint = rec.checkpoint
     if c.checkpoint is not None and (checkpoint is None or c.checkpoint.index >= checkpoint.index):
         checkpoint = c.checkpoint  # a late or repeated heartbeat never reports an older one
-    new = replace(
-        rec, heartbeat_seq=rec.heartbeat_seq + 1, applied_index=applied_index, checkpoint=checkpoint
-    )
-    return state.with_node(new), OK
+    return state.with_node(rec.heard(rec.heartbeat_seq + 1, applied_index, checkpoint)), OK
 
 
 def _newest_index(recorded: int | None, reported: int | None) -> int | None:

@@ -202,11 +202,10 @@ class _Node:
         return self.origin + t * self.rate
 
 
-@dataclass(order=True)
-class _Scheduled:
-    t: float
-    seq: int
-    fn: Callable[[], None] = field(compare=False)
+# A scheduled call: (time, sequence number, function). A plain tuple, because the heap compares
+# entries in C then (a dataclass with `order=True` compared in Python cost ~5% of a run); the
+# unique sequence number breaks ties in scheduling order, so the function is never compared.
+_Scheduled = tuple[float, int, Callable[[], None]]
 
 
 @dataclass
@@ -279,6 +278,7 @@ class World:
         self._pending: list[_Pending] = []
         self._admin_queue: list[_Pending] = []
         self._admin_indexes: list[int] = []  # log indexes (0-based) of committed admin commands
+        self._armed_watchdog_s: dict[str, float] = {}
         self._observers: list[Callable[[World], None]] = []
         self.last_fault_at = 0.0
         self.physical_version = 0
@@ -332,21 +332,21 @@ class World:
     # -- the event loop -----------------------------------------------------------------------
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._queue, _Scheduled(t, next(self._seq), fn))
+        heapq.heappush(self._queue, (t, next(self._seq), fn))
 
     def run_until(self, t_end: float) -> None:
         """Advance simulated time to `t_end`, processing every event and tick on the way."""
         nodes = list(self.nodes.values())
         queue = self._queue
         while True:
-            next_tick = min(n.next_tick for n in nodes)
-            t = min(next_tick, queue[0].t) if queue else next_tick
+            next_tick = min([n.next_tick for n in nodes])
+            t = min(next_tick, queue[0][0]) if queue else next_tick
             if t > t_end:
                 self.now = float(t_end)
                 return
             self.now = max(self.now, t)
-            while queue and queue[0].t <= self.now:
-                heapq.heappop(queue).fn()
+            while queue and queue[0][0] <= self.now:
+                heapq.heappop(queue)[2]()
             self._raft_housekeeping()
             self._watchdogs()
             if self.drbd.resources:
@@ -774,11 +774,15 @@ class World:
         self.nodes[node].slow_starts[guest] = seconds
 
     def armed_watchdog_s(self, node: str) -> float:
-        """The timeout `node`'s watchdog device armed (what its agent commits)."""
-        configured = self.node_settings[node].watchdog_timeout_s
-        if self.options.watchdog_round_up:
-            return float(max(1, math.ceil(configured)))
-        return configured
+        """The timeout `node`'s watchdog device armed (what its agent commits). Fixed for the
+        run (the cluster's node settings do not change), so computed once: every step asks."""
+        armed = self._armed_watchdog_s.get(node)
+        if armed is None:
+            armed = configured = self.node_settings[node].watchdog_timeout_s
+            if self.options.watchdog_round_up:
+                armed = float(max(1, math.ceil(configured)))
+            self._armed_watchdog_s[node] = armed
+        return armed
 
     def _finish_start(
         self, node: _Node, gen: int, life: int, action: StartGuest, answer: bool = True
@@ -885,7 +889,7 @@ class World:
         for node in self.nodes.values():
             if node.last_pet is None or not node.powered or node.role is NodeRole.WITNESS:
                 continue
-            timeout = self.armed_watchdog_s(node.name)
+            timeout = self._armed_watchdog_s.get(node.name) or self.armed_watchdog_s(node.name)
             if self.now - node.last_pet > timeout:
                 self._power_off(node, reason="watchdog expired")
 
