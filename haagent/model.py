@@ -225,6 +225,21 @@ class NodeRecord:
     # incarnation armed the device or found the predecessor's countdown running).
     watchdog_released: bool = False
 
+    def heard(
+        self, heartbeat_seq: int, applied_index: int | None, checkpoint: Checkpoint | None
+    ) -> NodeRecord:
+        """This record after an accepted heartbeat: `replace` with these three fields, without
+        its per-field `__init__` call. Every replica applies every heartbeat, so this is the
+        hottest copy in the simulator (a NodeRecord has no `__post_init__` and no cached
+        property, so copying its attributes is all `replace` would do)."""
+        new = object.__new__(NodeRecord)
+        attrs = new.__dict__
+        attrs.update(self.__dict__)
+        attrs["heartbeat_seq"] = heartbeat_seq
+        attrs["applied_index"] = applied_index
+        attrs["checkpoint"] = checkpoint
+        return new
+
     def lacks(self, spec: GuestSpec) -> tuple[str, ...]:
         """The guest's networks this node reported missing, in the guest's order."""
         if not self.missing_networks or not spec.networks:
@@ -397,7 +412,11 @@ class ClusterState:
     def with_node(self, record: NodeRecord) -> ClusterState:
         nodes = dict(self.nodes)
         nodes[record.name] = record
-        return self._keeping_indexes(replace(self, nodes=nodes))
+        # The constructor, not `replace`: same result, and this runs for every heartbeat. It
+        # must pass every field (a new field left out here is silently reset on each copy).
+        return self._keeping_indexes(
+            ClusterState(nodes, self.guests, self.applied, self.arming, self.audit)
+        )
 
     def with_guest(self, record: GuestRecord) -> ClusterState:
         return self.with_guests([record])
@@ -411,7 +430,9 @@ class ClusterState:
         return replace(self, guests=guests)
 
     def with_applied(self, applied: int) -> ClusterState:
-        return self._keeping_indexes(replace(self, applied=applied))
+        return self._keeping_indexes(
+            ClusterState(self.nodes, self.guests, applied, self.arming, self.audit)
+        )
 
     def _keeping_indexes(self, new: ClusterState) -> ClusterState:
         """`new` shares this state's guests: hand over the guest indexes already built, so a

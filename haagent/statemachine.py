@@ -103,6 +103,16 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
             state,
             f"{c.node} is {rec.state}: stop every protected guest before rejoining",
         )
+    if rec.state is NodeState.FAILED and rec.fence.in_progress_by is not None:
+        # A fence agent may be switching this host off right now: a join accepted before its
+        # verdict would be powered off as an "up" node and refused as stale (issue 8). It
+        # waits: a successful fence makes it FENCED (it rejoins as a fresh, fenced node), a
+        # failed one clears the attempt and the normal rejoin applies.
+        return _refuse(
+            state,
+            f"{FENCE_PENDING}: {c.node} (failure {rec.failure_epoch}, attempt "
+            f"{rec.fence.attempts} by {rec.fence.in_progress_by}); rejoin after its verdict",
+        )
     drift = _config_drift(state, c)
     if drift is not None:
         return _refuse(state, drift)
@@ -146,6 +156,9 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
     )
     return state.with_node(new), OK
 
+
+FENCE_PENDING = "a fence is in progress"
+"""How the refusal of a join from a node whose fence has not returned its verdict begins."""
 
 CONFIG_DRIFT = "config differs from the cluster's"
 """How the refusal of a join for a different config begins: the refused agent reads it as
@@ -201,10 +214,7 @@ def _heartbeat(state: ClusterState, c: Heartbeat) -> tuple[ClusterState, Result]
     checkpoint = rec.checkpoint
     if c.checkpoint is not None and (checkpoint is None or c.checkpoint.index >= checkpoint.index):
         checkpoint = c.checkpoint  # a late or repeated heartbeat never reports an older one
-    new = replace(
-        rec, heartbeat_seq=rec.heartbeat_seq + 1, applied_index=applied_index, checkpoint=checkpoint
-    )
-    return state.with_node(new), OK
+    return state.with_node(rec.heard(rec.heartbeat_seq + 1, applied_index, checkpoint)), OK
 
 
 def _newest_index(recorded: int | None, reported: int | None) -> int | None:

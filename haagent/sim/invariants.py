@@ -58,6 +58,10 @@ class InvariantChecker:
     _state: ClusterState = field(default_factory=ClusterState)
     _log_seen: int = 0
     _heartbeat_at: dict[str, float] = field(default_factory=dict)  # true time of last commit
+    # The lease length of the agent process whose heartbeat or join committed last, per node:
+    # the lease that commit could extend. Not the node's config file now: a file changed since
+    # (config drift) takes effect only in a later process, whose join the cluster refuses.
+    _lease_s: dict[str, float] = field(default_factory=dict)
     _max_started: dict[str, int] = field(default_factory=dict)
     _starting: set[tuple[str, str, int]] = field(default_factory=set)  # (domain, node, gen)
     _handed_over: set[tuple[str, str, int]] = field(default_factory=set)  # (domain, node, gen)
@@ -148,6 +152,9 @@ class InvariantChecker:
                 continue
             if isinstance(command, Heartbeat | Join):
                 self._heartbeat_at[command.node] = world.now
+                agent = world.nodes[command.node].agent
+                if agent is not None and agent.incarnation == command.incarnation:
+                    self._lease_s[command.node] = agent.settings.lease_s
             elif isinstance(command, GuestStarting):
                 # The start runs at the generation the committed intent gave it.
                 started = after.guests[command.guest]
@@ -190,8 +197,9 @@ class InvariantChecker:
             s = world.agent_settings(old.owner)
             wd = world.armed_watchdog_s(old.owner)
             last = self._heartbeat_at.get(old.owner, -math.inf)
+            lease_s = self._lease_s.get(old.owner, s.lease_s)
             # Measured on the true clock; allow for the fastest drifting clock.
-            need = (s.lease_s + wd + s.watchdog_margin_s) * (1 - 2 * world.options.drift_ppm * 1e-6)
+            need = (lease_s + wd + s.watchdog_margin_s) * (1 - 2 * world.options.drift_ppm * 1e-6)
             if world.now - last < need:
                 self.fail(
                     f"{guest} recovered from {old.owner} {world.now - last:.2f}s after its "

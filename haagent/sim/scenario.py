@@ -40,6 +40,8 @@ partition `*` stands for every node not named in another group):
     starts working; a guest line's nets=A,B names the interfaces the guest needs)
     resend N TYPE (the last committed command of TYPE proposed by N commits again, as when
     pysyncobj re-sends a queued command; TYPE as in the trace, e.g. guest_running)
+    resend admin TYPE (an admin command commits again late: the one of TYPE before the latest,
+    a decision a newer one replaced; admin commands carry the version they were decided on)
     snapshot_fails N (N's Raft snapshot is damaged: its next agent starts cannot load it)
     corrupt N (N's replica state changes without a command: only the digests can tell)
     config N KEY=VALUE... (N's config file changes, agent settings by name; its next agent
@@ -107,7 +109,7 @@ from haagent.model import (
 )
 from haagent.sim import admin_verbs
 from haagent.sim.invariants import InvariantChecker
-from haagent.sim.world import FENCE_STEPS, SimOptions, TraceEvent, TraceValue, World
+from haagent.sim.world import ADMIN, FENCE_STEPS, SimOptions, TraceEvent, TraceValue, World
 
 DEFAULT_MEMORY_MIB = 4096
 DEFAULT_SETTINGS: dict[str, Any] = {"initial_placement_wait_s": 2.0}
@@ -445,6 +447,8 @@ def _validate(sc: Scenario) -> None:
             named_nodes = [
                 n for group in step.args[0].split("|") for n in group.split(",") if n != "*"
             ]
+        if step.verb == "resend" and step.args[0] == ADMIN:
+            named_nodes = []
         for node in named_nodes:
             if node not in nodes and node != LEADER:
                 raise ScenarioError(f"{where}: unknown node {node!r}")

@@ -6,10 +6,13 @@ guests with random memory, priorities, preferences, allowed nodes and anti-affin
 agent settings and simulator knobs (message loss, stale leaders, guests lost on agent restart,
 hosts without a hardware watchdog, watchdog fencing, slow commits, followers that apply late,
 commands committed twice, fast and slow clocks), then 1 to 10 faults from the scenario
-vocabulary. At the end everything heals: the network is reconnected, hung agents resume, hosts
-are powered on (twice: a pending fence may switch one off as it boots), maintenance ends,
-disabled guests are enabled. The run is checked by `InvariantChecker` after every step, and
-every wanted guest must run again within `HEAL_BOUND_S` of the last healing step.
+vocabulary, slow starts that complete late, and the faults of `haagent.sim.coverage` (snapshot
+decode failures, config drift, replica corruption, admin decisions re-delivered late, host
+network links lost). At the end everything heals: the network is reconnected, links come
+back, hung agents resume, hosts are powered on (twice: a pending fence may switch one off as
+it boots), maintenance ends, disabled guests are enabled. The run is checked by
+`InvariantChecker` after every step, and every wanted guest must run again within
+`HEAL_BOUND_S` of the last healing step.
 
 A seed that violates an invariant is shrunk: faults are removed one at a time while the run
 still violates an invariant of the same kind, so the report shows a short schedule (a scenario
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 from haagent.model import FenceMethod, GuestSpec, Raid1RunOn, StorageKind
+from haagent.sim.coverage import HEALING_LINE, coverage_faults
 from haagent.sim.invariants import shorten_trace
 from haagent.sim.scenario import LEADER, Scenario, Step, run_scenario, sim_legs
 
@@ -43,8 +47,6 @@ REPOWER_S = 10.0
 """Healing powers every host on, and again this long after: a fence still pending when the
 network healed may switch a host off while it boots (3 s) or just after it rejoined."""
 
-HEALING_LINE = 10_000
-"""Generated healing steps are numbered from here, so shrinking can tell them apart."""
 
 SETTLE_S = 3.0
 """A healed cluster must stay healed this long before a seed ends early."""
@@ -84,11 +86,18 @@ RESEND_TYPES = (
 FENCE_ATTEMPTS = ("ok", "fail", "fail", "hang", "fail/ok", "hang/ok", "fail/fail")
 
 
-NO_ROOM = ("last unplaced: needs", "last unplaced: anti-affinity")
+NO_ROOM = (
+    "last unplaced: needs",
+    "last unplaced: anti-affinity",
+    # Only with a node out for good (tight seeds have no DRBD guest): it held the only
+    # up-to-date replica, and an outdated one is never promoted (rule 5).
+    "last unplaced: only outdated replicas are up",
+)
 
 
 def no_room(violation: str) -> bool:
-    """A guest left unplaced after healing for lack of room (tolerated in tight seeds)."""
+    """A guest left unplaced after healing for lack of room (tolerated in tight seeds and in
+    seeds where a node is out for good)."""
     return "not healed" in violation and any(r in violation for r in NO_ROOM)
 
 
@@ -152,7 +161,8 @@ def generate(seed: int) -> Scenario:
 
 
 def draw(seed: int) -> tuple[Scenario, bool]:
-    """`seed`'s scenario, and whether its memory is tight.
+    """`seed`'s scenario, and whether a guest left without room after healing is tolerated:
+    its memory is tight, or a node is out for good (haagent.sim.coverage).
 
     Roomy (three seeds in four): every node could hold every guest, so once everything heals
     each guest fits somewhere whatever the layout the faults left behind, and every enabled
@@ -227,13 +237,15 @@ def draw(seed: int) -> tuple[Scenario, bool]:
     _raid1_guest(seed, sc, tight)
     _admin_faults(seed, sc)
     _drbd_faults(seed, sc)
+    lost = coverage_faults(seed, sc)  # a node out for good: capacity and replicas lost
     sc.heal_bound_s = HEAL_BOUND_S
     sc.description = (
         f"swarm seed {seed}: {hypervisors} hypervisors, {witnesses} witness, "
-        f"{len(sc.guests)} guests ({'tight' if tight else 'roomy'} memory), "
+        f"{len(sc.guests)} guests ({'tight' if tight else 'roomy'} memory"
+        f"{', a node out for good' if lost else ''}), "
         f"{len(sc.faults)} steps (the last ones heal everything)"
     )
-    return sc, tight
+    return sc, tight or lost
 
 
 def _raid1_guest(seed: int, sc: Scenario, tight: bool) -> None:

@@ -118,6 +118,9 @@ from haagent.sim.replicas import FakeDrbd
 from haagent.statemachine import apply
 from haagent.timing import FAST_TIMING
 
+ADMIN = "admin"
+"""`resend admin TYPE`: an admin command (no node proposed it) commits again late."""
+
 TraceValue = str | int | float | bool | None
 
 FENCE_STEPS = ("ok", "fail", "hang")
@@ -212,11 +215,10 @@ class _Node:
         return self.origin + t * self.rate
 
 
-@dataclass(order=True)
-class _Scheduled:
-    t: float
-    seq: int
-    fn: Callable[[], None] = field(compare=False)
+# A scheduled call: (time, sequence number, function). A plain tuple, because the heap compares
+# entries in C then (a dataclass with `order=True` compared in Python cost ~5% of a run); the
+# unique sequence number breaks ties in scheduling order, so the function is never compared.
+_Scheduled = tuple[float, int, Callable[[], None]]
 
 
 @dataclass
@@ -234,6 +236,8 @@ class _Pending:
     duplicate: bool = False  # a second copy of a command that already committed
     # Not the agent's own proposal: a fence-peer handler's, answered through its socket.
     on_outcome: Callable[[Outcome], None] | None = None
+    decided: bool = False  # an admin command: the version it is decided on is filled in
+    refused: str = ""  # why `apply` refused it once committed ("" if accepted)
 
     @property
     def done(self) -> bool:
@@ -294,6 +298,8 @@ class World:
         self.node_overrides: dict[str, dict[str, Any]] = {}
         self._pending: list[_Pending] = []
         self._admin_queue: list[_Pending] = []
+        self._admin_indexes: list[int] = []  # log indexes (0-based) of committed admin commands
+        self._armed_watchdog_s: dict[str, float] = {}
         self._observers: list[Callable[[World], None]] = []
         self.last_fault_at = 0.0
         self.physical_version = 0
@@ -347,21 +353,21 @@ class World:
     # -- the event loop -----------------------------------------------------------------------
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._queue, _Scheduled(t, next(self._seq), fn))
+        heapq.heappush(self._queue, (t, next(self._seq), fn))
 
     def run_until(self, t_end: float) -> None:
         """Advance simulated time to `t_end`, processing every event and tick on the way."""
         nodes = list(self.nodes.values())
         queue = self._queue
         while True:
-            next_tick = min(n.next_tick for n in nodes)
-            t = min(next_tick, queue[0].t) if queue else next_tick
+            next_tick = min([n.next_tick for n in nodes])
+            t = min(next_tick, queue[0][0]) if queue else next_tick
             if t > t_end:
                 self.now = float(t_end)
                 return
             self.now = max(self.now, t)
-            while queue and queue[0].t <= self.now:
-                heapq.heappop(queue).fn()
+            while queue and queue[0][0] <= self.now:
+                heapq.heappop(queue)[2]()
             self._raft_housekeeping()
             self._watchdogs()
             if self.drbd.resources:
@@ -631,6 +637,7 @@ class World:
         self._log_by.append(pending.node)
         pending.index = len(self.log)
         self.committed_state, result = apply(self.committed_state, pending.command)
+        pending.refused = "" if result.accepted else result.detail
         if not isinstance(pending.command, Heartbeat):
             extra: dict[str, TraceValue] = {"duplicate": True} if pending.duplicate else {}
             self.record(
@@ -865,11 +872,15 @@ class World:
         self.nodes[node].slow_starts[guest] = seconds
 
     def armed_watchdog_s(self, node: str) -> float:
-        """The timeout `node`'s watchdog device armed (what its agent commits)."""
-        configured = self.node_settings[node].watchdog_timeout_s
-        if self.options.watchdog_round_up:
-            return float(max(1, math.ceil(configured)))
-        return configured
+        """The timeout `node`'s watchdog device armed (what its agent commits). Fixed for the
+        run (the cluster's node settings do not change), so computed once: every step asks."""
+        armed = self._armed_watchdog_s.get(node)
+        if armed is None:
+            armed = configured = self.node_settings[node].watchdog_timeout_s
+            if self.options.watchdog_round_up:
+                armed = float(max(1, math.ceil(configured)))
+            self._armed_watchdog_s[node] = armed
+        return armed
 
     def _finish_start(
         self, node: _Node, gen: int, life: int, action: StartGuest, answer: bool = True
@@ -998,7 +1009,7 @@ class World:
         for node in self.nodes.values():
             if node.last_pet is None or not node.powered or node.role is NodeRole.WITNESS:
                 continue
-            timeout = self.armed_watchdog_s(node.name)
+            timeout = self._armed_watchdog_s.get(node.name) or self.armed_watchdog_s(node.name)
             if self.now - node.last_pet > timeout:
                 self._power_off(node, reason="watchdog expired")
 
@@ -1208,6 +1219,9 @@ class World:
         """pysyncobj re-sends a command: the last committed command of type `type_name` that
         `node` proposed commits once more (through `node`, when it reaches a leader)."""
         self._fault("fault_resend", node, type=type_name)
+        if node == ADMIN:
+            self._resend_admin(type_name)
+            return
         for index in range(len(self.log) - 1, -1, -1):
             command = self.log[index]
             if self._log_by[index] == node and command.type_name == type_name:
@@ -1215,6 +1229,17 @@ class World:
                 self._pending.append(copy)
                 self.at(self.now + 0.002, functools.partial(self._try_commit, copy))
                 return
+
+    def _resend_admin(self, type_name: str) -> None:
+        """An admin command of `type_name` commits again late: the one before the latest of
+        its type (a decision a newer one replaced), or the latest if it is the only one."""
+        indexes = [i for i in self._admin_indexes if self.log[i].type_name == type_name]
+        if not indexes:
+            return
+        index = indexes[-2] if len(indexes) >= 2 else indexes[-1]
+        copy = _Pending(self._log_by[index], -1, None, self.log[index], True, duplicate=True)
+        self._pending.append(copy)
+        self.at(self.now + 0.002, functools.partial(self._try_commit, copy))
 
     def shutdown(self, node: str) -> None:
         """Clean stop of the agent (systemctl stop): it stops its guests, commits `Leave` and
@@ -1242,14 +1267,36 @@ class World:
             (n for n in sorted(self.nodes) if self._raft_up(self.nodes[n])), None
         )
         if via is not None:
+            if not pending.decided:
+                # The admin decides on what they see when they send it (the CLI reads the
+                # version from an agent), and a retry repeats that decision unchanged.
+                pending.command = self._decided_on(pending.command)
+                pending.decided = True
             pending.node = via
             self._try_commit(pending)
         if pending.index is None:
             self.at(self.now + 1.0, self._admin_attempt)
             return
+        self._admin_indexes.append(pending.index - 1)
         self._admin_queue.pop(0)
+        command = pending.command
+        if pending.refused.startswith("stale") and isinstance(command, SetDesired | SetMaintenance):
+            # A late copy of an older decision won the race (`resend admin`): the admin sees
+            # "stale", looks again and repeats the command, decided on the newer version.
+            again = replace(command, expect_version=None)
+            self._admin_queue.insert(0, _Pending("", -1, None, again, answered=True))
         if self._admin_queue:
             self.at(self.now + 0.002, self._admin_attempt)
+
+    def _decided_on(self, command: Command) -> Command:
+        """`command` carrying the admin version of the committed record it is decided on, so
+        that a late re-delivery cannot undo a newer decision (issue 8 item 7)."""
+        state = self.committed_state
+        if isinstance(command, SetDesired) and command.guest in state.guests:
+            return replace(command, expect_version=state.guests[command.guest].admin_version)
+        if isinstance(command, SetMaintenance) and command.node in state.nodes:
+            return replace(command, expect_version=state.nodes[command.node].admin_version)
+        return command
 
     def disable(self, guest: str) -> None:
         self.admin(SetDesired(guest, DesiredState.STOPPED, "admin", 0.0), guest=guest)

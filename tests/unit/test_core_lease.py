@@ -15,12 +15,15 @@ from haagent.agent import (
 )
 from haagent.commands import (
     DeclareFailed,
+    FenceResult,
+    FenceStarted,
     GuestStopped,
     Heartbeat,
     Join,
 )
 from haagent.model import (
     FailureEvidence,
+    FenceMethod,
     NodeState,
 )
 from haagent.ports import (
@@ -131,5 +134,24 @@ def test_rejoin_after_being_failed_waits_until_nothing_protected_runs() -> None:
     assert not [x for x in commands(step) if isinstance(x, Join)]
     assert of(DestroyDomain, step.actions)
     step = c.tick(5.1, view(state), local(5.1))
+    (join,) = [x for x in commands(step) if isinstance(x, Join)]
+    assert join.clean
+
+
+def test_rejoin_waits_for_the_verdict_of_a_fence_in_progress() -> None:
+    """A fence agent may be switching this host off: a join before its verdict would be
+    refused by `apply` anyway; the agent proposes none until the verdict commits (issue 8)."""
+    c = AgentCore(settings(), "n1-new", started_at=0.0)
+    state = build(
+        DeclareFailed("n1", 1, FailureEvidence("n2", 1, 2.0, "silent", 0.0)),
+        FenceStarted("n1", 1, "n2", 0.0),
+        state=running_on_n1(),
+    )
+    assert state.node("n1").fence.in_progress_by == "n2"
+    for now in (5.0, 5.1, 5.2):
+        step = c.tick(now, view(state), local(now))
+        assert not [x for x in commands(step) if isinstance(x, Join)]
+    state = build(FenceResult("n1", 1, False, FenceMethod.AGENT, "no answer", 0.0), state=state)
+    step = c.tick(5.3, view(state), local(5.3))
     (join,) = [x for x in commands(step) if isinstance(x, Join)]
     assert join.clean

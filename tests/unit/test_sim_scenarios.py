@@ -31,6 +31,7 @@ REQUIRED = {
     "failed node returning before recovery": "failed_node_returns_before_recovery",
     "failed node returning after recovery": "failed_node_returns_after_recovery",
     "leader lost while a fence is pending": "leader_lost_while_fence_pending",
+    "rejoin while a fence is in progress": "rejoin_while_fence_pending",
     "fence failing then succeeding": "fence_fails_then_succeeds",
     "fencing levels": "fencing_levels",
     "repeated failures: restart, relocate, error": "guest_crash_loop_error",

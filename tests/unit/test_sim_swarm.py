@@ -137,3 +137,20 @@ def test_swarm_verbose_prints_the_schedule_and_trace() -> None:
 
 def test_swarm_main_refuses_nonsense() -> None:
     assert swarm_main(["--seeds", "0"], io.StringIO()) == 2
+
+
+def test_the_swarm_draws_the_faults_the_scenarios_cover() -> None:
+    """Issue 8 item 10: snapshot decode failures, config drift, replica corruption, admin
+    decisions re-delivered late and lost host links are drawn, and such a schedule replays
+    from its scenario file."""
+    verbs: set[str] = set()
+    for seed in range(200):
+        for step in generate(seed).faults:
+            admin = step.verb == "resend" and step.args[0] == "admin"
+            verbs.add("resend admin" if admin else step.verb)
+    assert {"snapshot_fails", "config", "corrupt", "resend admin", "link_down"} <= verbs
+    for seed in (3, 11):  # a late admin decision, a damaged snapshot; config drift, lost links
+        sc = generate(seed)
+        reparsed = parse_scenario(sc.to_text(), sc.name)
+        swarm_trace = run_scenario(sc, settle_s=SETTLE_S).trace_text()
+        assert run_scenario(reparsed).trace_text().startswith(swarm_trace)

@@ -232,6 +232,34 @@ def test_a_failed_node_rejoins_only_clean() -> None:
     assert state.node("n2").evidence is None
 
 
+def test_a_failed_node_waits_for_the_verdict_of_a_fence_in_progress() -> None:
+    """Issue 8 (nemesis): a join accepted while a fence agent runs was switched off as an "up"
+    node, the verdict was refused as stale, and the node was declared and fenced again."""
+    state = fail(cluster("n1", "n2", "n3"), "n2")
+    epoch = state.node("n2").failure_epoch
+    # Declared but not being fenced yet: the join wins, and the fence start loses.
+    joined, (r,) = run(state, Join("n2", "n2-2", NodeRole.HYPERVISOR, True, 0.0))
+    assert r.accepted and joined.node("n2").state is NodeState.UP
+    _, (r,) = run(joined, FenceStarted("n2", epoch, "n1", 0.0))
+    assert not r.accepted
+    # A fence in progress: the join waits for its verdict.
+    state, (r,) = run(state, FenceStarted("n2", epoch, "n1", 0.0))
+    assert r.accepted
+    _, (r,) = run(state, Join("n2", "n2-2", NodeRole.HYPERVISOR, True, 0.0))
+    assert not r.accepted and r.detail.startswith("a fence is in progress")
+    # A failed fence keeps the normal path: the node may rejoin.
+    failed, (r,) = run(state, FenceResult("n2", epoch, False, FenceMethod.AGENT, "no", 0.0))
+    assert r.accepted
+    failed, (r,) = run(failed, Join("n2", "n2-2", NodeRole.HYPERVISOR, True, 0.0))
+    assert r.accepted and failed.node("n2").state is NodeState.UP
+    # A successful one counts, and the node rejoins later as a fenced one (after power-on).
+    fenced, (r,) = run(state, FenceResult("n2", epoch, True, FenceMethod.AGENT, "off", 0.0))
+    assert r.accepted and fenced.node("n2").state is NodeState.FENCED
+    fenced, (r,) = run(fenced, Join("n2", "n2-3", NodeRole.HYPERVISOR, True, 0.0))
+    assert r.accepted and fenced.node("n2").state is NodeState.UP
+    assert fenced.node("n2").fence.in_progress_by is None
+
+
 # --- leave, admin, spec -----------------------------------------------------------------
 
 

@@ -253,3 +253,23 @@ def test_the_status_shows_the_arming_the_freeze_the_move_and_the_audit() -> None
     )
     assert "up (FROZEN)" in text and "running (moving to n2)" in text
     assert f"2025-12-04 00:00:01 UTC  node freeze n2 by {WHO}: agent upgrade" in text
+
+
+def test_the_fast_state_copies_keep_every_field() -> None:
+    """`with_node` and `with_applied` build the state through its constructor (a heartbeat's
+    hot path): a field they leave out would be reset by every heartbeat (seen when the admin
+    verbs' `arming` and `audit` met that optimisation)."""
+    import dataclasses
+
+    from haagent.model import Arming, AuditEntry, ClusterState, NodeRecord, NodeRole
+
+    state = ClusterState(
+        nodes={"n1": NodeRecord("n1", NodeRole.HYPERVISOR)},
+        applied=7,
+        arming=Arming(disarmed=True, version=3, for_s=60.0),
+        audit=(AuditEntry("disarm", "alice", "maintenance", 1.0),),
+    )
+    for copy in (state.with_node(state.node("n1")), state.with_applied(8)):
+        for f in dataclasses.fields(ClusterState):
+            if f.name not in ("nodes", "applied"):
+                assert getattr(copy, f.name) == getattr(state, f.name), f.name
