@@ -186,6 +186,8 @@ class _Node:
     fence_script: list[str] = field(default_factory=list)
     start_failures: dict[str, int] = field(default_factory=dict)
     slow_starts: dict[str, float] = field(default_factory=dict)  # guest -> next start's duration
+    # domain -> (when its create() returns, boot_count): a start still inside the hypervisor.
+    creating: dict[str, tuple[float, int]] = field(default_factory=dict)
     calls: ActingCalls = field(default_factory=ActingCalls)  # the agent's authorised calls
     watchdog_deferred: bool = False  # armed by a predecessor: open only with a lease
     watchdog_released: bool = False  # released by a disarm or a frozen exit (magic close)
@@ -734,12 +736,12 @@ class World:
             self._call_start(node, gen, life, action)
         elif isinstance(action, DestroyDomain):
             self.at(
-                self.now + o.destroy_s,
+                self._after_create(node, action.domain) + o.destroy_s,
                 lambda: self._finish_stop(node, gen, life, action.key, action.domain, "destroyed"),
             )
         elif isinstance(action, StopGuest):
             self.at(
-                self.now + o.stop_s,
+                self._after_create(node, action.domain) + o.stop_s,
                 lambda: self._finish_stop(node, gen, life, action.key, action.domain, "stopped"),
             )
         elif isinstance(action, RunFence):
@@ -861,9 +863,22 @@ class World:
 
         def finish() -> None:
             calls.release(handle)
+            if node.creating.get(action.domain) == (ends, life):
+                del node.creating[action.domain]
             self._finish_start(node, gen, life, action, answer=took_s <= timeout_s)
 
-        self.at(self.now + took_s, finish)
+        ends = self.now + took_s
+        node.creating[action.domain] = (ends, life)
+        self.at(ends, finish)
+
+    def _after_create(self, node: _Node, domain: str) -> float:
+        """When a stop or destroy of `domain` may begin: now, or once a create() of it still
+        inside the hypervisor has returned. The libvirt adapter's destroy waits for such a
+        call (a late create() would otherwise undo the destroy), and so does this fake."""
+        pending = node.creating.get(domain)
+        if pending is None or pending[1] != node.boot_count:
+            return self.now
+        return max(self.now, pending[0])
 
     def slow_start(self, node: str, guest: str, seconds: float) -> None:
         """The next start of `guest` on `node` takes `seconds` in the hypervisor (a slow or
