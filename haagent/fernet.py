@@ -62,8 +62,8 @@ def _libcrypto_path() -> str | None:
 
 
 class _Evp:
-    """The five EVP calls AES-128-CBC needs, with their C types declared (wrong types would
-    truncate 64-bit pointers)."""
+    """The EVP calls AES-128-CBC needs (context, cipher, init/update/final each way), with
+    their C types declared (undeclared, ctypes would truncate 64-bit pointers to int)."""
 
     def __init__(self) -> None:
         names = [p for p in (_libcrypto_path(),) if p] + ["libcrypto.so.3", "libcrypto.so.1.1"]
