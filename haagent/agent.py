@@ -211,7 +211,10 @@ class AgentCore:
         state = view.state
         lease_valid = self.lease.valid(now)
         disarmed = self.arming.disarmed(state, now)
-        hold = self.arming.hold(state, now)
+        # A diverged or incompatible node runs nothing, disarmed or not: it left Raft, so it
+        # never learns the re-arm and would hold its guests until its own deadline (swarm seed
+        # 119: a restarted agent with a drifted config counted the disarm from its restart).
+        hold = self.arming.hold(state, now) and self.lease.diverged is None
         # The clean exit of a frozen node's agent (a restart, an upgrade): its guests stay and
         # it leaves nothing; the shell releases the watchdog and exits.
         frozen_exit = self.lease.leaving and state.node(self.settings.node).frozen

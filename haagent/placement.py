@@ -142,12 +142,15 @@ def plan(
     for guest in orphans:
         spec = guest.spec
         allowed = [n for n in load if spec.allows(n)]
-        if guest.move_to is not None:
+        target = state.nodes.get(guest.move_to) if guest.move_to is not None else None
+        if target is not None and target.state is NodeState.UP:
             # An admin's move (`haagent guest move`) goes to its target only, or waits.
             allowed = [n for n in allowed if n == guest.move_to]
             if not allowed:
                 unplaced.append(Unplaced(guest.name, f"move target {guest.move_to} unavailable"))
                 continue
+        # A target no longer up (failed, fenced, gone) cannot take the guest, which must not
+        # stay down waiting for it (swarm seed 217): it is placed like any other.
         if not allowed:
             unplaced.append(Unplaced(guest.name, "no allowed node is up"))
             continue

@@ -92,6 +92,9 @@ NO_ROOM = (
     # Only with a node out for good (tight seeds have no DRBD guest): it held the only
     # up-to-date replica, and an outdated one is never promoted (rule 5).
     "last unplaced: only outdated replicas are up",
+    # The raid1 counterpart: the node out for good holds the only fresh leg, and a guest never
+    # starts from stale legs alone (issue 10).
+    "(stale) reachable; fresh leg",
 )
 
 
