@@ -175,10 +175,7 @@ class ActionExecutor:
                     xml = with_leg_disks(xml, action.legs)
                 except LegDiskError as exc:
                     raise HypervisorError(f"{action.guest}: {exc}") from None
-            refused = self._authority.check(action.guest, action.generation)
-            if refused is not None:
-                raise RefusedError(f"{action.key} refused before the call: {refused}")
-            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            authorise = self._authority.permit(action.key, action.guest, action.generation)
             await asyncio.wait_for(
                 hv.start(
                     action.domain,
@@ -213,10 +210,7 @@ class ActionExecutor:
         t0 = time.monotonic()
         try:
             hv = self._hypervisor()
-            refused = self._authority.check(action.guest, action.generation)
-            if refused is not None:
-                raise RefusedError(f"{action.key} refused before the call: {refused}")
-            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            authorise = self._authority.permit(action.key, action.guest, action.generation)
             await asyncio.wait_for(
                 hv.migrate(
                     action.domain,
@@ -252,10 +246,7 @@ class ActionExecutor:
         hand-over (it owns the guest at the copy's generation)."""
         try:
             hv = self._hypervisor()
-            refused = self._authority.check(action.guest, action.generation)
-            if refused is not None:
-                raise RefusedError(f"{action.key} refused before the call: {refused}")
-            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            authorise = self._authority.permit(action.key, action.guest, action.generation)
             await asyncio.wait_for(
                 hv.resume(action.domain, authorise=authorise), MIN_DESTROY_TIMEOUT_S
             )
@@ -304,10 +295,11 @@ class ActionExecutor:
             return ActionResult(False, detail)
         if isinstance(action, PromoteReplica):
             # Checked at the moment of acting, like a start (README, "Safety model").
-            refused = self._authority.check(action.guest, action.generation)
-            if refused is not None:
-                log.warning("promote %s not made: %s", action.resource, refused)
-                return ActionResult(False, f"{action.key} refused: {refused}", refused=True)
+            try:
+                self._authority.require(action.key, action.guest, action.generation)
+            except RefusedError as exc:
+                log.warning("promote %s not made: %s", action.resource, exc)
+                return ActionResult(False, str(exc), refused=True)
         match action:
             case PromoteReplica():
                 call = replicas.promote(action.resource)
@@ -334,10 +326,11 @@ class ActionExecutor:
         mirrors = self._mirrors
         if mirrors is None:
             return ActionResult(False, f"{action.key}: no raid1 legs on this node")
-        refused = self._authority.check(action.guest, action.generation)
-        if refused is not None:
-            log.warning("%s not made: %s", action.key, refused)
-            return ActionResult(False, f"{action.key} refused: {refused}", refused=True)
+        try:
+            self._authority.require(action.key, action.guest, action.generation)
+        except RefusedError as exc:
+            log.warning("%s", exc)
+            return ActionResult(False, str(exc), refused=True)
         match action:
             case AttachLeg():
                 call = mirrors.attach_leg(action.guest, action.leg, action.source)
