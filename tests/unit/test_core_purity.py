@@ -16,6 +16,7 @@ CORE = [
     "commands",
     "statemachine",
     "statemachine_admin",
+    "statemachine_migration",
     "placement",
     "agent",
     "ports",
