@@ -15,8 +15,8 @@ The safety rules of DESIGN.md that live here:
   so a declaration can never overtake a heartbeat that was committed before it.
 
 The admin verbs' handlers live in `haagent.statemachine_admin`, live migration's in
-`haagent.statemachine_migration` (with `owner_check`, the test every owner report passes);
-`apply` dispatches to them.
+`haagent.statemachine_migration`; `apply` dispatches to them. Checks several commands make
+(`owner_check`, `target_refusal`) are in `haagent.statemachine_checks`.
 """
 
 from __future__ import annotations
@@ -70,12 +70,12 @@ from haagent.model import (
     GuestSpec,
     GuestState,
     NodeRecord,
-    NodeRole,
     NodeState,
     StaleLeg,
     StorageKind,
 )
-from haagent.statemachine_migration import ended, owner_check
+from haagent.statemachine_checks import owner_check, target_refusal
+from haagent.statemachine_migration import ended
 
 
 @dataclass(frozen=True)
@@ -387,20 +387,13 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
     changed: dict[str, GuestRecord] = {}
     for a in c.assignments:
         guest = changed.get(a.guest) or state.guests.get(a.guest)
-        target = state.node(a.node)
         why = ""
         if guest is None:
             why = "unknown guest"
         elif guest.generation != a.expected_generation:
             why = f"generation is {guest.generation}, not {a.expected_generation}"
-        elif target.state is not NodeState.UP or target.role is not NodeRole.HYPERVISOR:
-            why = f"{a.node} is not an up hypervisor"
-        elif target.maintenance:
-            why = f"{a.node} is in maintenance"
-        elif not guest.spec.allows(a.node):
-            why = f"{a.node} is not allowed"
-        elif target.lacks(guest.spec):
-            why = f"{a.node} lacks {', '.join(target.lacks(guest.spec))}"
+        elif target_why := target_refusal(state, guest.spec, a.node):
+            why = target_why
         elif not movable(state, guest):
             why = (
                 f"owner {guest.owner} is {state.node(guest.owner or '').state}, guest {guest.state}"

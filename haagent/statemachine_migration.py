@@ -1,7 +1,7 @@
 """`apply` for live migration: the intent, the hand-over, the abort and the resume.
 
-Pure and deterministic like `haagent.statemachine` (which dispatches here and shares
-`owner_check`, the test every owner report passes). Each handler returns the new state and a
+Pure and deterministic like `haagent.statemachine` (which dispatches here; the checks
+both share are in `haagent.statemachine_checks`). Each handler returns the new state and a
 refusal ("" when accepted) or a note for an accepted no-op, as the admin handlers do
 (`haagent.statemachine_admin.Handled`); the caller turns that into a `Result`.
 
@@ -23,10 +23,10 @@ from haagent.model import (
     GuestState,
     Migration,
     MigrationPhase,
-    NodeRole,
     NodeState,
 )
 from haagent.statemachine_admin import Handled, stale
+from haagent.statemachine_checks import owner_check, target_refusal
 
 Found = tuple[GuestRecord, Migration]
 """A guest record and its migration, as a check found them."""
@@ -35,19 +35,6 @@ MIGRATION_STORAGE_REFUSAL = (
     "live migration needs shared storage ({storage} is not: DRBD dual-primary is not "
     "supported); stop it and let it start elsewhere instead"
 )
-
-
-def owner_check(state: ClusterState, guest_name: str, node: str, generation: int) -> str:
-    """Why `node` may not report on `guest_name` at `generation` ("" if it may): the guest
-    must exist, be owned by `node` at exactly `generation`, and `node` must be up."""
-    guest = state.guests.get(guest_name)
-    if guest is None:
-        return f"unknown guest {guest_name!r}"
-    if guest.owner != node or guest.generation != generation:
-        return f"{guest_name} is owned by {guest.owner} at generation {guest.generation}"
-    if state.node(node).state is not NodeState.UP:
-        return f"{node} is {state.node(node).state}"
-    return ""
 
 
 def migration_refusal(state: ClusterState, guest: GuestRecord, node: str) -> str:
@@ -64,16 +51,7 @@ def migration_refusal(state: ClusterState, guest: GuestRecord, node: str) -> str
         return f"its owner {guest.owner} is not up"
     if node == guest.owner:
         return f"{guest.name} already runs on {node}"
-    target = state.node(node)
-    if target.state is not NodeState.UP or target.role is not NodeRole.HYPERVISOR:
-        return f"{node} is not an up hypervisor"
-    if target.maintenance:
-        return f"{node} is in maintenance"
-    if not guest.spec.allows(node):
-        return f"{node} is not allowed"
-    if target.lacks(guest.spec):
-        return f"{node} lacks {', '.join(target.lacks(guest.spec))}"
-    return ""
+    return target_refusal(state, guest.spec, node)
 
 
 def ended(migration: Migration | None, why: str, at: float) -> Migration | None:

@@ -17,6 +17,7 @@ CORE = [
     "statemachine",
     "statemachine_admin",
     "statemachine_migration",
+    "statemachine_checks",
     "placement",
     "agent",
     "ports",
