@@ -13,11 +13,13 @@ Contract:
   A promotion that timed out may still complete (DRBD 8.4 runs the fence-peer handler inside
   `drbdadm primary` when the peer is gone): its result is unknown, and the next pass decides
   on what the watcher then reports.
-- A start and a promote are checked by the `ActAuthority` right before the call, not only when
-  the core decided them: if the lease has lapsed or the committed generation moved on, the
-  call is not made and the result is `ActionResult(refused=True)`, which the core never counts
-  as a failure. For a start the adapter checks once more in the thread that makes the call and
-  holds a permit until the call returns (haagent.daemon.authority).
+- A start, a migration, a resume, a promote and a leg change are checked by the
+  `ActAuthority` right before the call (`require`, or `permit` where the adapter takes a
+  permit), not only when the core decided them: if the lease has lapsed or the committed
+  generation moved on, the call is not made and the result is `ActionResult(refused=True)`,
+  which the core never counts as a failure. For a start, a migration and a resume the adapter
+  checks once more in the thread that makes the call and holds a permit until the call returns
+  (haagent.daemon.authority).
 """
 
 from __future__ import annotations
