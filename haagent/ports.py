@@ -193,7 +193,9 @@ class Hypervisor(Protocol):
         ...
 
     async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
-        """Resume a paused domain (the destination, once the hand-over is committed)."""
+        """Resume a paused domain (the destination, once the hand-over is committed). Raises
+        HypervisorError. `authorise` as for start, entered right before the resume call and
+        held until it returns."""
         ...
 
     async def clear_autostart(self, domains: Collection[str]) -> list[str]:

@@ -635,16 +635,10 @@ class LibvirtHypervisor:
         timeout_s: float,
         authorise: Authorise | None = None,
     ) -> None:
-        """Live-migrate the running `domain` peer-to-peer to the libvirt at `dest_uri` (as the
-        source libvirtd reaches it): persistent there and left PAUSED, its definition carrying
-        the owner record (cluster, dest_node, generation); the source's definition is kept and
-        its instance ends shut off ("migrated"). Returns once libvirt reports it complete.
-
-        Raises HypervisorError when libvirt refused or failed (the guest is then still on the
-        source), or after `timeout_s`, once the job was aborted; UnknownOutcomeError (a
-        HypervisorError) when the connection to the source died or the job outlived its
-        abort. `authorise` is entered right before the migration call and held until it
-        returns. Details: resources/libvirt_migrate.py.
+        """The `Hypervisor.migrate` contract (haagent.ports), which this adapter keeps as written
+        there. Specific here: `dest_uri` is the destination as the source libvirtd reaches it;
+        a connection to the source that died, or a job that outlived its abort, raises
+        UnknownOutcomeError (a HypervisorError). Details: resources/libvirt_migrate.py.
         """
         if generation < 0:
             raise ValueError("generation must be >= 0")
@@ -668,9 +662,8 @@ class LibvirtHypervisor:
         )
 
     async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
-        """Resume the paused `domain` (the destination of a migration, once the hand-over is
-        committed); a running one is left alone. Raises HypervisorError if it is not active
-        here. `authorise` is entered right before the resume call, held until it returns."""
+        """The `Hypervisor.resume` contract (haagent.ports); a running domain is left alone, one
+        not active here raises HypervisorError."""
         await self._call(f"resume {domain}", lambda conn: resume_domain(conn, domain, authorise))
 
     async def stop(self, domain: str, timeout_s: float) -> None:
