@@ -35,38 +35,28 @@ and removed even on failure.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 
-from haagent.localcluster.cluster import (
-    GuestPlan,
-    LocalCluster,
-    http_get_json,
-    local_plan,
-    running_cluster,
-    wait_for,
-)
-from tests.helpers.libvirt_host import LibvirtHost, grant_kvm_to_group
+from haagent.localcluster.cluster import LocalCluster, running_cluster, wait_for
 from tests.helpers.migration_watch import DomainWatch
-from tests.helpers.raid1_guest import NbdServer
+from tests.helpers.raid1_hosts import (
+    Lab,
+    events,
+    guest_doc,
+    monotonic_of,
+    raid1_lab,
+    raid1_plan,
+    serials,
+    show_logs,
+)
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-FENCE_AGENT = REPO / "resources" / "fence_nbd_leg.py"
 GUEST = "r1"
 LEG_MIB = 16
 START_TIMEOUT_S = 90.0
@@ -89,163 +79,19 @@ GUEST_XML = f"""<domain type='qemu'>
 """
 
 
-class LoopDevice:
-    """A loop device over a file: the holder's own block device for its leg."""
-
-    def __init__(self, image: Path) -> None:
-        done = subprocess.run(
-            ["losetup", "--find", "--show", str(image)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        self.path = done.stdout.strip()
-
-    def close(self) -> None:
-        subprocess.run(["losetup", "-d", self.path], check=False, capture_output=True, timeout=30)
-
-
-@dataclass
-class Holder:
-    """One hypervisor "host": its libvirtd, and its leg (loop device + nbd-server)."""
-
-    host: LibvirtHost
-    nbd: NbdServer
-    loop: LoopDevice
-
-    def crash(self) -> None:
-        """Power loss as far as its guests and its leg export are concerned."""
-        pids = [self.host.libvirtd_pid(), *self.host.qemu_pids().values()]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.nbd.kill()
-        wait_for("the host's processes to die", lambda: None if self._any_alive(pids) else True, 10)
-
-    @staticmethod
-    def _any_alive(pids: list[int]) -> bool:
-        for pid in pids:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state != "Z":
-                return True
-        return False
-
-    def reboot(self) -> None:
-        """Back after a reboot: /run is empty (libvirt's runtime state of the dead guest is
-        gone, so the new libvirtd does not try to reconnect to it), then libvirtd and the
-        leg export start again."""
-        for stale in (self.host.dir("run") / "qemu").glob(f"{GUEST}.*"):
-            stale.unlink()
-        self.host.restart_libvirtd()
-        self.nbd.start()
-
-
-@dataclass
-class Lab:
-    h1: Holder
-    h2: Holder
-    base: Path
-
-
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    grant_kvm_to_group()
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    # Short: unix socket paths are limited to 107 bytes.
-    base = Path(tempfile.mkdtemp(prefix="har1-", dir="/tmp"))
-    opened: list[Any] = []
-    try:
-        holders = []
-        for i, leg in ((1, "lega"), (2, "legb")):
-            nbd = NbdServer(base, leg, LEG_MIB)
-            opened.append(nbd)
-            loop = LoopDevice(nbd.image)
-            opened.append(loop)
-            host = LibvirtHost(base / f"h{i}")
-            opened.append(host)
-            host.up()
-            nbd.start()
-            holders.append(Holder(host, nbd, loop))
-        yield Lab(holders[0], holders[1], base)
-    finally:
-        for thing in reversed(opened):
-            if isinstance(thing, LibvirtHost):
-                thing.down()
-            else:
-                thing.close()
-        shutil.rmtree(base, ignore_errors=True)
+    with raid1_lab(GUEST, LEG_MIB) as made:
+        yield made
 
 
-def serials(uri: str, inactive: bool = False) -> list[str]:
-    conn = libvirt.open(uri)
-    try:
-        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
-        xml = conn.lookupByName(GUEST).XMLDesc(flags)
-    finally:
-        conn.close()
-    return sorted(s.text or "" for s in ET.fromstring(xml).iter("serial"))
-
-
-def events(cluster: LocalCluster, node: str) -> list[dict[str, Any]]:
-    doc = http_get_json(
-        cluster.api_listen(node), "/v1/events?since=0&limit=1000", cluster.token(node)
-    )
-    return list(doc["events"])
-
-
-def monotonic_of(wall: float) -> float:
-    return wall - (time.time() - time.monotonic())
-
-
-def show_logs(cluster: LocalCluster, lines: int = 80) -> None:
-    for node in cluster.nodes():
-        tail = cluster.log_file(node).read_text(errors="replace").splitlines()[-lines:]
-        print(f"--- {node}'s log (last {len(tail)} lines)", *tail, sep="\n")
-
-
-def test_degraded_start_reattach_and_no_start_from_a_stale_leg(lab: Lab) -> None:
-    legs = (
-        ("lega", "n1", lab.h1.loop.path, lab.h1.nbd.uri),
-        ("legb", "n2", lab.h2.loop.path, lab.h2.nbd.uri),
-    )
-    plan = local_plan(
-        3,
-        fence="dummy",
-        guests=(GuestPlan(GUEST, 32, 10, ("n1",), xml=GUEST_XML, legs=legs),),
-        witness=True,
-    )
-
-    def fence_of(i: int) -> tuple[tuple[str, str], ...]:
-        # n_i is cut off the leg the *other* host holds and exports.
-        other = lab.h2 if i == 1 else lab.h1
-        return (
-            ("allow_file", str(other.nbd.allow_file)),
-            ("address", "127.0.0.1"),
-            ("server_pid_file", str(other.nbd.pid_file)),
-        )
-
-    holders = {1: lab.h1, 2: lab.h2}
-    nodes = tuple(
-        replace(
-            n,
-            libvirt_uri=holders[i].host.uri,
-            fence="agent",
-            fence_agent=str(FENCE_AGENT),
-            fence_params=fence_of(i),
-        )
-        if n.role == "hypervisor"
-        else n
-        for i, n in enumerate(plan.nodes, 1)
-    )
+def test_degraded_start_and_no_start_from_a_stale_leg(lab: Lab) -> None:
+    plan = raid1_plan(lab, GUEST, 32, GUEST_XML)
     watch = DomainWatch([lab.h1.host.uri, lab.h2.host.uri], GUEST).start()
     timings: dict[str, float] = {}
     began = time.monotonic()
     try:
-        with running_cluster(lab.base / "run", replace(plan, nodes=nodes), START_TIMEOUT_S) as c:
+        with running_cluster(lab.base / "run", plan, START_TIMEOUT_S) as c:
             try:
                 scenario(c, lab, watch, timings)
             except BaseException:
@@ -261,23 +107,17 @@ def test_degraded_start_reattach_and_no_start_from_a_stale_leg(lab: Lab) -> None
     print(f"whole test {time.monotonic() - began:.1f} s, {len(watch.samples)} samples")
 
 
-def guest_doc(cluster: LocalCluster, exclude: tuple[str, ...]) -> dict[str, Any]:
-    doc: dict[str, Any] = cluster.any_status(exclude)["guests"][GUEST]
-    return doc
-
-
 def scenario(c: LocalCluster, lab: Lab, watch: DomainWatch, timings: dict[str, float]) -> None:
     # 1. On n1 with both legs.
-    first = watch.wait_for(0, "running", STEP_TIMEOUT_S)
-    assert serials(lab.h1.host.uri) == ["lega", "legb"]
-    g = guest_doc(c, ())
+    watch.wait_for(0, "running", STEP_TIMEOUT_S)
+    assert serials(lab.h1.host.uri, GUEST) == ["lega", "legb"]
+    g = guest_doc(c, GUEST)
     assert (g["owner"], g["legs"]["lega"]["fresh"], g["legs"]["legb"]["fresh"]) == (
         "n1",
         True,
         True,
     ), g
     generation = g["generation"]
-    del first
 
     # 2. n1 fails; r1 starts on n2 from legb alone, lega committed stale first.
     crashed = time.monotonic()
@@ -285,10 +125,10 @@ def scenario(c: LocalCluster, lab: Lab, watch: DomainWatch, timings: dict[str, f
     lab.h1.crash()
     on_h2 = watch.wait_for(1, "running", STEP_TIMEOUT_S)
     timings["n1_crash_to_running_on_h2_s"] = on_h2.at - crashed
-    assert serials(lab.h2.host.uri) == ["legb"], "a stale leg reached the degraded start"
+    assert serials(lab.h2.host.uri, GUEST) == ["legb"], "a stale leg reached the degraded start"
 
     def degraded() -> dict[str, Any] | None:
-        g = guest_doc(c, ("n1",))
+        g = guest_doc(c, GUEST, ("n1",))
         ok = g["owner"] == "n2" and g["generation"] > generation and g["state"] == "running"
         return g if ok else None
 
@@ -325,11 +165,11 @@ def scenario(c: LocalCluster, lab: Lab, watch: DomainWatch, timings: dict[str, f
     timings["n1_return_to_up_s"] = time.monotonic() - returned
     settle = time.monotonic() + 3.0
     while time.monotonic() < settle:
-        assert serials(lab.h2.host.uri) == ["legb"]
+        assert serials(lab.h2.host.uri, GUEST) == ["legb"]
         latest = watch.latest()
         assert latest is not None and not latest.states[0].startswith("running"), latest
         time.sleep(0.2)
-    g = guest_doc(c, ())
+    g = guest_doc(c, GUEST)
     assert not g["legs"]["lega"]["fresh"], "lega committed fresh without evidence"
 
     # 4. n2 fails: n1 fences it, and r1 must not start from lega (stale) alone.
@@ -365,10 +205,10 @@ def scenario(c: LocalCluster, lab: Lab, watch: DomainWatch, timings: dict[str, f
         latest = watch.latest()
         assert latest is not None and not latest.states[0].startswith("running"), latest
         time.sleep(0.2)
-    g = guest_doc(c, ("n2",))
+    g = guest_doc(c, GUEST, ("n2",))
     assert g["state"] != "running" or g["owner"] == "n2", g
     assert not g["legs"]["lega"]["fresh"] and g["legs"]["lega"]["stale_reason"], g["legs"]
     assert g["legs"]["legb"]["fresh"], g["legs"]
     # Host 1 still keeps the definition of step 1 (both legs): it was never started.
-    assert serials(lab.h1.host.uri, inactive=True) == ["lega", "legb"]
+    assert serials(lab.h1.host.uri, GUEST, inactive=True) == ["lega", "legb"]
     print(f"r1 after n2 failed: state {g['state']}, owner {g['owner']}, legs {g['legs']}")
