@@ -18,8 +18,9 @@ runs md RAID1 over them. Each disk is a *leg*, named by a leg id from the config
 Contracts:
 
 * `observe` returns None when there is nothing to observe: the guest is not running on this
-  host, or its agent does not answer (still booting, or not installed). None is never evidence
-  of anything. It raises nothing for operating errors (they are logged).
+  host, its agent does not answer (still booting, or not installed), or no md array in it
+  holds any of its legs (not assembled yet). None is never evidence of anything. It raises
+  nothing for operating errors (they are logged).
 * `attach_leg` is idempotent for the same leg and source: a disk already carrying this leg's
   serial and source is left alone. It never replaces a disk: this leg from another source
   raises `MirrorError`. A leg whose connection died (its server went away; QEMU's NBD client
@@ -380,4 +381,9 @@ def _observe_in_guest(
             if array.sync_action in ("resync", "recovery"):
                 progress = array.sync_progress
             break
+    else:
+        # No array holds any leg: the guest has not assembled it (yet: its agent may answer
+        # before its md starts while it boots). That says nothing about the legs; reported as
+        # "missing" they would be committed stale on a guess.
+        raise MdstatError("no md array holds any of the guest's legs (not assembled yet?)")
     return MirrorObservation(guest=guest, members=members, resync_progress=progress)
