@@ -184,7 +184,7 @@ def serials(uri: str, guest: str, inactive: bool = False) -> list[str]:
         xml = conn.lookupByName(guest).XMLDesc(flags)
     finally:
         conn.close()
-    return sorted(s.text or "" for s in ET.fromstring(xml).iter("serial"))
+    return sorted(s.text or "" for s in ET.fromstring(xml).iterfind("./devices/disk/serial"))
 
 
 def events(cluster: LocalCluster, node: str) -> list[dict[str, Any]]:
