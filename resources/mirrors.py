@@ -386,4 +386,9 @@ def _observe_in_guest(
         # before its md starts while it boots). That says nothing about the legs; reported as
         # "missing" they would be committed stale on a guess.
         raise MdstatError("no md array holds any of the guest's legs (not assembled yet?)")
+    if "resyncing" not in members.values():
+        # mdstat is read before the member state files: a recovery that ended in between
+        # leaves its last progress behind, while the port promises progress only while a leg
+        # resyncs (seen at load ~11: both legs in_sync with progress 0.95).
+        progress = None
     return MirrorObservation(guest=guest, members=members, resync_progress=progress)
