@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,11 @@ from haagent.localcluster.cluster import (
     LocalCluster,
     http_get_json,
     local_plan,
+    running_cluster,
     wait_for,
 )
 from tests.helpers.libvirt_host import LibvirtHost, grant_kvm_to_group
+from tests.helpers.migration_watch import DomainWatch
 from tests.helpers.raid1_guest import NbdServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,3 +209,30 @@ def show_logs(cluster: LocalCluster, lines: int = 80) -> None:
 def guest_doc(cluster: LocalCluster, guest: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     doc: dict[str, Any] = cluster.any_status(exclude)["guests"][guest]
     return doc
+
+
+Scenario = Callable[[LocalCluster, DomainWatch, dict[str, float]], None]
+
+
+def run_watched(lab: Lab, plan: ClusterPlan, guest: str, timeout_s: float, body: Scenario) -> None:
+    """Run `body(cluster, watch, timings)` with the agents of `plan` up and `guest` sampled on
+    both hosts every 100 ms; on failure print the agents' logs and the states seen. Asserts
+    that no sample showed the guest running on both hosts; prints the timings."""
+    watch = DomainWatch([lab.h1.host.uri, lab.h2.host.uri], guest).start()
+    timings: dict[str, float] = {}
+    began = time.monotonic()
+    try:
+        with running_cluster(lab.base / "run", plan, timeout_s) as cluster:
+            try:
+                body(cluster, watch, timings)
+            except BaseException:
+                show_logs(cluster)
+                print("states h1 | h2:", *watch.transitions(began), sep="\n    ")
+                raise
+    finally:
+        watch.stop()
+    twice = watch.both_running()
+    assert twice == [], f"{guest} ran on both hosts: {twice[:3]}"
+    print("\nstates h1 | h2:", *watch.transitions(began), sep="\n    ")
+    print("timings: " + ", ".join(f"{k}={v:.2f}" for k, v in timings.items()))
+    print(f"whole test {time.monotonic() - began:.1f} s, {len(watch.samples)} samples")

@@ -10,7 +10,6 @@ failure, never a success and never "OFF".
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import pytest
 
 from haagent.fencing.levels import AgentFencer
 from haagent.ports import FenceDevice
-from tests.helpers.raid1_guest import NbdServer, wait_for
+from tests.helpers.raid1_guest import NbdServer, closed, wait_for
 from tests.helpers.sshd import SshServer
 
 pytestmark = pytest.mark.integration
@@ -73,26 +72,9 @@ def run_wrapper(params: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def connect_from(source: str, nbd: NbdServer) -> socket.socket:
-    conn = socket.create_connection(("127.0.0.1", nbd.port), timeout=5, source_address=(source, 0))
-    assert conn.recv(8) == b"NBDMAGIC"
-    return conn
-
-
-def closed(conn: socket.socket) -> bool | None:
-    conn.settimeout(0.1)
-    try:
-        data = conn.recv(4096)
-    except TimeoutError:
-        return None
-    except ConnectionResetError:
-        return True
-    return True if data == b"" else None
-
-
 def test_off_status_on_run_on_the_holder_through_the_fencing_levels(holder: Holder) -> None:
-    victim = connect_from("127.0.0.2", holder.nbd)
-    other = connect_from("127.0.0.3", holder.nbd)
+    victim = holder.nbd.connect_from("127.0.0.2")
+    other = holder.nbd.connect_from("127.0.0.3")
     try:
         assert run_wrapper({**device_params(holder), "action": "status"}).returncode == 0  # ON
         assert run_wrapper({**device_params(holder), "action": "monitor"}).returncode == 0

@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from haagent.localcluster.cluster import LocalCluster, running_cluster, wait_for
+from haagent.localcluster.cluster import LocalCluster, wait_for
 from tests.helpers.migration_watch import DomainWatch
 from tests.helpers.raid1_hosts import (
     Lab,
@@ -51,8 +51,8 @@ from tests.helpers.raid1_hosts import (
     monotonic_of,
     raid1_lab,
     raid1_plan,
+    run_watched,
     serials,
-    show_logs,
 )
 
 pytestmark = pytest.mark.integration
@@ -87,24 +87,13 @@ def lab() -> Iterator[Lab]:
 
 def test_degraded_start_and_no_start_from_a_stale_leg(lab: Lab) -> None:
     plan = raid1_plan(lab, GUEST, 32, GUEST_XML)
-    watch = DomainWatch([lab.h1.host.uri, lab.h2.host.uri], GUEST).start()
-    timings: dict[str, float] = {}
-    began = time.monotonic()
-    try:
-        with running_cluster(lab.base / "run", plan, START_TIMEOUT_S) as c:
-            try:
-                scenario(c, lab, watch, timings)
-            except BaseException:
-                show_logs(c)
-                print("states h1 | h2:", *watch.transitions(began), sep="\n    ")
-                raise
-    finally:
-        watch.stop()
-    twice = watch.both_running()
-    assert twice == [], f"r1 ran on both hosts: {twice[:3]}"
-    print("\nstates h1 | h2:", *watch.transitions(began), sep="\n    ")
-    print("timings: " + ", ".join(f"{k}={v:.2f}" for k, v in timings.items()))
-    print(f"whole test {time.monotonic() - began:.1f} s, {len(watch.samples)} samples")
+    run_watched(
+        lab,
+        plan,
+        GUEST,
+        START_TIMEOUT_S,
+        lambda c, watch, timings: scenario(c, lab, watch, timings),
+    )
 
 
 def scenario(c: LocalCluster, lab: Lab, watch: DomainWatch, timings: dict[str, float]) -> None:

@@ -20,6 +20,7 @@ from haagent.ports import HypervisorError
 from haagent.resources.libvirt_define import DefinitionError, definition_to_apply, disk_layout
 from haagent.resources.libvirt_guests import LibvirtHypervisor
 from haagent.resources.raid1_disks import with_leg_disks
+from tests.unit.test_libvirt_test_driver import NODE_XML  # a private test-driver node
 
 UUID = "035ab7f2-3950-4ce5-976b-c09e72196fa0"
 BASE = (
@@ -87,16 +88,6 @@ def test_bad_xml_is_a_clear_error() -> None:
         definition_to_apply(BASE, "<domain", UUID)
     with pytest.raises(DefinitionError, match="expected <domain>"):
         definition_to_apply(BASE, "<node/>", UUID)
-
-
-NODE_XML = """<node>
-  <cpu>
-    <mhz>2000</mhz><model>x86_64</model><active>2</active>
-    <nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
-  </cpu>
-  <memory>4194304</memory>
-</node>
-"""
 
 
 async def stale_leg_never_reaches_the_started_domain(uri: str) -> None:
