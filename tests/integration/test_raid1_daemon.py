@@ -21,12 +21,11 @@ The path:
 3. n1 returns (its libvirtd with an empty /run as after a reboot, its nbd-server, its
    agent) and is up again. Without an observation from inside the guest (no guest agent
    here) n2 neither re-attaches lega nor commits it fresh: nothing on a guess (the re-attach,
-   resync and LegFresh need the md guest of test_real_raid1.py; not run through the agents
-   yet);
+   resync and LegFresh with md in the guest: test_raid1_daemon_resync.py);
 4. n2 fails the same way. n1 fences it, and r1 does not start on n1: its only reachable leg
-   (lega, its own) is stale; the status shows lega stale with the reason and legb fresh, and
-   the leader's log says why the guest waits. n1's old persistent definition (both legs, from
-   step 1) is never started.
+   (lega, its own) is stale; every agent's status shows lega stale with the reason, legb
+   fresh, and why the guest waits (`legs_wait`), as the leader's log does. n1's old
+   persistent definition (both legs, from step 1) is never started.
 
 A `DomainWatch` samples r1 on both hosts every 100 ms throughout: it must never run on two.
 Everything (agents, libvirtds, QEMUs, nbd-servers, loop devices, temp folders) is stopped
@@ -187,7 +186,11 @@ def scenario(c: LocalCluster, lab: Lab, watch: DomainWatch, timings: dict[str, f
         return None
 
     why = wait_for("the reason r1 waits, in the leader's log", waits_with_reason, STEP_TIMEOUT_S)
-    print(f"\nn1 says: {why.strip()[-160:]}")
+    print(f"\nthe leader says: {why.strip()[-160:]}")
+    # Every agent's status says it too, from the committed state.
+    expected = "r1: only leg lega (stale) reachable; fresh leg legb on n2 (fenced)"
+    for node in ("n1", "n3"):
+        assert c.status(node)["guests"][GUEST]["legs_wait"] == expected
     # Give it time to do the wrong thing: several reconcile passes.
     settle = time.monotonic() + 5.0
     while time.monotonic() < settle:
