@@ -138,6 +138,11 @@ class NbdServer:
 
     close = kill
 
+    def connections(self) -> list[int]:
+        """The pids of the children serving client connections (nbd-server forks one per
+        connection)."""
+        return [] if self.pid is None else _children(self.pid)
+
     def connect_from(self, source: str) -> socket.socket:
         """A TCP connection to the server from address `source` (nodes are told apart by
         address); returns once its child serves it (the server's greeting arrived)."""
