@@ -55,6 +55,7 @@ import libvirt
 import libvirtaio
 
 from haagent.ports import Authorise, DomainObservation, HypervisorError, UnknownOutcomeError
+from haagent.resources.libvirt_define import DefinitionError, align_definition
 from haagent.resources.libvirt_migrate import (
     abort_migration,
     perform_migration,
@@ -557,9 +558,12 @@ class LibvirtHypervisor:
         generation: int,
         authorise: Authorise | None = None,
     ) -> None:
-        """Define `domain` from `xml` unless a domain of that name exists (an existing
-        definition is never replaced), write the owner record into its persistent config and
-        start it.
+        """Define `domain` from `xml` unless a domain of that name exists, write the owner
+        record into its persistent config and start it. An existing inactive definition
+        whose disks differ from `xml`'s is redefined from `xml` first (same UUID), so that a
+        start never opens a disk the caller did not intend, such as a stale raid1 leg kept
+        by an old definition (resources/libvirt_define.py); with `xml` None the stored
+        definition is started as it is.
 
         `authorise` (see `Hypervisor.start`) is entered in the worker thread right before
         `create()` and held until `create()` returns: the lease and the generation are checked
@@ -600,6 +604,13 @@ class LibvirtHypervisor:
                 if xml is None:
                     raise HypervisorError(f"domain {domain!r} is not defined and no XML given")
                 dom = conn.defineXML(xml)
+            elif xml is not None and not _is_active(dom):
+                # A stored definition may list a disk the agent does not intend now (a stale
+                # raid1 leg, an old layout): resources/libvirt_define.py.
+                try:
+                    dom = align_definition(conn, dom, xml)
+                except DefinitionError as exc:
+                    raise HypervisorError(f"start {domain}: {exc}") from None
             if _is_active(dom):
                 current = _read_owner(dom)
                 if current == wanted:
