@@ -424,8 +424,8 @@ async def serve(
 
     At most MAX_CONNECTIONS connections are served at once, MAX_REFUSING more get a 503
     (see `api_connections.ConnectionLimit`), an idle kept-alive connection is closed after
-    KEEPALIVE_S, a connection the server ends is closed only once the client stopped sending
-    (`api_connections.Lingering`), and a TLS handshake must finish within
+    KEEPALIVE_S, one answered before its request was read whole closes only once the client
+    stopped sending (`api_connections.Lingering`), and a TLS handshake must finish within
     TLS_HANDSHAKE_TIMEOUT_S (a stalled one would hold a slot).
     """
     # Malformed HTTP never reaches a handler: aiohttp reports it on the logger given here,

@@ -40,16 +40,15 @@ LINGER_QUIET_S = 2.0  # the client sent nothing for this long: it is done
 LINGER_MAX_S = 10.0  # aiohttp's own bound on reading an unwanted request body
 REFUSE_HEAD_BYTES = 16 * 1024  # a refused client's request head is read up to this much
 
+_REFUSAL_BODY = b'{"error": "too many open connections to this agent; retry later"}'
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Content-Type: application/json\r\n"
     b"Retry-After: 1\r\n"
     b"Connection: close\r\n"
-    b"Content-Length: 65\r\n"
-    b"\r\n"
-    b'{"error": "too many open connections to this agent; retry later"}'
-)
-assert len(REFUSAL.split(b"\r\n\r\n", 1)[1]) == 65
+    b"Content-Length: %d\r\n"
+    b"\r\n%s"
+) % (len(_REFUSAL_BODY), _REFUSAL_BODY)
 
 
 class Lingering(asyncio.Protocol):
