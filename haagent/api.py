@@ -57,6 +57,7 @@ from haagent.api_access import (
     bearer_token,
     server_tls_context,
 )
+from haagent.api_connections import ConnectionLimit
 from haagent.api_input import BAD_INPUT_LINES_PER_MINUTE, ApiError, BadInputLog
 from haagent.api_routes import Handlers, add_routes, json_response
 from haagent.untrusted import escape
@@ -76,6 +77,7 @@ __all__ = [
 MAX_REQUEST_BYTES = 64 * 1024  # aiohttp's own bound on any request body it buffers
 MAX_QUERY_CHARS = 4096  # aiohttp refuses a request line over 8,190 bytes anyway
 MAX_CONNECTIONS = 128  # admins, scrapers and health checks; far below a 1,024 fd limit
+MAX_REFUSING = 32  # over-limit connections answered with a 503 at once; the rest just closed
 KEEPALIVE_S = 15.0
 
 log = logging.getLogger("haagent.api")
@@ -155,41 +157,16 @@ def build_app(access: ApiAccess | str, h: Handlers) -> web.Application:
     return app
 
 
-class _ConnectionLimit:
-    """The protocol factory the listener uses: aiohttp's own, until `limit` connections are
-    open; beyond that each new connection is closed at once.
-
-    Without it one client holding a thousand idle connections used up the agent's file
-    descriptors (the usual soft limit is 1,024), and the next pet of the watchdog stand-in,
-    Raft's next connection or libvirt's next call failed: measured, the leader died and was
-    fenced. With it such a client can keep others off the API, but not harm the node.
-    """
-
-    def __init__(self, server: web.Server, limit: int) -> None:
-        self.server = server
-        self.limit = limit
-        self.refused = 0
-
-    def __call__(self) -> asyncio.BaseProtocol:
-        if len(self.server.connections) >= self.limit:
-            self.refused += 1
-            return _Refuse()
-        return self.server()
-
-
-class _Refuse(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
 async def serve(
     app: web.Application, listen: str, access: ApiAccess | None = None
 ) -> web.AppRunner:
     """Start serving on "host:port" or "unix:/path", with TLS when `access` has a certificate.
     Returns the runner (call cleanup()).
 
-    At most MAX_CONNECTIONS connections are open at once (see `_ConnectionLimit`), an idle
-    kept-alive connection is closed after KEEPALIVE_S, and a TLS handshake must finish within
+    At most MAX_CONNECTIONS connections are served at once, MAX_REFUSING more get a 503
+    (see `api_connections.ConnectionLimit`), an idle kept-alive connection is closed after
+    KEEPALIVE_S, one answered before its request was read whole closes only once the client
+    stopped sending (`api_connections.Lingering`), and a TLS handshake must finish within
     TLS_HANDSHAKE_TIMEOUT_S (a stalled one would hold a slot).
     """
     # Malformed HTTP never reaches a handler: aiohttp reports it on the logger given here,
@@ -202,13 +179,20 @@ async def serve(
     if bad_input is not None:
         server_log.addFilter(_OneLineFilter(bad_input))
     listeners: list[asyncio.Server] = []
+    factories: list[ConnectionLimit] = []
 
     async def close_listeners(app: web.Application) -> None:
         for listener in listeners:
             listener.close()
 
-    # runner.cleanup() shuts the app down first: stop accepting before connections close.
+    async def close_lingering(app: web.Application) -> None:
+        for factory in factories:
+            factory.close_all()
+
+    # runner.cleanup() shuts the app down first: stop accepting before connections close; its
+    # cleanup comes after aiohttp closed its connections: end those still lingering.
     app.on_shutdown.append(close_listeners)
+    app.on_cleanup.append(close_lingering)
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -218,7 +202,8 @@ async def serve(
     )
     await runner.setup()
     assert runner.server is not None
-    factory = _ConnectionLimit(runner.server, MAX_CONNECTIONS)
+    factory = ConnectionLimit(runner.server, MAX_CONNECTIONS, MAX_REFUSING)
+    factories.append(factory)
     loop = asyncio.get_running_loop()
     tls = None
     if access is not None and access.tls_cert_file and access.tls_key_file:

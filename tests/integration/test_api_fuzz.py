@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import http.client
 import json
 import os
 import resource
@@ -28,7 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haagent.api import BAD_INPUT_LINES_PER_MINUTE, MAX_CONNECTIONS
-from haagent.localcluster.cluster import GuestPlan, LocalCluster, local_plan, running_cluster
+from haagent.localcluster.cluster import (
+    GuestPlan,
+    LocalCluster,
+    local_plan,
+    running_cluster,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -296,8 +303,9 @@ def test_a_thousand_idle_connections_cannot_exhaust_the_agents_file_descriptors(
     agent: LocalCluster,
 ) -> None:
     """Before the API bounded its connections, 1,094 idle connections used up a leader's
-    1,024 descriptors; its next watchdog pet failed and it was fenced. Now the API keeps at
-    most MAX_CONNECTIONS and closes the rest at once; the agent keeps its lease."""
+    1,024 descriptors; its next watchdog pet failed and it was fenced. Now the API serves at
+    most MAX_CONNECTIONS, refuses MAX_REFUSING more with a 503 and closes the rest at once;
+    the agent keeps its lease."""
     pid = agent.agent_pid("n1")
     assert pid is not None
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -322,3 +330,38 @@ def test_a_thousand_idle_connections_cannot_exhaust_the_agents_file_descriptors(
     doc = agent.wait_ready(30)
     assert doc["quorum"] and doc["pid"] == pid
     assert "Too many open files" not in agent.log_file("n1").read_text()
+
+
+def test_a_client_over_the_connection_limit_gets_a_503_not_a_dropped_connection(
+    agent: LocalCluster,
+) -> None:
+    """With MAX_CONNECTIONS held open, the next client gets the documented 503 (JSON,
+    Retry-After, Connection: close), which a client can tell from a network error; once the
+    connections are gone it is served again."""
+    host, _, port = agent.api_listen("n1").rpartition(":")
+    held: list[socket.socket] = []
+
+    def health() -> tuple[int, str | None, bytes]:
+        conn = http.client.HTTPConnection(host, int(port), timeout=RECV_TIMEOUT_S)
+        try:
+            conn.request("GET", "/v1/health", headers={"Connection": "close"})
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Retry-After"), resp.read()
+        finally:
+            conn.close()
+
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            held.append(socket.create_connection((host, int(port)), timeout=RECV_TIMEOUT_S))
+
+        def refused() -> tuple[int, str | None, bytes] | None:
+            answer = health()
+            return answer if answer[0] == 503 else None
+
+        # The agent counts a connection once it accepted it: until then a request is served.
+        _, retry_after, body = wait_for("a 503 over the limit", refused, 10.0)
+        assert retry_after == "1" and "too many open connections" in json.loads(body)["error"]
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for("the API serves again", lambda: True if health()[0] == 200 else None, 10.0)
