@@ -8,20 +8,28 @@ and QEMU outlive the agent, and only the fence stops them.
 
 The migration is slowed to 2 MiB/s; once its intent committed, the libvirt job copies memory
 and host 2 holds the paused incoming copy, only n1's agent is SIGKILLed. Its libvirtd carries
-the peer-to-peer job on, and the test picks one of the two ways the job then ends:
+the peer-to-peer job on (a client that goes away does not cancel it), and the test picks how
+the job then ends:
 
 * *completes*: the bandwidth cap is lifted, so libvirt finishes the job with nobody left to
   commit the hand-over: host 1's copy is `shut off (migrated)`, host 2's stays paused at the
   migration's generation.
-* *aborted*: the job is aborted on host 1 (as an admin, or a failed link, would): libvirt
-  resumes the guest on host 1, which now runs with no agent, and drops host 2's copy.
+* *aborted*: the job is aborted on host 1 (as an admin, or a failed link, would): the guest
+  runs on at host 1, now with no agent, and libvirt drops host 2's copy.
+* *fenced*: nothing is done; the job still copies when the fence powers host 1 off.
 
-Either way the checks are the same: n1 is declared failed and fenced (host 1 powered off:
-its QEMU, if any, killed by the BMC), and only after the fence committed does host 2 run the
-guest (the paused copy is never resumed: no hand-over and no resume commit; the guest starts
-cold from its disk); at the end it runs on host 2 alone, owned by n2; no 100 ms sample ever
-shows it running on both hosts, and host 1 never runs it after the fence. Timings (kill ->
-declared failed -> fence committed -> running on host 2) are printed (`pytest -s`).
+In every case the checks are the same: n1 is declared failed and fenced (host 1 powered off:
+its QEMU, if any, killed by the BMC before the fence's result commits), and only after the
+fence committed does host 2 run the guest, in the samples and in the committed order (the
+paused copy is never resumed: no hand-over and no resume commit; the guest starts cold from
+its disk); at the end it runs on host 2 alone, owned by n2; no 100 ms sample ever shows it
+running on both hosts, and host 1 never answers after the fence. Timings (kill -> fence
+started -> fence committed -> running on host 2) are printed (`pytest -s`).
+
+`test_source_agent_restarted_mid_migration` is the other thing that happens to a killed agent
+in production: systemd starts it again at once, before it could be declared failed. Its new
+process knows nothing of the job; the migration is aborted and the guest stays on host 1,
+unfenced (scenario `migration_source_agent_restart`).
 """
 
 from __future__ import annotations
@@ -55,6 +63,21 @@ JOB_END_TIMEOUT_S = 20.0
 MIGRATED = f"shutoff/{libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED}"
 
 
+def _migrating(run: Run, pair: LibvirtdPair) -> tuple[int, float]:
+    """Start `migrate g n2` slowed to 2 MiB/s and return (the guest's generation before it,
+    the command's wall-clock time) once the intent committed, the libvirt job copies memory
+    and host 2 holds the paused incoming copy: the moment to kill n1's agent."""
+    generation = int(run.status()["guests"][GUEST]["generation"])
+    set_speed(pair.uri(1), SLOW_MIB_S)
+    called = time.time()
+    done = migrate_cli(run.cluster, "n2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert run.event("migrate_guest", guest=GUEST) is not None  # the intent committed
+    wait_copying(pair.uri(1))  # the job runs: memory is moving
+    assert run.watch.wait_for(1, "paused", 5)  # the incoming copy exists, paused
+    return generation, called
+
+
 def _end_job(pair: LibvirtdPair, outcome: str) -> None:
     """Make host 1's libvirt job end the way `outcome` names, with n1's agent gone."""
     if outcome == "fenced":
@@ -72,16 +95,8 @@ def _end_job(pair: LibvirtdPair, outcome: str) -> None:
 @pytest.mark.parametrize("outcome", ["completes", "aborted", "fenced"])
 def test_source_agent_killed_mid_migration(pair: LibvirtdPair, outcome: str) -> None:
     with agents_on(pair, pair.base / "run", fence="ipmi") as run:
-        generation = run.status()["guests"][GUEST]["generation"]
-        set_speed(pair.uri(1), SLOW_MIB_S)
-        called = time.time()
-        done = migrate_cli(run.cluster, "n2")
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert run.event("migrate_guest", guest=GUEST) is not None  # the intent committed
-        wait_copying(pair.uri(1))  # the job runs: memory is moving
-        assert run.watch.wait_for(1, "paused", 5)  # the incoming copy exists, paused
+        generation, called = _migrating(run, pair)
         qemu = pair.host(1).qemu_pids()[GUEST]
-
         killed = time.time()
         run.cluster.signal_agent("n1", signal.SIGKILL)
         _end_job(pair, outcome)
@@ -169,3 +184,67 @@ def _report(
         f"after the kill; owner n2 at generation {after['generation']} (was {generation}); "
         f"migration record {after['migration']}"
     )
+
+
+def test_source_agent_restarted_mid_migration(pair: LibvirtdPair) -> None:
+    """n1's agent is SIGKILLed mid-migration and started again at once (as systemd would:
+    `Restart=on-failure`, `RestartSec=1`); host 1's libvirtd and the guest live on. The new
+    process knows nothing of the job: libvirt refuses its own migrate call (one job per
+    domain), it commits the abort (the generation moves to g+1, n1 keeps the guest), n2
+    destroys its paused copy, which fails the first job: the guest runs on at host 1, never
+    stopped and never fenced; no hand-over, no resume, host 2 never runs it."""
+    with agents_on(pair, pair.base / "run", fence="ipmi") as run:
+        generation, called = _migrating(run, pair)
+        qemu = pair.host(1).qemu_pids()[GUEST]
+        killed = time.time()
+        run.cluster.signal_agent("n1", signal.SIGKILL)
+        wait_for("n1's agent gone", lambda: run.cluster.agent_pid("n1") is None or None, 5)
+        run.cluster.start_agent("n1")
+        restarted = time.time()
+        aborted = wait_for(
+            "the restarted n1 to abort",
+            lambda: run.event("migration_aborted", guest=GUEST),
+            SETTLE_TIMEOUT_S,
+        )
+        assert aborted["command"]["node"] == "n1", aborted
+
+        def settled() -> dict[str, Any] | None:
+            g = run.status()["guests"][GUEST]
+            m = g["migration"]
+            done = m is not None and not m["in_flight"]
+            ok = (g["owner"], g["state"], g["generation"]) == ("n1", "running", generation + 1)
+            return g if ok and done else None
+
+        after = wait_for("the guest kept on n1", settled, SETTLE_TIMEOUT_S)
+        assert after["migration"]["phase"] == "aborted", after["migration"]
+        killed_mono = monotonic_of(killed)
+        gone = next(
+            (s for s in run.watch.samples if s.at > killed_mono and s.states[1] == "absent"),
+            None,
+        ) or run.watch.wait_for(1, "absent", JOB_END_TIMEOUT_S)
+        wait_for("the first job to fail", lambda: _no_job(pair.uri(1)), JOB_END_TIMEOUT_S)
+        assert run.event("migration_done", guest=GUEST) is None
+        assert run.event("migration_resumed", guest=GUEST) is None
+        assert run.event("fence_started", node="n1") is None, "n1 was fenced"
+        assert pid_alive(qemu), "host 1's QEMU did not survive"  # never stopped, never fenced
+        h2 = [s for s in run.watch.samples if s.states[1].startswith("running")]
+        assert h2 == [], f"host 2 ran the guest: {h2[:3]}"
+        h1 = {s.states[0].split("/")[0] for s in run.watch.samples if s.at > killed_mono}
+        assert h1 <= {"running", "paused"}, h1
+        run.show("n1's agent SIGKILLed mid-migration and restarted")
+        print(
+            f"kill {killed - called:.2f} s after the command; agent restarted "
+            f"{restarted - killed:.2f} s after the kill; abort committed "
+            f"{aborted['at'] - killed:.2f} s after the kill; paused copy on h2 gone "
+            f"{gone.at - killed_mono:.2f} s after the kill; n1 owns the guest at generation "
+            f"{after['generation']} (was {generation}); migration record {after['migration']}"
+        )
+
+
+def _no_job(uri: str) -> bool | None:
+    """True once the guest on `uri` has no libvirt job (for wait_for)."""
+    conn = libvirt.open(uri)
+    try:
+        return conn.lookupByName(GUEST).jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE or None
+    finally:
+        conn.close()
