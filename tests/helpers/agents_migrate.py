@@ -93,10 +93,13 @@ def monotonic_of(wall: float) -> float:
 
 
 @contextlib.contextmanager
-def agents_on(pair: LibvirtdPair, run_dir: Path, fence: str = "dummy") -> Iterator[Run]:
+def agents_on(
+    pair: LibvirtdPair, run_dir: Path, fence: str = "dummy", timing: dict[str, float] | None = None
+) -> Iterator[Run]:
     """The three agents with the guest running on n1 (RAM filled), and the watch on both
-    hosts. On exit: the watch stops, the agents (and BMCs) stop, and no sample may show the
-    guest running on both hosts."""
+    hosts; `timing` overrides `[timing]` (the robust defaults, a 60 s migration timeout).
+    On exit: the watch stops, the agents (and BMCs) stop, and no sample may show the guest
+    running on both hosts."""
     if fence not in ("dummy", "ipmi"):
         raise ValueError(f"fence must be 'dummy' or 'ipmi', not {fence!r}")
     # The watch's lookups of an absent domain or a dead libvirtd are expected: keep libvirt's
@@ -108,7 +111,7 @@ def agents_on(pair: LibvirtdPair, run_dir: Path, fence: str = "dummy") -> Iterat
         fence=fence,
         guests=(GuestPlan(GUEST, MEMORY_MIB, 10, ("n1",), xml=xml),),
         witness=True,
-        timing={"migration_timeout_s": 60.0},
+        timing={"migration_timeout_s": 60.0, **(timing or {})},
     )
     nodes = tuple(
         replace(n, libvirt_uri=pair.uri(i), migration_uri=pair.peer_uri(i))

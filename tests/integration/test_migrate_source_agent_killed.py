@@ -94,7 +94,11 @@ def _end_job(pair: LibvirtdPair, outcome: str) -> None:
 
 @pytest.mark.parametrize("outcome", ["completes", "aborted", "fenced"])
 def test_source_agent_killed_mid_migration(pair: LibvirtdPair, outcome: str) -> None:
-    with agents_on(pair, pair.base / "run", fence="ipmi") as run:
+    # *completes* needs the job to end before the fence: it takes 2.1-2.7 s after the kill at
+    # load 8-10, the power-off comes >= 5 s after it with the default 4 s failure timeout;
+    # 7 s keeps that margin on a slower day.
+    timing = {"failure_timeout_s": 7.0} if outcome == "completes" else None
+    with agents_on(pair, pair.base / "run", fence="ipmi", timing=timing) as run:
         generation, called = _migrating(run, pair)
         qemu = pair.host(1).qemu_pids()[GUEST]
         killed = time.time()
