@@ -94,24 +94,34 @@ def monotonic_of(wall: float) -> float:
 
 @contextlib.contextmanager
 def agents_on(
-    pair: LibvirtdPair, run_dir: Path, fence: str = "dummy", timing: dict[str, float] | None = None
+    pair: LibvirtdPair,
+    run_dir: Path,
+    fence: str = "dummy",
+    timing: dict[str, float] | None = None,
+    n1_follows: bool = False,
 ) -> Iterator[Run]:
     """The three agents with the guest running on n1 (RAM filled), and the watch on both
     hosts; `timing` overrides `[timing]` (the robust defaults, a 60 s migration timeout).
-    On exit: the watch stops, the agents (and BMCs) stop, and no sample may show the guest
-    running on both hosts."""
+    `n1_follows`: start n2 and n3 first and n1 only once one of them leads Raft, so that
+    n1 starts as a follower (killing the leader costs the others their leases for a moment,
+    which a test of n1's agent dying alone does not want), and live-migrate the guest to n1
+    if it was placed elsewhere. On exit: the watch stops, the
+    agents (and BMCs) stop, and no sample may show the guest running on both hosts."""
     if fence not in ("dummy", "ipmi"):
         raise ValueError(f"fence must be 'dummy' or 'ipmi', not {fence!r}")
     # The watch's lookups of an absent domain or a dead libvirtd are expected: keep libvirt's
     # default handler from printing each one.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     xml = pair.guest_xml(GUEST, MEMORY_MIB)
+    # With n1 started last, the leader must not place the guest before n1 joined: the initial
+    # placement waits for every hypervisor (but only this long after the leader's start).
+    wait = {"initial_placement_wait_s": START_TIMEOUT_S} if n1_follows else {}
     plan = local_plan(
         3,
         fence=fence,
         guests=(GuestPlan(GUEST, MEMORY_MIB, 10, ("n1",), xml=xml),),
         witness=True,
-        timing={"migration_timeout_s": 60.0, **(timing or {})},
+        timing={"migration_timeout_s": 60.0, **wait, **(timing or {})},
     )
     nodes = tuple(
         replace(n, libvirt_uri=pair.uri(i), migration_uri=pair.peer_uri(i))
@@ -135,7 +145,16 @@ def agents_on(
                 hook.write_text(pair.power_hook(i, agent_hook))
                 hook.chmod(0o755)
         started = time.monotonic()
-        cluster.start(START_TIMEOUT_S)
+        if n1_follows:
+            cluster.start_bmcs()
+            cluster.start_agent("n2")
+            cluster.start_agent("n3")
+            wait_for("n2 or n3 to lead", lambda: _leader(cluster, ("n2", "n3")), START_TIMEOUT_S)
+            cluster.start_agent("n1")
+            cluster.wait_ready(START_TIMEOUT_S)
+            _bring_home(cluster)
+        else:
+            cluster.start(START_TIMEOUT_S)
         filled = pair.wait_filled(GUEST)
         print(
             f"\nagents up, guest running on h1 in {time.monotonic() - started - filled:.2f}"
@@ -156,6 +175,40 @@ def agents_on(
     twice = watch.both_running()
     history = "\n".join(watch.transitions(twice[0].at - 30 if twice else 0))
     assert twice == [], f"the guest ran on both hosts: {twice[:3]}; states:\n{history}"
+
+
+def _leader(cluster: LocalCluster, nodes: tuple[str, ...]) -> str | None:
+    """The Raft leader, if one of `nodes` leads and its view is fresh (for wait_for)."""
+    for node in nodes:
+        try:
+            doc = cluster.status(node)
+        except (OSError, ValueError):
+            continue
+        # Its view need not be proven fresh: only start-up order depends on it (a test that
+        # needs n1 to follow checks the leader again, with a fresh view, when it matters).
+        if doc["leader"] in nodes:
+            return str(doc["leader"])
+    return None
+
+
+def _bring_home(cluster: LocalCluster) -> None:
+    """Live-migrate the guest to n1 if the leader placed it elsewhere. That happens when n1
+    joins late: until its first heartbeat commits, a node whose Join reported an old applied
+    index counts as silent, and placement passes it over once every hypervisor has joined."""
+    owner = cluster.any_status()["guests"][GUEST]["owner"]
+    if owner == "n1":
+        return
+    print(f"\nthe guest was placed on {owner} before n1's first heartbeat: migrating it to n1")
+    done = migrate_cli(cluster, "n1")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def home() -> bool | None:
+        g = cluster.any_status()["guests"][GUEST]
+        m = g["migration"]
+        ok = g["owner"] == "n1" and g["state"] == "running"
+        return True if ok and m is not None and not m["in_flight"] else None
+
+    wait_for("the guest to move to n1", home, SETTLE_TIMEOUT_S)
 
 
 def show_logs(cluster: LocalCluster, lines: int = 60) -> None:

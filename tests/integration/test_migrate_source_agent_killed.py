@@ -78,6 +78,14 @@ def _migrating(run: Run, pair: LibvirtdPair) -> tuple[int, float]:
     return generation, called
 
 
+def _not_leading(run: Run) -> None:
+    """n1 started as a follower (`n1_follows`); it must still be one when its agent dies. Were
+    it the leader, n2 could lose its lease during the election and destroy the paused copy
+    (safe, but another path than the one under test)."""
+    leader = run.status()["leader"]
+    assert leader in ("n2", "n3"), f"n1 must not lead Raft at the kill (leader: {leader})"
+
+
 def _end_job(pair: LibvirtdPair, outcome: str) -> None:
     """Make host 1's libvirt job end the way `outcome` names, with n1's agent gone."""
     if outcome == "fenced":
@@ -98,9 +106,10 @@ def test_source_agent_killed_mid_migration(pair: LibvirtdPair, outcome: str) -> 
     # load 8-10, the power-off comes >= 5 s after it with the default 4 s failure timeout;
     # 7 s keeps that margin on a slower day.
     timing = {"failure_timeout_s": 7.0} if outcome == "completes" else None
-    with agents_on(pair, pair.base / "run", fence="ipmi", timing=timing) as run:
+    with agents_on(pair, pair.base / "run", fence="ipmi", timing=timing, n1_follows=True) as run:
         generation, called = _migrating(run, pair)
         qemu = pair.host(1).qemu_pids()[GUEST]
+        _not_leading(run)
         killed = time.time()
         run.cluster.signal_agent("n1", signal.SIGKILL)
         _end_job(pair, outcome)
@@ -197,9 +206,10 @@ def test_source_agent_restarted_mid_migration(pair: LibvirtdPair) -> None:
     domain), it commits the abort (the generation moves to g+1, n1 keeps the guest), n2
     destroys its paused copy, which fails the first job: the guest runs on at host 1, never
     stopped and never fenced; no hand-over, no resume, host 2 never runs it."""
-    with agents_on(pair, pair.base / "run", fence="ipmi") as run:
+    with agents_on(pair, pair.base / "run", fence="ipmi", n1_follows=True) as run:
         generation, called = _migrating(run, pair)
         qemu = pair.host(1).qemu_pids()[GUEST]
+        _not_leading(run)
         killed = time.time()
         run.cluster.signal_agent("n1", signal.SIGKILL)
         wait_for("n1's agent gone", lambda: run.cluster.agent_pid("n1") is None or None, 5)
