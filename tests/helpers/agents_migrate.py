@@ -65,14 +65,15 @@ class Run:
     cluster: LocalCluster
     watch: DomainWatch
     t0: float  # monotonic, the guest's RAM filled on host 1
+    since: int = 0  # events up to this index were the set-up's (`events` leaves them out)
 
     def status(self) -> dict[str, Any]:
         return self.cluster.any_status()
 
     def events(self) -> list[dict[str, Any]]:
-        doc = http_get_json(
-            self.cluster.api_listen("n2"), "/v1/events?since=0&limit=1000", self.cluster.token("n2")
-        )
+        """The committed events since the set-up, as n2 applied them."""
+        path = f"/v1/events?since={self.since}&limit=1000"
+        doc = http_get_json(self.cluster.api_listen("n2"), path, self.cluster.token("n2"))
         return list(doc["events"])
 
     def event(self, kind: str, **match: Any) -> dict[str, Any] | None:
@@ -160,8 +161,11 @@ def agents_on(
             f"\nagents up, guest running on h1 in {time.monotonic() - started - filled:.2f}"
             f" s, RAM filled {filled:.2f} s later"
         )
+        run = Run(pair, cluster, watch, time.monotonic())
+        # A migration that brought the guest home is the set-up's, not the test's.
+        run.since = max((e["index"] for e in run.events()), default=0)
         try:
-            yield Run(pair, cluster, watch, time.monotonic())
+            yield run
         except BaseException:
             show_logs(cluster)
             raise
@@ -222,9 +226,10 @@ def show_logs(cluster: LocalCluster, lines: int = 60) -> None:
         print(f"--- {node}'s log (last {len(tail)} lines)", *tail, sep="\n")
 
 
-def running_on_h2_before(watch: DomainWatch, at: float) -> list[Sample]:
-    """The samples taken before `at` (monotonic) that show the guest running on host 2."""
-    return [s for s in watch.samples if s.at < at and s.states[1].startswith("running")]
+def running_on_h2_before(watch: DomainWatch, at: float, since: float = 0.0) -> list[Sample]:
+    """The samples taken from `since` to `at` (monotonic) that show the guest running on host
+    2 (`since`: `Run.t0`, when the set-up may have run it there)."""
+    return [s for s in watch.samples if since <= s.at < at and s.states[1].startswith("running")]
 
 
 def migrate_cli(cluster: LocalCluster, node: str) -> subprocess.CompletedProcess[str]:
