@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -256,6 +257,55 @@ class LibvirtdPair(UpDown):
                 raise LibvirtHostError(f"host {i}: {pids} survived SIGKILL")
             time.sleep(0.02)
         return pids
+
+    def power_log(self, i: int) -> Path:
+        """One line per power-off of host i through its `power_hook`: time, pids killed."""
+        return self.base / f"h{i}.power-off"
+
+    def power_hook(self, i: int, agent_hook: Path) -> str:
+        """An ipmi_sim chassis hook (haagent/localcluster/chassis.sh) that makes host i's BMC
+        a real power switch: `power 0` runs `agent_hook power 0` (the local cluster's hook:
+        SIGKILL the host's agent), then SIGKILLs host i's libvirtd and every QEMU it runs, as
+        `crash(i)` does, and returns only once they are gone (exit 1 if one survives 10 s: the
+        BMC then reports the power-off failed, never a power-off that did not happen). A pid
+        is killed only if its mount namespace is host i's, so a stale pid file cannot hit an
+        unrelated process. Killing what is already dead succeeds (fence_ipmilan may repeat
+        an off). `power 1` and `reset` fail: this host cannot boot again (nothing powers it on)."""
+        host = self.hosts[i]
+        if host.namespace is None:
+            raise LibvirtHostError(f"host {i} is not up: no mount namespace to power off")
+        run = host.dir("run")
+        return f"""#!/bin/sh
+# ipmi_sim chassis hook of libvirt host {i} (tests/helpers/libvirtd_pair.py, power_hook).
+set -u
+ns={shlex.quote(host.namespace)}
+case "$1 $2" in
+"power 0") ;;
+"power 1"|"reset "*) echo "host {i} cannot boot again in this test" >&2; exit 1 ;;
+*) exit 0 ;;
+esac
+{shlex.quote(str(agent_hook))} power 0 || exit 1
+pids=""
+for f in {shlex.quote(str(host.pid_file("libvirtd")))} {shlex.quote(str(run / "qemu"))}/*.pid; do
+    [ -f "$f" ] || continue
+    [ "${{f##*/}}" = driver.pid ] && continue
+    pid=$(cat "$f") || continue
+    [ "$(readlink "/proc/$pid/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
+    kill -9 "$pid" 2>/dev/null
+    pids="$pids $pid"
+done
+# Dead means gone or a zombie (PID 1 here reaps late): 200 x 50 ms.
+n=0
+for pid in $pids; do
+    while [ -r "/proc/$pid/stat" ] && [ "$(sed 's/.*) //' "/proc/$pid/stat" | cut -c1)" != Z ]; do
+        n=$((n + 1))
+        [ "$n" -gt 200 ] && {{ echo "host {i}: pid $pid survived SIGKILL" >&2; exit 1; }}
+        sleep 0.05
+    done
+done
+echo "$(date +%s.%N) host {i} off, killed:$pids" >> {shlex.quote(str(self.power_log(i)))}
+exit 0
+"""
 
 
 def _alive(pid: int) -> bool:

@@ -65,9 +65,10 @@ class DomainWatch:
         with self._lock:
             return self.samples[-1] if self.samples else None
 
-    def wait_for(self, host: int, prefix: str, timeout_s: float) -> Sample:
+    def wait_for(self, host: int, prefix: str | tuple[str, ...], timeout_s: float) -> Sample:
         """Block until a sample taken from now on shows host `host` (index) in a state that
-        starts with `prefix`; returns that sample. AssertionError after `timeout_s`."""
+        starts with `prefix` (or one of them); returns that sample. AssertionError after
+        `timeout_s`."""
         since = time.monotonic()
         deadline = since + timeout_s
         while time.monotonic() < deadline:
