@@ -95,7 +95,7 @@ class NetworkConditions:
                 if self._stays.get(guest.name) != ("migrate", *lacks):
                     self._stays[guest.name] = ("migrate", *lacks)
                     out.note("network_lost_migrates", guest=guest.name, why=why)
-            elif _elsewhere(state, guest, s.node):
+            elif elsewhere(state, guest, s.node):
                 leave[guest.name] = why
             elif self._stays.get(guest.name) != lacks:
                 self._stays[guest.name] = lacks
@@ -150,7 +150,7 @@ def migration_possible(settings: AgentSettings, state: ClusterState, guest: Gues
     )
 
 
-def _elsewhere(state: ClusterState, guest: GuestRecord, here: str) -> bool:
+def elsewhere(state: ClusterState, guest: GuestRecord, here: str) -> bool:
     """Is there another node the guest could be placed on, network-wise?"""
     return any(
         name != here
@@ -162,3 +162,20 @@ def _elsewhere(state: ClusterState, guest: GuestRecord, here: str) -> bool:
         and not rec.lacks(guest.spec)
         for name, rec in state.nodes.items()
     )
+
+
+def network_loss(state: ClusterState, guest: GuestRecord) -> str | None:
+    """For the status: why a starting or running guest's owner lacks one of its networks and
+    what becomes of it (None when it lacks none). From the committed state alone: whether the
+    hold-down has passed is each node's own clock, so it is not said here."""
+    if guest.owner is None or guest.state not in (GuestState.STARTING, GuestState.RUNNING):
+        return None
+    lacks = state.node(guest.owner).lacks(guest.spec)
+    if not lacks:
+        return None
+    why = f"{guest.owner} lacks {', '.join(lacks)}"
+    if guest.migrating is not None:
+        return f"{why}: migrating to {guest.migrating.dest}"
+    if elsewhere(state, guest, guest.owner):
+        return f"{why}: leaves after the hold-down (live migration where possible)"
+    return f"{why}: no other node has its networks, it stays"

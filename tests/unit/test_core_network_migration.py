@@ -13,6 +13,8 @@ from haagent.agent import AgentCore, LiveMigrate, Step, StopGuest
 from haagent.commands import Heartbeat, MigrateGuest, MigrationAborted
 from haagent.core.migration import live_evacuable
 from haagent.model import ClusterState, DesiredState, GuestState, StorageKind
+from haagent.ports import ConsensusView
+from haagent.status import build_status, format_status
 from tests.helpers.core_views import ACCEPTED, build, commands, core, of, view, with_lease
 from tests.unit.test_core_migration import URIS
 from tests.unit.test_core_networks import HOLD_S, NET, local_net, lose, running_on_n1
@@ -139,9 +141,7 @@ def test_a_network_evacuation_never_migrates_without_the_source_lease() -> None:
     assert (migrate.guest, migrate.dest) == ("g", "n2")
 
 
-def test_live_evacuable_needs_uris_shared_storage_a_running_guest_and_no_abort_from_here() -> (
-    None
-):
+def test_live_evacuable_needs_uris_shared_storage_a_running_guest_and_no_abort_from_here() -> None:
     state = lost_on_n1()
     guest = state.guests["g"]
     with_uris = core("n1", nodes=URIS).settings
@@ -157,3 +157,28 @@ def test_live_evacuable_needs_uris_shared_storage_a_running_guest_and_no_abort_f
         state=state,
     ).guests["g"]
     assert not live_evacuable(with_uris, aborted)
+
+
+def test_the_status_says_what_becomes_of_a_guest_whose_owner_lacks_its_network() -> None:
+    def said(state: ClusterState) -> tuple[object, str]:
+        doc = build_status(
+            node="n2",
+            cluster="c",
+            pid=1,
+            incarnation="n2-inc",
+            view=ConsensusView(state=state, leader="n1"),
+            now=1.0,
+            lease_until=2.0,
+            loop_age_s=0.0,
+            local={},
+        )
+        return doc["guests"]["g"]["network_loss"], format_status(doc)
+
+    assert said(running_on_n1("n1", "n2", "n3"))[0] is None
+    loss, text = said(lost_on_n1())
+    assert loss == "n1 lacks br-backend: leaves after the hold-down (live migration where possible)"
+    assert f"NETWORK g: {loss}" in text
+    moving = build(MigrateGuest("g", "n2", 2, "n2", 1.0), state=lost_on_n1())
+    assert said(moving)[0] == "n1 lacks br-backend: migrating to n2"
+    nowhere = lose(lose(lost_on_n1(), "n2", LOST), "n3", LOST)
+    assert said(nowhere)[0] == "n1 lacks br-backend: no other node has its networks, it stays"
