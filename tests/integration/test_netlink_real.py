@@ -184,3 +184,41 @@ def test_check_config_here_reports_what_this_host_lacks(netns: str, tmp_path: Pa
     done = check()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "n1: all 3 needed interfaces exist, are up, have carrier" in done.stdout
+
+
+def test_check_config_here_resolves_a_libvirt_network_to_its_bridge(
+    netns: str, tmp_path: Path
+) -> None:
+    """`<interface type='network'>` on this host: libvirt (the test driver, whose network
+    `default` is on `virbr0`) names the bridge, pyroute2 checks it in the namespace."""
+    from tests.unit.test_config import VALID, write
+
+    (tmp_path / "web.xml").write_text(
+        "<domain type='test'><name>web</name><devices><interface type='network'>"
+        "<source network='default'/></interface></devices></domain>"
+    )
+    text = VALID.replace("priority = 5", 'priority = 5\nxml = "web.xml"')
+    path = write(tmp_path, text.replace('"qemu:///system"', '"test:///default"'))
+    in_netns = ["ip", "netns", "exec", netns, sys.executable, "-m", "haagent"]
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*in_netns, "check-config", "--here", str(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = check()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        "guest web may move to n1 (this host), which lacks network:default bridge virbr0 absent"
+        in done.stdout
+    )
+    ip(netns, "link", "add", "virbr0", "type", "bridge")
+    ip(netns, "link", "set", "virbr0", "up")
+    done = check()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "n1: all 1 needed interfaces exist, are up, have carrier" in done.stdout
