@@ -33,6 +33,8 @@ majority is the lease's business, never this module's):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from haagent.commands import NetworkCondition
 from haagent.core.decisions import Proposal
 from haagent.core.inflight import Outbox
@@ -73,15 +75,9 @@ class NetworkConditions:
     def evacuations(self, out: Outbox, state: ClusterState) -> dict[str, str]:
         """Guests to hand over because this node lacks their networks (guest -> reason)."""
         s = self._settings
-        me = state.node(s.node)
         leave: dict[str, str] = {}
         lacking: set[str] = set()
-        for guest in state.guests_of(s.node):
-            if guest.state not in (GuestState.STARTING, GuestState.RUNNING):
-                continue
-            lacks = me.lacks(guest.spec)
-            if not lacks:
-                continue
+        for guest, lacks in _lacking(state, s.node):
             lacking.add(guest.name)
             since = self._lacking_since.setdefault(guest.name, out.now)
             if out.now - since < s.network_hold_down_s:
@@ -114,14 +110,9 @@ class NetworkConditions:
         out: dict[str, str] = {}
         seen: set[str] = set()
         for name, rec in state.nodes.items():
-            if not rec.missing_networks or rec.state is not NodeState.UP:
+            if rec.state is not NodeState.UP:
                 continue
-            for guest in state.guests_of(name):
-                if guest.state not in (GuestState.STARTING, GuestState.RUNNING):
-                    continue
-                lacks = rec.lacks(guest.spec)
-                if not lacks:
-                    continue
+            for guest, lacks in _lacking(state, name):
                 seen.add(guest.name)
                 owner, since = self._leader_since.get(guest.name, (name, now))
                 if owner != name:
@@ -135,6 +126,18 @@ class NetworkConditions:
 
     def not_leading(self) -> None:
         self._leader_since.clear()
+
+
+def _lacking(state: ClusterState, node: str) -> Iterator[tuple[GuestRecord, tuple[str, ...]]]:
+    """The starting or running guests of `node` that need networks it lacks, with those."""
+    rec = state.node(node)
+    if not rec.missing_networks:
+        return  # the common case: nothing to look at
+    for guest in state.guests_of(node):
+        if guest.state in (GuestState.STARTING, GuestState.RUNNING):
+            lacks = rec.lacks(guest.spec)
+            if lacks:
+                yield guest, lacks
 
 
 def migration_possible(settings: AgentSettings, state: ClusterState, guest: GuestRecord) -> bool:
