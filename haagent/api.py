@@ -36,22 +36,20 @@ real agent):
   cause with the count of what was left out, and never more than `BadInputLog.burst` lines a
   minute in all: a client cannot flood the log (`BadInputLog`). The client's own text is
   escaped and cut short before it reaches a log line.
+
+This module makes the application (`build_app`: the guard in front of every route) and serves
+it (`serve`); the handlers live in `haagent.api_routes`, the input checks, `ApiError` and
+`BadInputLog` in `haagent.api_input`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
 
-from aiohttp import ClientPayloadError, web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp import web
 
-from haagent import api_admin
 from haagent.api_access import (
     TLS_HANDSHAKE_TIMEOUT_S,
     ApiAccess,
@@ -59,93 +57,28 @@ from haagent.api_access import (
     bearer_token,
     server_tls_context,
 )
-from haagent.ports import Outcome, OutcomeKind
-from haagent.untrusted import UntrustedInputError, escape, loads_json
+from haagent.api_input import BAD_INPUT_LINES_PER_MINUTE, ApiError, BadInputLog
+from haagent.api_routes import Handlers, add_routes, json_response
+from haagent.untrusted import escape
 
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_BODY_BYTES = 4096  # the largest valid body is {"on": false}
-MAX_JSON_DEPTH = 4
+# What other modules take from here (the API is `haagent.api`, wherever a part is defined).
+__all__ = [
+    "BAD_INPUT_LINES_PER_MINUTE",
+    "KEEPALIVE_S",
+    "MAX_CONNECTIONS",
+    "ApiError",
+    "BadInputLog",
+    "Handlers",
+    "build_app",
+    "serve",
+]
+
 MAX_REQUEST_BYTES = 64 * 1024  # aiohttp's own bound on any request body it buffers
-MAX_WHATIF_NODES = 256
 MAX_QUERY_CHARS = 4096  # aiohttp refuses a request line over 8,190 bytes anyway
-MAX_EVENTS_LIMIT = 1000
-BAD_INPUT_LINES_PER_MINUTE = 20
 MAX_CONNECTIONS = 128  # admins, scrapers and health checks; far below a 1,024 fd limit
 KEEPALIVE_S = 15.0
 
 log = logging.getLogger("haagent.api")
-
-
-class ApiError(Exception):
-    """A request the agent cannot serve: `status` and a message for the client. `cause` is
-    a fixed phrase naming the kind of problem for the log, free of the client's input."""
-
-    def __init__(self, status: int, message: str, cause: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.cause = cause
-
-
-class BadInputLog:
-    """Logs bad input without a traceback, so no client can flood the log.
-
-    The first occurrence of each cause is logged at once; after that a cause is logged at
-    most once per `interval_s`, with how many were left out since its last line; and no more
-    than `burst` lines are written per `interval_s` in all. At most `max_causes` causes are
-    remembered (then new ones count as "other"): causes are fixed phrases and exception
-    types, but the bound holds whatever callers pass.
-    """
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval_s: float = 60.0,
-        burst: int = BAD_INPUT_LINES_PER_MINUTE,
-        max_causes: int = 64,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self.burst = burst
-        self.max_causes = max_causes
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._dropped: dict[str, int] = {}
-        self._window_start = -float("inf")
-        self._window_lines = 0
-        self.lines = 0  # written so far (for tests)
-
-    def _admit(self, cause: str) -> tuple[str, int] | None:
-        """(cause, how many were left out before) if a line may be written now, else None."""
-        if cause not in self._last and len(self._last) >= self.max_causes:
-            cause = "other"
-        now = self.clock()
-        if now - self._window_start >= self.interval_s:
-            self._window_start, self._window_lines = now, 0
-        last = self._last.get(cause)
-        if (last is not None and now - last < self.interval_s) or self._window_lines >= self.burst:
-            self._last.setdefault(cause, now)
-            self._dropped[cause] = self._dropped.get(cause, 0) + 1
-            return None
-        self._last[cause] = now
-        self._window_lines += 1
-        self.lines += 1
-        return cause, self._dropped.pop(cause, 0)
-
-    def note(self, cause: str, detail: str = "") -> None:
-        """One bad request of kind `cause` (a fixed phrase); `detail` must be escaped."""
-        admitted = self._admit(cause)
-        if admitted is None:
-            return
-        cause, dropped = admitted
-        more = f" (and {dropped} more since the last report)" if dropped else ""
-        self.logger.warning(
-            "bad request: %s%s%s", escape(cause, 120), f": {detail}" if detail else "", more
-        )
-
-    def note_bug(self, kind: str) -> bool:
-        """May an internal error of this kind be logged (with its traceback) now?"""
-        return self._admit(f"internal error {kind}") is not None
 
 
 class _OneLineFilter(logging.Filter):
@@ -173,125 +106,12 @@ class _OneLineFilter(logging.Filter):
 _BAD_INPUT_KEY = web.AppKey("bad_input", BadInputLog)
 
 
-MAX_BY_CHARS = api_admin.MAX_BY_CHARS  # who confirmed a fence, as the audit shows it
-
-
-class Handlers(api_admin.AdminVerbs, Protocol):
-    """Status, metrics and what-if are computed off the agent's loop and arrive ready; the
-    status document as JSON text (serializing thousands of guests is not loop work)."""
-
-    async def status(self) -> str: ...
-
-    def health(self) -> tuple[bool, str]: ...
-
-    async def metrics(self) -> bytes: ...
-
-    async def whatif(self, fail: list[str]) -> dict[str, Any]: ...
-
-    def events(self, since: int, limit: int) -> dict[str, Any]: ...
-
-    async def set_desired(self, guest: str, running: bool) -> Outcome: ...
-
-    async def set_maintenance(self, node: str, on: bool) -> Outcome: ...
-
-    async def confirm_fenced(self, node: str, by: str) -> Outcome: ...
-
-    async def migrate(self, guest: str, node: str, generation: int | None) -> Outcome: ...
-
-
-MAX_NAME_CHARS = 63  # a node name (config.py checks configured names against the same bound)
-
-
-def migrate_body(body: Any) -> tuple[str, int | None]:
-    """`{"node": NAME[, "generation": G]}` of a migrate request, or ApiError 400 saying what
-    is wrong (the node's existence is the state machine's to judge: 409 with the reason)."""
-    ok = (
-        isinstance(body, dict)
-        and "node" in body
-        and set(body) <= {"node", "generation"}
-        and isinstance(body["node"], str)
-        and 0 < len(body["node"]) <= MAX_NAME_CHARS
-        and body["node"].isprintable()
-    )
-    generation = body.get("generation") if isinstance(body, dict) else None
-    if ok and generation is not None:
-        ok = type(generation) is int and 0 <= generation < 2**63
-    if not ok:
-        raise ApiError(
-            400,
-            f'body must be {{"node": "NAME"}} (at most {MAX_NAME_CHARS} printable characters) '
-            'with an optional "generation": a non-negative integer',
-            "body not {node}",
-        )
-    return body["node"], generation
-
-
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(body, indent=1, sort_keys=True) + "\n",
-        status=status,
-        content_type="application/json",
-    )
-
-
-def outcome_response(outcome: Outcome) -> web.Response:
-    status = {OutcomeKind.ACCEPTED: 200, OutcomeKind.REFUSED: 409}.get(outcome.kind, 503)
-    return json_response({"outcome": outcome.kind.value, "detail": outcome.detail}, status)
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def read_json_body(request: web.Request) -> Any:
-    """The request's JSON body, or ApiError (413 too large, 415 an encoding or charset we do
-    not take, 400 not JSON or nested too deeply). Never decompresses, never buffers more than
-    MAX_BODY_BYTES + 1."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise ApiError(415, "Content-Encoding is not supported; send plain JSON", "encoding")
-    ctype = request.headers.get("Content-Type", "")
-    media, *options = (part.strip() for part in ctype.split(";"))
-    if media.lower() not in ("", "application/json"):
-        raise ApiError(415, "Content-Type must be application/json", "content type")
-    for option in options:
-        name, _, value = option.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
-            "utf-8",
-            "utf8",
-        ):
-            raise ApiError(415, "charset must be utf-8", "charset")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes", "body too large")
-    data = b""
-    try:
-        while len(data) <= MAX_BODY_BYTES:
-            chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except (RequestPayloadError, HttpProcessingError, ClientPayloadError, ConnectionError) as exc:
-        cause = f"body unreadable ({type(exc).__name__})"
-        raise ApiError(400, "cannot read the body", cause) from None
-    if len(data) > MAX_BODY_BYTES:
-        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes", "body too large")
-    try:
-        return loads_json(data, max_bytes=MAX_BODY_BYTES, max_depth=MAX_JSON_DEPTH)
-    except UntrustedInputError as exc:
-        raise ApiError(400, f"body must be JSON: {exc}", "body not JSON") from None
 
 
 def _route(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "(no route)"
-
-
-def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or int(raw) > maximum:
-        raise ApiError(400, f"{name} must be an integer from 0 to {maximum}", f"bad {name}")
-    return int(raw)
 
 
 def build_app(access: ApiAccess | str, h: Handlers) -> web.Application:
@@ -329,88 +149,9 @@ def build_app(access: ApiAccess | str, h: Handlers) -> web.Application:
                 log.exception("internal error serving %s %s", request.method, request.path)
             return json_response({"error": "internal error (see the agent's log)"}, 500)
 
-    async def get_status(request: web.Request) -> web.Response:
-        return web.Response(text=await h.status(), content_type="application/json")
-
-    async def get_health(request: web.Request) -> web.Response:
-        ok, reason = h.health()
-        return json_response({"healthy": ok, "reason": reason}, 200 if ok else 503)
-
-    async def get_metrics(request: web.Request) -> web.Response:
-        body = await h.metrics()
-        return web.Response(body=body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
-
-    async def get_whatif(request: web.Request) -> web.Response:
-        raw = request.query.get("fail", "")
-        fail = list(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
-        if not fail:
-            raise ApiError(400, "give the nodes to fail: /v1/whatif?fail=node3[,node4]")
-        if len(fail) > MAX_WHATIF_NODES:
-            raise ApiError(400, f"at most {MAX_WHATIF_NODES} nodes to fail", "whatif too many")
-        return json_response(await h.whatif(fail))
-
-    async def get_events(request: web.Request) -> web.Response:
-        since = _int_param(request, "since", 0, 2**63 - 1)
-        limit = _int_param(request, "limit", 100, MAX_EVENTS_LIMIT)
-        return json_response(h.events(since, limit))
-
-    async def get_openapi(request: web.Request) -> web.Response:
-        # Imported on first request: the document is large and rarely read (issue 7: RSS).
-        from haagent.openapi import OPENAPI_DOCUMENT
-
-        return json_response(OPENAPI_DOCUMENT)
-
-    async def post_guest(request: web.Request) -> web.Response:
-        action = request.match_info["action"]
-        if action not in ("enable", "disable"):
-            raise ApiError(404, f"unknown guest action {action!r} (enable, disable)")
-        outcome = await h.set_desired(request.match_info["guest"], action == "enable")
-        return outcome_response(outcome)
-
-    async def post_migrate(request: web.Request) -> web.Response:
-        node, generation = migrate_body(await read_json_body(request))
-        return outcome_response(await h.migrate(request.match_info["guest"], node, generation))
-
-    async def post_maintenance(request: web.Request) -> web.Response:
-        body = await read_json_body(request)
-        if not isinstance(body, dict) or set(body) != {"on"} or not isinstance(body["on"], bool):
-            raise ApiError(400, 'body must be {"on": true} or {"on": false}', "body not {on}")
-        return outcome_response(await h.set_maintenance(request.match_info["node"], body["on"]))
-
-    async def post_confirm_fenced(request: web.Request) -> web.Response:
-        by = ""
-        if request.can_read_body:
-            body = await read_json_body(request)
-            if (
-                not isinstance(body, dict)
-                or not set(body) <= {"by"}
-                or not isinstance(body.get("by", ""), str)
-                or len(body.get("by", "")) > MAX_BY_CHARS
-                or not body.get("by", "").isprintable()
-            ):
-                raise ApiError(
-                    400,
-                    f'body must be empty or {{"by": "who"}} (at most {MAX_BY_CHARS} printable '
-                    "characters)",
-                    "body not {by}",
-                )
-            by = body.get("by", "")
-        return outcome_response(await h.confirm_fenced(request.match_info["node"], by))
-
     app = web.Application(middlewares=[guard], client_max_size=MAX_REQUEST_BYTES)
     app[_BAD_INPUT_KEY] = bad_input
-    app.router.add_get("/v1/status", get_status)
-    app.router.add_get("/v1/health", get_health)
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/v1/whatif", get_whatif)
-    app.router.add_get("/v1/events", get_events)
-    app.router.add_get("/v1/openapi.json", get_openapi)
-    # Before the generic guest route, which would answer "unknown guest action" (404).
-    app.router.add_post("/v1/guests/{guest}/migrate", post_migrate)
-    api_admin.add_routes(app, h, read_json_body, outcome_response, ApiError)
-    app.router.add_post("/v1/guests/{guest}/{action}", post_guest)
-    app.router.add_post("/v1/nodes/{node}/maintenance", post_maintenance)
-    app.router.add_post("/v1/nodes/{node}/confirm-fenced", post_confirm_fenced)
+    add_routes(app, h)
     return app
 
 

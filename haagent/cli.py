@@ -26,40 +26,28 @@ Exit codes: 0 success, 1 operation failed (e.g. the agent is unreachable, or it 
 something this CLI cannot read), 2 bad usage or an invalid config. Errors are one line on
 stderr, never a traceback, with control characters escaped (an agent's answer or a file name
 cannot write to the terminal).
+
+This module parses and dispatches; the commands live in `cli_show` (status, events,
+simulate), `cli_verbs` (guest, node, cluster) with the audited verbs in `cli_admin`, reaching
+an agent and the error type in `cli_agent`, and what is printed of its answers in `cli_output`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import socket
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
-from urllib.parse import quote
-
-import aiohttp
 
 from haagent import __version__, cli_admin
-from haagent.api_access import client_tls_context
-from haagent.config import SECRET_RE, Config, ConfigError, load_config
+from haagent.cli_agent import EXIT_USAGE, CliError, agent_args
+from haagent.cli_show import cmd_events, cmd_simulate, cmd_status
+from haagent.cli_verbs import cmd_cluster, cmd_guest, cmd_node, migrate_args
+from haagent.config import ConfigError, load_config
 from haagent.localcluster.parser import add_local_parser
 from haagent.ports import HypervisorError
 from haagent.resources import drbd_fence
-from haagent.status import format_status
-from haagent.untrusted import UntrustedInputError, escape, loads_json, read_small_text
-from haagent.whatif import planned_state, what_if
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a status document of 10,000 guests is ~5 MB
-MAX_ANSWER_DEPTH = 32
-MAX_SCENARIO_BYTES = 1024 * 1024
-# What an agent's document may fail with when it is not the shape this CLI knows (another
-# version, or not an agent at all): reported as an operation that failed, not a traceback.
-_SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+from haagent.untrusted import escape
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`haagent status | head`): not an error worth a traceback.
         sys.stderr.close()
         return 0
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,16 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     status = sub.add_parser("status", help="show the cluster as one agent sees it")
-    _agent_args(status)
+    agent_args(status)
     status.add_argument("--json", action="store_true", help="print the raw JSON document")
-    status.set_defaults(func=_cmd_status)
+    status.set_defaults(func=cmd_status)
 
     events = sub.add_parser("events", help="recent committed transitions with their reasons")
     events.add_argument("--since", type=int, default=0, help="only events after this index")
     events.add_argument("--limit", type=int, default=100, help="at most this many (<= 1000)")
-    _agent_args(events)
+    agent_args(events)
     events.add_argument("--json", action="store_true", help="print the raw JSON document")
-    events.set_defaults(func=_cmd_events)
+    events.set_defaults(func=cmd_events)
 
     guest = sub.add_parser(
         "guest",
@@ -131,10 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     guest.add_argument("action", choices=["enable", "disable", "cleanup", "move", "migrate"])
     guest.add_argument("name", help="guest name")
     guest.add_argument("node", nargs="?", help="move, migrate: the node to run it on")
-    _migrate_args(guest)
+    migrate_args(guest)
     cli_admin.audit_args(guest)
-    _agent_args(guest)
-    guest.set_defaults(func=_cmd_guest)
+    agent_args(guest)
+    guest.set_defaults(func=cmd_guest)
 
     node = sub.add_parser(
         "node",
@@ -148,9 +130,9 @@ def _parser() -> argparse.ArgumentParser:
         "--by", help="confirm-fenced, freeze, thaw: who, for the audit (default: USER@HOST)"
     )
     node.add_argument("--reason", default="", help="freeze, thaw: why, for the audit")
-    _agent_args(node)
-    node.set_defaults(func=_cmd_node)
-    cli_admin.add_parsers(sub, _agent_args, _cmd_cluster)
+    agent_args(node)
+    node.set_defaults(func=cmd_node)
+    cli_admin.add_parsers(sub, agent_args, cmd_cluster)
 
     sim = sub.add_parser(
         "simulate",
@@ -182,255 +164,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--scenario", type=Path, help="simulator: run one scenario file")
     sim.add_argument("--seed", type=int, help="scenario: override its seed")
     sim.add_argument("--trace", action="store_true", help="scenario: print the trace")
-    sim.set_defaults(func=_cmd_simulate)
+    sim.set_defaults(func=cmd_simulate)
 
     add_local_parser(sub)
     drbd = sub.add_parser("drbd", help="DRBD's fence-peer/unfence-peer handler (drbd.conf)")
     drbd_fence.add_arguments(drbd)
     drbd.set_defaults(func=drbd_fence.run_from_args)
     return p
-
-
-def _agent_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", type=Path, help="read URL, token and CA from this config")
-    p.add_argument("--url", help="agent API: http(s)://HOST:PORT or unix:/path")
-    p.add_argument("--token", help="API token (default: from --config); see --token-file")
-    p.add_argument(
-        "--token-file", type=Path, help="read the token from this file (keeps it out of ps)"
-    )
-    p.add_argument(
-        "--cacert", type=Path, help="CA or the agent's certificate that verifies https://"
-    )
-
-
-class Endpoint(NamedTuple):
-    url: str
-    token: str
-    cacert: Path | None = None
-
-
-def endpoint_from_config(cfg: Config, admin: bool) -> Endpoint:
-    """How to reach the agent of this config: admin verbs use the admin token, reads the
-    read token when there is one (the least that works)."""
-    access = cfg.api_access
-    token = cfg.api_token if admin or access.read_token is None else access.read_token
-    return Endpoint(api_url(cfg.api_listen, access.tls), token, access.tls_cert_file)
-
-
-def _agent(args: argparse.Namespace, admin: bool = True) -> Endpoint:
-    url, token, cacert = args.url, args.token, args.cacert
-    if args.token_file is not None:
-        if token is not None:
-            raise CliError("give --token or --token-file, not both", EXIT_USAGE)
-        try:
-            token = read_small_text(args.token_file, 64 * 1024).strip()
-        except UntrustedInputError as exc:
-            raise CliError(f"--token-file: {exc}", EXIT_USAGE) from None
-    if args.config is not None:
-        ep = endpoint_from_config(load_config(args.config), admin)
-        url, token, cacert = url or ep.url, token or ep.token, cacert or ep.cacert
-    if not url or not token:
-        raise CliError("give --config FILE, or --url and --token", EXIT_USAGE)
-    if not url.startswith(("http://", "https://", "unix:/")):
-        raise CliError(
-            f"--url: {url!r} is not http://HOST:PORT, https://... or unix:/PATH", EXIT_USAGE
-        )
-    if not SECRET_RE.fullmatch(token):
-        raise CliError("--token: an API token is visible ASCII only (no blanks)", EXIT_USAGE)
-    return Endpoint(url, token, cacert)
-
-
-def _report_outcome(doc: dict[str, Any], what: str) -> int:
-    outcome = doc.get("outcome")
-    detail = escape(str(doc.get("detail")), 300)
-    if outcome == "accepted":
-        print(f"{what}: done")
-        return 0
-    if outcome == "refused":
-        raise CliError(f"{what}: refused: {detail}")
-    raise CliError(f"{what}: unknown outcome ({detail}); check `haagent status`")
-
-
-def _printable(text: str) -> str:
-    """Text made of an agent's answer, each line escaped: names and reasons come from the
-    network and must not drive the terminal (escape sequences, carriage returns)."""
-    return "\n".join(escape(line) for line in text.split("\n"))
-
-
-def _shape_error(url: str, what: str, exc: Exception) -> CliError:
-    return CliError(
-        f"the agent at {url} answered {what} this haagent cannot read "
-        f"({type(exc).__name__}: {escape(str(exc), 80)}); is it the same haagent version?"
-    )
-
-
-def _migrate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--generation",
-        type=int,
-        help="migrate: only if the guest is still at this generation (`haagent status`); "
-        "default: the generation the agent sees",
-    )
-
-
-def _cmd_guest_migrate(args: argparse.Namespace) -> int:
-    """`haagent guest migrate NAME NODE`: the hand-over is committed; the answer comes once
-    the intent committed (the migration itself then runs; `haagent status` shows it)."""
-    if args.node is None:
-        raise CliError("migrate takes a guest name and a destination node", EXIT_USAGE)
-    if args.generation is not None and args.generation < 0:
-        raise CliError("--generation: a non-negative integer", EXIT_USAGE)
-    if args.reason or args.by is not None:
-        raise CliError("migrate: --reason and --by are for cleanup and move", EXIT_USAGE)
-    ep = _agent(args)
-    path = f"/v1/guests/{quote(args.name, safe='')}/migrate"
-    body: dict[str, Any] = {"node": args.node}
-    if args.generation is not None:
-        body["generation"] = args.generation
-    doc = asyncio.run(request_json(ep, "POST", path, body=body))
-    return _report_outcome(doc, f"migrate {args.name} to {args.node}")
-
-
-def _post(ep: Endpoint) -> cli_admin.Request:
-    return lambda path, body: request_json(ep, "POST", path, body=body)
-
-
-def _cmd_guest(args: argparse.Namespace) -> int:
-    if args.action == "migrate":
-        return _cmd_guest_migrate(args)
-    if args.generation is not None:
-        raise CliError("--generation is for migrate", EXIT_USAGE)
-    if args.action in ("cleanup", "move"):
-        if (args.node is None) == (args.action == "move"):
-            usage = "move takes a guest and a node" if args.action == "move" else "one guest"
-            raise CliError(f"{args.action}: {usage}", EXIT_USAGE)
-        doc, what = cli_admin.guest_verb(args, _who, _post(_agent(args)))
-        return _report_outcome(doc, what)
-    if args.node is not None or args.reason or args.by is not None:
-        raise CliError(f"{args.action} takes a guest name only", EXIT_USAGE)
-    ep = _agent(args)
-    path = f"/v1/guests/{quote(args.name, safe='')}/{args.action}"
-    doc = asyncio.run(request_json(ep, "POST", path))
-    return _report_outcome(doc, f"{args.action} {args.name}")
-
-
-def _cmd_cluster(args: argparse.Namespace) -> int:
-    try:
-        doc, what = cli_admin.cluster_verb(args, _who, _post(_agent(args)))
-    except ValueError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    return _report_outcome(doc, what)
-
-
-def _cmd_node(args: argparse.Namespace) -> int:
-    if args.action in ("freeze", "thaw"):
-        if args.state is not None:
-            raise CliError(f"{args.action} takes a node name only", EXIT_USAGE)
-        doc, what = cli_admin.node_verb(args, _who, _post(_agent(args)))
-        return _report_outcome(doc, what)
-    if args.reason:
-        raise CliError(f"{args.action} takes no --reason", EXIT_USAGE)
-    if args.action == "confirm-fenced":
-        if args.state is not None:
-            raise CliError("confirm-fenced takes a node name only", EXIT_USAGE)
-        by = args.by if args.by is not None else _who()
-        ep = _agent(args)
-        path = f"/v1/nodes/{quote(args.name, safe='')}/confirm-fenced"
-        doc = asyncio.run(request_json(ep, "POST", path, body={"by": by}))
-        return _report_outcome(doc, f"confirm-fenced {args.name}")
-    if args.state is None or args.by is not None:
-        raise CliError("maintenance takes a node name and on|off", EXIT_USAGE)
-    ep = _agent(args)
-    path = f"/v1/nodes/{quote(args.name, safe='')}/maintenance"
-    doc = asyncio.run(request_json(ep, "POST", path, body={"on": args.state == "on"}))
-    return _report_outcome(doc, f"maintenance {args.state} for {args.name}")
-
-
-def _who() -> str:
-    """USER@HOST of whoever runs the CLI, for the audit of a manual fence confirmation."""
-    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
-    return f"{user}@{socket.gethostname()}"[:64]
-
-
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    if args.swarm or args.scenario is not None:
-        if args.swarm and args.scenario is not None:
-            raise CliError("give --swarm or --scenario, not both", EXIT_USAGE)
-        from haagent.sim.scenario import run_scenario_cli
-        from haagent.sim.swarm import swarm_cli
-
-        if args.swarm:
-            if args.seeds < 0 or args.start < 0 or args.workers < 1:
-                raise CliError("--seeds and --start must be >= 0, --workers >= 1", EXIT_USAGE)
-            return swarm_cli(args.seeds, args.start, args.workers, args.verbose)
-        try:
-            # The same limits as config files: no FIFO, no device, no binary, no giant file.
-            read_small_text(args.scenario, MAX_SCENARIO_BYTES)
-        except UntrustedInputError as exc:
-            raise CliError(f"--scenario: {exc}", EXIT_USAGE) from None
-        return run_scenario_cli(args.scenario, args.seed, args.trace)
-    if args.config is None or not args.fail:
-        raise CliError("what-if needs --config FILE and --fail NODE[,NODE]", EXIT_USAGE)
-    cfg = load_config(args.config)
-    fail = [n.strip() for n in args.fail.split(",") if n.strip()]
-    unknown = [n for n in fail if n not in cfg.nodes]
-    if unknown:
-        raise CliError(
-            f"--fail: unknown node(s) {', '.join(unknown)}; nodes: {', '.join(sorted(cfg.nodes))}",
-            EXIT_USAGE,
-        )
-    doc: dict[str, Any] | None = None
-    source = "computed from the config (every node up, guests where the leader would put them)"
-    if not args.offline:
-        try:
-            doc = asyncio.run(
-                request_json(
-                    endpoint_from_config(cfg, admin=False),
-                    "GET",
-                    f"/v1/whatif?fail={','.join(fail)}",
-                    timeout_s=3.0,
-                )
-            )
-            source = f"live state from the agent at {cfg.api_listen}"
-            if not doc.get("view_fresh", True):
-                source += " (its view may be stale: it holds no lease)"
-        except CliError as exc:
-            print(
-                f"haagent: {escape(str(exc))}; computing from the config instead",
-                file=sys.stderr,
-            )
-    if doc is None:
-        settings = cfg.agent_settings()
-        state = planned_state(
-            {n: c.role for n, c in cfg.nodes.items()}, settings.guests, settings.capacity_mib
-        )
-        doc = what_if(state, settings.capacity_mib, fail, cfg.nodes).to_json()
-    if args.json:
-        print(json.dumps({"source": source, **doc}, indent=1, sort_keys=True))
-    else:
-        try:
-            text = format_whatif(doc, source)
-        except _SHAPE_ERRORS as exc:
-            raise _shape_error(cfg.api_listen, "a what-if document", exc) from None
-        print(_printable(text))
-    return 0
-
-
-def format_whatif(doc: dict[str, Any], source: str) -> str:
-    lines = [f"what if {', '.join(doc['fail'])} failed now ({source}):"]
-    if not doc["quorum_kept"]:
-        lines.append("  the survivors would have no Raft majority: no guest would be recovered")
-    for guest, move in doc["moves"].items():
-        lines.append(f"  {guest}: {move['from']} -> {move['to']}")
-    for guest, why in doc["unplaced"].items():
-        lines.append(f"  {guest}: would NOT run: {why}")
-    if not doc["moves"] and not doc["unplaced"]:
-        lines.append("  no guest would have to move")
-    lines.append(
-        f"the cluster tolerates {doc['tolerated_node_failures']} node failure(s) now: "
-        f"{doc['tolerated_detail']}"
-    )
-    return "\n".join(lines)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -464,100 +204,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
             except DoctorError as exc:
                 raise CliError(str(exc)) from None
     return status
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    ep = _agent(args, admin=False)
-    doc = fetch_status(ep)
-    if args.json:
-        print(json.dumps(doc, indent=1, sort_keys=True))
-    else:
-        try:
-            text = format_status(doc)
-        except _SHAPE_ERRORS as exc:
-            raise _shape_error(ep.url, "a status document", exc) from None
-        print(_printable(text))
-    return 0
-
-
-def _cmd_events(args: argparse.Namespace) -> int:
-    if not (args.since >= 0 and 0 <= args.limit <= 1000):
-        raise CliError("--since must be >= 0 and --limit from 0 to 1000", EXIT_USAGE)
-    ep = _agent(args, admin=False)
-    path = f"/v1/events?since={args.since}&limit={args.limit}"
-    doc = asyncio.run(request_json(ep, "GET", path))
-    if args.json:
-        print(json.dumps(doc, indent=1, sort_keys=True))
-        return 0
-    try:
-        lines = [f"{e['index']:>8}  {e['type']:<16} {e['summary']}" for e in doc["events"]]
-    except _SHAPE_ERRORS as exc:
-        raise _shape_error(ep.url, "an events document", exc) from None
-    if doc.get("truncated"):
-        lines.insert(0, "(older events left out: use --since or a larger --limit)")
-    print(_printable("\n".join(lines) if lines else "no events"))
-    return 0
-
-
-def api_url(listen: str, tls: bool = False) -> str:
-    if listen.startswith("unix:"):
-        return listen
-    return f"{'https' if tls else 'http'}://{listen}"
-
-
-def fetch_status(ep: Endpoint, timeout_s: float = 5.0) -> dict[str, Any]:
-    """GET /v1/status; raises CliError with a readable reason."""
-    return asyncio.run(request_json(ep, "GET", "/v1/status", timeout_s=timeout_s))
-
-
-async def request_json(
-    ep: Endpoint,
-    method: str,
-    path: str,
-    body: Any = None,
-    timeout_s: float = 10.0,
-) -> dict[str, Any]:
-    """One request to an agent; raises CliError with a readable reason. Admin actions answer
-    409 (refused) or 503 (unknown outcome) with an `outcome` document: those are returned.
-    https:// is verified against `ep.cacert` (else the system's CAs), never skipped."""
-    url, token = ep.url, ep.token
-    connector: aiohttp.BaseConnector | None = None
-    base = url
-    if url.startswith("unix:"):
-        connector = aiohttp.UnixConnector(path=url[5:])
-        base = "http://localhost"
-    elif url.startswith("https://"):
-        try:
-            connector = aiohttp.TCPConnector(ssl=client_tls_context(ep.cacert))
-        except (OSError, ValueError) as exc:
-            raise CliError(f"--cacert: cannot load {ep.cacert}: {exc}", EXIT_USAGE) from None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        async with (
-            aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as session,
-            session.request(method, base.rstrip("/") + path, headers=headers, json=body) as resp,
-        ):
-            status = resp.status
-            data = b""
-            while len(data) <= MAX_ANSWER_BYTES:
-                chunk = await resp.content.read(MAX_ANSWER_BYTES + 1 - len(data))
-                if not chunk:
-                    break
-                data += chunk
-    except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
-        raise CliError(f"cannot reach the agent at {url}: {exc or type(exc).__name__}") from None
-    try:
-        answer = loads_json(data, max_bytes=MAX_ANSWER_BYTES, max_depth=MAX_ANSWER_DEPTH)
-    except UntrustedInputError as exc:
-        raise CliError(f"{url}{path}: HTTP {status}, and the answer is not usable: {exc}") from None
-    if not isinstance(answer, dict):
-        raise CliError(f"{url}{path}: HTTP {status}, and the answer is not a JSON object")
-    if status != 200 and "outcome" not in answer:
-        error = escape(str(answer.get("error", answer)), 300)
-        raise CliError(f"{url}{path}: HTTP {status}: {error}")
-    return answer
 
 
 if __name__ == "__main__":

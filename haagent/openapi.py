@@ -1,6 +1,6 @@
 """The OpenAPI 3 document of the agent's HTTP API, served at `GET /v1/openapi.json`.
 
-Kept true by tests (tests/unit/test_openapi.py, tests/integration/test_api_schema.py): every
+Kept true by tests (tests/unit/test_api_access.py, tests/integration/test_api_schema.py): every
 route of `haagent.api.build_app` is documented here and every documented route exists; the
 answers of a real agent match the response schemas; schemathesis generates requests from this
 document against a real agent and finds no 5xx. Schemas name the fields clients rely on and

@@ -157,7 +157,9 @@ class Hypervisor(Protocol):
         authorise: Authorise | None = None,
     ) -> None:
         """Define the domain from `xml` if it is not defined, write the ownership metadata
-        (cluster, node, generation) and start it. Raises HypervisorError.
+        (cluster, node, generation) and start it. Raises HypervisorError. With `xml` given,
+        the domain started has `xml`'s disks, whatever definition the host kept (a stale raid1
+        leg of an earlier start must never come back with an old definition).
 
         `authorise`: entered right before the call that starts the domain, in the thread that
         makes it, and held until that call returns; it raises `RefusedError` when the start
@@ -193,7 +195,9 @@ class Hypervisor(Protocol):
         ...
 
     async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
-        """Resume a paused domain (the destination, once the hand-over is committed)."""
+        """Resume a paused domain (the destination, once the hand-over is committed). Raises
+        HypervisorError. `authorise` as for start, entered right before the resume call and
+        held until it returns."""
         ...
 
     async def clear_autostart(self, domains: Collection[str]) -> list[str]:

@@ -13,6 +13,10 @@ The safety rules of DESIGN.md that live here:
   report names the generation it is about, so a stale or duplicated report is refused (rule 7).
 - heartbeats, declarations and fence results are conditional on sequence numbers and epochs,
   so a declaration can never overtake a heartbeat that was committed before it.
+
+The admin verbs' handlers live in `haagent.statemachine_admin`, live migration's in
+`haagent.statemachine_migration`; `apply` dispatches to them. Checks several commands make
+(`owner_check`, `target_refusal`) are in `haagent.statemachine_checks`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import haagent.statemachine_admin as admin
+import haagent.statemachine_migration as migration
 from haagent.commands import (
     MAX_LEG_TEXT,
     MAX_MISSING_NETWORKS,
@@ -64,14 +69,13 @@ from haagent.model import (
     GuestRecord,
     GuestSpec,
     GuestState,
-    Migration,
-    MigrationPhase,
     NodeRecord,
-    NodeRole,
     NodeState,
     StaleLeg,
     StorageKind,
 )
+from haagent.statemachine_checks import owner_check, target_refusal
+from haagent.statemachine_migration import ended
 
 
 @dataclass(frozen=True)
@@ -383,20 +387,13 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
     changed: dict[str, GuestRecord] = {}
     for a in c.assignments:
         guest = changed.get(a.guest) or state.guests.get(a.guest)
-        target = state.node(a.node)
         why = ""
         if guest is None:
             why = "unknown guest"
         elif guest.generation != a.expected_generation:
             why = f"generation is {guest.generation}, not {a.expected_generation}"
-        elif target.state is not NodeState.UP or target.role is not NodeRole.HYPERVISOR:
-            why = f"{a.node} is not an up hypervisor"
-        elif target.maintenance:
-            why = f"{a.node} is in maintenance"
-        elif not guest.spec.allows(a.node):
-            why = f"{a.node} is not allowed"
-        elif target.lacks(guest.spec):
-            why = f"{a.node} lacks {', '.join(target.lacks(guest.spec))}"
+        elif target_why := target_refusal(state, guest.spec, a.node):
+            why = target_why
         elif not movable(state, guest):
             why = (
                 f"owner {guest.owner} is {state.node(guest.owner or '').state}, guest {guest.state}"
@@ -416,26 +413,15 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
             changed_at=c.at,
             # A new owner ends any migration: a copy the old destination still holds is no
             # longer recognised as incoming (README, "Live migration").
-            migration=_ended(guest.migration, "the guest was assigned elsewhere", c.at),
+            migration=ended(guest.migration, "the guest was assigned elsewhere", c.at),
         )
     if not changed:
         return _refuse(state, "; ".join(refused))
     return state.with_guests(list(changed.values())), Result(True, "; ".join(refused))
 
 
-def _owner_check(state: ClusterState, guest_name: str, node: str, generation: int) -> str:
-    guest = state.guests.get(guest_name)
-    if guest is None:
-        return f"unknown guest {guest_name!r}"
-    if guest.owner != node or guest.generation != generation:
-        return f"{guest_name} is owned by {guest.owner} at generation {guest.generation}"
-    if state.node(node).state is not NodeState.UP:
-        return f"{node} is {state.node(node).state}"
-    return ""
-
-
 def _guest_starting(state: ClusterState, c: GuestStarting) -> tuple[ClusterState, Result]:
-    why = _owner_check(state, c.guest, c.node, c.generation)
+    why = owner_check(state, c.guest, c.node, c.generation)
     if why:
         return _refuse(state, why)
     guest = state.guests[c.guest]
@@ -460,7 +446,7 @@ def _guest_starting(state: ClusterState, c: GuestStarting) -> tuple[ClusterState
 
 
 def _guest_running(state: ClusterState, c: GuestRunning) -> tuple[ClusterState, Result]:
-    why = _owner_check(state, c.guest, c.node, c.generation)
+    why = owner_check(state, c.guest, c.node, c.generation)
     if why:
         return _refuse(state, why)
     guest = state.guests[c.guest]
@@ -477,7 +463,7 @@ def _guest_running(state: ClusterState, c: GuestRunning) -> tuple[ClusterState, 
 
 
 def _guest_stopped(state: ClusterState, c: GuestStopped) -> tuple[ClusterState, Result]:
-    why = _owner_check(state, c.guest, c.node, c.generation)
+    why = owner_check(state, c.guest, c.node, c.generation)
     if why:
         return _refuse(state, why)
     guest = state.guests[c.guest]
@@ -501,7 +487,7 @@ def _guest_stopped(state: ClusterState, c: GuestStopped) -> tuple[ClusterState, 
         failed_nodes=failed_nodes,
         reason=c.reason,
         changed_at=c.at,
-        migration=_ended(guest.migration, f"stopped on {c.node}", c.at),
+        migration=ended(guest.migration, f"stopped on {c.node}", c.at),
     )
     return state.with_guest(record), OK
 
@@ -519,7 +505,7 @@ def _guest_error(state: ClusterState, c: GuestError) -> tuple[ClusterState, Resu
 def _replica(
     state: ClusterState, c: ReplicaOutdated | ReplicaUpToDate
 ) -> tuple[ClusterState, Result]:
-    why = _owner_check(state, c.guest, c.by, c.generation)
+    why = owner_check(state, c.guest, c.by, c.generation)
     if why:
         return _refuse(state, why)
     guest = state.guests[c.guest]
@@ -537,7 +523,7 @@ def _leg(state: ClusterState, c: LegStale | LegFresh) -> tuple[ClusterState, Res
     """Leg freshness of a raid1 guest, from its owner at its generation. The one rule kept
     here whatever the proposer believes: at least one leg stays fresh, since a guest is
     never started from stale legs alone (a stale-only guest would wait for an admin)."""
-    why = _owner_check(state, c.guest, c.by, c.generation)
+    why = owner_check(state, c.guest, c.by, c.generation)
     if why:
         return _refuse(state, why)
     guest = state.guests[c.guest]
@@ -612,140 +598,7 @@ def _network_condition(state: ClusterState, c: NetworkCondition) -> tuple[Cluste
     return state.with_node(replace(rec, missing_networks=missing)), OK
 
 
-MIGRATION_STORAGE_REFUSAL = (
-    "live migration needs shared storage ({storage} is not: DRBD dual-primary is not "
-    "supported); stop it and let it start elsewhere instead"
-)
-
-
-def migration_refusal(state: ClusterState, guest: GuestRecord, node: str) -> str:
-    """Why `guest` may not be live-migrated to `node` now ("" if it may). The same checks as
-    `apply` makes, so the API and the leader can refuse early with the same words."""
-    if guest.storage_kind_blocks_migration:
-        return MIGRATION_STORAGE_REFUSAL.format(storage=guest.spec.storage)
-    if guest.desired is not DesiredState.RUNNING or guest.state is not GuestState.RUNNING:
-        return f"{guest.name} is {guest.state} (desired {guest.desired}), not running"
-    if guest.migrating is not None:
-        m = guest.migrating
-        return f"{guest.name} is already migrating ({m.source} -> {m.dest}, {m.phase})"
-    if guest.owner is None or state.node(guest.owner).state is not NodeState.UP:
-        return f"its owner {guest.owner} is not up"
-    if node == guest.owner:
-        return f"{guest.name} already runs on {node}"
-    target = state.node(node)
-    if target.state is not NodeState.UP or target.role is not NodeRole.HYPERVISOR:
-        return f"{node} is not an up hypervisor"
-    if target.maintenance:
-        return f"{node} is in maintenance"
-    if not guest.spec.allows(node):
-        return f"{node} is not allowed"
-    if target.lacks(guest.spec):
-        return f"{node} lacks {', '.join(target.lacks(guest.spec))}"
-    return ""
-
-
-def _ended(migration: Migration | None, why: str, at: float) -> Migration | None:
-    """A migration record once the guest stopped or changed owner: one still in flight is
-    aborted (a pending one's incoming copy is then destroyed; a handed-over one was never
-    resumed), a finished one is kept for status."""
-    if migration is None or not migration.in_flight:
-        return migration
-    return replace(migration, phase=MigrationPhase.ABORTED, reason=why, changed_at=at)
-
-
-def _migrate_guest(state: ClusterState, c: MigrateGuest) -> tuple[ClusterState, Result]:
-    guest = state.guests.get(c.guest)
-    if guest is None:
-        return _refuse(state, f"unknown guest {c.guest!r}")
-    if guest.generation != c.expect_generation:
-        return _refuse(state, admin.stale("migration", c.expect_generation, guest.generation))
-    why = migration_refusal(state, guest, c.node)
-    if why:
-        return _refuse(state, why)
-    assert guest.owner is not None
-    intent = Migration(
-        source=guest.owner,
-        dest=c.node,
-        generation=guest.generation + 1,
-        by=c.by,
-        started_at=c.at,
-        changed_at=c.at,
-    )
-    record = replace(
-        guest, migration=intent, reason=f"migrating to {c.node} (by {c.by})", changed_at=c.at
-    )
-    return state.with_guest(record), OK
-
-
-def _pending_migration(state: ClusterState, guest_name: str, generation: int) -> str:
-    guest = state.guests.get(guest_name)
-    if guest is None:
-        return f"unknown guest {guest_name!r}"
-    m = guest.migration
-    if m is None or m.phase is not MigrationPhase.PENDING:
-        return f"{guest_name} has no pending migration"
-    if guest.generation != generation:
-        return f"{guest_name} is at generation {guest.generation}, not {generation}"
-    return ""
-
-
-def _migration_done(state: ClusterState, c: MigrationDone) -> tuple[ClusterState, Result]:
-    why = _pending_migration(state, c.guest, c.generation) or _owner_check(
-        state, c.guest, c.node, c.generation
-    )
-    if why:
-        return _refuse(state, why)
-    guest = state.guests[c.guest]
-    m = guest.migration
-    assert m is not None
-    if guest.state is not GuestState.RUNNING:
-        return _refuse(state, f"{c.guest} is {guest.state}, not running")
-    if state.node(m.dest).state is not NodeState.UP:
-        return _refuse(state, f"the destination {m.dest} is {state.node(m.dest).state}")
-    record = replace(
-        guest,
-        owner=m.dest,
-        generation=m.generation,
-        failures=0,
-        migration=replace(m, phase=MigrationPhase.HANDED_OVER, changed_at=c.at),
-        reason=f"migrated from {m.source}",
-        changed_at=c.at,
-    )
-    return state.with_guest(record), OK
-
-
-def _migration_aborted(state: ClusterState, c: MigrationAborted) -> tuple[ClusterState, Result]:
-    why = _pending_migration(state, c.guest, c.generation)
-    if why:
-        return _refuse(state, why)
-    guest = state.guests[c.guest]
-    m = guest.migration
-    assert m is not None
-    # The intent's generation is spent: the guest moves past it, so the incoming copy (which
-    # carries it) is never mistaken for a later start, and a late migrate call is refused.
-    record = replace(
-        guest,
-        generation=m.generation,
-        migration=replace(m, phase=MigrationPhase.ABORTED, reason=c.reason, changed_at=c.at),
-        reason=f"migration to {m.dest} aborted: {c.reason}",
-        changed_at=c.at,
-    )
-    return state.with_guest(record), OK
-
-
-def _migration_resumed(state: ClusterState, c: MigrationResumed) -> tuple[ClusterState, Result]:
-    why = _owner_check(state, c.guest, c.node, c.generation)
-    if why:
-        return _refuse(state, why)
-    guest = state.guests[c.guest]
-    m = guest.migration
-    if m is None or m.phase is not MigrationPhase.HANDED_OVER or m.dest != c.node:
-        return _refuse(state, f"{c.guest} has no migration handed over to {c.node}")
-    record = replace(guest, migration=replace(m, phase=MigrationPhase.DONE, changed_at=c.at))
-    return state.with_guest(record), OK
-
-
-def _admin(
+def _handled(
     handler: Callable[[ClusterState, Any], admin.Handled],
 ) -> Callable[[ClusterState, Any], tuple[ClusterState, Result]]:
     def handle(state: ClusterState, c: Command) -> tuple[ClusterState, Result]:
@@ -774,15 +627,15 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     ReplicaUpToDate: _replica,
     ConfirmFenced: _confirm_fenced,
     NetworkCondition: _network_condition,
-    MigrateGuest: _migrate_guest,
-    MigrationDone: _migration_done,
-    MigrationAborted: _migration_aborted,
-    MigrationResumed: _migration_resumed,
+    MigrateGuest: _handled(migration.migrate_guest),
+    MigrationDone: _handled(migration.migration_done),
+    MigrationAborted: _handled(migration.migration_aborted),
+    MigrationResumed: _handled(migration.migration_resumed),
     LegStale: _leg,
     LegFresh: _leg,
-    CleanupGuest: _admin(admin.cleanup_guest),
-    MoveGuest: _admin(admin.move_guest),
-    SetArming: _admin(admin.set_arming),
-    SetFrozen: _admin(admin.set_frozen),
-    WatchdogRearmed: _admin(admin.watchdog_rearmed),
+    CleanupGuest: _handled(admin.cleanup_guest),
+    MoveGuest: _handled(admin.move_guest),
+    SetArming: _handled(admin.set_arming),
+    SetFrozen: _handled(admin.set_frozen),
+    WatchdogRearmed: _handled(admin.watchdog_rearmed),
 }

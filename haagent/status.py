@@ -12,6 +12,7 @@ from typing import Any
 from haagent.codec import to_json
 from haagent.core.divergence import judge
 from haagent.core.networks import network_loss
+from haagent.core.raid1 import why_waiting
 from haagent.model import ClusterState, GuestRecord, Migration, NodeState, StorageKind
 from haagent.ports import (
     MEMBER_RESYNCING,
@@ -183,6 +184,8 @@ def build_status(
         }
         if g.spec.legs:
             guests[name]["legs"] = _legs_document(g, (mirrors or {}).get(name))
+            # Why it cannot start from its legs anywhere now (None: it can, or no node is up).
+            guests[name]["legs_wait"] = why_waiting(state, g)
     local_doc: dict[str, Any] | None = None
     if local is not None:
         protected = {g.spec.domain for g in state.guests.values()}
@@ -308,7 +311,8 @@ def _legs_lines(guests: Mapping[str, Any]) -> list[str]:
             if leg.get("resync_progress") is not None:
                 member += f" {leg['resync_progress']:.0%}"
             rows.append([name, leg_id, leg["holder"], member, data])
-    return [_table(rows)] if len(rows) > 1 else []
+    waits = [f"WAITS: {g['legs_wait']}" for g in guests.values() if g.get("legs_wait")]
+    return [_table(rows), *waits] if len(rows) > 1 else []
 
 
 def _table(rows: list[list[str]]) -> str:

@@ -55,6 +55,7 @@ import libvirt
 import libvirtaio
 
 from haagent.ports import Authorise, DomainObservation, HypervisorError, UnknownOutcomeError
+from haagent.resources.libvirt_define import DefinitionError, align_definition
 from haagent.resources.libvirt_migrate import (
     abort_migration,
     perform_migration,
@@ -557,9 +558,12 @@ class LibvirtHypervisor:
         generation: int,
         authorise: Authorise | None = None,
     ) -> None:
-        """Define `domain` from `xml` unless a domain of that name exists (an existing
-        definition is never replaced), write the owner record into its persistent config and
-        start it.
+        """Define `domain` from `xml` unless a domain of that name exists, write the owner
+        record into its persistent config and start it. An existing inactive definition
+        whose disks differ from `xml`'s is redefined from `xml` first (same UUID), so that a
+        start never opens a disk the caller did not intend, such as a stale raid1 leg kept
+        by an old definition (resources/libvirt_define.py); with `xml` None the stored
+        definition is started as it is.
 
         `authorise` (see `Hypervisor.start`) is entered in the worker thread right before
         `create()` and held until `create()` returns: the lease and the generation are checked
@@ -600,6 +604,13 @@ class LibvirtHypervisor:
                 if xml is None:
                     raise HypervisorError(f"domain {domain!r} is not defined and no XML given")
                 dom = conn.defineXML(xml)
+            elif xml is not None and not _is_active(dom):
+                # A stored definition may list a disk the agent does not intend now (a stale
+                # raid1 leg, an old layout): resources/libvirt_define.py.
+                try:
+                    dom = align_definition(conn, dom, xml)
+                except DefinitionError as exc:
+                    raise HypervisorError(f"start {domain}: {exc}") from None
             if _is_active(dom):
                 current = _read_owner(dom)
                 if current == wanted:
@@ -635,16 +646,10 @@ class LibvirtHypervisor:
         timeout_s: float,
         authorise: Authorise | None = None,
     ) -> None:
-        """Live-migrate the running `domain` peer-to-peer to the libvirt at `dest_uri` (as the
-        source libvirtd reaches it): persistent there and left PAUSED, its definition carrying
-        the owner record (cluster, dest_node, generation); the source's definition is kept and
-        its instance ends shut off ("migrated"). Returns once libvirt reports it complete.
-
-        Raises HypervisorError when libvirt refused or failed (the guest is then still on the
-        source), or after `timeout_s`, once the job was aborted; UnknownOutcomeError (a
-        HypervisorError) when the connection to the source died or the job outlived its
-        abort. `authorise` is entered right before the migration call and held until it
-        returns. Details: resources/libvirt_migrate.py.
+        """The `Hypervisor.migrate` contract (haagent.ports), which this adapter keeps as written
+        there. Specific here: `dest_uri` is the destination as the source libvirtd reaches it;
+        a connection to the source that died, or a job that outlived its abort, raises
+        UnknownOutcomeError (a HypervisorError). Details: resources/libvirt_migrate.py.
         """
         if generation < 0:
             raise ValueError("generation must be >= 0")
@@ -668,9 +673,8 @@ class LibvirtHypervisor:
         )
 
     async def resume(self, domain: str, authorise: Authorise | None = None) -> None:
-        """Resume the paused `domain` (the destination of a migration, once the hand-over is
-        committed); a running one is left alone. Raises HypervisorError if it is not active
-        here. `authorise` is entered right before the resume call, held until it returns."""
+        """The `Hypervisor.resume` contract (haagent.ports); a running domain is left alone, one
+        not active here raises HypervisorError."""
         await self._call(f"resume {domain}", lambda conn: resume_domain(conn, domain, authorise))
 
     async def stop(self, domain: str, timeout_s: float) -> None:

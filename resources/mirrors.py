@@ -18,8 +18,9 @@ runs md RAID1 over them. Each disk is a *leg*, named by a leg id from the config
 Contracts:
 
 * `observe` returns None when there is nothing to observe: the guest is not running on this
-  host, or its agent does not answer (still booting, or not installed). None is never evidence
-  of anything. It raises nothing for operating errors (they are logged).
+  host, its agent does not answer (still booting, or not installed), or no md array in it
+  holds any of its legs (not assembled yet). None is never evidence of anything. It raises
+  nothing for operating errors (they are logged).
 * `attach_leg` is idempotent for the same leg and source: a disk already carrying this leg's
   serial and source is left alone. It never replaces a disk: this leg from another source
   raises `MirrorError`. A leg whose connection died (its server went away; QEMU's NBD client
@@ -51,12 +52,14 @@ import logging
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import libvirt
+
+from haagent.model import GuestSpec
 
 # The port lives in haagent/ports.py; re-exported here for the tests that import it from here.
 from haagent.ports import HypervisorError, MirrorObservation, Mirrors
@@ -204,10 +207,14 @@ def _disks(dom: libvirt.virDomain) -> list[_Disk]:
 class LibvirtMirrors:
     """The `Mirrors` port over one libvirt connection (see the module docstring).
 
-    `leg_ids(guest)` gives the configured leg ids of a guest (empty for a guest that is not a
-    RAID1 guest): every one of them gets a state in an observation, "missing" when the array
-    does not hold it. Calls run through `runner.call` (a LibvirtHypervisor: worker thread,
-    call deadline, reconnects). `agent_timeout_s` bounds each guest-agent command.
+    The port speaks of guests; libvirt of domains, and a guest's `domain` may have another
+    name (config `domain = ...`). `leg_ids(guest)` gives the configured leg ids of a guest
+    (empty for a guest that is not a RAID1 guest): every one of them gets a state in an
+    observation, "missing" when the array does not hold it. `domain_of(guest)` names the
+    libvirt domain of a guest that has legs (it is asked for no other). `for_guests` builds
+    both from the guests' specs, as the daemon does. Calls run through `runner.call` (a
+    LibvirtHypervisor: worker thread, call deadline, reconnects). `agent_timeout_s` bounds
+    each guest-agent command.
     """
 
     def __init__(
@@ -215,29 +222,55 @@ class LibvirtMirrors:
         runner: ConnectionRunner,
         leg_ids: Callable[[str], Collection[str]],
         *,
+        domain_of: Callable[[str], str],
         error_policy: ErrorPolicy = "stop",
         agent_timeout_s: int = 5,
         detach_timeout_s: float = 20.0,
     ) -> None:
         self._runner = runner
         self._leg_ids = leg_ids
+        self._domain_of = domain_of
         self._error_policy: ErrorPolicy = error_policy
         self._agent_timeout_s = agent_timeout_s
         self._detach_timeout_s = detach_timeout_s
 
-    def _check_leg(self, guest: str, leg_id: str) -> None:
+    @classmethod
+    def for_guests(
+        cls,
+        runner: ConnectionRunner,
+        guests: Iterable[GuestSpec],
+        *,
+        error_policy: ErrorPolicy = "stop",
+        agent_timeout_s: int = 5,
+        detach_timeout_s: float = 20.0,
+    ) -> LibvirtMirrors:
+        """The adapter for the guests among `guests` that have legs (their domains by spec)."""
+        raid1 = {spec.name: spec for spec in guests if spec.legs}
+        return cls(
+            runner,
+            lambda g: tuple(leg.id for leg in raid1[g].legs) if g in raid1 else (),
+            domain_of=lambda g: raid1[g].domain,
+            error_policy=error_policy,
+            agent_timeout_s=agent_timeout_s,
+            detach_timeout_s=detach_timeout_s,
+        )
+
+    def _check_leg(self, guest: str, leg_id: str) -> str:
+        """The guest's domain, once `leg_id` is known to be one of its legs."""
         if leg_id not in self._leg_ids(guest):
             raise MirrorError(f"{guest}: no leg {leg_id!r} is configured")
+        return self._domain_of(guest)
 
     async def observe(self, guest: str) -> MirrorObservation | None:
         legs = tuple(self._leg_ids(guest))
         if not legs:
             return None
         timeout_s = self._agent_timeout_s
+        domain = self._domain_of(guest)
 
         def read(conn: libvirt.virConnect) -> MirrorObservation | None:
             try:
-                dom = conn.lookupByName(guest)
+                dom = conn.lookupByName(domain)
             except libvirt.libvirtError:
                 return None
             if not dom.isActive():
@@ -251,7 +284,7 @@ class LibvirtMirrors:
         return await self._runner.call(f"observe mirror of {guest}", read)
 
     async def attach_leg(self, guest: str, leg_id: str, source: str) -> None:
-        self._check_leg(guest, leg_id)
+        domain = self._check_leg(guest, leg_id)
         try:
             wanted = parse_leg_source(source)
             leg_disk_xml(leg_id, LEG_TARGETS[0], wanted)  # checks the leg id early
@@ -260,7 +293,7 @@ class LibvirtMirrors:
         policy = self._error_policy
 
         def attach(conn: libvirt.virConnect) -> None:
-            dom = _active(conn, guest)
+            dom = _active(conn, guest, domain)
             disks = _disks(dom)
             for disk in disks:
                 if disk.serial == leg_id:
@@ -283,11 +316,11 @@ class LibvirtMirrors:
         await self._runner.call(f"attach leg {leg_id} to {guest}", attach)
 
     async def detach_leg(self, guest: str, leg_id: str) -> None:
-        self._check_leg(guest, leg_id)
+        domain = self._check_leg(guest, leg_id)
         timeout_s = self._detach_timeout_s
 
         def detach(conn: libvirt.virConnect) -> None:
-            dom = _active(conn, guest)
+            dom = _active(conn, guest, domain)
             disk = next((d for d in _disks(dom) if d.serial == leg_id), None)
             if disk is None:
                 return
@@ -309,13 +342,13 @@ class LibvirtMirrors:
         await self._runner.call(f"detach leg {leg_id} from {guest}", detach)
 
 
-def _active(conn: libvirt.virConnect, guest: str) -> libvirt.virDomain:
+def _active(conn: libvirt.virConnect, guest: str, domain: str) -> libvirt.virDomain:
     try:
-        dom = conn.lookupByName(guest)
+        dom = conn.lookupByName(domain)
     except libvirt.libvirtError as exc:
-        raise MirrorError(f"{guest}: no such guest here ({exc})") from exc
+        raise MirrorError(f"{guest}: no such guest here (domain {domain!r}: {exc})") from exc
     if not dom.isActive():
-        raise MirrorError(f"{guest}: not running here")
+        raise MirrorError(f"{guest}: not running here (domain {domain!r})")
     return dom
 
 
@@ -348,4 +381,14 @@ def _observe_in_guest(
             if array.sync_action in ("resync", "recovery"):
                 progress = array.sync_progress
             break
+    else:
+        # No array holds any leg: the guest has not assembled it (yet: its agent may answer
+        # before its md starts while it boots). That says nothing about the legs; reported as
+        # "missing" they would be committed stale on a guess.
+        raise MdstatError("no md array holds any of the guest's legs (not assembled yet?)")
+    if "resyncing" not in members.values():
+        # mdstat is read before the member state files: a recovery that ended in between
+        # leaves its last progress behind, while the port promises progress only while a leg
+        # resyncs (seen at load ~11: both legs in_sync with progress 0.95).
+        progress = None
     return MirrorObservation(guest=guest, members=members, resync_progress=progress)

@@ -55,7 +55,7 @@ from haagent.model import (
 )
 from haagent.placement import plan
 from haagent.ports import DomainObservation
-from haagent.statemachine import migration_refusal
+from haagent.statemachine_migration import migration_refusal
 
 
 class Migrations:

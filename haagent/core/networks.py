@@ -42,7 +42,7 @@ from haagent.core.keys import ProposalKey, ProposalKind
 from haagent.core.migration import live_evacuable
 from haagent.core.settings import AgentSettings
 from haagent.model import ClusterState, GuestRecord, GuestState, NodeRole, NodeState
-from haagent.statemachine import migration_refusal
+from haagent.statemachine_migration import migration_refusal
 
 NETWORK_KEY = ProposalKey(ProposalKind.NETWORK_CONDITION)
 

@@ -45,7 +45,7 @@ from haagent.core.decisions import (
 from haagent.core.inflight import Outbox
 from haagent.core.keys import ProposalKey, ProposalKind
 from haagent.core.storage import StartBlocked, WantedHere
-from haagent.model import ClusterState, GuestRecord, Leg, NodeState
+from haagent.model import ClusterState, GuestRecord, Leg, NodeRole, NodeState
 from haagent.ports import MEMBER_IN_SYNC, MEMBER_MISSING, MirrorObservation
 
 # After an attach returned (or failed), how long before the same leg is attached again while
@@ -83,6 +83,25 @@ def why_no_fresh_leg(state: ClusterState, guest: GuestRecord, node: str) -> str:
     else:
         head = "no fresh leg reachable"
     return f"{guest.name}: {head}" + (f"; fresh {', '.join(away)}" if away else "")
+
+
+def why_waiting(state: ClusterState, guest: GuestRecord) -> str | None:
+    """Why no up hypervisor may start `guest` from its legs now, for the status: the reason of
+    the first such node in name order (e.g. "g1: only leg b (stale) reachable; fresh leg a on
+    hv1 (fenced)"). None when some up hypervisor that may run it has a fresh, reachable leg,
+    or when none that may run it is up (then the nodes' states say why). Pure: every agent
+    computes it from the committed state alone."""
+    whys = []
+    for name, node in sorted(state.nodes.items()):
+        if node.role is not NodeRole.HYPERVISOR or node.state is not NodeState.UP:
+            continue
+        if not guest.spec.allows(name):
+            continue
+        why = why_no_fresh_leg(state, guest, name)
+        if not why:
+            return None
+        whys.append(why)
+    return whys[0] if whys else None
 
 
 def placement_rank(state: ClusterState, guest: GuestRecord, node: str) -> int:

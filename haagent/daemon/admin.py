@@ -42,7 +42,7 @@ from haagent.consensus import RaftConsensus
 from haagent.daemon.telemetry import Telemetry, Tolerance, state_size
 from haagent.model import ClusterState, DesiredState, NodeState
 from haagent.ports import Outcome, OutcomeKind
-from haagent.statemachine import migration_refusal
+from haagent.statemachine_migration import migration_refusal
 from haagent.whatif import tolerated_failures, what_if
 
 log = logging.getLogger("haagent")

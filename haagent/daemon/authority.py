@@ -4,6 +4,9 @@ Contract:
 - `check(guest, generation)` is the executor's refusal test right before it calls the
   hypervisor (None: go ahead). It reads the clock, the lease and the replica's committed state
   at that moment, not the snapshot the core decided on.
+- `require(key, guest, generation)` raises `RefusedError` where `check` names a refusal;
+  `permit(key, guest, generation)` is `require` then `authorise`: the one path by which the
+  executor asks before a start, a migration, a resume, a promote or a leg change.
 - `authorise(key, guest, generation)` returns the `Authorise` an adapter enters in the thread
   that makes the call, right before it: the same check again (the call may have waited in the
   worker pool or behind a reconnect since), then a permit held until the call returns, even
@@ -57,6 +60,18 @@ class ActAuthority:
             now=self._clock(),
             lease_until=self._lease.until,
         )
+
+    def require(self, key: ActionKey, guest: str, generation: int) -> None:
+        """Raise RefusedError (the call must not be made) where `check` names a refusal."""
+        why = self.check(guest, generation)
+        if why is not None:
+            raise RefusedError(f"{key} refused before the call: {why}")
+
+    def permit(self, key: ActionKey, guest: str, generation: int) -> Authorise:
+        """`require`, then the `authorise` context for the adapter's call: raises RefusedError
+        when the call must not be made now."""
+        self.require(key, guest, generation)
+        return self.authorise(key, guest, generation)
 
     def authorise(self, key: ActionKey, guest: str, generation: int) -> Authorise:
         """The context an adapter enters right before the call (see the module contract)."""

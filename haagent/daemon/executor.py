@@ -13,11 +13,13 @@ Contract:
   A promotion that timed out may still complete (DRBD 8.4 runs the fence-peer handler inside
   `drbdadm primary` when the peer is gone): its result is unknown, and the next pass decides
   on what the watcher then reports.
-- A start and a promote are checked by the `ActAuthority` right before the call, not only when
-  the core decided them: if the lease has lapsed or the committed generation moved on, the
-  call is not made and the result is `ActionResult(refused=True)`, which the core never counts
-  as a failure. For a start the adapter checks once more in the thread that makes the call and
-  holds a permit until the call returns (haagent.daemon.authority).
+- A start, a migration, a resume, a promote and a leg change are checked by the
+  `ActAuthority` right before the call (`require`, or `permit` where the adapter takes a
+  permit), not only when the core decided them: if the lease has lapsed or the committed
+  generation moved on, the call is not made and the result is `ActionResult(refused=True)`,
+  which the core never counts as a failure. For a start, a migration and a resume the adapter
+  checks once more in the thread that makes the call and holds a permit until the call returns
+  (haagent.daemon.authority).
 """
 
 from __future__ import annotations
@@ -175,10 +177,7 @@ class ActionExecutor:
                     xml = with_leg_disks(xml, action.legs)
                 except LegDiskError as exc:
                     raise HypervisorError(f"{action.guest}: {exc}") from None
-            refused = self._authority.check(action.guest, action.generation)
-            if refused is not None:
-                raise RefusedError(f"{action.key} refused before the call: {refused}")
-            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            authorise = self._authority.permit(action.key, action.guest, action.generation)
             await asyncio.wait_for(
                 hv.start(
                     action.domain,
@@ -213,10 +212,7 @@ class ActionExecutor:
         t0 = time.monotonic()
         try:
             hv = self._hypervisor()
-            refused = self._authority.check(action.guest, action.generation)
-            if refused is not None:
-                raise RefusedError(f"{action.key} refused before the call: {refused}")
-            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            authorise = self._authority.permit(action.key, action.guest, action.generation)
             await asyncio.wait_for(
                 hv.migrate(
                     action.domain,
@@ -252,10 +248,7 @@ class ActionExecutor:
         hand-over (it owns the guest at the copy's generation)."""
         try:
             hv = self._hypervisor()
-            refused = self._authority.check(action.guest, action.generation)
-            if refused is not None:
-                raise RefusedError(f"{action.key} refused before the call: {refused}")
-            authorise = self._authority.authorise(action.key, action.guest, action.generation)
+            authorise = self._authority.permit(action.key, action.guest, action.generation)
             await asyncio.wait_for(
                 hv.resume(action.domain, authorise=authorise), MIN_DESTROY_TIMEOUT_S
             )
@@ -304,10 +297,11 @@ class ActionExecutor:
             return ActionResult(False, detail)
         if isinstance(action, PromoteReplica):
             # Checked at the moment of acting, like a start (README, "Safety model").
-            refused = self._authority.check(action.guest, action.generation)
-            if refused is not None:
-                log.warning("promote %s not made: %s", action.resource, refused)
-                return ActionResult(False, f"{action.key} refused: {refused}", refused=True)
+            try:
+                self._authority.require(action.key, action.guest, action.generation)
+            except RefusedError as exc:
+                log.warning("promote %s not made: %s", action.resource, exc)
+                return ActionResult(False, str(exc), refused=True)
         match action:
             case PromoteReplica():
                 call = replicas.promote(action.resource)
@@ -334,10 +328,11 @@ class ActionExecutor:
         mirrors = self._mirrors
         if mirrors is None:
             return ActionResult(False, f"{action.key}: no raid1 legs on this node")
-        refused = self._authority.check(action.guest, action.generation)
-        if refused is not None:
-            log.warning("%s not made: %s", action.key, refused)
-            return ActionResult(False, f"{action.key} refused: {refused}", refused=True)
+        try:
+            self._authority.require(action.key, action.guest, action.generation)
+        except RefusedError as exc:
+            log.warning("%s", exc)
+            return ActionResult(False, str(exc), refused=True)
         match action:
             case AttachLeg():
                 call = mirrors.attach_leg(action.guest, action.leg, action.source)

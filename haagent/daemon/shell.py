@@ -155,8 +155,8 @@ class Daemon:
             if self._raid1_domains:
                 from haagent.resources.mirrors import LibvirtMirrors  # only raid1 hosts
 
-                legs = {s.name: tuple(leg.id for leg in s.legs) for s in self.settings.guests}
-                self.mirrors = LibvirtMirrors(hv, lambda guest: legs.get(guest, ()))
+                # A guest's domain may have another name than the guest (for_guests maps it).
+                self.mirrors = LibvirtMirrors.for_guests(hv, self.settings.guests)
             replicas = self.drbd.replicas if self.drbd else None
             self.observer = Observer(
                 hv,

@@ -56,8 +56,9 @@ class NodePlan:
     name: str
     raft_port: int
     api_listen: str  # "127.0.0.1:PORT" or "unix:/path"
-    # "ipmi" (fence_ipmilan + ipmi_sim), "dummy" (fence_dummy), "watchdog", or
-    # "ipmi+watchdog" (fence_ipmilan, then a watchdog level: the stand-in, opted into)
+    # "ipmi" (fence_ipmilan + ipmi_sim), "dummy" (fence_dummy), "watchdog",
+    # "ipmi+watchdog" (fence_ipmilan, then a watchdog level: the stand-in, opted into), or
+    # "agent" (the fence agent `fence_agent` with `fence_params`, e.g. a storage fence)
     fence: str = "ipmi"
     bmc_port: int = 0
     role: str = "hypervisor"
@@ -71,6 +72,8 @@ class NodePlan:
     # loss) and the URI the other hosts' libvirtds migrate guests to ("": it takes none).
     libvirt_uri: str = "test:///default"
     migration_uri: str = ""
+    fence_agent: str = ""
+    fence_params: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class GuestPlan:
     replicas: tuple[str, ...] = ()
     bridges: tuple[str, ...] = ()  # host bridges its NICs attach to (type='bridge')
     xml: str | None = None  # its domain XML as given (None: a test-driver domain, `guest_xml`)
+    # storage = "raid1" with these two legs: (id, holder, local device, remote URI) each
+    legs: tuple[tuple[str, str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,10 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
         if n.role == "witness" or n.fence == "watchdog":
             continue
         lines += ["", f"[fence_devices.fence-{n.name}]"]
-        if n.fence in ("ipmi", "ipmi+watchdog"):
+        if n.fence == "agent":
+            params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in n.fence_params)
+            lines += [f"agent = {_toml_value(n.fence_agent)}", f"params = {{ {params} }}"]
+        elif n.fence in ("ipmi", "ipmi+watchdog"):
             extra = (
                 f", power_timeout = {plan.ipmi_power_timeout_s}"
                 if plan.ipmi_power_timeout_s
@@ -189,6 +197,14 @@ def render_config(plan: ClusterPlan, node: str, run_dir: Path) -> str:
             lines.append(f"preferred_nodes = {_toml_value(list(g.preferred))}")
         if g.replicas:
             lines += ['storage = "drbd"', f"replica_nodes = {_toml_value(list(g.replicas))}"]
+        if g.legs:
+            lines += ['storage = "raid1"', "legs = ["]
+            lines += [
+                f"  {{ id = {_toml_value(i)}, holder = {_toml_value(h)}, "
+                f"local = {_toml_value(loc)}, remote = {_toml_value(rem)} }},"
+                for i, h, loc, rem in g.legs
+            ]
+            lines.append("]")
     return "\n".join(lines) + "\n"
 
 

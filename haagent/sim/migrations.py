@@ -24,7 +24,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from haagent.agent import ActionResult, LiveMigrate, ResumeGuest
-from haagent.core.authority import refusal
 from haagent.ports import DomainObservation
 
 if TYPE_CHECKING:
@@ -47,23 +46,12 @@ class FakeMigrator:
     def act(self, node: _Node, gen: int, life: int, action: LiveMigrate | ResumeGuest) -> None:
         w = self._w
         assert node.agent is not None
-        now = node.local(w.now)
-        why = refusal(
-            node.state,
-            node.name,
-            action.guest,
-            action.generation,
-            now=now,
-            lease_until=node.agent.lease.until,
-        )
-        if why is not None:
-            w.record(node.name, "migration_call_not_made", guest=action.guest, why=why)
-            w.deliver_result(node, gen, action.key, ActionResult(False, why, refused=True))
+        if w.refuse_call(node, gen, action, "migration_call_not_made"):
             return
         if isinstance(action, ResumeGuest):
             w.at(w.now + w.options.destroy_s, lambda: self._resume(node, gen, life, action))
             return
-        self._migrate(node, gen, life, action, now)
+        self._migrate(node, gen, life, action, node.local(w.now))
 
     def _migrate(self, node: _Node, gen: int, life: int, action: LiveMigrate, now: float) -> None:
         w = self._w

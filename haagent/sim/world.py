@@ -123,6 +123,9 @@ ADMIN = "admin"
 
 TraceValue = str | int | float | bool | None
 
+AuthorisedAction = StartGuest | LiveMigrate | ResumeGuest | AttachLeg | DetachLeg
+"""The actions a fake checks against the lease and the generation right before its call."""
+
 FENCE_STEPS = ("ok", "fail", "hang")
 """What one fencing level of a FakeFencer attempt does."""
 
@@ -807,17 +810,7 @@ class World:
         like a start; then the FakeRaid1 attaches or detaches."""
         if not node.powered or node.boot_count != life or node.agent is None:
             return
-        now = node.local(self.now)
-        why = refusal(
-            node.state,
-            node.name,
-            action.guest,
-            action.generation,
-            now=now,
-            lease_until=node.agent.lease.until,
-        )
-        if why is not None:
-            self._action_result(node, gen, action.key, ActionResult(False, why, refused=True))
+        if self.refuse_call(node, gen, action):
             return
         if isinstance(action, AttachLeg):
             why = self.raid1.attach(node.name, action.guest, action.leg, self.drbd_link, self.now)
@@ -839,15 +832,10 @@ class World:
         let the FakeHypervisor take `start_s` (or a scripted slow duration). Past the
         agent's `start_timeout_s` the agent hears "unknown"; the domain may come up later."""
         assert node.agent is not None
+        if self.refuse_call(node, gen, action, "start_not_made"):
+            return
         now = node.local(self.now)
         lease = node.agent.lease
-        why = refusal(
-            node.state, node.name, action.guest, action.generation, now=now, lease_until=lease.until
-        )
-        if why is not None:
-            self.record(node.name, "start_not_made", guest=action.guest, why=why)
-            self._action_result(node, gen, action.key, ActionResult(False, why, refused=True))
-            return
         handle = node.calls.grant(action.key, action.generation, now, lease.until)
         took_s = node.slow_starts.pop(action.guest, self.options.start_s)
         timeout_s = self.agent_settings(node.name).start_timeout_s
@@ -967,6 +955,27 @@ class World:
     def linked_hosts(self, a: str, b: str) -> bool:
         """Two hypervisors can reach each other's libvirtd (both powered, no cut between)."""
         return self.drbd_link(a, b)
+
+    def refuse_call(self, node: _Node, gen: int, action: AuthorisedAction, event: str = "") -> bool:
+        """FakeExecutor, right before a hypervisor call (haagent.core.authority): True if the
+        node's lease or the committed owner at the action's generation refuses it. Then the
+        call is not made: `event` (if any) is recorded with the reason and the agent hears a
+        refused result. The one refusal path of every fake that acts for the lease."""
+        assert node.agent is not None
+        why = refusal(
+            node.state,
+            node.name,
+            action.guest,
+            action.generation,
+            now=node.local(self.now),
+            lease_until=node.agent.lease.until,
+        )
+        if why is None:
+            return False
+        if event:
+            self.record(node.name, event, guest=action.guest, why=why)
+        self._action_result(node, gen, action.key, ActionResult(False, why, refused=True))
+        return True
 
     def deliver_result(self, node: _Node, gen: int, key: ActionKey, result: ActionResult) -> None:
         """Hand an action's result to the agent that asked (for the fakes in other modules)."""

@@ -1,4 +1,5 @@
-"""Builders for driving the agent core with handcrafted views (tests/unit/test_core_*.py).
+"""Builders for driving the agent core with handcrafted views (tests/unit/test_core_*.py)
+and for the state machine's own tests (`run`, `cluster`, `with_guest_on`, `fail`).
 
 The state in each view is built by applying real commands, so it is a state the cluster can
 actually reach.
@@ -43,10 +44,12 @@ from haagent.ports import (
     Outcome,
     OutcomeKind,
 )
-from haagent.statemachine import apply
+from haagent.statemachine import Result, apply
 from haagent.timing import FAST_TIMING
 
 SPEC = GuestSpec("g", "dom-g", 256)
+GUEST = GuestSpec("g", "g", 256)
+"""The state-machine tests' guest (its domain named like it)."""
 ACCEPTED = Outcome(OutcomeKind.ACCEPTED)
 STOPPED_G = ProposalKey(ProposalKind.GUEST_STOPPED, "g")
 NODES = {
@@ -142,3 +145,54 @@ def failed_n2(state: ClusterState) -> ClusterState:
     return build(
         DeclareFailed("n2", seq, FailureEvidence("n1", seq, 2.0, "silent", 0.0)), state=state
     )
+
+
+# --- the state machine's tests: commands applied one by one, each result kept --------------
+
+
+def run(state: ClusterState, *commands: Command) -> tuple[ClusterState, list[Result]]:
+    """Apply `commands` in order; the state after the last and every command's result."""
+    results = []
+    for c in commands:
+        state, r = apply(state, c)
+        results.append(r)
+    return state, results
+
+
+def evidence(seq: int) -> FailureEvidence:
+    return FailureEvidence("n1", seq, 2.0, "silent", 0.0)
+
+
+def cluster(*nodes: str) -> ClusterState:
+    """`nodes` joined as up hypervisors (incarnation `<node>-1`), nothing else."""
+    state = ClusterState()
+    for n in nodes:
+        state, (r,) = run(state, Join(n, f"{n}-1", NodeRole.HYPERVISOR, True, 0.0))
+        assert r.accepted
+    return state
+
+
+def with_guest_on(
+    state: ClusterState, node: str, running: bool = True, spec: GuestSpec = GUEST
+) -> ClusterState:
+    """`spec` defined, assigned to `node` and starting there at generation 1 (running at
+    generation 2 if `running`)."""
+    state, results = run(
+        state,
+        DefineGuest(spec, 0.0),
+        AssignGuests((Assignment(spec.name, node, 0),), "placed", 0.0),
+        GuestStarting(spec.name, node, 1, 0.0),
+    )
+    assert all(r.accepted for r in results)
+    if running:
+        state, (r,) = run(state, GuestRunning(spec.name, node, 2, 0.0))
+        assert r.accepted
+    return state
+
+
+def fail(state: ClusterState, node: str) -> ClusterState:
+    """`node` declared failed at its current heartbeat sequence."""
+    seq = state.node(node).heartbeat_seq
+    state, (r,) = run(state, DeclareFailed(node, seq, evidence(seq)))
+    assert r.accepted, r
+    return state

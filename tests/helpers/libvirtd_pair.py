@@ -47,10 +47,10 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from tests.helpers.libvirt_host import LibvirtHost, LibvirtHostError, make_empty_disk
 from tests.helpers.netns import NetnsLab
+from tests.helpers.updown import UpDown
 
 __all__ = ["LibvirtdPair"]
 
@@ -87,7 +87,7 @@ msg:    .asciz "filled\n"
 """
 
 
-class LibvirtdPair:
+class LibvirtdPair(UpDown):
     """Hosts 1 and 2 under `base` (a fresh, short directory: unix socket paths are limited to
     107 bytes), on network namespaces with addresses `<subnet>.1` and `<subnet>.2`."""
 
@@ -111,22 +111,18 @@ class LibvirtdPair:
 
     # --- start / stop ---------------------------------------------------------------------
 
-    def up(self) -> None:
-        """Namespaces, then both hosts' daemons. Cleans up and re-raises on failure."""
-        try:
-            self.shared.mkdir(parents=True, exist_ok=True)
-            self.lab.up()
-            for i in (1, 2):
-                self.hosts[i] = LibvirtHost(
-                    self.base / f"h{i}",
-                    netns=self.lab.host(i),
-                    listen=True,
-                    conf_overrides=self._conf(i),
-                )
-                self.hosts[i].up()
-        except BaseException:
-            self.down()
-            raise
+    def _up(self) -> None:
+        """Namespaces, then both hosts' daemons (`up()` cleans up and re-raises on failure)."""
+        self.shared.mkdir(parents=True, exist_ok=True)
+        self.lab.up()
+        for i in (1, 2):
+            self.hosts[i] = LibvirtHost(
+                self.base / f"h{i}",
+                netns=self.lab.host(i),
+                listen=True,
+                conf_overrides=self._conf(i),
+            )
+            self.hosts[i].up()
 
     def _conf(self, i: int) -> dict[str, str]:
         address = self.lab.ip(i)
@@ -163,18 +159,6 @@ class LibvirtdPair:
             errors.append(str(exc))
         if errors:
             raise LibvirtHostError("; ".join(errors))
-
-    def __enter__(self) -> LibvirtdPair:
-        self.up()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.down()
 
     # --- the guest --------------------------------------------------------------------------
 

@@ -6,8 +6,9 @@ own, so the root namespace's network is never touched and the addresses exist on
 lab. Cutting a host is "pulling its cable": the switch-side port goes down.
 
 Names carry a random tag, so several labs (or a leftover of a crashed run) never collide.
-`down()` is idempotent and also runs when `up()` fails halfway: it SIGKILLs whatever still runs
-inside the lab's namespaces (by pid, as listed by `ip netns pids`) and deletes them.
+`down()` is idempotent and also runs when `up()` fails halfway (tests/helpers/updown.py): it
+SIGKILLs whatever still runs inside the lab's namespaces (by pid, as listed by
+`ip netns pids`) and deletes them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import secrets
 import signal
 import subprocess
 import time
-from types import TracebackType
+
+from tests.helpers.updown import UpDown
 
 __all__ = ["NetnsError", "NetnsLab"]
 
@@ -34,7 +36,7 @@ def _ip(*args: str) -> str:
     return done.stdout
 
 
-class NetnsLab:
+class NetnsLab(UpDown):
     """`hosts` namespaces on a bridge; host i (1-based) has address `<subnet>.<i>/24`.
 
     The bridge itself has `<subnet>.254` (`switch_ip`) inside the switch's namespace: a place
@@ -69,23 +71,22 @@ class NetnsLab:
     def up(self) -> None:
         if os.geteuid() != 0:
             raise NetnsError("network namespaces need root")
-        try:
-            self._add(self.switch)
-            _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-            _ip("-n", self.switch, "link", "set", "br0", "up")
-            _ip("-n", self.switch, "link", "set", "lo", "up")
-            _ip("-n", self.switch, "addr", "add", f"{self.switch_ip}/24", "dev", "br0")
-            for i, ns in enumerate(self.hosts, 1):
-                self._add(ns)
-                _ip("-n", ns, "link", "set", "lo", "up")
-                _ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{i}",
-                    "netns", self.switch)  # fmt: skip
-                _ip("-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
-                _ip("-n", ns, "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
-                _ip("-n", ns, "link", "set", "eth0", "up")
-        except BaseException:
-            self.down()
-            raise
+        super().up()
+
+    def _up(self) -> None:
+        self._add(self.switch)
+        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.switch, "link", "set", "br0", "up")
+        _ip("-n", self.switch, "link", "set", "lo", "up")
+        _ip("-n", self.switch, "addr", "add", f"{self.switch_ip}/24", "dev", "br0")
+        for i, ns in enumerate(self.hosts, 1):
+            self._add(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{i}",
+                "netns", self.switch)  # fmt: skip
+            _ip("-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
+            _ip("-n", ns, "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
 
     def _add(self, ns: str) -> None:
         _ip("netns", "add", ns)
@@ -130,15 +131,3 @@ class NetnsLab:
         left = self.existing()
         if left:
             raise NetnsError(f"namespaces left behind: {left} ({'; '.join(errors)})")
-
-    def __enter__(self) -> NetnsLab:
-        self.up()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.down()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -136,6 +137,33 @@ class NbdServer:
         self.pid = None
 
     close = kill
+
+    def connections(self) -> list[int]:
+        """The pids of the children serving client connections (nbd-server forks one per
+        connection)."""
+        return [] if self.pid is None else _children(self.pid)
+
+    def connect_from(self, source: str) -> socket.socket:
+        """A TCP connection to the server from address `source` (nodes are told apart by
+        address); returns once its child serves it (the server's greeting arrived)."""
+        conn = socket.create_connection(
+            ("127.0.0.1", self.port), timeout=5, source_address=(source, 0)
+        )
+        assert conn.recv(8) == b"NBDMAGIC"
+        return conn
+
+
+def closed(conn: socket.socket) -> bool | None:
+    """True once the server closed or reset `conn`; None while it is open (a probe for
+    `wait_for`)."""
+    conn.settimeout(0.1)
+    try:
+        data = conn.recv(4096)
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        return True
+    return True if data == b"" else None
 
 
 class TgtServer:

@@ -74,6 +74,10 @@ def leg_ids(guest: str) -> tuple[str, ...]:
     return LEGS.get(guest, ())
 
 
+def domain_of(guest: str) -> str:
+    return guest  # this test names the domain after the guest
+
+
 WRITE = "dd if=/dev/urandom of=/dev/md0 bs=4k count=64 seek={seek} oflag=direct conv=fsync"
 
 
@@ -144,7 +148,7 @@ async def scenario(lab: Lab) -> dict[str, float]:
         await asyncio.to_thread(conn.createXML, xml, 0)
         guest = Raid1Guest(conn, GUEST, lab.console)
         timings["boot_s"] = await asyncio.to_thread(guest.wait_ready)
-        mirrors = LibvirtMirrors(hypervisor, leg_ids)
+        mirrors = LibvirtMirrors(hypervisor, leg_ids, domain_of=domain_of)
         run = guest.check
 
         # 1. A fresh array of both legs (no initial resync needed: both legs are zeroes).
@@ -241,7 +245,7 @@ async def scenario(lab: Lab) -> dict[str, float]:
         timings["fence_to_paused_s"] = time.monotonic() - fenced_at
         assert digest(lab.legb.image) == before, "the fenced guest still wrote to legb"
         # A paused guest cannot release a leg: detach says so (outcome unknown), never hangs.
-        impatient = LibvirtMirrors(hypervisor, leg_ids, detach_timeout_s=2.0)
+        impatient = LibvirtMirrors(hypervisor, leg_ids, domain_of=domain_of, detach_timeout_s=2.0)
         with pytest.raises(MirrorError, match="still attached"):
             await impatient.detach_leg(GUEST, "legb")
         return timings

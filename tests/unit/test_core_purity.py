@@ -16,6 +16,8 @@ CORE = [
     "commands",
     "statemachine",
     "statemachine_admin",
+    "statemachine_migration",
+    "statemachine_checks",
     "placement",
     "agent",
     "ports",

@@ -27,7 +27,13 @@ from haagent.core.decisions import (
 )
 from haagent.core.inflight import InFlight, Outbox
 from haagent.core.keys import ProposalKind
-from haagent.core.raid1 import LEG_REATTACH_S, Raid1Storage, placement_rank, why_no_fresh_leg
+from haagent.core.raid1 import (
+    LEG_REATTACH_S,
+    Raid1Storage,
+    placement_rank,
+    why_no_fresh_leg,
+    why_waiting,
+)
 from haagent.model import (
     ClusterState,
     FailureEvidence,
@@ -39,9 +45,9 @@ from haagent.model import (
     StorageKind,
 )
 from haagent.placement import plan
-from haagent.ports import MirrorObservation
+from haagent.ports import ConsensusView, MirrorObservation
 from haagent.statemachine import apply
-from haagent.status import _legs_document, _legs_lines
+from haagent.status import _legs_document, _legs_lines, build_status
 from tests.helpers.core_views import build, joined
 
 LEGS = (
@@ -162,6 +168,29 @@ def test_never_a_start_from_a_stale_leg_alone_and_the_status_says_why() -> None:
     assert blocked is not None and not blocked.give_up
     assert blocked.why == "g: only leg b (stale) reachable; fresh leg a on n1 (fenced)"
     assert why_no_fresh_leg(state, guest(state), "n2") == blocked.why
+    # The status document (every agent's, from the committed state alone) and its text say it.
+    assert why_waiting(state, guest(state)) == blocked.why
+    doc = build_status(
+        node="n3",
+        cluster="c",
+        pid=1,
+        incarnation="n3-1",
+        view=ConsensusView(state=state, leader="n3"),
+        now=1.0,
+        lease_until=2.0,
+        loop_age_s=0.0,
+        local={},
+    )
+    assert doc["guests"]["g"]["legs_wait"] == blocked.why
+    assert f"WAITS: {blocked.why}" in _legs_lines(doc["guests"])
+    # Nothing waits while a node may start it from a fresh leg, nor when no node may run it.
+    assert why_waiting(running_on("n1"), guest(running_on("n1"))) is None
+    both_down = build(
+        DeclareFailed("n2", 1, ev),
+        FenceResult("n2", 1, True, FenceMethod.AGENT, "off", 0.0),
+        state=state,
+    )
+    assert why_waiting(both_down, guest(both_down)) is None
 
 
 CAPACITY = {"n1": 4096, "n2": 4096, "n3": 4096}

@@ -26,6 +26,7 @@ from haagent.ports import ConsensusView, Outcome, OutcomeKind
 from haagent.resources.drbd_authority import ConsensusFenceAuthority
 from haagent.resources.drbd_fence import FenceRequest, Op, Verdict
 from haagent.statemachine import apply
+from tests.helpers.core_views import build
 
 SPEC = GuestSpec(
     "db", "db", 256, storage=StorageKind.DRBD, replica_nodes=("n1", "n2"), resource="r0"
@@ -50,14 +51,6 @@ class FakeConsensus:
         self.state, result = apply(self.state, command)
         kind = OutcomeKind.ACCEPTED if result.accepted else OutcomeKind.REFUSED
         return Outcome(kind, result.detail)
-
-
-def build(*commands: Command, state: ClusterState | None = None) -> ClusterState:
-    state = state or ClusterState()
-    for c in commands:
-        state, result = apply(state, c)
-        assert result.accepted, (c, result)
-    return state
 
 
 def running_on(node: str) -> ClusterState:

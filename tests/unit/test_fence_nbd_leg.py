@@ -8,7 +8,6 @@ levels (AgentFencer), exactly as a `[fence_devices]` entry would run it.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from haagent.fencing.levels import AgentFencer
 from haagent.ports import FenceDevice
-from tests.helpers.raid1_guest import NbdServer, wait_for
+from tests.helpers.raid1_guest import NbdServer, closed, wait_for
 
 AGENT = Path(__file__).resolve().parents[2] / "resources" / "fence_nbd_leg.py"
 
@@ -31,27 +30,6 @@ def server(tmp_path: Path) -> Iterator[NbdServer]:
         yield nbd
     finally:
         nbd.kill()
-
-
-def connect_from(source: str, server: NbdServer) -> socket.socket:
-    """A TCP connection to the server from `source`; waits until its child serves it (the
-    server's greeting arrived)."""
-    conn = socket.create_connection(
-        ("127.0.0.1", server.port), timeout=5, source_address=(source, 0)
-    )
-    assert conn.recv(8) == b"NBDMAGIC"
-    return conn
-
-
-def closed(conn: socket.socket) -> bool | None:
-    conn.settimeout(0.1)
-    try:
-        data = conn.recv(4096)
-    except TimeoutError:
-        return None
-    except ConnectionResetError:
-        return True
-    return True if data == b"" else None
 
 
 def run_agent(params: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -71,8 +49,8 @@ def params(server: NbdServer, action: str, address: str = "127.0.0.2") -> dict[s
 
 
 def test_off_revokes_and_cuts_only_that_node(server: NbdServer) -> None:
-    victim = connect_from("127.0.0.2", server)
-    other = connect_from("127.0.0.3", server)
+    victim = server.connect_from("127.0.0.2")
+    other = server.connect_from("127.0.0.3")
     assert run_agent(params(server, "status")).returncode == 0  # ON: admitted and connected
     # The runner sets `action` itself, as for any configured device.
     device_params = {k: v for k, v in params(server, "off").items() if k != "action"}

@@ -6,14 +6,9 @@ from __future__ import annotations
 from haagent.commands import (
     AssignGuests,
     Assignment,
-    Command,
     DeclareFailed,
-    DefineGuest,
     FenceResult,
-    GuestRunning,
-    GuestStarting,
     GuestStopped,
-    Join,
     MigrateGuest,
     MigrationAborted,
     MigrationDone,
@@ -27,38 +22,18 @@ from haagent.model import (
     GuestSpec,
     GuestState,
     MigrationPhase,
-    NodeRole,
     StorageKind,
 )
 from haagent.ports import ConsensusView
-from haagent.statemachine import Result, apply
 from haagent.status import build_status, format_status
+from tests.helpers.core_views import cluster, run, with_guest_on
 
 SPEC = GuestSpec("g", "g", 256)
 
 
-def run(state: ClusterState, *commands: Command) -> tuple[ClusterState, list[Result]]:
-    results = []
-    for c in commands:
-        state, r = apply(state, c)
-        results.append(r)
-    return state, results
-
-
 def running_on_n1(spec: GuestSpec = SPEC) -> ClusterState:
     """n1, n2, n3 up; g running on n1 at generation 2."""
-    state = ClusterState()
-    for n in ("n1", "n2", "n3"):
-        state, _ = apply(state, Join(n, f"{n}-1", NodeRole.HYPERVISOR, True, 0.0))
-    state, results = run(
-        state,
-        DefineGuest(spec, 0.0),
-        AssignGuests((Assignment("g", "n1", 0),), "placed", 0.0),
-        GuestStarting("g", "n1", 1, 0.0),
-        GuestRunning("g", "n1", 2, 0.0),
-    )
-    assert all(r.accepted for r in results)
-    return state
+    return with_guest_on(cluster("n1", "n2", "n3"), "n1", spec=spec)
 
 
 def test_intent_changes_nothing_but_the_record() -> None:

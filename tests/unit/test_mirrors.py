@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from haagent.model import GuestSpec, Leg, StorageKind
 from haagent.ports import HypervisorError
 from haagent.resources.libvirt_guests import LibvirtHypervisor
 from haagent.resources.mirrors import (
@@ -16,6 +17,11 @@ from haagent.resources.mirrors import (
     MirrorError,
     leg_disk_xml,
     parse_leg_source,
+)
+
+LEGS = (
+    Leg("a", "hv1", "/dev/vg0/web1", "nbd://hv1:10809/web1"),
+    Leg("b", "hv2", "/dev/vg0/web1", "nbd://hv2:10809/web1"),
 )
 
 
@@ -74,7 +80,9 @@ async def on_test_driver() -> None:
     try:
         # "test" is the test driver's running domain; it has no guest agent.
         legs = {"test": ("lega",), "absent": ("lega",)}
-        mirrors = LibvirtMirrors(hypervisor, lambda g: legs.get(g, ()), agent_timeout_s=1)
+        mirrors = LibvirtMirrors(
+            hypervisor, lambda g: legs.get(g, ()), domain_of=lambda g: g, agent_timeout_s=1
+        )
         assert await mirrors.observe("unconfigured") is None
         assert await mirrors.observe("absent") is None  # not defined here
         assert await mirrors.observe("test") is None  # no agent answers: no evidence
@@ -94,3 +102,28 @@ async def on_test_driver() -> None:
 
 def test_contracts_on_the_test_driver() -> None:
     asyncio.run(on_test_driver())
+
+
+async def domain_named_otherwise() -> None:
+    hypervisor = LibvirtHypervisor("test:///default")
+    await hypervisor.open()
+    try:
+        # Guest "web1" runs as the test driver's domain "test"; "db1" has no legs.
+        web1 = GuestSpec("web1", "test", 64, storage=StorageKind.RAID1, legs=LEGS)
+        db1 = GuestSpec("db1", "db1-dom", 64)
+        mirrors = LibvirtMirrors.for_guests(hypervisor, [web1, db1], agent_timeout_s=1)
+        # Found under its domain's name: the detach of a leg it does not hold is done, and
+        # the attach reaches libvirt (whose test driver cannot hot-plug), not "no such guest".
+        await mirrors.detach_leg("web1", "a")
+        with pytest.raises(MirrorError, match="attach leg a") as caught:
+            await mirrors.attach_leg("web1", "a", "nbd://hv1/web1")
+        assert "no such guest" not in str(caught.value)
+        assert await mirrors.observe("db1") is None  # not a raid1 guest: nothing to observe
+        with pytest.raises(MirrorError, match="no leg 'a'"):
+            await mirrors.detach_leg("db1", "a")
+    finally:
+        await hypervisor.close()
+
+
+def test_a_guest_is_found_under_its_domain_name() -> None:
+    asyncio.run(domain_named_otherwise())

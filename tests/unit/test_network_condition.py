@@ -11,7 +11,7 @@ from haagent.commands import (
     decode,
 )
 from haagent.model import GuestSpec, NodeState
-from tests.unit.test_statemachine import cluster, run
+from tests.helpers.core_views import cluster, run
 
 SPEC = GuestSpec("g", "g", 256, networks=("br-backend", "eth0.100"))
 

@@ -17,14 +17,7 @@ from haagent.commands import (
 from haagent.model import ClusterState, FailureEvidence, FenceMethod, GuestSpec, NodeRole
 from haagent.placement import plan
 from haagent.statemachine import apply
-
-
-def build(*commands: Command) -> ClusterState:
-    state = ClusterState()
-    for c in commands:
-        state, result = apply(state, c)
-        assert result.accepted, (c, result)
-    return state
+from tests.helpers.core_views import build
 
 
 def up(*nodes: str) -> list[Command]:

@@ -52,6 +52,7 @@ from haagent.ports import (
     ReplicaRole,
 )
 from haagent.statemachine import apply
+from tests.helpers.core_views import build
 
 SPEC = GuestSpec(
     "db", "db", 256, storage=StorageKind.DRBD, replica_nodes=("n1", "n2"), resource="r0"
@@ -61,14 +62,6 @@ NODES = {
 }
 UP = DiskState.UP_TO_DATE
 SEC, PRI = ReplicaRole.SECONDARY, ReplicaRole.PRIMARY
-
-
-def build(*commands: Command, state: ClusterState | None = None) -> ClusterState:
-    state = state or ClusterState()
-    for c in commands:
-        state, result = apply(state, c)
-        assert result.accepted, (c, result)
-    return state
 
 
 def base() -> ClusterState:

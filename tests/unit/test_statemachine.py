@@ -7,7 +7,6 @@ from dataclasses import replace
 from haagent.commands import (
     AssignGuests,
     Assignment,
-    Command,
     ConfirmFenced,
     DeclareFailed,
     DefineGuest,
@@ -26,57 +25,14 @@ from haagent.commands import (
 from haagent.model import (
     ClusterState,
     DesiredState,
-    FailureEvidence,
     FenceMethod,
-    GuestSpec,
     GuestState,
     NodeRole,
     NodeState,
 )
-from haagent.statemachine import Result, apply
+from tests.helpers.core_views import GUEST, cluster, evidence, fail, run, with_guest_on
 
-SPEC = GuestSpec("g", "g", 256)
-
-
-def run(state: ClusterState, *commands: Command) -> tuple[ClusterState, list[Result]]:
-    results = []
-    for c in commands:
-        state, r = apply(state, c)
-        results.append(r)
-    return state, results
-
-
-def evidence(seq: int) -> FailureEvidence:
-    return FailureEvidence("n1", seq, 2.0, "silent", 0.0)
-
-
-def cluster(*nodes: str) -> ClusterState:
-    state = ClusterState()
-    for n in nodes:
-        state, (r,) = run(state, Join(n, f"{n}-1", NodeRole.HYPERVISOR, True, 0.0))
-        assert r.accepted
-    return state
-
-
-def with_guest_on(state: ClusterState, node: str, running: bool = True) -> ClusterState:
-    state, results = run(
-        state,
-        DefineGuest(SPEC, 0.0),
-        AssignGuests((Assignment("g", node, 0),), "placed", 0.0),
-        GuestStarting("g", node, 1, 0.0),
-    )
-    assert all(r.accepted for r in results)
-    if running:
-        state, (r,) = run(state, GuestRunning("g", node, 2, 0.0))
-        assert r.accepted
-    return state
-
-
-def fail(state: ClusterState, node: str) -> ClusterState:
-    seq = state.node(node).heartbeat_seq
-    state, (r,) = run(state, DeclareFailed(node, seq, evidence(seq)))
-    assert r.accepted, r
-    return state
+SPEC = GUEST
 
 
 # --- rule 1: ownership is committed; generation is a fencing token ----------------------------

@@ -34,7 +34,7 @@ from haagent.model import (
 from haagent.ports import ConsensusView
 from haagent.statemachine import apply
 from haagent.status import build_status, format_status
-from tests.unit.test_statemachine import cluster, evidence, fail, run, with_guest_on
+from tests.helpers.core_views import cluster, evidence, fail, run, with_guest_on
 
 WHO = "alice@laptop via api@n1"
 
