@@ -22,11 +22,13 @@ composes them, in this fixed order (each pass, every step sees the same committe
                               diverged or silent and UP -> DeclareFailed     core.failure_detection
                               FAILED        -> the next fencing step         core.fencing
    c. placement, give-up, error, cold start                                  core.scheduling
+   d. evacuation by live migration: guests of nodes in maintenance, and     core.migration,
+      guests whose owner lacked one of their networks for the hold-down     core.networks
 4. this host's network condition, reported when it changed                    core.networks
    this host's guests (on a hypervisor node whose libvirt could be observed):
    destroy what must not run here, release storage no longer needed, then
-   start/stop/report what the state gives this node (and hand over the guests
-   that lacked a network here for the hold-down)                              core.guests,
+   start/stop/report what the state gives this node (and stop the guests
+   that lacked a network here for the hold-down and cannot live-migrate)     core.guests,
                                                                              core.storage/drbd/raid1
 5. the watchdog re-arm confirmation after a disarm                          core.arming
    leave, once a requested clean shutdown has handed everything over         core.lease
@@ -252,7 +254,10 @@ class AgentCore:
                     self.fencing.advance(out, name, view)
             self.scheduling.place(out, view, leaving=self.lease.leaving)
             exclude = frozenset({self.settings.node}) if self.lease.leaving else frozenset()
-            self.guests.migrations.evacuate(out, state, exclude)
+            network = self.networks.leaving(now, state)
+            self.guests.migrations.evacuate(out, state, exclude, network)
+        else:
+            self.networks.not_leading()
 
         evacuate: dict[str, str] = {}
         if self.settings.role is NodeRole.HYPERVISOR:

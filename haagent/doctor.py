@@ -5,19 +5,25 @@ to a host lacking its bridge, its image or its volume would start there "running
 or not at all, on the day its own host fails. This finds it before (issue 11 part 5).
 
 Checked: each interface the guests' NICs attach to exists, is up and has carrier (pyroute2,
-haagent.resources.netlink); each file or block disk source exists and is a regular file or a
-block device (haagent.core.diskneeds). Network and pool-volume disks are listed as not checked.
+haagent.resources.netlink; for a libvirt network, the bridge this host's libvirtd names); each
+file or block disk source exists and is a regular file or a block device
+(haagent.core.diskneeds). Network and pool-volume disks are listed as not checked.
 Exit status 0 if everything is present, 1 if something is missing.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from haagent.config import Config
 from haagent.core.diskneeds import disk_needs
+
+if TYPE_CHECKING:
+    from haagent.resources.netlink import Resolver
 
 
 class DoctorError(RuntimeError):
@@ -40,7 +46,7 @@ def check_networks_here(cfg: Config, say: Callable[[str], None] = print) -> int:
         say(f"  {cfg.node}: no guest that may run here needs a host network")
         return 0
     try:
-        found = check_links(needed)
+        found = check_links(needed, _resolver(cfg, needed))
     except NetlinkError as exc:
         raise DoctorError(f"cannot check this host's networks: {exc}") from None
     for spec in sorted(specs, key=lambda s: s.name):
@@ -51,6 +57,17 @@ def check_networks_here(cfg: Config, say: Callable[[str], None] = print) -> int:
     if not found:
         say(f"  {cfg.node}: all {len(needed)} needed interfaces exist, are up, have carrier")
     return 1 if found else 0
+
+
+def _resolver(cfg: Config, needed: tuple[str, ...]) -> Resolver | None:
+    """Where this host's libvirt networks are resolved (its `[local] libvirt_uri`)."""
+    from haagent.core.netneeds import libvirt_network
+
+    if cfg.libvirt_uri is None or not any(libvirt_network(n) for n in needed):
+        return None
+    from haagent.resources.libvirt_networks import resolve_networks
+
+    return functools.partial(resolve_networks, cfg.libvirt_uri)
 
 
 def check_disks_here(cfg: Config, say: Callable[[str], None] = print) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from haagent.codec import to_json
 from haagent.core.divergence import judge
+from haagent.core.networks import network_loss
 from haagent.core.raid1 import why_waiting
 from haagent.model import ClusterState, GuestRecord, Migration, NodeState, StorageKind
 from haagent.ports import (
@@ -177,6 +178,7 @@ def build_status(
             "priority": g.spec.priority,
             "networks": list(g.spec.networks),
             "network_refusals": lacks,
+            "network_loss": network_loss(state, g) if lacking_nodes else None,
             "migration": migration_document(g.migration),
             "move_to": g.move_to,
         }
@@ -437,6 +439,13 @@ def format_status(doc: dict[str, Any]) -> str:
             ]
         )
     lines += ["", _table(rows)]
+    lost = [
+        f"NETWORK {n}: {g['network_loss']}"
+        for n, g in doc["guests"].items()
+        if g.get("network_loss")
+    ]
+    if lost:
+        lines += ["", *lost]
     migrations = _migration_lines(doc["guests"])
     if migrations:
         lines += ["", *migrations]

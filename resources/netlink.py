@@ -12,7 +12,9 @@ ports all lost carrier, ``no carrier on its ports (eth0)``. The rules (`problems
 - a bridge must have carrier on at least one uplink port when it has any: its ports other
   than guests' tap devices (kind ``tun``). A bridge with no uplink (a private, host-only
   bridge, as in openSUSE's HA guide) only has to exist and be up: its own carrier depends on
-  whether a guest is attached, which says nothing about the network.
+  whether a guest is attached, which says nothing about the network;
+- a libvirt network (``network:NAME``) must be defined and active in this host's libvirtd
+  (asked by a `Resolver`, resources.libvirt_networks) and its bridge must work as above.
 
 `LinkWatcher` is a non-blocking AF_NETLINK socket subscribed to RTMGRP_LINK and registered
 with the asyncio loop (`add_reader`): any link message (added, removed, up/down, carrier) calls
@@ -27,12 +29,14 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2 import NetlinkError as Pyroute2NetlinkError
+
+from haagent.core.netneeds import libvirt_network
 
 log = logging.getLogger("haagent")
 
@@ -41,6 +45,11 @@ RTMGRP_LINK = 0x1
 NETLINK_ROUTE = 0
 # Kinds that are a guest's own end (its tap), never an uplink of the bridge they sit on.
 _GUEST_PORT_KINDS = frozenset({"tun"})
+
+# What this host's libvirtd says of a libvirt network: (its bridge, "") or (None, why not).
+Resolved = tuple[str | None, str]
+# Network names -> Resolved, for each (resources.libvirt_networks.resolve_networks).
+Resolver = Callable[[Sequence[str]], Mapping[str, Resolved]]
 
 
 class NetlinkError(RuntimeError):
@@ -71,8 +80,16 @@ def link_info(msg: Any) -> LinkInfo:
     )
 
 
-def problems(links: Iterable[LinkInfo], needed: Iterable[str]) -> dict[str, str]:
-    """For each needed interface that does not work: why (see the module docstring)."""
+def problems(
+    links: Iterable[LinkInfo],
+    needed: Iterable[str],
+    networks: Mapping[str, Resolved] | None = None,
+) -> dict[str, str]:
+    """For each needed interface that does not work: why (see the module docstring).
+
+    A need ``network:NAME`` (a libvirt network) is judged by `networks[NAME]`, what this
+    host's libvirtd said of it (its bridge, or why it has none): its bridge must work like a
+    named one ("bridge virbr1 absent"); a network missing from `networks` does not work."""
     by_name = {link.name: link for link in links}
     ports: dict[int, list[LinkInfo]] = {}
     for port in by_name.values():
@@ -80,25 +97,39 @@ def problems(links: Iterable[LinkInfo], needed: Iterable[str]) -> dict[str, str]
             ports.setdefault(port.master, []).append(port)
     out: dict[str, str] = {}
     for name in needed:
-        link = by_name.get(name)
-        if link is None:
-            out[name] = "absent"
-        elif not link.up:
-            out[name] = "down"
-        elif link.kind == "bridge":
-            uplinks = [p for p in ports.get(link.index, []) if p.kind not in _GUEST_PORT_KINDS]
-            if uplinks and not any(p.up and p.carrier for p in uplinks):
-                out[name] = (
-                    f"no carrier on its ports ({', '.join(sorted(p.name for p in uplinks))})"
-                )
-        elif not link.carrier:
-            out[name] = "no carrier"
+        network = libvirt_network(name)
+        if network is None:
+            why = _link_problem(by_name.get(name), ports)
+        else:
+            bridge, why = (networks or {}).get(network, (None, "not resolved"))
+            if bridge is not None:
+                why = _link_problem(by_name.get(bridge), ports)
+                why = f"bridge {bridge} {why}" if why else ""
+        if why:
+            out[name] = why
     return out
 
 
-def check_links(needed: Iterable[str]) -> dict[str, str]:
-    """`problems` for this network namespace's links now. Blocking (one netlink dump): run it
-    off the event loop. Raises NetlinkError when the links cannot be listed."""
+def _link_problem(link: LinkInfo | None, ports: Mapping[int, list[LinkInfo]]) -> str:
+    if link is None:
+        return "absent"
+    if not link.up:
+        return "down"
+    if link.kind == "bridge":
+        uplinks = [p for p in ports.get(link.index, []) if p.kind not in _GUEST_PORT_KINDS]
+        if uplinks and not any(p.up and p.carrier for p in uplinks):
+            return f"no carrier on its ports ({', '.join(sorted(p.name for p in uplinks))})"
+        return ""
+    return "" if link.carrier else "no carrier"
+
+
+def check_links(needed: Iterable[str], resolve: Resolver | None = None) -> dict[str, str]:
+    """`problems` for this network namespace's links now. Blocking (one netlink dump, and
+    `resolve` for the libvirt networks among `needed`): run it off the event loop. Raises
+    NetlinkError when the links cannot be listed (or `resolve` cannot ask libvirt)."""
+    needed = tuple(needed)
+    names = [n for n in map(libvirt_network, needed) if n is not None]
+    networks = resolve(names) if names and resolve is not None else {}
     try:
         with IPRoute() as ipr:
             links = [link_info(m) for m in ipr.get_links()]
@@ -106,7 +137,7 @@ def check_links(needed: Iterable[str]) -> dict[str, str]:
         # An operating error (netlink refused or failed the dump), not a bug: the caller
         # treats the condition as unknown and tries again.
         raise NetlinkError(f"cannot list links: {exc}") from exc
-    return problems(links, needed)
+    return problems(links, needed, networks)
 
 
 class LinkWatcher:

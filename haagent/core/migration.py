@@ -29,6 +29,7 @@ Pure: this node's clock is passed in, nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from haagent.commands import MigrateGuest, MigrationAborted, MigrationDone, MigrationResumed
@@ -122,14 +123,7 @@ class Migrations:
         storage, every node has a `migration_uri`, no migration of it failed from here)."""
         if self.migrating_out(guest):
             return True
-        if not maintenance or not self._s.live_evacuation:
-            return False
-        if guest.storage_kind_blocks_migration or guest.desired is not DesiredState.RUNNING:
-            return False
-        m = guest.migration
-        if m is not None and m.phase is MigrationPhase.ABORTED and m.source == self._s.node:
-            return False  # it failed once from here: stop and restart it instead
-        return guest.state is GuestState.RUNNING
+        return maintenance and live_evacuable(self._s, guest)
 
     def as_source(
         self, out: Outbox, state: ClusterState, guest: GuestRecord, local: LocalView
@@ -213,17 +207,29 @@ class Migrations:
 
     # -- leader -----------------------------------------------------------------------------
 
-    def evacuate(self, out: Outbox, state: ClusterState, exclude: frozenset[str]) -> None:
+    def evacuate(
+        self,
+        out: Outbox,
+        state: ClusterState,
+        exclude: frozenset[str],
+        network: Mapping[str, str] | None = None,
+    ) -> None:
         """Leader: commit a migration intent for each running shared-storage guest of a node
-        in maintenance, towards a node `haagent.placement.plan` picks (memory, affinity,
-        preferences, start slots; guests migrating in count on their destination)."""
+        in maintenance, and for each guest in `network` (guest -> why: its owner lacked one of
+        its networks for the hold-down, core.networks), towards a node
+        `haagent.placement.plan` picks (memory, affinity, preferences, networks, start slots;
+        guests migrating in count on their destination). A guest `live_evacuable` refuses
+        is left to its owner, which stops it for a restart elsewhere."""
         s = self._s
         if not s.live_evacuation:
             return
+        network = network or {}
         basis = tuple(
             (n, r.state, r.maintenance, r.missing_networks) for n, r in sorted(state.nodes.items())
         )
-        if self._idle is not None and self._idle == (state.guests, basis):
+        # The network set is part of the key: a hold-down running out changes nothing else.
+        key = (state.guests, (basis, tuple(sorted(network))))
+        if self._idle is not None and self._idle == key:
             return
         draining = {n for n, r in state.nodes.items() if r.maintenance and r.state is NodeState.UP}
         moving: list[GuestRecord] = []
@@ -233,11 +239,11 @@ class Migrations:
             if m is not None:
                 # It occupies its destination from the intent on.
                 hypothetical.append(replace(guest, owner=m.dest, state=GuestState.STARTING))
-            elif guest.owner in draining and self._evacuable(guest):
+            elif (guest.owner in draining or guest.name in network) and live_evacuable(s, guest):
                 moving.append(guest)
                 hypothetical.append(replace(guest, owner=None, state=GuestState.STOPPED))
         if not moving:
-            self._idle = (state.guests, basis)
+            self._idle = key
             return
         result = plan(
             state.with_guests(hypothetical), s.capacity_mib, s.max_concurrent_starts, exclude
@@ -247,23 +253,31 @@ class Migrations:
         if not placements:
             # Nothing fits now (or every start slot is taken): plan again only once the
             # guests or the nodes changed (at 10,000 guests a plan costs milliseconds).
-            self._idle = (state.guests, basis)
+            self._idle = key
         for p in placements:
             if migration_refusal(state, state.guests[p.guest], p.node):
                 continue
             intent = MigrateGuest(p.guest, p.node, p.expected_generation, s.node, out.wall())
-            key = ProposalKey(ProposalKind.MIGRATE, p.guest)
-            if out.propose(Proposal(key, intent, s.commit_timeout_s)):
+            pkey = ProposalKey(ProposalKind.MIGRATE, p.guest)
+            if not out.propose(Proposal(pkey, intent, s.commit_timeout_s)):
+                continue
+            if p.guest in network:
+                why = network[p.guest]
+                out.note("evacuate", guest=p.guest, node=p.node, how="live migration", why=why)
+            else:
                 out.note("evacuate", guest=p.guest, node=p.node, how="live migration")
 
-    def _evacuable(self, guest: GuestRecord) -> bool:
-        m = guest.migration
-        failed_here = (
-            m is not None and m.phase is MigrationPhase.ABORTED and m.source == guest.owner
-        )
-        return (
-            not failed_here
-            and not guest.storage_kind_blocks_migration
-            and guest.desired is DesiredState.RUNNING
-            and guest.state is GuestState.RUNNING
-        )
+
+def live_evacuable(settings: AgentSettings, guest: GuestRecord) -> bool:
+    """May the cluster move `guest` off its owner by live migration, rather than by stopping
+    it there and starting it elsewhere? Every hypervisor has a `migration_uri`, the storage
+    allows it (shared), it runs and is wanted running, and no migration of it from its owner
+    was aborted (the one rule for maintenance and network loss: a migration that failed
+    once from a node is not retried from there, the guest is stopped and restarted instead,
+    so a failing migration network cannot keep a guest on a bad node)."""
+    if not settings.live_evacuation or guest.storage_kind_blocks_migration:
+        return False
+    m = guest.migration
+    if m is not None and m.phase is MigrationPhase.ABORTED and m.source == guest.owner:
+        return False
+    return guest.desired is DesiredState.RUNNING and guest.state is GuestState.RUNNING

@@ -8,10 +8,13 @@ up and (where it has a lower device) have carrier, before the guest may run ther
 - ``<interface type='direct'><source dev='eth0.100' mode='bridge'/>`` (macvtap)
                                                            -> the lower device ``eth0.100``
   (a VLAN interface is just such a device name; the adapter checks its carrier)
-- ``<interface type='network'><source network='default'/>`` -> refused with `NetNeedsError`:
-  the bridge of a libvirt network is known only to that host's libvirtd, so checking it would
-  need I/O per host and a network that exists by name may sit on a different bridge on each
-  host. Name the bridge instead (``type='bridge'``).
+- ``<interface type='network'><source network='default'/>`` -> the libvirt network
+  ``network:default``. Its bridge is known only to each host's libvirtd, so each node
+  resolves it in its own check (`haagent.resources.netlink.check_needs`): the network must be
+  defined and active there, and its bridge must work like a named bridge. That is exactly
+  what libvirt attaches the guest to when it starts there, whatever the bridge is called on
+  each host. The ``network:`` prefix cannot clash with an interface (a Linux interface name
+  never contains ':').
 - ``type='user'`` (SLIRP), ``'ethernet'`` (a tap the guest's own scripts make), ``'vhostuser'``,
   ``'hostdev'``, ``'mcast'``/``'udp'``/``'server'``/``'client'`` need no named host interface and
   are skipped: nothing on the host could be checked for them.
@@ -27,6 +30,10 @@ from dataclasses import dataclass
 
 # Longest Linux interface name (IFNAMSIZ - 1): a longer name cannot exist on any host.
 MAX_IFNAME = 15
+# A libvirt network is named by this prefix and its name in a guest's `networks`.
+LIBVIRT_NETWORK = "network:"
+# libvirt bounds network names only by its XML; this bound keeps a committed condition small.
+MAX_NETWORK_NAME = 64
 
 _UNCHECKED_TYPES = frozenset(
     {"user", "ethernet", "vhostuser", "hostdev", "mcast", "udp", "server", "client", "vdpa"}
@@ -39,8 +46,9 @@ class NetNeedsError(ValueError):
 
 @dataclass(frozen=True)
 class NetworkNeed:
-    """One host interface a guest's NIC attaches to. `kind` is ``bridge`` or ``direct``;
-    `mode` is the macvtap mode of a direct NIC ('' for a bridge)."""
+    """One host interface a guest's NIC attaches to. `kind` is ``bridge``, ``direct`` or
+    ``network`` (`interface` is then ``network:NAME``, resolved by each host); `mode` is the
+    macvtap mode of a direct NIC ('' otherwise)."""
 
     interface: str
     kind: str
@@ -50,8 +58,8 @@ class NetworkNeed:
 def network_needs(xml_text: str) -> tuple[NetworkNeed, ...]:
     """The host interfaces the domain's NICs need, in document order, without duplicates.
 
-    Raises NetNeedsError with a readable reason for XML that is not a domain, for a NIC whose
-    source is missing or not a valid interface name, and for ``type='network'`` NICs."""
+    Raises NetNeedsError with a readable reason for XML that is not a domain, and for a NIC
+    whose source is missing or not a valid interface (or libvirt network) name."""
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError as exc:
@@ -67,11 +75,13 @@ def network_needs(xml_text: str) -> tuple[NetworkNeed, ...]:
             continue
         if kind == "network":
             name = source.get("network", "") if source is not None else ""
-            raise NetNeedsError(
-                f"{where}: libvirt network {name!r} is not supported (its bridge is known only "
-                "to each host's libvirtd); use <interface type='bridge'> with the bridge's name"
-            )
-        if kind == "bridge":
+            if not valid_network_name(name):
+                raise NetNeedsError(
+                    f"{where}: <source network=...> must name a libvirt network (1-"
+                    f"{MAX_NETWORK_NAME} characters, no '/' or whitespace), got {name!r}"
+                )
+            need = NetworkNeed(LIBVIRT_NETWORK + name, "network")
+        elif kind == "bridge":
             need = NetworkNeed(_ifname(where, source, "bridge"), "bridge")
         elif kind == "direct":
             mode = source.get("mode", "vepa") if source is not None else ""
@@ -105,3 +115,15 @@ def valid_ifname(name: str) -> bool:
         and name not in (".", "..")
         and not any(c in "/:" or c.isspace() or not c.isprintable() for c in name)
     )
+
+
+def valid_network_name(name: str) -> bool:
+    """Could `name` be a libvirt network name we can carry (no '/', which libvirt refuses)?"""
+    return 0 < len(name) <= MAX_NETWORK_NAME and not any(
+        c == "/" or c.isspace() or not c.isprintable() for c in name
+    )
+
+
+def libvirt_network(need: str) -> str | None:
+    """The libvirt network a guest's need names (``network:NAME`` -> NAME), else None."""
+    return need[len(LIBVIRT_NETWORK) :] if need.startswith(LIBVIRT_NETWORK) else None

@@ -12,18 +12,27 @@ The model is the hypervisor observer (haagent.daemon.observer), with the same co
 - A finished check whose result differs from the last one wakes the loop.
 
 Which interfaces: those named by the guests this node may host (their `networks`, from their
-domain XML). A node no guest may use needs none and runs no watcher.
+domain XML). A node no guest may use needs none and runs no watcher. A libvirt network
+(``network:NAME``) is resolved to its bridge by this host's libvirtd in the same worker
+thread on each check (resources.libvirt_networks), so a network redefined on another bridge
+is followed; its bridge's link events wake the check like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
+from haagent.core.netneeds import libvirt_network
 from haagent.daemon.observer import cancel, raise_if_ended
 from haagent.model import GuestSpec
+
+if TYPE_CHECKING:
+    from haagent.resources.netlink import Resolver
 
 log = logging.getLogger("haagent")
 
@@ -43,8 +52,12 @@ class NetworkObserver:
         wake: Callable[[], None],
         interval_s: float = CHECK_INTERVAL_S,
         timeout_s: float = CHECK_TIMEOUT_S,
+        libvirt_uri: str | None = None,
     ) -> None:
+        """`libvirt_uri`: where this host's libvirt networks among `needed` are resolved to
+        their bridges (None: they cannot be, and count as not working)."""
         self._needed = needed
+        self._libvirt_uri = libvirt_uri
         self._wake = wake
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -97,6 +110,14 @@ class NetworkObserver:
             self._watcher.close()  # type: ignore[attr-defined]
             self._watcher = None
 
+    def _resolver(self) -> Resolver | None:
+        uri = self._libvirt_uri
+        if uri is None or not any(libvirt_network(n) for n in self._needed):
+            return None  # libvirt is imported only where a guest uses a libvirt network
+        from haagent.resources.libvirt_networks import resolve_networks
+
+        return functools.partial(resolve_networks, uri)
+
     async def _run(self) -> None:
         from haagent.resources.netlink import NetlinkError, check_links, summary
 
@@ -107,7 +128,8 @@ class NetworkObserver:
             found: dict[str, str] | None
             try:
                 found = await asyncio.wait_for(
-                    asyncio.to_thread(check_links, self._needed), self._timeout_s
+                    asyncio.to_thread(check_links, self._needed, self._resolver()),
+                    self._timeout_s,
                 )
                 self.error = None
             except (NetlinkError, TimeoutError) as exc:

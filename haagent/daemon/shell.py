@@ -113,7 +113,11 @@ class Daemon:
             if spec.storage is StorageKind.RAID1
         }
         self.executor = self._executor(None)
-        self.networks = NetworkObserver(needed_here(config.node, self.settings.guests), self.wake)
+        self.networks = NetworkObserver(
+            needed_here(config.node, self.settings.guests),
+            self.wake,
+            libvirt_uri=config.libvirt_uri,
+        )
         self._protected = frozenset(spec.domain for spec in self.settings.guests)
         self._wake = asyncio.Event()
         self._due_at: float | None = None  # earliest time a pass was asked for since the last

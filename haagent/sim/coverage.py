@@ -95,6 +95,11 @@ def coverage_faults(seed: int, sc: Scenario) -> bool:
                 link.append(Step(round(t + rng.uniform(0.5, 8.0), 3), "link_up", (node, iface)))
             added.append(link)
             healing.append(Step(heal_t, "link_up", (node, iface)))
+        # A hold-down short enough for a loss to outlast it within the faults, so guests
+        # leave by the network-loss policy (live migration in seeds with migration URIs,
+        # stop-and-restart otherwise); from a random of its own, so no other draw changes.
+        hold_rng = random.Random(f"haagent-swarm-hold-{seed}")
+        sc.settings["network_hold_down_s"] = hold_rng.choice([1.0, 2.0, 4.0])
     # A group that would not end before the healing is left out whole (the heal bound counts
     # from the healing, and half a pair could leave a guest disabled).
     faults += [s for group in added if max(s.t for s in group) < heal_t for s in group]

@@ -145,6 +145,19 @@ def test_a_bridge_with_only_guest_taps_needs_no_carrier() -> None:
     }
 
 
+def check_here(netns: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """`haagent check-config --here PATH` run inside the namespace."""
+    in_netns = ["ip", "netns", "exec", netns, sys.executable, "-m", "haagent"]
+    return subprocess.run(
+        [*in_netns, "check-config", "--here", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_check_config_here_reports_what_this_host_lacks(netns: str, tmp_path: Path) -> None:
     from tests.unit.test_config import VALID, write
 
@@ -159,19 +172,7 @@ def test_check_config_here_reports_what_this_host_lacks(netns: str, tmp_path: Pa
     path = write(tmp_path, VALID.replace("priority = 5", 'priority = 5\nxml = "web.xml"'))
     ip(netns, "link", "set", "v1", "down")
 
-    in_netns = ["ip", "netns", "exec", netns, sys.executable, "-m", "haagent"]
-
-    def check() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*in_netns, "check-config", "--here", str(path)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    done = check()
+    done = check_here(netns, path)
     assert done.returncode == 1, done.stderr
     assert "guest web needs br-up, br-new, v0" in done.stdout
     assert (
@@ -181,6 +182,32 @@ def test_check_config_here_reports_what_this_host_lacks(netns: str, tmp_path: Pa
     ip(netns, "link", "add", "br-new", "type", "bridge")
     ip(netns, "link", "set", "br-new", "up")
     ip(netns, "link", "set", "v1", "up")
-    done = check()
+    done = check_here(netns, path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "n1: all 3 needed interfaces exist, are up, have carrier" in done.stdout
+
+
+def test_check_config_here_resolves_a_libvirt_network_to_its_bridge(
+    netns: str, tmp_path: Path
+) -> None:
+    """`<interface type='network'>` on this host: libvirt (the test driver, whose network
+    `default` is on `virbr0`) names the bridge, pyroute2 checks it in the namespace."""
+    from tests.unit.test_config import VALID, write
+
+    (tmp_path / "web.xml").write_text(
+        "<domain type='test'><name>web</name><devices><interface type='network'>"
+        "<source network='default'/></interface></devices></domain>"
+    )
+    text = VALID.replace("priority = 5", 'priority = 5\nxml = "web.xml"')
+    path = write(tmp_path, text.replace('"qemu:///system"', '"test:///default"'))
+    done = check_here(netns, path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        "guest web may move to n1 (this host), which lacks network:default bridge virbr0 absent"
+        in done.stdout
+    )
+    ip(netns, "link", "add", "virbr0", "type", "bridge")
+    ip(netns, "link", "set", "virbr0", "up")
+    done = check_here(netns, path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "n1: all 1 needed interfaces exist, are up, have carrier" in done.stdout

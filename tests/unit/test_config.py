@@ -557,9 +557,13 @@ def test_a_guests_networks_come_from_its_domain_xml(tmp_path: Path) -> None:
     assert config.guests["web"].spec.networks == ("br-backend", "br0.100", "eth0.200", "eth1")
 
 
-def test_a_libvirt_network_in_the_domain_xml_is_a_config_error(tmp_path: Path) -> None:
+def test_a_libvirt_network_in_the_domain_xml_is_needed_by_name(tmp_path: Path) -> None:
     shutil.copy(DOMAINS / "network.xml", tmp_path / "web.xml")
+    path = write(tmp_path, VALID.replace("priority = 5", 'priority = 5\nxml = "web.xml"'))
+    assert load_config(path).guests["web"].spec.networks == ("network:default",)
+    text = (DOMAINS / "network.xml").read_text().replace("'default'", "'a/b'")
+    (tmp_path / "web.xml").write_text(text)
     with pytest.raises(ConfigError) as err:
-        load_config(write(tmp_path, VALID.replace("priority = 5", 'priority = 5\nxml = "web.xml"')))
+        load_config(path)
     assert err.value.key == "guests.web.xml"
-    assert "libvirt network 'default' is not supported" in err.value.message
+    assert "must name a libvirt network" in err.value.message

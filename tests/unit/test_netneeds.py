@@ -10,6 +10,7 @@ import pytest
 from haagent.core.netneeds import (
     NetNeedsError,
     NetworkNeed,
+    libvirt_network,
     needed_interfaces,
     network_needs,
     valid_ifname,
@@ -45,9 +46,18 @@ def test_a_domain_without_nics_needs_nothing() -> None:
     assert network_needs(_xml("none")) == ()
 
 
-def test_libvirt_network_is_refused_with_the_way_out() -> None:
-    with pytest.raises(NetNeedsError, match=r"libvirt network 'default' is not supported.*bridge"):
-        network_needs(_xml("network"))
+def test_a_libvirt_network_is_needed_by_name_for_each_host_to_resolve() -> None:
+    (need,) = network_needs(_xml("network"))
+    assert need == NetworkNeed("network:default", "network")
+    assert libvirt_network(need.interface) == "default"
+    assert libvirt_network("br0") is None  # an interface name never holds ':'
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "a b", "x" * 65])
+def test_a_libvirt_network_name_that_cannot_be_one_is_refused(name: str) -> None:
+    xml = f"<domain><devices><interface type='network'><source network='{name}'/></interface>"
+    with pytest.raises(NetNeedsError, match="must name a libvirt network"):
+        network_needs(xml + "</devices></domain>")
 
 
 @pytest.mark.parametrize(

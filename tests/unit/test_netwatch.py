@@ -49,3 +49,19 @@ async def test_a_node_that_needs_nothing_runs_nothing() -> None:
     assert obs.missing() == ()
     obs.check()
     await obs.stop()
+
+
+async def test_a_libvirt_network_is_resolved_by_this_hosts_libvirt_on_each_check() -> None:
+    """A network this host's libvirt does not define does not work, and without a libvirt
+    URI no network resolves (the resolved bridge itself: tests/integration/
+    test_netlink_real.py, in a namespace where it can be made and removed)."""
+    needed = ("network:hanc-undefined",)
+    for uri, why in (("test:///default", "not defined in libvirt"), (None, "not resolved")):
+        woke = asyncio.Event()
+        obs = NetworkObserver(needed, woke.set, interval_s=60.0, libvirt_uri=uri)
+        obs.start()
+        try:
+            await asyncio.wait_for(woke.wait(), 30.0)
+            assert obs.problems() == {"network:hanc-undefined": why}
+        finally:
+            await obs.stop()
