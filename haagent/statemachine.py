@@ -30,6 +30,7 @@ import haagent.statemachine_migration as migration
 from haagent.commands import (
     MAX_LEG_TEXT,
     MAX_MISSING_NETWORKS,
+    WATCHDOG_VERDICT,
     AssignGuests,
     CleanupGuest,
     Command,
@@ -107,11 +108,14 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
             state,
             f"{c.node} is {rec.state}: stop every protected guest before rejoining",
         )
-    if rec.state is NodeState.FAILED and rec.fence.in_progress_by is not None:
+    if rec.state in (NodeState.FAILED, NodeState.FENCED) and rec.fence.in_progress_by is not None:
         # A fence agent may be switching this host off right now: a join accepted before its
         # verdict would be powered off as an "up" node and refused as stale (issue 8). It
         # waits: a successful fence makes it FENCED (it rejoins as a fresh, fenced node), a
-        # failed one clears the attempt and the normal rejoin applies.
+        # failed one clears the attempt and the normal rejoin applies. A node fenced by
+        # another proof (its watchdog deadline, an admin) while a power attempt is in flight
+        # waits for that attempt's verdict too, or for the leader to give it up once it can
+        # no longer act (core.fencing).
         return _refuse(
             state,
             f"{FENCE_PENDING}: {c.node} (failure {rec.failure_epoch}, attempt "
@@ -271,19 +275,64 @@ def _fence_started(state: ClusterState, c: FenceStarted) -> tuple[ClusterState, 
     why = _fence_check(rec, c.epoch)
     if why:
         return _refuse(state, why)
+    if c.attempt is not None:
+        # Two fences of one node in flight let the later one switch it off after the earlier
+        # one's verdict let it rejoin (issue 8): one at a time, each with its own number.
+        if c.attempt != rec.fence.attempts + 1:
+            return _refuse(
+                state,
+                f"stale start: attempt {c.attempt} of failure {c.epoch}, "
+                f"{rec.fence.attempts} already started",
+            )
+        if rec.fence.in_progress_by is not None:
+            return _refuse(
+                state,
+                f"{FENCE_PENDING}: attempt {rec.fence.attempts} by {rec.fence.in_progress_by} "
+                "has no verdict yet",
+            )
     fence = replace(rec.fence, attempts=rec.fence.attempts + 1, in_progress_by=c.leader)
     return state.with_node(replace(rec, fence=fence)), OK
 
 
+def _attempt_check(rec: NodeRecord, c: FenceResult) -> str:
+    """Why the verdict `c` of a power attempt does not apply to `rec` ("" if it does): only
+    the attempt in flight in the same failure epoch gets a verdict, and only once."""
+    if rec.failure_epoch != c.epoch or rec.state not in (NodeState.FAILED, NodeState.FENCED):
+        return _fence_check(rec, c.epoch)
+    if rec.fence.in_progress_by is None or c.attempt != rec.fence.attempts:
+        pending = (
+            f"attempt {rec.fence.attempts} by {rec.fence.in_progress_by} is in flight"
+            if rec.fence.in_progress_by is not None
+            else "no attempt is in flight"
+        )
+        return f"stale verdict of attempt {c.attempt} of failure {c.epoch}: {pending}"
+    return ""
+
+
 def _fence_result(state: ClusterState, c: FenceResult) -> tuple[ClusterState, Result]:
     rec = state.node(c.node)
-    why = _fence_check(rec, c.epoch)
-    if why:
-        return _refuse(state, why)
+    if c.attempt is not None and c.attempt != WATCHDOG_VERDICT:
+        why = _attempt_check(rec, c)
+        if why:
+            return _refuse(state, why)
+        if rec.state is NodeState.FENCED:
+            # Fenced meanwhile by another proof: this verdict only ends the attempt (the node
+            # may rejoin once nothing can switch it off any more).
+            fence = replace(rec.fence, in_progress_by=None)
+            return state.with_node(replace(rec, fence=fence)), Result(
+                True, f"late verdict of attempt {c.attempt}: {'ok' if c.ok else 'failed'}"
+            )
+    else:
+        why = _fence_check(rec, c.epoch)
+        if why:
+            return _refuse(state, why)
+    # A watchdog verdict is about no attempt: one in flight may still switch the node off, so
+    # it stays in flight (and the node does not rejoin) until its own verdict.
+    in_progress_by = rec.fence.in_progress_by if c.attempt == WATCHDOG_VERDICT else None
     if c.ok:
         fence = replace(
             rec.fence,
-            in_progress_by=None,
+            in_progress_by=in_progress_by,
             last_result="ok",
             last_detail=c.detail,
             method=c.method,
@@ -295,7 +344,7 @@ def _fence_result(state: ClusterState, c: FenceResult) -> tuple[ClusterState, Re
     else:
         fence = replace(
             rec.fence,
-            in_progress_by=None,
+            in_progress_by=in_progress_by,
             last_result="failed",
             last_detail=c.detail,
             method=c.method,
@@ -569,9 +618,10 @@ def _confirm_fenced(state: ClusterState, c: ConfirmFenced) -> tuple[ClusterState
     if why:
         return _refuse(state, why)
     detail = f"power-off confirmed by {c.by}"
+    # A power attempt in flight stays in flight: it may still switch the node off, so the node
+    # rejoins only after its verdict (or after the leader gave it up).
     fence = replace(
         rec.fence,
-        in_progress_by=None,
         last_result="ok",
         last_detail=detail,
         method=FenceMethod.MANUAL,
