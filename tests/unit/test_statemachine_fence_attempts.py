@@ -13,7 +13,6 @@ from haagent.commands import (
     WATCHDOG_VERDICT,
     AssignGuests,
     Assignment,
-    Command,
     ConfirmFenced,
     DeclareFailed,
     DefineGuest,
@@ -33,17 +32,10 @@ from haagent.model import (
     NodeRole,
     NodeState,
 )
-from haagent.statemachine import Result, apply
+from haagent.statemachine import Result
+from tests.unit.test_statemachine import run
 
 AGENT, WATCHDOG = FenceMethod.AGENT, FenceMethod.WATCHDOG
-
-
-def run(state: ClusterState, *commands: Command) -> tuple[ClusterState, list[Result]]:
-    results = []
-    for c in commands:
-        state, r = apply(state, c)
-        results.append(r)
-    return state, results
 
 
 def n3_failed_running_g() -> ClusterState:
