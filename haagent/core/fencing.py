@@ -192,6 +192,11 @@ class Fencing:
             # have counted it as never launched, so it is not launched now; nothing ran.
             self._give_up(out, node, record, f"not run: its start committed {late_s:.2f}s late")
             return
+        if ident in self._launched:
+            # This core ran it, its fence agents have returned, and no verdict is on its way
+            # (the proposal's outcome was lost): nothing of it can act any more.
+            self._give_up(out, node, record, "its fence agents returned, the verdict was lost")
+            return
         seen = self._seen(node, record, out.now)
         by = record.fence.in_progress_by or ""
         fencer = nodes.get(by)

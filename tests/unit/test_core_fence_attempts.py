@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from haagent.agent import AgentCore, ProposalKey, ProposalKind, RunFence, Step
+from haagent.agent import ActionResult, AgentCore, ProposalKey, ProposalKind, RunFence, Step
 from haagent.commands import (
     ATTEMPT_ABANDONED,
     AssignGuests,
@@ -29,7 +29,7 @@ from haagent.core.authority import fence_refusal
 from haagent.core.fencing import may_act_s
 from haagent.fencing.levels import AgentFencer
 from haagent.model import ClusterState, FailureEvidence, FenceMethod, NodeState
-from haagent.ports import FenceDevice
+from haagent.ports import FenceDevice, FenceOutcome, Outcome, OutcomeKind
 from tests.helpers.core_views import (
     ACCEPTED,
     build,
@@ -157,6 +157,25 @@ def test_a_leader_runs_only_an_attempt_it_proposed_and_only_soon_after() -> None
     step = lead(c, state, late + 0.01)
     assert not of(RunFence, step.actions)
     assert "not run: its start committed" in given_up(step).detail
+
+
+def test_a_verdict_whose_commit_was_lost_ends_the_attempt() -> None:
+    """pysyncobj may lose the outcome of the verdict: this core ran the attempt and its fence
+    agents have returned, so it gives the attempt up at once and fences again."""
+    c = core()
+    state = n2_failed_fenced_by(None)
+    (started,) = fence_commands(lead(c, state, T0))
+    c.proposal_done(ProposalKey(ProposalKind.FENCE_STARTED, "n2"), ACCEPTED, T0 + 0.01)
+    state = build(started, state=state)
+    (run,) = of(RunFence, lead(c, state, T0 + 0.05).actions)
+    c.action_done(run.key, ActionResult(True, "off", FenceOutcome(True, "off")), T0 + 0.5)
+    now = T0 + 0.55  # the lease of the last pass still holds
+    step = c.tick(now, view(state, leader=True, seen={"n3": now}), local(now))
+    (verdict,) = fence_commands(step)
+    assert isinstance(verdict, FenceResult) and verdict.ok and verdict.attempt == 1
+    key = ProposalKey(ProposalKind.FENCE_RESULT, "n2")
+    c.proposal_done(key, Outcome(OutcomeKind.UNKNOWN, "timeout"), T0 + 2.6)
+    assert "the verdict was lost" in given_up(lead(c, state, T0 + 2.7)).detail
 
 
 def test_an_attempt_in_flight_against_a_fenced_node_is_given_up_after_the_bound() -> None:
