@@ -33,7 +33,7 @@ from haagent.model import (
     NodeState,
 )
 from haagent.statemachine import Result
-from tests.unit.test_statemachine import run
+from tests.helpers.core_views import run
 
 AGENT, WATCHDOG = FenceMethod.AGENT, FenceMethod.WATCHDOG
 
