@@ -20,6 +20,10 @@ Contract:
   which the core never counts as a failure. For a start, a migration and a resume the adapter
   checks once more in the thread that makes the call and holds a permit until the call returns
   (haagent.daemon.authority).
+- A fence is checked the same way (`check_fence`) before it starts and again before every
+  power-off call the fence levels make: the attempt must still be the one in flight
+  (haagent.core.fencing) and the lease valid, or nothing more is switched off and the
+  attempt's verdict is a failure.
 """
 
 from __future__ import annotations
