@@ -26,11 +26,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import haagent.statemachine_admin as admin
+import haagent.statemachine_fencing as fencing
 import haagent.statemachine_migration as migration
 from haagent.commands import (
     MAX_LEG_TEXT,
     MAX_MISSING_NETWORKS,
-    WATCHDOG_VERDICT,
     AssignGuests,
     CleanupGuest,
     Command,
@@ -65,12 +65,10 @@ from haagent.commands import (
 from haagent.model import (
     ClusterState,
     DesiredState,
-    FenceMethod,
     FenceRecord,
     GuestRecord,
     GuestSpec,
     GuestState,
-    NodeRecord,
     NodeState,
     StaleLeg,
     StorageKind,
@@ -118,7 +116,7 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
         # no longer act (core.fencing).
         return _refuse(
             state,
-            f"{FENCE_PENDING}: {c.node} (failure {rec.failure_epoch}, attempt "
+            f"{fencing.FENCE_PENDING}: {c.node} (failure {rec.failure_epoch}, attempt "
             f"{rec.fence.attempts} by {rec.fence.in_progress_by}); rejoin after its verdict",
         )
     drift = _config_drift(state, c)
@@ -164,9 +162,6 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
     )
     return state.with_node(new), OK
 
-
-FENCE_PENDING = "a fence is in progress"
-"""How the refusal of a join from a node whose fence has not returned its verdict begins."""
 
 CONFIG_DRIFT = "config differs from the cluster's"
 """How the refusal of a join for a different config begins: the refused agent reads it as
@@ -259,97 +254,6 @@ def _declare_failed(state: ClusterState, c: DeclareFailed) -> tuple[ClusterState
         reason=c.evidence.detail,
         changed_at=c.evidence.declared_at,
     )
-    return state.with_node(new), OK
-
-
-def _fence_check(rec: NodeRecord, epoch: int) -> str:
-    if rec.state is not NodeState.FAILED:
-        return f"{rec.name} is {rec.state}, not failed"
-    if rec.failure_epoch != epoch:
-        return f"{rec.name} failed again since (failure {rec.failure_epoch}, not {epoch})"
-    return ""
-
-
-def _fence_started(state: ClusterState, c: FenceStarted) -> tuple[ClusterState, Result]:
-    rec = state.node(c.node)
-    why = _fence_check(rec, c.epoch)
-    if why:
-        return _refuse(state, why)
-    if c.attempt is not None:
-        # Two fences of one node in flight let the later one switch it off after the earlier
-        # one's verdict let it rejoin (issue 8): one at a time, each with its own number.
-        if c.attempt != rec.fence.attempts + 1:
-            return _refuse(
-                state,
-                f"stale start: attempt {c.attempt} of failure {c.epoch}, "
-                f"{rec.fence.attempts} already started",
-            )
-        if rec.fence.in_progress_by is not None:
-            return _refuse(
-                state,
-                f"{FENCE_PENDING}: attempt {rec.fence.attempts} by {rec.fence.in_progress_by} "
-                "has no verdict yet",
-            )
-    fence = replace(rec.fence, attempts=rec.fence.attempts + 1, in_progress_by=c.leader)
-    return state.with_node(replace(rec, fence=fence)), OK
-
-
-def _attempt_check(rec: NodeRecord, c: FenceResult) -> str:
-    """Why the verdict `c` of a power attempt does not apply to `rec` ("" if it does): only
-    the attempt in flight in the same failure epoch gets a verdict, and only once."""
-    if rec.failure_epoch != c.epoch or rec.state not in (NodeState.FAILED, NodeState.FENCED):
-        return _fence_check(rec, c.epoch)
-    if rec.fence.in_progress_by is None or c.attempt != rec.fence.attempts:
-        pending = (
-            f"attempt {rec.fence.attempts} by {rec.fence.in_progress_by} is in flight"
-            if rec.fence.in_progress_by is not None
-            else "no attempt is in flight"
-        )
-        return f"stale verdict of attempt {c.attempt} of failure {c.epoch}: {pending}"
-    return ""
-
-
-def _fence_result(state: ClusterState, c: FenceResult) -> tuple[ClusterState, Result]:
-    rec = state.node(c.node)
-    if c.attempt is not None and c.attempt != WATCHDOG_VERDICT:
-        why = _attempt_check(rec, c)
-        if why:
-            return _refuse(state, why)
-        if rec.state is NodeState.FENCED:
-            # Fenced meanwhile by another proof: this verdict only ends the attempt (the node
-            # may rejoin once nothing can switch it off any more).
-            fence = replace(rec.fence, in_progress_by=None)
-            return state.with_node(replace(rec, fence=fence)), Result(
-                True, f"late verdict of attempt {c.attempt}: {'ok' if c.ok else 'failed'}"
-            )
-    else:
-        why = _fence_check(rec, c.epoch)
-        if why:
-            return _refuse(state, why)
-    # A watchdog verdict is about no attempt: one in flight may still switch the node off, so
-    # it stays in flight (and the node does not rejoin) until its own verdict.
-    in_progress_by = rec.fence.in_progress_by if c.attempt == WATCHDOG_VERDICT else None
-    if c.ok:
-        fence = replace(
-            rec.fence,
-            in_progress_by=in_progress_by,
-            last_result="ok",
-            last_detail=c.detail,
-            method=c.method,
-            confirmed_at=c.at,
-        )
-        new = replace(
-            rec, state=NodeState.FENCED, fence=fence, reason=f"fenced: {c.detail}", changed_at=c.at
-        )
-    else:
-        fence = replace(
-            rec.fence,
-            in_progress_by=in_progress_by,
-            last_result="failed",
-            last_detail=c.detail,
-            method=c.method,
-        )
-        new = replace(rec, fence=fence)
     return state.with_node(new), OK
 
 
@@ -610,29 +514,6 @@ def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterSta
     return state.with_node(new), OK
 
 
-def _confirm_fenced(state: ClusterState, c: ConfirmFenced) -> tuple[ClusterState, Result]:
-    """An admin's word replaces a fence agent's: only for a node the cluster declared failed
-    (so it is already silent and refused as a peer), in the failure the admin looked at."""
-    rec = state.node(c.node)
-    why = _fence_check(rec, c.epoch)
-    if why:
-        return _refuse(state, why)
-    detail = f"power-off confirmed by {c.by}"
-    # A power attempt in flight stays in flight: it may still switch the node off, so the node
-    # rejoins only after its verdict (or after the leader gave it up).
-    fence = replace(
-        rec.fence,
-        last_result="ok",
-        last_detail=detail,
-        method=FenceMethod.MANUAL,
-        confirmed_at=c.at,
-    )
-    new = replace(
-        rec, state=NodeState.FENCED, fence=fence, reason=f"fenced: {detail}", changed_at=c.at
-    )
-    return state.with_node(new), OK
-
-
 def _network_condition(state: ClusterState, c: NetworkCondition) -> tuple[ClusterState, Result]:
     """Record what the node reported missing. Only its current incarnation speaks for it, and
     only the names change: no heartbeat, lease or guest is touched (a guest that needs a lost
@@ -663,8 +544,8 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     Leave: _leave,
     Heartbeat: _heartbeat,
     DeclareFailed: _declare_failed,
-    FenceStarted: _fence_started,
-    FenceResult: _fence_result,
+    FenceStarted: _handled(fencing.fence_started),
+    FenceResult: _handled(fencing.fence_result),
     DefineGuest: _define_guest,
     SetDesired: _set_desired,
     AssignGuests: _assign,
@@ -675,7 +556,7 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     SetMaintenance: _set_maintenance,
     ReplicaOutdated: _replica,
     ReplicaUpToDate: _replica,
-    ConfirmFenced: _confirm_fenced,
+    ConfirmFenced: _handled(fencing.confirm_fenced),
     NetworkCondition: _network_condition,
     MigrateGuest: _handled(migration.migrate_guest),
     MigrationDone: _handled(migration.migration_done),
