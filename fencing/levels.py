@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class _LevelResult:
     ok: bool
     summary: str
+    stopped: bool = False  # `may_act` refused: no later level may run either
 
 
 class AgentFencer:
@@ -41,6 +42,9 @@ class AgentFencer:
     * It never raises for operating errors (missing executable, timeout, bad exit status,
       unreadable output): they all give `ok=False` with a detail naming, per level, the device
       and action that failed and why. Details and logs never contain secret parameters.
+    * `may_act`, when given, is asked right before every `off` call; a reason ends the
+      attempt there (failed, the remaining devices and levels not tried): the core's attempt
+      is no longer in flight, so the target may have rejoined since.
     * It makes exactly one attempt. Retrying a failed fence, with backoff, and escalating is
       the caller's job (the core): it owns the schedule and must never fall through to
       recovery on a failure.
@@ -59,7 +63,12 @@ class AgentFencer:
         self._monotonic = monotonic
 
     async def fence(
-        self, node: str, levels: Sequence[Sequence[FenceDevice]], timeout_s: float
+        self,
+        node: str,
+        levels: Sequence[Sequence[FenceDevice]],
+        timeout_s: float,
+        *,
+        may_act: Callable[[], str | None] | None = None,
     ) -> FenceOutcome:
         started = self._monotonic()
         deadline = started + timeout_s
@@ -73,7 +82,10 @@ class AgentFencer:
                     " reached"
                 )
                 break
-            result = await self._run_level(node, index, devices, deadline)
+            result = await self._run_level(node, index, devices, deadline, may_act)
+            if result.stopped:
+                failures.append(f"level {index}: {result.summary}")
+                break
             if result.ok:
                 earlier = f"; earlier failures: {'; '.join(failures)}" if failures else ""
                 detail = f"node {node} fenced by level {index}: {result.summary}{earlier}"
@@ -87,12 +99,23 @@ class AgentFencer:
         return FenceOutcome(ok=False, detail=detail, level=None, duration_s=duration_s)
 
     async def _run_level(
-        self, node: str, index: int, devices: Sequence[FenceDevice], deadline: float
+        self,
+        node: str,
+        index: int,
+        devices: Sequence[FenceDevice],
+        deadline: float,
+        may_act: Callable[[], str | None] | None,
     ) -> _LevelResult:
         if not devices:
             return _LevelResult(False, "no devices configured")
         done: list[str] = []
         for device in devices:
+            why = may_act() if may_act is not None else None
+            if why is not None:
+                # The attempt is no longer the cluster's (or this node lost its lease): the
+                # target may have rejoined since, so nothing more is switched off.
+                log.warning("fence node %s stopped before %s off: %s", node, _name(device), why)
+                return _LevelResult(False, f"stopped before {_name(device)} off: {why}", True)
             result = await self._call(node, index, device, "off", deadline)
             if not result.succeeded:
                 return _LevelResult(False, _failed(device, result))

@@ -21,6 +21,7 @@ composes them, in this fixed order (each pass, every step sees the same committe
                               -> nothing (its silence restarts at the end)
                               diverged or silent and UP -> DeclareFailed     core.failure_detection
                               FAILED        -> the next fencing step         core.fencing
+                              FENCED, an attempt in flight -> its verdict    core.fencing
    c. placement, give-up, error, cold start                                  core.scheduling
    d. evacuation by live migration: guests of nodes in maintenance, and     core.migration,
       guests whose owner lacked one of their networks for the hold-down     core.networks
@@ -230,6 +231,7 @@ class AgentCore:
 
         self.failure_detection.observe_progress(view.commit_index, now)
         self.failure_detection.observe_incarnations(view.state.nodes, now)
+        self.fencing.observe_attempts(view.state.nodes, now)
         verdicts = self._divergence(out, view)
         self.lease.renew(out, state, nothing_running, view.commit_index, view.checkpoint)
 
@@ -250,7 +252,8 @@ class AgentCore:
                     self.failure_detection.check(
                         out, name, record, view, self.lease.held_continuously_since(now)
                     )
-                elif record.state is NodeState.FAILED:
+                elif record.state is NodeState.FAILED or record.fence.in_progress_by:
+                    # FENCED with an attempt in flight: that attempt still needs a verdict.
                     self.fencing.advance(out, name, view)
             self.scheduling.place(out, view, leaving=self.lease.leaving)
             exclude = frozenset({self.settings.node}) if self.lease.leaving else frozenset()

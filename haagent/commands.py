@@ -115,18 +115,33 @@ class DeclareFailed(Command):
 @dataclass(frozen=True)
 class FenceStarted(Command):
     """Leader: about to run the fence agents against `node`. Committing this first proves the
-    leader is current before it powers anything off."""
+    leader is current before it powers anything off.
+
+    `attempt` is the number this attempt gets in failure `epoch` (the node's committed
+    `fence.attempts` + 1, decided on): refused when another start took that number, or while
+    an earlier attempt has no verdict yet, so at most one fence of a node is in flight and a
+    late re-delivery starts nothing. `None` only in commands written by agents before the
+    field (replayed as they were applied: the next number, whatever is in flight)."""
 
     type_name: ClassVar[str] = "fence_started"
     node: str
     epoch: int
     leader: str
     at: float
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
 class FenceResult(Command):
-    """Outcome of a fence attempt (or of the watchdog deadline passing) for failure `epoch`."""
+    """Outcome of a fence attempt (or of the watchdog deadline passing) for failure `epoch`.
+
+    `attempt` names the power attempt this verdict is about (`FenceStarted.attempt`): it is
+    applied only while that attempt is the one in flight, so the verdict of an attempt already
+    decided (or given up by the leader, `ATTEMPT_ABANDONED`) is refused, never counted for a
+    later one. `WATCHDOG_VERDICT` (0): the watchdog deadline passed, about no power attempt
+    (one in flight stays in flight: it may still switch the node off). `None` only in commands
+    written by agents before the field (replayed as they were applied: ends whatever attempt
+    is in flight)."""
 
     type_name: ClassVar[str] = "fence_result"
     node: str
@@ -135,6 +150,14 @@ class FenceResult(Command):
     method: FenceMethod
     detail: str
     at: float
+    attempt: int | None = None
+
+
+WATCHDOG_VERDICT = 0
+"""`FenceResult.attempt` of a verdict that is about no power attempt (the watchdog deadline)."""
+
+ATTEMPT_ABANDONED = "abandoned"
+"""How the detail of a leader's failed verdict for another fencer's silent attempt begins."""
 
 
 @dataclass(frozen=True)

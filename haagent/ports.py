@@ -331,10 +331,17 @@ class FenceOutcome:
 
 class Fencer(Protocol):
     async def fence(
-        self, node: str, levels: Sequence[Sequence[FenceDevice]], timeout_s: float
+        self,
+        node: str,
+        levels: Sequence[Sequence[FenceDevice]],
+        timeout_s: float,
+        *,
+        may_act: Callable[[], str | None] | None = None,
     ) -> FenceOutcome:
         """Power `node` off through the levels in order (all devices of a level must succeed,
-        each confirmed by `status`). Never raises for operating errors."""
+        each confirmed by `status`). Never raises for operating errors. `may_act` is asked
+        right before every power-off call: a reason (not None) ends the attempt there, failed,
+        with nothing more switched off."""
         ...
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import haagent.statemachine_admin as admin
+import haagent.statemachine_fencing as fencing
 import haagent.statemachine_migration as migration
 from haagent.commands import (
     MAX_LEG_TEXT,
@@ -64,12 +65,10 @@ from haagent.commands import (
 from haagent.model import (
     ClusterState,
     DesiredState,
-    FenceMethod,
     FenceRecord,
     GuestRecord,
     GuestSpec,
     GuestState,
-    NodeRecord,
     NodeState,
     StaleLeg,
     StorageKind,
@@ -107,14 +106,17 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
             state,
             f"{c.node} is {rec.state}: stop every protected guest before rejoining",
         )
-    if rec.state is NodeState.FAILED and rec.fence.in_progress_by is not None:
+    if rec.state in (NodeState.FAILED, NodeState.FENCED) and rec.fence.in_progress_by is not None:
         # A fence agent may be switching this host off right now: a join accepted before its
         # verdict would be powered off as an "up" node and refused as stale (issue 8). It
         # waits: a successful fence makes it FENCED (it rejoins as a fresh, fenced node), a
-        # failed one clears the attempt and the normal rejoin applies.
+        # failed one clears the attempt and the normal rejoin applies. A node fenced by
+        # another proof (its watchdog deadline, an admin) while a power attempt is in flight
+        # waits for that attempt's verdict too, or for the leader to give it up once it can
+        # no longer act (core.fencing).
         return _refuse(
             state,
-            f"{FENCE_PENDING}: {c.node} (failure {rec.failure_epoch}, attempt "
+            f"{fencing.FENCE_PENDING}: {c.node} (failure {rec.failure_epoch}, attempt "
             f"{rec.fence.attempts} by {rec.fence.in_progress_by}); rejoin after its verdict",
         )
     drift = _config_drift(state, c)
@@ -160,9 +162,6 @@ def _join(state: ClusterState, c: Join) -> tuple[ClusterState, Result]:
     )
     return state.with_node(new), OK
 
-
-FENCE_PENDING = "a fence is in progress"
-"""How the refusal of a join from a node whose fence has not returned its verdict begins."""
 
 CONFIG_DRIFT = "config differs from the cluster's"
 """How the refusal of a join for a different config begins: the refused agent reads it as
@@ -255,52 +254,6 @@ def _declare_failed(state: ClusterState, c: DeclareFailed) -> tuple[ClusterState
         reason=c.evidence.detail,
         changed_at=c.evidence.declared_at,
     )
-    return state.with_node(new), OK
-
-
-def _fence_check(rec: NodeRecord, epoch: int) -> str:
-    if rec.state is not NodeState.FAILED:
-        return f"{rec.name} is {rec.state}, not failed"
-    if rec.failure_epoch != epoch:
-        return f"{rec.name} failed again since (failure {rec.failure_epoch}, not {epoch})"
-    return ""
-
-
-def _fence_started(state: ClusterState, c: FenceStarted) -> tuple[ClusterState, Result]:
-    rec = state.node(c.node)
-    why = _fence_check(rec, c.epoch)
-    if why:
-        return _refuse(state, why)
-    fence = replace(rec.fence, attempts=rec.fence.attempts + 1, in_progress_by=c.leader)
-    return state.with_node(replace(rec, fence=fence)), OK
-
-
-def _fence_result(state: ClusterState, c: FenceResult) -> tuple[ClusterState, Result]:
-    rec = state.node(c.node)
-    why = _fence_check(rec, c.epoch)
-    if why:
-        return _refuse(state, why)
-    if c.ok:
-        fence = replace(
-            rec.fence,
-            in_progress_by=None,
-            last_result="ok",
-            last_detail=c.detail,
-            method=c.method,
-            confirmed_at=c.at,
-        )
-        new = replace(
-            rec, state=NodeState.FENCED, fence=fence, reason=f"fenced: {c.detail}", changed_at=c.at
-        )
-    else:
-        fence = replace(
-            rec.fence,
-            in_progress_by=None,
-            last_result="failed",
-            last_detail=c.detail,
-            method=c.method,
-        )
-        new = replace(rec, fence=fence)
     return state.with_node(new), OK
 
 
@@ -561,28 +514,6 @@ def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterSta
     return state.with_node(new), OK
 
 
-def _confirm_fenced(state: ClusterState, c: ConfirmFenced) -> tuple[ClusterState, Result]:
-    """An admin's word replaces a fence agent's: only for a node the cluster declared failed
-    (so it is already silent and refused as a peer), in the failure the admin looked at."""
-    rec = state.node(c.node)
-    why = _fence_check(rec, c.epoch)
-    if why:
-        return _refuse(state, why)
-    detail = f"power-off confirmed by {c.by}"
-    fence = replace(
-        rec.fence,
-        in_progress_by=None,
-        last_result="ok",
-        last_detail=detail,
-        method=FenceMethod.MANUAL,
-        confirmed_at=c.at,
-    )
-    new = replace(
-        rec, state=NodeState.FENCED, fence=fence, reason=f"fenced: {detail}", changed_at=c.at
-    )
-    return state.with_node(new), OK
-
-
 def _network_condition(state: ClusterState, c: NetworkCondition) -> tuple[ClusterState, Result]:
     """Record what the node reported missing. Only its current incarnation speaks for it, and
     only the names change: no heartbeat, lease or guest is touched (a guest that needs a lost
@@ -613,8 +544,8 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     Leave: _leave,
     Heartbeat: _heartbeat,
     DeclareFailed: _declare_failed,
-    FenceStarted: _fence_started,
-    FenceResult: _fence_result,
+    FenceStarted: _handled(fencing.fence_started),
+    FenceResult: _handled(fencing.fence_result),
     DefineGuest: _define_guest,
     SetDesired: _set_desired,
     AssignGuests: _assign,
@@ -625,7 +556,7 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     SetMaintenance: _set_maintenance,
     ReplicaOutdated: _replica,
     ReplicaUpToDate: _replica,
-    ConfirmFenced: _confirm_fenced,
+    ConfirmFenced: _handled(fencing.confirm_fenced),
     NetworkCondition: _network_condition,
     MigrateGuest: _handled(migration.migrate_guest),
     MigrationDone: _handled(migration.migration_done),

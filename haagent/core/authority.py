@@ -9,6 +9,8 @@ reconnect, behind a slow `defineXML`. So the executor asks again *right before* 
   the committed state no longer gives the guest to this node at the action's generation. A
   refused call is not made; its result is a refusal, never a failure counted against this
   node's start-failure budget (nothing was tried).
+- `fence_refusal(...)` is the same test for a fence agent call: the attempt it belongs to must
+  still be in flight (core.fencing), and the lease valid.
 - An authorised call holds a `Permit` until it returns. `ActingCalls.overdue` names a call
   still in flight once the lease that authorised it has lapsed (a lease renewed without a gap
   since the grant still covers it: a node whose lease never lapsed was never declared failed,
@@ -26,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from haagent.core.keys import ActionKey
-from haagent.model import ClusterState, DesiredState
+from haagent.model import ClusterState, DesiredState, NodeState
 
 
 def refusal(
@@ -56,6 +58,43 @@ def refusal(
         )
     if record.desired is not DesiredState.RUNNING:
         return f"guest {guest} is committed {record.desired}"
+    return None
+
+
+def fence_refusal(
+    state: ClusterState,
+    node: str,
+    target: str,
+    epoch: int,
+    attempt: int,
+    *,
+    now: float,
+    lease_until: float,
+) -> str | None:
+    """Why `node` must not call a fence agent against `target` now for `attempt` of failure
+    `epoch`, or None (checked before every power-off call of the attempt).
+
+    The attempt must still be the one in flight, started by `node`, with `target` still
+    failed in that epoch, and `node`'s lease valid: an attempt a new leader gave up (it waited
+    for it as long as its fencer could act) or one whose verdict is in must not switch off a
+    node that may have rejoined since; a node without a lease cannot know either."""
+    if now >= lease_until:
+        return f"lease lapsed {now - lease_until:.3f}s before the call"
+    record = state.nodes.get(target)
+    if record is None:
+        return f"node {target} is not in the committed state"
+    fence = record.fence
+    if (
+        record.state is not NodeState.FAILED
+        or record.failure_epoch != epoch
+        or fence.attempts != attempt
+        or fence.in_progress_by != node
+    ):
+        return (
+            f"{target} is {record.state} in failure {record.failure_epoch}, attempt "
+            f"{fence.attempts} by {fence.in_progress_by}: attempt {attempt} of failure {epoch} "
+            "is no longer in flight"
+        )
     return None
 
 

@@ -177,8 +177,12 @@ class DetachLeg:
 
 @dataclass(frozen=True)
 class RunFence:
+    """Run the fence agents against `node` for attempt `attempt` of failure `epoch` (the
+    committed `FenceStarted`); its verdict names both."""
+
     node: str
     epoch: int
+    attempt: int
 
     @property
     def key(self) -> ActionKey:

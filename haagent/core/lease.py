@@ -80,7 +80,8 @@ class Lease:
         runs here (the local pass destroys it first, having no lease): it comes back clean.
         While a fence of it is in progress it does not join at all: the fence may switch this
         host off whatever it does, so it waits for the committed verdict (a successful fence
-        makes it a fenced node that rejoins as such after power-on; a failed one lets it join).
+        makes it a fenced node that rejoins as such after power-on; a failed one lets it join),
+        also when another proof (a watchdog deadline, an admin) made it fenced meanwhile.
         """
         s = self._settings
         if self.diverged is not None:
@@ -92,7 +93,10 @@ class Lease:
         if not joined:
             if out.in_flight.proposing(ProposalKind.JOIN):
                 return
-            if me.state is NodeState.FAILED and me.fence.in_progress_by is not None:
+            if (
+                me.state in (NodeState.FAILED, NodeState.FENCED)
+                and me.fence.in_progress_by is not None
+            ):
                 return  # `apply` refuses it until the fence's verdict commits: wait for it
             clean = nothing_running()
             if me.state in (NodeState.FAILED, NodeState.FENCED) and not clean:

@@ -7,6 +7,7 @@ Contract:
 - `require(key, guest, generation)` raises `RefusedError` where `check` names a refusal;
   `permit(key, guest, generation)` is `require` then `authorise`: the one path by which the
   executor asks before a start, a migration, a resume, a promote or a leg change.
+- `check_fence(target, epoch, attempt)`: the same before every fence agent power-off call.
 - `authorise(key, guest, generation)` returns the `Authorise` an adapter enters in the thread
   that makes the call, right before it: the same check again (the call may have waited in the
   worker pool or behind a reconnect since), then a permit held until the call returns, even
@@ -28,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from haagent.core.authority import ActingCalls, Permit, refusal
+from haagent.core.authority import ActingCalls, Permit, fence_refusal, refusal
 from haagent.core.keys import ActionKey
 from haagent.core.lease import Lease
 from haagent.model import ClusterState
@@ -72,6 +73,19 @@ class ActAuthority:
         when the call must not be made now."""
         self.require(key, guest, generation)
         return self.authorise(key, guest, generation)
+
+    def check_fence(self, target: str, epoch: int, attempt: int) -> str | None:
+        """Why a fence agent call against `target` for `attempt` of failure `epoch` must not
+        be made now (None: it may)."""
+        return fence_refusal(
+            self._state(),
+            self._node,
+            target,
+            epoch,
+            attempt,
+            now=self._clock(),
+            lease_until=self._lease.until,
+        )
 
     def authorise(self, key: ActionKey, guest: str, generation: int) -> Authorise:
         """The context an adapter enters right before the call (see the module contract)."""

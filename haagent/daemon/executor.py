@@ -20,6 +20,10 @@ Contract:
   which the core never counts as a failure. For a start, a migration and a resume the adapter
   checks once more in the thread that makes the call and holds a permit until the call returns
   (haagent.daemon.authority).
+- A fence is checked the same way (`check_fence`) before it starts and again before every
+  power-off call the fence levels make: the attempt must still be the one in flight
+  (haagent.core.fencing) and the lease valid, or nothing more is switched off and the
+  attempt's verdict is a failure.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from haagent.agent import (
     StopGuest,
 )
 from haagent.config import Config
+from haagent.core.fencing import FENCER_GRACE_S
 from haagent.daemon.authority import ActAuthority
 from haagent.daemon.telemetry import Telemetry
 from haagent.ports import (
@@ -63,7 +68,6 @@ from haagent.ports import (
 
 log = logging.getLogger("haagent")
 
-FENCER_GRACE_S = 10.0  # beyond fence_timeout_s: only a bug in the fencer needs this
 MIN_DESTROY_TIMEOUT_S = 10.0
 STOP_GRACE_EXTRA_S = 10.0
 # Beyond the wrapper's own timeout (DrbdReplicas kills drbd.sh after it): only a bug needs it.
@@ -142,11 +146,23 @@ class ActionExecutor:
     async def _fence(self, action: RunFence) -> ActionResult:
         timeout_s = self._s.fence_timeout_s
         levels = self._config.fence_levels(action.node)
+
+        def may_act() -> str | None:
+            # Asked before every power-off call: an attempt a new leader gave up, or whose
+            # verdict is in, must not switch off a node that may have rejoined since.
+            return self._authority.check_fence(action.node, action.epoch, action.attempt)
+
+        refused = may_act()
+        if refused is not None:
+            log.warning("fence %s refused right before the call: %s", action.node, refused)
+            detail = f"not run: {refused}"
+            return ActionResult(False, detail, FenceOutcome(False, detail), refused=True)
         try:
             # The fencer bounds itself; this outer deadline only guards against a bug there
             # leaving the node's fencing "in flight" forever.
             outcome = await asyncio.wait_for(
-                self._fencer.fence(action.node, levels, timeout_s), timeout_s + FENCER_GRACE_S
+                self._fencer.fence(action.node, levels, timeout_s, may_act=may_act),
+                timeout_s + FENCER_GRACE_S,
             )
         except TimeoutError:
             outcome = FenceOutcome(False, f"fencer did not return in {timeout_s}s")

@@ -27,6 +27,9 @@ reasoning shows up as a physical violation.
    while another holds more data (checked against the FakeDrbd's own record of writes).
    Guest RAID1: never a start from stale legs only (an instance whose legs hold less data
    than the newest leg), never two writers on one leg (FakeRaid1's record).
+7. A fence never switches off a node the committed state holds up: it acts only on a node
+   declared failed, and such a node rejoins only once no fence of it can act any more (issue
+   8: two fences in flight after a leader change switched a rejoined, healthy node off).
 
 The checker replays the committed log through the real `apply` itself, one command at a time,
 so a transition hidden between two steps (assigned and started within one step) is still seen.
@@ -215,6 +218,9 @@ class InvariantChecker:
             if ev.name == "domain_resumed":
                 self._resumed(ev)
                 continue
+            if ev.name == "power_off":
+                self._fenced(world, ev)
+                continue
             if ev.name != "domain_started":
                 continue
             data = dict(ev.data)
@@ -232,6 +238,15 @@ class InvariantChecker:
                 )
             self._max_started[domain] = max(gen, self._max_started.get(domain, 0))
         self._trace_seen = len(trace)
+
+    def _fenced(self, world: World, ev: TraceEvent) -> None:
+        """7: a fence's power-off hit a node that is not up in the committed state. Checked
+        after the step: a node switched off cannot have joined in between."""
+        reason = str(dict(ev.data).get("reason", ""))
+        if ev.node is None or not reason.startswith("fenced by"):
+            return
+        if world.committed_state.node(ev.node).state is NodeState.UP:
+            self.fail(f"{ev.node} was switched off ({reason}) while it was up")
 
     def _resumed(self, ev: TraceEvent) -> None:
         data = dict(ev.data)

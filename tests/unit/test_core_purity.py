@@ -18,6 +18,7 @@ CORE = [
     "statemachine_admin",
     "statemachine_migration",
     "statemachine_checks",
+    "statemachine_fencing",
     "placement",
     "agent",
     "ports",

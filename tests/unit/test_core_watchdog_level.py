@@ -151,10 +151,13 @@ def test_the_watchdog_verdict_does_not_wait_for_a_hung_power_fence() -> None:
     watchdog verdict must not queue behind that attempt."""
     c = level_core()
     state = n2_failed(ARMED_S)
-    epoch = state.node("n2").failure_epoch
-    state = build(FenceStarted("n2", epoch, "n1", 0.0), state=state)
     at = deadline(c, ARMED_S)
     with_lease(c, state, at - 1.0)
+    # This leader starts attempt 2 itself (only the proposer of a start runs it).
+    (started,) = [x for x in commands(tick(c, state, at - 1.0)) if isinstance(x, FenceStarted)]
+    assert started.attempt == 2
+    c.proposal_done(ProposalKey(ProposalKind.FENCE_STARTED, "n2"), ACCEPTED, at - 0.95)
+    state = build(started, state=state)
     step = tick(c, state, at - 0.9)
     assert of(RunFence, step.actions)  # attempt 2 runs now, and may hang
     with_lease(c, state, at)

@@ -50,7 +50,9 @@ class Mystery:
 
 
 class NoFencer:
-    async def fence(self, node: str, levels: Any, timeout_s: float) -> FenceOutcome:
+    async def fence(
+        self, node: str, levels: Any, timeout_s: float, *, may_act: Any = None
+    ) -> FenceOutcome:
         raise AssertionError("not called")
 
 

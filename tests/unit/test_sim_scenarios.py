@@ -32,6 +32,8 @@ REQUIRED = {
     "failed node returning after recovery": "failed_node_returns_after_recovery",
     "leader lost while a fence is pending": "leader_lost_while_fence_pending",
     "rejoin while a fence is in progress": "rejoin_while_fence_pending",
+    "two fences in flight after a leader change": "two_fences_after_leader_change",
+    "a fence outliving the new leader's failed retry": "fence_outlives_failed_retry",
     "fence failing then succeeding": "fence_fails_then_succeeds",
     "fencing levels": "fencing_levels",
     "repeated failures: restart, relocate, error": "guest_crash_loop_error",
