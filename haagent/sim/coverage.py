@@ -106,4 +106,8 @@ def coverage_faults(seed: int, sc: Scenario) -> bool:
     faults.sort(key=lambda f: f.t)
     numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
     sc.faults = numbered + [replace(s, line=HEALING_LINE + i) for i, s in enumerate(healing)]
-    return lost and any(s.verb in ("snapshot_fails", "config") for s in faults)
+    # A corrupted replica is found by the digests, the node is fenced and leaves Raft, and
+    # its damaged state outlives every restart: it is out for good until an admin
+    # wipes its Raft folder (README, safety rule 10), so its capacity and fresh legs are lost.
+    corrupted = any(s.verb == "corrupt" for s in faults)
+    return corrupted or (lost and any(s.verb in ("snapshot_fails", "config") for s in faults))

@@ -322,19 +322,23 @@ class InvariantChecker:
                 )
                 if g.failed_nodes:
                     text += f"; gave up on it: {', '.join(g.failed_nodes)}"
-                why = self._last_unplaced(spec.name)
-                if why:
-                    text += f"; last unplaced: {why}"
+                text += self._last_hold(spec.name)
                 problems.append(text)
         return problems
 
-    def _last_unplaced(self, guest: str) -> str:
+    def _last_hold(self, guest: str) -> str:
+        """Why `guest` is held, as the core last said: the leader found no node for it
+        ("last unplaced"), or its owner's start waits on storage ("start waits"), whichever
+        came after the guest's last assignment; "" when neither did."""
         for ev in reversed(self.world.trace):
+            data = dict(ev.data)
+            if data.get("guest") != guest:
+                continue
             if ev.name == "unplaced":
-                data = dict(ev.data)
-                if data.get("guest") == guest:
-                    return str(data.get("why"))
-            elif ev.name == "assign" and dict(ev.data).get("guest") == guest:
+                return f"; last unplaced: {data.get('why')}"
+            if ev.name == "start_waits":
+                return f"; start waits: {data.get('why')}"
+            if ev.name == "assign":
                 return ""
         return ""
 
