@@ -166,3 +166,15 @@ def test_a_destroy_waits_for_a_create_still_in_the_hypervisor(seed: int) -> None
     already placed elsewhere: two copies for ~50 ms. The fake now waits as the adapter does."""
     result = run_seed(seed, shrink=False)
     assert result.ok, result
+
+
+@pytest.mark.parametrize("seed", [341, 449, 587, 593, 1722])
+def test_the_liveness_findings_of_seeds_0_to_5249_heal(seed: int) -> None:
+    """Guests left dark after healing in the 5,250-seed run (each also a named scenario):
+    341, 449, 587, a heal-time thaw decided on the version from before a freeze still waiting
+    for a leader, refused as stale, so the node stayed frozen (admin_thaw_behind_queued_freeze);
+    593, a move whose target could never take the guest (move_target_blocked_by_anti_affinity);
+    1722, a drifted node alone up that made its config the cluster's
+    (config_drift_while_others_away)."""
+    result = run_seed(seed, shrink=False)
+    assert result.ok, result
