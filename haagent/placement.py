@@ -147,7 +147,14 @@ def plan(
         if target is not None and target.state is NodeState.UP:
             # An admin's move (`haagent guest move`) goes to its target only, and waits there
             # for what passes by itself (a start slot, a replica host coming back).
-            choice = _choose(state, guest, [n for n in allowed if n == guest.move_to], load, limit)
+            if guest.move_to in exclude:
+                # Not heard from for a while (or leaving): it comes back, or it is declared
+                # failed and no longer up, which drops the move (below).
+                why = f"move target {guest.move_to} not heard from: waiting"
+                choice = Unplaced(guest.name, why, waiting=True)
+            else:
+                only = [n for n in allowed if n == guest.move_to]
+                choice = _choose(state, guest, only, load, limit)
             if isinstance(choice, Unplaced) and not choice.waiting:
                 # The target cannot take it for a reason that lasts (an anti-affinity partner
                 # or other guests' memory there, maintenance, a missing network, it gave up on

@@ -196,3 +196,13 @@ def test_a_move_waits_for_a_start_slot_on_its_target() -> None:
     (unplaced,) = result.unplaced
     assert unplaced.waiting
     assert placed(state, CAP, 2) == {"a": "n2"}
+
+
+def test_a_move_waits_for_a_target_not_heard_from() -> None:
+    """A silent target (excluded by the leader) may come back: the move waits for it; once
+    it is declared failed it is no longer up and the move is dropped (swarm seed 217)."""
+    state = moved_a_to_n2(n2_guest_starting=True)
+    result = plan(state, CAP, 10, exclude=frozenset({"n2"}))
+    assert not result.placements
+    (unplaced,) = result.unplaced
+    assert unplaced.waiting and "not heard from" in unplaced.why
