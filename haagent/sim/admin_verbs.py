@@ -1,6 +1,8 @@
-"""The admin verbs of issue 12 part 5 in the simulator: what an admin's CLI sends, decided on
-the committed state of the moment (as the CLI reads it from an agent), through the world's
-admin queue (re-sent every second until it commits, like an admin who reads "unknown").
+"""The admin verbs of issue 12 part 5 in the simulator: what an admin's CLI sends, through the
+world's admin queue (re-sent every second until it commits, like an admin who reads
+"unknown"). The version a verb carries is read again from the committed state when the
+command is first sent (`decided_on`), as the CLI reads it from an agent; the one read when the
+step is scheduled is only what the trace's `fault_admin` line shows.
 """
 
 from __future__ import annotations
