@@ -13,7 +13,7 @@ import io
 import pytest
 
 from haagent import placement, statemachine
-from haagent.model import ClusterState, GuestRecord
+from haagent.model import ClusterState, FenceMethod, GuestRecord
 from haagent.sim.scenario import parse_scenario, run_scenario
 from haagent.sim.swarm import (
     SETTLE_S,
@@ -178,3 +178,21 @@ def test_the_liveness_findings_of_seeds_0_to_5249_heal(seed: int) -> None:
     (config_drift_while_others_away)."""
     result = run_seed(seed, shrink=False)
     assert result.ok, result
+
+
+def test_no_watchdog_fenced_node_is_corrupted_in_a_seed_that_disarms() -> None:
+    """Swarm seed 720: a corrupted replica takes its node out of the cluster for good; a
+    watchdog-fenced node whose watchdog a disarm released (committed as it left Raft, so it
+    never re-armed) cannot be proven off, and only an admin's confirm-fenced recovers its
+    guests (by design, issue 8 item 2): the swarm, which has no admin, does not draw it."""
+    checked = 0
+    for seed in range(1000):
+        sc = generate(seed)
+        if not any(f.verb == "disarm" for f in sc.faults):
+            continue
+        for step in sc.faults:
+            if step.verb == "corrupt":
+                checked += 1
+                assert sc.fence.get(step.args[0]) is not FenceMethod.WATCHDOG, seed
+    assert checked  # the rule is exercised: disarming seeds still corrupt other nodes
+    assert run_seed(720, shrink=False).ok
