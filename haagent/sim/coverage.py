@@ -109,4 +109,13 @@ def coverage_faults(seed: int, sc: Scenario) -> bool:
     faults.sort(key=lambda f: f.t)
     numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
     sc.faults = numbered + [replace(s, line=HEALING_LINE + i) for i, s in enumerate(healing)]
-    return lost and any(s.verb in ("snapshot_fails", "config") for s in faults)
+    return lost and any(s.verb in LOSING_VERBS for s in faults)
+
+
+LOSING_VERBS = ("snapshot_fails", "config")
+"""The faults that take a node out of the cluster for good (it boots with the same damage)."""
+
+
+def lost_nodes(sc: Scenario) -> frozenset[str]:
+    """The nodes `sc` takes out of the cluster for good (at most one in a drawn seed)."""
+    return frozenset(f.args[0] for f in sc.faults if f.verb in LOSING_VERBS)

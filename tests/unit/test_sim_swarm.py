@@ -196,3 +196,20 @@ def test_no_watchdog_fenced_node_is_corrupted_in_a_seed_that_disarms() -> None:
                 assert sc.fence.get(step.args[0]) is not FenceMethod.WATCHDOG, seed
     assert checked  # the rule is exercised: disarming seeds still corrupt other nodes
     assert run_seed(720, shrink=False).ok
+
+
+def test_a_drbd_guest_waiting_for_the_node_out_for_good_is_tolerated_only_for_that_node() -> None:
+    """Swarm seed 1666: an admin outdated n1's replica of g104 and n2, which held the only
+    up-to-date one, is out for good (damaged snapshot). An outdated replica is never promoted
+    (rule 5), so g104 waits for n2: by design, only an admin can decide to start from n1's.
+    Waiting for a node that is not out for good stays a finding."""
+    v = (
+        "t=82.092s seed=1666: not healed 45s after the last fault: g104 runs on no node "
+        "(committed: stopped on n1 at generation 3: cannot start here: local replica is "
+        "outdated - giving up); gave up on it: n1; last unplaced: failed on n1; waiting for "
+        "replica host n2"
+    )
+    assert classify([v], True, frozenset({"n2"})) == ((), (v,))
+    assert classify([v], True, frozenset({"n3"})) == ((v,), ())
+    assert classify([v], True) == ((v,), ())
+    assert run_seed(1666, shrink=False).ok
