@@ -14,6 +14,7 @@ import pytest
 
 from haagent import placement, statemachine
 from haagent.model import ClusterState, FenceMethod, GuestRecord
+from haagent.sim.coverage import lost_nodes
 from haagent.sim.scenario import parse_scenario, run_scenario
 from haagent.sim.swarm import (
     SETTLE_S,
@@ -196,6 +197,18 @@ def test_no_watchdog_fenced_node_is_corrupted_in_a_seed_that_disarms() -> None:
                 assert sc.fence.get(step.args[0]) is not FenceMethod.WATCHDOG, seed
     assert checked  # the rule is exercised: disarming seeds still corrupt other nodes
     assert run_seed(720, shrink=False).ok
+
+
+def test_a_corrupted_node_is_the_one_node_out_for_good() -> None:
+    """Swarm seed 1860: a corrupted replica keeps its node out for good (fenced, it rejoins
+    with the same replica), so the seed counts as one that lost a node: g204, whose only fresh
+    RAID1 leg was there, may wait (never a start from stale legs alone). No seed loses two
+    nodes, so the others keep a majority."""
+    for seed in range(1000):
+        assert len(lost_nodes(generate(seed))) <= 1, seed
+    sc, tolerant = draw(1860)
+    assert lost_nodes(sc) == {"n1"} and tolerant
+    assert run_seed(1860, shrink=False).ok
 
 
 def test_a_drbd_guest_waiting_for_the_node_out_for_good_is_tolerated_only_for_that_node() -> None:
