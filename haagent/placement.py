@@ -11,7 +11,7 @@ guests in milliseconds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from haagent.core.raid1 import placement_rank, why_no_fresh_leg
 from haagent.model import (
@@ -137,97 +137,114 @@ def plan(
                 slot.groups.add(g.spec.anti_affinity)
     orphans.sort(key=lambda g: (-g.spec.priority, g.name))
 
+    limit = max_concurrent_starts
     placements: list[Placement] = []
     unplaced: list[Unplaced] = []
     for guest in orphans:
-        spec = guest.spec
-        allowed = [n for n in load if spec.allows(n)]
+        allowed = [n for n in load if guest.spec.allows(n)]
         target = state.nodes.get(guest.move_to) if guest.move_to is not None else None
+        choice: str | Unplaced
         if target is not None and target.state is NodeState.UP:
-            # An admin's move (`haagent guest move`) goes to its target only, or waits.
-            allowed = [n for n in allowed if n == guest.move_to]
-            if not allowed:
-                unplaced.append(Unplaced(guest.name, f"move target {guest.move_to} unavailable"))
-                continue
-        # A target no longer up (failed, fenced, gone) cannot take the guest, which must not
-        # stay down waiting for it (swarm seed 217): it is placed like any other.
-        if not allowed:
-            unplaced.append(Unplaced(guest.name, "no allowed node is up"))
-            continue
-        untried = [n for n in allowed if n not in guest.failed_nodes]
-        away = _replica_hosts_away(guest, load)
-        if not untried and away:
-            # A DRBD guest whose up replica host gave up on it (its disk Outdated or
-            # Inconsistent, say) waits for the other replica's host rather than going to the
-            # error state: it is the only place the guest may run, and it may hold current data.
-            failed = ", ".join(guest.failed_nodes)
-            why = f"failed on {failed}; waiting for replica host {', '.join(away)}"
-            unplaced.append(Unplaced(guest.name, why, waiting=True))
-            continue
-        if not untried:
-            unplaced.append(
-                Unplaced(
-                    guest.name,
-                    f"failed on {', '.join(guest.failed_nodes)}; no other node allowed",
-                    hopeless=True,
-                )
-            )
-            continue
-        # Data before compute: a replica known to be behind is never promoted.
-        untried = [n for n in untried if n not in guest.outdated_nodes]
-        if not untried:
-            outdated = ", ".join(guest.outdated_nodes)
-            unplaced.append(Unplaced(guest.name, f"only outdated replicas are up ({outdated})"))
-            continue
-        if spec.storage is StorageKind.RAID1:
-            # Data before compute: never a start from stale legs alone; a node from which no
-            # fresh leg is reachable could only wait.
-            why = why_no_fresh_leg(state, guest, untried[0])
-            untried = [n for n in untried if not why_no_fresh_leg(state, guest, n)]
-            if not untried:
-                unplaced.append(Unplaced(guest.name, why))
-                continue
-        if spec.networks:
-            lacking = {n: state.node(n).lacks(spec) for n in untried}
-            untried = [n for n in untried if not lacking[n]]
-            if not untried:
-                unplaced.append(Unplaced(guest.name, _lacking(lacking)))
-                continue
-        fitting = [n for n in untried if load[n].free_mib >= spec.memory_mib]
-        if not fitting:
-            best = max(load[n].free_mib for n in untried)
-            unplaced.append(
-                Unplaced(
-                    guest.name,
-                    f"needs {spec.memory_mib} MiB, most free on an allowed node is {best} MiB",
-                )
-            )
-            continue
-        if spec.anti_affinity:
-            fitting = [n for n in fitting if spec.anti_affinity not in load[n].groups]
-            if not fitting:
-                unplaced.append(
-                    Unplaced(
-                        guest.name,
-                        f"anti-affinity: every node with room hosts a guest of group "
-                        f"{spec.anti_affinity!r}",
-                    )
-                )
-                continue
-        ready = [n for n in fitting if load[n].starts < max_concurrent_starts]
-        if not ready:
-            unplaced.append(
-                Unplaced(guest.name, "waiting: start limit reached on fitting nodes", waiting=True)
-            )
-            continue
-        node = min(ready, key=lambda n: (*_preference(state, guest, n), -load[n].free_mib, n))
-        slot = load[node]
-        slot.free_mib -= spec.memory_mib
-        slot.starts += 1
-        if spec.anti_affinity:
-            slot.groups.add(spec.anti_affinity)
-        placements.append(Placement(guest.name, node, guest.generation))
+            # An admin's move (`haagent guest move`) goes to its target only, and waits there
+            # for what passes by itself (a start slot, a replica host coming back).
+            if guest.move_to in exclude:
+                # Not heard from for a while (or leaving): it comes back, or it is declared
+                # failed and no longer up, which drops the move (below).
+                why = f"move target {guest.move_to} not heard from: waiting"
+                choice = Unplaced(guest.name, why, waiting=True)
+            else:
+                only = [n for n in allowed if n == guest.move_to]
+                choice = _choose(state, guest, only, load, limit)
+            if isinstance(choice, Unplaced) and not choice.waiting:
+                # The target cannot take it for a reason that lasts (an anti-affinity partner
+                # or other guests' memory there, maintenance, a missing network, it gave up on
+                # the guest): the move is dropped and the guest placed like any other, rather
+                # than stay down for good after its stop (swarm seed 593). The API refuses such
+                # a move, but only on its own, possibly stale, view of the committed state.
+                why = f"move target {guest.move_to} unavailable ({choice.why})"
+                choice = _choose(state, guest, allowed, load, limit)
+                if isinstance(choice, Unplaced):
+                    choice = replace(choice, why=f"{why}; {choice.why}")
+        else:
+            # A target no longer up (failed, fenced, gone) cannot take the guest, which must
+            # not stay down waiting for it (swarm seed 217): it is placed like any other.
+            choice = _choose(state, guest, allowed, load, limit)
+        if isinstance(choice, Unplaced):
+            unplaced.append(choice)
+        else:
+            placements.append(Placement(guest.name, choice, guest.generation))
     return Plan(tuple(placements), tuple(unplaced))
+
+
+def _choose(
+    state: ClusterState,
+    guest: GuestRecord,
+    allowed: list[str],
+    load: dict[str, _Load],
+    max_concurrent_starts: int,
+) -> str | Unplaced:
+    """The node among `allowed` that takes `guest` (its slot in `load` is charged), or why
+    none can."""
+    spec = guest.spec
+    if not allowed:
+        return Unplaced(guest.name, "no allowed node is up")
+    untried = [n for n in allowed if n not in guest.failed_nodes]
+    away = _replica_hosts_away(guest, load)
+    if not untried and away:
+        # A DRBD guest whose up replica host gave up on it (its disk Outdated or
+        # Inconsistent, say) waits for the other replica's host rather than going to the
+        # error state: it is the only place the guest may run, and it may hold current data.
+        failed = ", ".join(guest.failed_nodes)
+        why = f"failed on {failed}; waiting for replica host {', '.join(away)}"
+        return Unplaced(guest.name, why, waiting=True)
+    if not untried:
+        return Unplaced(
+            guest.name,
+            f"failed on {', '.join(guest.failed_nodes)}; no other node allowed",
+            hopeless=True,
+        )
+    # Data before compute: a replica known to be behind is never promoted.
+    untried = [n for n in untried if n not in guest.outdated_nodes]
+    if not untried:
+        outdated = ", ".join(guest.outdated_nodes)
+        return Unplaced(guest.name, f"only outdated replicas are up ({outdated})")
+    if spec.storage is StorageKind.RAID1:
+        # Data before compute: never a start from stale legs alone; a node from which no
+        # fresh leg is reachable could only wait.
+        why = why_no_fresh_leg(state, guest, untried[0])
+        untried = [n for n in untried if not why_no_fresh_leg(state, guest, n)]
+        if not untried:
+            return Unplaced(guest.name, why)
+    if spec.networks:
+        lacking = {n: state.node(n).lacks(spec) for n in untried}
+        untried = [n for n in untried if not lacking[n]]
+        if not untried:
+            return Unplaced(guest.name, _lacking(lacking))
+    fitting = [n for n in untried if load[n].free_mib >= spec.memory_mib]
+    if not fitting:
+        best = max(load[n].free_mib for n in untried)
+        return Unplaced(
+            guest.name,
+            f"needs {spec.memory_mib} MiB, most free on an allowed node is {best} MiB",
+        )
+    if spec.anti_affinity:
+        fitting = [n for n in fitting if spec.anti_affinity not in load[n].groups]
+        if not fitting:
+            return Unplaced(
+                guest.name,
+                f"anti-affinity: every node with room hosts a guest of group "
+                f"{spec.anti_affinity!r}",
+            )
+    ready = [n for n in fitting if load[n].starts < max_concurrent_starts]
+    if not ready:
+        return Unplaced(guest.name, "waiting: start limit reached on fitting nodes", waiting=True)
+    node = min(ready, key=lambda n: (*_preference(state, guest, n), -load[n].free_mib, n))
+    slot = load[node]
+    slot.free_mib -= spec.memory_mib
+    slot.starts += 1
+    if spec.anti_affinity:
+        slot.groups.add(spec.anti_affinity)
+    return node
 
 
 def _lacking(lacking: Mapping[str, tuple[str, ...]]) -> str:

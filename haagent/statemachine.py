@@ -169,25 +169,35 @@ CONFIG_DRIFT = "config differs from the cluster's"
 
 
 def _config_drift(state: ClusterState, c: Join) -> str | None:
-    """Why `c` may not join: another up node joined with a different cluster-wide config.
+    """Why `c` may not join: another node that has not left cleanly joined with a different
+    cluster-wide config.
 
-    The cluster's config is the one its up nodes joined with (the first node up sets it; it
-    changes only once every node has left, e.g. a stop of all agents). A node whose file says
-    otherwise gets no lease, so it never runs a guest under settings the others do not share.
-    O(nodes), and only for joins. Agents older than the field (None) are not checked.
+    The cluster's config is the one its nodes joined with (the first node up sets it). It
+    changes only once every other node has left cleanly (`Leave`, e.g. a stop of all agents)
+    or rejoined with the new one: a failed or fenced node still holds it, since it comes back
+    with its file and must be let in. Counting only up nodes let a node restarted with a
+    drifted file, finding every other node away (failed, fenced), make its config the
+    cluster's; the nodes with the original config, the majority, were then refused and the
+    cluster never had a majority again (swarm seed 1722). A node whose file says otherwise
+    gets no lease, so it never runs a guest under settings the others do not share. O(nodes),
+    and only for joins. Agents older than the field (None) are not checked.
     """
     if c.config_digest is None:
         return None
     for name, other in state.nodes.items():
         if (
             name != c.node
-            and other.state is NodeState.UP
+            and other.state is not NodeState.DOWN
             and other.config_digest is not None
             and other.config_digest != c.config_digest
         ):
+            where = (
+                "and every up node"
+                if other.state is NodeState.UP
+                else f"{other.state}: it has not left cleanly"
+            )
             return (
-                f"{CONFIG_DRIFT}: {c.config_digest} here, "
-                f"{other.config_digest} on {name} (and every up node)"
+                f"{CONFIG_DRIFT}: {c.config_digest} here, {other.config_digest} on {name} ({where})"
             )
     return None
 

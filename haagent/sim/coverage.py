@@ -51,8 +51,10 @@ def coverage_faults(seed: int, sc: Scenario) -> bool:
     if any(f.verb == "disarm" for f in sc.faults):
         losable = [n for n in sc.nodes if sc.fence.get(n) is not FenceMethod.WATCHDOG]
     lost = voters >= 3 and out < 0.16 and bool(losable)
+    lost_node = ""
     if lost:
         node, t = rng.choice(losable), when()
+        lost_node = node
         if out < 0.08:
             damage = Step(t, "snapshot_fails", (node,))
         else:
@@ -60,7 +62,18 @@ def coverage_faults(seed: int, sc: Scenario) -> bool:
             damage = Step(t, "config", (node, f"{key}={value}"))
         added.append([damage, Step(round(t + rng.uniform(0.0, 2.0), 3), "restart", (node,))])
     if rng.random() < 0.1:
-        added.append([Step(when(), "corrupt", (rng.choice(sc.nodes),))])
+        # A corrupted replica takes its node out of the cluster for good too (it diverges,
+        # leaves Raft, is fenced and rejoins with the same replica): with a disarm drawn, a
+        # watchdog-fenced node is not corrupted, for the reason given above (swarm seed 720:
+        # n1's watchdog was released by a disarm that committed as it left Raft, so its
+        # re-arm never could), and no second node is lost for good (the others keep a
+        # majority; swarm seed 1860 counts it as the node lost, so a guest left without room
+        # or with only stale legs is tolerated). Time and node are drawn as before, so the
+        # seed's later draws stay what they were.
+        t = when()
+        node = rng.choice(sc.nodes)
+        if node in losable and lost_node in ("", node):
+            added.append([Step(t, "corrupt", (node,))])
     if sc.guests and rng.random() < 0.25:
         guest, t = rng.choice(sc.guests).name, when()
         back = round(t + rng.uniform(0.5, 3.0), 3)
@@ -95,19 +108,20 @@ def coverage_faults(seed: int, sc: Scenario) -> bool:
                 link.append(Step(round(t + rng.uniform(0.5, 8.0), 3), "link_up", (node, iface)))
             added.append(link)
             healing.append(Step(heal_t, "link_up", (node, iface)))
-        # A hold-down short enough for a loss to outlast it within the faults, so guests
-        # leave by the network-loss policy (live migration in seeds with migration URIs,
-        # stop-and-restart otherwise); from a random of its own, so no other draw changes.
-        hold_rng = random.Random(f"haagent-swarm-hold-{seed}")
-        sc.settings["network_hold_down_s"] = hold_rng.choice([1.0, 2.0, 4.0])
     # A group that would not end before the healing is left out whole (the heal bound counts
     # from the healing, and half a pair could leave a guest disabled).
     faults += [s for group in added if max(s.t for s in group) < heal_t for s in group]
     faults.sort(key=lambda f: f.t)
     numbered = [replace(f, line=i) for i, f in enumerate(faults, start=1)]
     sc.faults = numbered + [replace(s, line=HEALING_LINE + i) for i, s in enumerate(healing)]
-    # A corrupted replica is found by the digests, the node is fenced and leaves Raft, and
-    # its damaged state outlives every restart: it is out for good until an admin
-    # wipes its Raft folder (README, safety rule 10), so its capacity and fresh legs are lost.
-    corrupted = any(s.verb == "corrupt" for s in faults)
-    return corrupted or (lost and any(s.verb in ("snapshot_fails", "config") for s in faults))
+    return any(s.verb in LOSING_VERBS for s in faults)
+
+
+LOSING_VERBS = ("snapshot_fails", "config", "corrupt")
+"""The faults that take a node out of the cluster for good (it boots with the same damage, a
+corrupted replica included)."""
+
+
+def lost_nodes(sc: Scenario) -> frozenset[str]:
+    """The nodes `sc` takes out of the cluster for good (at most one in a drawn seed)."""
+    return frozenset(f.args[0] for f in sc.faults if f.verb in LOSING_VERBS)

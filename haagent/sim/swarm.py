@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 from haagent.model import FenceMethod, GuestSpec, Raid1RunOn, StorageKind
-from haagent.sim.coverage import HEALING_LINE, coverage_faults
+from haagent.sim.coverage import HEALING_LINE, coverage_faults, lost_nodes
 from haagent.sim.invariants import shorten_trace
 from haagent.sim.scenario import LEADER, Scenario, Step, run_scenario, sim_legs
 
@@ -98,10 +99,22 @@ NO_ROOM = (
 )
 
 
-def no_room(violation: str) -> bool:
+def no_room(violation: str, lost: frozenset[str] = frozenset()) -> bool:
     """A guest left unplaced after healing for lack of room (tolerated in tight seeds and in
-    seeds where a node is out for good)."""
-    return "not healed" in violation and any(r in violation for r in NO_ROOM)
+    seeds where a node is out for good). `lost`: the nodes out for good; a DRBD guest its up
+    replica host gave up on (its disk outdated) that waits for the other replica host is
+    tolerated when that host is one of them (swarm seed 1666: n2, out for good, held the only
+    up-to-date replica; an outdated one is never promoted, rule 5), and a real finding when it
+    waits for any other node."""
+    if "not healed" not in violation:
+        return False
+    waiting = _WAITING_FOR.search(violation)
+    if waiting is not None:
+        return set(waiting.group(1).split(", ")) <= lost
+    return any(r in violation for r in NO_ROOM)
+
+
+_WAITING_FOR = re.compile(r"last unplaced: failed on [^;]*; waiting for replica host ([\w, -]+)$")
 
 
 @dataclass(frozen=True)
@@ -534,7 +547,7 @@ def run_seed(seed: int, shrink: bool = True) -> SeedResult:
     """Run one seed; on a violation, shrink its schedule and keep a shortened trace."""
     sc, tight = draw(seed)
     result = run_scenario(sc, settle_s=SETTLE_S)
-    unknown, room = classify(result.violations, tight)
+    unknown, room = classify(result.violations, tight, lost_nodes(sc))
     base = SeedResult(
         seed,
         unknown,
@@ -560,10 +573,13 @@ def run_seed(seed: int, shrink: bool = True) -> SeedResult:
     )
 
 
-def classify(violations: Sequence[str], tight: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def classify(
+    violations: Sequence[str], tight: bool, lost: frozenset[str] = frozenset()
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Split violations into (real ones, tolerated lack of room in a tight seed: a cluster
-    drawn with too little memory for its guests cannot run them all, whatever the agent does)."""
-    room = tuple(v for v in violations if tight and no_room(v))
+    drawn with too little memory for its guests cannot run them all, whatever the agent does,
+    or one that lost a node for good, `lost`)."""
+    room = tuple(v for v in violations if tight and no_room(v, lost))
     return tuple(v for v in violations if v not in room), room
 
 
@@ -597,7 +613,8 @@ def shrink_scenario(
         nonlocal runs
         runs += 1
         r = run_scenario(candidate, settle_s=SETTLE_S)
-        return any(violation_kind(v) == kind for v in classify(r.violations, tight)[0])
+        real = classify(r.violations, tight, lost_nodes(candidate))[0]
+        return any(violation_kind(v) == kind for v in real)
 
     current = sc
     if current.options.get("drop_probability"):
@@ -712,7 +729,7 @@ def _verbose(seeds: range, out: TextIO) -> int:
         print(f"# seed {seed}", file=out)
         out.write(sc.to_text())
         out.write(result.trace_text())
-        unknown, room = classify(result.violations, tight)
+        unknown, room = classify(result.violations, tight, lost_nodes(sc))
         if result.violations:
             print(result.checker.report(), file=out)
         for v in room:

@@ -110,6 +110,7 @@ from haagent.ports import (
     Outcome,
     OutcomeKind,
 )
+from haagent.sim import admin_verbs
 from haagent.sim.fence_peer import run_fence_peer
 from haagent.sim.migrations import FakeMigrator
 from haagent.sim.network import FakeNetwork
@@ -1294,7 +1295,7 @@ class World:
             if not pending.decided:
                 # The admin decides on what they see when they send it (the CLI reads the
                 # version from an agent), and a retry repeats that decision unchanged.
-                pending.command = self._decided_on(pending.command)
+                pending.command = admin_verbs.decided_on(self.committed_state, pending.command)
                 pending.decided = True
             pending.node = via
             self._try_commit(pending)
@@ -1311,16 +1312,6 @@ class World:
             self._admin_queue.insert(0, _Pending("", -1, None, again, answered=True))
         if self._admin_queue:
             self.at(self.now + 0.002, self._admin_attempt)
-
-    def _decided_on(self, command: Command) -> Command:
-        """`command` carrying the admin version of the committed record it is decided on, so
-        that a late re-delivery cannot undo a newer decision (issue 8 item 7)."""
-        state = self.committed_state
-        if isinstance(command, SetDesired) and command.guest in state.guests:
-            return replace(command, expect_version=state.guests[command.guest].admin_version)
-        if isinstance(command, SetMaintenance) and command.node in state.nodes:
-            return replace(command, expect_version=state.nodes[command.node].admin_version)
-        return command
 
     def disable(self, guest: str) -> None:
         self.admin(SetDesired(guest, DesiredState.STOPPED, "admin", 0.0), guest=guest)

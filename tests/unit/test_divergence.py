@@ -155,6 +155,29 @@ def test_the_first_node_up_sets_the_config_and_old_agents_are_not_checked() -> N
     assert ok.accepted
 
 
+def test_a_drifted_node_alone_up_cannot_make_its_config_the_clusters() -> None:
+    """Swarm seed 1722: the others are failed or fenced, not gone: their config is still the
+    cluster's, so the drifted node is refused and the original nodes are let back in."""
+    state = ClusterState()
+    for n in ("n1", "n2", "w1"):
+        state, ok = apply(state, Join(n, f"{n}-1", NodeRole.HYPERVISOR, True, 0.0, config_digest=A))
+        assert ok.accepted
+    for n, down_as in (("n1", NodeState.FENCED), ("w1", NodeState.FAILED)):
+        state = state.with_node(dataclasses.replace(state.node(n), state=down_as))
+    drifted = Join("n2", "n2-2", NodeRole.HYPERVISOR, True, 1.0, config_digest=B)
+    after, refused = apply(state, drifted)
+    assert not refused.accepted and refused.detail.startswith(CONFIG_DRIFT)
+    assert "it has not left cleanly" in refused.detail
+    assert after.node("n2").config_digest == A
+    back, ok = apply(after, Join("n1", "n1-2", NodeRole.HYPERVISOR, True, 2.0, config_digest=A))
+    assert ok.accepted and back.node("n1").state is NodeState.UP
+    # Once the others left cleanly, a new config may start the cluster (the stop-all path).
+    for n in ("n1", "w1"):
+        state = state.with_node(dataclasses.replace(state.node(n), state=NodeState.DOWN))
+    _, ok = apply(state, drifted)
+    assert ok.accepted
+
+
 def test_a_declaration_for_divergence_stands_against_newer_heartbeats_of_that_checkpoint() -> None:
     bad = Checkpoint(256, B)
     state = reporting(joined("n1", "n2", "n3"), n2=bad)

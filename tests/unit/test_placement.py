@@ -13,6 +13,7 @@ from haagent.commands import (
     GuestStarting,
     GuestStopped,
     Join,
+    MoveGuest,
 )
 from haagent.model import ClusterState, FailureEvidence, FenceMethod, GuestSpec, NodeRole
 from haagent.placement import plan
@@ -144,3 +145,57 @@ def test_planning_is_deterministic() -> None:
         *up("n1", "n2", "n3"), *guests(*(GuestSpec(f"g{i}", f"g{i}", 50) for i in range(20)))
     )
     assert plan(state, CAP, 4) == plan(state, CAP, 4)
+
+
+def moved_a_to_n2(n2_guest_starting: bool) -> ClusterState:
+    """`a` (group g, prefers n1) was moved to n2 and stopped on n1 for it; `b` is on n2: of
+    group g and running, or of no group and still starting (n2's one start slot taken)."""
+    group = "" if n2_guest_starting else "g"
+    b_cmds: list[Command] = [GuestStarting("b", "n2", 1, 0.0)]
+    if not n2_guest_starting:
+        b_cmds.append(GuestRunning("b", "n2", 2, 0.0))
+    return build(
+        *up("n1", "n2", "n3"),
+        *guests(
+            GuestSpec("a", "a", 100, preferred_nodes=("n1",), anti_affinity="g"),
+            GuestSpec("b", "b", 100, anti_affinity=group),
+        ),
+        AssignGuests((Assignment("a", "n1", 0), Assignment("b", "n2", 0)), "placed", 0.0),
+        GuestStarting("a", "n1", 1, 0.0),
+        GuestRunning("a", "n1", 2, 0.0),
+        *b_cmds,
+        MoveGuest("a", "n2", "admin", "", 0.0, 0),
+        GuestStopped("a", "n1", 2, False, False, "moving to n2", 0.0),
+    )
+
+
+def test_a_move_whose_target_can_never_take_the_guest_is_dropped() -> None:
+    """Swarm seed 593: the move committed although n2 hosts a guest of a's anti-affinity
+    group (the API checked a stale view). The guest is placed like any other, not left down
+    for good waiting for n2; the reason names the move target."""
+    state = moved_a_to_n2(n2_guest_starting=False)
+    assert state.guests["a"].move_to == "n2"
+    assert placed(state) == {"a": "n1"}
+    result = plan(state, {"n1": 0, "n2": 1000, "n3": 0}, 10)
+    (unplaced,) = result.unplaced
+    assert unplaced.why.startswith("move target n2 unavailable (anti-affinity: ")
+
+
+def test_a_move_waits_for_a_start_slot_on_its_target() -> None:
+    """Only a start limit holds the target back: that passes by itself, so the move waits."""
+    state = moved_a_to_n2(n2_guest_starting=True)
+    result = plan(state, CAP, 1)
+    assert not result.placements
+    (unplaced,) = result.unplaced
+    assert unplaced.waiting
+    assert placed(state, CAP, 2) == {"a": "n2"}
+
+
+def test_a_move_waits_for_a_target_not_heard_from() -> None:
+    """A silent target (excluded by the leader) may come back: the move waits for it; once
+    it is declared failed it is no longer up and the move is dropped (swarm seed 217)."""
+    state = moved_a_to_n2(n2_guest_starting=True)
+    result = plan(state, CAP, 10, exclude=frozenset({"n2"}))
+    assert not result.placements
+    (unplaced,) = result.unplaced
+    assert unplaced.waiting and "not heard from" in unplaced.why
