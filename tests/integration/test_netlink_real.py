@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,17 +74,26 @@ class Probe:
             stdout=subprocess.PIPE,
             text=True,
         )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read_lines, daemon=True).start()
 
     def next_report(self, deadline_s: float = 10.0) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        import select
-
-        ready, _, _ = select.select([self.proc.stdout], [], [], deadline_s)
-        assert ready, "no report from the probe"
-        line = self.proc.stdout.readline()
+        # Lines come from a reader thread: a select() on the pipe would miss a second report
+        # already read into the text wrapper's buffer together with the first (two reports
+        # close together, more likely under load: the CI flake of 2026-12-05).
+        try:
+            line = self.lines.get(timeout=deadline_s)
+        except queue.Empty:
+            raise AssertionError("no report from the probe") from None
         assert line, f"probe ended: {self.proc.wait(5)}"
         report: dict[str, Any] = json.loads(line)
         return report
+
+    def _read_lines(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put("")  # end of output
 
     def until(self, expected: dict[str, str], since: float) -> float:
         """Wait for a report with exactly `expected`; the wake-up latency after `since`."""
