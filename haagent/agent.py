@@ -213,6 +213,7 @@ class AgentCore:
         out = Outbox(now, self._wall_offset_s, self._in_flight)
         state = view.state
         lease_valid = self.lease.valid(now)
+        self.arming.observe(state, now, lease_valid)
         disarmed = self.arming.disarmed(state, now)
         # A diverged or incompatible node runs nothing, disarmed or not: it left Raft, so it
         # never learns the re-arm and would hold its guests until its own deadline (swarm seed
@@ -297,7 +298,7 @@ class AgentCore:
             lease_valid=lease_valid,
             left=self.lease.left,
             diverged=self.lease.diverged,
-            release_watchdog=disarmed or frozen_exit,
+            release_watchdog=self.arming.acts_disarmed(state, now) or frozen_exit,
         )
 
     def _divergence(self, out: Outbox, view: ConsensusView) -> Verdicts:

@@ -11,6 +11,12 @@ its deadline, so the cluster's record follows.
 While this node acts disarmed or is frozen (the `hold`), losing its lease does not destroy its
 guests and its watchdog stays quiet: nobody declares it failed or fences it then (`apply`
 refuses `DeclareFailed`), so nobody can recover its guests elsewhere, and they may keep running.
+Only a disarm this node saw while it held a valid lease (so it applied it about when it
+committed) gives the hold and releases its watchdog: a node that learns a disarm late (a
+restarted agent replaying its log, a node catching up after a cut) cannot tell how much of it
+is left, and counting all of it from then would keep its guests past the cluster's re-arm
+(swarm seed 2860); it acts armed, and only its leader duties (no declarations, the re-arm)
+count the disarm.
 
 After a re-arm a node's watchdog counts again only once the node committed
 `WatchdogRearmed` for the arming version: its agent re-opened the device (`watchdog_armed`,
@@ -35,18 +41,31 @@ class ArmingClock:
     def __init__(self, settings: AgentSettings, incarnation: str) -> None:
         self._settings = settings
         self._incarnation = incarnation
-        self._seen: tuple[int, float] = (-1, math.inf)  # (disarmed version, first seen at)
+        # (disarmed version, first seen at, seen while this node held a valid lease)
+        self._seen: tuple[int, float, bool] = (-1, math.inf, False)
         # Set by the shell: this agent's watchdog is open and armed (or was never released).
         self.watchdog_armed = True
 
+    def observe(self, state: ClusterState, now: float, lease_valid: bool) -> None:
+        """Note when this node first sees a disarmed version and whether it held a valid lease
+        then. Call at the start of every pass, before the other methods."""
+        arming = state.arming
+        if arming.disarmed and self._seen[0] != arming.version:
+            self._seen = (arming.version, now, lease_valid)
+
     def disarmed(self, state: ClusterState, now: float) -> bool:
-        """Does this node act disarmed at `now` (its own clock)?"""
+        """Is the committed disarm still running at `now` (its own clock), counted from when
+        this node first saw it? What the leader decides with (no declarations, the re-arm)."""
         arming = state.arming
         if not arming.disarmed:
             return False
-        if self._seen[0] != arming.version:
-            self._seen = (arming.version, now)
+        self.observe(state, now, lease_valid=False)  # unobserved: as if learned late
         return now < self._seen[1] + arming.for_s
+
+    def acts_disarmed(self, state: ClusterState, now: float) -> bool:
+        """Does this node itself act disarmed (keeps its guests without a lease, releases its
+        watchdog)? Only for a disarm it saw while holding a valid lease."""
+        return self.disarmed(state, now) and self._seen[2]
 
     def disarmed_since(self, state: ClusterState) -> float | None:
         """When this node first saw the committed disarm (its clock), None when armed."""
@@ -56,7 +75,7 @@ class ArmingClock:
 
     def hold(self, state: ClusterState, now: float) -> bool:
         """Keep this node's guests running without a lease (disarmed, or this node frozen)."""
-        return self.disarmed(state, now) or state.node(self._settings.node).frozen
+        return self.acts_disarmed(state, now) or state.node(self._settings.node).frozen
 
     def rearm_when_due(self, out: Outbox, state: ClusterState) -> None:
         """Leader: commit the re-arm once the planned duration passed on this node's clock."""

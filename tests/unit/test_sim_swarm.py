@@ -247,3 +247,11 @@ def test_a_drbd_guest_waiting_for_the_node_out_for_good_is_tolerated_only_for_th
     assert classify([v], True, frozenset({"n3"})) == ((v,), ())
     assert classify([v], True) == ((v,), ())
     assert run_seed(1666, shrink=False).ok
+
+
+def test_an_agent_restarted_during_a_disarm_does_not_hold_its_guests_past_the_rearm() -> None:
+    """Swarm seed 2860: n1's agent restarted during a disarm counted all of it again from the
+    restart, and, cut off, kept its guests past the cluster's re-arm (a lease-rule violation;
+    scenario disarm_learned_late_by_restart)."""
+    result = run_seed(2860, shrink=False)
+    assert result.ok, result
