@@ -20,7 +20,11 @@ reasoning shows up as a physical violation.
    cluster is disarmed or the node frozen nobody may be declared failed (`apply` refuses it),
    so nobody can recover its guests and it may keep them: the grace then runs from the end of
    that hold in the committed state (a node counts the disarm on its own clock from its own
-   apply, a few milliseconds after the commit).
+   apply, a few milliseconds after the commit). A disarm a node applied while holding a valid
+   lease is also a promise to that node for its whole duration: an early `arm` or a shorter
+   disarm it cannot hear (cut off) does not end it (swarm seed 5501); its guests stay safe
+   because they move only after a power fence or a re-armed watchdog (core.arming). A disarm
+   learned without a lease promises nothing (swarm seed 2860).
 5. After every fault healed, every wanted guest runs again, exactly once and where the
    committed state says, within a stated bound (`check_healed`).
 6. Data before compute: never two DRBD primaries of a resource, and no replica is ever promoted
@@ -41,8 +45,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from haagent.agent import AgentCore
 from haagent.commands import AssignGuests, GuestStarting, Heartbeat, Join, MigrationDone
-from haagent.model import ClusterState, DesiredState, FenceMethod, GuestState, NodeState
+from haagent.model import Arming, ClusterState, DesiredState, FenceMethod, GuestState, NodeState
 from haagent.sim.world import TraceEvent, World
 from haagent.statemachine import apply
 
@@ -78,6 +83,8 @@ class InvariantChecker:
     def __post_init__(self) -> None:
         self._protected = frozenset(g.domain for g in self.world.guest_specs)
         self._hold_seen_at: dict[str, float] = {}  # node -> last step with a committed hold
+        # node -> (its agent process, the disarm, its local time at first sight, lease then)
+        self._disarm_seen: dict[str, tuple[AgentCore, Arming, float, bool]] = {}
         self.world.observe(self)
 
     def __call__(self, world: World) -> None:
@@ -264,12 +271,15 @@ class InvariantChecker:
     def _leases(self, world: World) -> None:
         protected = self._protected
         for node in world.nodes.values():
-            if not node.powered or node.hung or node.agent is None or not node.domains:
+            if not node.powered or node.hung or node.agent is None:
                 continue
             agent = node.agent
             local_now = node.local(world.now)
+            promised = self._promised_hold(node.name, agent, node.state, local_now)
+            if not node.domains:
+                continue
             committed = world.committed_state
-            if committed.arming.disarmed or committed.node(node.name).frozen:
+            if committed.arming.disarmed or committed.node(node.name).frozen or promised:
                 self._hold_seen_at[node.name] = local_now
                 continue
             if agent.lease_valid(local_now):
@@ -295,6 +305,21 @@ class InvariantChecker:
                     f"{node.name} runs a protected guest {local_now - since:.2f}s after "
                     f"its lease ended (stop grace {s.stop_grace_s}s)"
                 )
+
+    def _promised_hold(
+        self, name: str, agent: AgentCore, applied: ClusterState, local_now: float
+    ) -> bool:
+        """Does a disarm this agent process applied while holding a valid lease still run, on
+        its own clock (whatever the committed state says since)?"""
+        arming = applied.arming
+        seen = self._disarm_seen.get(name)
+        fresh = seen is None or seen[0] is not agent or seen[1].version != arming.version
+        if arming.disarmed and fresh:
+            seen = (agent, arming, local_now, agent.lease_valid(local_now))
+            self._disarm_seen[name] = seen
+        if seen is None or seen[0] is not agent or not seen[3]:
+            return False
+        return local_now < seen[2] + seen[1].for_s
 
     # 5 --------------------------------------------------------------------------------------
 

@@ -255,3 +255,12 @@ def test_an_agent_restarted_during_a_disarm_does_not_hold_its_guests_past_the_re
     scenario disarm_learned_late_by_restart)."""
     result = run_seed(2860, shrink=False)
     assert result.ok, result
+
+
+def test_a_disarm_ended_early_leaves_a_cut_off_node_its_promised_hold() -> None:
+    """Swarm seed 5501: a shorter second disarm (as `cluster arm` would) reached the majority
+    but not n1, cut off, which held its guest to the first disarm's end; the checker counted
+    that against the lease rule although the guest moved only after a power fence (scenario
+    arm_early_while_cut)."""
+    result = run_seed(5501, shrink=False)
+    assert result.ok, result
