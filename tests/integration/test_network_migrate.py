@@ -36,10 +36,10 @@ from haagent.localcluster.cluster import (
     running_cluster,
     wait_for,
 )
+from tests.helpers.agents_migrate import show_logs
 from tests.helpers.cluster_watch import log_lines
 from tests.helpers.libvirtd_pair import LibvirtdPair
 from tests.helpers.migration_watch import DomainWatch
-from tests.integration.test_agents_migrate import show_logs
 
 pytestmark = pytest.mark.integration
 
