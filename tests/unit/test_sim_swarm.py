@@ -264,3 +264,11 @@ def test_a_disarm_ended_early_leaves_a_cut_off_node_its_promised_hold() -> None:
     arm_early_while_cut)."""
     result = run_seed(5501, shrink=False)
     assert result.ok, result
+
+
+def test_a_failed_node_leading_raft_without_a_lease_can_give_up_a_dead_fence() -> None:
+    """Swarm seed 6554: the attempt against n1 was started by n2, whose agent restarted; n1
+    came back, led Raft, and could not rejoin (an attempt in flight) nor give it up (no
+    lease): the cluster never healed."""
+    result = run_seed(6554, shrink=False)
+    assert result.ok, result
