@@ -262,6 +262,8 @@ class AgentCore:
             self.guests.migrations.evacuate(out, state, exclude, network)
         else:
             self.networks.not_leading()
+            if view.is_leader and self.lease.diverged is None:
+                self.fencing.abandon_dead_attempts(out, state.nodes)
 
         evacuate: dict[str, str] = {}
         if self.settings.role is NodeRole.HYPERVISOR:

@@ -197,6 +197,30 @@ class Fencing:
             # (the proposal's outcome was lost): nothing of it can act any more.
             self._give_up(out, node, record, "its fence agents returned, the verdict was lost")
             return
+        self._abandon_if_dead(out, node, record, nodes)
+
+    def abandon_dead_attempts(self, out: Outbox, nodes: Mapping[str, NodeRecord]) -> None:
+        """Leader without a lease: give up every attempt in flight whose fencer can no longer
+        act, and nothing else. A failed verdict moves no guest, so it needs no lease; without
+        it, a failed node that leads Raft (its rejoin waits for the verdict on a fence against
+        it, so it never gets a lease) would keep the verdict from ever coming (swarm seed
+        6554)."""
+        for node, record in sorted(nodes.items()):
+            if record.fence.in_progress_by is None:
+                continue
+            if ProposalKey(ProposalKind.FENCE_RESULT, node) in out.in_flight.proposals:
+                continue
+            if RunFence(node, record.failure_epoch, record.fence.attempts).key in (
+                out.in_flight.actions
+            ):
+                continue
+            self._abandon_if_dead(out, node, record, nodes)
+
+    def _abandon_if_dead(
+        self, out: Outbox, node: str, record: NodeRecord, nodes: Mapping[str, NodeRecord]
+    ) -> None:
+        """Give up the attempt in flight against `node` once its fencer can no longer act."""
+        s = self._settings
         seen = self._seen(node, record, out.now)
         by = record.fence.in_progress_by or ""
         fencer = nodes.get(by)

@@ -226,3 +226,23 @@ def test_fence_levels_stop_before_a_power_off_the_core_no_longer_wants(tmp_path:
     assert not outcome.ok and len(asked) == 2
     assert "level 2: stopped before bmc (fence_dummy) off" in outcome.detail, outcome.detail
     assert second.read_text() == "on"  # never switched off
+
+
+def test_a_leader_without_a_lease_gives_up_a_dead_attempt_against_itself_and_nothing_else() -> None:
+    """Swarm seed 6554: n2 was declared failed and fenced by n3, whose agent then restarted and
+    was lost; n2 came back and led Raft, but its rejoin waits for that attempt's verdict, so it
+    never got a lease, and only a leader with a lease gave attempts up: nobody ever could. A
+    failed verdict moves no guest, so the lease-less leader may give up a dead attempt."""
+    c = core("n2")
+    state = n2_failed_fenced_by("n3")
+    as_leader = view(state, leader=True, seen={"n1": T0, "n3": T0})
+    bound_s = may_act_s(c.settings)
+    for now in (T0, T0 + bound_s - 0.05):
+        step = c.tick(now, as_leader, local(now))
+        assert not c.lease_valid(now) and not fence_commands(step), now
+    step = c.tick(T0 + bound_s + 0.05, as_leader, local(T0 + bound_s + 0.05))
+    verdict = given_up(step)
+    assert verdict.node == "n2" and verdict.attempt == 1 and "no verdict from n3" in verdict.detail
+    # Nothing that needs the lease: no declaration, no new attempt, no placement.
+    assert [type(x) for x in commands(step) if not isinstance(x, Heartbeat)] == [FenceResult]
+    assert not of(RunFence, step.actions)

@@ -264,3 +264,26 @@ def test_a_disarm_ended_early_leaves_a_cut_off_node_its_promised_hold() -> None:
     arm_early_while_cut)."""
     result = run_seed(5501, shrink=False)
     assert result.ok, result
+
+
+def test_a_failed_node_leading_raft_without_a_lease_can_give_up_a_dead_fence() -> None:
+    """Swarm seed 6554: the attempt against n1 was started by n2, whose agent restarted; n1
+    came back, led Raft, and could not rejoin (an attempt in flight) nor give it up (no
+    lease): the cluster never healed."""
+    result = run_seed(6554, shrink=False)
+    assert result.ok, result
+
+
+def test_a_guest_every_remaining_node_gave_up_on_is_tolerated_only_with_the_rest_lost() -> None:
+    """Swarm seed 6922: n1 gave up on g3 after the start failures the seed drew, and n2, the
+    only other hypervisor, is out for good: only an admin's cleanup can help (by design)."""
+    v = (
+        "t=86.847s seed=6922: not healed 45s after the last fault: g3 runs on no node "
+        "(committed: running on n2 at generation 5: running on n2); gave up on it: n1; last "
+        "unplaced: failed on n1; no other node allowed"
+    )
+    both, three = frozenset({"n1", "n2"}), frozenset({"n1", "n2", "n3"})
+    assert classify([v], True, frozenset({"n2"}), both) == ((), (v,))
+    assert classify([v], True, frozenset({"n2"}), three) == ((v,), ())  # n3 could run it
+    assert classify([v], True, frozenset(), both) == ((v,), ())
+    assert run_seed(6922, shrink=False).ok
