@@ -60,12 +60,25 @@ def raise_if_ended(task: asyncio.Task[None] | None, what: str) -> None:
         raise RuntimeError(what) from task.exception()
 
 
+CANCEL_RETRY_S = 0.1
+
+
 async def cancel(task: asyncio.Task[None] | None) -> None:
-    """Cancel `task` (if any) and wait until it ended."""
-    if task is not None:
+    """Cancel `task` (if any) and wait until it ended; re-raise what it failed with, if not
+    the cancellation.
+
+    The cancel is repeated until the task ends: on Python 3.11 `asyncio.wait_for` returns the
+    inner result, swallowing a cancel, when the inner call completes just as the cancel
+    arrives (gh-86296, fixed in 3.12), and a looping task such as the observer then goes on
+    for ever. A shutdown that awaited it once hung after the agent had left cleanly (CI,
+    tests/integration/test_systemd.py)."""
+    if task is None:
+        return
+    while not task.done():
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=CANCEL_RETRY_S)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
 
 
 class Observer:

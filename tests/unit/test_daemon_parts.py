@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, cast
@@ -127,17 +127,26 @@ class SlowHypervisor:
         raise HypervisorError("gone")
 
 
+async def until(condition: Callable[[], bool], deadline_s: float = 10.0) -> None:
+    """Wait for `condition` with a deadline (a loaded machine may take its time)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not condition():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
 def test_the_observer_never_makes_a_reader_wait_and_reports_failure_as_unknown() -> None:
     async def scenario() -> None:
         hv = SlowHypervisor()
         woken: list[int] = []
         obs = Observer(cast(Any, hv), lambda: woken.append(1), interval_s=10, timeout_s=10)
         obs.start()
-        await asyncio.sleep(0.01)
-        assert hv.calls == 1 and obs.view().domains is None and not woken  # hung, not waited
+        await until(lambda: hv.calls == 1)
+        assert obs.view().domains is None and not woken  # hung, not waited
         hv.release.set()
-        await asyncio.sleep(0.01)
-        assert woken and obs.view().domains is None and obs.error == "gone"
+        await until(lambda: bool(woken))
+        assert obs.view().domains is None and obs.error == "gone"
         await obs.stop()
 
     asyncio.run(scenario())
