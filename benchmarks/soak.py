@@ -2,7 +2,7 @@
 """Soak: a healthy cluster on a lossy network under CPU pressure. Every disruption is false.
 
     .venv/bin/python benchmarks/soak.py [--nodes 3] [--minutes 30] [--loss 0.05] [--burners 2]
-                                         [--guests 6] [--profile robust|fast] [--json]
+                                         [--guests 6] [--profile robust|balanced|fast] [--json]
 
 Real `haagent run` agents, one per network namespace, on one bridge (tests/helpers/netns.py);
 fence_dummy, so a fence only records a power-off. Once every guest runs, nft drops `--loss` of
@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from haagent.localcluster.cluster import LocalCluster
+from haagent.timing import TIMING_PROFILES
 from tests.helpers.cluster_watch import ClusterWatch
 from tests.helpers.netns import NetnsLab
 from tests.helpers.netns_cluster import log_count, netns_plan, nft, wait_settled
@@ -259,7 +260,7 @@ def main() -> int:
     p.add_argument("--loss", type=float, default=0.05, help="fraction of frames dropped")
     p.add_argument("--burners", type=int, default=2, help="busy-loop processes")
     p.add_argument("--guests", type=int, default=6)
-    p.add_argument("--profile", choices=("robust", "fast"), default=None)
+    p.add_argument("--profile", choices=sorted(TIMING_PROFILES), default=None)
     p.add_argument("--keep", type=Path, default=None, help="run folder to keep (logs)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

@@ -132,6 +132,36 @@ RAFT_PORT_LIMITS: dict[str, Any] = {
     "allowReadonlyNodes": False,
 }
 
+RAFT_RETRANSMIT: dict[str, Any] = {
+    # One lost segment on a Raft connection must cost milliseconds, not Linux's 200 ms minimum
+    # RTO doubling per loss (200+400+800 ms after three: a lease-sized stall at 5 % loss).
+    # The RTO still follows the measured RTT, so a slow link keeps the RTO it needs.
+    "quickRetransmit": True,
+    "tcpRtoMinUs": 20_000,
+    # Our ACK must not wait longer than the peer's short RTO (else it retransmits for nothing).
+    "tcpDelackMaxUs": 10_000,
+}
+
+
+def retransmit_gap() -> str | None:
+    """Why this kernel cannot give Raft's connections a short minimum RTO (None: it can).
+
+    Without it a lost segment waits Linux's 200 ms minimum RTO, doubling per loss (three
+    losses of one segment: 1.4 s), which a lease under 3 s may not outlive on a lossy link.
+    """
+    from haagent.vendor.pysyncobj.tcp_connection import TCP_RTO_MIN_US
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MIN_US, RAFT_RETRANSMIT["tcpRtoMinUs"])
+        except OSError as exc:
+            return (
+                f"this kernel ({os.uname().release}) has no per-socket TCP_RTO_MIN_US "
+                f"(Linux 6.16+): {exc.strerror}"
+            )
+    return None
+
+
 _FAIL_NAMES = {
     FAIL_REASON.QUEUE_FULL: "queue full",
     FAIL_REASON.MISSING_LEADER: "no leader",
@@ -233,6 +263,13 @@ class RaftConsensus:
     def start(self) -> None:
         """Bind the Raft port and start the tick thread. Replays the journal if present."""
         min_s, max_s = self._election
+        gap = retransmit_gap()
+        if gap is not None:
+            log.warning(
+                "Raft retransmits slowly: %s; a lease under 3 s needs `ip route ... rto_min "
+                '20ms` towards the peers, or [timing] profile = "robust"',
+                gap,
+            )
         kwargs: dict[str, Any] = {}
         if self._persist:
             _durable_mkdir(self._data_dir)
@@ -261,6 +298,7 @@ class RaftConsensus:
             logCompactionMinTime=300,
             onStateChanged=lambda old, new: self._wake(),
             **RAFT_PORT_LIMITS,
+            **RAFT_RETRANSMIT,
             **kwargs,
         )
         others = [addr for name, addr in sorted(self._addresses.items()) if name != self.node]

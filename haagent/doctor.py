@@ -32,7 +32,38 @@ class DoctorError(RuntimeError):
 
 def check_here(cfg: Config, say: Callable[[str], None] = print) -> int:
     """Print what is missing on this host for the guests that may run on it; 1 if anything."""
-    return max(check_networks_here(cfg, say), check_disks_here(cfg, say))
+    return max(
+        check_raft_link_here(cfg, say), check_networks_here(cfg, say), check_disks_here(cfg, say)
+    )
+
+
+# A lease this long outlives Linux's default retransmission back-off (200 + 400 + 800 ms after
+# three losses of one segment) plus a heartbeat period; a shorter one needs a short minimum RTO.
+SLOW_RETRANSMIT_SAFE_LEASE_S = 3.0
+
+
+def check_raft_link_here(cfg: Config, say: Callable[[str], None] = print) -> int:
+    """Whether this kernel retransmits Raft's segments quickly enough for the configured lease
+    (1 if not: see `raft_link_verdict`)."""
+    from haagent.consensus import retransmit_gap
+
+    status, line = raft_link_verdict(cfg.timing.lease_s, retransmit_gap())
+    say(line)
+    return status
+
+
+def raft_link_verdict(lease_s: float, gap: str | None) -> tuple[int, str]:
+    """1 and why, if the lease is under 3 s and the kernel lacks a short minimum RTO (`gap`
+    says why, from `consensus.retransmit_gap`); else 0 and what holds."""
+    if gap is None:
+        return 0, "  raft link: lost segments are retransmitted within ~20 ms (TCP_RTO_MIN_US)"
+    if lease_s >= SLOW_RETRANSMIT_SAFE_LEASE_S:
+        return 0, f"  raft link: {gap}; the {lease_s}s lease tolerates it"
+    return 1, (
+        f"  raft link: {gap}: with a {lease_s}s lease a lossy link can cost healthy nodes "
+        "their lease; set `rto_min 20ms` on the route to the peers (ip route), or "
+        '[timing] profile = "robust"'
+    )
 
 
 def check_networks_here(cfg: Config, say: Callable[[str], None] = print) -> int:

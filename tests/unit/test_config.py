@@ -112,6 +112,9 @@ def test_timing_profiles_give_defaults_and_explicit_keys_win(tmp_path: Path) -> 
     robust = load_config(write(tmp_path, VALID)).timing
     assert robust == TIMING_PROFILES["robust"] == TIMING_PROFILES[DEFAULT_TIMING_PROFILE]
     assert (robust.lease_s, robust.failure_timeout_s) == (3.0, 4.0)
+    balanced = load_config(write(tmp_path, VALID + '\n[timing]\nprofile = "balanced"\n')).timing
+    assert balanced == TIMING_PROFILES["balanced"]
+    assert (balanced.lease_s, balanced.failure_timeout_s) == (1.2, 1.6)
     fast = load_config(write(tmp_path, VALID + '\n[timing]\nprofile = "fast"\n')).timing
     assert fast == TIMING_PROFILES["fast"]
     assert (fast.lease_s, fast.failure_timeout_s) == (1.0, 1.4)
@@ -176,7 +179,7 @@ def test_a_drbd_guest_parses(tmp_path: Path) -> None:
         (
             VALID + '\n[timing]\nprofile = "quick"\n',
             "timing.profile",
-            "must be one of fast, robust",
+            "must be one of balanced, fast, robust",
         ),
         (VALID + '\n[timing]\nlease_s = "1"\n', "timing.lease_s", "must be a number"),
         (

@@ -189,6 +189,14 @@ class SyncObjConf(object):
         #: ~160-260 bytes each when encrypted).
         self.handshakeFrameSize = kwargs.get('handshakeFrameSize', 2 ** 12)
 
+        #: haagent: quick retransmission on every Raft connection (tcp_connection.
+        #: set_quick_retransmit): thin-stream linear timeouts, and where the kernel has them a
+        #: per-socket minimum RTO and maximum delayed-ACK time in microseconds (None: kernel
+        #: default).
+        self.quickRetransmit = kwargs.get('quickRetransmit', False)
+        self.tcpRtoMinUs = kwargs.get('tcpRtoMinUs', None)
+        self.tcpDelackMaxUs = kwargs.get('tcpDelackMaxUs', None)
+
         #: Bytes read from one connection per poll event (the rest waits for the next tick).
         self.readBudget = kwargs.get('readBudget', 2 ** 18)
 

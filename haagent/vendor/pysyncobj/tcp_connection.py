@@ -119,12 +119,56 @@ def set_keepalive(sock, after_idle_sec=1, interval_sec=3, max_fails=5):
         set_keepalive_windows(sock, after_idle_sec, interval_sec, max_fails)
 
 
+# haagent: Linux socket options for quick retransmission on a cluster link (PATCHES.md).
+# Python's socket module names neither of the newer two; the numbers are the kernel's ABI.
+TCP_THIN_LINEAR_TIMEOUTS = 16   # since Linux 2.6.34
+TCP_RTO_MIN_US = 45             # since Linux 6.16 (EINVAL/ENOPROTOOPT before)
+TCP_DELACK_MAX_US = 46          # since Linux 6.16
+
+#: What the last call of set_quick_retransmit could apply: {'rto_min_us': int | None,
+#: 'delack_max_us': int | None, 'thin_linear': bool}. None: the kernel refused the option.
+QUICK_RETRANSMIT_APPLIED = {}
+
+
+def set_quick_retransmit(sock, rtoMinUs, delackMaxUs):
+    """Make one lost segment cost milliseconds instead of Linux's 200 ms minimum RTO with
+    exponential back-off (200, 400, 800 ms: a lease-sized stall after three losses).
+
+    * rtoMinUs: the per-socket minimum retransmission timeout. The RTO still adapts to the
+      measured RTT (srtt + 4 rttvar), so on a slow link it stays as large as it must be.
+    * delackMaxUs: the longest this side delays an ACK, so that the peer's short RTO does not
+      fire while our ACK waits.
+    * thin linear timeouts: while fewer than 4 segments are in flight (heartbeats, appends),
+      the first 6 retransmissions do not back off exponentially.
+    Options the kernel lacks are skipped (recorded as None); none of this changes what is sent.
+    """
+    applied = {'rto_min_us': None, 'delack_max_us': None, 'thin_linear': False}
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, 1)
+        applied['thin_linear'] = True
+    except (OSError, ValueError):
+        pass
+    for key, opt, value in (('rto_min_us', TCP_RTO_MIN_US, rtoMinUs),
+                            ('delack_max_us', TCP_DELACK_MAX_US, delackMaxUs)):
+        if value is None:
+            continue
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, opt, int(value))
+            applied[key] = sock.getsockopt(socket.IPPROTO_TCP, opt)
+        except (OSError, ValueError):
+            pass
+    QUICK_RETRANSMIT_APPLIED.clear()
+    QUICK_RETRANSMIT_APPLIED.update(applied)
+    return applied
+
+
 class TcpConnection(object):
 
     def __init__(self, poller, onMessageReceived = None, onConnected = None, onDisconnected = None,
                  socket=None, timeout=10.0, sendBufferSize = 2 ** 13, recvBufferSize = 2 ** 13,
                  keepalive=None, maxFrameSize=DEFAULT_MAX_FRAME_SIZE,
-                 handshakeFrameSize=DEFAULT_HANDSHAKE_FRAME_SIZE, readBudget=DEFAULT_READ_BUDGET):
+                 handshakeFrameSize=DEFAULT_HANDSHAKE_FRAME_SIZE, readBudget=DEFAULT_READ_BUDGET,
+                 rtoMinUs=None, delackMaxUs=None, quickRetransmit=False):
         self.sendRandKey = None
         self.recvRandKey = None
         self.recvLastTimestamp = 0
@@ -147,11 +191,13 @@ class TcpConnection(object):
         self.__timeout = timeout
         self.__poller = poller
         self.__keepalive = keepalive
+        self.__quickRetransmit = (rtoMinUs, delackMaxUs) if quickRetransmit else None
         if socket is not None:
             self.__socket = socket
             self.__fileno = socket.fileno()
             self.__state = CONNECTION_STATE.CONNECTED
             self.setSockoptKeepalive()
+            self.setSockoptQuickRetransmit()
             self.__poller.subscribe(self.__fileno,
                                      self.__processConnection,
                                      POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR)
@@ -165,6 +211,11 @@ class TcpConnection(object):
         self.__onDisconnected = onDisconnected
         self.__sendBufferSize = sendBufferSize
         self.__recvBufferSize = recvBufferSize
+
+    def setSockoptQuickRetransmit(self):
+        if self.__socket is None or self.__quickRetransmit is None:
+            return
+        set_quick_retransmit(self.__socket, *self.__quickRetransmit)
 
     def setSockoptKeepalive(self):
         if self.__socket is None:
@@ -223,6 +274,7 @@ class TcpConnection(object):
         self.__socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.__recvBufferSize)
         self.__socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.setSockoptKeepalive()
+        self.setSockoptQuickRetransmit()
         self.__socket.setblocking(0)
         self.__resetHandshake()
         self.__writeBuffer = bytearray()

@@ -2,7 +2,7 @@ import errno
 import socket
 
 from .poller import POLL_EVENT_TYPE
-from .tcp_connection import TcpConnection, _getAddrType
+from .tcp_connection import TcpConnection, _getAddrType, set_quick_retransmit
 
 
 _TRANSIENT_ACCEPT_ERRORS = (
@@ -51,6 +51,12 @@ class TcpServer(object):
         self.__socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.__recvBufferSize)
         self.__socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.__socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # haagent: on the listener too, so that an accepted socket has the short minimum RTO
+        # from its handshake on (set only after accept, it would keep the 200 ms RTO computed
+        # during the handshake until its next RTT sample).
+        if self.__connectionKwargs.get('quickRetransmit'):
+            set_quick_retransmit(self.__socket, self.__connectionKwargs.get('rtoMinUs'),
+                                 self.__connectionKwargs.get('delackMaxUs'))
         self.__socket.setblocking(0)
         self.__socket.bind((self.__host, self.__port))
         self.__socket.listen(self.__listenBacklog)

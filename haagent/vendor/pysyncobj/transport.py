@@ -302,6 +302,9 @@ class TCPTransport(Transport):
             'maxFrameSize': conf.maxFrameSize,
             'handshakeFrameSize': conf.handshakeFrameSize,
             'readBudget': conf.readBudget,
+            'quickRetransmit': conf.quickRetransmit,
+            'rtoMinUs': conf.tcpRtoMinUs,
+            'delackMaxUs': conf.tcpDelackMaxUs,
         }
 
     def _maybeBind(self):

@@ -1,0 +1,39 @@
+"""`haagent check-config --here` on the Raft link: does this kernel retransmit quickly enough
+for the configured lease (haagent.doctor.raft_link_verdict, consensus.retransmit_gap)?"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from haagent.consensus import retransmit_gap
+from haagent.doctor import raft_link_verdict
+from haagent.vendor.pysyncobj.tcp_connection import TCP_RTO_MIN_US
+
+
+def test_a_short_lease_without_quick_retransmission_is_a_problem_with_advice() -> None:
+    status, line = raft_link_verdict(1.2, "this kernel (6.1.0) has no per-socket TCP_RTO_MIN_US")
+    assert status == 1
+    assert "rto_min 20ms" in line and 'profile = "robust"' in line and "1.2s lease" in line
+
+
+def test_the_robust_lease_tolerates_slow_retransmission() -> None:
+    status, line = raft_link_verdict(3.0, "this kernel (6.1.0) has no per-socket TCP_RTO_MIN_US")
+    assert status == 0 and "tolerates it" in line
+
+
+def test_quick_retransmission_is_fine_for_any_lease() -> None:
+    assert raft_link_verdict(1.2, None)[0] == 0
+
+
+def test_the_probe_tells_the_truth_about_this_kernel() -> None:
+    with socket.socket() as s:
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MIN_US, 20_000)
+            supported = True
+        except OSError:
+            supported = False
+    gap = retransmit_gap()
+    assert (gap is None) == supported
+    if gap is not None:
+        assert os.uname().release in gap
