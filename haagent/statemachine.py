@@ -15,8 +15,10 @@ The safety rules of DESIGN.md that live here:
   so a declaration can never overtake a heartbeat that was committed before it.
 
 The admin verbs' handlers live in `haagent.statemachine_admin`, live migration's in
-`haagent.statemachine_migration`; `apply` dispatches to them. Checks several commands make
-(`owner_check`, `target_refusal`) are in `haagent.statemachine_checks`.
+`haagent.statemachine_migration`, fencing's in `haagent.statemachine_fencing`, an owner's
+reports about its guests in `haagent.statemachine_reports`; `apply` dispatches to them.
+Checks several commands make (`owner_check`, `target_refusal`) are in
+`haagent.statemachine_checks`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from typing import Any
 import haagent.statemachine_admin as admin
 import haagent.statemachine_fencing as fencing
 import haagent.statemachine_migration as migration
+import haagent.statemachine_reports as reports
 from haagent.commands import (
-    MAX_LEG_TEXT,
     MAX_MISSING_NETWORKS,
     AssignGuests,
     CleanupGuest,
@@ -70,10 +72,8 @@ from haagent.model import (
     GuestSpec,
     GuestState,
     NodeState,
-    StaleLeg,
-    StorageKind,
 )
-from haagent.statemachine_checks import owner_check, target_refusal
+from haagent.statemachine_checks import target_refusal
 from haagent.statemachine_migration import ended
 
 
@@ -383,134 +383,6 @@ def _assign(state: ClusterState, c: AssignGuests) -> tuple[ClusterState, Result]
     return state.with_guests(list(changed.values())), Result(True, "; ".join(refused))
 
 
-def _guest_starting(state: ClusterState, c: GuestStarting) -> tuple[ClusterState, Result]:
-    why = owner_check(state, c.guest, c.node, c.generation)
-    if why:
-        return _refuse(state, why)
-    guest = state.guests[c.guest]
-    if guest.desired is not DesiredState.RUNNING:
-        return _refuse(state, f"{c.guest} is disabled")
-    if guest.state is not GuestState.STOPPED:
-        return _refuse(state, f"{c.guest} is {guest.state}")
-    lacks = state.node(c.node).lacks(guest.spec)
-    if lacks:
-        return _refuse(state, f"{c.node} lacks {', '.join(lacks)}")
-    # Every start gets its own generation, not only every change of owner: the reports about
-    # one start (running, stopped) name it, so a report about an earlier start that pysyncobj
-    # delivers again later is refused instead of undoing what happened since.
-    record = replace(
-        guest,
-        state=GuestState.STARTING,
-        generation=guest.generation + 1,
-        reason=f"starting on {c.node}",
-        changed_at=c.at,
-    )
-    return state.with_guest(record), OK
-
-
-def _guest_running(state: ClusterState, c: GuestRunning) -> tuple[ClusterState, Result]:
-    why = owner_check(state, c.guest, c.node, c.generation)
-    if why:
-        return _refuse(state, why)
-    guest = state.guests[c.guest]
-    if guest.state is GuestState.RUNNING:
-        return state, Result(True, "already running")
-    if guest.state is not GuestState.STARTING:
-        # Only a committed start can be running: a late copy of a report about an earlier
-        # start (same generation, before the next start) must not undo a stop.
-        return _refuse(state, f"{c.guest} is {guest.state}, not starting")
-    record = replace(
-        guest, state=GuestState.RUNNING, reason=f"running on {c.node}", changed_at=c.at
-    )
-    return state.with_guest(record), OK
-
-
-def _guest_stopped(state: ClusterState, c: GuestStopped) -> tuple[ClusterState, Result]:
-    why = owner_check(state, c.guest, c.node, c.generation)
-    if why:
-        return _refuse(state, why)
-    guest = state.guests[c.guest]
-    failures = guest.failures
-    failed_nodes = guest.failed_nodes
-    if c.failed and c.fresh_count:
-        # A crash after a long stable run is a new problem, not the next step of an old one:
-        # the history (count, nodes that gave up) is forgotten.
-        failures, failed_nodes = 1, ()
-    elif c.failed:
-        failures = guest.failures + 1
-    if c.give_up:
-        # This owner gave up: the leader moves it on (or puts it in error).
-        failures = 0
-        if c.node not in failed_nodes:
-            failed_nodes = (*failed_nodes, c.node)
-    record = replace(
-        guest,
-        state=GuestState.STOPPED,
-        failures=failures,
-        failed_nodes=failed_nodes,
-        reason=c.reason,
-        changed_at=c.at,
-        migration=ended(guest.migration, f"stopped on {c.node}", c.at),
-    )
-    return state.with_guest(record), OK
-
-
-def _guest_error(state: ClusterState, c: GuestError) -> tuple[ClusterState, Result]:
-    guest = state.guests.get(c.guest)
-    if guest is None:
-        return _refuse(state, f"unknown guest {c.guest!r}")
-    if guest.generation != c.generation or guest.state is not GuestState.STOPPED:
-        return _refuse(state, f"{c.guest} is {guest.state} at generation {guest.generation}")
-    record = replace(guest, state=GuestState.ERROR, reason=c.reason, changed_at=c.at)
-    return state.with_guest(record), OK
-
-
-def _replica(
-    state: ClusterState, c: ReplicaOutdated | ReplicaUpToDate
-) -> tuple[ClusterState, Result]:
-    why = owner_check(state, c.guest, c.by, c.generation)
-    if why:
-        return _refuse(state, why)
-    guest = state.guests[c.guest]
-    if guest.spec.peer_of(c.by) != c.node:
-        return _refuse(state, f"{c.node} holds no replica of {c.guest} next to {c.by}")
-    outdated = tuple(n for n in guest.outdated_nodes if n != c.node)
-    if isinstance(c, ReplicaOutdated):
-        outdated = (*outdated, c.node)
-    if outdated == guest.outdated_nodes:
-        return state, Result(True, "unchanged")
-    return state.with_guest(replace(guest, outdated_nodes=outdated)), OK
-
-
-def _leg(state: ClusterState, c: LegStale | LegFresh) -> tuple[ClusterState, Result]:
-    """Leg freshness of a raid1 guest, from its owner at its generation. The one rule kept
-    here whatever the proposer believes: at least one leg stays fresh, since a guest is
-    never started from stale legs alone (a stale-only guest would wait for an admin)."""
-    why = owner_check(state, c.guest, c.by, c.generation)
-    if why:
-        return _refuse(state, why)
-    guest = state.guests[c.guest]
-    if guest.spec.storage is not StorageKind.RAID1 or guest.spec.leg(c.leg) is None:
-        return _refuse(state, f"{c.guest} has no raid1 leg {c.leg!r}")
-    text = c.reason if isinstance(c, LegStale) else c.evidence
-    if len(text) > MAX_LEG_TEXT:
-        return _refuse(state, f"{c.type_name} text longer than {MAX_LEG_TEXT} characters")
-    others = tuple(s for s in guest.stale_legs if s.leg != c.leg)
-    if isinstance(c, LegFresh):
-        if len(others) == len(guest.stale_legs):
-            return state, Result(True, "unchanged")
-        record = replace(guest, stale_legs=others, reason=f"leg {c.leg} fresh: {c.evidence}")
-        return state.with_guest(record), OK
-    if guest.leg_stale(c.leg):
-        return state, Result(True, "unchanged")
-    fresh = [leg.id for leg in guest.spec.legs if leg.id != c.leg and not guest.leg_stale(leg.id)]
-    if not fresh:
-        return _refuse(state, f"{c.guest}: leg {c.leg} is its last fresh leg")
-    stale = (*others, StaleLeg(c.leg, c.generation, c.by, c.reason))
-    record = replace(guest, stale_legs=stale, reason=f"leg {c.leg} stale: {c.reason}")
-    return state.with_guest(record), OK
-
-
 def _set_maintenance(state: ClusterState, c: SetMaintenance) -> tuple[ClusterState, Result]:
     if c.node not in state.nodes:
         return _refuse(state, f"unknown node {c.node!r} (it never joined)")
@@ -559,21 +431,21 @@ _HANDLERS: dict[type[Command], Callable[[ClusterState, Any], tuple[ClusterState,
     DefineGuest: _define_guest,
     SetDesired: _set_desired,
     AssignGuests: _assign,
-    GuestStarting: _guest_starting,
-    GuestRunning: _guest_running,
-    GuestStopped: _guest_stopped,
-    GuestError: _guest_error,
+    GuestStarting: _handled(reports.guest_starting),
+    GuestRunning: _handled(reports.guest_running),
+    GuestStopped: _handled(reports.guest_stopped),
+    GuestError: _handled(reports.guest_error),
     SetMaintenance: _set_maintenance,
-    ReplicaOutdated: _replica,
-    ReplicaUpToDate: _replica,
+    ReplicaOutdated: _handled(reports.replica),
+    ReplicaUpToDate: _handled(reports.replica),
     ConfirmFenced: _handled(fencing.confirm_fenced),
     NetworkCondition: _network_condition,
     MigrateGuest: _handled(migration.migrate_guest),
     MigrationDone: _handled(migration.migration_done),
     MigrationAborted: _handled(migration.migration_aborted),
     MigrationResumed: _handled(migration.migration_resumed),
-    LegStale: _leg,
-    LegFresh: _leg,
+    LegStale: _handled(reports.leg),
+    LegFresh: _handled(reports.leg),
     CleanupGuest: _handled(admin.cleanup_guest),
     MoveGuest: _handled(admin.move_guest),
     SetArming: _handled(admin.set_arming),

@@ -169,8 +169,7 @@ class Fencing:
         s = self._settings
         epoch, attempt = record.failure_epoch, record.fence.attempts
         run = RunFence(node, epoch, attempt)
-        result_key = ProposalKey(ProposalKind.FENCE_RESULT, node)
-        if run.key in out.in_flight.actions or result_key in out.in_flight.proposals:
+        if _pending_here(out, node, record):
             return  # the fence runs here, or a verdict is on its way
         ident = (node, epoch, attempt)
         proposed = self._proposed.get(node)
@@ -206,13 +205,7 @@ class Fencing:
         it, so it never gets a lease) would keep the verdict from ever coming (swarm seed
         6554)."""
         for node, record in sorted(nodes.items()):
-            if record.fence.in_progress_by is None:
-                continue
-            if ProposalKey(ProposalKind.FENCE_RESULT, node) in out.in_flight.proposals:
-                continue
-            if RunFence(node, record.failure_epoch, record.fence.attempts).key in (
-                out.in_flight.actions
-            ):
+            if record.fence.in_progress_by is None or _pending_here(out, node, record):
                 continue
             self._abandon_if_dead(out, node, record, nodes)
 
@@ -307,3 +300,11 @@ class Fencing:
         )
         key = ProposalKey(ProposalKind.FENCE_RESULT, run.node)
         return events, Proposal(key, verdict, s.commit_timeout_s)
+
+
+def _pending_here(out: Outbox, node: str, record: NodeRecord) -> bool:
+    """Whether the attempt in flight against `node` runs on this core, or its verdict is on
+    its way from here: then nothing else may settle it."""
+    run = RunFence(node, record.failure_epoch, record.fence.attempts)
+    result_key = ProposalKey(ProposalKind.FENCE_RESULT, node)
+    return run.key in out.in_flight.actions or result_key in out.in_flight.proposals

@@ -222,10 +222,15 @@ class GuestReconciler:
             out.propose(Proposal(key, running, s.commit_timeout_s))
         elif guest.state is not GuestState.RUNNING:
             # Running with no committed start (the state says stopped): it may be moved at
-            # any moment, so it must not run. It is started again the proper way.
-            self._destroy(
-                out, domain, f"running while {guest.state} (no committed start)", obs.generation
+            # any moment, so it must not run. It is started again the proper way. A paused
+            # one is a migration's copy whose hand-over never committed: expected after the
+            # source died mid-migration, so the reason says so rather than read like an error.
+            why = (
+                f"a migration's paused copy, not handed over (the guest is {guest.state})"
+                if obs.paused
+                else f"running while {guest.state} (no committed start)"
             )
+            self._destroy(out, domain, why, obs.generation)
 
     def _converge(
         self, out: Outbox, state: ClusterState, guest: GuestRecord, local: LocalView, drain: str
