@@ -143,10 +143,17 @@ RAFT_RETRANSMIT: dict[str, Any] = {
 }
 
 
-def retransmit_gap() -> str | None:
-    """Why this kernel cannot give Raft's connections a short minimum RTO (None: it can).
+# A system-wide minimum RTO at most this long (sysctl net.ipv4.tcp_rto_min_us, Linux 6.11+)
+# serves as well as the per-socket one.
+SHORT_RTO_MIN_US = 50_000
+RTO_MIN_SYSCTL = Path("/proc/sys/net/ipv4/tcp_rto_min_us")
 
-    Without it a lost segment waits Linux's 200 ms minimum RTO, doubling per loss (three
+
+def retransmit_gap(sysctl: Path = RTO_MIN_SYSCTL) -> str | None:
+    """Why Raft's connections cannot get a short minimum RTO here (None: they can), from this
+    kernel: the per-socket option (Linux 6.15+) or else the system-wide minimum (`sysctl`).
+
+    Without either a lost segment waits Linux's 200 ms minimum RTO, doubling per loss (three
     losses of one segment: 1.4 s), which a lease under 3 s may not outlive on a lossy link.
     """
     from haagent.vendor.pysyncobj.tcp_connection import TCP_RTO_MIN_US
@@ -154,12 +161,27 @@ def retransmit_gap() -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MIN_US, RAFT_RETRANSMIT["tcpRtoMinUs"])
+            return None
         except OSError as exc:
-            return (
-                f"this kernel ({os.uname().release}) has no per-socket TCP_RTO_MIN_US "
-                f"(Linux 6.16+): {exc.strerror}"
-            )
-    return None
+            refused = exc.strerror or str(exc)
+    try:
+        system_us: int | None = int(sysctl.read_text().strip())
+    except (OSError, ValueError):
+        system_us = None  # before Linux 6.11: the 200 ms default, or a route's rto_min
+    return rto_min_gap(os.uname().release, refused, system_us)
+
+
+def rto_min_gap(release: str, refused: str, system_us: int | None) -> str | None:
+    """`retransmit_gap` once the kernel refused the per-socket option (`refused`, why): None
+    if the system-wide minimum RTO (`system_us`, None if unknown) is short enough anyway. A
+    route's `rto_min` is not detected."""
+    if system_us is not None and system_us <= SHORT_RTO_MIN_US:
+        return None
+    minimum = f"{system_us} us" if system_us is not None else "the default 200 ms"
+    return (
+        f"this kernel ({release}) has no per-socket TCP_RTO_MIN_US (Linux 6.15+: {refused}) "
+        f"and its minimum RTO is {minimum}"
+    )
 
 
 _FAIL_NAMES = {
@@ -266,8 +288,9 @@ class RaftConsensus:
         gap = retransmit_gap()
         if gap is not None:
             log.warning(
-                "Raft retransmits slowly: %s; a lease under 3 s needs `ip route ... rto_min "
-                '20ms` towards the peers, or [timing] profile = "robust"',
+                "Raft may retransmit slowly: %s; a lease under 3 s needs sysctl "
+                "net.ipv4.tcp_rto_min_us=20000 (Linux 6.11+) or `rto_min 20ms` on the route "
+                'towards the peers, or [timing] profile = "robust"',
                 gap,
             )
         kwargs: dict[str, Any] = {}

@@ -61,8 +61,8 @@ def raft_link_verdict(lease_s: float, gap: str | None) -> tuple[int, str]:
         return 0, f"  raft link: {gap}; the {lease_s}s lease tolerates it"
     return 1, (
         f"  raft link: {gap}: with a {lease_s}s lease a lossy link can cost healthy nodes "
-        "their lease; set `rto_min 20ms` on the route to the peers (ip route), or "
-        '[timing] profile = "robust"'
+        "their lease; set sysctl net.ipv4.tcp_rto_min_us=20000 (Linux 6.11+) or `rto_min 20ms` "
+        'on the route to the peers (ip route; not detected here), or [timing] profile = "robust"'
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
-from haagent.consensus import retransmit_gap
+from haagent.consensus import retransmit_gap, rto_min_gap
 from haagent.doctor import raft_link_verdict
 from haagent.vendor.pysyncobj.tcp_connection import TCP_RTO_MIN_US
 
@@ -15,6 +16,7 @@ def test_a_short_lease_without_quick_retransmission_is_a_problem_with_advice() -
     status, line = raft_link_verdict(1.2, "this kernel (6.1.0) has no per-socket TCP_RTO_MIN_US")
     assert status == 1
     assert "rto_min 20ms" in line and 'profile = "robust"' in line and "1.2s lease" in line
+    assert "tcp_rto_min_us=20000" in line
 
 
 def test_the_robust_lease_tolerates_slow_retransmission() -> None:
@@ -37,3 +39,28 @@ def test_the_probe_tells_the_truth_about_this_kernel() -> None:
     assert (gap is None) == supported
     if gap is not None:
         assert os.uname().release in gap
+
+
+def test_a_short_system_wide_minimum_rto_serves_when_the_socket_option_is_missing() -> None:
+    assert rto_min_gap("6.12.0", "Protocol not available", 20_000) is None
+    slow = rto_min_gap("6.12.0", "Protocol not available", 200_000)
+    assert slow is not None and "200000 us" in slow and "6.12.0" in slow
+    unknown = rto_min_gap("6.1.0", "Protocol not available", None)
+    assert unknown is not None and "default 200 ms" in unknown
+
+
+def test_the_sysctl_is_read_when_the_socket_option_is_refused(tmp_path: Path) -> None:
+    """On this kernel the per-socket option works, so the sysctl is never needed: the answer
+    is None whatever the file says; on an older kernel the file decides."""
+    sysctl = tmp_path / "tcp_rto_min_us"
+    sysctl.write_text("200000\n")
+    with socket.socket() as s:
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MIN_US, 20_000)
+            per_socket = True
+        except OSError:
+            per_socket = False
+    gap = retransmit_gap(sysctl)
+    assert (gap is None) == per_socket
+    sysctl.write_text("20000\n")
+    assert retransmit_gap(sysctl) is None

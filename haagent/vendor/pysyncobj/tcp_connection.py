@@ -122,12 +122,8 @@ def set_keepalive(sock, after_idle_sec=1, interval_sec=3, max_fails=5):
 # haagent: Linux socket options for quick retransmission on a cluster link (PATCHES.md).
 # Python's socket module names neither of the newer two; the numbers are the kernel's ABI.
 TCP_THIN_LINEAR_TIMEOUTS = 16   # since Linux 2.6.34
-TCP_RTO_MIN_US = 45             # since Linux 6.16 (EINVAL/ENOPROTOOPT before)
-TCP_DELACK_MAX_US = 46          # since Linux 6.16
-
-#: What the last call of set_quick_retransmit could apply: {'rto_min_us': int | None,
-#: 'delack_max_us': int | None, 'thin_linear': bool}. None: the kernel refused the option.
-QUICK_RETRANSMIT_APPLIED = {}
+TCP_RTO_MIN_US = 45             # since Linux 6.15 (ENOPROTOOPT before)
+TCP_DELACK_MAX_US = 46          # since Linux 6.15
 
 
 def set_quick_retransmit(sock, rtoMinUs, delackMaxUs):
@@ -140,7 +136,8 @@ def set_quick_retransmit(sock, rtoMinUs, delackMaxUs):
       fire while our ACK waits.
     * thin linear timeouts: while fewer than 4 segments are in flight (heartbeats, appends),
       the first 6 retransmissions do not back off exponentially.
-    Options the kernel lacks are skipped (recorded as None); none of this changes what is sent.
+    Options the kernel lacks are skipped (None in the answer: {'rto_min_us': int | None,
+    'delack_max_us': int | None, 'thin_linear': bool}); none of this changes what is sent.
     """
     applied = {'rto_min_us': None, 'delack_max_us': None, 'thin_linear': False}
     try:
@@ -157,8 +154,6 @@ def set_quick_retransmit(sock, rtoMinUs, delackMaxUs):
             applied[key] = sock.getsockopt(socket.IPPROTO_TCP, opt)
         except (OSError, ValueError):
             pass
-    QUICK_RETRANSMIT_APPLIED.clear()
-    QUICK_RETRANSMIT_APPLIED.update(applied)
     return applied
 
 
