@@ -19,6 +19,7 @@ CORE = [
     "statemachine_migration",
     "statemachine_checks",
     "statemachine_fencing",
+    "statemachine_reports",
     "placement",
     "agent",
     "ports",
