@@ -54,6 +54,7 @@ from haagent.events import EventRing
 from haagent.model import ClusterState
 from haagent.ports import ConsensusView, HeartbeatSeen, Outcome, OutcomeKind
 from haagent.statemachine import apply
+from haagent.timing import SLOW_RETRANSMIT_SAFE_LEASE_S
 from haagent.vendor.pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from haagent.vendor.pysyncobj.journal import FileJournal, JournalCorrupt
 
@@ -234,8 +235,12 @@ class RaftConsensus:
         persist: bool = True,
         clock: Callable[[], float] = time.monotonic,
         checkpoint_every: int = CHECKPOINT_EVERY,
+        lease_s: float | None = None,
     ) -> None:
         self.node = node
+        # The configured lease, only to say how much a kernel without quick retransmission
+        # matters (None: unknown, so it is warned about).
+        self._lease_s = lease_s
         self._addresses = dict(addresses)
         self._names = {addr: name for name, addr in addresses.items()}
         self._secret = secret
@@ -285,8 +290,10 @@ class RaftConsensus:
     def start(self) -> None:
         """Bind the Raft port and start the tick thread. Replays the journal if present."""
         min_s, max_s = self._election
-        gap = retransmit_gap()
-        if gap is not None:
+        gap, lease = retransmit_gap(), self._lease_s
+        if gap is not None and lease is not None and lease >= SLOW_RETRANSMIT_SAFE_LEASE_S:
+            log.info("Raft may retransmit slowly: %s; the %ss lease tolerates it", gap, lease)
+        elif gap is not None:
             log.warning(
                 "Raft may retransmit slowly: %s; a lease under 3 s needs sysctl "
                 "net.ipv4.tcp_rto_min_us=20000 (Linux 6.11+) or `rto_min 20ms` on the route "

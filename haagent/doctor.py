@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from haagent.config import Config
 from haagent.core.diskneeds import disk_needs
+from haagent.timing import SLOW_RETRANSMIT_SAFE_LEASE_S
 
 if TYPE_CHECKING:
     from haagent.resources.netlink import Resolver
@@ -35,11 +36,6 @@ def check_here(cfg: Config, say: Callable[[str], None] = print) -> int:
     return max(
         check_raft_link_here(cfg, say), check_networks_here(cfg, say), check_disks_here(cfg, say)
     )
-
-
-# A lease this long outlives Linux's default retransmission back-off (200 + 400 + 800 ms after
-# three losses of one segment) plus a heartbeat period; a shorter one needs a short minimum RTO.
-SLOW_RETRANSMIT_SAFE_LEASE_S = 3.0
 
 
 def check_raft_link_here(cfg: Config, say: Callable[[str], None] = print) -> int:

@@ -101,5 +101,10 @@ class PlacementLimits:
 
 
 DEFAULT_TIMING = TIMING_PROFILES[DEFAULT_TIMING_PROFILE]
+
+# A lease this long outlives Linux's default retransmission back-off (200 + 400 + 800 ms after
+# three losses of one segment) plus a heartbeat period; a shorter one needs a short minimum RTO
+# (consensus.RAFT_RETRANSMIT, consensus.retransmit_gap).
+SLOW_RETRANSMIT_SAFE_LEASE_S = 3.0
 DEFAULT_LIMITS = PlacementLimits()
 DEFAULT_WATCHDOG_TIMEOUT_S = 10.0  # a node's hardware watchdog timeout, when not configured

@@ -258,6 +258,7 @@ class Daemon:
             cfg.timing.election_timeout_min_s,
             cfg.timing.election_timeout_max_s,
             wake=self.wake_threadsafe,
+            lease_s=cfg.timing.lease_s,
         )
 
     def request_stop(self) -> None:
