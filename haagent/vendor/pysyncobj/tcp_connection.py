@@ -136,25 +136,17 @@ def set_quick_retransmit(sock, rtoMinUs, delackMaxUs):
       fire while our ACK waits.
     * thin linear timeouts: while fewer than 4 segments are in flight (heartbeats, appends),
       the first 6 retransmissions do not back off exponentially.
-    Options the kernel lacks are skipped (None in the answer: {'rto_min_us': int | None,
-    'delack_max_us': int | None, 'thin_linear': bool}); none of this changes what is sent.
+    Options the kernel lacks are skipped; none of this changes what is sent.
     """
-    applied = {'rto_min_us': None, 'delack_max_us': None, 'thin_linear': False}
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, 1)
-        applied['thin_linear'] = True
-    except (OSError, ValueError):
-        pass
-    for key, opt, value in (('rto_min_us', TCP_RTO_MIN_US, rtoMinUs),
-                            ('delack_max_us', TCP_DELACK_MAX_US, delackMaxUs)):
-        if value is None:
-            continue
+    options = [(TCP_THIN_LINEAR_TIMEOUTS, 1)]
+    options += [(opt, value) for opt, value in ((TCP_RTO_MIN_US, rtoMinUs),
+                                                (TCP_DELACK_MAX_US, delackMaxUs))
+                if value is not None]
+    for opt, value in options:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, opt, int(value))
-            applied[key] = sock.getsockopt(socket.IPPROTO_TCP, opt)
         except (OSError, ValueError):
             pass
-    return applied
 
 
 class TcpConnection(object):
