@@ -66,7 +66,9 @@ from haagent.untrusted import escape
 __all__ = [
     "BAD_INPUT_LINES_PER_MINUTE",
     "KEEPALIVE_S",
+    "LISTEN_BACKLOG",
     "MAX_CONNECTIONS",
+    "MAX_REFUSING",
     "ApiError",
     "BadInputLog",
     "Handlers",
@@ -78,6 +80,9 @@ MAX_REQUEST_BYTES = 64 * 1024  # aiohttp's own bound on any request body it buff
 MAX_QUERY_CHARS = 4096  # aiohttp refuses a request line over 8,190 bytes anyway
 MAX_CONNECTIONS = 128  # admins, scrapers and health checks; far below a 1,024 fd limit
 MAX_REFUSING = 32  # over-limit connections answered with a 503 at once; the rest just closed
+# Pending connections the kernel queues; asyncio also accepts up to this many per wake-up, so
+# the API's descriptors peak at MAX_CONNECTIONS + MAX_REFUSING + LISTEN_BACKLOG for a moment.
+LISTEN_BACKLOG = 128
 KEEPALIVE_S = 15.0
 
 log = logging.getLogger("haagent.api")
@@ -210,7 +215,9 @@ async def serve(
         tls = server_tls_context(access.tls_cert_file, access.tls_key_file)
     try:
         if listen.startswith("unix:"):
-            listeners.append(await loop.create_unix_server(factory, listen[5:], backlog=128))
+            listeners.append(
+                await loop.create_unix_server(factory, listen[5:], backlog=LISTEN_BACKLOG)
+            )
         else:
             host, _, port = listen.rpartition(":")
             listeners.append(
@@ -218,7 +225,7 @@ async def serve(
                     factory,
                     host.strip("[]"),
                     int(port),
-                    backlog=128,
+                    backlog=LISTEN_BACKLOG,
                     reuse_address=True,
                     ssl=tls,
                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls else None,
