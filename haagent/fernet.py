@@ -170,9 +170,14 @@ class Fernet:
         return int(_HEADER.unpack_from(self._verified(token))[1])
 
     def decrypt(self, token: bytes) -> bytes:
+        return self.decrypt_with_timestamp(token)[1]
+
+    def decrypt_with_timestamp(self, token: bytes) -> tuple[int, bytes]:
+        """(timestamp, plaintext), verifying the signature once (pysyncobj needs both for
+        every frame; `extract_timestamp` then `decrypt` checked it twice)."""
         body = self._verified(token)
-        _, _, iv = _HEADER.unpack_from(body)
-        return _cipher().run(False, self._encryption_key, iv, body[_HEADER.size :])
+        _, timestamp, iv = _HEADER.unpack_from(body)
+        return int(timestamp), _cipher().run(False, self._encryption_key, iv, body[_HEADER.size :])
 
     def _verified(self, token: bytes) -> bytes:
         """The signed part of `token`, or InvalidTokenError."""

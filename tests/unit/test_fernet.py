@@ -63,6 +63,21 @@ def test_tokens_interoperate_with_cryptography_both_ways(data: bytes, when: int)
     assert ours.extract_timestamp(token) == when
 
 
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=300), when=st.integers(0, 2**40))
+def test_decrypt_with_timestamp_is_extract_timestamp_and_decrypt(data: bytes, when: int) -> None:
+    """The transport's one-pass read gives what the two calls gave, and refuses what they
+    refuse (a token whose last byte changed fails its signature)."""
+    f = Fernet(ReferenceFernet.generate_key())
+    token = f.encrypt_at_time(data, when)
+    assert f.decrypt_with_timestamp(token) == (f.extract_timestamp(token), f.decrypt(token))
+    assert f.decrypt_with_timestamp(token) == (when, data)
+    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw[-1] ^= 1
+    with pytest.raises(InvalidTokenError):
+        f.decrypt_with_timestamp(base64.urlsafe_b64encode(bytes(raw)))
+
+
 def test_a_large_frame_round_trips() -> None:
     f = getEncryptor("s")
     data = os.urandom(3 * 2**20 + 7)

@@ -38,7 +38,7 @@ from haagent.vendor.pysyncobj import SyncObj, SyncObjConf
 from haagent.vendor.pysyncobj import pickle as pysyncobj_pickle
 from haagent.vendor.pysyncobj.encryptor import getEncryptor
 from haagent.vendor.pysyncobj.poller import POLL_EVENT_TYPE, createPoller
-from haagent.vendor.pysyncobj.tcp_connection import FrameError, FrameReader
+from haagent.vendor.pysyncobj.tcp_connection import FrameError, FrameReader, compressFrame
 from haagent.vendor.pysyncobj.tcp_server import SERVER_STATE, TcpServer
 from haagent.vendor.pysyncobj.utility import TcpUtility, UtilityException
 
@@ -428,6 +428,27 @@ def test_one_assign_command_stays_far_below_the_command_limit() -> None:
     assert len(assigns) == 1
     assert len(assigns[0].assignments) == MAX_ASSIGNMENTS_PER_COMMAND
     assert len(encode(assigns[0])) <= MAX_COMMAND_BYTES
+
+
+def test_frames_are_plain_zlib_streams_as_small_as_upstreams() -> None:
+    """The transport compresses with a 4 KiB window instead of zlib's default state (whose
+    set-up was most of a small message's send cost): an agent still running the previous
+    transport (`decompressobj()`, the defaults) must inflate it, and a catch-up append of
+    thousands of entries must not grow by more than a few percent."""
+    small = pysyncobj_pickle.dumps({"type": "append_entries", "term": 3, "commit_index": 7})
+    entries = [
+        (
+            encode(Heartbeat(node=f"n{i % 22}", incarnation=os.urandom(8).hex(), applied_index=i)),
+            i,
+            3,
+        )
+        for i in range(3000)
+    ]
+    large = pysyncobj_pickle.dumps({"type": "append_entries", "entries": entries})
+    for data in (small, large):
+        frame = compressFrame(data)
+        assert zlib.decompressobj().decompress(frame) == data
+        assert len(frame) <= len(zlib.compress(data, 3)) * 1.05 + 8
 
 
 def key_frame(secret: str = SECRET) -> bytes:

@@ -18,6 +18,8 @@ class Node(object):
         """
 
         self._id = id
+        # haagent: Raft's per-peer dicts hash nodes many times per tick; the id is immutable.
+        self._hash = hash(id)
         for key in kwargs:
             setattr(self, key, kwargs[key])
 
@@ -35,14 +37,14 @@ class Node(object):
         return not (self == other)
 
     def __hash__(self):
-        return hash(self.id)
+        return self._hash
 
     def __str__(self):
         return self.id
 
     def __repr__(self):
         v = vars(self)
-        return '{}({}{})'.format(type(self).__name__, repr(self.id), (', ' + ', '.join('{} = {}'.format(key, repr(v[key])) for key in v if key != '_id')) if len(v) > 1 else '')
+        return '{}({}{})'.format(type(self).__name__, repr(self.id), (', ' + ', '.join('{} = {}'.format(key, repr(v[key])) for key in v if key not in ('_id', '_hash'))) if len(v) > 2 else '')
 
     def _destroy(self):
         pass
@@ -89,6 +91,6 @@ class TCPNode(Node):
 
     def __repr__(self):
         v = vars(self)
-        filtered = ['_id', '_TCPNode__address', '_TCPNode__host', '_TCPNode__port', '_TCPNode__ip']
+        filtered = ['_id', '_hash', '_TCPNode__address', '_TCPNode__host', '_TCPNode__port', '_TCPNode__ip']
         formatted = ['{} = {}'.format(key, repr(v[key])) for key in v if key not in filtered]
         return '{}({}{})'.format(type(self).__name__, repr(self.id), (', ' + ', '.join(formatted)) if len(formatted) else '')

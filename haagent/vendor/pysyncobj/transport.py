@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 #: haagent: how often at most the transport logs a summary of the connections it closed.
 _REJECT_LOG_PERIOD = 10.0
+# haagent: how often a tick binds, reconnects, enforces handshake deadlines and logs rejections
+# (reconnects are spaced by connectionRetryTime, deadlines are a second: 50 ms is plenty).
+_HOUSEKEEPING_PERIOD = 0.05
 
 
 class TransportNotReadyError(Exception):
@@ -225,6 +228,7 @@ class TCPTransport(Transport):
         self._send_random_sleep_duration = 0
         # haagent: hostile-peer bookkeeping (PATCHES.md, "bounded transport").
         self._lastTickTime = monotonicTime()
+        self._lastHousekeeping = -float('inf')
         self.rejectedConnections = {}  # reason -> count, since start
         self._rejectedLogged = {}
         self._rejectLogTime = 0
@@ -333,6 +337,12 @@ class TCPTransport(Transport):
         Tick callback. Binds the server and connects to other nodes as necessary.
         """
 
+        # haagent: at most every _HOUSEKEEPING_PERIOD, not on every tick: a busy leader ticks
+        # for each message, and this walked every connection and every peer each time.
+        now = monotonicTime()
+        if self._ready and now - self._lastHousekeeping < _HOUSEKEEPING_PERIOD:
+            return
+        self._lastHousekeeping = now
         try:
             self._maybeBind()
         except TransportNotReadyError:
