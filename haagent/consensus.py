@@ -72,14 +72,15 @@ def append_entries_period(election_min_s: float) -> float:
     """How often an idle leader sends (empty) append-entries to each follower.
 
     New entries and commit-index advances are sent at once (batching is off), so this only
-    keeps followers from starting an election and tells them the leader is alive: a fifth of
-    the minimum election timeout gives a follower five chances, and pre-vote's leader
-    stickiness (a peer refuses if it heard from the leader within the minimum election
-    timeout) the same. pysyncobj requires raftMinTimeout > 3 x appendEntriesPeriod. At most
-    0.2 s: each period costs every follower an encrypted round trip, which was most of an idle
-    agent's CPU at 50 ms.
+    keeps followers from starting an election and tells them the leader is alive. Just under a
+    third of the minimum election timeout (pysyncobj requires raftMinTimeout > 3 x
+    appendEntriesPeriod): a follower that misses three appends in a row only sends a pre-vote,
+    which its peers refuse while they hear from the leader (leader stickiness), so a spurious
+    timeout costs one round of messages, not the leader. Each period costs every follower an
+    encrypted round trip: with a fifth of the timeout (0.08 s with the balanced profile) idle
+    appends were a third of a 3-node leader's sends. At most 0.2 s.
     """
-    return min(0.2, election_min_s / 5)
+    return min(0.2, election_min_s / 3.2)
 
 
 def append_min_interval(nodes: int, election_min_s: float) -> float:

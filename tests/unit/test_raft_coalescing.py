@@ -43,7 +43,8 @@ def test_the_interval_grows_with_the_cluster_and_stays_below_the_idle_period() -
     assert append_min_interval(3, 1.0) == pytest.approx(0.015)
     assert append_min_interval(22, 1.0) == pytest.approx(0.1)
     assert append_min_interval(64, 1.0) == pytest.approx(0.1)
-    assert append_min_interval(22, 0.3) == pytest.approx(0.03)  # half of the 60 ms idle period
+    # half of the 94 ms idle period
+    assert append_min_interval(22, 0.3) == pytest.approx(0.3 / 3.2 / 2)
 
 
 async def test_a_burst_of_proposals_reaches_a_follower_in_a_few_appends(trio: Trio) -> None:
