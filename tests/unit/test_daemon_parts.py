@@ -166,6 +166,30 @@ def test_large_states_are_computed_in_a_worker_process() -> None:
     assert small == os.getpid() != large
 
 
+def _scheduling() -> tuple[int, int]:
+    return os.sched_getscheduler(0), os.nice(0)
+
+
+def test_the_worker_process_only_gets_idle_cpu() -> None:
+    """The worker runs every agent's tolerated-failures count at the same moment (when the
+    cluster settles); at its normal priority 22 of them took the cores from the agents' Raft
+    threads and leases lapsed. It runs under SCHED_IDLE; the agent itself keeps its class."""
+
+    async def scenario() -> tuple[tuple[int, int], tuple[int, int]]:
+        offload = Offload(process_threshold=10)
+        try:
+            return (
+                await offload.run(_scheduling, size=11),
+                await offload.run(_scheduling, size=10),
+            )
+        finally:
+            offload.close()
+
+    (worker_policy, _), (thread_policy, thread_nice) = asyncio.run(scenario())
+    assert worker_policy == os.SCHED_IDLE
+    assert (thread_policy, thread_nice) == _scheduling()
+
+
 # --- the tolerated-failures count waits for a settled state (issue 7, cold start at scale) ----
 
 
