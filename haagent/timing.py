@@ -60,14 +60,14 @@ BALANCED_TIMING = Timing(
     election_timeout_min_s=0.4,
     election_timeout_max_s=0.8,
 )
-"""Failover in about 1.75 s (fence_dummy) for clusters up to 12 nodes. A heartbeat commit may
-be 0.8 s late before the lease lapses: with Raft's quick retransmission
+"""Failover in about 1.75 s (fence_dummy); steady with 22 agents sharing 2 cores. A heartbeat
+commit may be 0.8 s late before the lease lapses: with Raft's quick retransmission
 (`consensus.RAFT_RETRANSMIT`: a lost segment resent within ~20-70 ms instead of after Linux's
 200 ms minimum, doubling per loss) every healthy node kept its lease with 5 % random frame loss
 and both cores saturated. It needs a short minimum RTO: per socket (TCP_RTO_MIN_US, Linux
 6.15+), the sysctl `net.ipv4.tcp_rto_min_us` (6.11+) or a route `rto_min` towards the peers
-(`haagent check-config --here` checks the first two). It costs 2.5 x the robust profile's idle
-CPU (README, "Timing profiles")."""
+(`haagent check-config --here` checks the first two). It costs about 1.5 x the robust
+profile's idle CPU; the 3-node leader is at 2 % of a core (README, "Timing profiles")."""
 
 FAST_TIMING = Timing(
     heartbeat_s=0.1,
