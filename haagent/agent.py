@@ -160,6 +160,10 @@ class AgentCore:
     def lease_until(self) -> float:
         return self.lease.until
 
+    @property
+    def next_heartbeat_at(self) -> float:
+        return self.lease.next_heartbeat_at
+
     def in_flight(self) -> frozenset[ProposalKey | ActionKey]:
         return self._in_flight.keys()
 

@@ -46,6 +46,7 @@ from haagent.timing import (
     DEFAULT_LIMITS,
     DEFAULT_TIMING_PROFILE,
     DEFAULT_WATCHDOG_TIMEOUT_S,
+    ELECTION_SLACK_S,
     TIMING_PROFILES,
     Timing,
 )
@@ -521,11 +522,14 @@ def _timing(t: Table) -> Timing:
             "election_timeout_max_s",
             f"must exceed election_timeout_min_s by at least {MIN_MARGIN_S}s",
         )
-    if x["lease_s"] < x["election_timeout_max_s"] + MIN_MARGIN_S:
+    slack = Decimal(repr(ELECTION_SLACK_S))
+    if x["election_timeout_max_s"] + slack > x["lease_s"] - x["heartbeat_s"]:
         raise t.error(
             "election_timeout_max_s",
-            f"must be below lease_s ({x['lease_s']}s) by at least {MIN_MARGIN_S}s: a leader "
-            "election must not cost every node its lease",
+            f"must be at most lease_s - heartbeat_s - {slack}s "
+            f"({x['lease_s'] - x['heartbeat_s'] - slack}s): when the leader dies a node's "
+            "last committed heartbeat may be a period old, and the election plus its next "
+            "heartbeat's commit must fit in the rest of its lease",
         )
     if x["fence_retry_max_s"] < x["fence_retry_initial_s"]:
         raise t.error("fence_retry_max_s", "must be at least fence_retry_initial_s")

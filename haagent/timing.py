@@ -18,8 +18,8 @@ class Timing:
     """The `[timing]` table: seconds, each measured on the node's own monotonic clock.
 
     The relations between them that safety depends on (lease_s >= 3 x heartbeat_s,
-    failure_timeout_s > lease_s + stop_grace_s, election_timeout_max_s < lease_s) are checked
-    by the config loader, not here.
+    failure_timeout_s > lease_s + stop_grace_s, election_timeout_max_s + ELECTION_SLACK_S <=
+    lease_s - heartbeat_s) are checked by the config loader, not here.
     """
 
     heartbeat_s: float = 1.0  # heartbeat commit period
@@ -33,8 +33,11 @@ class Timing:
     commit_timeout_s: float = 3.0  # any Raft proposal
     start_timeout_s: float = 60.0  # a guest start
     shutdown_timeout_s: float = 60.0  # graceful guest shutdown before destroy
-    election_timeout_min_s: float = 1.0  # Raft election timeout range; max < lease_s
-    election_timeout_max_s: float = 2.0
+    # Raft election timeout range. When the leader dies, a node's last committed heartbeat may
+    # be a period old: the election and the next heartbeat's commit must fit in the rest of
+    # its lease, so max + ELECTION_SLACK_S <= lease_s - heartbeat_s.
+    election_timeout_min_s: float = 1.0
+    election_timeout_max_s: float = 1.6
     initial_placement_wait_s: float = 5.0  # at cold start, wait for every hypervisor to join
     # A guest leaves a node that lacks one of its networks only after this long without a
     # break (a flapping link must not bounce guests).
@@ -58,7 +61,7 @@ BALANCED_TIMING = Timing(
     stop_grace_s=0.3,
     commit_timeout_s=2.0,
     election_timeout_min_s=0.4,
-    election_timeout_max_s=0.8,
+    election_timeout_max_s=0.6,
 )
 """Failover in about 1.75 s (fence_dummy); steady with 22 agents sharing 2 cores. A heartbeat
 commit may be 0.8 s late before the lease lapses: with Raft's quick retransmission
@@ -106,5 +109,8 @@ DEFAULT_TIMING = TIMING_PROFILES[DEFAULT_TIMING_PROFILE]
 # three losses of one segment) plus a heartbeat period; a shorter one needs a short minimum RTO
 # (consensus.RAFT_RETRANSMIT, consensus.retransmit_gap).
 SLOW_RETRANSMIT_SAFE_LEASE_S = 3.0
+# What a leader's death costs beyond the election timeout before a node's next heartbeat
+# commits (pre-vote, vote, the new leader's first append, a pass): see Timing.
+ELECTION_SLACK_S = 0.2
 DEFAULT_LIMITS = PlacementLimits()
 DEFAULT_WATCHDOG_TIMEOUT_S = 10.0  # a node's hardware watchdog timeout, when not configured

@@ -11,8 +11,9 @@ Passes are driven by events and deadlines, not by a fixed tick:
 - events: a committed command other than a heartbeat, a finished proposal (except a heartbeat
   that only extends a valid lease), a finished action, a new observation, an admin request
   for a stop;
-- deadlines: this node's next heartbeat, the end of its lease, the next watchdog pet and
-  sd_notify, and (on the leader) each peer's failure-detection deadline;
+- deadlines: this node's next heartbeat as the core schedules it (a retry it brings forward
+  after a heartbeat lost with a dead leader included), the end of its lease, the next
+  watchdog pet and sd_notify, and (on the leader) each peer's failure-detection deadline;
 - a fallback of `MAX_IDLE_S` for the core's internal timers this shell cannot see (fence
   back-off, start-up grace, cold-start wait). While this node is joined the heartbeat
   deadline already brings a pass every `heartbeat_s`.
@@ -125,7 +126,6 @@ class Daemon:
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_requested = False
-        self._next_heartbeat_at = math.inf
         self._last_notify = -math.inf
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -351,7 +351,7 @@ class Daemon:
         """The earliest future deadline a pass must serve (see the module docstring). O(nodes)
         on the leader, O(1) elsewhere."""
         s = self.settings
-        candidates = [now + MAX_IDLE_S, self._next_heartbeat_at]
+        candidates = [now + MAX_IDLE_S, self.core.next_heartbeat_at]
         lease_until = self.core.lease_until
         if lease_until > now:
             candidates.append(lease_until)
@@ -383,8 +383,6 @@ class Daemon:
             # Not the cluster's replica or config: stop voting and leading (issue 8 item 6).
             self.consensus.leave(step.diverged)
         for proposal in step.proposals:
-            if isinstance(proposal.command, Heartbeat):
-                self._next_heartbeat_at = started + self.settings.heartbeat_s
             self._spawn(self._run_proposal(proposal))
         for action in step.actions:
             self._spawn(self._run_action(action, self.executor.dispatch(action)))

@@ -176,6 +176,17 @@ def test_a_drbd_guest_parses(tmp_path: Path) -> None:
             "must exceed lease_s + stop_grace_s",
         ),
         (VALID + "\n[timing]\nheartbeat_s = 1.5\n", "timing.lease_s", "at least 3 x heartbeat_s"),
+        # The old rule (max < lease) let a leader's death cost the survivors their lease.
+        (
+            VALID + "\n[timing]\nelection_timeout_max_s = 2.0\n",
+            "timing.election_timeout_max_s",
+            "at most lease_s - heartbeat_s - 0.2s (1.8s)",
+        ),
+        (
+            VALID + '\n[timing]\nprofile = "balanced"\nelection_timeout_max_s = 0.61\n',
+            "timing.election_timeout_max_s",
+            "must fit in the rest of its lease",
+        ),
         (
             VALID + '\n[timing]\nprofile = "quick"\n',
             "timing.profile",

@@ -42,6 +42,7 @@ from haagent.config_guests import LEG_ID_RE
 from haagent.fencing.agent_runner import validate_params
 from haagent.leguri import parse_leg_uri
 from haagent.model import GuestSpec, NodeRole, Raid1RunOn, StorageKind
+from haagent.timing import ELECTION_SLACK_S
 from haagent.untrusted import escape
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "config" / "examples" / "local-3node"
@@ -333,7 +334,9 @@ def check_valid(cfg: Config) -> None:
     x = {name: Decimal(repr(getattr(t, name))) for name in t.__dataclass_fields__}
     assert x["lease_s"] >= 3 * x["heartbeat_s"]
     assert x["failure_timeout_s"] > x["lease_s"] + x["stop_grace_s"]
-    assert x["election_timeout_min_s"] < x["election_timeout_max_s"] < x["lease_s"]
+    assert x["election_timeout_min_s"] < x["election_timeout_max_s"]
+    slack = Decimal(repr(ELECTION_SLACK_S))
+    assert x["election_timeout_max_s"] + slack <= x["lease_s"] - x["heartbeat_s"]
     assert math.isfinite(cfg.failure_reset_s)
     for name in (cfg.cluster, *cfg.nodes, *cfg.guests, *cfg.fence_devices):
         assert NAME_RE.fullmatch(name), name

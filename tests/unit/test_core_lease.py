@@ -64,6 +64,31 @@ def test_lease_is_extended_only_by_an_accepted_heartbeat_from_its_send_time() ->
 
 
 # --- rule 3: lost lease => self-fence --------------------------------------------------------
+def test_a_heartbeat_lost_with_the_leader_is_followed_at_once_not_a_period_later() -> None:
+    """Heartbeats forwarded to a leader that died come back unknown ("leader changed") once
+    the new leader is known. Waiting a whole period for the next one after the election cost
+    the survivors their lease (tests/integration/test_leader_death.py): the next goes at the
+    next pass, and the shell's deadline says so. A burst of unknown outcomes brings at most
+    one heartbeat forward per quarter period."""
+    c = core()
+    state = joined("n1", "n2", "n3")
+    period = c.settings.heartbeat_s
+    step = c.tick(10.0, view(state), local(10.0))
+    (first,) = [p for p in step.proposals if isinstance(p.command, Heartbeat)]
+    assert c.next_heartbeat_at == 10.0 + period
+    lost = Outcome(OutcomeKind.UNKNOWN, "leader changed")
+    c.proposal_done(first.key, lost, 10.01)
+    assert c.next_heartbeat_at == 10.01  # a pass now, not at 10.0 + period
+    step = c.tick(10.01, view(state), local(10.01))
+    (second,) = [p for p in step.proposals if isinstance(p.command, Heartbeat)]
+    c.proposal_done(second.key, lost, 10.02)
+    assert c.next_heartbeat_at == 10.01 + period / 4  # not a burst
+    step = c.tick(10.02, view(state), local(10.02))
+    assert not [p for p in step.proposals if isinstance(p.command, Heartbeat)]
+    step = c.tick(10.01 + period / 4, view(state), local(10.01 + period / 4))
+    assert [p for p in step.proposals if isinstance(p.command, Heartbeat)]
+
+
 def test_lost_lease_destroys_every_protected_domain_and_stops_the_watchdog() -> None:
     c = core()
     state = running_on_n1()
