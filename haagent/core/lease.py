@@ -139,7 +139,7 @@ class Lease:
         deadlines: a retry brought forward must get a pass of its own."""
         return self._next_heartbeat_at
 
-    def retry_heartbeat_soon(self, now: float) -> None:
+    def _retry_heartbeat_soon(self, now: float) -> None:
         """Heartbeat now, not at the next period: at most one such retry per quarter period
         (a burst of unknown outcomes must not become a burst of heartbeats)."""
         at = max(now, self._last_retry_at + self._settings.heartbeat_s / 4)
@@ -208,7 +208,7 @@ class Lease:
                 # after the election cost the survivors their lease in 3 of 5 leader kills
                 # (`balanced`; tests/integration/test_leader_death.py). A time-out (the commit
                 # timeout is at least the lease) comes too late to save anything: no retry.
-                self.retry_heartbeat_soon(now)
+                self._retry_heartbeat_soon(now)
             elif outcome.kind is OutcomeKind.REFUSED:
                 events.append(event("heartbeat_refused", detail=outcome.detail))
                 if key.kind is ProposalKind.JOIN and outcome.detail.startswith(CONFIG_DRIFT):

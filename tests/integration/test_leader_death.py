@@ -10,9 +10,9 @@ sent the next one only a whole period after the election (the shell scheduled it
 its own copy of the heartbeat time, so a retry the core brought forward got no pass); with
 the election taking up most of the lease, survivors lost it in 3 of 5 leader kills with
 `balanced` and 2 of 5 with `robust`, and in every one of 4 first kills after a cold start with
-`balanced`. Now a heartbeat whose outcome is unknown (lost with the leader) or a new leader
-makes the next heartbeat go at once, and the election timeout plus slack must fit in the
-lease minus a heartbeat period (config check).
+`balanced`. Now a heartbeat whose outcome comes back unknown (lost with the leader: pysyncobj
+fails it once it learns the new leader) makes the next heartbeat go at once, and the election
+timeout plus slack must fit in the lease minus a heartbeat period (config check).
 """
 
 from __future__ import annotations
