@@ -80,8 +80,9 @@ MAX_REQUEST_BYTES = 64 * 1024  # aiohttp's own bound on any request body it buff
 MAX_QUERY_CHARS = 4096  # aiohttp refuses a request line over 8,190 bytes anyway
 MAX_CONNECTIONS = 128  # admins, scrapers and health checks; far below a 1,024 fd limit
 MAX_REFUSING = 32  # over-limit connections answered with a 503 at once; the rest just closed
-# Pending connections the kernel queues; asyncio also accepts up to this many per wake-up, so
-# the API's descriptors peak at MAX_CONNECTIONS + MAX_REFUSING + LISTEN_BACKLOG for a moment.
+# Pending connections the kernel queues; asyncio also accepts up to this many per loop
+# iteration and a connection closed at once is gone two iterations later, so under a flood the
+# API's descriptors peak at MAX_CONNECTIONS + MAX_REFUSING + 3 x LISTEN_BACKLOG for a moment.
 LISTEN_BACKLOG = 128
 KEEPALIVE_S = 15.0
 
