@@ -38,7 +38,13 @@ from haagent.vendor.pysyncobj import SyncObj, SyncObjConf
 from haagent.vendor.pysyncobj import pickle as pysyncobj_pickle
 from haagent.vendor.pysyncobj.encryptor import getEncryptor
 from haagent.vendor.pysyncobj.poller import POLL_EVENT_TYPE, createPoller
-from haagent.vendor.pysyncobj.tcp_connection import FrameError, FrameReader, compressFrame
+from haagent.vendor.pysyncobj.tcp_connection import (
+    CONNECTION_STATE,
+    FrameError,
+    FrameReader,
+    TcpConnection,
+    compressFrame,
+)
 from haagent.vendor.pysyncobj.tcp_server import SERVER_STATE, TcpServer
 from haagent.vendor.pysyncobj.utility import TcpUtility, UtilityException
 
@@ -506,3 +512,53 @@ def test_running_out_of_descriptors_does_not_unbind_the_server() -> None:
 def poll_once(poller: Any, accepted: list[Any]) -> bool:
     poller.poll(0.01)
     return bool(accepted)
+
+
+def _stalled_connection(timeout_s: float) -> tuple[Any, socket.socket, list[Any], Any]:
+    """One side of a socket pair as pysyncobj's connection (as if accepted), the raw peer, the
+    messages the connection delivered, and its poller."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)  # as pysyncobj's server leaves an accepted socket
+    peer.settimeout(2.0)
+    poller = createPoller("auto")
+    received: list[Any] = []
+    conn = TcpConnection(poller, onMessageReceived=received.append, socket=ours, timeout=timeout_s)
+    return conn, peer, received, poller
+
+
+def _frame(message: Any) -> bytes:
+    data = compressFrame(pysyncobj_pickle.dumps(message))
+    return struct.pack("i", len(data)) + data
+
+
+def test_a_stall_of_this_process_does_not_cut_a_peer_that_kept_sending() -> None:
+    """The connection timeout is measured on this process's clock, which runs on while the
+    process is stalled (a starved tick thread, 22 agents on 2 cores): a peer whose data
+    waits in the socket is alive. Upstream cut such a connection before reading it, and a
+    leader stalled past the timeout dropped every follower at once (all of them then lost
+    their leases while reconnecting)."""
+    conn, peer, received, poller = _stalled_connection(timeout_s=0.2)
+    try:
+        peer.sendall(_frame({"type": "ack", "n": 1}))
+        time.sleep(0.4)  # "stalled": nothing polled for twice the timeout
+        conn.send({"type": "append"})  # the first thing a leader does after a stall
+        poller.poll(0.5)
+        assert conn.state == CONNECTION_STATE.CONNECTED, conn.closeReason
+        assert received == [{"type": "ack", "n": 1}]
+        assert peer.recv(65536), "the send after the stall went out"
+    finally:
+        conn.disconnect()
+        peer.close()
+
+
+def test_a_peer_silent_past_the_timeout_is_still_cut() -> None:
+    """Dead peers are still found: nothing waiting and no data for the timeout."""
+    conn, peer, received, _ = _stalled_connection(timeout_s=0.2)
+    try:
+        time.sleep(0.4)
+        conn.send({"type": "append"})
+        assert conn.state == CONNECTION_STATE.DISCONNECTED
+        assert received == []
+    finally:
+        conn.disconnect()
+        peer.close()

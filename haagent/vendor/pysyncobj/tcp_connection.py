@@ -382,8 +382,21 @@ class TcpConnection(object):
 
     def __processConnectionTimeout(self):
         if monotonicTime() - self.__lastReadTime > self.__timeout:
+            # haagent: "no data for the timeout" is judged by this process's clock, which
+            # also runs while this process is stalled (a starved or paused tick thread): bytes
+            # waiting in the socket prove the peer alive, so look before disconnecting (the
+            # read that follows, or the next poll event, takes them).
+            if self.__state == CONNECTION_STATE.CONNECTED and self.__peerDataWaiting():
+                self.__lastReadTime = monotonicTime()
+                return
             self.disconnect()
             return
+
+    def __peerDataWaiting(self):
+        try:
+            return bool(self.__socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except socket.error:
+            return False
 
     def __trySendBuffer(self):
         self.__processConnectionTimeout()
