@@ -12,6 +12,8 @@ ephemeral range) with the guests spread over them (haagent.localcluster.scale). 
 
 * the time from the first agent's start to every guest running (and to every agent holding a
   lease), and the CPU time all agents and their worker processes used until then;
+* how many self-fences the agents counted while coming up (leases that lapsed under the
+  start-up load: guests started and destroyed again);
 * over the idle window: lease-loss samples, self-fences, nodes declared failed, fences and Raft
   term changes (all must be 0), CPU % of one core and RSS per agent (all agents share this
   machine's cores), reconcile-pass duration p50/p99 from `haagent_loop_pass_seconds`, Raft
@@ -80,11 +82,12 @@ def idle_lines(f: IdleFigures, agents: int) -> list[str]:
     follower = next((n for n in sorted(f.traffic) if n != f.leader), None)
     lines = [
         f"  idle {f.seconds:.0f} s (load {' '.join(f'{x:.2f}' for x in f.load_before)} -> "
-        f"{' '.join(f'{x:.2f}' for x in f.load_after)}):",
+        f"{' '.join(f'{x:.2f}' for x in f.load_after)}); "
+        f"{f.startup_self_fences} self-fences while coming up, before the window:",
         f"    lease-loss samples {f.lease_loss_samples} of {f.samples}"
         + (f" {f.lease_loss_reasons}" if f.lease_loss_reasons else "")
         + f", self-fences {f.self_fences}, declared failed {f.declared_failed}, "
-        f"fences {f.fences}, Raft term changes {f.term_changes}"
+        f"fences {f.fences}, Raft term changes {f.term_changes} (pre-votes {f.pre_votes})"
         + (f" (status requests failed: {f.sample_errors})" if f.sample_errors else ""),
         f"    CPU % of one core per agent: leader {f.cpu_percent.get(f.leader, float('nan')):.1f}, "
         f"others min {cpu[0]:.1f} median {cpu[len(cpu) // 2]:.1f} max {cpu[-1]:.1f}, "

@@ -10,10 +10,15 @@ What each figure is, and where it comes from:
 
 * lease-loss samples: `GET /v1/status` answers (every `sample_interval_s` per agent) with
   `quorum` false; self-fences: the agents' own `haagent_self_fences_total` counters (every
-  lease loss, also between samples);
+  lease loss, also between samples); those counted before the window began are reported as
+  start-up self-fences (each agent's counter starts at 0 with its process): a cluster whose
+  leases lapse while it comes up destroys guests it had just started;
 * nodes declared failed: growth of the committed `failure_epoch` of any node; fences:
   `haagent_fence_operations_total` summed over the agents; term changes: highest Raft term any
-  sample showed minus the term at the start of the window;
+  sample showed minus the term at the start of the window; pre-votes: `haagent_raft_pre_votes`
+  summed over the agents (a follower that missed the leader's appends for an election timeout
+  asked its peers; they refuse while they hear from the leader, so it costs messages, not the
+  leader: a sign the leader's appends came late, not a failure by itself);
 * CPU % (of one core) and RSS per agent from /proc over the window;
 * pass duration p50/p99: `haagent_loop_pass_seconds` bucket counts added during the window,
   interpolated inside a bucket as Prometheus' `histogram_quantile` does (so a figure is at most
@@ -130,9 +135,11 @@ class IdleFigures:
     lease_loss_samples: int
     lease_loss_reasons: dict[str, int]
     self_fences: int
+    startup_self_fences: int  # before the window: while the cluster came up
     declared_failed: int
     fences: int
     term_changes: int
+    pre_votes: int
     cpu_percent: dict[str, float]
     rss_mib: dict[str, float]
     pass_p50_s: float
@@ -246,9 +253,13 @@ def idle_window(
         lease_loss_samples=sum(1 for a in answers if not a["quorum"]),
         lease_loss_reasons=reasons,
         self_fences=counter_delta("haagent_self_fences_total"),
+        startup_self_fences=round(
+            sum(counter_total(scrapes0[n], "haagent_self_fences_total") for n in nodes)
+        ),
         declared_failed=sum(epochs[n] - epochs0.get(n, 0) for n in epochs),
         fences=counter_delta("haagent_fence_operations_total"),
         term_changes=max(terms) - term0,
+        pre_votes=counter_delta("haagent_raft_pre_votes_total"),
         cpu_percent={n: 100 * (cpu1[n] - cpu0[n]) / elapsed for n in pids},
         rss_mib={n: rss_mib(p) for n, p in pids.items()},
         pass_p50_s=histogram_quantile(0.5, combined),

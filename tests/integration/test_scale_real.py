@@ -65,7 +65,8 @@ def test_real_agents_come_up_stay_steady_and_fail_over(
         failover = kill_owner(cluster, timeout_s=2 * FAILOVER_BOUND_S)
     report = (
         f"{AGENTS} agents / {GUESTS} guests on {os.cpu_count()} cores: up {running_s:.1f} s "
-        f"(leases {leases_s:.1f} s); idle {idle.seconds:.0f} s: lease-loss samples "
+        f"(leases {leases_s:.1f} s, self-fences while coming up {idle.startup_self_fences}); "
+        f"idle {idle.seconds:.0f} s: lease-loss samples "
         f"{idle.lease_loss_samples}/{idle.samples}, self-fences {idle.self_fences}, declared "
         f"failed {idle.declared_failed}, fences {idle.fences}, term changes "
         f"{idle.term_changes}, CPU sum {sum(idle.cpu_percent.values()):.0f} %, pass p50 "
