@@ -59,6 +59,13 @@ _DROPPED_ENV = (
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
+    # The agent's own Python environment: the stock agents are Python scripts that import
+    # `fencing` from /usr/share/fence, and an agent started with its checkout on PYTHONPATH
+    # made every one of them import this package instead and fail (no node could be fenced).
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
 )
 
 _DETAIL_MAX_CHARS = 240
@@ -120,9 +127,9 @@ def resolve_agent(agent: str, path: str | None = None) -> str | None:
 
 def agent_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a fence agent runs with: the daemon's, minus systemd's per-service
-    variables, plus PYTHONWARNINGS=ignore (the Python agents otherwise print a DeprecationWarning
-    about the `pipes` module on every call) and the sbin directories on PATH (agents call
-    helpers such as ipmitool by name)."""
+    variables and the daemon's own Python search path, plus PYTHONWARNINGS=ignore (the Python
+    agents otherwise print a DeprecationWarning about the `pipes` module on every call) and
+    the sbin directories on PATH (agents call helpers such as ipmitool by name)."""
     env = {k: v for k, v in (os.environ if base is None else base).items()}
     for key in _DROPPED_ENV:
         env.pop(key, None)

@@ -323,6 +323,21 @@ def test_passwords_never_reach_details_or_logs(
     assert "***" in caplog.text  # the parameters were logged, redacted
 
 
+def test_a_stock_agent_works_when_the_daemon_runs_with_its_checkout_on_pythonpath(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stock agents `from fencing import ...` (their library in /usr/share/fence); this
+    repository's top-level `fencing/` on the daemon's PYTHONPATH shadowed it and every agent
+    failed with an ImportError."""
+    checkout = Path(__file__).resolve().parents[2]
+    assert (checkout / "fencing" / "__init__.py").is_file()
+    monkeypatch.setenv("PYTHONPATH", str(checkout))
+    device = _dummy("d1", _status_file(tmp_path / "power", "on"))
+    result = _run(AgentRunner(), device, "status", 20)
+    assert result.succeeded, result.stderr_tail
+    assert "ImportError" not in result.stderr_tail
+
+
 def test_agent_environment_silences_python_warnings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
