@@ -534,9 +534,9 @@ def _frame(message: Any) -> bytes:
 def test_a_stall_of_this_process_does_not_cut_a_peer_that_kept_sending() -> None:
     """The connection timeout is measured on this process's clock, which runs on while the
     process is stalled (a starved tick thread, 22 agents on 2 cores): a peer whose data
-    waits in the socket is alive. Upstream cut such a connection before reading it, and a
-    leader stalled past the timeout dropped every follower at once (all of them then lost
-    their leases while reconnecting)."""
+    waits in the socket is alive. Upstream cut such a connection before reading it: a
+    leader stalled past the timeout dropped every follower at once, and each had to reconnect
+    and authenticate again."""
     conn, peer, received, poller = _stalled_connection(timeout_s=0.2)
     try:
         peer.sendall(_frame({"type": "ack", "n": 1}))
