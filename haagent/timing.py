@@ -51,7 +51,8 @@ ROBUST_TIMING = Timing()
 """The default profile (the field defaults above). It keeps every healthy node's lease with 5 %
 random frame loss and both cores saturated (benchmarks/soak.py) even without Raft's quick
 retransmission (an older kernel): a lease outlives a ~2 s TCP retransmission stall. It is the
-one measured steady with 22 agents sharing this machine's 2 cores, and the cheapest when idle.
+one measured steady with 22 agents sharing this machine's 2 cores (also while they came up),
+and the cheapest when idle.
 It costs failover speed: a dead node is declared failed after 4 s."""
 
 BALANCED_TIMING = Timing(
@@ -63,7 +64,8 @@ BALANCED_TIMING = Timing(
     election_timeout_min_s=0.4,
     election_timeout_max_s=0.6,
 )
-"""Failover in about 1.75 s (fence_dummy); steady with 22 agents sharing 2 cores. A heartbeat
+"""Failover in about 1.75 s (fence_dummy); at the edge with 22 agents sharing 2 cores (about
+half of the idle minutes lost a lease or two, every start-up dozens; README). A heartbeat
 commit may be 0.8 s late before the lease lapses: with Raft's quick retransmission
 (`consensus.RAFT_RETRANSMIT`: a lost segment resent within ~20-70 ms instead of after Linux's
 200 ms minimum, doubling per loss) every healthy node kept its lease with 5 % random frame loss
