@@ -68,6 +68,15 @@ class SyncObjConf(object):
         #: many nodes propose: the leader's traffic grows with nodes, not nodes x proposals.
         self.appendEntriesMinInterval = kwargs.get('appendEntriesMinInterval', 0.0)
 
+        #: haagent: with batching off, how long a leader may hold an append_entries whose only
+        #: news is a commit-index advance (0: send it at once, upstream behaviour). Any
+        #: append_entries sent meanwhile (new entries, the idle period's) carries the commit
+        #: index, so a delay of at least appendEntriesPeriod folds the notice into the next
+        #: idle append. An entry whose replicated method called `markCommitUrgent()` while
+        #: it was applied is announced at once. Only *when* followers learn of a commit
+        #: changes; the commit index itself does not.
+        self.commitNoticeDelay = kwargs.get('commitNoticeDelay', 0.0)
+
         #: Max number of bytes per single append_entries command.
         self.appendEntriesBatchSizeBytes = kwargs.get('appendEntriesBatchSizeBytes', 2 ** 16)
 
@@ -229,6 +238,7 @@ class SyncObjConf(object):
         assert self.raftMaxTimeout > self.raftMinTimeout
         assert self.appendEntriesPeriod > 0
         assert 0 <= self.appendEntriesMinInterval < self.appendEntriesPeriod
+        assert 0 <= self.commitNoticeDelay < self.raftMinTimeout
         assert self.leaderFallbackTimeout > self.appendEntriesPeriod
         assert self.connectionTimeout >= self.raftMaxTimeout
         assert self.connectionRetryTime >= 0

@@ -288,6 +288,11 @@ class SyncObj(object):
         # less than appendEntriesMinInterval ago (see __sendAppendEntriesSoon).
         self.__appendPending = False
         self.__lastAppendSent = 0.0
+        # haagent: when a held commit notice must leave at the latest (None: none held), and
+        # whether an entry applied in this tick asked for its commit to be announced at once
+        # (see commitNoticeDelay, markCommitUrgent).
+        self.__commitNoticeDue = None
+        self.__commitUrgent = False
 
         self.__commandsWaitingCommit = collections.defaultdict(list)  # logID => [(termID, callback), ...]
         self.__commandsLocalCounter = 0
@@ -702,13 +707,18 @@ class SyncObj(object):
                 self.__setState(_RAFT_STATE.FOLLOWER)
                 self.__raftLeader = None
 
+        self.__commitUrgent = False
         needSendAppendEntries = self.__applyLogEntries()
 
         if self.__raftState == _RAFT_STATE.LEADER:
             if monotonicTime() > self.__newAppendEntriesTime:
                 self.__sendAppendEntries()
-            elif needSendAppendEntries or self.__appendPending:
-                self.__sendAppendEntriesSoon()
+            else:
+                if needSendAppendEntries:
+                    self.__noticeCommit()
+                noticeDue = self.__commitNoticeDue
+                if self.__appendPending or (noticeDue is not None and monotonicTime() >= noticeDue):
+                    self.__sendAppendEntriesSoon()
 
         if not self.__onReadyCalled and self.__raftLastApplied == self.__leaderCommitIndex:
             if self.__conf.onReady:
@@ -733,6 +743,8 @@ class SyncObj(object):
             due = min(due, self.__newAppendEntriesTime)
             if self.__appendPending:
                 due = min(due, self.__lastAppendSent + self.__conf.appendEntriesMinInterval)
+            if self.__commitNoticeDue is not None:
+                due = min(due, self.__commitNoticeDue)
         elif self.__selfNode is not None and self.__connectedToAnyone():
             due = min(due, self.__raftElectionDeadline)
         if self.__raftLeader is not None and len(self.__commandsQueue) > 0:
@@ -1435,6 +1447,26 @@ class SyncObj(object):
             self.__commandsWaitingReply[id](None, FAIL_REASON.LEADER_CHANGED)
         self.__commandsWaitingReply = {}
 
+    def markCommitUrgent(self):
+        """haagent: call from a replicated method while it is applied (tick thread): on the
+        leader, the commit that includes this entry is announced to followers at once instead
+        of within commitNoticeDelay. Elsewhere it does nothing."""
+        self.__commitUrgent = True
+
+    def __noticeCommit(self):
+        # haagent: the commit index advanced. Followers hear of it at once if an entry applied
+        # now asked for it, if there is no delay, or if some follower still lacks entries (a
+        # send for them is due anyway); otherwise within commitNoticeDelay, or earlier with any
+        # append_entries sent meanwhile (they all carry the commit index).
+        delay = self.__conf.commitNoticeDelay
+        lastIdx = self.__getCurrentLogIndex()
+        behind = any(self.__raftNextIndex[node] <= lastIdx
+                     for node in self.__otherNodes if node in self.__connectedNodes)
+        if self.__commitUrgent or delay <= 0 or behind:
+            self.__appendPending = True  # sent by _onTick right after, or when the interval allows
+        elif self.__commitNoticeDue is None:
+            self.__commitNoticeDue = monotonicTime() + delay
+
     def __sendAppendEntriesSoon(self):
         # haagent: new entries or a commit advance leave at once, unless the last append_entries
         # left less than appendEntriesMinInterval ago: then they wait for it (__pollTimeout
@@ -1447,6 +1479,7 @@ class SyncObj(object):
     def __sendAppendEntries(self):
         self.__newAppendEntriesTime = monotonicTime() + self.__conf.appendEntriesPeriod
         self.__appendPending = False  # haagent: this send carries everything pending
+        self.__commitNoticeDue = None  # haagent: and the commit index
         self.__lastAppendSent = monotonicTime()
 
         startTime = monotonicTime()
