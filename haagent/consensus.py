@@ -71,9 +71,10 @@ the housekeeping that has no timer of its own (reconnecting to a peer, log compa
 def append_entries_period(election_min_s: float) -> float:
     """How often an idle leader sends (empty) append-entries to each follower.
 
-    New entries and commit-index advances are sent at once (batching is off), so this only
-    keeps followers from starting an election and tells them the leader is alive. Just under a
-    third of the minimum election timeout (pysyncobj requires raftMinTimeout > 3 x
+    New entries and the commits of commands other than heartbeats are sent at once (batching
+    is off); heartbeats' commits ride on these appends (`commit_notice_delay`). Otherwise the
+    period keeps followers from starting an election and tells them the leader is alive. Just
+    under a third of the minimum election timeout (pysyncobj requires raftMinTimeout > 3 x
     appendEntriesPeriod): a follower that misses three appends in a row only sends a pre-vote,
     which its peers refuse while they hear from the leader (leader stickiness), so a spurious
     timeout costs one round of messages, not the leader. Each period costs every follower an
