@@ -107,7 +107,7 @@ def commit_notice_delay(election_min_s: float) -> float:
     the notice of a heartbeat's commit rides on the next idle append instead of costing every
     follower a message and an acknowledgement of its own (issue 7: a third of a balanced
     leader's messages). The proposer applies its heartbeat, and so extends its lease, up to one
-    period later (balanced 80 ms, robust 0.2 s; the lease counts from the send, so it is not
+    period later (balanced 125 ms, robust 0.2 s; the lease counts from the send, so it is not
     shortened). Any other command (DeclareFailed, FenceResult, AssignGuests ...) asks for its
     commit to be announced at once (`markCommitUrgent`), so failover steps do not wait.
     """
