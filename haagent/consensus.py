@@ -7,7 +7,10 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
 - `leaderFallbackTimeout` is lowered to the election timeout (default 30 s: an isolated leader
   would believe it leads for half a minute), `connectionRetryTime` is 0.2 s (a restarted node
   otherwise waits up to 5 s to be re-dialled and disrupts the cluster meanwhile), batching is
-  off (~1 ms commits). The tick thread sleeps until its next Raft timer is due (election
+  off (~1 ms commits), except that heartbeats, and the news of their commits, wait for the
+  leader's next append-entries and ride on it (vendored `appendLazily`, `commitNoticeDelay`):
+  a heartbeat needs to commit within its lease's margin, not now, and one append then carries
+  every node's (issue 7: most of an idle leader's messages and fsyncs). The tick thread sleeps until its next Raft timer is due (election
   deadline, append-entries period; a vendored patch) or a socket or a submitted command wakes
   it, at most `AUTO_TICK_PERIOD_S`: timers keep their precision (50 ms ticks caused split
   votes with short timeouts) without 100 idle wake-ups a second. An idle leader sends
@@ -341,6 +344,7 @@ class RaftConsensus:
             appendEntriesPeriod=append_entries_period(min_s),
             appendEntriesMinInterval=append_min_interval(len(self._addresses), min_s),
             commitNoticeDelay=commit_notice_delay(min_s),
+            appendLazily=True,
             autoTickPeriod=AUTO_TICK_PERIOD_S,
             appendEntriesUseBatch=False,
             connectionRetryTime=0.2,
@@ -545,7 +549,9 @@ class RaftConsensus:
                     MAX_COMMAND_BYTES,
                 )
             return Outcome(OutcomeKind.REFUSED, f"command of {len(payload)} bytes is too large")
-        sync.submit(payload, callback=callback)
+        # A heartbeat waits for the leader's next append_entries (`lazy`, see
+        # `append_entries_period`): its commit is needed within the lease's margin, not now.
+        sync.submit(payload, callback=callback, lazy=isinstance(command, Heartbeat))
         try:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:

@@ -52,5 +52,6 @@ class SyncObj:
     @property
     def dumpLoadError(self) -> str | None: ...
 
-# A replicated method also takes the keyword arguments callback=, sync= and timeout=.
+# A replicated method also takes the keyword arguments callback=, sync=, timeout= and lazy=
+# (haagent: SyncObjConf.appendLazily).
 def replicated(func: Callable[..., Any]) -> Callable[..., Any]: ...

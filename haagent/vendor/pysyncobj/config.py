@@ -77,6 +77,18 @@ class SyncObjConf(object):
         #: changes; the commit index itself does not.
         self.commitNoticeDelay = kwargs.get('commitNoticeDelay', 0.0)
 
+        #: haagent: a command submitted with `lazy=True` (on a follower: forwarded with a
+        #: `lazy` flag) is not appended and sent at once: the leader holds it and appends it
+        #: right before its next append_entries (the idle period's, or one sent for other
+        #: entries), which carries it. Many lazy commands then cost the leader one send, one
+        #: fsync and one round of acknowledgements instead of one each, for up to one
+        #: appendEntriesPeriod of latency. Disabled: lazy commands are appended at once.
+        #: A leader that steps down fails the commands it holds (LEADER_CHANGED).
+        self.appendLazily = kwargs.get('appendLazily', False)
+
+        #: haagent: most lazy commands a leader holds; more are appended at once.
+        self.lazyCommandsMax = kwargs.get('lazyCommandsMax', 1024)
+
         #: Max number of bytes per single append_entries command.
         self.appendEntriesBatchSizeBytes = kwargs.get('appendEntriesBatchSizeBytes', 2 ** 16)
 
@@ -239,6 +251,7 @@ class SyncObjConf(object):
         assert self.appendEntriesPeriod > 0
         assert 0 <= self.appendEntriesMinInterval < self.appendEntriesPeriod
         assert 0 <= self.commitNoticeDelay < self.raftMinTimeout
+        assert self.lazyCommandsMax >= 0
         assert self.leaderFallbackTimeout > self.appendEntriesPeriod
         assert self.connectionTimeout >= self.raftMaxTimeout
         assert self.connectionRetryTime >= 0

@@ -293,6 +293,12 @@ class SyncObj(object):
         # (see commitNoticeDelay, markCommitUrgent).
         self.__commitNoticeDue = None
         self.__commitUrgent = False
+        # haagent: lazy commands the leader holds for its next append_entries:
+        # [(command, callback or (node, request id))] (see appendLazily).
+        self.__lazyCommands = []
+        # haagent: where lazy forwarded commands were appended, per proposer node, for the next
+        # append_entries to it: {node: [(request id, log index, log term)]}.
+        self.__lazyReplies = collections.defaultdict(list)
 
         self.__commandsWaitingCommit = collections.defaultdict(list)  # logID => [(termID, callback), ...]
         self.__commandsLocalCounter = 0
@@ -516,12 +522,14 @@ class SyncObj(object):
     def _getFuncName(self, funcName):
         return self.__currentVersionFuncNames[funcName]
 
-    def _applyCommand(self, command, callback, commandType = None):
+    def _applyCommand(self, command, callback, commandType = None, lazy = False):
+        # haagent: `lazy` - the command may wait for the leader's next append_entries (see
+        # appendLazily); queued as (command, callback, lazy).
         try:
             if commandType is None:
-                self.__commandsQueue.put_nowait((command, callback))
+                self.__commandsQueue.put_nowait((command, callback, lazy))
             else:
-                self.__commandsQueue.put_nowait((_bchr(commandType) + command, callback))
+                self.__commandsQueue.put_nowait((_bchr(commandType) + command, callback, lazy))
             if not self.__conf.appendEntriesUseBatch and PIPE_NOTIFIER_ENABLED:
                 self.__pipeNotifier.notify()
         except Queue.Full:
@@ -534,7 +542,7 @@ class SyncObj(object):
             if self.__raftLeader is None and self.__conf.commandsWaitLeader:
                 break
             try:
-                command, callback = self.__commandsQueue.get_nowait()
+                command, callback, lazy = self.__commandsQueue.get_nowait()
             except Queue.Empty:
                 break
 
@@ -543,27 +551,18 @@ class SyncObj(object):
                 requestNode, requestID = callback
 
             if self.__raftState == _RAFT_STATE.LEADER:
-                idx, term = self.__getCurrentLogIndex() + 1, self.__raftCurrentTerm
-
                 if self.__conf.dynamicMembershipChange:
                     changeClusterRequest = self.__parseChangeClusterRequest(command)
                 else:
                     changeClusterRequest = None
 
-                if changeClusterRequest is None or self.__changeCluster(changeClusterRequest):
-
-                    self.__raftLog.add(command, idx, term)
-
-                    if requestNode is None:
-                        if callback is not None:
-                            self.__commandsWaitingCommit[idx].append((term, callback))
-                    else:
-                        self.__transport.send(requestNode, {
-                            'type': 'apply_command_response',
-                            'request_id': requestID,
-                            'log_idx': idx,
-                            'log_term': term,
-                        })
+                if (lazy and changeClusterRequest is None and self.__conf.appendLazily
+                        and len(self.__lazyCommands) < self.__conf.lazyCommandsMax):
+                    # haagent: appended right before the next append_entries, which carries it
+                    # (__appendLazyCommands): no send, no fsync and no acknowledgements of its own.
+                    self.__lazyCommands.append((command, callback))
+                elif changeClusterRequest is None or self.__changeCluster(changeClusterRequest):
+                    self.__appendCommand(command, callback)
                     if not self.__conf.appendEntriesUseBatch:
                         self.__appendPending = True  # haagent: one send for the whole drain, below
                 else:
@@ -584,6 +583,8 @@ class SyncObj(object):
                         'type': 'apply_command',
                         'command': command,
                     }
+                    if lazy:
+                        message['lazy'] = True  # haagent: leaders without the patch ignore it
 
                     if callback is not None:
                         self.__commandsLocalCounter += 1
@@ -602,6 +603,41 @@ class SyncObj(object):
 
         if self.__appendPending and self.__raftState == _RAFT_STATE.LEADER:
             self.__sendAppendEntriesSoon()
+
+    def __appendCommand(self, command, callback, lazy=False):
+        """Append one command to the leader's log; its proposer hears where (a forwarded one:
+        apply_command_response, or for a lazy one a reply inside the append_entries about to
+        carry it) or waits for its commit (a local one)."""
+        idx, term = self.__getCurrentLogIndex() + 1, self.__raftCurrentTerm
+        self.__raftLog.add(command, idx, term)
+        if isinstance(callback, tuple) and lazy:
+            requestNode, requestID = callback
+            self.__lazyReplies[requestNode].append((requestID, idx, term))
+        elif isinstance(callback, tuple):
+            requestNode, requestID = callback
+            self.__transport.send(requestNode, {
+                'type': 'apply_command_response',
+                'request_id': requestID,
+                'log_idx': idx,
+                'log_term': term,
+            })
+        elif callback is not None:
+            self.__commandsWaitingCommit[idx].append((term, callback))
+
+    def __appendLazyCommands(self):
+        """haagent: append the lazy commands held since the last append_entries, in the order
+        they arrived, right before the append_entries that carries them."""
+        lazy, self.__lazyCommands = self.__lazyCommands, []
+        for command, callback in lazy:
+            self.__appendCommand(command, callback, lazy=True)
+
+    def __dropLazyCommands(self, reason):
+        """haagent: this node stopped leading with lazy commands held: none was appended, so
+        each proposer hears that it failed (`reason`) and may propose again elsewhere."""
+        lazy, self.__lazyCommands = self.__lazyCommands, []
+        for _command, callback in lazy:
+            self.__callErrCallback(reason, callback)
+        self.__lazyReplies.clear()  # appended: their proposers learn the outcome by timeout
 
     def _autoTickThread(self):
         try:
@@ -1078,6 +1114,14 @@ class SyncObj(object):
                         'term': message['term'],
                     })
 
+        if message['type'] == 'append_entries':
+            # haagent: where the leader appended this node's lazy commands (see
+            # __appendCommand), carried by the append_entries that carries the entries.
+            for reply in message.get('replies', ()):
+                if (isinstance(reply, tuple) and len(reply) == 3
+                        and all(type(v) is int for v in reply)):
+                    self.__onApplyCommandResponse(reply[0], None, reply[1], reply[2])
+
         if message['type'] == 'append_entries' and message['term'] >= self.__raftCurrentTerm:
             if message['term'] > self.__raftCurrentTerm:
                 # A new leader at a higher term supersedes any pending transfer.
@@ -1188,30 +1232,15 @@ class SyncObj(object):
             self.__raftLog.setRaftCommitIndex(self.__raftCommitIndex)
 
         if message['type'] == 'apply_command':
+            lazy = message.get('lazy') is True
             if 'request_id' in message:
-                self._applyCommand(message['command'], (node, message['request_id']))
+                self._applyCommand(message['command'], (node, message['request_id']), lazy=lazy)
             else:
-                self._applyCommand(message['command'], None)
+                self._applyCommand(message['command'], None, lazy=lazy)
 
         if message['type'] == 'apply_command_response':
-            requestID = message['request_id']
-            error = message.get('error', None)
-            callback = self.__commandsWaitingReply.pop(requestID, None)
-            if callback is not None:
-                if error is not None:
-                    callback(None, error)
-                else:
-                    idx = message['log_idx']
-                    term = message['log_term']
-                    if idx <= self.__raftLastApplied:
-                        # Stale apply_command_response:
-                        # The log position was already applied (e.g. via snapshot installed after leader reconnect)
-                        # before this response was processed. Or the leader was restarted without notice (and remains leader).
-                        # The command outcome cannot be tracked; signal the caller so it can retry rather than hanging
-                        # forever.
-                        callback(None, FAIL_REASON.UNKNOWN_OUTCOME)
-                    else:
-                        self.__commandsWaitingCommit[idx].append((term, callback))
+            self.__onApplyCommandResponse(message['request_id'], message.get('error', None),
+                                          message.get('log_idx'), message.get('log_term'))
 
         if self.__raftState == _RAFT_STATE.CANDIDATE:
             if message['type'] == 'response_vote' and message['term'] == self.__raftCurrentTerm:
@@ -1435,9 +1464,26 @@ class SyncObj(object):
         """haagent: why the journal cannot write now (disk full, I/O error), or None."""
         return getattr(self.__raftLog, 'storageError', None)
 
+    def __onApplyCommandResponse(self, requestID, error, idx, term):
+        callback = self.__commandsWaitingReply.pop(requestID, None)
+        if callback is not None:
+            if error is not None:
+                callback(None, error)
+            elif idx <= self.__raftLastApplied:
+                # Stale apply_command_response:
+                # The log position was already applied (e.g. via snapshot installed after leader reconnect)
+                # before this response was processed. Or the leader was restarted without notice (and remains leader).
+                # The command outcome cannot be tracked; signal the caller so it can retry rather than hanging
+                # forever.
+                callback(None, FAIL_REASON.UNKNOWN_OUTCOME)
+            else:
+                self.__commandsWaitingCommit[idx].append((term, callback))
+
     def __setState(self, newState):
         oldState = self.__raftState
         self.__raftState = newState
+        if oldState == _RAFT_STATE.LEADER and newState != _RAFT_STATE.LEADER:
+            self.__dropLazyCommands(FAIL_REASON.LEADER_CHANGED)
         callback = self.__conf.onStateChanged
         if callback is not None and oldState != newState:
             callback(oldState, newState)
@@ -1477,6 +1523,7 @@ class SyncObj(object):
             self.__appendPending = True
 
     def __sendAppendEntries(self):
+        self.__appendLazyCommands()  # haagent: every append_entries carries the lazy commands
         self.__newAppendEntriesTime = monotonicTime() + self.__conf.appendEntriesPeriod
         self.__appendPending = False  # haagent: this send carries everything pending
         self.__commitNoticeDue = None  # haagent: and the commit index
@@ -1487,9 +1534,10 @@ class SyncObj(object):
         batchSizeBytes = self.__conf.appendEntriesBatchSizeBytes
 
         for node in self.__otherNodes | self.__readonlyNodes:
+            replies = self.__lazyReplies.pop(node, None)
             if node not in self.__connectedNodes:
                 self.__serializer.cancelTransmisstion(node)
-                continue
+                continue  # replies lost with the connection: those proposals time out
 
             sendSingle = True
             sendingSerialized = False
@@ -1523,6 +1571,8 @@ class SyncObj(object):
                                 'prevLogTerm': prevLogTerm,
                                 'seq': self.__nextAppendSeq(),
                             }
+                            if replies:
+                                message['replies'], replies = replies, None
                             self.__transport.send(node, message)
                             if node not in self.__connectedNodes:
                                 break
@@ -1536,6 +1586,8 @@ class SyncObj(object):
                             'prevLogTerm': prevLogTerm,
                             'seq': self.__nextAppendSeq(),
                         }
+                        if replies:
+                            message['replies'], replies = replies, None
                         self.__transport.send(node, message)
                         if node not in self.__connectedNodes:
                             break
@@ -1548,6 +1600,8 @@ class SyncObj(object):
                         'serialized': transmissionData,
                         'seq': self.__nextAppendSeq(),
                     }
+                    if replies:
+                        message['replies'], replies = replies, None
                     self.__transport.send(node, message)
                     if node not in self.__connectedNodes:
                         break
@@ -1826,6 +1880,7 @@ def replicated(*decArgs, **decKwargs):
                     raise SyncObjException("Class should be inherited from SyncObj or SyncObjConsumer")
 
                 callback = kwargs.pop('callback', None)
+                lazy = kwargs.pop('lazy', False)  # haagent: see SyncObjConf.appendLazily
                 if kwargs:
                     cmd = (funcID, args, kwargs)
                 elif args and not kwargs:
@@ -1841,7 +1896,7 @@ def replicated(*decArgs, **decKwargs):
                     callback = asyncResult.onResult
 
                 timeout = kwargs.pop('timeout', None)
-                applier(pickle.dumps(cmd), callback, _COMMAND_TYPE.REGULAR)
+                applier(pickle.dumps(cmd), callback, _COMMAND_TYPE.REGULAR, lazy=lazy)
 
                 if sync:
                     res = asyncResult.event.wait(timeout)

@@ -1,0 +1,201 @@
+"""Heartbeats ride on the leader's next append_entries (vendored patch `appendLazily`,
+haagent/vendor/pysyncobj/PATCHES.md).
+
+Real pysyncobj over TCP on loopback. As shipped (batching off), every heartbeat of every node
+cost the leader an append_entries to each follower, their acknowledgements and an fsync of its
+own, and a follower's heartbeat an apply_command_response besides: most of an idle balanced
+leader's messages (issue 7). With the patch the leader holds heartbeats (its own and those
+forwarded to it) until its next append_entries, appends them together right before it, and
+tells each forwarding follower where its heartbeat went inside that same append_entries.
+Any other command is appended and sent at once, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from haagent.commands import Heartbeat, SetMaintenance
+from haagent.consensus import RaftConsensus, append_entries_period
+from haagent.localcluster.ports import free_port
+from haagent.ports import OutcomeKind
+from haagent.vendor.pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from haagent.vendor.pysyncobj.monotonic import monotonic as raft_clock
+from tests.unit.test_consensus import SECRET, Trio, until
+from tests.unit.test_consensus_catchup import join_all
+
+# Robust-profile election timeouts: a 0.2 s idle period, far longer than a loopback round
+# trip plus an fsync, so an append sent for news is told apart from the period's.
+ELECTION_MIN_S = 1.0
+PERIOD_S = append_entries_period(ELECTION_MIN_S)
+
+
+class SlowTrio(Trio):
+    """Three replicas with the robust profile's election timeouts."""
+
+    def start(self, name: str) -> RaftConsensus:
+        c = RaftConsensus(
+            name,
+            self.addresses,
+            SECRET,
+            self.tmp_path / name,
+            election_timeout_min_s=ELECTION_MIN_S,
+            election_timeout_max_s=2 * ELECTION_MIN_S,
+        )
+        c.start()
+        self.nodes[name] = c
+        return c
+
+
+@pytest.fixture
+async def slow_trio(tmp_path: Path) -> AsyncIterator[SlowTrio]:
+    """Every replica still running is stopped at the end, also when the test fails."""
+    t = SlowTrio(tmp_path)
+    try:
+        yield t
+    finally:
+        for name in list(t.nodes):
+            t.stop(name)
+
+
+async def started(t: SlowTrio) -> tuple[RaftConsensus, list[RaftConsensus]]:
+    """All three joined; returns the leader and the two followers."""
+    for n in ("n1", "n2", "n3"):
+        t.start(n)
+    await until("a leader", lambda: t.leader() is not None)
+    await join_all(t, ("n1", "n2", "n3"))
+    leader = t.leader()
+    assert leader is not None
+    return leader, [c for c in t.nodes.values() if c is not leader]
+
+
+def record_sends(c: RaftConsensus) -> list[tuple[float, dict[str, Any]]]:
+    """Record every message this replica sends (wraps its transport): (when on pysyncobj's
+    clock, message)."""
+    sync = c._sync
+    assert sync is not None
+    transport = sync._SyncObj__transport  # type: ignore[attr-defined]
+    send = transport.send
+    sent: list[tuple[float, dict[str, Any]]] = []
+
+    def recording(node: object, message: dict[str, Any]) -> bool:
+        sent.append((raft_clock(), dict(message, to=str(node))))
+        return bool(send(node, message))
+
+    transport.send = recording
+    # The leader's last append_entries before the recording began (any send restarts the idle
+    # period), so the first recorded one can be told apart too.
+    sent.insert(0, (sync._SyncObj__lastAppendSent, {"type": "append_entries", "to": "*"}))  # type: ignore[attr-defined]
+    return sent
+
+
+def appends_to(sent: list[tuple[float, dict[str, Any]]], to: str) -> list[tuple[float, Any]]:
+    """The append_entries sent to one follower (from the last send before the recording):
+    (when, message)."""
+    return [(at, m) for at, m in sent if m["type"] == "append_entries" and m["to"] in (to, "*")]
+
+
+def sent_for_news(appends: list[tuple[float, Any]]) -> list[tuple[float, Any]]:
+    """Appends that left before the idle period after the previous one was over (every send
+    restarts it, so the period's own append never leaves earlier)."""
+    return [s for prev, s in itertools.pairwise(appends) if s[0] - prev[0] < 0.9 * PERIOD_S]
+
+
+def heartbeat(c: RaftConsensus) -> Heartbeat:
+    return Heartbeat(c.node, f"{c.node}-a")
+
+
+async def test_heartbeats_of_all_nodes_ride_on_the_idle_appends(slow_trio: SlowTrio) -> None:
+    leader, followers = await started(slow_trio)
+    sent = record_sends(leader)
+    proposers = [leader, *followers]
+    for _ in range(4):
+        outcomes = await asyncio.gather(*(c.propose(heartbeat(c), 3) for c in proposers))
+        # Each proposer applied its own heartbeat: its lease was renewed.
+        assert [o.kind for o in outcomes] == [OutcomeKind.ACCEPTED] * 3, outcomes
+        await asyncio.sleep(0.5 * PERIOD_S)
+    addresses = {m["to"] for _, m in sent if m["type"] == "append_entries"} - {"*"}
+    assert len(addresses) == 2
+    for address in addresses:
+        appends = appends_to(sent, address)
+        assert sum(len(m.get("entries") or ()) for _, m in appends) == 12, appends
+        # As shipped: an append per heartbeat and a commit notice after it. Patched: only
+        # the idle period's appends, which carried every heartbeat and every commit.
+        assert sent_for_news(appends) == [], appends
+    # The followers heard where their heartbeats went inside those appends.
+    assert [m for _, m in sent if m["type"] == "apply_command_response"] == []
+    replies = [r for _, m in sent for r in m.get("replies", ())]
+    assert len(replies) == 8, replies
+
+
+async def test_a_refused_heartbeat_is_refused_for_its_proposer_only(slow_trio: SlowTrio) -> None:
+    leader, (f1, f2) = await started(slow_trio)
+    stale = Heartbeat(f2.node, "an-old-incarnation")
+    outcomes = await asyncio.gather(
+        f1.propose(heartbeat(f1), 3), f2.propose(stale, 3), leader.propose(heartbeat(leader), 3)
+    )
+    kinds = [o.kind for o in outcomes]
+    assert kinds == [OutcomeKind.ACCEPTED, OutcomeKind.REFUSED, OutcomeKind.ACCEPTED], outcomes
+
+
+async def test_any_other_command_leaves_at_once(slow_trio: SlowTrio) -> None:
+    leader, (follower, _) = await started(slow_trio)
+    sent = record_sends(leader)
+    outcome = await follower.propose(SetMaintenance(follower.node, True, by="test", at=0.0), 2)
+    assert outcome.kind is OutcomeKind.ACCEPTED, outcome
+    for address in {m["to"] for _, m in sent if m["type"] == "append_entries"} - {"*"}:
+        appends = appends_to(sent, address)
+        carrying = next(s for s in appends if s[1].get("entries"))
+        assert carrying in sent_for_news(appends), appends
+    assert [m for _, m in sent if m["type"] == "apply_command_response"] != []
+
+
+class _Log(SyncObj):
+    @replicated
+    def submit(self, payload: bytes) -> bytes:
+        return payload
+
+
+def test_a_leader_that_steps_down_fails_the_heartbeats_it_holds() -> None:
+    """White box, one manually ticked voter: a held (not yet appended) command is failed with
+    LEADER_CHANGED when the leader steps down, so its proposer retries at once instead of
+    waiting for a timeout."""
+    conf = SyncObjConf(
+        autoTick=False,
+        password=SECRET,
+        raftMinTimeout=ELECTION_MIN_S,
+        raftMaxTimeout=2 * ELECTION_MIN_S,
+        appendEntriesPeriod=PERIOD_S,
+        appendEntriesUseBatch=False,
+        appendLazily=True,
+        commandsWaitLeader=True,
+        dynamicMembershipChange=False,
+    )
+    sync = _Log(f"127.0.0.1:{free_port()}", [], conf)
+    try:
+        deadline = time.monotonic() + 10
+        while not sync._isLeader():
+            assert time.monotonic() < deadline, "a lone voter leads"
+            sync.doTick(0.05)
+        results: list[tuple[Any, int]] = []
+        held = sync._SyncObj__lazyCommands  # type: ignore[attr-defined]
+        sync.submit(b"beat", callback=lambda r, e: results.append((r, e)), lazy=True)
+        sync._checkCommandsToApply()
+        assert len(held) == 1 and results == []  # held for the next append_entries
+        sync._SyncObj__setState(0)  # type: ignore[attr-defined]  # _RAFT_STATE.FOLLOWER
+        assert results == [(None, FAIL_REASON.LEADER_CHANGED)]
+        assert sync._SyncObj__lazyCommands == []  # type: ignore[attr-defined]
+    finally:
+        sync.destroy()
+        sync.doTick(0)
+
+
+def test_held_commands_are_bounded() -> None:
+    with pytest.raises(AssertionError):
+        SyncObjConf(raftMinTimeout=0.4, raftMaxTimeout=0.8, lazyCommandsMax=-1).validate()
