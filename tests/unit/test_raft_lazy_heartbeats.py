@@ -196,6 +196,22 @@ def test_a_leader_that_steps_down_fails_the_heartbeats_it_holds() -> None:
         sync.doTick(0)
 
 
+def test_an_answer_without_a_log_position_is_an_unknown_outcome() -> None:
+    """A proposer whose answer (apply_command_response, or a reply inside an append_entries)
+    names no integer index and term hears UNKNOWN instead of the tick thread raising."""
+    conf = SyncObjConf(autoTick=False, password=SECRET, dynamicMembershipChange=False)
+    sync = _Log(f"127.0.0.1:{free_port()}", [], conf)
+    try:
+        results: list[tuple[Any, int]] = []
+        waiting = sync._SyncObj__commandsWaitingReply  # type: ignore[attr-defined]
+        waiting[7] = lambda r, e: results.append((r, e))
+        sync._SyncObj__onApplyCommandResponse(7, None, None, "1")  # type: ignore[attr-defined]
+        assert results == [(None, FAIL_REASON.UNKNOWN_OUTCOME)]
+    finally:
+        sync.destroy()
+        sync.doTick(0)
+
+
 def test_held_commands_are_bounded() -> None:
     with pytest.raises(AssertionError):
         SyncObjConf(raftMinTimeout=0.4, raftMaxTimeout=0.8, lazyCommandsMax=-1).validate()

@@ -1469,6 +1469,8 @@ class SyncObj(object):
         if callback is not None:
             if error is not None:
                 callback(None, error)
+            elif type(idx) is not int or type(term) is not int:
+                callback(None, FAIL_REASON.UNKNOWN_OUTCOME)  # haagent: a malformed answer
             elif idx <= self.__raftLastApplied:
                 # Stale apply_command_response:
                 # The log position was already applied (e.g. via snapshot installed after leader reconnect)
