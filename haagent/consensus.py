@@ -10,11 +10,12 @@ Hardening (DESIGN.md "pysyncobj: facts measured here" and lab/PYSYNCOBJ.md):
   off (~1 ms commits), except that heartbeats, and the news of their commits, wait for the
   leader's next append-entries and ride on it (vendored `appendLazily`, `commitNoticeDelay`):
   a heartbeat needs to commit within its lease's margin, not now, and one append then carries
-  every node's (issue 7: most of an idle leader's messages and fsyncs). The tick thread sleeps until its next Raft timer is due (election
-  deadline, append-entries period; a vendored patch) or a socket or a submitted command wakes
-  it, at most `AUTO_TICK_PERIOD_S`: timers keep their precision (50 ms ticks caused split
-  votes with short timeouts) without 100 idle wake-ups a second. An idle leader sends
-  append-entries every `append_entries_period()` (0.2 s with the robust profile).
+  every node's (issue 7: most of an idle leader's messages and fsyncs). The tick thread
+  sleeps until its next Raft timer is due (election deadline, append-entries period; a
+  vendored patch) or a socket or a submitted command wakes it, at most `AUTO_TICK_PERIOD_S`:
+  timers keep their precision (50 ms ticks caused split votes with short timeouts) without 100
+  idle wake-ups a second. An idle leader sends append-entries every `append_entries_period()`
+  (balanced 125 ms, robust 0.2 s).
 - The vendored pysyncobj runs pre-vote elections and catches lagging replicas up without
   bouncing (haagent/vendor/pysyncobj/PATCHES.md): a lossy link or a starved CPU on one node
   does not depose the leader. `view()` reports elections and replica lag for status/metrics.
@@ -75,14 +76,18 @@ def append_entries_period(election_min_s: float) -> float:
     """How often an idle leader sends (empty) append-entries to each follower.
 
     New entries and the commits of commands other than heartbeats are sent at once (batching
-    is off); heartbeats' commits ride on these appends (`commit_notice_delay`). Otherwise the
-    period keeps followers from starting an election and tells them the leader is alive. Just
-    under a third of the minimum election timeout (pysyncobj requires raftMinTimeout > 3 x
-    appendEntriesPeriod): a follower that misses three appends in a row only sends a pre-vote,
-    which its peers refuse while they hear from the leader (leader stickiness), so a spurious
-    timeout costs one round of messages, not the leader. Each period costs every follower an
-    encrypted round trip: with a fifth of the timeout (0.08 s with the balanced profile) idle
-    appends were a third of a 3-node leader's sends. At most 0.2 s.
+    is off); heartbeats and their commits ride on these appends (`appendLazily`,
+    `commit_notice_delay`), so a heartbeat's proposer may hear its outcome up to two periods
+    later: the lease's margin pays for that, which is why the period is not longer (at 182 ms,
+    a 5-node `balanced` soak with 5 % loss and both cores saturated lost 3 leases in 10 min;
+    at 125 ms none). Otherwise the period keeps followers from starting an election and tells
+    them the leader is alive. Just under a third of the minimum election timeout (pysyncobj
+    requires raftMinTimeout > 3 x appendEntriesPeriod): a follower that misses three appends
+    in a row only sends a pre-vote, which its peers refuse while they hear from the leader
+    (leader stickiness), so a spurious timeout costs one round of messages, not the leader.
+    Each period costs every follower an encrypted round trip: with a fifth of the timeout
+    (0.08 s with the balanced profile) idle appends were a third of a 3-node leader's sends.
+    At most 0.2 s.
     """
     return min(0.2, election_min_s / 3.2)
 
