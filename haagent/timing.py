@@ -71,8 +71,8 @@ commit may be 0.8 s late before the lease lapses: with Raft's quick retransmissi
 200 ms minimum, doubling per loss) every healthy node kept its lease with 5 % random frame loss
 and both cores saturated. It needs a short minimum RTO: per socket (TCP_RTO_MIN_US, Linux
 6.15+), the sysctl `net.ipv4.tcp_rto_min_us` (6.11+) or a route `rto_min` towards the peers
-(`haagent check-config --here` checks the first two). It costs about 1.5 x the robust
-profile's idle CPU; the 3-node leader is at 2 % of a core (README, "Timing profiles")."""
+(`haagent check-config --here` checks the first two). It costs about 1.4 x the robust
+profile's idle CPU; the 3-node leader is at ~1.5 % of a core (README, "Timing profiles")."""
 
 FAST_TIMING = Timing(
     heartbeat_s=0.1,
