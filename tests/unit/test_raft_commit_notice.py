@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -57,17 +55,6 @@ class SlowTrio(Trio):
         c.start()
         self.nodes[name] = c
         return c
-
-
-@pytest.fixture
-async def slow_trio(tmp_path: Path) -> AsyncIterator[SlowTrio]:
-    """Every replica still running is stopped at the end, also when the test fails."""
-    t = SlowTrio(tmp_path)
-    try:
-        yield t
-    finally:
-        for name in list(t.nodes):
-            t.stop(name)
 
 
 def record_appends(c: RaftConsensus) -> dict[str, list[Sent]]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,41 +25,14 @@ from haagent.localcluster.ports import free_port
 from haagent.ports import OutcomeKind
 from haagent.vendor.pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from haagent.vendor.pysyncobj.monotonic import monotonic as raft_clock
-from tests.unit.test_consensus import SECRET, Trio, until
+from tests.unit.test_consensus import SECRET, until
 from tests.unit.test_consensus_catchup import join_all
+from tests.unit.test_raft_commit_notice import ELECTION_MIN_S, SlowTrio
 
-# Robust-profile election timeouts: a 0.2 s idle period, far longer than a loopback round
-# trip plus an fsync, so an append sent for news is told apart from the period's.
-ELECTION_MIN_S = 1.0
+# The commit-notice tests' replicas: the robust profile's election timeouts, so a 0.2 s idle
+# period, far longer than a loopback round trip plus an fsync, tells an append sent for news
+# apart from the period's.
 PERIOD_S = append_entries_period(ELECTION_MIN_S)
-
-
-class SlowTrio(Trio):
-    """Three replicas with the robust profile's election timeouts."""
-
-    def start(self, name: str) -> RaftConsensus:
-        c = RaftConsensus(
-            name,
-            self.addresses,
-            SECRET,
-            self.tmp_path / name,
-            election_timeout_min_s=ELECTION_MIN_S,
-            election_timeout_max_s=2 * ELECTION_MIN_S,
-        )
-        c.start()
-        self.nodes[name] = c
-        return c
-
-
-@pytest.fixture
-async def slow_trio(tmp_path: Path) -> AsyncIterator[SlowTrio]:
-    """Every replica still running is stopped at the end, also when the test fails."""
-    t = SlowTrio(tmp_path)
-    try:
-        yield t
-    finally:
-        for name in list(t.nodes):
-            t.stop(name)
 
 
 async def started(t: SlowTrio) -> tuple[RaftConsensus, list[RaftConsensus]]:
