@@ -98,8 +98,20 @@ async def started(t: SlowTrio) -> tuple[RaftConsensus, RaftConsensus]:
     await join_all(t, ("n1", "n2", "n3"))
     leader = t.leader()
     assert leader is not None
+    await commits_announced(t, leader)
     follower = next(c for c in t.nodes.values() if c is not leader)
     return leader, follower
+
+
+async def commits_announced(t: SlowTrio, leader: RaftConsensus) -> None:
+    """Every replica heard of the leader's last commit: no commit notice is still waiting for
+    `appendEntriesMinInterval` (a Join proposed on the leader returns before its notice
+    leaves), so the next append_entries the leader sends owes nothing to what came before."""
+    target = leader.view().commit_index
+    await until(
+        "every replica heard of the last commit",
+        lambda: all(c.view().commit_index >= target for c in t.nodes.values()),
+    )
 
 
 def test_the_notice_waits_one_idle_period_at_most() -> None:
