@@ -75,19 +75,19 @@ the housekeeping that has no timer of its own (reconnecting to a peer, log compa
 def append_entries_period(election_min_s: float) -> float:
     """How often an idle leader sends (empty) append-entries to each follower.
 
-    New entries and the commits of commands other than heartbeats are sent at once (batching
-    is off); heartbeats and their commits ride on these appends (`appendLazily`,
+    New entries and the commits of commands other than heartbeats are sent at once (batching is
+    off); heartbeats and their commits ride on these appends (`appendLazily`,
     `commit_notice_delay`), so a heartbeat's proposer may hear its outcome up to two periods
-    later: the lease's margin pays for that, which is why the period is not longer (at 182 ms,
-    a 5-node `balanced` soak with 5 % loss and both cores saturated lost 3 leases in 10 min;
-    at 125 ms none). Otherwise the period keeps followers from starting an election and tells
-    them the leader is alive. Just under a third of the minimum election timeout (pysyncobj
-    requires raftMinTimeout > 3 x appendEntriesPeriod): a follower that misses three appends
-    in a row only sends a pre-vote, which its peers refuse while they hear from the leader
-    (leader stickiness), so a spurious timeout costs one round of messages, not the leader.
-    Each period costs every follower an encrypted round trip: with a fifth of the timeout
-    (0.08 s with the balanced profile) idle appends were a third of a 3-node leader's sends.
-    At most 0.2 s.
+    later: the lease's margin pays for that, which is why the period is not longer (at 182 ms, a
+    5-node `balanced` soak with 5 % loss and both cores saturated had leases lapse in 10 min, 3
+    lease-loss samples and 14 guests destroyed; at 125 ms none). Otherwise the period keeps
+    followers from starting an election and tells them the leader is alive. Just under a third
+    of the minimum election timeout (pysyncobj requires raftMinTimeout > 3 x
+    appendEntriesPeriod): a follower that misses three appends in a row only sends a pre-vote,
+    which its peers refuse while they hear from the leader (leader stickiness), so a spurious
+    timeout costs one round of messages, not the leader. Each period costs every follower an
+    encrypted round trip: with a fifth of the timeout (0.08 s with the balanced profile) idle
+    appends were a third of a 3-node leader's sends. At most 0.2 s.
     """
     return min(0.2, election_min_s / 3.2)
 
