@@ -19,8 +19,7 @@ async def trio(tmp_path: Path) -> AsyncIterator[Trio]:
     try:
         yield t
     finally:
-        for name in list(t.nodes):
-            t.stop(name)
+        t.stop_all()
 
 
 @pytest.fixture
@@ -30,5 +29,4 @@ async def slow_trio(tmp_path: Path) -> AsyncIterator[SlowTrio]:
     try:
         yield t
     finally:
-        for name in list(t.nodes):
-            t.stop(name)
+        t.stop_all()

@@ -45,6 +45,11 @@ class Trio:
     def stop(self, name: str) -> None:
         self.nodes.pop(name).stop()
 
+    def stop_all(self) -> None:
+        """Stop every replica still running (fixtures' teardown, also when a test failed)."""
+        for name in list(self.nodes):
+            self.stop(name)
+
     def leader(self) -> RaftConsensus | None:
         return next((c for c in self.nodes.values() if c.view().is_leader), None)
 

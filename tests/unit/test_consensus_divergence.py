@@ -35,8 +35,7 @@ async def trio(tmp_path: Path) -> AsyncIterator[CheckpointingTrio]:
     try:
         yield t
     finally:
-        for name in list(t.nodes):
-            t.stop(name)
+        t.stop_all()
 
 
 async def heartbeats(t: Trio, node: str, count: int) -> None:

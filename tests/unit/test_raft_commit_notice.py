@@ -21,8 +21,7 @@ from haagent.commands import Heartbeat, SetMaintenance
 from haagent.consensus import RaftConsensus, append_entries_period, commit_notice_delay
 from haagent.ports import OutcomeKind
 from haagent.vendor.pysyncobj import SyncObjConf
-from tests.unit.test_consensus import SECRET, Trio, until
-from tests.unit.test_consensus_catchup import join_all
+from tests.unit.test_consensus import SECRET, Trio, joined, until
 
 # Robust-profile election timeouts: a 0.2 s idle period, far longer than a loopback round
 # trip plus an fsync, so a commit sent at once is told apart from one that waited.
@@ -90,17 +89,13 @@ def early_notices(appends: list[Sent]) -> list[Sent]:
     return [s for prev, s in itertools.pairwise(appends) if not s.entries and before_idle(prev, s)]
 
 
-async def started(t: SlowTrio) -> tuple[RaftConsensus, RaftConsensus]:
-    """All three joined; returns the leader and one follower."""
-    for n in ("n1", "n2", "n3"):
-        t.start(n)
-    await until("a leader", lambda: t.leader() is not None)
-    await join_all(t, ("n1", "n2", "n3"))
+async def started(t: SlowTrio) -> tuple[RaftConsensus, list[RaftConsensus]]:
+    """All three joined and every commit announced; returns the leader and the followers."""
+    await joined(t)
     leader = t.leader()
     assert leader is not None
     await commits_announced(t, leader)
-    follower = next(c for c in t.nodes.values() if c is not leader)
-    return leader, follower
+    return leader, [c for c in t.nodes.values() if c is not leader]
 
 
 async def commits_announced(t: SlowTrio, leader: RaftConsensus) -> None:
@@ -123,7 +118,7 @@ def test_the_notice_waits_one_idle_period_at_most() -> None:
 
 
 async def test_a_heartbeat_commit_rides_on_the_next_idle_append(slow_trio: SlowTrio) -> None:
-    leader, follower = await started(slow_trio)
+    leader, (follower, _) = await started(slow_trio)
     sent = record_appends(leader)
     for _ in range(HEARTBEATS):
         hb = Heartbeat(follower.node, f"{follower.node}-a")
@@ -145,7 +140,7 @@ async def test_a_heartbeat_commit_rides_on_the_next_idle_append(slow_trio: SlowT
 
 
 async def test_any_other_command_is_announced_at_once(slow_trio: SlowTrio) -> None:
-    leader, follower = await started(slow_trio)
+    leader, (follower, _) = await started(slow_trio)
     sent = record_appends(leader)
     outcome = await follower.propose(SetMaintenance(follower.node, True, by="test", at=0.0), 2)
     assert outcome.kind is OutcomeKind.ACCEPTED, outcome

@@ -25,26 +25,13 @@ from haagent.localcluster.ports import free_port
 from haagent.ports import OutcomeKind
 from haagent.vendor.pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from haagent.vendor.pysyncobj.monotonic import monotonic as raft_clock
-from tests.unit.test_consensus import SECRET, until
-from tests.unit.test_consensus_catchup import join_all
-from tests.unit.test_raft_commit_notice import ELECTION_MIN_S, SlowTrio, commits_announced
+from tests.unit.test_consensus import SECRET
+from tests.unit.test_raft_commit_notice import ELECTION_MIN_S, SlowTrio, started
 
 # The commit-notice tests' replicas: the robust profile's election timeouts, so a 0.2 s idle
 # period, far longer than a loopback round trip plus an fsync, tells an append sent for news
 # apart from the period's.
 PERIOD_S = append_entries_period(ELECTION_MIN_S)
-
-
-async def started(t: SlowTrio) -> tuple[RaftConsensus, list[RaftConsensus]]:
-    """All three joined; returns the leader and the two followers."""
-    for n in ("n1", "n2", "n3"):
-        t.start(n)
-    await until("a leader", lambda: t.leader() is not None)
-    await join_all(t, ("n1", "n2", "n3"))
-    leader = t.leader()
-    assert leader is not None
-    await commits_announced(t, leader)
-    return leader, [c for c in t.nodes.values() if c is not leader]
 
 
 def record_sends(c: RaftConsensus) -> list[tuple[float, dict[str, Any]]]:
