@@ -122,6 +122,14 @@ def commit_notice_delay(election_min_s: float) -> float:
     return append_entries_period(election_min_s)
 
 
+def rides_on_appends(command: Command) -> bool:
+    """Whether `command` waits for the leader's next append_entries and its commit for the
+    one after (vendored `appendLazily`, `commitNoticeDelay`) instead of both leaving at once:
+    heartbeats only. A heartbeat's commit is needed within its lease's margin, not now, and
+    decides nothing by itself; every other command is a step someone is waiting for."""
+    return isinstance(command, Heartbeat)
+
+
 MAX_COMMAND_BYTES = 60 * 2**10
 """Largest encoded command this agent proposes; a bigger one is refused before it is proposed.
 The largest real one is an `AssignGuests` of at most 256 assignments
@@ -424,7 +432,7 @@ class RaftConsensus:
         # A heartbeat decides nothing by itself (silence is measured from `HeartbeatSeen.at`,
         # and the proposer learns its own outcome from the proposal): no wake-up for it, or
         # every agent would run a pass per heartbeat of every node.
-        urgent = not isinstance(command, Heartbeat)
+        urgent = not rides_on_appends(command)
         if urgent:
             self._wake()
         return ("accepted" if result.accepted else "refused", result.detail), urgent
@@ -554,9 +562,7 @@ class RaftConsensus:
                     MAX_COMMAND_BYTES,
                 )
             return Outcome(OutcomeKind.REFUSED, f"command of {len(payload)} bytes is too large")
-        # A heartbeat waits for the leader's next append_entries (`lazy`, see
-        # `append_entries_period`): its commit is needed within the lease's margin, not now.
-        sync.submit(payload, callback=callback, lazy=isinstance(command, Heartbeat))
+        sync.submit(payload, callback=callback, lazy=rides_on_appends(command))
         try:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
