@@ -29,6 +29,7 @@ import hmac
 import os
 import ssl  # noqa: F401 - loads the system's libcrypto that `_libcrypto` then finds mapped
 import struct
+import threading
 
 _VERSION = 0x80
 _HEADER = struct.Struct(">BQ16s")  # version, timestamp, IV
@@ -62,8 +63,16 @@ def _libcrypto_path() -> str | None:
 
 
 class _Evp:
-    """The EVP calls AES-128-CBC needs (context, cipher, init/update/final each way), with
-    their C types declared (undeclared, ctypes would truncate 64-bit pointers to int)."""
+    """AES-128-CBC through libcrypto's EVP interface, with the C types declared (undeclared,
+    ctypes would truncate 64-bit pointers to int).
+
+    Cost, not style, shapes this class: a Raft frame is small and each is encrypted or
+    decrypted after the tick thread slept, with cold caches, so the number of calls through
+    ctypes (libffi) is most of the price (issue 7: Fernet was about a quarter of an idle
+    leader's tick thread). One cipher context per thread is kept (`EVP_CIPHER_CTX` is not
+    thread-safe; freed when the thread ends) and re-keyed per frame, and the padding is done
+    here so that a frame costs two calls: `EVP_CipherInit_ex` (key, IV, direction) and
+    `EVP_Cipher` over whole blocks."""
 
     def __init__(self) -> None:
         names = [p for p in (_libcrypto_path(),) if p] + ["libcrypto.so.3", "libcrypto.so.1.1"]
@@ -79,52 +88,78 @@ class _Evp:
                 "cannot load the system's libcrypto (tried " + ", ".join(names) + "); "
                 "install OpenSSL's library (Debian: libssl3)"
             )
-        vp, cp, ip, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int
+        vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
         lib.EVP_CIPHER_CTX_new.restype = vp
         lib.EVP_CIPHER_CTX_new.argtypes = []
         lib.EVP_CIPHER_CTX_free.restype = None
         lib.EVP_CIPHER_CTX_free.argtypes = [vp]
         lib.EVP_aes_128_cbc.restype = vp
         lib.EVP_aes_128_cbc.argtypes = []
-        self._ops = {}
-        for op in ("Encrypt", "Decrypt"):
-            init = getattr(lib, f"EVP_{op}Init_ex")
-            init.restype, init.argtypes = i, [vp, vp, vp, cp, cp]
-            update = getattr(lib, f"EVP_{op}Update")
-            update.restype, update.argtypes = i, [vp, vp, ip, cp, i]
-            final = getattr(lib, f"EVP_{op}Final_ex")
-            final.restype, final.argtypes = i, [vp, vp, ip]
-            self._ops[op == "Encrypt"] = (init, update, final)
+        lib.EVP_CipherInit_ex.restype = i
+        lib.EVP_CipherInit_ex.argtypes = [vp, vp, vp, cp, cp, i]
+        lib.EVP_Cipher.restype = i
+        lib.EVP_Cipher.argtypes = [vp, vp, cp, ctypes.c_uint]
         lib.ERR_clear_error.restype = None
         lib.ERR_clear_error.argtypes = []
         self._lib = lib
+        self._init = lib.EVP_CipherInit_ex
+        self._cipher = lib.EVP_Cipher
         self._aes_128_cbc = lib.EVP_aes_128_cbc()
+        self._local = threading.local()
+
+    def _context(self) -> int:
+        """This thread's cipher context, created (with its cipher) on first use."""
+        context: _Context | None = getattr(self._local, "context", None)
+        if context is None:
+            handle = self._lib.EVP_CIPHER_CTX_new()
+            if not handle:
+                raise MemoryError("EVP_CIPHER_CTX_new failed")
+            context = _Context(self._lib, handle)
+            if self._init(handle, self._aes_128_cbc, None, None, None, 1) != 1:
+                self._lib.ERR_clear_error()
+                raise CipherUnavailableError("libcrypto refused AES-128-CBC")
+            self._local.context = context
+        return context.handle
 
     def run(self, encrypt: bool, key: bytes, iv: bytes, data: bytes) -> bytes:
-        """AES-128-CBC with OpenSSL's PKCS#7 padding; raises InvalidTokenError if OpenSSL refuses
-        (on decryption: a bad padding, i.e. a wrong key or a damaged ciphertext)."""
+        """AES-128-CBC with PKCS#7 padding; raises InvalidTokenError if the data cannot be
+        decrypted (a length that is not whole blocks, or a bad padding: a wrong key or a
+        damaged ciphertext)."""
         if len(data) > 0x7FFF_0000:  # EVP takes an int length
             raise InvalidTokenError("message too long")
-        init, update, final = self._ops[encrypt]
-        ctx = self._lib.EVP_CIPHER_CTX_new()
-        if not ctx:
-            raise MemoryError("EVP_CIPHER_CTX_new failed")
-        try:
-            out = ctypes.create_string_buffer(len(data) + _BLOCK)
-            at = ctypes.addressof(out)
-            n, tail = ctypes.c_int(0), ctypes.c_int(0)
-            ok = (
-                init(ctx, self._aes_128_cbc, None, key, iv) == 1
-                and update(ctx, at, ctypes.byref(n), data, len(data)) == 1
-                and final(ctx, at + n.value, ctypes.byref(tail)) == 1
-            )
-            if not ok:
-                # OpenSSL queued why; leave nothing behind for this thread's next TLS call.
-                self._lib.ERR_clear_error()
-                raise InvalidTokenError("the cipher refused the data")
-            return out.raw[: n.value + tail.value]
-        finally:
-            self._lib.EVP_CIPHER_CTX_free(ctx)
+        if encrypt:
+            pad = _BLOCK - len(data) % _BLOCK
+            data = bytes(data) + bytes((pad,)) * pad
+        elif not data or len(data) % _BLOCK:
+            raise InvalidTokenError("the ciphertext is not whole blocks")
+        ctx = self._context()
+        out = ctypes.create_string_buffer(len(data))
+        # Re-keying keeps the context's cipher (NULL); EVP_Cipher returns the byte count
+        # (OpenSSL 3) or 1 (1.1), either way > 0 on success.
+        if self._init(ctx, None, None, key, iv, int(encrypt)) != 1 or (
+            self._cipher(ctx, out, data, len(data)) <= 0
+        ):
+            # OpenSSL queued why; leave nothing behind for this thread's next TLS call.
+            self._lib.ERR_clear_error()
+            raise InvalidTokenError("the cipher refused the data")
+        plain = out.raw
+        if encrypt:
+            return plain
+        pad = plain[-1]
+        if not 1 <= pad <= _BLOCK or plain[-pad:] != bytes((pad,)) * pad:
+            raise InvalidTokenError("the cipher refused the data")
+        return plain[:-pad]
+
+
+class _Context:
+    """One thread's `EVP_CIPHER_CTX`, freed with the thread's locals."""
+
+    def __init__(self, lib: ctypes.CDLL, handle: int) -> None:
+        self._lib = lib
+        self.handle = handle
+
+    def __del__(self) -> None:
+        self._lib.EVP_CIPHER_CTX_free(self.handle)
 
 
 _evp: _Evp | None = None
@@ -162,7 +197,7 @@ class Fernet:
         body = _HEADER.pack(_VERSION, current_time, iv) + _cipher().run(
             True, self._encryption_key, iv, data
         )
-        mac = hmac.new(self._signing_key, body, hashlib.sha256).digest()
+        mac = hmac.digest(self._signing_key, body, "sha256")  # one C call, no HMAC object
         return base64.urlsafe_b64encode(body + mac)
 
     def extract_timestamp(self, token: bytes) -> int:
@@ -193,7 +228,7 @@ class Fernet:
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if (len(body) - _HEADER.size) % _BLOCK:
             raise InvalidTokenError("not a Fernet token")
-        expected = hmac.new(self._signing_key, body, hashlib.sha256).digest()
+        expected = hmac.digest(self._signing_key, body, "sha256")
         if not hmac.compare_digest(mac, expected):
             raise InvalidTokenError("bad signature")
         return body

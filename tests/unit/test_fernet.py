@@ -8,6 +8,7 @@ stranger inject Raft messages. `cryptography` is a test dependency only, kept as
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 
 import pytest
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import haagent.fernet as fernet_module
 from haagent.fernet import (
     PYSYNCOBJ_ITERATIONS,
     PYSYNCOBJ_SALT,
@@ -139,3 +141,23 @@ def test_the_agent_does_not_load_cryptography() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("last_block", [bytes(16), bytes(15) + b"\x11", bytes(14) + b"\x01\x02"])
+def test_a_signed_token_with_a_bad_padding_is_refused(last_block: bytes) -> None:
+    """The padding is checked here, not by OpenSSL: a ciphertext whose MAC is right (signed
+    with the key) but whose plaintext does not end in PKCS#7 padding is refused, as
+    `cryptography` refuses it."""
+    key = ReferenceFernet.generate_key()
+    raw = base64.urlsafe_b64decode(key)
+    signing, encryption = raw[:16], raw[16:]
+    iv = bytes(range(16))
+    # Encrypt whole blocks with the padding left to us: the first block's padding is one
+    # full block of 0x10, then cut off, so the last block is decrypted as it is.
+    cipher = fernet_module._cipher().run(True, encryption, iv, last_block)[:16]
+    body = b"\x80" + (7).to_bytes(8, "big") + iv + cipher
+    token = base64.urlsafe_b64encode(body + hmac.digest(signing, body, "sha256"))
+    with pytest.raises(InvalidTokenError):
+        Fernet(key).decrypt(token)
+    with pytest.raises(ReferenceInvalidToken):
+        ReferenceFernet(key).decrypt(token)
