@@ -58,6 +58,7 @@ from haagent.daemon.watchdogs import (
     WatchdogKeeper,
     expected_watchdog_s,
     pet_interval,
+    pet_now,
     watchdog_commitment,
 )
 from haagent.fencing.levels import AgentFencer
@@ -417,7 +418,7 @@ class Daemon:
     def _feed_watchdogs(self, now: float, pet: bool) -> None:
         self.watchdogs.feed(now, pet)
         interval = self.notifier.watchdog_interval_s
-        if interval is not None and now - self._last_notify >= min(interval, 1.0):
+        if interval is not None and pet_now(now - self._last_notify, min(interval, 1.0)):
             # systemd's watchdog watches the loop itself, not the lease: a fresh loop is alive.
             self.notifier.watchdog()
             self._last_notify = now

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from haagent.core.keys import ActionKey, ActionKind
-from haagent.daemon.shell import Daemon
+from haagent.daemon.shell import Daemon, pet_interval
 from haagent.fencing.watchdog import FileWatchdog, read_standin
 from tests.unit.test_watchdog_commitment import LEVEL
 from tests.unit.test_watchdog_commitment import config as node_config
@@ -65,3 +65,20 @@ def test_no_release_while_an_authorised_call_is_in_flight(tmp_path: Path) -> Non
     daemon.authority._calls.release(handle)
     keeper.set_released(True, 11.0)
     assert keeper.released and read_standin(path)[0] == "closed"
+
+
+def test_a_pass_pets_early_once_half_the_interval_passed(tmp_path: Path) -> None:
+    """A pass that runs anyway (every heartbeat period) pets once half the pet interval has
+    passed, so the loop's own pet deadline rarely needs a wake-up; never more often."""
+    daemon = started(tmp_path)
+    keeper, path = daemon.watchdogs, daemon.config.watchdog_standin
+    assert keeper.watchdog is not None
+    interval = pet_interval(keeper.watchdog.timeout_s)
+    keeper.feed(100.0, pet=True)
+    assert keeper.last_pet == 100.0 and keeper.next_pet_at() == 100.0 + interval
+    keeper.feed(100.0 + interval / 2 - 0.01, pet=True)  # too early: no pet
+    assert keeper.last_pet == 100.0
+    keeper.feed(100.0 + interval / 2, pet=True)  # a pass at half the interval pets
+    assert keeper.last_pet == 100.0 + interval / 2 and read_standin(path)[0] == "pet"
+    keeper.feed(200.0, pet=False)  # the core's word still rules: no lease, no pet
+    assert keeper.last_pet == 100.0 + interval / 2 and keeper.next_pet_at() is None
