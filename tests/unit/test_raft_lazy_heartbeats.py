@@ -176,3 +176,79 @@ def test_an_answer_without_a_log_position_is_an_unknown_outcome() -> None:
 def test_held_commands_are_bounded() -> None:
     with pytest.raises(AssertionError):
         SyncObjConf(raftMinTimeout=0.4, raftMaxTimeout=0.8, lazyCommandsMax=-1).validate()
+
+
+def _lone_voter(**extra: Any) -> _Log:
+    conf = SyncObjConf(
+        autoTick=False,
+        password=SECRET,
+        raftMinTimeout=ELECTION_MIN_S,
+        raftMaxTimeout=2 * ELECTION_MIN_S,
+        appendEntriesPeriod=PERIOD_S,
+        appendEntriesUseBatch=False,
+        appendLazily=True,
+        commandsWaitLeader=True,
+        dynamicMembershipChange=False,
+        **extra,
+    )
+    return _Log(f"127.0.0.1:{free_port()}", [], conf)
+
+
+def _count_wakeups(sync: _Log) -> list[int]:
+    """Count the pipe notifications that wake the tick thread for a submitted command."""
+    notifier = sync._SyncObj__pipeNotifier  # type: ignore[attr-defined]
+    calls = [0]
+    notify = notifier.notify
+
+    def counting() -> None:
+        calls[0] += 1
+        notify()
+
+    notifier.notify = counting
+    return calls
+
+
+def test_a_leader_is_not_woken_for_a_lazy_command_but_its_next_append_carries_it() -> None:
+    """White box, one manually ticked voter: a lazy command submitted on the leader wakes
+    nothing (the tick thread sleeps on until its next append_entries, which would carry the
+    command anyway, and routes it first); any other command still wakes it."""
+    sync = _lone_voter()
+    try:
+        deadline = time.monotonic() + 10
+        while not sync._isLeader():
+            assert time.monotonic() < deadline, "a lone voter leads"
+            sync.doTick(0.05)
+        wakeups = _count_wakeups(sync)
+        results: list[tuple[Any, int]] = []
+        sync.submit(b"beat", callback=lambda r, e: results.append((r, e)), lazy=True)
+        assert wakeups == [0]
+        deadline = time.monotonic() + 10
+        while not results:
+            assert time.monotonic() < deadline, "the next append carried it and it committed"
+            sync.doTick(0.05)
+        assert results == [(b"beat", FAIL_REASON.SUCCESS)]
+        sync.submit(b"other", callback=lambda r, e: results.append((r, e)))
+        assert wakeups == [1]
+    finally:
+        sync.destroy()
+        sync.doTick(0)
+
+
+def test_a_node_that_does_not_lead_is_woken_to_forward_a_lazy_command() -> None:
+    """Without a leader the command waits (as the commands queue does); a node that is not
+    the leader is woken for it, so it forwards the command as soon as it knows a leader."""
+    sync = _lone_voter(lazyCommandsMax=2)
+    sync._SyncObj__raftState = 0  # type: ignore[attr-defined]  # FOLLOWER, no leader known yet
+    try:
+        wakeups = _count_wakeups(sync)
+        results: list[tuple[Any, int]] = []
+        for payload in (b"one", b"two", b"three"):
+            sync.submit(payload, callback=lambda r, e: results.append((r, e)), lazy=True)
+        assert wakeups == [2]
+        # Beyond lazyCommandsMax waiting, a submission fails at once instead of piling up.
+        assert results == [(None, FAIL_REASON.QUEUE_FULL)]
+        sync._checkCommandsToApply()
+        assert len(sync._SyncObj__lazyInbox) == 2  # type: ignore[attr-defined]  # kept
+    finally:
+        sync.destroy()
+        sync.doTick(0)

@@ -296,6 +296,11 @@ class SyncObj(object):
         # haagent: lazy commands the leader holds for its next append_entries:
         # [(command, callback or (node, request id))] (see appendLazily).
         self.__lazyCommands = []
+        # haagent: lazy commands submitted but not yet routed by the tick thread (any thread
+        # appends, the tick thread pops; a deque does both safely). A leader does not wake its
+        # tick thread for them: it routes them right before its next append_entries, which
+        # would carry them anyway (see _applyCommand, __routeLazyInbox).
+        self.__lazyInbox = collections.deque()
         # haagent: where lazy forwarded commands were appended, per proposer node, for the next
         # append_entries to it: {node: [(request id, log index, log term)]}.
         self.__lazyReplies = collections.defaultdict(list)
@@ -525,6 +530,11 @@ class SyncObj(object):
     def _applyCommand(self, command, callback, commandType = None, lazy = False):
         # haagent: `lazy` - the command may wait for the leader's next append_entries (see
         # appendLazily); queued as (command, callback, lazy).
+        if lazy and self.__conf.appendLazily and not self.__conf.appendEntriesUseBatch:
+            if commandType is not None:
+                command = _bchr(commandType) + command
+            self.__submitLazily(command, callback)
+            return
         try:
             if commandType is None:
                 self.__commandsQueue.put_nowait((command, callback, lazy))
@@ -535,8 +545,33 @@ class SyncObj(object):
         except Queue.Full:
             self.__callErrCallback(FAIL_REASON.QUEUE_FULL, callback)
 
+    def __submitLazily(self, command, callback):
+        """haagent: queue a lazy command in the inbox. On a leader nothing wakes the tick
+        thread for it: the next append_entries (at the latest one idle period away) routes the
+        inbox first and carries it, as it would have if the command had been routed at once.
+        Elsewhere the tick thread is woken to forward it now. Reading the state from another
+        thread races with an election; the loser waits for the next tick (an append received
+        or a timer), which routes the inbox wherever this node then stands."""
+        if len(self.__lazyInbox) >= self.__conf.lazyCommandsMax:
+            self.__callErrCallback(FAIL_REASON.QUEUE_FULL, callback)
+            return
+        self.__lazyInbox.append((command, callback))
+        if self.__raftState != _RAFT_STATE.LEADER and PIPE_NOTIFIER_ENABLED:
+            self.__pipeNotifier.notify()
+
+    def __routeLazyInbox(self):
+        """haagent: route what the inbox holds (tick thread), oldest first: a leader holds it
+        for its next append_entries, a follower forwards it to the leader. Kept while no leader
+        is known, as the commands queue is."""
+        if self.__raftLeader is None and self.__conf.commandsWaitLeader:
+            return
+        while self.__lazyInbox:
+            command, callback = self.__lazyInbox.popleft()
+            self.__routeCommand(command, callback, True)
+
     def _checkCommandsToApply(self):
         startTime = monotonicTime()
+        self.__routeLazyInbox()
 
         while monotonicTime() - startTime < self.__conf.appendEntriesPeriod:
             if self.__raftLeader is None and self.__conf.commandsWaitLeader:
@@ -545,64 +580,69 @@ class SyncObj(object):
                 command, callback, lazy = self.__commandsQueue.get_nowait()
             except Queue.Empty:
                 break
+            self.__routeCommand(command, callback, lazy)
 
-            requestNode, requestID = None, None
-            if isinstance(callback, tuple):
-                requestNode, requestID = callback
+        if self.__appendPending and self.__raftState == _RAFT_STATE.LEADER:
+            self.__sendAppendEntriesSoon()
 
-            if self.__raftState == _RAFT_STATE.LEADER:
-                if self.__conf.dynamicMembershipChange:
-                    changeClusterRequest = self.__parseChangeClusterRequest(command)
-                else:
-                    changeClusterRequest = None
+    def __routeCommand(self, command, callback, lazy):
+        """Append (leader), hold for the next append_entries (leader, lazy) or forward to the
+        leader one submitted or forwarded command (haagent: the loop body of upstream's
+        _checkCommandsToApply, shared with the lazy inbox)."""
+        requestNode, requestID = None, None
+        if isinstance(callback, tuple):
+            requestNode, requestID = callback
 
-                if (lazy and changeClusterRequest is None and self.__conf.appendLazily
-                        and len(self.__lazyCommands) < self.__conf.lazyCommandsMax):
-                    # haagent: appended right before the next append_entries, which carries it
-                    # (__appendLazyCommands): no send, no fsync and no acknowledgements of its own.
-                    self.__lazyCommands.append((command, callback))
-                elif changeClusterRequest is None or self.__changeCluster(changeClusterRequest):
-                    self.__appendCommand(command, callback)
-                    if not self.__conf.appendEntriesUseBatch:
-                        self.__appendPending = True  # haagent: one send for the whole drain, below
-                else:
+        if self.__raftState == _RAFT_STATE.LEADER:
+            if self.__conf.dynamicMembershipChange:
+                changeClusterRequest = self.__parseChangeClusterRequest(command)
+            else:
+                changeClusterRequest = None
 
-                    if requestNode is None:
-                        if callback is not None:
-                            callback(None, FAIL_REASON.REQUEST_DENIED)
-                    else:
-                        self.__transport.send(requestNode, {
-                            'type': 'apply_command_response',
-                            'request_id': requestID,
-                            'error': FAIL_REASON.REQUEST_DENIED,
-                        })
+            if (lazy and changeClusterRequest is None and self.__conf.appendLazily
+                    and len(self.__lazyCommands) < self.__conf.lazyCommandsMax):
+                # haagent: appended right before the next append_entries, which carries it
+                # (__appendLazyCommands): no send, no fsync and no acknowledgements of its own.
+                self.__lazyCommands.append((command, callback))
+            elif changeClusterRequest is None or self.__changeCluster(changeClusterRequest):
+                self.__appendCommand(command, callback)
+                if not self.__conf.appendEntriesUseBatch:
+                    self.__appendPending = True  # haagent: one send for the whole drain
+            else:
 
-            elif self.__raftLeader is not None:
                 if requestNode is None:
-                    message = {
-                        'type': 'apply_command',
-                        'command': command,
-                    }
-                    if lazy:
-                        message['lazy'] = True  # haagent: leaders without the patch ignore it
-
                     if callback is not None:
-                        self.__commandsLocalCounter += 1
-                        self.__commandsWaitingReply[self.__commandsLocalCounter] = callback
-                        message['request_id'] = self.__commandsLocalCounter
-
-                    self.__transport.send(self.__raftLeader, message)
+                        callback(None, FAIL_REASON.REQUEST_DENIED)
                 else:
                     self.__transport.send(requestNode, {
                         'type': 'apply_command_response',
                         'request_id': requestID,
-                        'error': FAIL_REASON.NOT_LEADER,
+                        'error': FAIL_REASON.REQUEST_DENIED,
                     })
-            else:
-                self.__callErrCallback(FAIL_REASON.MISSING_LEADER, callback)
 
-        if self.__appendPending and self.__raftState == _RAFT_STATE.LEADER:
-            self.__sendAppendEntriesSoon()
+        elif self.__raftLeader is not None:
+            if requestNode is None:
+                message = {
+                    'type': 'apply_command',
+                    'command': command,
+                }
+                if lazy:
+                    message['lazy'] = True  # haagent: leaders without the patch ignore it
+
+                if callback is not None:
+                    self.__commandsLocalCounter += 1
+                    self.__commandsWaitingReply[self.__commandsLocalCounter] = callback
+                    message['request_id'] = self.__commandsLocalCounter
+
+                self.__transport.send(self.__raftLeader, message)
+            else:
+                self.__transport.send(requestNode, {
+                    'type': 'apply_command_response',
+                    'request_id': requestID,
+                    'error': FAIL_REASON.NOT_LEADER,
+                })
+        else:
+            self.__callErrCallback(FAIL_REASON.MISSING_LEADER, callback)
 
     def __appendCommand(self, command, callback, lazy=False):
         """Append one command to the leader's log; its proposer hears where (a forwarded one:
@@ -785,6 +825,9 @@ class SyncObj(object):
             due = min(due, self.__raftElectionDeadline)
         if self.__raftLeader is not None and len(self.__commandsQueue) > 0:
             due = now
+        if (self.__raftLeader is not None and self.__raftState != _RAFT_STATE.LEADER
+                and self.__lazyInbox):
+            due = now  # haagent: a follower forwards lazy commands at once (a leader: above)
         if (self.__raftState == _RAFT_STATE.LEADER and not self.__otherNodes
                 and self.__getCurrentLogIndex() > self.__raftCommitIndex
                 and self.getStorageError() is None):
@@ -1525,7 +1568,8 @@ class SyncObj(object):
             self.__appendPending = True
 
     def __sendAppendEntries(self):
-        self.__appendLazyCommands()  # haagent: every append_entries carries the lazy commands
+        self.__routeLazyInbox()  # haagent: lazy commands submitted since the last tick ...
+        self.__appendLazyCommands()  # ... and every held one ride on every append_entries
         self.__newAppendEntriesTime = monotonicTime() + self.__conf.appendEntriesPeriod
         self.__appendPending = False  # haagent: this send carries everything pending
         self.__commitNoticeDue = None  # haagent: and the commit index
