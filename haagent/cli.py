@@ -191,7 +191,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         cfg = load_config(f)
         print(
             f"{f}: ok (cluster {cfg.cluster}, node {cfg.node}, {len(cfg.nodes)} nodes, "
-            f"{len(cfg.guests)} guests)"
+            f"{len(cfg.guests)} guests, {cfg.timing_note()[1]})"
         )
         for name, gc in sorted(cfg.guests.items()):
             if gc.spec.networks:

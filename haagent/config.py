@@ -140,6 +140,22 @@ class Config:
     # The unix socket DRBD's fence-peer handler asks (served only where a replica lives).
     drbd_fence_socket: Path = Path(DEFAULT_DRBD_FENCE_SOCKET)
     api: ApiAccess | None = field(default=None, repr=False)
+    # The `[timing] profile` the file names; None: it names none and gets the built-in default
+    # (DEFAULT_TIMING_PROFILE), which a later version may change (README "Timing profiles").
+    timing_profile: str | None = None
+
+    def timing_note(self) -> tuple[bool, str]:
+        """(whether an admin should act, a line saying which timing profile is in effect): a
+        file that names no profile gets the built-in default, which a version may change;
+        agents whose timings differ refuse each other, so naming it keeps an upgrade rolling."""
+        if self.timing_profile is not None:
+            return False, f"timing profile {self.timing_profile}"
+        return True, (
+            f"timing profile {DEFAULT_TIMING_PROFILE}, only as the built-in default: write "
+            f'[timing] profile = "{DEFAULT_TIMING_PROFILE}" into every node\'s config, so that '
+            "an upgrade that changes the default cannot change this cluster's timing "
+            '(README "Upgrading")'
+        )
 
     @property
     def api_access(self) -> ApiAccess:
@@ -342,7 +358,9 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     secret = _secret(cluster_t, "secret", base)
     cluster_t.done()
 
-    timing = _timing(root.table("timing"))
+    timing_t = root.table("timing")
+    timing_profile = timing_t.string("profile") if timing_t.has("profile") else None
+    timing = _timing(timing_t)
 
     placement_t = root.table("placement")
     max_starts = placement_t.integer(
@@ -433,6 +451,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
         log_level=log_level,
         drbd_fence_socket=Path(fence_socket),
         api=api,
+        timing_profile=timing_profile,
     )
 
 

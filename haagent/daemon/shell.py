@@ -221,6 +221,8 @@ class Daemon:
             cfg.cluster,
             cfg.api_listen,
         )
+        act, timing = cfg.timing_note()
+        (log.warning if act else log.info)("%s", timing)
         self.notifier.ready()
         try:
             await self._loop()

@@ -24,10 +24,11 @@ import pytest
 
 from haagent.fencing.watchdog import read_standin
 from haagent.localcluster.cluster import ClusterPlan, GuestPlan, LocalCluster, local_plan
+from haagent.timing import DEFAULT_TIMING
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = ROOT / "tests" / "helpers" / "slowcall"
-LEASE_S = 3.0  # the default (robust) profile
+LEASE_S = DEFAULT_TIMING.lease_s  # the plan names no profile: the default
 NO_PET_S = 4.0  # four pet intervals (1 s with a 10 s watchdog) without a pet
 
 

@@ -39,7 +39,7 @@ from haagent.localcluster.cluster import (
     pid_alive,
     wait_for,
 )
-from haagent.timing import Timing
+from haagent.timing import DEFAULT_TIMING
 from tests.helpers.cluster_watch import ClusterWatch, Observation, log_lines, power_events
 from tests.helpers.netns import NetnsLab
 
@@ -47,7 +47,7 @@ pytestmark = pytest.mark.integration
 
 StartWatched = Callable[[ClusterPlan], tuple[LocalCluster, ClusterWatch]]
 
-TIMING = Timing()
+TIMING = DEFAULT_TIMING  # the plans name no profile: the default applies
 RECOVERY_TIMEOUT_S = 30.0
 
 

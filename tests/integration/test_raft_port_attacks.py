@@ -31,9 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from haagent.config import Timing
 from haagent.consensus import RAFT_PORT_LIMITS
 from haagent.localcluster.cluster import ClusterPlan, GuestPlan, LocalCluster, local_plan, wait_for
+from haagent.timing import DEFAULT_TIMING
 from tests.helpers.cluster_watch import ClusterWatch, log_lines
 from tests.helpers.raft_attack import flood, harm, oversized, slow_stream
 
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 
 StartWatched = Callable[[ClusterPlan], tuple[LocalCluster, ClusterWatch]]
 
-TIMING = Timing()
+TIMING = DEFAULT_TIMING  # the plans name no profile: the default applies
 ATTACK_S = 8.0
 FLOOD_AFTER_S = 2.5
 AFTER_S = 2.0
