@@ -123,10 +123,8 @@ class _Log(SyncObj):
         return payload
 
 
-def test_a_leader_that_steps_down_fails_the_heartbeats_it_holds() -> None:
-    """White box, one manually ticked voter: a held (not yet appended) command is failed with
-    LEADER_CHANGED when the leader steps down, so its proposer retries at once instead of
-    waiting for a timeout."""
+def _lone_voter(**extra: Any) -> _Log:
+    """One manually ticked voter, lazy appends on."""
     conf = SyncObjConf(
         autoTick=False,
         password=SECRET,
@@ -137,13 +135,25 @@ def test_a_leader_that_steps_down_fails_the_heartbeats_it_holds() -> None:
         appendLazily=True,
         commandsWaitLeader=True,
         dynamicMembershipChange=False,
+        **extra,
     )
-    sync = _Log(f"127.0.0.1:{free_port()}", [], conf)
+    return _Log(f"127.0.0.1:{free_port()}", [], conf)
+
+
+def tick_until_it_leads(sync: _Log) -> None:
+    deadline = time.monotonic() + 10
+    while not sync._isLeader():
+        assert time.monotonic() < deadline, "a lone voter leads"
+        sync.doTick(0.05)
+
+
+def test_a_leader_that_steps_down_fails_the_heartbeats_it_holds() -> None:
+    """White box, one manually ticked voter: a held (not yet appended) command is failed with
+    LEADER_CHANGED when the leader steps down, so its proposer retries at once instead of
+    waiting for a timeout."""
+    sync = _lone_voter()
     try:
-        deadline = time.monotonic() + 10
-        while not sync._isLeader():
-            assert time.monotonic() < deadline, "a lone voter leads"
-            sync.doTick(0.05)
+        tick_until_it_leads(sync)
         results: list[tuple[Any, int]] = []
         held = sync._SyncObj__lazyCommands  # type: ignore[attr-defined]
         sync.submit(b"beat", callback=lambda r, e: results.append((r, e)), lazy=True)
@@ -178,22 +188,6 @@ def test_held_commands_are_bounded() -> None:
         SyncObjConf(raftMinTimeout=0.4, raftMaxTimeout=0.8, lazyCommandsMax=-1).validate()
 
 
-def _lone_voter(**extra: Any) -> _Log:
-    conf = SyncObjConf(
-        autoTick=False,
-        password=SECRET,
-        raftMinTimeout=ELECTION_MIN_S,
-        raftMaxTimeout=2 * ELECTION_MIN_S,
-        appendEntriesPeriod=PERIOD_S,
-        appendEntriesUseBatch=False,
-        appendLazily=True,
-        commandsWaitLeader=True,
-        dynamicMembershipChange=False,
-        **extra,
-    )
-    return _Log(f"127.0.0.1:{free_port()}", [], conf)
-
-
 def _count_wakeups(sync: _Log) -> list[int]:
     """Count the pipe notifications that wake the tick thread for a submitted command."""
     notifier = sync._SyncObj__pipeNotifier  # type: ignore[attr-defined]
@@ -214,10 +208,7 @@ def test_a_leader_is_not_woken_for_a_lazy_command_but_its_next_append_carries_it
     command anyway, and routes it first); any other command still wakes it."""
     sync = _lone_voter()
     try:
-        deadline = time.monotonic() + 10
-        while not sync._isLeader():
-            assert time.monotonic() < deadline, "a lone voter leads"
-            sync.doTick(0.05)
+        tick_until_it_leads(sync)
         wakeups = _count_wakeups(sync)
         results: list[tuple[Any, int]] = []
         sync.submit(b"beat", callback=lambda r, e: results.append((r, e)), lazy=True)
