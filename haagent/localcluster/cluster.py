@@ -97,7 +97,7 @@ class ClusterPlan:
     name: str = "local-demo"
     secret: str = "local-demo-secret-change-me"
     token: str = "local-demo-token"
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, float | str] = field(default_factory=dict)  # a profile name or seconds
     extra_local: dict[str, str] = field(default_factory=dict)
     watchdog_timeout_s: float = 2.0  # nodes fenced by "watchdog" or "ipmi+watchdog"
     # fence_ipmilan's power_timeout (s): how long one ipmitool call may take; 0: its default
@@ -223,7 +223,7 @@ def local_plan(
     n: int = 3,
     fence: str = "ipmi",
     guests: tuple[GuestPlan, ...] | None = None,
-    timing: dict[str, float] | None = None,
+    timing: dict[str, float | str] | None = None,
     api_unix_dir: Path | None = None,
     witness: bool = False,
 ) -> ClusterPlan:

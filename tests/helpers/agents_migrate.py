@@ -98,7 +98,7 @@ def agents_on(
     pair: LibvirtdPair,
     run_dir: Path,
     fence: str = "dummy",
-    timing: dict[str, float] | None = None,
+    timing: dict[str, float | str] | None = None,
     n1_follows: bool = False,
 ) -> Iterator[Run]:
     """The three agents with the guest running on n1 (RAM filled), and the watch on both
