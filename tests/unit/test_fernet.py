@@ -152,8 +152,8 @@ def test_a_signed_token_with_a_bad_padding_is_refused(last_block: bytes) -> None
     raw = base64.urlsafe_b64decode(key)
     signing, encryption = raw[:16], raw[16:]
     iv = bytes(range(16))
-    # Encrypt whole blocks with the padding left to us: the first block's padding is one
-    # full block of 0x10, then cut off, so the last block is decrypted as it is.
+    # run() pads the 16-byte block with a whole block of 0x10; keeping only the first
+    # ciphertext block leaves a token whose plaintext is `last_block` itself, a bad padding.
     cipher = fernet_module._cipher().run(True, encryption, iv, last_block)[:16]
     body = b"\x80" + (7).to_bytes(8, "big") + iv + cipher
     token = base64.urlsafe_b64encode(body + hmac.digest(signing, body, "sha256"))
