@@ -358,9 +358,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> Config:
     secret = _secret(cluster_t, "secret", base)
     cluster_t.done()
 
-    timing_t = root.table("timing")
-    timing_profile = timing_t.string("profile") if timing_t.has("profile") else None
-    timing = _timing(timing_t)
+    timing, timing_profile = _timing(root.table("timing"))
 
     placement_t = root.table("placement")
     max_starts = placement_t.integer(
@@ -515,7 +513,9 @@ def _exact(seconds: float) -> Decimal:
     return Decimal(repr(seconds))
 
 
-def _timing(t: Table) -> Timing:
+def _timing(t: Table) -> tuple[Timing, str | None]:
+    """The `[timing]` table, and the profile it names (None: it names none, the default)."""
+    named = t.has("profile")
     profile = t.string("profile", DEFAULT_TIMING_PROFILE)
     if profile not in TIMING_PROFILES:
         raise t.error("profile", f"must be one of {', '.join(sorted(TIMING_PROFILES))}")
@@ -552,7 +552,7 @@ def _timing(t: Table) -> Timing:
         )
     if x["fence_retry_max_s"] < x["fence_retry_initial_s"]:
         raise t.error("fence_retry_max_s", "must be at least fence_retry_initial_s")
-    return timing
+    return timing, profile if named else None
 
 
 def _fence_devices(t: Table) -> dict[str, FenceDevice]:
