@@ -1,11 +1,13 @@
 """Raft and lease event metrics: elections, term changes, late renewals, self-fences.
 
-Fed once per pass by `Telemetry.publish` at O(1) (a few integer comparisons), so it may run on
-the lease path. Issue 15: a lossy link or a busy CPU must show in Prometheus before it costs a
-lease, and a lease that was lost must say why.
+Fed once per pass by `Telemetry.publish` and once per lease renewal by the shell, at O(1) (a
+few comparisons), so it may run on the lease path. Issue 15: a lossy link or a busy CPU must
+show in Prometheus before it costs a lease, and a lease that was lost must say why.
 """
 
 from __future__ import annotations
+
+import math
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -72,8 +74,19 @@ class RaftEventMetrics:
             self.self_fences.labels(reason)
         self._seen_stats: tuple[int, int, int] | None = None
         self._seen_term: int | None = None
-        self._seen_lease_until = 0.0
         self._lease_valid = False
+
+    def renewed(self, now: float, until_before: float, until_after: float) -> None:
+        """A committed heartbeat (or join) moved the lease's end from `until_before` to
+        `until_after` at `now`. Measured when the renewal arrives, not at the next pass: a
+        renewal brings no pass of its own, and the next one (up to a heartbeat period later)
+        read a lease up to a period shorter than the renewal had found it."""
+        if not math.isfinite(until_before):
+            return  # the first lease: nothing was renewed
+        left = max(0.0, until_before - now)
+        self.renewal_remaining.observe(left)
+        if left < LATE_RENEWAL_FRACTION * (until_after - now):
+            self.renewals_late.inc()
 
     def observe(self, view: ConsensusView, now: float, lease_until: float) -> None:
         """Account for what changed since the previous call (one call per pass)."""
@@ -87,13 +100,6 @@ class RaftEventMetrics:
         if self._seen_term is not None and view.term > self._seen_term:
             self.term_changes.inc(view.term - self._seen_term)
         self._seen_term = view.term
-        previous = self._seen_lease_until
-        if lease_until > previous > 0:
-            left = max(0.0, previous - now)
-            self.renewal_remaining.observe(left)
-            if left < LATE_RENEWAL_FRACTION * (lease_until - now):
-                self.renewals_late.inc()
-        self._seen_lease_until = max(previous, lease_until)
         valid = now < lease_until
         if self._lease_valid and not valid:
             self.self_fences.labels(lease_loss_reason(view)).inc()

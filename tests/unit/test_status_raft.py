@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry
 
 from haagent.agent import LocalView
@@ -75,21 +77,37 @@ def test_metrics_count_elections_terms_late_renewals_and_self_fences() -> None:
     r = CollectorRegistry()
     m = RaftEventMetrics(r)
     m.observe(view(term=3), 0.0, 0.0)  # start-up: no lease yet, not a self-fence
+    m.renewed(1.0, -math.inf, 4.0)  # the first lease: not a renewal
     m.observe(view(term=3, pre_votes=2, pre_votes_refused=1), 1.0, 4.0)
-    m.observe(view(term=5, pre_votes=3, elections=1), 1.2, 4.2)  # on time: 2.8 s left
+    m.renewed(1.2, 4.0, 4.2)  # on time: 2.8 s left
+    m.observe(view(term=5, pre_votes=3, elections=1), 1.2, 4.2)
     assert value(r, "haagent_raft_pre_votes_total") == 3
     assert value(r, "haagent_raft_elections_total") == 1
     assert value(r, "haagent_raft_pre_votes_refused_total") == 1
     assert value(r, "haagent_raft_term_changes_total") == 2
     assert value(r, "haagent_lease_renewals_late_total") == 0
-    m.observe(view(term=5), 3.5, 6.5)  # 0.7 s of 3 s left: late
+    assert value(r, "haagent_lease_remaining_at_renewal_seconds_count") == 1
+    m.renewed(3.5, 4.2, 6.5)  # 0.7 s of 3 s left: late
     assert value(r, "haagent_lease_renewals_late_total") == 1
+    assert value(r, "haagent_lease_remaining_at_renewal_seconds_bucket", le="1.0") == 1
     m.observe(view(term=5, leader=None), 7.0, 6.5)  # lapsed: a self-fence
     m.observe(view(term=5, leader=None), 7.1, 6.5)  # still the same one
     assert value(r, "haagent_self_fences_total", reason="no_leader") == 1
-    m.observe(view(term=5), 7.5, 10.5)  # renewed after it lapsed: late, 0 s left
+    m.renewed(7.5, 6.5, 10.5)  # renewed after it lapsed: late, 0 s left
     assert value(r, "haagent_lease_renewals_late_total") == 2
     assert value(r, "haagent_lease_remaining_at_renewal_seconds_bucket", le="0.0") == 1
+
+
+def test_a_renewal_is_measured_when_it_arrives_not_at_the_next_pass() -> None:
+    """The daemon passes no pass for a renewal; the next pass may come a heartbeat period
+    later, when less of the old lease is left than the renewal found."""
+    r = CollectorRegistry()
+    m = RaftEventMetrics(r)
+    m.renewed(10.0, 10.6, 11.2)  # 0.6 s left when it arrived
+    m.observe(view(term=5), 10.4, 11.2)  # the next pass, 0.4 s later: changes nothing
+    assert value(r, "haagent_lease_remaining_at_renewal_seconds_bucket", le="0.5") == 0
+    assert value(r, "haagent_lease_remaining_at_renewal_seconds_bucket", le="1.0") == 1
+    assert value(r, "haagent_lease_renewals_late_total") == 0
 
 
 def test_replica_lag_is_a_scrape_time_gauge() -> None:
