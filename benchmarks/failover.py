@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failover benchmark on this machine, for one timing profile (default: the default one).
 
-    .venv/bin/python benchmarks/failover.py [--runs 10] [--profile robust|fast]
+    .venv/bin/python benchmarks/failover.py [--runs 10] [--profile balanced|robust|fast]
                                             [--skip-saturation] [--skip-idle] [--fence dummy|ipmi]
 
 Prints, for fence_dummy and for fence_ipmilan against ipmi_sim: median and max over N runs of

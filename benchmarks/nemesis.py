@@ -2,7 +2,7 @@
 """Nemesis: real agents in network namespaces under seeded random faults (issue 8 item 11).
 
     .venv/bin/python benchmarks/nemesis.py [--runs 1] [--seed S] [--nodes 5] [--faults 6]
-                                           [--guests 5] [--profile robust|fast] [--json]
+                                           [--guests 5] [--profile balanced|robust|fast] [--json]
 
 Each run starts `--nodes` real `haagent run` agents, one per network namespace on one bridge
 (tests/helpers/netns_cluster.py), fenced by the stock `fence_ipmilan` against simulated BMCs

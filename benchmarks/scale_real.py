@@ -2,7 +2,7 @@
 """Real agents at scale on this machine: start-up, a minute idle, one power loss.
 
     .venv/bin/python benchmarks/scale_real.py [--size 12x60 --size 22x110 --size 12x500]
-                                              [--idle-seconds 60] [--profile robust|fast]
+                                              [--idle-seconds 60] [--profile balanced|robust|fast]
                                               [--timing KEY=SECONDS] [--kill-leader]
                                               [--keep DIR]
 

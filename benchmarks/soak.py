@@ -2,7 +2,7 @@
 """Soak: a healthy cluster on a lossy network under CPU pressure. Every disruption is false.
 
     .venv/bin/python benchmarks/soak.py [--nodes 3] [--minutes 30] [--loss 0.05] [--burners 2]
-                                         [--guests 6] [--profile robust|balanced|fast] [--json]
+                                         [--guests 6] [--profile balanced|robust|fast] [--json]
 
 Real `haagent run` agents, one per network namespace, on one bridge (tests/helpers/netns.py);
 fence_dummy, so a fence only records a power-off. Once every guest runs, nft drops `--loss` of

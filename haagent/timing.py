@@ -48,12 +48,12 @@ class Timing:
 
 
 ROBUST_TIMING = Timing()
-"""The default profile (the field defaults above). It keeps every healthy node's lease with 5 %
-random frame loss and both cores saturated (benchmarks/soak.py) even without Raft's quick
-retransmission (an older kernel): a lease outlives a ~2 s TCP retransmission stall. It is the
-one measured steady with 22 agents sharing this machine's 2 cores (also while they came up),
-and the cheapest when idle.
-It costs failover speed: a dead node is declared failed after 4 s."""
+"""The field defaults above; the built-in default until 2026-12 (README "Timing profiles",
+"Upgrading"). It keeps every healthy node's lease with 5 % random frame loss and both cores
+saturated (benchmarks/soak.py) even without Raft's quick retransmission (an older kernel): a
+lease outlives a ~2 s TCP retransmission stall. It is the one measured steady with 22 agents
+sharing this machine's 2 cores also while they came up, and the cheapest when idle. It costs
+failover speed: a dead node is declared failed after 4 s."""
 
 BALANCED_TIMING = Timing(
     heartbeat_s=0.4,
@@ -64,17 +64,17 @@ BALANCED_TIMING = Timing(
     election_timeout_min_s=0.4,
     election_timeout_max_s=0.6,
 )
-"""Failover in about 1.75 s (fence_dummy); at the edge with 22 agents sharing 2 cores (about
-half of the idle minutes lost a lease or two, every start-up dozens; README). A heartbeat
+"""The default: failover in about 1.7 s (fence_dummy) for about 1.4 x the robust profile's
+idle CPU (the 3-node leader ~1.4-1.5 % of a core; README "Timing profiles"). A heartbeat
 commit may be 0.8 s late before the lease lapses: with Raft's quick retransmission
 (`consensus.RAFT_RETRANSMIT`: a lost segment resent within ~20-70 ms instead of after Linux's
 200 ms minimum, doubling per loss) every healthy node kept its lease with 5 % random frame loss
 and both cores saturated. It needs a short minimum RTO: per socket (TCP_RTO_MIN_US, Linux
-6.15+), the sysctl `net.ipv4.tcp_rto_min_us` (6.11+) or a route `rto_min` towards the peers
-(`haagent check-config --here` checks the first two). It costs about 1.4 x the robust
-profile's idle CPU; the 3-node leader is at ~1.4-1.5 % of a core (README, "Timing profiles").
-Not the default: made the default for one CI run (2026-12-05), a node of the 12-agent scale
-test self-fenced in its 20 s idle window on the 2 shared cores (README)."""
+6.15+), the sysctl `net.ipv4.tcp_rto_min_us` (6.11+) or a route `rto_min` towards the peers;
+an agent without the first two says so at start and `haagent check-config --here` fails.
+With 12 agents sharing this machine's 2 cores the idle windows were steady once a heartbeat
+due during a pass no longer waited for the next deadline (daemon.shell); a start-up of 22 at
+once still cost a node its lease now and then (README)."""
 
 FAST_TIMING = Timing(
     heartbeat_s=0.1,
@@ -94,11 +94,11 @@ TIMING_PROFILES: Mapping[str, Timing] = {
     "balanced": BALANCED_TIMING,
     "fast": FAST_TIMING,
 }
-DEFAULT_TIMING_PROFILE = "robust"
-"""The profile of a config whose `[timing]` names none. Changing it would change the timing of
-every such cluster, and agents whose timings differ refuse each other (the config digest): a
-change is an upgrade step of its own (README "Upgrading"), which is why `haagent check-config`
-and the agent say when a config leaves the profile to this default."""
+DEFAULT_TIMING_PROFILE = "balanced"
+"""The profile of a config whose `[timing]` names none. Changing it changes the timing of every
+such cluster, and agents whose timings differ refuse each other (the config digest): a change
+is an upgrade step of its own (README "Upgrading"), and `haagent check-config` and the agent
+say when a config leaves the profile to this default."""
 
 
 @dataclass(frozen=True)

@@ -109,12 +109,13 @@ def test_a_final_watchdog_level_follows_the_power_levels(tmp_path: Path) -> None
 
 
 def test_timing_profiles_give_defaults_and_explicit_keys_win(tmp_path: Path) -> None:
-    robust = load_config(write(tmp_path, VALID)).timing
-    assert robust == TIMING_PROFILES["robust"] == TIMING_PROFILES[DEFAULT_TIMING_PROFILE]
+    default = load_config(write(tmp_path, VALID)).timing
+    assert DEFAULT_TIMING_PROFILE == "balanced"
+    assert default == TIMING_PROFILES["balanced"] == TIMING_PROFILES[DEFAULT_TIMING_PROFILE]
+    assert (default.lease_s, default.failure_timeout_s) == (1.2, 1.6)
+    robust = load_config(write(tmp_path, VALID + '\n[timing]\nprofile = "robust"\n')).timing
+    assert robust == TIMING_PROFILES["robust"]
     assert (robust.lease_s, robust.failure_timeout_s) == (3.0, 4.0)
-    balanced = load_config(write(tmp_path, VALID + '\n[timing]\nprofile = "balanced"\n')).timing
-    assert balanced == TIMING_PROFILES["balanced"]
-    assert (balanced.lease_s, balanced.failure_timeout_s) == (1.2, 1.6)
     fast = load_config(write(tmp_path, VALID + '\n[timing]\nprofile = "fast"\n')).timing
     assert fast == TIMING_PROFILES["fast"]
     assert (fast.lease_s, fast.failure_timeout_s) == (1.0, 1.4)
@@ -594,10 +595,9 @@ def test_check_config_says_when_the_timing_profile_is_left_to_the_default(tmp_pa
         f"timing profile {DEFAULT_TIMING_PROFILE}, only as the built-in default" in unnamed.stdout
     )
     assert f'[timing] profile = "{DEFAULT_TIMING_PROFILE}" into every node' in unnamed.stdout
-    named_text = VALID + '\n[timing]\nprofile = "balanced"\n'
+    named_text = VALID + '\n[timing]\nprofile = "robust"\n'
     named = haagent_cli("check-config", str(write(tmp_path, named_text)))
     assert named.returncode == 0, named
-    assert named.stdout.endswith(", timing profile balanced)\n"), named.stdout
+    assert named.stdout.endswith(", timing profile robust)\n"), named.stdout
     cfg = load_config(write(tmp_path, named_text))
-    assert cfg.timing_profile == "balanced"
-    assert cfg.timing_note() == (False, "timing profile balanced")
+    assert cfg.timing_profile == "robust" and cfg.timing_note() == (False, "timing profile robust")
