@@ -17,7 +17,9 @@ Passes are driven by events and deadlines, not by a fixed tick:
 - a fallback of `MAX_IDLE_S` for the core's internal timers this shell cannot see (fence
   back-off, start-up grace, cold-start wait). While this node is joined the heartbeat
   deadline already brings a pass every `heartbeat_s`.
-Each pass records its duration and its lag (start minus the earliest time it was due).
+A deadline that falls due while a pass runs gets a pass right after it, and a renewal that
+brings no pass re-aims the waiting timer at the lease's new end. Each pass records its
+duration and its lag (start minus the earliest time it was due).
 
 A pass that decided something logs one line with its reason; idle passes are silent.
 """

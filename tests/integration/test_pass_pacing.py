@@ -32,9 +32,10 @@ from haagent.localcluster.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-AHEAD_S = 0.02
-SLOW_PASS_S = 0.06
+AHEAD_S = 0.05
+SLOW_PASS_S = 0.1
 ROUNDS = 5
+ATTEMPTS = 4 * ROUNDS  # a round whose pass the event loop started too late does not count
 # Right after the slow pass, with room for a loaded CI machine; the dropped deadline made it
 # MAX_IDLE_S after the pass.
 MAX_LATE_S = SLOW_PASS_S + 0.2
@@ -101,7 +102,9 @@ async def heartbeat_lateness(daemon: SlowPassesOnlyMe) -> list[float]:
     """Per round: how long after it was due the heartbeat left (its pass's start)."""
     heartbeat_s = daemon.settings.heartbeat_s
     late: list[float] = []
-    while len(late) < ROUNDS:
+    for _ in range(ATTEMPTS):
+        if len(late) == ROUNDS:
+            break
         due = daemon.core.next_heartbeat_at
         await asyncio.sleep(due - AHEAD_S - time.monotonic())
         if daemon.core.next_heartbeat_at != due or time.monotonic() >= due:
@@ -134,5 +137,5 @@ async def scenario(daemon: SlowPassesOnlyMe) -> dict[str, Any]:
 def test_a_heartbeat_due_during_a_slow_pass_leaves_right_after_it(tmp_path: Path) -> None:
     daemon = SlowPassesOnlyMe(load_config(write_config(tmp_path)))
     late = asyncio.run(scenario(daemon))["late"]
-    assert len(late) == ROUNDS
+    assert len(late) == ROUNDS, f"only {len(late)} of {ATTEMPTS} passes began before the deadline"
     assert max(late) <= MAX_LATE_S, [round(x, 3) for x in late]
