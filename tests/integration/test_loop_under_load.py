@@ -47,9 +47,9 @@ from haagent.commands import (
 from haagent.config import load_config
 from haagent.consensus import RaftConsensus
 from haagent.daemon import Daemon
-from haagent.localcluster.ports import free_port
 from haagent.model import GuestSpec, GuestState, NodeRole
 from haagent.ports import OutcomeKind
+from tests.helpers.lone_witness import OnlyMe, leased, write_witness_config
 
 pytestmark = pytest.mark.integration
 
@@ -62,47 +62,9 @@ TOKEN = "load-test-token"
 
 
 def write_config(tmp: Path) -> Path:
-    lines = [
-        "[cluster]",
-        'name = "load"',
-        'secret = "load-test-secret-0123456789"',
-        "[local]",
-        'node = "n1"',
-        f'data_dir = "{tmp / "state"}"',
-        f'api_listen = "127.0.0.1:{free_port()}"',
-        f'api_token = "{TOKEN}"',
-        "[timing]",
-        "failure_timeout_s = 600",
-        "[nodes.n1]",
-        f'address = "127.0.0.1:{free_port()}"',
-        'role = "witness"',
-    ]
-    for i in range(2, HYPERVISORS + 2):
-        lines += [
-            f"[nodes.n{i}]",
-            f'address = "127.0.0.1:{free_port()}"',
-            "memory_mib = 65536",
-            'fence = "watchdog"',
-            "watchdog_timeout_s = 10",
-        ]
-    path = tmp / "n1.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-class OnlyMe(Daemon):
-    """The daemon with this node as the only Raft voter (the others exist only in the
-    committed state)."""
-
-    def make_consensus(self) -> RaftConsensus:
-        cfg = self.config
-        return RaftConsensus(
-            cfg.node,
-            {cfg.node: cfg.me.address},
-            cfg.secret,
-            cfg.data_dir / "raft",
-            wake=self.wake_threadsafe,
-        )
+    return write_witness_config(
+        tmp, cluster="load", token=TOKEN, hypervisors=HYPERVISORS, memory_mib=65536
+    )
 
 
 async def commit_all(consensus: RaftConsensus, commands: list[Command]) -> None:
@@ -186,13 +148,7 @@ async def lease_floor(daemon: Daemon, stop: asyncio.Event) -> float:
 
 
 async def scenario(daemon: Daemon) -> dict[str, Any]:
-    run = asyncio.get_running_loop().create_task(daemon.run())
-    try:
-        deadline = time.monotonic() + 30
-        while not (daemon.consensus and daemon.core.lease_valid(time.monotonic())):
-            assert time.monotonic() < deadline, "n1 never got a lease"
-            assert not run.done(), run
-            await asyncio.sleep(0.05)
+    async with leased(daemon):
         await build_large_state(daemon)
         await asyncio.sleep(1.0)
 
@@ -224,9 +180,6 @@ async def scenario(daemon: Daemon) -> dict[str, Any]:
         await asyncio.to_thread(thread.join, 120)
         assert not errors, errors
         return {"quiet": quiet, "loaded": loaded, "seen": seen, "passes": daemon.telemetry.loop}
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(run, 90)
 
 
 def test_scrapes_and_whatifs_on_a_large_state_do_not_delay_the_lease_path(tmp_path: Path) -> None:

@@ -2,17 +2,17 @@
 
 The real daemon (`haagent.daemon.Daemon`: loop, telemetry, admin service) with the real
 pysyncobj consensus in this process; this node, n1, is a witness and the only Raft voter, so
-its heartbeats really commit and its lease is the real one (as in test_loop_under_load.py).
+its heartbeats really commit and its lease is the real one (tests/helpers/lone_witness.py).
 
 The bug this guards against: after each pass the loop armed its timer for the earliest
 deadline still in the future, so a deadline that fell due *during* a pass (the heartbeat due
 5 ms after a 40-ms pass began) was dropped, and the heartbeat waited for the next deadline, up
 to `MAX_IDLE_S` (0.5 s) later. At 12 agents sharing 2 cores, passes of 15-70 ms often began just
 before the heartbeat was due (at the end of the previous lease, a pass for that deadline), and
-`balanced`'s 0.8 s margin lost those 0.4-0.5 s: one node in two runs self-fenced in an idle
-window. Here every round starts a pass `AHEAD_S` before the heartbeat is due and makes it last
-`SLOW_PASS_S` (the core's decision followed by a blocking sleep, standing in for a pass at
-scale on a busy host); the heartbeat must leave right after that pass.
+`balanced`'s 0.8 s margin lost those 0.4-0.5 s: a node self-fenced in the idle window of 7
+of 16 runs. Here every round starts a pass `AHEAD_S` before the heartbeat is due and makes it last
+`SLOW_PASS_S` (a real pass followed by a blocking sleep, standing in for a pass at scale on
+a busy host); the heartbeat must leave right after that pass.
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from typing import Any
 import pytest
 
 from haagent.config import load_config
-from haagent.consensus import RaftConsensus
-from haagent.daemon import Daemon
 from haagent.daemon.shell import MAX_IDLE_S
-from haagent.localcluster.ports import free_port
+from tests.helpers.lone_witness import OnlyMe, leased, write_witness_config
 
 pytestmark = pytest.mark.integration
 
@@ -43,50 +41,22 @@ assert MAX_LATE_S < MAX_IDLE_S
 
 
 def write_config(tmp: Path) -> Path:
-    lines = [
-        "[cluster]",
-        'name = "pacing"',
-        'secret = "pacing-test-secret-0123456789"',
-        "[local]",
-        'node = "n1"',
-        f'data_dir = "{tmp / "state"}"',
-        f'api_listen = "127.0.0.1:{free_port()}"',
-        'api_token = "pacing-test-token"',
-        "[timing]",
-        'profile = "robust"',  # heartbeat every 1 s: no other deadline comes first
-        "failure_timeout_s = 600",
-        "[nodes.n1]",
-        f'address = "127.0.0.1:{free_port()}"',
-        'role = "witness"',
-    ]
-    for i in (2, 3):
-        lines += [
-            f"[nodes.n{i}]",
-            f'address = "127.0.0.1:{free_port()}"',
-            "memory_mib = 4096",
-            'fence = "watchdog"',
-            "watchdog_timeout_s = 10",
-        ]
-    path = tmp / "n1.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    # robust: a heartbeat every 1 s, and no other deadline comes first
+    return write_witness_config(
+        tmp,
+        cluster="pacing",
+        token="pacing-test-token",
+        hypervisors=2,
+        memory_mib=4096,
+        timing=('profile = "robust"',),
+    )
 
 
-class SlowPassesOnlyMe(Daemon):
-    """The daemon with this node as the only Raft voter, whose next pass can be made slow."""
+class SlowPassesOnlyMe(OnlyMe):
+    """The lone voter whose next pass can be made slow."""
 
     slow_next_pass = False
     slow_pass_began = 0.0
-
-    def make_consensus(self) -> RaftConsensus:
-        cfg = self.config
-        return RaftConsensus(
-            cfg.node,
-            {cfg.node: cfg.me.address},
-            cfg.secret,
-            cfg.data_dir / "raft",
-            wake=self.wake_threadsafe,
-        )
 
     def _pass(self) -> bool:
         began = time.monotonic()
@@ -121,17 +91,8 @@ async def heartbeat_lateness(daemon: SlowPassesOnlyMe) -> list[float]:
 
 
 async def scenario(daemon: SlowPassesOnlyMe) -> dict[str, Any]:
-    run = asyncio.get_running_loop().create_task(daemon.run())
-    try:
-        deadline = time.monotonic() + 30
-        while not (daemon.consensus and daemon.core.lease_valid(time.monotonic())):
-            assert time.monotonic() < deadline, "n1 never got a lease"
-            assert not run.done(), run
-            await asyncio.sleep(0.05)
+    async with leased(daemon):
         return {"late": await heartbeat_lateness(daemon)}
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(run, 90)
 
 
 def test_a_heartbeat_due_during_a_slow_pass_leaves_right_after_it(tmp_path: Path) -> None:
