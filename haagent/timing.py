@@ -64,8 +64,8 @@ BALANCED_TIMING = Timing(
     election_timeout_min_s=0.4,
     election_timeout_max_s=0.6,
 )
-"""The default: failover in about 1.7 s (fence_dummy) for about 1.4 x the robust profile's
-idle CPU (the 3-node leader ~1.4-1.5 % of a core; README "Timing profiles"). A heartbeat
+"""The default: failover in about 1.7 s (fence_dummy) for more idle CPU than `robust` (the
+3-node leader 1.4-1.7 % of a core against 0.8-1.2 %; README "Timing profiles"). A heartbeat
 commit may be 0.8 s late before the lease lapses: with Raft's quick retransmission
 (`consensus.RAFT_RETRANSMIT`: a lost segment resent within ~20-70 ms instead of after Linux's
 200 ms minimum, doubling per loss) every healthy node kept its lease with 5 % random frame loss

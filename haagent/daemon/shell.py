@@ -336,9 +336,7 @@ class Daemon:
         while True:
             self._arm_timer()
             await self._wake.wait()
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._disarm_timer()
             self._wake.clear()
             left = self._pass()
             if self._stop_requested:
@@ -361,12 +359,18 @@ class Daemon:
         due = self._next_deadline(now, served)
         self._timer = asyncio.get_running_loop().call_at(due, self.wake, due)
 
+    def _disarm_timer(self) -> bool:
+        """Cancel the waiting timer (a fired one: harmless); whether there was one."""
+        if self._timer is None:
+            return False
+        self._timer.cancel()
+        self._timer = None
+        return True
+
     def _rearm_timer(self) -> None:
         """Re-aim a waiting timer after a change no pass saw (a renewal moved the lease's end:
         without this the timer still fires at the old end, a pass for nothing)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._disarm_timer():
             self._arm_timer()
 
     def _next_deadline(self, now: float, served: float) -> float:

@@ -99,8 +99,8 @@ def test_metrics_count_elections_terms_late_renewals_and_self_fences() -> None:
 
 
 def test_a_renewal_is_measured_when_it_arrives_not_at_the_next_pass() -> None:
-    """The daemon passes no pass for a renewal; the next pass may come a heartbeat period
-    later, when less of the old lease is left than the renewal found."""
+    """The daemon runs no pass for a renewal; the next pass may come a heartbeat period later,
+    when less of the old lease is left than the renewal found."""
     r = CollectorRegistry()
     m = RaftEventMetrics(r)
     m.renewed(10.0, 10.6, 11.2)  # 0.6 s left when it arrived
