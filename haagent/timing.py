@@ -73,8 +73,9 @@ and both cores saturated. It needs a short minimum RTO: per socket (TCP_RTO_MIN_
 6.15+), the sysctl `net.ipv4.tcp_rto_min_us` (6.11+) or a route `rto_min` towards the peers;
 an agent without the first two says so at start and `haagent check-config --here` fails.
 With 12 agents sharing this machine's 2 cores the idle windows were steady once a heartbeat
-due during a pass no longer waited for the next deadline (daemon.shell); a start-up of 22 at
-once still cost a node its lease now and then (README)."""
+due during a pass no longer waited for the next deadline (daemon.shell), and so were the idle
+minutes at 22; a start-up of all 22 at once still cost some of them their lease (2 and 14
+self-fences in two runs; README)."""
 
 FAST_TIMING = Timing(
     heartbeat_s=0.1,
