@@ -86,6 +86,18 @@ class SyncObjConf(object):
         #: A leader that steps down fails the commands it holds (LEADER_CHANGED).
         self.appendLazily = kwargs.get('appendLazily', False)
 
+        #: haagent: a quiet leader (0: off, upstream behaviour). While the only entries
+        #: awaiting commit are lazy ones (appendLazily), every entry appended otherwise
+        #: committed, no such entry appended for this many seconds, nothing waiting to be sent
+        #: and every peer's connection settled, the leader sleeps on its submitted commands
+        #: alone and reads its peers' sockets once per tick, right before the tick that uses
+        #: what they sent: the acknowledgements and the lazy commands forwarded to it wait for
+        #: its next timer (the idle append-entries at the latest) instead of waking it one by
+        #: one. Followers hear of commits as before (the lazy commit notice rides on the same
+        #: append); the leader itself applies lazy entries up to one appendEntriesPeriod later.
+        #: Any other entry, appended here or forwarded, makes it read at once again.
+        self.quietLeaderAfter = kwargs.get('quietLeaderAfter', 0.0)
+
         #: haagent: most lazy commands a leader holds; more are appended at once.
         self.lazyCommandsMax = kwargs.get('lazyCommandsMax', 1024)
 
@@ -252,6 +264,7 @@ class SyncObjConf(object):
         assert 0 <= self.appendEntriesMinInterval < self.appendEntriesPeriod
         assert 0 <= self.commitNoticeDelay < self.raftMinTimeout
         assert self.lazyCommandsMax >= 0
+        assert self.quietLeaderAfter >= 0
         assert self.leaderFallbackTimeout > self.appendEntriesPeriod
         assert self.connectionTimeout >= self.raftMaxTimeout
         assert self.connectionRetryTime >= 0

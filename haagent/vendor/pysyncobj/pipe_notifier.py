@@ -18,6 +18,10 @@ class PipeNotifier(object):
 
         poller.subscribe(self.__pipeR, self.__onNewNotification, POLL_EVENT_TYPE.READ)
 
+    def fileno(self):
+        """haagent: the pipe's read end (a quiet leader sleeps on it alone)."""
+        return self.__pipeR
+
     def notify(self):
         os.write(self.__pipeW, b'o')
 

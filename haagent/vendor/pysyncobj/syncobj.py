@@ -10,6 +10,8 @@ import struct
 import logging
 import copy
 import types
+import math  # haagent: quiet leader
+import select  # haagent: quiet leader
 try:
     import Queue
     is_py3 = False
@@ -119,6 +121,17 @@ class SyncObj(object):
             self.__conf = conf
 
         self.__conf.validate()
+
+        # haagent: quiet leader (see quietLeaderAfter): the last entry this leader appended
+        # that is not lazy, and when; a poller on the pipe notifier alone, for its quiet sleep.
+        self.__urgentUpTo = 0
+        self.__lastUrgentAppend = -float('inf')
+        self.__quietPoller = None
+        # haagent: when this leader appended each entry it has not applied yet,
+        # {log index: (term, monotonic time)}, and that time for the entry being applied now
+        # (see appendedAtOfApplying). Set before the journal is replayed below.
+        self.__appendedAt = {}
+        self.__applyingAppendedAt = None
 
         if self.__conf.password is not None:
             if not HAS_CRYPTO:
@@ -280,6 +293,8 @@ class SyncObj(object):
         self.__commandsQueue = FastQueue(self.__conf.commandsQueueSize)
         if not self.__conf.appendEntriesUseBatch and PIPE_NOTIFIER_ENABLED:
             self.__pipeNotifier = PipeNotifier(self._poller)
+            self.__quietPoller = select.poll()  # haagent: a quiet leader sleeps on it
+            self.__quietPoller.register(self.__pipeNotifier.fileno(), select.POLLIN)
         self.__needLoadDumpFile = True
 
         self.__lastReadonlyCheck = 0
@@ -304,7 +319,6 @@ class SyncObj(object):
         # haagent: where lazy forwarded commands were appended, per proposer node, for the next
         # append_entries to it: {node: [(request id, log index, log term)]}.
         self.__lazyReplies = collections.defaultdict(list)
-
         self.__commandsWaitingCommit = collections.defaultdict(list)  # logID => [(termID, callback), ...]
         self.__commandsLocalCounter = 0
         self.__commandsWaitingReply = {}  # commandLocalCounter => callback
@@ -650,6 +664,11 @@ class SyncObj(object):
         carry it) or waits for its commit (a local one)."""
         idx, term = self.__getCurrentLogIndex() + 1, self.__raftCurrentTerm
         self.__raftLog.add(command, idx, term)
+        # haagent: on time.monotonic, the clock of appendedAtOfApplying's users (pysyncobj's
+        # own monotonicTime is CLOCK_MONOTONIC_RAW, which drifts from it under NTP).
+        self.__appendedAt[idx] = (term, time.monotonic())
+        if not lazy:
+            self.__urgentUpTo, self.__lastUrgentAppend = idx, monotonicTime()  # see __isQuiet
         if isinstance(callback, tuple) and lazy:
             requestNode, requestID = callback
             self.__lazyReplies[requestNode].append((requestID, idx, term))
@@ -808,7 +827,42 @@ class SyncObj(object):
             for callback in self.__onTickCallbacks:
                 callback()
 
-        self._poller.poll(self.__pollTimeout(timeToWait))
+        timeout = self.__pollTimeout(timeToWait)
+        if self.__isQuiet():
+            # haagent: sleep on submitted commands alone, then read every socket once; the
+            # next tick (a timer is due now, or a command arrived) uses what they brought.
+            self.__quietPoller.poll(math.ceil(timeout * 1000))
+            self._poller.poll(0)
+        else:
+            self._poller.poll(timeout)
+
+    def __isQuiet(self):
+        """haagent: may this leader leave its peers' sockets unread until its next timer (see
+        quietLeaderAfter)? Only while nothing but lazy entries awaits commit, no other entry
+        was appended for quietLeaderAfter, no send is pending or half done, no follower lacks
+        entries and the transport has no connection being set up or written. Reads state
+        only (tests call it from another thread)."""
+        after = self.__conf.quietLeaderAfter
+        if (after <= 0 or self.__quietPoller is None or self.__raftState != _RAFT_STATE.LEADER
+                or not self.__otherNodes or self.__appendPending or len(self.__commandsQueue) > 0
+                or self.__raftCommitIndex < self.__urgentUpTo
+                or monotonicTime() - self.__lastUrgentAppend < after):
+            return False
+        lastIdx = self.__getCurrentLogIndex()
+        if any(self.__raftNextIndex[node] <= lastIdx
+               for node in self.__otherNodes if node in self.__connectedNodes):
+            return False  # a send for it is due (a follower that is down: at its reconnect)
+        settled = getattr(self.__transport, 'settled', None)
+        return settled is not None and settled()
+
+    @property
+    def appendedAtOfApplying(self):
+        """haagent: while a replicated method is applied (tick thread): the monotonic time
+        this node appended that entry to its log as leader (`time.monotonic`, not pysyncobj's
+        raw clock), or None if it did not (a follower, an entry of an earlier leadership, a
+        journal replayed at start). It follows the entry's arrival here, which follows its
+        proposer's submission."""
+        return self.__applyingAppendedAt
 
     def __pollTimeout(self, maxWait):
         # haagent: sleep until the next Raft timer is due (at most maxWait), not a fixed
@@ -910,7 +964,14 @@ class SyncObj(object):
                 try:
                     currentTermID = entry[2]
                     subscribers = self.__commandsWaitingCommit.pop(entry[1], [])
-                    res = self.__doApplyCommand(entry[0])
+                    appended = self.__appendedAt.pop(entry[1], None)  # haagent
+                    self.__applyingAppendedAt = (
+                        appended[1] if appended is not None and appended[0] == currentTermID
+                        else None)
+                    try:
+                        res = self.__doApplyCommand(entry[0])
+                    finally:
+                        self.__applyingAppendedAt = None
                     for subscribeTermID, callback in subscribers:
                         if subscribeTermID == currentTermID:
                             callback(res, FAIL_REASON.SUCCESS)
@@ -1475,6 +1536,8 @@ class SyncObj(object):
         idx, term = self.__getCurrentLogIndex() + 1, self.__raftCurrentTerm
         self.__raftLog.add(_bchr(_COMMAND_TYPE.NO_OP), idx, term)
         self.__noopIDx = idx
+        # haagent: a new leader reads its peers at once for a while (see __isQuiet)
+        self.__urgentUpTo, self.__lastUrgentAppend = idx, monotonicTime()
         if not self.__conf.appendEntriesUseBatch:
             self.__sendAppendEntries()
 
@@ -1529,6 +1592,7 @@ class SyncObj(object):
         self.__raftState = newState
         if oldState == _RAFT_STATE.LEADER and newState != _RAFT_STATE.LEADER:
             self.__dropLazyCommands(FAIL_REASON.LEADER_CHANGED)
+            self.__appendedAt.clear()  # haagent: only a leader's own appends are timed
         callback = self.__conf.onStateChanged
         if callback is not None and oldState != newState:
             callback(oldState, newState)

@@ -351,6 +351,21 @@ class TCPTransport(Transport):
         self._logRejections()
         self._connectIfNecessary()
 
+    def settled(self):
+        """haagent: nothing here needs the tick before its next timer: no connection in its
+        handshake or being opened, none with bytes waiting to be written, and the server
+        bound. A peer that is down counts as settled (its reconnect is housekeeping); one
+        that dials in makes the transport unsettled from its first byte read."""
+        if not self._ready or self._unknownConnections:
+            return False
+        for conn in self._connections.values():
+            if conn.state == CONNECTION_STATE.DISCONNECTED:
+                continue
+            if (conn.state != CONNECTION_STATE.CONNECTED or not conn.authenticated
+                    or conn.getSendBufferSize()):
+                return False
+        return True
+
     def _reject(self, conn, reason):
         """Close a connection for `reason` and count it (logged in summaries, not one line
         per connection: a flood must not flood the log too)."""

@@ -114,10 +114,10 @@ def _install(folder, node):
 
     on_apply = consensus.RaftConsensus._on_apply
 
-    def traced_apply(self, payload):
+    def traced_apply(self, payload, appended_at):
         index = instances[-1].raftLastApplied + 1
         emit(f"apply {index} {hashlib.sha1(bytes(payload)).hexdigest()[:16]}")
-        return on_apply(self, payload)
+        return on_apply(self, payload, appended_at)
 
     consensus.RaftConsensus._on_apply = traced_apply
 
