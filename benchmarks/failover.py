@@ -17,6 +17,7 @@ Each run reuses the cluster: the victim is powered back on (or restarted) and re
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import statistics
@@ -157,13 +158,27 @@ def summary(name: str, values: list[float]) -> str:
     )
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--idle-seconds", type=float, default=30.0)
-    p.add_argument("--saturation-seconds", type=float, default=60.0)
+    p.add_argument("--runs", type=_count, default=10, help="failovers per fence agent (0: none)")
+    p.add_argument("--idle-seconds", type=_seconds, default=30.0)
+    p.add_argument("--saturation-seconds", type=_seconds, default=60.0)
     p.add_argument("--skip-saturation", action="store_true")
     p.add_argument("--skip-idle", action="store_true")
     p.add_argument("--profile", choices=sorted(TIMING_PROFILES), default=DEFAULT_TIMING_PROFILE)
@@ -179,7 +194,7 @@ def main() -> int:
         f"{t.failure_timeout_s} s, stop grace {t.stop_grace_s} s, elections "
         f"{t.election_timeout_min_s}-{t.election_timeout_max_s} s)"
     )
-    for fence in args.fence or ("dummy", "ipmi"):
+    for fence in (args.fence or ("dummy", "ipmi")) if args.runs else ():
         label = "fence_dummy" if fence == "dummy" else "fence_ipmilan + ipmi_sim"
         print(
             summary(

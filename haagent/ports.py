@@ -36,11 +36,14 @@ class Outcome:
 
 @dataclass(frozen=True)
 class HeartbeatSeen:
-    """When this node applied the latest heartbeat (or join) of another node.
+    """When this node saw the latest heartbeat (or join) of another node.
 
-    `at` is this node's own monotonic clock at apply time. Apply happens after the sender sent
-    it, so measuring silence from here is conservative: it can only overestimate the sender's
-    remaining lease, never underestimate it.
+    `at` is this node's own monotonic clock when it appended the entry to its log as leader,
+    else when it applied it (`RaftConsensus._on_apply`). Both happen after the sender sent it,
+    so measuring silence from here is conservative: it can only overestimate the sender's
+    remaining lease, never underestimate it. (A quiet leader applies heartbeats an append
+    period after appending them: counted from the apply, every silence would start that much
+    later.)
     """
 
     seq: int

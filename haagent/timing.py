@@ -65,7 +65,7 @@ BALANCED_TIMING = Timing(
     election_timeout_max_s=0.6,
 )
 """The default: failover in about 1.7 s (fence_dummy) for more idle CPU than `robust` (the
-3-node leader 1.4-1.7 % of a core against 0.8-1.2 %; README "Timing profiles"). A heartbeat
+3-node leader 1.1-1.3 % of a core against 0.8-0.9 %; README "Timing profiles"). A heartbeat
 commit may be 0.8 s late before the lease lapses: with Raft's quick retransmission
 (`consensus.RAFT_RETRANSMIT`: a lost segment resent within ~20-70 ms instead of after Linux's
 200 ms minimum, doubling per loss) every healthy node kept its lease with 5 % random frame loss
@@ -74,8 +74,8 @@ and both cores saturated. It needs a short minimum RTO: per socket (TCP_RTO_MIN_
 an agent without the first two says so at start and `haagent check-config --here` fails.
 With 12 agents sharing this machine's 2 cores the idle windows were steady once a heartbeat
 due during a pass no longer waited for the next deadline (daemon.shell), and so were the idle
-minutes at 22; a start-up of all 22 at once still cost some of them their lease (2 and 14
-self-fences in two runs; README)."""
+minutes at 22; a start-up of all 22 at once still cost some of them their lease (1 to 14
+self-fences in four runs; README)."""
 
 FAST_TIMING = Timing(
     heartbeat_s=0.1,

@@ -1,7 +1,8 @@
 """Failure detection: how long each peer has been silent, and `DeclareFailed` with evidence.
 
-Silence is measured on this node's own monotonic clock from when it applied the peer's latest
-heartbeat (never by comparing clocks across nodes, DESIGN rule 2). The declaration is
+Silence is measured on this node's own monotonic clock (never by comparing clocks across
+nodes, DESIGN rule 2) from when it saw the peer's latest heartbeat (`HeartbeatSeen.at`: when it
+appended it as leader, else when it applied it; either follows the send). The declaration is
 conditional on that heartbeat's sequence number, so a heartbeat that commits in the meantime
 makes `apply` refuse it. Only the leader declares, and only while it holds a valid lease.
 
@@ -13,7 +14,7 @@ therefore waits a full failure timeout of fresh evidence before declaring anyone
 Liveness means progress (issue 8 item 8): heartbeats and joins carry the sender's applied Raft
 index. A heartbeat proves the sender current only as of when this node's own replica moved past
 that index (`as_of`, from a short history of this node's progress) when that is more than
-`lease_s` behind the heartbeat's apply, so a node whose replica stopped advancing stays silent
+`lease_s` before the heartbeat was seen, so a node whose replica stopped advancing stays silent
 however many heartbeats or joins it commits: it gets no assignment (scheduling asks
 `silent_s`) and is declared failed. "Moved past", not "reached": while nothing new commits, a
 replica at the latest index is as current as this one however long ago that index was
@@ -21,8 +22,9 @@ reached. (Measured from "reached", every node that joined at a real cold start l
 the joins carry the index the cluster sat at while it elected a leader, which took longer than
 a lease on 22 agents, so the leader placed the first guests on itself only.) Such a
 declaration names the index (`behind_index`), so newer heartbeats that still report a replica
-behind it do not refuse it. Fencing's watchdog arithmetic keeps the apply time of the last
-heartbeat: that is the latest moment the node may have held a lease, which is what it needs.
+behind it do not refuse it. Fencing's watchdog arithmetic keeps the time the last heartbeat was
+seen: the node's lease from it ended a lease after its send, which came before, so that is what
+it needs.
 
 A node that (re)joined as a new incarnation is behind by nature while it catches up (an empty
 or old journal): its silence counts only from when this node first saw that incarnation, so it
@@ -90,7 +92,7 @@ class FailureDetector:
     def evidence_start(
         self, node: str, record: NodeRecord, view: ConsensusView, now: float
     ) -> float:
-        """When `node` last proved itself live and current: the apply of its latest heartbeat,
+        """When `node` last proved itself live and current: when its latest heartbeat was seen,
         unless the index that heartbeat reported was reached here more than `lease_s` before
         (its replica is that far behind: the bound of "current"); then only as of that."""
         start = self.silence_start(node, record.heartbeat_seq, view, now)
@@ -101,7 +103,7 @@ class FailureDetector:
         return start
 
     def silence_start(self, node: str, seq: int, view: ConsensusView, now: float) -> float:
-        """When this node last applied `node`'s heartbeat number `seq` (its own clock).
+        """When this node saw `node`'s heartbeat number `seq` (its own clock, `HeartbeatSeen`).
 
         If it never applied it itself (e.g. it learned the state from a snapshot), silence is
         counted from the moment it first saw that sequence: later than the truth, so safe.

@@ -250,7 +250,8 @@ class Fencing:
         self, out: Outbox, node: str, record: NodeRecord, view: ConsensusView, timeout_s: float
     ) -> bool:
         """Propose a watchdog `FenceResult` once lease + `timeout_s` + margin has passed since
-        this leader last applied `node`'s heartbeat (its own clock). True if it proposed."""
+        this leader last saw `node`'s heartbeat (its own clock, `HeartbeatSeen`). True if it
+        proposed."""
         s = self._settings
         since = self._detector.silence_start(node, record.heartbeat_seq, view, out.now)
         if out.now < since + s.lease_s + timeout_s + s.watchdog_margin_s:
