@@ -319,6 +319,7 @@ class SyncObj(object):
         # haagent: where lazy forwarded commands were appended, per proposer node, for the next
         # append_entries to it: {node: [(request id, log index, log term)]}.
         self.__lazyReplies = collections.defaultdict(list)
+
         self.__commandsWaitingCommit = collections.defaultdict(list)  # logID => [(termID, callback), ...]
         self.__commandsLocalCounter = 0
         self.__commandsWaitingReply = {}  # commandLocalCounter => callback

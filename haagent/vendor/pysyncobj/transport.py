@@ -355,7 +355,7 @@ class TCPTransport(Transport):
         """haagent: nothing here needs the tick before its next timer: no connection in its
         handshake or being opened, none with bytes waiting to be written, and the server
         bound. A peer that is down counts as settled (its reconnect is housekeeping); one
-        that dials in makes the transport unsettled from its first byte read."""
+        that dials in makes the transport unsettled from its accept (at the next tick)."""
         if not self._ready or self._unknownConnections:
             return False
         for conn in self._connections.values():
