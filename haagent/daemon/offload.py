@@ -11,13 +11,8 @@ without blocking the event loop.
   thread let the lease run down to 0.1 s). The process starts on first use ("spawn": forking a
   process with live threads can copy held locks) and stays; its arguments are pickled (~10 ms
   for 1,000 guests), its results are small or text.
-- The worker process runs at nice `WORKER_NICE` from its first instruction: it is spawned by a
-  thread of its own that lowered its own priority first (on Linux a thread's nice value is its
-  own, and a child inherits its creator's), so its start-up (the interpreter, and the agent's
-  main module that "spawn" re-imports: ~0.3 CPU-s) runs niced too; an initializer that
-  lowered it ran only after that, and 22 workers started at once competed with their agents
-  at full priority. A thread of the agent that wakes up (Raft's, the loop) gets a core before
-  it. Every agent computes the
+- The worker process runs at nice `WORKER_NICE` (`lower_priority`): a thread of the agent
+  that wakes up (Raft's, the loop) gets a core before it. Every agent computes the
   tolerated-failures count when the cluster settles, so all of them did it at the same
   moment: at 22 agents / 110 guests sharing 2 cores the 22 workers, at the agents' priority,
   took the cores from the Raft threads; leases lapsed, guests were destroyed and restarted,
@@ -33,9 +28,7 @@ without blocking the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,27 +44,12 @@ PROCESS_THRESHOLD = 2000  # nodes x guests; 22 x 110 is above, the 3-node demo f
 WORKER_NICE = 10  # a tenth of a normal task's CPU share when both want a core
 
 
-def lower_this_thread() -> None:
-    """Lower the calling thread, and what it spawns from now on, to WORKER_NICE, unless it
-    already runs lower (Linux: the nice value of a thread is its own). Lowering one's own
-    priority needs no privilege."""
-    tid = threading.get_native_id()
-    current = os.getpriority(os.PRIO_PROCESS, tid)
+def lower_priority() -> None:
+    """Lower the calling process (the worker) to WORKER_NICE, unless it already runs lower.
+    Lowering one's own priority needs no privilege."""
+    current = os.nice(0)
     if current < WORKER_NICE:
-        os.setpriority(os.PRIO_PROCESS, tid, WORKER_NICE)
-
-
-def _spawn_worker() -> ProcessPoolExecutor:
-    """A one-worker process pool whose process is already running, spawned by the calling
-    thread (lower it first). Blocks while the worker starts."""
-    # Imported here: multiprocessing costs start-up time (a restarted agent has one lease to
-    # rejoin in) and the 3-node demo never needs it.
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-    pool.submit(os.getpid).result()  # the pool spawns its process in the submitting thread
-    return pool
+        os.nice(WORKER_NICE - current)
 
 
 class Offload:
@@ -79,54 +57,26 @@ class Offload:
         self._threshold = process_threshold
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haagent-offload")
         self._process: ProcessPoolExecutor | None = None
-        self._spawning: asyncio.Future[ProcessPoolExecutor] | None = None
 
-    async def _executor(self, size: int) -> Executor:
+    def _executor(self, size: int) -> Executor:
         if size <= self._threshold:
             return self._thread
         if self._process is None:
-            spawning = self._spawning
-            if spawning is None:
-                spawning = self._spawning = self._spawn_below()
-            try:
-                # Shielded: a cancelled request must not cancel the spawn others wait for.
-                self._process = await asyncio.shield(spawning)
-            finally:
-                if spawning.done() and self._spawning is spawning:
-                    self._spawning = None
+            # Imported here: multiprocessing costs start-up time (a restarted agent has one
+            # lease to rejoin in) and the 3-node demo never needs it.
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._process = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=lower_priority,
+            )
         return self._process
-
-    def _spawn_below(self) -> asyncio.Future[ProcessPoolExecutor]:
-        """Spawn the worker process from a short-lived thread lowered to WORKER_NICE (not a
-        pool thread: it would stay lowered), without blocking the loop."""
-        loop = asyncio.get_running_loop()
-        spawned: asyncio.Future[ProcessPoolExecutor] = loop.create_future()
-
-        def settle(pool: ProcessPoolExecutor | None, error: BaseException | None) -> None:
-            if spawned.cancelled():
-                if pool is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
-            elif error is not None:
-                spawned.set_exception(error)
-            else:
-                assert pool is not None
-                spawned.set_result(pool)
-
-        def spawn() -> None:
-            try:
-                lower_this_thread()
-                pool, error = _spawn_worker(), None
-            except BaseException as exc:  # handed to the awaiting task, not lost in a thread
-                pool, error = None, exc
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(settle, pool, error)
-
-        threading.Thread(target=spawn, name="haagent-offload-spawn", daemon=True).start()
-        return spawned
 
     async def run(self, fn: Callable[..., T], *args: Any, size: int) -> T:
         loop = asyncio.get_running_loop()
-        executor = await self._executor(size)
+        executor = self._executor(size)
         try:
             return await loop.run_in_executor(executor, fn, *args)
         except BrokenExecutor:
@@ -137,8 +87,6 @@ class Offload:
             raise
 
     def close(self) -> None:
-        if self._spawning is not None:
-            self._spawning.cancel()  # the pool, once spawned, is shut down (`settle`)
         self._thread.shutdown(wait=False, cancel_futures=True)
         if self._process is not None:
             self._process.shutdown(wait=False, cancel_futures=True)

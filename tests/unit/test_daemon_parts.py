@@ -166,19 +166,6 @@ def test_large_states_are_computed_in_a_worker_process() -> None:
     assert small == os.getpid() != large
 
 
-def test_requests_that_arrive_while_the_worker_starts_share_it() -> None:
-    async def scenario() -> set[int]:
-        offload = Offload(process_threshold=10)
-        try:
-            pids = await asyncio.gather(*(offload.run(os.getpid, size=11) for _ in range(3)))
-        finally:
-            offload.close()
-        return set(pids)
-
-    pids = asyncio.run(scenario())
-    assert len(pids) == 1 and os.getpid() not in pids
-
-
 def _scheduling() -> tuple[int, int]:
     return os.sched_getscheduler(0), os.nice(0)
 
@@ -186,8 +173,7 @@ def _scheduling() -> tuple[int, int]:
 def test_the_worker_process_runs_below_the_agent() -> None:
     """The worker runs every agent's tolerated-failures count at the same moment (when the
     cluster settles); at the agents' priority 22 of them took the cores from the agents' Raft
-    threads and leases lapsed. It runs niced, from birth (nothing in the worker lowers it: it
-    is spawned by a lowered thread); the agent itself keeps its priority."""
+    threads and leases lapsed. It runs niced; the agent itself keeps its priority."""
 
     async def scenario() -> tuple[tuple[int, int], tuple[int, int]]:
         offload = Offload(process_threshold=10)
