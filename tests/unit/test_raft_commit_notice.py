@@ -18,7 +18,12 @@ from dataclasses import dataclass
 import pytest
 
 from haagent.commands import Heartbeat, SetMaintenance
-from haagent.consensus import RaftConsensus, append_entries_period, commit_notice_delay
+from haagent.consensus import (
+    QUIET_LEADER_AFTER_S,
+    RaftConsensus,
+    append_entries_period,
+    commit_notice_delay,
+)
 from haagent.ports import OutcomeKind
 from haagent.vendor.pysyncobj import SyncObjConf
 from tests.unit.test_consensus import SECRET, Trio, joined, until
@@ -42,6 +47,8 @@ class Sent:
 class SlowTrio(Trio):
     """Three replicas with the robust profile's election timeouts."""
 
+    quiet_leader_after_s = QUIET_LEADER_AFTER_S
+
     def start(self, name: str) -> RaftConsensus:
         c = RaftConsensus(
             name,
@@ -50,6 +57,7 @@ class SlowTrio(Trio):
             self.tmp_path / name,
             election_timeout_min_s=ELECTION_MIN_S,
             election_timeout_max_s=2 * ELECTION_MIN_S,
+            quiet_leader_after_s=self.quiet_leader_after_s,
         )
         c.start()
         self.nodes[name] = c

@@ -25,7 +25,7 @@ import pytest
 from haagent.commands import Heartbeat, SetMaintenance
 from haagent.consensus import RAFT_PORT_LIMITS, RaftConsensus, append_entries_period
 from haagent.ports import OutcomeKind
-from tests.unit.test_consensus import SECRET, until
+from tests.unit.test_consensus import until
 from tests.unit.test_raft_commit_notice import ELECTION_MIN_S, SlowTrio, started
 
 PERIOD_S = append_entries_period(ELECTION_MIN_S)  # 0.2 s
@@ -33,27 +33,12 @@ QUIET_AFTER_S = 0.6  # shorter than the shipped 5 s, so the tests need not wait 
 TRAFFIC_S = 2.0
 
 
-class QuietTrio(SlowTrio):
-    """Three replicas with the robust profile's election timeouts and a short quiet window."""
-
-    def start(self, name: str) -> RaftConsensus:
-        c = RaftConsensus(
-            name,
-            self.addresses,
-            SECRET,
-            self.tmp_path / name,
-            election_timeout_min_s=ELECTION_MIN_S,
-            election_timeout_max_s=2 * ELECTION_MIN_S,
-            quiet_leader_after_s=QUIET_AFTER_S,
-        )
-        c.start()
-        self.nodes[name] = c
-        return c
-
-
 @pytest.fixture
-async def quiet_trio(tmp_path: Path) -> AsyncIterator[QuietTrio]:
-    t = QuietTrio(tmp_path)
+async def quiet_trio(tmp_path: Path) -> AsyncIterator[SlowTrio]:
+    """As `slow_trio`, with a leader that turns quiet `QUIET_AFTER_S` after its last command
+    other than a heartbeat. Every replica still running is stopped at the end."""
+    t = SlowTrio(tmp_path)
+    t.quiet_leader_after_s = QUIET_AFTER_S
     try:
         yield t
     finally:
@@ -104,7 +89,7 @@ async def heartbeats_of(
 
 
 async def test_a_quiet_leader_wakes_about_once_a_period_while_heartbeats_flow(
-    quiet_trio: QuietTrio,
+    quiet_trio: SlowTrio,
 ) -> None:
     leader, followers = await started(quiet_trio)
     await until("the leader is quiet", quiet(leader))
@@ -119,7 +104,7 @@ async def test_a_quiet_leader_wakes_about_once_a_period_while_heartbeats_flow(
 
 
 async def test_silence_counts_from_the_leaders_append_not_its_commit(
-    quiet_trio: QuietTrio,
+    quiet_trio: SlowTrio,
 ) -> None:
     """A quiet leader applies a heartbeat one period after appending it (it reads the
     acknowledgements at its next tick); counted from the apply, every peer's silence would
@@ -135,7 +120,7 @@ async def test_silence_counts_from_the_leaders_append_not_its_commit(
 
 
 async def test_any_other_command_makes_the_leader_read_at_once_for_a_while(
-    quiet_trio: QuietTrio,
+    quiet_trio: SlowTrio,
 ) -> None:
     leader, (follower, _) = await started(quiet_trio)
     await until("the leader is quiet", quiet(leader))
@@ -149,7 +134,7 @@ async def test_any_other_command_makes_the_leader_read_at_once_for_a_while(
     assert time.monotonic() - proposed >= QUIET_AFTER_S
 
 
-async def test_a_connection_in_its_handshake_is_read_at_once(quiet_trio: QuietTrio) -> None:
+async def test_a_connection_in_its_handshake_is_read_at_once(quiet_trio: SlowTrio) -> None:
     """A peer dialling in (restarted, or a stranger) is accepted at the leader's next tick at
     the latest; from then on the leader reads at once, until the handshake completes or its
     deadline closes the connection."""
