@@ -286,7 +286,6 @@ class RaftConsensus:
         election_timeout_max_s: float = 0.6,
         wake: Callable[[], None] | None = None,
         persist: bool = True,
-        clock: Callable[[], float] = time.monotonic,
         checkpoint_every: int = CHECKPOINT_EVERY,
         lease_s: float | None = None,
         quiet_leader_after_s: float = QUIET_LEADER_AFTER_S,
@@ -303,7 +302,6 @@ class RaftConsensus:
         self._election = (election_timeout_min_s, election_timeout_max_s)
         self._wake = wake or (lambda: None)
         self._persist = persist
-        self._clock = clock
         self._lock = threading.Lock()
         self._state = ClusterState()
         self._heartbeats: dict[str, HeartbeatSeen] = {}
@@ -448,7 +446,8 @@ class RaftConsensus:
             self._state = new_state
             if result.accepted and isinstance(command, Heartbeat | Join):
                 seq = new_state.node(command.node).heartbeat_seq
-                at = self._clock() if appended_at is None else appended_at
+                # One clock for both: the vendored append stamp is time.monotonic too.
+                at = time.monotonic() if appended_at is None else appended_at
                 self._heartbeats[command.node] = HeartbeatSeen(seq, at)
         self.events.record(new_state.applied, command, result.accepted)
         self.checkpoints.offer(new_state)  # O(1): the digest is taken on its own thread
@@ -575,7 +574,7 @@ class RaftConsensus:
 
         payload = encode(command)
         if len(payload) > MAX_COMMAND_BYTES:
-            now = self._clock()
+            now = time.monotonic()
             if now - self._too_large_logged.get(command.type_name, -3600.0) >= 60.0:
                 self._too_large_logged[command.type_name] = now  # once a minute per type
                 log.error(
